@@ -1,0 +1,178 @@
+"""The `sftkit` command line: parse, validate, call one library function.
+
+Heavy libraries (torch, transformers, trl, datasets) are imported inside the commands so that
+`sftkit --help` answers instantly. Any `SftkitError` becomes one line per problem on stderr and exit
+code 2; nothing else is caught, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sftkit.errors import SftkitError
+
+app = typer.Typer(
+    help="Config-driven supervised fine-tuning: `sftkit train CONFIG`, then `sftkit merge` and `sftkit chat`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Look at the training data: rendered examples, masks and statistics.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see `sftkit keys`).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a config key, e.g. --set learning_rate=1e-4 (repeatable).")]
+
+
+def _load(config: Path, overrides: Optional[list[str]]):  # -> SftConfig, kept light for --help
+    from sftkit.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Train into a non-empty output_dir, replacing it.")] = False,
+    resume: Annotated[Optional[str], typer.Option(
+        help="Continue from a checkpoint: 'latest' (the newest complete one in output_dir) or a path.")] = None,
+) -> None:
+    """Fine-tune a model as the config says: data -> model -> adapter -> TRL SFTTrainer -> save."""
+    cfg = _load(config, set_)
+    from sftkit.train import train as run
+
+    run(cfg, overwrite=overwrite, resume=resume)
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Check the config and that every dataset resolves and parses, without loading a model."""
+    from sftkit.data import validate_data
+
+    cfg = _load(config, set_)
+    report = validate_data(cfg)
+    typer.echo(f"{config}: OK ({report})")
+
+
+@data_app.command("preview")
+def data_preview(
+    config: ConfigArg,
+    n: Annotated[int, typer.Option("-n", help="Examples to show.")] = 3,
+    set_: SetOpt = None,
+) -> None:
+    """Show N rendered examples with the trained spans marked, then dataset statistics."""
+    from sftkit.data import preview
+
+    preview(_load(config, set_), n=n, color=sys.stdout.isatty())
+
+
+@data_app.command("export")
+def data_export(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option(help="JSONL file to write (one row per example, before packing).")],
+    split: Annotated[str, typer.Option(help="train or eval.")] = "train",
+    set_: SetOpt = None,
+) -> None:
+    """Write input_ids, labels, dataset and source row index of every example as JSONL."""
+    from sftkit.data import export
+
+    if split not in ("train", "eval"):
+        raise SftkitError(f"--split {split!r}: use train or eval")
+    export(_load(config, set_), out=out, split=split)
+
+
+@app.command()
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="Training output_dir holding the adapter.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the merged model (default RUN_DIR/merged).")] = None,
+    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "bf16",
+    max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 2GB.")] = "2GB",
+    base: Annotated[Optional[str], typer.Option(help="Base model path or hub id (default: from the run's config).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Fold the LoRA adapter into the base model and export it, verified against base+adapter."""
+    from sftkit.merge import merge as run
+
+    run(run_dir, out=out, dtype=dtype, max_shard_size=max_shard_size, base=base, overwrite=overwrite)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Answer this one prompt and exit.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Talk to a model with the template it was trained on (REPL on a terminal, one-shot otherwise)."""
+    from sftkit.chat import chat as run
+
+    run(model, system=system, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, seed=seed)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="Run directory, merged model, or base model.")],
+    config: Annotated[Path, typer.Option(help="Config whose datasets, template and masks are used.")],
+    split: Annotated[str, typer.Option(help="eval or train.")] = "eval",
+    dataset: Annotated[Optional[str], typer.Option(help="Evaluate this registered dataset instead.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSON file for the results.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Loss and perplexity on the masked tokens of a dataset (compare base and fine-tuned)."""
+    from sftkit.evaluate import evaluate
+
+    evaluate(model, _load(config, set_), split=split, dataset=dataset, out=out)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Run directory, merged model, or base model.")],
+    config: Annotated[Path, typer.Option(help="Config whose datasets and template are used.")],
+    out: Annotated[Path, typer.Option(help="JSONL file of prompt, reference and generation.")],
+    n: Annotated[int, typer.Option("-n", help="Prompts to answer.")] = 20,
+    split: Annotated[str, typer.Option(help="eval or train.")] = "eval",
+    compare: Annotated[Optional[str], typer.Option(help="A second model answering the same prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    set_: SetOpt = None,
+) -> None:
+    """Generate answers for a dataset's prompts and score them (BLEU-4, ROUGE-1/2/L)."""
+    from sftkit.evaluate import predict as run
+
+    run(model, _load(config, set_), out=out, n=n, split=split, compare=compare,
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+
+
+@app.command()
+def keys() -> None:
+    """List every config key with its default and meaning."""
+    from sftkit.config import field_docs
+
+    current = None
+    for group, name, default, type_name, doc in field_docs():
+        if group != current:
+            current = group
+            typer.echo(f"\n[{group}]")
+        typer.echo(f"  {name} ({type_name}, default {default!r})\n      {doc}")
+
+
+def main() -> None:
+    """Console entry point: user errors become exit code 2 with one line per problem."""
+    try:
+        app()
+    except SftkitError as exc:
+        for line in exc.problems or [str(exc)]:
+            typer.echo(f"error: {line}", err=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,428 @@
+"""The config schema: one YAML file, flat keys, LLaMA-Factory's names where the setting is the same.
+
+Every field is documented exactly once, here. That text is the `sftkit keys` reference, the README's
+config table and the comments in the shipped `configs/*.yaml` (tests keep all three in sync).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sftkit.errors import ConfigError
+
+TEMPLATES = ("chatml", "ernie_nothink")
+
+# LLaMA-Factory keys that sftkit deliberately does not implement: named so a ported YAML fails with
+# "remove it" instead of a misleading "did you mean" suggestion.
+UNSUPPORTED_LLAMAFACTORY_KEYS = {
+    "quantization_bit", "quantization_method", "double_quantization", "pissa_init", "pissa_convert",
+    "use_dora", "loraplus_lr_ratio", "lora_layer_replication", "create_new_adapter", "adapter_name_or_path",
+    "neat_packing", "tokenized_path", "streaming", "buffer_size", "use_unsloth", "use_unsloth_gc",
+    "freeze_trainable_layers", "freeze_trainable_modules", "pref_beta", "pref_loss", "image_max_pixels",
+    "video_max_pixels", "media_dir", "export_dir", "export_size", "export_quantization_bit",
+    "infer_backend", "predict_with_generate", "do_predict", "rope_scaling", "shift_attn", "use_galore",
+    "use_badam", "use_apollo", "mixture_of_depths", "print_param_status", "ray_run_name", "use_ray",
+    "compute_accuracy", "do_eval", "ddp_timeout", "upcast_layernorm", "moe_aux_loss_coef",
+}
+
+GROUPS = ("model", "data", "finetuning", "training", "evaluation", "output", "distributed")
+
+
+def _field(default: Any, doc: str, group: str, **kw: Any) -> Any:
+    """A documented field; `group` orders the reference."""
+    return Field(default, description=doc, json_schema_extra={"group": group}, **kw)
+
+
+def _split_commas(value: Any) -> Any:
+    """LLaMA-Factory writes lists as "a,b,c"; YAML lists are accepted too."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class SftConfig(BaseModel):
+    """Everything one fine-tuning run needs. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
+
+    # ---------------------------------------------------------------- model
+    model_name_or_path: str = _field(
+        ..., "Base model: a local directory or a Hugging Face hub id (e.g. baidu/ERNIE-4.5-0.3B-Base-PT).",
+        "model")
+    trust_remote_code: bool = _field(
+        False, "Run Python code shipped with the model repo. Off unless you trust its author.", "model")
+    flash_attn: Literal["auto", "sdpa", "fa2", "disabled"] = _field(
+        "auto", "Attention kernel: auto (sdpa), sdpa, fa2 (flash-attention 2, GPU only) or disabled (eager).",
+        "model")
+    enable_liger_kernel: bool = _field(
+        False, "Use Liger's fused linear cross-entropy on a GPU where liger-kernel is installed.", "model")
+    loss_chunk_size: int = _field(
+        1024, "Tokens per chunk of the chunked cross-entropy: full-sequence fp32 logits are never "
+        "materialised. 0 turns chunking off (the model's own loss).", "model", ge=0)
+
+    # ---------------------------------------------------------------- data
+    dataset: list[str] = _field(
+        ..., "Training datasets: names in dataset_dir/dataset_info.json, comma-separated or a YAML list.",
+        "data", min_length=1)
+    eval_dataset: list[str] | None = _field(
+        None, "Evaluation datasets (registry names). When unset, val_size splits them off the training data.",
+        "data")
+    dataset_dir: str = _field(
+        "data", "Folder holding dataset_info.json; relative paths resolve from the working directory.",
+        "data")
+    template: str = _field(
+        "chatml", "Chat template used for training and written into the saved tokenizer: chatml or "
+        "ernie_nothink.", "data")
+    default_system: str | None = _field(
+        None, "System prompt for rows that carry none.", "data")
+    cutoff_len: int = _field(
+        2048, "Maximum tokens per example (and per packed sequence); longer conversations are cut.",
+        "data", gt=0)
+    max_samples: int | None = _field(
+        None, "Keep at most this many rows of each dataset (the first ones).", "data", gt=0)
+    val_size: float = _field(
+        0.0, "Evaluation split: a fraction in [0, 1) or a whole number of rows, drawn with `seed`.",
+        "data", ge=0)
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = _field(
+        "concat", "How several datasets mix: concatenated, or interleaved until the first "
+        "(interleave_under) or last (interleave_over) runs out.", "data")
+    interleave_probs: list[float] | None = _field(
+        None, "Sampling probabilities per dataset for the interleave strategies (comma-separated).", "data")
+    train_on_prompt: bool = _field(
+        False, "Train on every token, prompts included, instead of only the assistant replies.", "data")
+    mask_history: bool = _field(
+        False, "Train only the last assistant reply of each conversation.", "data")
+    packing: bool = _field(
+        False, "Pack several examples into each sequence of cutoff_len; examples never attend to each "
+        "other.", "data")
+    preprocessing_num_workers: int | None = _field(
+        None, "Processes used to tokenize the data (datasets.map num_proc).", "data", gt=0)
+    preprocessing_batch_size: int = _field(
+        1000, "Rows per batch when tokenizing.", "data", gt=0)
+    overwrite_cache: bool = _field(
+        False, "Tokenize again even when a cached result for the same data and settings exists.", "data")
+    skip_bad_rows: bool = _field(
+        False, "Skip malformed rows (counted and reported) instead of stopping at the first one.", "data")
+
+    # ---------------------------------------------------------------- finetuning
+    stage: Literal["sft"] = _field("sft", "Training stage; sftkit does supervised fine-tuning only.",
+                                   "finetuning")
+    do_train: bool = _field(True, "Accepted for LLaMA-Factory compatibility; `sftkit train` trains.",
+                            "finetuning")
+    finetuning_type: Literal["lora", "full"] = _field(
+        "lora", "lora trains low-rank adapters (PEFT); full trains every weight.", "finetuning")
+    lora_rank: int = _field(8, "LoRA rank r.", "finetuning", gt=0)
+    lora_alpha: int | None = _field(
+        None, "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA). "
+        "Default: 2 x lora_rank.", "finetuning", gt=0)
+    lora_dropout: float = _field(0.0, "Dropout on the LoRA input.", "finetuning", ge=0, lt=1)
+    lora_target: list[str] = _field(
+        ["all"], "Modules that get adapters: all (every linear layer but the output head) or "
+        "comma-separated module names such as q_proj,v_proj.", "finetuning", min_length=1)
+    use_rslora: bool = _field(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)).", "finetuning")
+
+    # ---------------------------------------------------------------- training
+    per_device_train_batch_size: int = _field(1, "Sequences per device per step.", "training", gt=0)
+    gradient_accumulation_steps: int = _field(1, "Steps whose gradients add up before one update.",
+                                              "training", gt=0)
+    learning_rate: float = _field(5e-5, "Peak learning rate.", "training", gt=0)
+    num_train_epochs: float = _field(3.0, "Passes over the training data.", "training", gt=0)
+    max_steps: int = _field(-1, "Stop after this many updates; -1 uses num_train_epochs.", "training",
+                            ge=-1)
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"] = _field(
+        "cosine", "Learning-rate schedule after warmup.", "training")
+    warmup_steps: int = _field(0, "Linear warmup updates (takes precedence over warmup_ratio).", "training",
+                               ge=0)
+    warmup_ratio: float = _field(0.0, "Warmup as a fraction of all updates.", "training", ge=0, le=1)
+    weight_decay: float = _field(0.0, "AdamW weight decay.", "training", ge=0)
+    max_grad_norm: float = _field(1.0, "Gradient clipping norm; 0 disables clipping.", "training", ge=0)
+    optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor",
+                   "sgd"] = _field("adamw_torch", "Optimizer (adamw_bnb_8bit: 8-bit AdamW from bitsandbytes).",
+                                   "training")
+    bf16: bool = _field(
+        False, "Train in bfloat16 where the hardware supports it (else fp32, with a logged note).",
+        "training")
+    fp16: bool = _field(False, "Train in float16 mixed precision (GPU only).", "training")
+    gradient_checkpointing: bool = _field(False, "Recompute activations in backward to save memory.",
+                                          "training")
+    seed: int = _field(42, "Seed for data order, splits, initialisation and dropout.", "training")
+    logging_steps: int = _field(10, "Log the training loss every this many updates.", "training", gt=0)
+    dataloader_num_workers: int = _field(0, "Worker processes feeding batches.", "training", ge=0)
+
+    # ---------------------------------------------------------------- evaluation
+    per_device_eval_batch_size: int = _field(1, "Sequences per device per evaluation step.", "evaluation",
+                                             gt=0)
+    eval_strategy: Literal["no", "steps", "epoch"] = _field(
+        "no", "When to evaluate: no, every eval_steps updates, or every epoch.", "evaluation")
+    eval_steps: int | None = _field(None, "Evaluate every this many updates (eval_strategy: steps).",
+                                    "evaluation", gt=0)
+    early_stopping_steps: int | None = _field(
+        None, "Stop when eval loss has not improved for this many evaluations; the best checkpoint is "
+        "loaded at the end.", "evaluation", gt=0)
+    load_best_model_at_end: bool = _field(
+        False, "Load the checkpoint with the lowest eval loss when training ends.", "evaluation")
+    eval_generation_samples: int = _field(
+        2, "Eval prompts answered (greedy) at each evaluation and logged to TensorBoard as text.",
+        "evaluation", ge=0)
+    generation_max_new_tokens: int = _field(
+        64, "Token budget of the answers generated at evaluation.", "evaluation", gt=0)
+
+    # ---------------------------------------------------------------- output
+    output_dir: str = _field(..., "Where the adapter, checkpoints, logs and metrics are written.", "output")
+    overwrite_output_dir: bool = _field(
+        False, "Allow training into a non-empty output_dir (same as --overwrite).", "output")
+    save_strategy: Literal["no", "steps", "epoch"] = _field(
+        "steps", "When to save checkpoints.", "output")
+    save_steps: int = _field(500, "Save a checkpoint every this many updates.", "output", gt=0)
+    save_total_limit: int | None = _field(None, "Keep at most this many checkpoints (the best is kept).",
+                                          "output", gt=0)
+    report_to: list[str] = _field(["tensorboard"], "Loggers: tensorboard, wandb, none, ...", "output")
+    plot_loss: bool = _field(True, "Write training_loss.png (train and eval loss against step).", "output")
+
+    # ---------------------------------------------------------------- distributed
+    deepspeed: str | None = _field(None, "DeepSpeed JSON config (see configs/deepspeed/).", "distributed")
+    fsdp: str | None = _field(None, "FSDP options for the trainer, e.g. 'full_shard auto_wrap'.",
+                              "distributed")
+    fsdp_config: dict[str, Any] | str | None = _field(None, "FSDP config dict or JSON file.", "distributed")
+
+    # ---------------------------------------------------------------- parsing
+    _comma_lists = field_validator(
+        "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to", mode="before")(
+        classmethod(lambda cls, v: _split_commas(v)))
+
+    @field_validator("learning_rate", "num_train_epochs", "val_size", "weight_decay", "max_grad_norm",
+                     "warmup_ratio", "lora_dropout")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        if value not in TEMPLATES:
+            raise ValueError(f"unknown template {value!r}; choose one of {', '.join(TEMPLATES)}")
+        return value
+
+    # ---------------------------------------------------------------- cross-field rules
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> SftConfig:
+        """Runs every named check and reports all failures together."""
+        problems = [msg for check in _CHECKS if (msg := check(self))]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def resolved_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    @property
+    def does_eval(self) -> bool:
+        return self.eval_strategy != "no"
+
+
+# Each check returns None when satisfied, else one line naming the keys and the fix.
+
+def check_val_size(c: SftConfig) -> str | None:
+    if c.val_size >= 1 and c.val_size != int(c.val_size):
+        return "val_size: use a fraction below 1 or a whole number of rows"
+    return None
+
+
+def check_eval_has_data(c: SftConfig) -> str | None:
+    if c.does_eval and c.val_size == 0 and not c.eval_dataset:
+        return "eval_strategy: evaluation needs data; set val_size or eval_dataset (or eval_strategy: no)"
+    return None
+
+
+def check_eval_steps(c: SftConfig) -> str | None:
+    if c.eval_strategy == "steps" and c.eval_steps is None:
+        return "eval_steps: required when eval_strategy is steps"
+    return None
+
+
+def check_early_stopping(c: SftConfig) -> str | None:
+    if c.early_stopping_steps is not None and not c.does_eval:
+        return "early_stopping_steps: needs evaluation; set eval_strategy: steps (or epoch)"
+    return None
+
+
+def check_best_model(c: SftConfig) -> str | None:
+    wants_best = c.load_best_model_at_end or c.early_stopping_steps is not None
+    if not wants_best:
+        return None
+    if not c.does_eval:
+        return "load_best_model_at_end: needs evaluation; set eval_strategy"
+    if c.save_strategy != c.eval_strategy:
+        return (f"save_strategy ({c.save_strategy}) must match eval_strategy ({c.eval_strategy}) so the best "
+                "checkpoint exists")
+    if c.eval_strategy == "steps" and c.eval_steps and c.save_steps % c.eval_steps:
+        return f"save_steps ({c.save_steps}) must be a multiple of eval_steps ({c.eval_steps})"
+    return None
+
+
+def check_precision(c: SftConfig) -> str | None:
+    if c.bf16 and c.fp16:
+        return "bf16 and fp16: choose one"
+    return None
+
+
+def check_interleave(c: SftConfig) -> str | None:
+    if c.interleave_probs is None:
+        return None
+    if c.mix_strategy == "concat":
+        return "interleave_probs: set mix_strategy to interleave_under or interleave_over"
+    if len(c.interleave_probs) != len(c.dataset):
+        return f"interleave_probs: {len(c.interleave_probs)} values for {len(c.dataset)} datasets"
+    if abs(sum(c.interleave_probs) - 1) > 1e-6 or min(c.interleave_probs) < 0:
+        return "interleave_probs: must be non-negative and sum to 1"
+    return None
+
+
+def check_distributed(c: SftConfig) -> str | None:
+    if c.deepspeed and c.fsdp:
+        return "deepspeed and fsdp: choose one"
+    return None
+
+
+def check_history_flags(c: SftConfig) -> str | None:
+    if c.train_on_prompt and c.mask_history:
+        return "train_on_prompt and mask_history contradict each other: choose one"
+    return None
+
+
+_CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
+           check_precision, check_interleave, check_distributed, check_history_flags)
+
+
+# ---------------------------------------------------------------------------- loading
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SftConfig:
+    """Reads a YAML config, applies `key=value` overrides and validates it.
+
+    Raises:
+        ConfigError: every problem at once, each naming the file and the key.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    for override in overrides or []:
+        key, value = _parse_override(override)
+        raw[key] = value
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> SftConfig:
+    """Validates a dict of config keys, turning pydantic's errors into one line per problem."""
+    try:
+        return SftConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(*[f"{source}: {line}" for line in _describe(exc)]) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or None
+        if err["type"] == "extra_forbidden":
+            lines.append(_unknown_key(str(err["loc"][0])))
+        elif key is None:  # from the cross-field validator: already one line per problem
+            lines.extend(err["msg"].removeprefix("Value error, ").splitlines())
+        else:
+            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+    return lines
+
+
+def _unknown_key(key: str) -> str:
+    if key in UNSUPPORTED_LLAMAFACTORY_KEYS:
+        return f"{key}: a LLaMA-Factory setting sftkit does not support; remove it"
+    close = difflib.get_close_matches(key, SftConfig.model_fields, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; run `sftkit keys` for the list"
+    return f"{key}: unknown key{hint}"
+
+
+# ---------------------------------------------------------------------------- documentation
+
+def field_docs() -> list[tuple[str, str, Any, str, str]]:
+    """(group, key, default, type, doc) for every field, in schema order."""
+    rows = []
+    for name, info in SftConfig.model_fields.items():
+        group = (info.json_schema_extra or {}).get("group", "")
+        default = "(required)" if info.is_required() else info.default
+        type_name = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        rows.append((group, name, default, type_name, info.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The config reference table that the README embeds (a test keeps them equal)."""
+    out = ["| key | default | meaning |", "|---|---|---|"]
+    for _group, name, default, _type, doc in field_docs():
+        shown = default if isinstance(default, str) and default == "(required)" else repr(default)
+        out.append(f"| `{name}` | `{shown}` | {doc} |")
+    return "\n".join(out)
+
+
+def commented_yaml(values: dict[str, Any]) -> str:
+    """Renders config values as YAML with each key's documentation as the comment above it.
+
+    The shipped `configs/*.yaml` are exactly this rendering of their own values (tested), so their
+    comments can never drift from the schema.
+    """
+    docs = {name: doc for _g, name, _d, _t, doc in field_docs()}
+    groups = {name: group for group, name, _d, _t, _doc in field_docs()}
+    order = list(docs)
+    lines: list[str] = []
+    current = None
+    for key in sorted(values, key=lambda k: order.index(k) if k in order else len(order)):
+        if groups.get(key) != current:
+            current = groups.get(key)
+            lines.append(f"{'' if not lines else chr(10)}### {current}")
+        lines.append(f"# {docs.get(key, '')}")
+        dumped = yaml.safe_dump({key: values[key]}, sort_keys=False, allow_unicode=True, width=10_000)
+        lines.append(dumped.rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def dump_resolved(cfg: SftConfig, path: str | Path) -> None:
+    """Writes the config with every default filled in (the run's record of what it did)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True),
+                          encoding="utf-8")

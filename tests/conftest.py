@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny ERNIE-architecture model and tokenizer built once per test session.
+
+Nothing is downloaded: HF_HUB_OFFLINE is forced on so a test that would reach the hub fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory with the tiny model + tokenizer (no chat tokens), as scripts/make_tiny_model.py writes it."""
+    from sftkit.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-ernie"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
+
+
+@pytest.fixture()
+def tiny_tokenizer(tiny_model_dir: Path):
+    """A fresh tokenizer per test: templates add tokens to it, so it must not be shared."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """LLaMA-Factory's demo data beside the project; absent on a user's clone, so skip there."""
+    if not (SHARED_DATA / "dataset_info.json").is_file():
+        pytest.skip(f"{SHARED_DATA} is absent (only CI and developer machines have ../shared)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bundled_data() -> Path:
+    return REPO / "data"
