@@ -54,9 +54,9 @@ def train(
 @app.command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the config and that every dataset resolves and parses, without loading a model."""
+    cfg = _load(config, set_)
     from sftkit.data import validate_data
 
-    cfg = _load(config, set_)
     report = validate_data(cfg)
     typer.echo(f"{config}: OK ({report})")
 

@@ -426,3 +426,7 @@ def dump_resolved(cfg: SftConfig, path: str | Path) -> None:
     """Writes the config with every default filled in (the run's record of what it did)."""
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True),
                           encoding="utf-8")
+
+
+if __name__ == "__main__":  # `python -m sftkit.config` prints the README's reference table
+    print(reference_markdown())

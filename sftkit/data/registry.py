@@ -1,0 +1,280 @@
+"""dataset_info.json (LLaMA-Factory's schema): resolving dataset names and reading their raw rows.
+
+Only the entries a config selects are checked, so a registry shared with LLaMA-Factory keeps working
+when its other entries use keys (ranking, ms_hub_url, images, ...) that sftkit does not support.
+JSON and JSON Lines are parsed with the `json` module rather than pyarrow so that a malformed file is
+reported with its line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sftkit.errors import DataError
+
+REGISTRY_FILE = "dataset_info.json"
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+FORMAT_COLUMNS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+               "history": "history"},
+    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
+}
+DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                "system_tag": "system", "observation_tag": "observation", "function_tag": "function_call"}
+SUPPORTED_KEYS = {"file_name", "hf_hub_url", "subset", "split", "folder", "formatting", "columns", "tags"}
+# Alternative sources LLaMA-Factory knows; harmless beside a file_name or hf_hub_url we can use.
+OTHER_SOURCES = ("ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registry entry, checked and with every default filled in.
+
+    Attributes:
+        name: the registry name (carried by every row as `dataset`).
+        path: local file or folder (None for hub datasets).
+        hub_id: Hugging Face hub dataset id (None for local files).
+        formatting: "alpaca" or "sharegpt".
+        columns: logical column -> column name in the data (all logical columns present).
+        tags: sharegpt role/content tags (all present).
+    """
+
+    name: str
+    path: Path | None
+    hub_id: str | None
+    formatting: str
+    columns: dict[str, str]
+    tags: dict[str, str] = field(default_factory=dict)
+    subset: str | None = None
+    split: str = "train"
+    folder: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What to call the data in messages: its path or hub id."""
+        return str(self.path) if self.path is not None else f"hub dataset {self.hub_id}"
+
+
+class SourceRow(NamedTuple):
+    """One raw row and where it came from (for error messages and the `index` column)."""
+
+    source: str
+    index: int
+    data: Any
+    line: int | None = None
+
+
+def load_registry(dataset_dir: str | Path) -> dict[str, Any]:
+    """Reads `dataset_dir/dataset_info.json` without checking its entries.
+
+    Raises:
+        DataError: the file is missing, not UTF-8, not JSON, or not a JSON object.
+    """
+    path = Path(dataset_dir) / REGISTRY_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; set dataset_dir to the folder holding {REGISTRY_FILE}")
+    registry = _parse_json(path, _read_text(path))
+    if not isinstance(registry, dict):
+        raise DataError(f"{path}: expected a JSON object mapping dataset names to entries")
+    return registry
+
+
+def get_spec(registry: dict[str, Any], name: str, dataset_dir: str | Path) -> DatasetSpec:
+    """Checks the entry `name` and returns it with defaults filled in.
+
+    Raises:
+        DataError: unknown name (with close matches), unsupported keys or source, unknown formatting,
+            columns or tags, or a file_name escaping dataset_dir.
+    """
+    where = f"{Path(dataset_dir) / REGISTRY_FILE}: dataset {name!r}"
+    entry = registry.get(name)
+    if entry is None:
+        raise DataError(_unknown_name(name, registry, dataset_dir))
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected an object with file_name or hf_hub_url")
+    _check_keys(entry, where)
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in FORMAT_COLUMNS:
+        raise DataError(f"{where}: unknown formatting {formatting!r}; use alpaca or sharegpt")
+    columns = _merge(FORMAT_COLUMNS[formatting], entry.get("columns"), f"{where}: columns")
+    tags = _merge(DEFAULT_TAGS, entry.get("tags"), f"{where}: tags") if formatting == "sharegpt" else {}
+    path, hub_id = _source(entry, where, Path(dataset_dir))
+    return DatasetSpec(name=name, path=path, hub_id=hub_id, formatting=formatting, columns=columns, tags=tags,
+                       subset=entry.get("subset"), split=entry.get("split") or "train", folder=entry.get("folder"))
+
+
+def read_rows(spec: DatasetSpec) -> list[SourceRow]:
+    """Every raw row of a dataset, in file order (a folder's files sorted by name).
+
+    Raises:
+        DataError: missing, empty, non-UTF-8 or malformed file, or a hub dataset that cannot be loaded.
+    """
+    if spec.hub_id is not None:
+        return _read_hub(spec)
+    assert spec.path is not None
+    files = _data_files(spec.path, spec.name)
+    rows: list[SourceRow] = []
+    for path in files:
+        rows.extend(SourceRow(r.source, len(rows) + i, r.data, r.line) for i, r in enumerate(_read_file(path)))
+    return rows
+
+
+# ---------------------------------------------------------------------------- registry entries
+
+def _unknown_name(name: str, registry: dict[str, Any], dataset_dir: str | Path) -> str:
+    known = sorted(registry)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return (f"dataset {name!r} is not in {Path(dataset_dir) / REGISTRY_FILE}; {hint}"
+            f"known: {', '.join(known) or '(none)'}")
+
+
+def _check_keys(entry: dict[str, Any], where: str) -> None:
+    if entry.get("ranking"):
+        raise DataError(f"{where}: ranking (preference) datasets are not supported; sftkit trains SFT only")
+    unsupported = [k for k in entry if k not in SUPPORTED_KEYS and k not in OTHER_SOURCES and k != "ranking"]
+    if unsupported:
+        raise DataError(f"{where}: key {unsupported[0]!r} is not supported by sftkit; remove it or pick "
+                        "another dataset")
+    if "file_name" not in entry and "hf_hub_url" not in entry:
+        other = [k for k in OTHER_SOURCES if k in entry]
+        what = f"uses {other[0]}, which sftkit does not support" if other else "has no file_name"
+        raise DataError(f"{where}: {what}; give it a file_name (local file) or hf_hub_url")
+
+
+def _merge(defaults: dict[str, str], given: Any, where: str) -> dict[str, str]:
+    """Defaults overridden by the entry's `columns`/`tags`; unknown keys are refused."""
+    if given is None:
+        return dict(defaults)
+    if not isinstance(given, dict):
+        raise DataError(f"{where}: expected an object")
+    unknown = [k for k in given if k not in defaults]
+    if unknown:
+        raise DataError(f"{where}: {unknown[0]!r} is not supported (sftkit knows {', '.join(defaults)})")
+    bad = [k for k, v in given.items() if not isinstance(v, str)]
+    if bad:
+        raise DataError(f"{where}: {bad[0]!r} must be a string")
+    return {**defaults, **given}
+
+
+def _source(entry: dict[str, Any], where: str, dataset_dir: Path) -> tuple[Path | None, str | None]:
+    if "file_name" in entry:
+        return _local_path(entry["file_name"], where, dataset_dir), None
+    hub_id = entry["hf_hub_url"]
+    if not isinstance(hub_id, str) or not hub_id:
+        raise DataError(f"{where}: hf_hub_url must be a hub dataset id such as 'org/name'")
+    return None, hub_id
+
+
+def _local_path(file_name: Any, where: str, dataset_dir: Path) -> Path:
+    if not isinstance(file_name, str) or not file_name:
+        raise DataError(f"{where}: file_name must be a file or folder name")
+    path = Path(file_name)
+    if path.is_absolute():
+        return path
+    # Only a literal ".." escape is refused: a symlink placed inside dataset_dir is the user's choice.
+    if os.path.normpath(path).split(os.sep)[0] == os.pardir:
+        raise DataError(f"{where}: file_name {file_name!r} points outside {dataset_dir}; use a path inside "
+                        "dataset_dir or an absolute path")
+    return dataset_dir / path
+
+
+# ---------------------------------------------------------------------------- reading files
+
+def _data_files(path: Path, name: str) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: folder of dataset {name!r} has no {'/'.join(FILE_SUFFIXES)} files")
+        return files
+    if not path.is_file():
+        raise DataError(f"{path}: file of dataset {name!r} not found; fix file_name in {REGISTRY_FILE}")
+    if path.suffix not in FILE_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use {', '.join(FILE_SUFFIXES)}")
+    return [path]
+
+
+def _read_file(path: Path) -> list[SourceRow]:
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix == ".parquet":
+        rows = [SourceRow(str(path), i, row) for i, row in enumerate(_read_parquet(path))]
+    elif path.suffix == ".csv":
+        rows = _read_csv(path)
+    else:
+        rows = _read_json(path)
+    if not rows:
+        raise DataError(f"{path}: the file has no rows")
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
+
+
+def _parse_json(path: Path, text: str, first_line: int = 1) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = exc.lineno + first_line - 1
+        raise DataError(f"{path}:{line}: invalid JSON ({exc.msg} at column {exc.colno}); fix that line") from None
+
+
+def _read_json(path: Path) -> list[SourceRow]:
+    """A .json file holding a list of rows, or JSON Lines (in a .jsonl or .json file)."""
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        data = _parse_json(path, text)
+        return [SourceRow(str(path), i, row) for i, row in enumerate(data)]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            rows.append(SourceRow(str(path), len(rows), _parse_json(path, line, number), number))
+    return rows
+
+
+def _read_csv(path: Path) -> list[SourceRow]:
+    """CSV through the csv module: every cell stays a string (pyarrow would turn "2" into a number)."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    rows = []
+    for row in reader:
+        # DictReader's line_num is the line where the row ended (rows may span lines).
+        rows.append(SourceRow(str(path), len(rows), {k: v for k, v in row.items() if k is not None},
+                              reader.line_num))
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
+
+
+def _read_hub(spec: DatasetSpec) -> list[SourceRow]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(spec.hub_id, name=spec.subset, data_dir=spec.folder, split=spec.split)
+    except Exception as exc:  # offline, unknown id, bad subset/split: the hub raises many types
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"dataset {spec.name!r}: cannot load {spec.hub_id} from the Hugging Face hub ({reason}); "
+                        "check the id and network access, or download it and use file_name") from None
+    label = f"{spec.hub_id}[{spec.split}]"
+    return [SourceRow(label, i, row) for i, row in enumerate(dataset)]
