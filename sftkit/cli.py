@@ -112,12 +112,17 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    repl: Annotated[bool, typer.Option(help="Interactive conversation even when stdin is not a terminal.")] = False,
 ) -> None:
-    """Talk to a model with the template it was trained on (REPL on a terminal, one-shot otherwise)."""
+    """Talk to a model with the template it was trained on.
+
+    On a terminal: a conversation (/reset, /system TEXT, /exit; Ctrl-C stops an answer, Ctrl-D leaves).
+    Otherwise each stdin line is a prompt answered on its own, one answer per prompt.
+    """
     from sftkit.chat import chat as run
 
     run(model, system=system, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p, seed=seed)
+        top_p=top_p, seed=seed, repl=repl)
 
 
 @app.command("eval")

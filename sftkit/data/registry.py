@@ -63,10 +63,10 @@ class DatasetSpec:
 
 
 class SourceRow(NamedTuple):
-    """One raw row and where it came from (for error messages and the `index` column)."""
+    """One raw row and where it came from: file (or hub id), 0-based row in that file, line if known."""
 
     source: str
-    index: int
+    row: int
     data: Any
     line: int | None = None
 
@@ -111,7 +111,7 @@ def get_spec(registry: dict[str, Any], name: str, dataset_dir: str | Path) -> Da
 
 
 def read_rows(spec: DatasetSpec) -> list[SourceRow]:
-    """Every raw row of a dataset, in file order (a folder's files sorted by name).
+    """Every raw row of a dataset, in file order (a folder's files sorted by name, concatenated).
 
     Raises:
         DataError: missing, empty, non-UTF-8 or malformed file, or a hub dataset that cannot be loaded.
@@ -120,10 +120,7 @@ def read_rows(spec: DatasetSpec) -> list[SourceRow]:
         return _read_hub(spec)
     assert spec.path is not None
     files = _data_files(spec.path, spec.name)
-    rows: list[SourceRow] = []
-    for path in files:
-        rows.extend(SourceRow(r.source, len(rows) + i, r.data, r.line) for i, r in enumerate(_read_file(path)))
-    return rows
+    return [row for path in files for row in _read_file(path)]
 
 
 # ---------------------------------------------------------------------------- registry entries

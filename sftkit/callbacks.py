@@ -1,0 +1,111 @@
+"""Trainer callbacks that sftkit adds to TRL's SFTTrainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from sftkit.config import SftConfig
+    from sftkit.evaluate import Prompt
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_RUN = "samples"  # TensorBoard run (folder under output_dir/runs) holding the generated samples
+SAMPLES_TAG = "eval_samples"
+
+
+class GenerationSamplesCallback(TrainerCallback):
+    """At each evaluation, answers a few fixed eval prompts (greedy) and logs them to TensorBoard as text.
+
+    The text of sample i is under the tag `eval_samples/i` of the TensorBoard run
+    `<output_dir>/runs/samples`, one entry per evaluation step, so a user watches the answers change.
+    Only the main process generates. Sharded training (FSDP, DeepSpeed ZeRO-3) is skipped: one rank
+    alone cannot run a sharded model.
+    """
+
+    def __init__(self, tokenizer: Any, prompts: list[Prompt], prompt_ids: list[list[int]], stop_ids: list[int],
+                 max_new_tokens: int, prompt_texts: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.prompt_ids = prompt_ids
+        self.stop_ids = stop_ids
+        self.max_new_tokens = max_new_tokens
+        self.prompt_texts = prompt_texts
+        self._writer: Any = None
+        self._noted_sharding = False
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or model is None:
+            return
+        if _sharded(args):
+            if not self._noted_sharding:
+                logger.warning("eval_generation_samples: skipped, a sharded (FSDP / ZeRO-3) model cannot "
+                               "generate on one process")
+                self._noted_sharding = True
+            return
+        from sftkit.evaluate import GenerationSettings, generate
+
+        settings = GenerationSettings(self.max_new_tokens, batch_size=len(self.prompt_ids))
+        replies = generate(model, self.tokenizer, self.prompt_ids, self.stop_ids, settings)
+        writer = self._summary_writer(args)
+        for i, reply in enumerate(replies):
+            writer.add_text(f"{SAMPLES_TAG}/{i}", self._markdown(i, reply, state.global_step), state.global_step)
+        writer.flush()
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _summary_writer(self, args: TrainingArguments) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=os.path.join(args.output_dir, "runs", SAMPLES_RUN))
+        return self._writer
+
+    def _markdown(self, i: int, reply: str, step: int) -> str:
+        """TensorBoard renders markdown; indented blocks keep control tokens like <|im_start|> visible."""
+        prompt = self.prompts[i]
+        return (f"**prompt** ({prompt.dataset} row {prompt.index})\n\n{_block(self.prompt_texts[i])}\n\n"
+                f"**reference**\n\n{_block(prompt.reference)}\n\n**answer at step {step}**\n\n{_block(reply)}")
+
+
+def generation_samples_callback(cfg: SftConfig, tokenizer: Any) -> GenerationSamplesCallback | None:
+    """The samples callback for a run, or None when it would log nothing.
+
+    None when the run does not evaluate, has no eval set, asks for no samples
+    (`eval_generation_samples: 0`) or does not report to TensorBoard.
+    """
+    wants_tensorboard = any(name in ("tensorboard", "all") for name in cfg.report_to)
+    has_eval = cfg.does_eval and (cfg.eval_dataset or cfg.val_size)
+    if not (has_eval and wants_tensorboard and cfg.eval_generation_samples):
+        return None
+    from sftkit.data.masking import encode_prompt
+    from sftkit.data.template import get_template
+    from sftkit.evaluate import load_prompts
+
+    template = get_template(cfg.template)
+    prompts = load_prompts(cfg, "eval", cfg.eval_generation_samples)
+    ids = [encode_prompt(tokenizer, template, p.messages, p.tools) for p in prompts]
+    texts = [template.generation_prompt(p.messages, p.tools) for p in prompts]
+    return GenerationSamplesCallback(tokenizer, prompts, ids, template.stop_token_ids(tokenizer),
+                                     cfg.generation_max_new_tokens, texts)
+
+
+def _sharded(args: TrainingArguments) -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(getattr(args, "fsdp", None)) or is_deepspeed_zero3_enabled()
+
+
+def _block(text: str) -> str:
+    return "\n".join(f"    {line}" for line in (text or "(empty)").splitlines() or [""])

@@ -1,0 +1,226 @@
+"""Alpaca and ShareGPT rows -> normalized conversations, with row-level validation.
+
+A normalized row is `{"messages": [{"role", "content"}, ...], "tools": str | None, "dataset", "index"}`
+with roles system/user/assistant/function_call/observation, at most one system message, first. Turns
+alternate between the user side (user, observation) and the assistant side (assistant, function_call),
+start on the user side and end on the assistant side. Every problem is one line naming the file, the
+row and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sftkit.data.registry import REGISTRY_FILE, DatasetSpec, SourceRow
+from sftkit.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+USER_SIDE = ("user", "observation")
+ASSISTANT_SIDE = ("assistant", "function_call")
+SHOWN_PROBLEMS = 5
+# tags key -> normalized role
+TAG_ROLES = {"user_tag": "user", "assistant_tag": "assistant", "system_tag": "system",
+             "observation_tag": "observation", "function_tag": "function_call"}
+
+Message = dict[str, str]
+
+
+class RowError(Exception):
+    """What is wrong with one row, and the fix (the caller adds file and row)."""
+
+
+@dataclass
+class Normalized:
+    """A dataset's good rows, and the bad ones that `skip_bad_rows` dropped."""
+
+    rows: list[dict[str, Any]]
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)  # the first few, one line each
+
+
+def normalize(rows: list[SourceRow], spec: DatasetSpec, default_system: str | None,
+              skip_bad_rows: bool = False) -> Normalized:
+    """Converts a dataset's raw rows into normalized conversations.
+
+    Args:
+        rows: raw rows from `registry.read_rows`; their position becomes the `index` column.
+        spec: the dataset's registry entry.
+        default_system: system prompt for rows that carry none.
+        skip_bad_rows: skip (and count) bad rows instead of raising.
+
+    Raises:
+        DataError: the first bad row (with how many more there are), unless `skip_bad_rows`.
+    """
+    convert = alpaca_to_messages if spec.formatting == "alpaca" else sharegpt_to_messages
+    good: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for index, row in enumerate(rows):
+        try:
+            messages, tools = convert(row.data, spec, default_system)
+        except RowError as exc:
+            problems.append(_locate(row, str(exc)))
+            continue
+        good.append({"messages": messages, "tools": tools, "dataset": spec.name, "index": index})
+    if problems and not skip_bad_rows:
+        more = f" ({len(problems) - 1} more bad rows; skip_bad_rows: true skips them)" if len(problems) > 1 else ""
+        raise DataError(problems[0] + more)
+    if problems:
+        logger.warning("dataset %s: skipped %d bad rows, first: %s", spec.name, len(problems), problems[0])
+    return Normalized(good, len(problems), problems[:SHOWN_PROBLEMS])
+
+
+def alpaca_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
+                       ) -> tuple[list[Message], str | None]:
+    """instruction (+ "\\n" + input) -> user, output -> assistant, after any `history` pairs.
+
+    Raises:
+        RowError: missing or mistyped column, malformed history, empty output.
+    """
+    row = _as_object(data)
+    cols = spec.columns
+    prompt = _text(row, cols["prompt"], "prompt", required=True)
+    query = _text(row, cols["query"], "query")
+    response = _text(row, cols["response"], "response", required=True)
+    if not response.strip():
+        raise RowError(f"empty assistant reply (column {cols['response']!r}); fill it in or remove the row")
+    system = _text(row, cols["system"], "system") or default_system
+    user = "\n".join(part for part in (prompt, query) if part)
+    turns = _history(row.get(cols["history"]), cols["history"])
+    turns += [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+    return _with_system(system, turns), None
+
+
+def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
+                         ) -> tuple[list[Message], str | None]:
+    """A list of tagged messages -> normalized roles; system from a leading system message or column.
+
+    Raises:
+        RowError: missing or mistyped column, unknown role tag, roles out of order, empty reply.
+    """
+    row = _as_object(data)
+    column = spec.columns["messages"]
+    raw = row.get(column)
+    if raw is None:
+        raise RowError(f"missing column {column!r}; map the right one with columns.messages in {REGISTRY_FILE}")
+    if not isinstance(raw, list):
+        raise RowError(f"column {column!r} must be a list of messages, got {type(raw).__name__}")
+    if not raw:
+        raise RowError(f"empty conversation in column {column!r}; remove the row")
+    messages = [_tagged_message(m, i, spec.tags) for i, m in enumerate(raw)]
+    system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
+    check_turns(messages, first_position=len(raw) - len(messages))
+    system = system or _text(row, spec.columns["system"], "system") or default_system
+    return _with_system(system, messages), _tools(row.get(spec.columns["tools"]), spec.columns["tools"])
+
+
+def check_turns(turns: list[Message], first_position: int = 0) -> None:
+    """Raises RowError unless turns alternate user side -> assistant side and end on a non-empty reply.
+
+    Args:
+        turns: the conversation without its system message.
+        first_position: position of `turns[0]` in the source row (for the message numbers shown).
+    """
+    if not turns:
+        raise RowError("empty conversation (only a system message); remove the row")
+    for i, message in enumerate(turns):
+        expected = USER_SIDE if i % 2 == 0 else ASSISTANT_SIDE
+        if message["role"] not in expected:
+            raise RowError(f"roles out of order: message {i + first_position} is {message['role']}, expected "
+                           f"{' or '.join(expected)}; turns must alternate user -> assistant, starting with the user")
+        if i % 2 and not message["content"].strip():
+            raise RowError(f"empty assistant reply in message {i + first_position}; fill it in or remove the row")
+    if len(turns) % 2:
+        raise RowError(f"the conversation ends with a {turns[-1]['role']} message; it must end with an "
+                       "assistant reply (remove the trailing message)")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _locate(row: SourceRow, problem: str) -> str:
+    line = f" (line {row.line})" if row.line is not None else ""
+    return f"{row.source}: row {row.row}{line}: {problem}"
+
+
+def _as_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise RowError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _text(row: dict[str, Any], column: str, logical: str, required: bool = False) -> str:
+    """A string column; absent or null is "" unless required."""
+    value = row.get(column)
+    if value is None:
+        if required:
+            raise RowError(f"missing column {column!r}; map the right one with columns.{logical} in {REGISTRY_FILE}")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"column {column!r} must be a string, got {type(value).__name__} ({_short(value)})")
+    return value
+
+
+def _history(value: Any, column: str) -> list[Message]:
+    if value is None:
+        return []
+    fix = f"column {column!r} must be a list of [question, answer] string pairs"
+    if not isinstance(value, list):
+        raise RowError(f"{fix}, got {type(value).__name__}")
+    turns: list[Message] = []
+    for i, pair in enumerate(value):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise RowError(f"{fix}; pair {i} is {_short(pair)}")
+        if not pair[1].strip():
+            raise RowError(f"empty assistant reply in {column!r} pair {i}; fill it in or remove the pair")
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return turns
+
+
+def _tagged_message(message: Any, position: int, tags: dict[str, str]) -> Message:
+    if not isinstance(message, dict):
+        raise RowError(f"message {position} must be an object, got {type(message).__name__}")
+    role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    for key, tag in ((role_tag, "role_tag"), (content_tag, "content_tag")):
+        if key not in message:
+            raise RowError(f"message {position} has no {key!r} key; set tags.{tag} in {REGISTRY_FILE}")
+    roles = {tags[key]: role for key, role in TAG_ROLES.items()}
+    role, content = message[role_tag], message[content_tag]
+    if role not in roles:
+        raise RowError(f"message {position} has unknown role {_short(role)}, expected one of "
+                       f"{', '.join(roles)}; map it with tags in {REGISTRY_FILE}")
+    if not isinstance(content, str):
+        raise RowError(f"message {position}: {content_tag!r} must be a string, got {type(content).__name__}")
+    if roles[role] == "system" and position:
+        raise RowError(f"message {position} is a system message; only the first message may be one")
+    return {"role": roles[role], "content": content}
+
+
+def _tools(value: Any, column: str) -> str | None:
+    """Tool schemas as a JSON string (lists and objects are dumped), None when absent."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    if not isinstance(value, str):
+        raise RowError(f"column {column!r} must be a JSON string or list of tool schemas, got {type(value).__name__}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"column {column!r} is not valid JSON ({exc.msg}); fix the tool schemas") from None
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list) or not all(isinstance(tool, dict) for tool in parsed):
+        raise RowError(f"column {column!r} must hold a JSON list of tool-schema objects")
+    return value if parsed else None
+
+
+def _with_system(system: str | None, turns: list[Message]) -> list[Message]:
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
