@@ -32,12 +32,13 @@ class ChunkedLossOutput:
 
     Attributes:
         loss: summed token cross-entropy divided by `num_items_in_batch` (or by `num_trained`).
-        num_correct: trained positions whose label is the argmax of the logits (for token accuracy).
+        num_correct: trained positions whose label is the argmax of the logits (token accuracy); None
+            where the kernel does not count them.
         num_trained: positions with a label other than -100 in this micro-batch.
     """
 
     loss: torch.Tensor
-    num_correct: torch.Tensor
+    num_correct: torch.Tensor | None
     num_trained: int
 
 
@@ -64,14 +65,20 @@ def chunked_cross_entropy(
     Returns:
         The loss with the counts for token accuracy.
     """
-    import torch
-
     hidden, targets = _trained_positions(hidden_states, labels, shifted)
     loss_sum, num_correct = _sum_over_chunks(head, hidden, targets, chunk_size)
-    denominator = num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1)
-    if torch.is_tensor(denominator):
-        denominator = denominator.to(loss_sum.device)
-    return ChunkedLossOutput(loss_sum / denominator, num_correct, targets.numel())
+    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), num_correct, targets.numel())
+
+
+def _divide(loss_sum: torch.Tensor, num_items_in_batch: int | torch.Tensor | None, num_trained: int) -> torch.Tensor:
+    """The summed loss over the accumulated batch's trained tokens (this batch's when not given)."""
+    import torch
+
+    if num_items_in_batch is None:
+        return loss_sum / max(num_trained, 1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+    return loss_sum / num_items_in_batch
 
 
 def _trained_positions(hidden_states: torch.Tensor, labels: torch.Tensor,
@@ -128,11 +135,19 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def liger_available() -> bool:
+    """Whether Liger's fused linear cross-entropy can be imported (it needs Triton and a GPU to run)."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
 def add_chunked_loss(model: nn.Module) -> None:
     """Patches `model` so `model(**batch, loss_chunk_size=n)` returns a `ChunkedLossOutput`.
 
-    Without `loss_chunk_size` (or with 0) the forward is the original one, so generation and evaluation
-    are unchanged. Patching twice is harmless. For a PEFT model the inner causal LM is patched.
+    `liger=True` in the same call computes the loss with Liger's fused linear cross-entropy instead (GPU,
+    plain Linear head). Without either, the forward is the original one, so generation and evaluation are
+    unchanged. Patching twice is harmless. For a PEFT model the inner causal LM is patched.
 
     Args:
         model: a transformers causal LM, or a PEFT model around one.
@@ -144,21 +159,44 @@ def add_chunked_loss(model: nn.Module) -> None:
 
     # The original signature is kept: `generate` validates its keyword arguments against it.
     @functools.wraps(type(lm).forward)
-    def forward(self: nn.Module, *args: Any, loss_chunk_size: int = 0, **kwargs: Any) -> Any:
-        if not loss_chunk_size:
+    def forward(self: nn.Module, *args: Any, loss_chunk_size: int = 0, liger: bool = False, **kwargs: Any) -> Any:
+        if not (loss_chunk_size or liger):
             return original_forward(*args, **kwargs)
-        return _chunked_forward(self, args, kwargs, loss_chunk_size)
+        return _chunked_forward(self, args, kwargs, loss_chunk_size, liger)
 
     lm.forward = types.MethodType(forward, lm)
     lm._sftkit_chunked_loss = True
 
 
-def _chunked_forward(lm: nn.Module, args: tuple, kwargs: dict[str, Any], chunk_size: int) -> ChunkedLossOutput:
-    """The decoder on the batch, then the chunked loss on its final hidden states."""
+def _chunked_forward(lm: nn.Module, args: tuple, kwargs: dict[str, Any], chunk_size: int,
+                     liger: bool) -> ChunkedLossOutput:
+    """The decoder on the batch, then the chunked (or Liger) loss on its final hidden states."""
     shifted = kwargs.get("shift_labels") is not None
     labels = kwargs["shift_labels"] if shifted else kwargs["labels"]
     decoder_kwargs = {key: value for key, value in kwargs.items() if key not in _LOSS_KEYS}
     decoder_kwargs["use_cache"] = False
     hidden_states = lm.get_decoder()(*args, **decoder_kwargs).last_hidden_state
-    return chunked_cross_entropy(lm.get_output_embeddings(), hidden_states, labels, chunk_size,
-                                 kwargs.get("num_items_in_batch"), shifted=shifted)
+    loss_fn = liger_cross_entropy if liger else functools.partial(chunked_cross_entropy, chunk_size=chunk_size)
+    return loss_fn(lm.get_output_embeddings(), hidden_states, labels,
+                   num_items_in_batch=kwargs.get("num_items_in_batch"), shifted=shifted)
+
+
+def liger_cross_entropy(
+    head: nn.Module,
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    shifted: bool = False,
+) -> ChunkedLossOutput:
+    """`chunked_cross_entropy` computed by Liger's fused linear cross-entropy kernel (no accuracy count).
+
+    Liger takes the raw head weight, so the head must be a plain `nn.Linear` (the trainer checks).
+    """
+    import torch
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    hidden, targets = _trained_positions(hidden_states, labels, shifted)
+    out = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
+    # Its return type changed across releases: a tensor, a tuple, or an output object with `.loss`.
+    loss_sum = getattr(out, "loss", out if torch.is_tensor(out) else out[0])
+    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), None, targets.numel())

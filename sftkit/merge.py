@@ -176,9 +176,10 @@ def _check_adapter_fits(model: Any, run_dir: Path, base: str) -> None:
         for key in weights.keys():
             shape = tuple(weights.get_slice(key).get_shape())
             expected = _expected_shape(modules, key, shape)
-            if expected != shape:
-                problems.append(f"{key} has shape {list(shape)} but the base expects "
-                                f"{list(expected) if expected else 'no such module'}")
+            if expected is None:
+                problems.append(f"{key} belongs to a module the base does not have")
+            elif expected != shape:
+                problems.append(f"{key} has shape {list(shape)} but the base expects {list(expected)}")
     if problems:
         raise SftkitError(f"{run_dir}: the adapter was not trained on {base!r} ({problems[0]}); pass the "
                           "base it was trained on with --base")

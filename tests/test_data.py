@@ -219,7 +219,7 @@ def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, 
 
     result = sftkit("validate", str(config), cache=datasets_cache)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{config}: OK ({n_sets} datasets, {train + eval_} rows (train {train}, eval {eval_}))\n"
+    assert result.stdout == f"{config}: OK ({n_sets} datasets, {train + eval_} rows: train {train}, eval {eval_})\n"
 
     result = sftkit("data", "preview", str(config), "-n", "2", cache=datasets_cache)
     assert result.returncode == 0, result.stderr

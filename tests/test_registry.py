@@ -247,4 +247,4 @@ def test_eval_dataset_is_the_eval_set(two_sets: Path) -> None:
     conv = load_conversations(config(two_sets, "big", eval_dataset="small", val_size=0.5))
     assert set(conv.train["dataset"]) == {"big"} and len(conv.train) == 30
     assert conv.eval["dataset"] == ["small"] * 10
-    assert validate_data(config(two_sets, "big", eval_dataset="small")) == "2 datasets, 40 rows (train 30, eval 10)"
+    assert validate_data(config(two_sets, "big", eval_dataset="small")) == "2 datasets, 40 rows: train 30, eval 10"

@@ -60,7 +60,7 @@ def validate_data(cfg: SftConfig) -> str:
     """Resolves and parses every dataset of the config (no tokenizer, no model).
 
     Returns:
-        A short summary such as "3 datasets, 400 rows (train 360, eval 40)".
+        A short summary such as "3 datasets, 400 rows: train 360, eval 40".
 
     Raises:
         DataError: the first problem found.
@@ -69,7 +69,7 @@ def validate_data(cfg: SftConfig) -> str:
     eval_rows = len(conv.eval) if conv.eval is not None else 0
     summary = f"{len(conv.datasets)} datasets, {len(conv.train) + eval_rows} rows"
     if conv.eval is not None:
-        summary += f" (train {len(conv.train)}, eval {eval_rows})"
+        summary += f": train {len(conv.train)}, eval {eval_rows}"
     if conv.skipped:
         summary += f", {conv.skipped} bad rows skipped"
     return summary

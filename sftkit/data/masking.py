@@ -201,7 +201,7 @@ def _plain_text(tokenizer: Any, text: str, at_start: bool) -> tuple[list[int], O
                              return_offsets_mapping=True, verbose=False)
         return encoding["input_ids"], [tuple(span) for span in encoding["offset_mapping"]]
 
-    if True:
+    if at_start:
         return encode(text)
     newline, _ = encode("\n")
     ids, offsets = encode("\n" + text)

@@ -1,0 +1,106 @@
+"""`SftkitTrainer`: TRL's SFTTrainer with the chunked loss and no per-step work the user does not see.
+
+TRL's own `compute_loss` scores every position (trained or not) and, every step, computes the entropy and
+top-1 accuracy over the full vocabulary and syncs three scalars to the host (`.item()`). Here the loss is
+`sftkit.loss`'s chunked cross-entropy over trained positions only; token accuracy falls out of the same
+chunks, and the counts stay on the device until a logging step. Users still see loss, grad norm, learning
+rate, tokens seen and token accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+
+from sftkit.loss import add_chunked_loss, causal_lm_of
+
+logger = logging.getLogger(__name__)
+
+
+class SftkitTrainer(SFTTrainer):
+    """SFTTrainer whose training loss is the chunked cross-entropy (`loss_chunk_size` tokens per chunk).
+
+    Args:
+        *args: passed to `trl.SFTTrainer`.
+        loss_chunk_size: trained tokens per output-head call; 0 uses the model's own loss instead.
+        **kwargs: passed to `trl.SFTTrainer`.
+    """
+
+    def __init__(self, *args: Any, loss_chunk_size: int = 1024, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_chunk_size = loss_chunk_size
+        self.liger_loss = self.args.use_liger_kernel and _liger_loss_usable(self.model)
+        add_chunked_loss(self.model)
+        # Per mode, since the last log: [correct predictions, trained tokens counted, tokens seen].
+        self._counts: dict[str, torch.Tensor] = {}
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        """The chunked loss; TRL's path only where logits must be returned (`return_outputs`)."""
+        if return_outputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self.loss_chunk_size and not self.liger_loss:
+            return self._model_loss(model, inputs, num_items_in_batch)
+        out = model(**inputs, loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
+                    num_items_in_batch=num_items_in_batch)
+        self._count(inputs, out.num_correct, out.num_trained)
+        return self._across_devices(out.loss, num_items_in_batch)
+
+    def _model_loss(self, model: torch.nn.Module, inputs: dict[str, Any],
+                    num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+        """`loss_chunk_size: 0`: the model's own loss from full logits, as `transformers.Trainer` computes it."""
+        from transformers import Trainer
+
+        self._count(inputs, None, 0)
+        return Trainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+
+    def _across_devices(self, loss: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+        # `num_items_in_batch` counts every rank's tokens while DDP averages gradients (as in Trainer.compute_loss).
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            return loss * self.accelerator.num_processes
+        return loss
+
+    def _count(self, inputs: dict[str, Any], num_correct: torch.Tensor | None, num_trained: int) -> None:
+        """Adds this micro-batch to the logged counts, on the device: no host sync per step."""
+        mode = "train" if self.model.training else "eval"
+        input_ids = inputs["input_ids"]
+        counts = self._counts.setdefault(mode, torch.zeros(3, dtype=torch.long, device=input_ids.device))
+        if num_correct is not None:
+            counts[0] += num_correct
+            counts[1] += num_trained
+        mask = inputs.get("attention_mask")
+        counts[2] += mask.sum() if mask is not None else input_ids.numel()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Turns the counts gathered since the last log into `mean_token_accuracy` and `num_tokens`."""
+        mode = "train" if self.model.training else "eval"
+        if mode in self._counts:
+            counts = self._counts.pop(mode)
+            correct, trained, tokens = self.accelerator.gather(counts).view(-1, 3).sum(0).tolist()
+            if trained:
+                self._metrics[mode]["mean_token_accuracy"] = [correct / trained]
+            if mode == "train":
+                self._total_train_tokens += tokens
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        super().log(logs, start_time)
+
+
+def _liger_loss_usable(model: torch.nn.Module) -> bool:
+    """Liger's fused linear cross-entropy needs a GPU, the package, and a plain Linear output head."""
+    from sftkit.loss import liger_available
+
+    head = causal_lm_of(model).get_output_embeddings()
+    device = next(model.parameters()).device
+    reason = None
+    if not liger_available():
+        reason = "liger-kernel is not installed (pip install liger-kernel)"
+    elif device.type != "cuda":
+        reason = f"the model is on {device.type}, and Liger's kernels need a GPU"
+    elif type(head) is not torch.nn.Linear:
+        reason = f"the output head is a {type(head).__name__} (e.g. trainable new-token rows), not a plain Linear"
+    if reason:
+        logger.warning("enable_liger_kernel: %s; using the chunked cross-entropy instead.", reason)
+    return reason is None

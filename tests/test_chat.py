@@ -1,0 +1,266 @@
+"""`sftkit chat`: prompt ids, stopping, the REPL, one-shot modes, and the train -> merge -> chat chain."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+QUESTION = "What is the capital of France?"
+ANSWER = "Paris."
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
+                {"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": QUESTION}]
+
+
+def run_cli(args: list[str], monkeypatch, capsys, stdin: str = "") -> tuple[int, str, str]:
+    """Runs the console entry point in-process with `stdin` (not a terminal): (exit code, stdout, stderr)."""
+    from sftkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["sftkit", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+class TokenCapture:
+    """A streamer that keeps the ids `generate` is fed (the prompt) and those it generates."""
+
+    def __init__(self) -> None:
+        self.prompt: list[int] | None = None
+        self.generated: list[int] = []
+
+    def put(self, value) -> None:
+        if self.prompt is None:
+            self.prompt = value.flatten().tolist()
+        else:
+            self.generated += value.flatten().tolist()
+
+    def end(self) -> None:
+        pass
+
+
+def prepared_model(model_dir: Path, template_name: str):
+    """The tiny model and tokenizer set up for `template_name` as training sets them up."""
+    from sftkit.config import validate_config
+    from sftkit.data.template import get_template
+    from sftkit.model import Precision, load_model, load_tokenizer
+
+    cfg = validate_config({"model_name_or_path": str(model_dir), "dataset": ["x"], "output_dir": "unused",
+                           "template": template_name})
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, tokenizer, Precision("float32", "cpu", "test"))
+    return model.eval(), tokenizer, get_template(template_name)
+
+
+@pytest.fixture(scope="module")
+def base_session(tiny_model_dir: Path):
+    from sftkit.chat import ChatSession, GenerationSettings
+
+    model, tokenizer, template = prepared_model(tiny_model_dir, "chatml")
+    return ChatSession(model, tokenizer, template, GenerationSettings(max_new_tokens=4))
+
+
+# ---------------------------------------------------------------------------- prompt ids and stopping
+
+@pytest.mark.parametrize("template_name", ["chatml", "ernie_nothink"])
+def test_chat_feeds_the_training_ids_up_to_the_assistant_header(tiny_model_dir: Path, template_name: str) -> None:
+    from sftkit.chat import GenerationSettings, generate_reply
+    from sftkit.data.masking import encode_conversation
+
+    model, tokenizer, template = prepared_model(tiny_model_dir, template_name)
+    capture = TokenCapture()
+    generate_reply(model, tokenizer, template, CONVERSATION, GenerationSettings(max_new_tokens=1),
+                   streamer=capture)
+    trained = encode_conversation(tokenizer, template, CONVERSATION + [{"role": "assistant", "content": ANSWER}],
+                                  None, cutoff_len=1024).input_ids
+    header_end = tokenizer(template.generation_prompt(CONVERSATION), add_special_tokens=False).input_ids
+    assert capture.prompt == trained[:len(capture.prompt)]
+    # everything up to the assistant header; at most the header's last token (merged with the reply's
+    # first in a byte-level BPE) is left for the model to generate
+    assert capture.prompt == header_end[:len(capture.prompt)] and len(header_end) - len(capture.prompt) <= 1
+    assert tokenizer.convert_tokens_to_ids(template.end_token) in capture.prompt  # one control token, not text
+
+
+def test_ctrl_c_stops_the_answer_and_restores_the_handler(base_session) -> None:
+    from sftkit.chat import GenerationSettings, StopOnInterrupt, generate_reply
+
+    session = base_session
+    settings = GenerationSettings(max_new_tokens=30)
+    messages = [{"role": "user", "content": QUESTION}]
+    full = generate_reply(session.model, session.tokenizer, session.template, messages, settings)
+    stop = StopOnInterrupt()
+    with stop.armed():
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; the process must survive it
+        cut = generate_reply(session.model, session.tokenizer, session.template, messages, settings, stop=stop)
+    assert stop.requested
+    assert len(session.tokenizer(cut).input_ids) <= 1 < len(session.tokenizer(full).input_ids)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---------------------------------------------------------------------------- REPL
+
+def test_repl_commands_reset_and_set_the_system_prompt(base_session) -> None:
+    from sftkit.chat import run_repl
+    from sftkit.chat import _stream_reader  # the reader `--repl` uses on a non-terminal stdin
+
+    base_session.history, base_session.system = [], None
+    out = io.StringIO()
+    lines = io.StringIO("hello\n/reset\n/system Be brief\n/unknown\nhi\n/exit\nnever read\n")
+    run_repl(base_session, _stream_reader(lines, out), out)
+    text = out.getvalue()
+    assert "(new conversation)" in text and "(system prompt set)" in text and "unknown command /unknown" in text
+    assert base_session.system == "Be brief"
+    assert [m["role"] for m in base_session.history] == ["user", "assistant"]
+    assert base_session.history[0]["content"] == "hi"
+    assert lines.readline() == "never read\n"  # /exit left the loop
+
+
+def test_repl_leaves_at_end_of_input(base_session) -> None:
+    from sftkit.chat import _stream_reader, run_repl
+
+    base_session.history = []
+    out = io.StringIO()
+    run_repl(base_session, _stream_reader(io.StringIO("hi\n"), out), out)  # no /exit: Ctrl-D
+    assert len(base_session.history) == 2
+
+
+# ---------------------------------------------------------------------------- loading and templates
+
+def test_base_model_gets_chatml_with_a_note(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["chat", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "3"],
+                             monkeypatch, capsys)
+    assert code == 0 and len(out) > 1  # some answer, then the newline
+    assert "note: template chatml (default: no chat_template)" in err
+
+
+def test_template_comes_from_run_config_else_from_chat_template(tiny_model_dir: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    from sftkit.chat import load_for_inference
+    from sftkit.config import dump_resolved, validate_config
+
+    _, tokenizer, _ = prepared_model(tiny_model_dir, "ernie_nothink")
+    merged_like = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, merged_like)
+    tokenizer.save_pretrained(merged_like)
+    assert load_for_inference(str(merged_like))[2].name == "ernie_nothink"
+    assert "recognised from the tokenizer's chat_template" in capsys.readouterr().err
+
+    full_run = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, full_run)
+    dump_resolved(validate_config({"model_name_or_path": "x", "dataset": ["x"], "output_dir": str(full_run),
+                                   "template": "ernie_nothink", "finetuning_type": "full"}),
+                  full_run / "sftkit_config.yaml")
+    model, tokenizer, template = load_for_inference(str(full_run))
+    assert template.name == "ernie_nothink" and "sftkit_config.yaml" in capsys.readouterr().err
+    assert len(tokenizer) <= model.get_input_embeddings().weight.shape[0]
+
+
+def test_sampling_is_seeded(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    def sample(seed: int) -> str:
+        args = ["chat", str(tiny_model_dir), "--prompt", "hi", "--temperature", "1", "--max-new-tokens", "12",
+                "--seed", str(seed)]
+        return run_cli(args, monkeypatch, capsys)[1]
+
+    assert sample(1) == sample(1) != sample(2)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    for args, words in (([str(tmp_path / "missing"), "--prompt", "hi"], "cannot load a tokenizer"),
+                        ([str(tiny_model_dir), "--temperature", "-1"], "--temperature")):
+        code, _, err = run_cli(["chat", *args], monkeypatch, capsys)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and "Traceback" not in err and len(errors) == 1 and words in errors[0], err
+
+
+# ---------------------------------------------------------------------------- train -> merge -> chat
+
+@pytest.fixture(scope="module")
+def learnable_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a wider initialisation, so a few LoRA steps can overfit it.
+
+    The shared tiny model's tied, frozen embeddings (std 0.02) bound its logits to about +-1.3: LoRA
+    cannot make any token likely, and greedy output after a short run is noise. At std 0.3 one row is
+    reproduced exactly after ~30 steps.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sftkit.tiny import build_tiny_tokenizer, tiny_model_config
+
+    out = tmp_path_factory.mktemp("learnable-tiny")
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                               tokenizer.eos_token_id)
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(learnable_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA run of `sftkit.train.train` overfit on one conversation."""
+    from sftkit.config import validate_config
+    from sftkit.train import train
+
+    data = tmp_path_factory.mktemp("chat-data")
+    (data / "rows.json").write_text(json.dumps([{"instruction": QUESTION, "input": "", "output": ANSWER}]))
+    (data / "dataset_info.json").write_text(json.dumps({"one": {"file_name": "rows.json"}}))
+    cfg = validate_config({
+        "model_name_or_path": str(learnable_base), "dataset": ["one"], "dataset_dir": str(data),
+        "template": "chatml", "output_dir": str(tmp_path_factory.mktemp("chat-run")), "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant", "max_steps": 40, "save_strategy": "no", "report_to": ["none"],
+        "plot_loss": False, "logging_steps": 40})
+    return train(cfg)
+
+
+def test_one_shot_on_the_run_reproduces_the_trained_answer(trained_run: Path, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["chat", str(trained_run), "--prompt", QUESTION], monkeypatch, capsys)
+    assert code == 0
+    assert out == ANSWER + "\n"  # stopped at <|im_end|>: nothing after the trained reply
+    assert "template chatml (from" in err
+
+
+def test_stdin_prompts_are_answered_one_by_one(trained_run: Path, monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(["chat", str(trained_run)], monkeypatch, capsys, stdin=f"{QUESTION}\n\n{QUESTION}\n")
+    assert code == 0 and out == f"{ANSWER}\n{ANSWER}\n"
+
+
+def test_repl_flag_streams_the_answer(trained_run: Path, monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(["chat", str(trained_run), "--repl"], monkeypatch, capsys,
+                           stdin=f"{QUESTION}\n/reset\n/system Be brief\n/exit\n")
+    assert code == 0
+    assert f">>> {ANSWER}\n>>> (new conversation)\n>>> (system prompt set)\n>>> " in out
+
+
+def test_merged_model_answers_like_the_run(trained_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from sftkit.chat import GenerationSettings, generate_reply, load_for_inference
+    from sftkit.merge import merge
+
+    merged = merge(trained_run, out=tmp_path / "merged", dtype="fp32")
+    code, out, err = run_cli(["chat", str(merged), "--prompt", QUESTION], monkeypatch, capsys)
+    assert code == 0 and out == ANSWER + "\n"
+    assert "template chatml (recognised from the tokenizer's chat_template)" in err
+
+    messages = [{"role": "user", "content": QUESTION}]
+    captures = []
+    for source in (trained_run, merged):
+        model, tokenizer, template = load_for_inference(str(source))
+        captures.append(TokenCapture())
+        generate_reply(model, tokenizer, template, messages, GenerationSettings(max_new_tokens=8),
+                       streamer=captures[-1])
+    assert captures[0].prompt == captures[1].prompt
+    assert captures[0].generated == captures[1].generated
+    assert captures[0].generated[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -1,0 +1,139 @@
+"""The chunked cross-entropy equals the model's own loss, in value and in every gradient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftkit.loss import add_chunked_loss, chunked_cross_entropy
+
+VOCAB_IN_USE = 500  # the tiny tokenizer's ids all lie below this
+
+
+def _model(model_dir: Path, lora: bool = False, trainable_tokens: list[int] | None = None) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if lora or trainable_tokens:
+        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                            trainable_token_indices=trainable_tokens)
+        model = get_peft_model(model, config)
+    add_chunked_loss(model)
+    return model
+
+
+def _packed_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Two rows, the first packing three sequences (TRL's padding-free layout), prompts masked with -100."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB_IN_USE, (2, 24), generator=gen)
+    position_ids = torch.cat([torch.arange(10), torch.arange(8), torch.arange(6)]).repeat(2, 1)
+    position_ids[1] = torch.arange(24)
+    labels = input_ids.clone()
+    labels[:, :3] = -100
+    labels[0, 10:13] = -100
+    labels[position_ids == 0] = -100  # as TRL's collator: no position predicts across a boundary
+    # Without a cache the model derives the block-diagonal packing mask from position_ids (as TRL calls it).
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
+
+
+def _loss_and_grads(model: torch.nn.Module, batch: dict, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss = model(**batch, **kwargs).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def _assert_same(reference: tuple, chunked: tuple) -> None:
+    (ref_loss, ref_grads), (loss, grads) = reference, chunked
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 4096])
+def test_loss_and_gradients_equal_the_models_own(tiny_model_dir: Path, chunk_size: int) -> None:
+    model = _model(tiny_model_dir)
+    batch = _packed_batch()
+    reference = _loss_and_grads(model, batch)
+    assert any(g.abs().sum() > 0 for g in reference[1].values())
+    _assert_same(reference, _loss_and_grads(model, batch, loss_chunk_size=chunk_size))
+
+
+def test_equal_with_lora(tiny_model_dir: Path) -> None:
+    model = _model(tiny_model_dir, lora=True)
+    batch = _packed_batch(seed=1)
+    reference = _loss_and_grads(model, batch)
+    assert any("lora_" in name for name in reference[1])
+    _assert_same(reference, _loss_and_grads(model, batch, loss_chunk_size=5))
+
+
+def test_trainable_token_rows_get_gradients_through_the_tied_head(tiny_model_dir: Path) -> None:
+    # The input ids avoid the trainable rows, so their only gradient comes through the output head.
+    model = _model(tiny_model_dir, trainable_tokens=[VOCAB_IN_USE + 1, VOCAB_IN_USE + 2])
+    batch = _packed_batch(seed=2)
+    reference = _loss_and_grads(model, batch)
+    token_grads = {n: g for n, g in reference[1].items() if "trainable_tokens" in n}
+    assert token_grads and all(g.abs().sum() > 0 for g in token_grads.values())
+    _assert_same(reference, _loss_and_grads(model, batch, loss_chunk_size=6))
+
+
+def test_num_items_in_batch_divides_the_summed_loss(tiny_model_dir: Path) -> None:
+    # Gradient accumulation: each micro-batch's sum over the whole accumulated batch's trained tokens.
+    model = _model(tiny_model_dir)
+    batch = _packed_batch(seed=3)
+    reference = _loss_and_grads(model, batch, num_items_in_batch=100)
+    _assert_same(reference, _loss_and_grads(model, batch, loss_chunk_size=8, num_items_in_batch=100))
+    trained = int((batch["labels"][:, 1:] != -100).sum())
+    mean = model(**batch, loss_chunk_size=8).loss
+    torch.testing.assert_close(reference[0], mean.detach() * trained / 100)
+
+
+def test_counts_trained_tokens_and_correct_predictions(tiny_model_dir: Path) -> None:
+    model = _model(tiny_model_dir)
+    batch = _packed_batch(seed=4)
+    # Teach the labels to be the argmax at a few positions: the count must see them.
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    labels = batch["labels"].clone()
+    labels[0, 5:9] = logits[0, 4:8].argmax(-1)
+    out = model(**batch | {"labels": labels}, loss_chunk_size=3)
+    mask = labels[:, 1:] != -100
+    expected = (logits[:, :-1].argmax(-1) == labels[:, 1:])[mask].sum()
+    assert out.num_trained == int(mask.sum())
+    assert int(out.num_correct) == int(expected) >= 4
+
+
+def test_batch_without_trained_tokens_gives_a_zero_that_backpropagates(tiny_model_dir: Path) -> None:
+    model = _model(tiny_model_dir, lora=True)
+    batch = _packed_batch() | {"labels": torch.full((2, 24), -100)}
+    out = model(**batch, loss_chunk_size=4)
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and out.num_trained == 0
+
+
+def test_forward_is_unchanged_without_the_flag(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    batch = _packed_batch()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    patched = _model(tiny_model_dir)
+    add_chunked_loss(patched)  # twice is harmless
+    torch.testing.assert_close(patched(**batch).logits, plain(**batch).logits)
+    generated = patched.generate(batch["input_ids"][:1, :5], max_new_tokens=3, do_sample=False,
+                                 pad_token_id=0)
+    assert generated.shape == (1, 8)
+
+
+def test_shifted_labels_are_not_shifted_again() -> None:
+    head = torch.nn.Linear(8, 11, bias=False)
+    hidden = torch.randn(1, 6, 8)
+    labels = torch.tensor([[-100, 3, 4, 5, 6, 7]])
+    shifted = torch.tensor([[3, 4, 5, 6, 7, -100]])
+    a = chunked_cross_entropy(head, hidden, labels, chunk_size=2).loss
+    b = chunked_cross_entropy(head, hidden, shifted, chunk_size=2, shifted=True).loss
+    torch.testing.assert_close(a, b)
