@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from sftkit.config import SftConfig
+    from sftkit.data.template import Template
     from sftkit.evaluate import Prompt
 
 logger = logging.getLogger(__name__)
@@ -29,14 +30,15 @@ class GenerationSamplesCallback(TrainerCallback):
     alone cannot run a sharded model.
     """
 
-    def __init__(self, tokenizer: Any, prompts: list[Prompt], prompt_ids: list[list[int]], stop_ids: list[int],
-                 max_new_tokens: int, prompt_texts: list[str]) -> None:
+    def __init__(self, tokenizer: Any, template: Template, prompts: list[Prompt], max_new_tokens: int) -> None:
+        from sftkit.evaluate import encode_prompts
+
         self.tokenizer = tokenizer
         self.prompts = prompts
-        self.prompt_ids = prompt_ids
-        self.stop_ids = stop_ids
+        self.prompt_ids, self.header_tails = encode_prompts(tokenizer, template, prompts)
+        self.prompt_texts = [template.generation_prompt(p.messages, p.tools) for p in prompts]
+        self.stop_ids = template.stop_token_ids(tokenizer)
         self.max_new_tokens = max_new_tokens
-        self.prompt_texts = prompt_texts
         self._writer: Any = None
         self._noted_sharding = False
 
@@ -55,7 +57,8 @@ class GenerationSamplesCallback(TrainerCallback):
         settings = GenerationSettings(self.max_new_tokens, batch_size=len(self.prompt_ids))
         replies = generate(model, self.tokenizer, self.prompt_ids, self.stop_ids, settings)
         writer = self._summary_writer(args)
-        for i, reply in enumerate(replies):
+        for i, (reply, tail) in enumerate(zip(replies, self.header_tails)):
+            reply = reply.removeprefix(tail)
             writer.add_text(f"{SAMPLES_TAG}/{i}", self._markdown(i, reply, state.global_step), state.global_step)
         writer.flush()
 
@@ -89,16 +92,11 @@ def generation_samples_callback(cfg: SftConfig, tokenizer: Any) -> GenerationSam
     has_eval = cfg.does_eval and (cfg.eval_dataset or cfg.val_size)
     if not (has_eval and wants_tensorboard and cfg.eval_generation_samples):
         return None
-    from sftkit.data.masking import encode_prompt
     from sftkit.data.template import get_template
     from sftkit.evaluate import load_prompts
 
-    template = get_template(cfg.template)
     prompts = load_prompts(cfg, "eval", cfg.eval_generation_samples)
-    ids = [encode_prompt(tokenizer, template, p.messages, p.tools) for p in prompts]
-    texts = [template.generation_prompt(p.messages, p.tools) for p in prompts]
-    return GenerationSamplesCallback(tokenizer, prompts, ids, template.stop_token_ids(tokenizer),
-                                     cfg.generation_max_new_tokens, texts)
+    return GenerationSamplesCallback(tokenizer, get_template(cfg.template), prompts, cfg.generation_max_new_tokens)
 
 
 def _sharded(args: TrainingArguments) -> bool:

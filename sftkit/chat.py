@@ -74,7 +74,7 @@ def chat(model: str, system: str | None = None, prompt: str | None = None, max_n
     Args:
         model: run directory (LoRA adapter or full weights), merged model directory, or base model
             path / hub id.
-        system: system prompt.
+        system: system prompt (default: the run's default_system, as in training).
         prompt: answer this prompt and return, instead of reading stdin.
         max_new_tokens: most tokens per answer.
         temperature: 0 for greedy decoding; otherwise sampling with `top_p`.
@@ -90,7 +90,7 @@ def chat(model: str, system: str | None = None, prompt: str | None = None, max_n
     settings = _check_settings(max_new_tokens, temperature, top_p)
     lm, tokenizer, template = load_for_inference(model)
     set_seed(seed)
-    session = ChatSession(lm, tokenizer, template, settings, system=system)
+    session = ChatSession(lm, tokenizer, template, settings, system=system or _trained_default_system(model))
     if prompt is not None:
         print(session.ask(prompt))
     elif repl or sys.stdin.isatty():
@@ -144,6 +144,17 @@ def load_for_inference(model: str) -> tuple[Any, Any, Template]:
     _note(f"template {template.name} ({reason})")
     lm = _load_plain_model(model, tokenizer, template, precision)
     return _to_device(lm), tokenizer, template
+
+
+def _trained_default_system(model: str) -> str | None:
+    """The run's default_system: training gave it to every row without a system prompt."""
+    from sftkit.merge import RUN_CONFIG, read_run_config
+
+    path = Path(model)
+    system = read_run_config(path).default_system if (path / RUN_CONFIG).is_file() else None
+    if system:
+        _note(f"system prompt {system!r} (the run's default_system; --system replaces it)")
+    return system
 
 
 def _inference_precision() -> Precision:
@@ -210,7 +221,7 @@ def _load_plain_model(model: str, tokenizer: Any, template: Template, precision:
     from sftkit.model import grow_embeddings
 
     try:
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=precision.dtype)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=precision.dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise SftkitError(f"{model}: cannot load a causal LM ({_first_line(exc)})") from None
     if prepare_tokenizer(tokenizer, template):
@@ -223,7 +234,10 @@ def _load_plain_model(model: str, tokenizer: Any, template: Template, precision:
 # ---------------------------------------------------------------------------- generation
 
 class StopOnInterrupt:
-    """A StoppingCriteria that ends generation once Ctrl-C (SIGINT) arrives while armed."""
+    """A stopping criterion that ends generation once Ctrl-C (SIGINT) arrives while armed.
+
+    Duck-typed for `StoppingCriteriaList`, so this module imports without transformers.
+    """
 
     def __init__(self) -> None:
         self.requested = False

@@ -130,7 +130,8 @@ def eval_(
     model: Annotated[str, typer.Argument(help="Run directory, merged model, or base model.")],
     config: Annotated[Path, typer.Option(help="Config whose datasets, template and masks are used.")],
     split: Annotated[str, typer.Option(help="eval or train.")] = "eval",
-    dataset: Annotated[Optional[str], typer.Option(help="Evaluate this registered dataset instead.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Evaluate every row of this registered dataset instead of a split.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="JSON file for the results.")] = None,
     set_: SetOpt = None,
 ) -> None:
@@ -151,13 +152,14 @@ def predict(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together (left padded).")] = 16,
     set_: SetOpt = None,
 ) -> None:
     """Generate answers for a dataset's prompts and score them (BLEU-4, ROUGE-1/2/L)."""
     from sftkit.evaluate import predict as run
 
     run(model, _load(config, set_), out=out, n=n, split=split, compare=compare,
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size)
 
 
 @app.command()

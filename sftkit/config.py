@@ -189,8 +189,9 @@ class SftConfig(BaseModel):
 
     # ---------------------------------------------------------------- distributed
     deepspeed: str | None = _field(None, "DeepSpeed JSON config (see configs/deepspeed/).", "distributed")
-    fsdp: str | None = _field(None, "FSDP options for the trainer, e.g. 'full_shard auto_wrap'.",
-                              "distributed")
+    fsdp: bool | str | None = _field(
+        None, "Shard with FSDP: true (settings in fsdp_config), or the trainer's older option words such as "
+        "'full_shard auto_wrap'.", "distributed")
     fsdp_config: dict[str, Any] | str | None = _field(None, "FSDP config dict or JSON file.", "distributed")
 
     # ---------------------------------------------------------------- parsing

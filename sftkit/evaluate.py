@@ -15,7 +15,7 @@ import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +97,6 @@ class GenerationSettings:
     temperature: float = 0.0
     seed: int = 0
     batch_size: int = GENERATION_BATCH_SIZE
-    extra: dict[str, Any] = field(default_factory=dict)  # more GenerationConfig fields
 
 
 # ---------------------------------------------------------------------------- sftkit eval
@@ -310,8 +309,7 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     Raises:
         SftkitError: bad split or n, or a model or data problem.
     """
-    if n < 1:
-        raise SftkitError(f"-n {n}: answer at least one prompt")
+    _check_generation_args(n, max_new_tokens, temperature, batch_size)
     prompts = load_prompts(data_config(cfg, split, None), split, n)
     settings = GenerationSettings(max_new_tokens, temperature, seed, batch_size)
     answers = {"generation": answer(model, cfg, prompts, settings)}
@@ -323,6 +321,15 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     write_predictions(Path(out), rows, metrics)
     print(metrics_table(metrics))
     return metrics
+
+
+def _check_generation_args(n: int, max_new_tokens: int, temperature: float, batch_size: int) -> None:
+    problems = ["-n: answer at least one prompt" if n < 1 else "",
+                "--max-new-tokens: must be at least 1" if max_new_tokens < 1 else "",
+                "--temperature: must be 0 (greedy) or positive" if temperature < 0 else "",
+                "--batch-size: must be at least 1" if batch_size < 1 else ""]
+    if any(problems):
+        raise SftkitError(*problems)
 
 
 def load_prompts(cfg: SftConfig, split: str, n: int) -> list[Prompt]:
@@ -351,15 +358,27 @@ def answer(model: str, cfg: SftConfig, prompts: list[Prompt], settings: Generati
     """Loads `model`, generates a reply to every prompt with its own template, then frees the model."""
     import gc
 
-    from sftkit.data.masking import encode_prompt
-
     loaded = load_model(model, cfg)
-    ids = [encode_prompt(loaded.tokenizer, loaded.template, p.messages, p.tools) for p in prompts]
+    ids, header_tails = encode_prompts(loaded.tokenizer, loaded.template, prompts)
     replies = generate(loaded.model, loaded.tokenizer, ids, loaded.template.stop_token_ids(loaded.tokenizer),
                        settings)
     del loaded
     gc.collect()
-    return replies
+    return [reply.removeprefix(tail) for reply, tail in zip(replies, header_tails)]
+
+
+def encode_prompts(tokenizer: Any, template: Template, prompts: list[Prompt]) -> tuple[list[list[int]], list[str]]:
+    """Generation ids of each prompt, and the header text each leaves for the model to generate.
+
+    ERNIE's "Assistant: " keeps its space out of the prompt ids (it merges with the reply's first
+    token); the model generates it, and it is no part of the reply.
+    """
+    from sftkit.chat import _header_tail
+    from sftkit.data.masking import encode_prompt
+
+    ids = [encode_prompt(tokenizer, template, p.messages, p.tools) for p in prompts]
+    tails = [_header_tail(tokenizer, template, p.messages, p.tools, i) for p, i in zip(prompts, ids)]
+    return ids, tails
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
@@ -379,7 +398,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: lis
     sampling = ({"do_sample": True, "temperature": settings.temperature, "top_p": 1.0}
                 if settings.temperature > 0 else {"do_sample": False})
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids,
-                              pad_token_id=tokenizer.pad_token_id, **sampling, **settings.extra)
+                              pad_token_id=tokenizer.pad_token_id, **sampling)
     if settings.temperature > 0:
         torch.manual_seed(settings.seed)
     was_training = model.training

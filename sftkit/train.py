@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from trl import SFTConfig, SFTTrainer
 
     from sftkit.config import SftConfig
+    from sftkit.data import PreparedData
     from sftkit.data.stats import DataStats
     from sftkit.model import ParamReport, Precision
 
@@ -65,7 +66,7 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
         print_start(cfg, trainer, params, data.stats, precision)
     result = trainer.train(resume_from_checkpoint=_checkpoint_arg(resume))
     save_run(trainer, out)
-    metrics = write_metrics(trainer, result, cfg, tokenizer, data.eval, out, main)
+    metrics = write_metrics(trainer, result, cfg, tokenizer, data, out, main)
     if main:
         print_end(cfg, trainer, metrics, out)
     return out
@@ -128,8 +129,9 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        # transformers' new name for gradient checkpointing (the old one still mirrors it for TRL)
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         # precision and device: the resolved precision, never the raw flags (a CPU may lack bf16)
         bf16=precision.bf16, fp16=precision.fp16, use_cpu=precision.device == "cpu",
         # evaluation and checkpoints
@@ -154,12 +156,40 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
+    from sftkit.model import ATTENTION
+
     callbacks = []
     if cfg.early_stopping_steps is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_steps))
-    return SFTTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
-                      eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
-                      callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
+                         eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
+                         callbacks=callbacks)
+    if cfg.packing and ATTENTION[cfg.flash_attn] != "flash_attention_2":
+        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
+    return trainer
+
+
+class PackedRowsCollator:
+    """Collates packed sequences as the rows of a batch, their examples told apart by position_ids.
+
+    TRL's padding-free collator flattens a whole batch into one row, which only variable-length kernels
+    (flash-attention) handle cheaply: sdpa and eager would build one dense mask over batch x cutoff_len
+    tokens (32 x 4096 tokens: a 16 GiB mask, and 32x the attention work). Row by row, the mask is
+    batch x cutoff_len^2 and transformers still keeps packed examples from attending to each other.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self._collate = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, return_position_ids=True)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self._collate(examples)
+        # without an attention mask, transformers splits each row where position_ids restart
+        del batch["attention_mask"]
+        # an example's first token is never a target predicted from the previous example
+        batch["labels"][batch["position_ids"] == 0] = -100
+        return batch
 
 
 def _warmup(cfg: SftConfig) -> float:
@@ -238,7 +268,7 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
     print("\n".join(lines), flush=True)
 
 
-def write_metrics(trainer: SFTTrainer, result: Any, cfg: SftConfig, tokenizer: Any, eval_rows: Any | None,
+def write_metrics(trainer: SFTTrainer, result: Any, cfg: SftConfig, tokenizer: Any, data: PreparedData,
                   out: Path, main: bool) -> dict[str, Any]:
     """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process."""
     from sftkit.data.template import get_template
@@ -247,8 +277,9 @@ def write_metrics(trainer: SFTTrainer, result: Any, cfg: SftConfig, tokenizer: A
     train_losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
     eval_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     end_id = tokenizer.convert_tokens_to_ids(get_template(cfg.template).end_token)
-    accuracy, positions = end_token_accuracy(trainer, eval_rows, end_id) if eval_rows is not None else (None, 0)
-    metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions)
+    accuracy, positions = end_token_accuracy(trainer, data.eval, end_id) if data.eval is not None else (None, 0)
+    tokens = round(data.stats.total_tokens * (trainer.state.epoch or 0))
+    metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens)
     if main:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         if cfg.plot_loss:
@@ -257,11 +288,11 @@ def write_metrics(trainer: SFTTrainer, result: Any, cfg: SftConfig, tokenizer: A
 
 
 def _metrics(trainer: SFTTrainer, result: Any, train_losses: list[tuple[int, float]],
-             eval_losses: list[tuple[int, float]], accuracy: float | None, positions: int) -> dict[str, Any]:
+             eval_losses: list[tuple[int, float]], accuracy: float | None, positions: int, tokens: int
+             ) -> dict[str, Any]:
     state = trainer.state
     runtime = float(result.metrics.get("train_runtime", 0.0))
-    tokens = int(next((e["num_tokens"] for e in reversed(state.log_history) if "num_tokens" in e), 0))
-    best = state.best_metric if state.best_metric is not None else None
+    best = state.best_metric
     final_eval = eval_losses[-1][1] if eval_losses else None
     # the saved weights are the best checkpoint's when it was loaded at the end
     saved_eval = best if trainer.args.load_best_model_at_end and best is not None else final_eval

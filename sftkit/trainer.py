@@ -4,7 +4,7 @@ TRL's own `compute_loss` scores every position (trained or not) and, every step,
 top-1 accuracy over the full vocabulary and syncs three scalars to the host (`.item()`). Here the loss is
 `sftkit.loss`'s chunked cross-entropy over trained positions only; token accuracy falls out of the same
 chunks, and the counts stay on the device until a logging step. Users still see loss, grad norm, learning
-rate, tokens seen and token accuracy.
+rate, tokens seen and token accuracy. Packed rows on a CPU get per-example attention (`sftkit.attention`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
+from sftkit.attention import use_packed_attention
 from sftkit.loss import add_chunked_loss, causal_lm_of
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class SftkitTrainer(SFTTrainer):
         self.loss_chunk_size = loss_chunk_size
         self.liger_loss = self.args.use_liger_kernel and _liger_loss_usable(self.model)
         add_chunked_loss(self.model)
+        if (self.args.packing or self.args.padding_free) and use_packed_attention(self.model):
+            logger.info("packed rows on a CPU: attention runs per packed example (sftkit.attention)")
         # Per mode, since the last log: [correct predictions, trained tokens counted, tokens seen].
         self._counts: dict[str, torch.Tensor] = {}
 
@@ -89,18 +92,27 @@ class SftkitTrainer(SFTTrainer):
 
 
 def _liger_loss_usable(model: torch.nn.Module) -> bool:
-    """Liger's fused linear cross-entropy needs a GPU, the package, and a plain Linear output head."""
+    """Whether Liger's fused linear cross-entropy can replace the chunked loss; logs why not."""
+    reason = liger_loss_blocker(model)
+    if reason:
+        logger.warning("enable_liger_kernel: %s; using the chunked cross-entropy instead.", reason)
+    return reason is None
+
+
+def liger_loss_blocker(model: torch.nn.Module) -> str | None:
+    """Why Liger's fused linear cross-entropy cannot train `model` here, or None when it can.
+
+    It needs the package, a GPU, and a plain Linear output head (it reads the raw weight, so PEFT's
+    trainable new-token rows on a tied head would get no gradient).
+    """
     from sftkit.loss import liger_available
 
     head = causal_lm_of(model).get_output_embeddings()
     device = next(model.parameters()).device
-    reason = None
     if not liger_available():
-        reason = "liger-kernel is not installed (pip install liger-kernel)"
-    elif device.type != "cuda":
-        reason = f"the model is on {device.type}, and Liger's kernels need a GPU"
-    elif type(head) is not torch.nn.Linear:
-        reason = f"the output head is a {type(head).__name__} (e.g. trainable new-token rows), not a plain Linear"
-    if reason:
-        logger.warning("enable_liger_kernel: %s; using the chunked cross-entropy instead.", reason)
-    return reason is None
+        return "liger-kernel is not installed (pip install liger-kernel)"
+    if device.type != "cuda":
+        return f"the model is on {device.type}, and Liger's kernels need a GPU"
+    if type(head) is not torch.nn.Linear:
+        return f"the output head is a {type(head).__name__} (trainable new-token rows), not a plain Linear"
+    return None

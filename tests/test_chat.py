@@ -144,8 +144,8 @@ def test_base_model_gets_chatml_with_a_note(tiny_model_dir: Path, monkeypatch, c
     assert "note: template chatml (default: no chat_template)" in err
 
 
-def test_template_comes_from_run_config_else_from_chat_template(tiny_model_dir: Path, tmp_path: Path,
-                                                                capsys) -> None:
+def test_template_and_system_come_from_run_config_else_from_chat_template(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     from sftkit.chat import load_for_inference
     from sftkit.config import dump_resolved, validate_config
 
@@ -159,11 +159,15 @@ def test_template_comes_from_run_config_else_from_chat_template(tiny_model_dir: 
     full_run = tmp_path / "full"
     shutil.copytree(tiny_model_dir, full_run)
     dump_resolved(validate_config({"model_name_or_path": "x", "dataset": ["x"], "output_dir": str(full_run),
-                                   "template": "ernie_nothink", "finetuning_type": "full"}),
+                                   "template": "ernie_nothink", "finetuning_type": "full",
+                                   "default_system": "Be brief."}),
                   full_run / "sftkit_config.yaml")
     model, tokenizer, template = load_for_inference(str(full_run))
     assert template.name == "ernie_nothink" and "sftkit_config.yaml" in capsys.readouterr().err
     assert len(tokenizer) <= model.get_input_embeddings().weight.shape[0]
+
+    code, _, err = run_cli(["chat", str(full_run), "--prompt", "hi", "--max-new-tokens", "2"], monkeypatch, capsys)
+    assert code == 0 and "system prompt 'Be brief.' (the run's default_system" in err
 
 
 def test_sampling_is_seeded(tiny_model_dir: Path, monkeypatch, capsys) -> None:
@@ -226,6 +230,7 @@ def trained_run(learnable_base: Path, tmp_path_factory: pytest.TempPathFactory) 
     return train(cfg)
 
 
+@pytest.mark.slow
 def test_one_shot_on_the_run_reproduces_the_trained_answer(trained_run: Path, monkeypatch, capsys) -> None:
     code, out, err = run_cli(["chat", str(trained_run), "--prompt", QUESTION], monkeypatch, capsys)
     assert code == 0
@@ -233,11 +238,13 @@ def test_one_shot_on_the_run_reproduces_the_trained_answer(trained_run: Path, mo
     assert "template chatml (from" in err
 
 
+@pytest.mark.slow
 def test_stdin_prompts_are_answered_one_by_one(trained_run: Path, monkeypatch, capsys) -> None:
     code, out, _ = run_cli(["chat", str(trained_run)], monkeypatch, capsys, stdin=f"{QUESTION}\n\n{QUESTION}\n")
     assert code == 0 and out == f"{ANSWER}\n{ANSWER}\n"
 
 
+@pytest.mark.slow
 def test_repl_flag_streams_the_answer(trained_run: Path, monkeypatch, capsys) -> None:
     code, out, _ = run_cli(["chat", str(trained_run), "--repl"], monkeypatch, capsys,
                            stdin=f"{QUESTION}\n/reset\n/system Be brief\n/exit\n")
@@ -245,14 +252,16 @@ def test_repl_flag_streams_the_answer(trained_run: Path, monkeypatch, capsys) ->
     assert f">>> {ANSWER}\n>>> (new conversation)\n>>> (system prompt set)\n>>> " in out
 
 
+@pytest.mark.slow
 def test_merged_model_answers_like_the_run(trained_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     from sftkit.chat import GenerationSettings, generate_reply, load_for_inference
     from sftkit.merge import merge
 
     merged = merge(trained_run, out=tmp_path / "merged", dtype="fp32")
+    assert f"merged {trained_run} into {merged}" in capsys.readouterr().out
     code, out, err = run_cli(["chat", str(merged), "--prompt", QUESTION], monkeypatch, capsys)
     assert code == 0 and out == ANSWER + "\n"
-    assert "template chatml (recognised from the tokenizer's chat_template)" in err
+    assert f"template chatml (from {merged / 'sftkit_config.yaml'})" in err
 
     messages = [{"role": "user", "content": QUESTION}]
     captures = []

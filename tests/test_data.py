@@ -137,13 +137,17 @@ def test_truncated_dropped_and_nothing_left(tiny_model_dir: Path, tiny_tokenizer
             {"instruction": "long question " * 40, "output": "dropped: the prompt fills cutoff_len"},
             {"instruction": "short", "output": "a long answer " * 40}]
     (tmp_path / "d.json").write_text(json.dumps(rows))
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}))
+    (tmp_path / "long.json").write_text(json.dumps(rows[1:2]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"},
+                                                            "long": {"file_name": "long.json"}}))
     tokenizer = prepared_tokenizer(tiny_tokenizer)
     data = prepare_data(make_config(tiny_model_dir, tmp_path, "d", cutoff_len=40), tokenizer)
     assert data.train["index"] == [0, 2]
     assert (data.stats.truncated, data.stats.dropped) == (1, 1)
     assert max(len(ids) for ids in data.train["input_ids"]) == 40
-    with pytest.raises(DataError, match="no training example keeps a trained token within cutoff_len 4"):
+    with pytest.raises(DataError, match="no training example keeps a trained token within cutoff_len 12"):
+        prepare_data(make_config(tiny_model_dir, tmp_path, "long", cutoff_len=12), tokenizer)
+    with pytest.raises(DataError, match="cutoff_len 4 leaves no room for text: the chatml template alone takes"):
         prepare_data(make_config(tiny_model_dir, tmp_path, "d", cutoff_len=4), tokenizer)
 
 

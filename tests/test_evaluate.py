@@ -6,15 +6,25 @@ base model on the same rows.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+import yaml
 
+from sftkit.callbacks import SAMPLES_RUN, SAMPLES_TAG
+from sftkit.config import SftConfig, validate_config
 from sftkit.data.template import get_template
 from sftkit.errors import SftkitError
-from sftkit.evaluate import OVERFIT_GAP, metrics_path, overfitting_signs, score, to_prompt
+from sftkit.evaluate import (OVERFIT_GAP, Prompt, encode_prompts, evaluate, metrics_path, overfitting_signs, predict,
+                             score, to_prompt)
+from sftkit.train import train
 
 # ---------------------------------------------------------------------------- overfitting_signs
 
@@ -104,5 +114,193 @@ def test_prompt_is_the_conversation_before_the_last_reply() -> None:
     assert (prompt.dataset, prompt.index) == ("d", 3)
 
 
+@pytest.mark.parametrize(("template", "tail"), [("chatml", ""), ("ernie_nothink", " ")])
+def test_header_text_left_to_the_model_is_known(tiny_tokenizer: Any, template: str, tail: str) -> None:
+    """ERNIE's "Assistant: " space merges with the reply's first token: generated, then removed from replies."""
+    from sftkit.data.template import prepare_tokenizer
+
+    prepare_tokenizer(tiny_tokenizer, get_template(template))
+    prompt = Prompt("d", 0, [{"role": "user", "content": "What colour is a banana?"}], None, "Yellow.")
+    ids, tails = encode_prompts(tiny_tokenizer, get_template(template), [prompt])
+    assert tails == [tail]
+    assert tiny_tokenizer.decode(ids[0]) + tail == get_template(template).generation_prompt(prompt.messages)
+
+
 def test_metrics_file_sits_beside_the_predictions() -> None:
     assert metrics_path(Path("out/preds.jsonl")) == Path("out/preds.metrics.json")
+
+
+# ---------------------------------------------------------------------------- real runs on the tiny model
+
+def run_config(tiny_model_dir: Path, data_dir: Path, out: Path, **overrides: Any) -> SftConfig:
+    """Six training rows and two eval rows of the bundled alpaca demo, evaluated in one batch."""
+    return validate_config({
+        "model_name_or_path": str(tiny_model_dir), "dataset": "demo_alpaca", "dataset_dir": str(data_dir),
+        "output_dir": str(out), "template": "chatml", "max_samples": 8, "val_size": 2, "cutoff_len": 128,
+        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "eval_strategy": "steps",
+        "save_strategy": "no", "logging_steps": 5, "plot_loss": False, **overrides})
+
+
+@dataclass
+class Run:
+    """A finished training run: its directory, config and what it printed."""
+
+    path: Path
+    cfg: SftConfig
+    printed: str
+
+    def trainer_eval_loss(self) -> float:
+        """The eval loss the trainer logged last (at the final step: the saved weights)."""
+        history = json.loads((self.path / "trainer_state.json").read_text())["log_history"]
+        return [entry["eval_loss"] for entry in history if "eval_loss" in entry][-1]
+
+
+@pytest.fixture(scope="module")
+def overfit(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Full fine-tuning memorises the six training rows (packed); eval loss rises meanwhile.
+
+    Evaluates at steps 30 and 60 with TensorBoard on, so samples are generated twice.
+    """
+    out = tmp_path_factory.mktemp("evaluate") / "overfit"
+    cfg = run_config(tiny_model_dir, bundled_data, out, finetuning_type="full", packing=True, learning_rate=3e-3,
+                     lr_scheduler_type="constant", max_steps=60, eval_steps=30, report_to="tensorboard",
+                     eval_generation_samples=2, generation_max_new_tokens=8)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        train(cfg)
+    return Run(out, cfg, printed.getvalue())
+
+
+@pytest.fixture(scope="module")
+def lora(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A few LoRA updates, unpacked rows, no TensorBoard."""
+    out = tmp_path_factory.mktemp("evaluate") / "lora"
+    cfg = run_config(tiny_model_dir, bundled_data, out, learning_rate=1e-3, max_steps=4, eval_steps=2,
+                     report_to="none")
+    train(cfg)
+    return Run(out, cfg, "")
+
+
+@pytest.mark.parametrize("name", ["overfit", "lora"])
+def test_eval_loss_matches_the_trainers(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    run: Run = request.getfixturevalue(name)
+    out = tmp_path / "eval.json"
+    results = evaluate(str(run.path), run.cfg, split="eval", out=out)
+    # inference runs in bf16 on a GPU, the tiny runs train in fp32
+    tolerance = 1e-2 if torch.cuda.is_available() else 1e-5
+    assert results["loss"] == pytest.approx(run.trainer_eval_loss(), rel=tolerance)
+    assert results["loss"] == pytest.approx(json.loads((run.path / "metrics.json").read_text())["eval_loss"],
+                                            rel=tolerance)
+    assert results["perplexity"] == pytest.approx(math.exp(results["loss"]), rel=1e-12)
+    assert results["rows"] == 2 and results["tokens"] > 0
+    assert results["datasets"]["demo_alpaca"]["loss"] == pytest.approx(results["loss"])
+    assert json.loads(out.read_text()) == results
+
+
+def test_eval_json_defaults_to_the_run_directory(lora: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    results = evaluate(str(lora.path), lora.cfg, split="train")
+    assert json.loads((lora.path / "eval_train.json").read_text()) == results
+    assert results["rows"] == 6
+    table = capsys.readouterr().out
+    assert "perplexity" in table and f"{results['loss']:.4f}" in table
+
+
+def test_overfit_model_beats_its_base_on_the_rows_it_saw(overfit: Run, tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    tuned = evaluate(str(overfit.path), overfit.cfg, split="train", out=tmp_path / "tuned.json")
+    base = evaluate(str(tiny_model_dir), overfit.cfg, split="train", out=tmp_path / "base.json")
+    assert (tuned["rows"], tuned["tokens"]) == (base["rows"], base["tokens"])  # the same rows and masks
+    assert tuned["loss"] < base["loss"] / 4
+
+    out = tmp_path / "preds.jsonl"
+    metrics = predict(str(overfit.path), overfit.cfg, out=out, n=4, split="train", compare=str(tiny_model_dir),
+                      max_new_tokens=24)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and metrics["n"] == 4
+    for row in rows:
+        assert set(row) >= {"dataset", "index", "prompt", "reference", "generation", "scores",
+                            "generation_compare", "scores_compare"}
+        assert row["prompt"].endswith("<|im_start|>assistant\n") and row["reference"]
+    assert json.loads(metrics_path(out).read_text()) == metrics
+    for name in ("bleu_4", "rouge_1", "rouge_2", "rouge_l"):
+        assert metrics["generation"][name] > metrics["generation_compare"][name] + 30, name
+
+
+def test_batched_generation_equals_one_at_a_time(overfit: Run, tmp_path: Path) -> None:
+    """Left padding must not change what a prompt gets: greedy answers alone and in a batch agree."""
+    rows = {}
+    for size in (1, 4):
+        out = tmp_path / f"batch{size}.jsonl"
+        predict(str(overfit.path), overfit.cfg, out=out, n=4, split="train", max_new_tokens=12, batch_size=size)
+        rows[size] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["generation"] for row in rows[1]] == [row["generation"] for row in rows[4]]
+    assert len({len(row["prompt"]) for row in rows[4]}) > 1  # prompts of different lengths were padded
+
+
+def test_sampling_is_seeded(lora: Run, tmp_path: Path) -> None:
+    def sample(seed: int) -> list[str]:
+        out = tmp_path / f"seed{seed}.jsonl"
+        predict(str(lora.path), lora.cfg, out=out, n=2, split="train", max_new_tokens=8, temperature=1.5, seed=seed)
+        return [json.loads(line)["generation"] for line in out.read_text().splitlines()]
+
+    assert sample(0) == sample(0)
+    assert sample(0) != sample(1)
+
+
+def test_samples_are_logged_to_tensorboard_at_each_evaluation(overfit: Run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(overfit.path / "runs" / SAMPLES_RUN))
+    events.Reload()
+    tags = [tag for tag in events.Tags()["tensors"] if tag.startswith(SAMPLES_TAG)]
+    assert len(tags) == 2
+    for tag in tags:
+        entries = events.Tensors(tag)
+        assert [entry.step for entry in entries] == [30, 60]
+        text = entries[-1].tensor_proto.string_val[0].decode()
+        assert "**reference**" in text and "**answer at step 60**" in text
+
+
+def test_no_samples_without_tensorboard(lora: Run) -> None:
+    assert not (lora.path / "runs" / SAMPLES_RUN).exists()
+
+
+def test_end_summary_flags_the_overfitting(overfit: Run) -> None:
+    history = json.loads((overfit.path / "trainer_state.json").read_text())["log_history"]
+    signs = overfitting_signs(history)
+    assert signs and any("eval loss rose" in sign for sign in signs)
+    assert signs[0] in overfit.printed
+
+
+def test_a_whole_dataset_can_be_evaluated(overfit: Run, tiny_model_dir: Path, tmp_path: Path) -> None:
+    results = evaluate(str(tiny_model_dir), overfit.cfg, dataset="demo_alpaca", out=tmp_path / "all.json")
+    assert results["split"] == "demo_alpaca" and results["rows"] == 8
+
+
+def test_bad_requests_are_user_errors(lora: Run, tmp_path: Path) -> None:
+    with pytest.raises(SftkitError, match="--split 'test'"):
+        evaluate(str(lora.path), lora.cfg, split="test")
+    no_eval = lora.cfg.model_copy(update={"val_size": 0.0})
+    with pytest.raises(SftkitError, match="no eval set"):
+        evaluate(str(lora.path), no_eval, split="eval")
+    with pytest.raises(SftkitError) as info:
+        predict(str(lora.path), lora.cfg, out=tmp_path / "p.jsonl", n=0, temperature=-1)
+    assert [p.split(":")[0] for p in info.value.problems] == ["-n", "--temperature"]
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_cli_eval_and_predict(lora: Run, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sftkit.cli import app
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(lora.cfg.model_dump()), encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", str(lora.path), "--config", str(config), "--out", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e.json").read_text())["rows"] == 2
+    result = runner.invoke(app, ["predict", str(lora.path), "--config", str(config), "--out",
+                                 str(tmp_path / "p.jsonl"), "-n", "2", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2

@@ -208,9 +208,11 @@ def test_cli_refuses_a_directory_without_adapter(tmp_path: Path, monkeypatch, ca
     assert_one_error(code, err, "no LoRA adapter")
 
 
-def test_cli_refuses_a_full_finetuning_run(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+def test_cli_refuses_a_full_or_merged_model(tiny_model_dir: Path, merged_fp32: Path, monkeypatch, capsys) -> None:
     code, _, err = run_cli(["merge", str(tiny_model_dir)], monkeypatch, capsys)
     assert_one_error(code, err, "nothing to merge", "finetuning_type: full")
+    code, _, err = run_cli(["merge", str(merged_fp32)], monkeypatch, capsys)
+    assert_one_error(code, err, "nothing to merge", "already merged")
     assert not (tiny_model_dir / "merged").exists()
 
 

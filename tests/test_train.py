@@ -27,17 +27,32 @@ def tiny_config(tiny_model_dir: Path, data_dir: Path, output_dir: Path, **overri
                             "report_to": "none", **overrides})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _private_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Tokenized rows are cached by prepare_data: keep them out of the user's datasets cache."""
+    import datasets
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+        yield
+
+
 # ---------------------------------------------------------------------------- one real run
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short overfit: few rows, several epochs, a high learning rate, eval and save every 2 updates."""
+    """A short overfit: 3 training rows, many epochs, a high learning rate, eval and save every 4 updates.
+
+    Eval loss bottoms out and rises as the rows are memorised, so early stopping ends the run after the
+    best checkpoint, which must then be the one restored and saved.
+    """
     out = tmp_path_factory.mktemp("train") / "run"
     cfg = tiny_config(
-        tiny_model_dir, bundled_data, out, max_samples=6, val_size=6, cutoff_len=128, packing=True,
-        lora_rank=8, lora_target="all", learning_rate=2e-2, lr_scheduler_type="constant", num_train_epochs=4,
-        per_device_train_batch_size=2, eval_strategy="steps", eval_steps=2, save_steps=2, save_total_limit=2,
-        early_stopping_steps=3, load_best_model_at_end=True, logging_steps=1, report_to="tensorboard")
+        tiny_model_dir, bundled_data, out, max_samples=2, val_size=3, cutoff_len=128, packing=True,
+        lora_rank=8, lora_target="all", learning_rate=1e-2, lr_scheduler_type="constant", num_train_epochs=40,
+        per_device_train_batch_size=2, eval_strategy="steps", eval_steps=4, save_steps=4, save_total_limit=2,
+        early_stopping_steps=2, load_best_model_at_end=True, logging_steps=1, report_to="tensorboard",
+        gradient_checkpointing=True)
     return train(cfg)
 
 
@@ -75,9 +90,10 @@ def test_checkpoints_rotate_and_the_best_is_restored(run: Path) -> None:
     state = json.loads((run / "trainer_state.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     checkpoints = sorted(run.glob("checkpoint-*"))
-    assert state["global_step"] // 2 > 2 and len(checkpoints) <= 2  # more saves than save_total_limit
+    assert state["global_step"] // 4 > 2 and len(checkpoints) <= 2  # more saves than save_total_limit
     evals = [(entry["eval_loss"], entry["step"]) for entry in state["log_history"] if "eval_loss" in entry]
     best_loss, best_step = min(evals)
+    assert best_step < state["global_step"] < state["max_steps"]  # early stopping ended the run after the best
     assert metrics["best_step"] == best_step and metrics["best_eval_loss"] == pytest.approx(best_loss)
     best = Path(state["best_model_checkpoint"])
     assert best.name == f"checkpoint-{best_step}" and best.is_dir()
@@ -165,3 +181,26 @@ def test_accumulation_averages_over_all_trained_tokens(tiny_model_dir: Path, bun
     assert any("lora_B" in name and value.abs().sum() > 0 for name, value in batched.items())  # it moved
     for name, value in batched.items():
         torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------- packing
+
+def test_packed_rows_keep_examples_apart(tiny_model_dir: Path) -> None:
+    """Two examples packed in one row attend only to themselves, as if each were alone."""
+    from transformers import AutoModelForCausalLM
+
+    from sftkit.train import PackedRowsCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    a, b, c = (torch.randint(3, 700, (n,)).tolist() for n in (9, 6, 4))
+    batch = PackedRowsCollator(pad_token_id=0)([
+        {"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
+        {"input_ids": c, "labels": c, "seq_lengths": [len(c)]}])
+    assert "attention_mask" not in batch and batch["labels"][0, len(a)] == -100
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = [model(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids in (a, b, c)]
+    torch.testing.assert_close(packed[0, :len(a)], alone[0])
+    torch.testing.assert_close(packed[0, len(a):], alone[1])
+    torch.testing.assert_close(packed[1, :len(c)], alone[2])

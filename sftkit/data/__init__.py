@@ -125,6 +125,7 @@ def _tokenize_all(cfg: SftConfig, tokenizer: Any, conversations: Conversations) 
     from sftkit.data.template import get_template
 
     template = get_template(cfg.template)
+    _check_cutoff_len(cfg, tokenizer, template)
     train = _tokenize(conversations.train, tokenizer, template, cfg)
     eval_ = _tokenize(conversations.eval, tokenizer, template, cfg) if conversations.eval is not None else None
     if len(train) == 0:
@@ -135,6 +136,16 @@ def _tokenize_all(cfg: SftConfig, tokenizer: Any, conversations: Conversations) 
                         "cutoff_len or choose other eval data")
     stats = compute_stats(cfg, conversations, train, eval_)
     return PreparedData(_final(train), _final(eval_) if eval_ is not None else None, stats)
+
+
+def _check_cutoff_len(cfg: SftConfig, tokenizer: Any, template: Template) -> None:
+    """A cutoff_len the template's own tokens fill leaves no room for any text: say so, not "all rows dropped"."""
+    from sftkit.data.masking import template_overhead
+
+    overhead = template_overhead(tokenizer, template)
+    if cfg.cutoff_len <= overhead:
+        raise DataError(f"cutoff_len {cfg.cutoff_len} leaves no room for text: the {template.name} template alone "
+                        f"takes {overhead} tokens per exchange (role headers and end tokens); raise cutoff_len")
 
 
 def _tokenize(conversations: Dataset, tokenizer: Any, template: Template, cfg: SftConfig) -> Dataset:

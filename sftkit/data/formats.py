@@ -81,6 +81,7 @@ def alpaca_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
         RowError: missing or mistyped column, malformed history, empty output.
     """
     row = _as_object(data)
+    _check_layout(row, spec)
     cols = spec.columns
     prompt = _text(row, cols["prompt"], "prompt", required=True)
     query = _text(row, cols["query"], "query")
@@ -102,6 +103,7 @@ def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | Non
         RowError: missing or mistyped column, unknown role tag, roles out of order, empty reply.
     """
     row = _as_object(data)
+    _check_layout(row, spec)
     column = spec.columns["messages"]
     raw = row.get(column)
     if raw is None:
@@ -149,6 +151,19 @@ def _as_object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RowError(f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _check_layout(row: dict[str, Any], spec: DatasetSpec) -> None:
+    """A row of the other layout is named as a formatting mismatch rather than a missing column."""
+    if spec.formatting == "alpaca" and spec.columns["prompt"] not in row:
+        lists = [key for key, value in row.items()
+                 if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)]
+        if lists:
+            raise RowError(f"no column {spec.columns['prompt']!r}, and column {lists[0]!r} holds a list of messages: "
+                           f"the rows look like sharegpt; set \"formatting\": \"sharegpt\" in {REGISTRY_FILE}")
+    if spec.formatting == "sharegpt" and spec.columns["messages"] not in row and {"instruction", "output"} <= set(row):
+        raise RowError(f"no column {spec.columns['messages']!r}, but instruction/output columns: the rows look like "
+                       f"alpaca; set \"formatting\": \"alpaca\" in {REGISTRY_FILE}")
 
 
 def _text(row: dict[str, Any], column: str, logical: str, required: bool = False) -> str:

@@ -89,6 +89,13 @@ def encode_prompt(tokenizer: Any, template: Template, messages: list[dict[str, s
     return ids[:keep]
 
 
+def template_overhead(tokenizer: Any, template: Template) -> int:
+    """Tokens the template itself spends on one user/assistant exchange (headers and end tokens, no text)."""
+    empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+    text = "".join(segment.text for segment in template.segments(empty))
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
 def _tokenize(tokenizer: Any, segments: list[Segment], control: re.Pattern[str]) -> tuple[list[int], Offsets]:
     """Ids and character offsets of the concatenated segments.
 

@@ -237,11 +237,26 @@ def _read_json(path: Path) -> list[SourceRow]:
     if path.suffix == ".json" and text.lstrip().startswith("["):
         data = _parse_json(path, text)
         return [SourceRow(str(path), i, row) for i, row in enumerate(data)]
+    _refuse_single_object(path, text)
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             rows.append(SourceRow(str(path), len(rows), _parse_json(path, line, number), number))
     return rows
+
+
+def _refuse_single_object(path: Path, text: str) -> None:
+    """A pretty-printed JSON object (e.g. {"data": [...]}) is the wrong shape, not malformed JSON Lines."""
+    if "\n" not in text.strip() or not text.lstrip().startswith("{"):
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return  # JSON Lines (or broken JSON): the line-by-line parse names the line
+    if isinstance(data, dict):
+        keys = ", ".join(repr(key) for key in list(data)[:3])
+        raise DataError(f"{path}: holds one JSON object (keys {keys}), not rows; use a JSON list of row objects "
+                        "or JSON Lines (one row object per line)")
 
 
 def _read_csv(path: Path) -> list[SourceRow]:

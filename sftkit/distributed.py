@@ -1,0 +1,109 @@
+"""Training on several processes: what changes when a launcher starts N copies of `sftkit train`.
+
+torchrun, `accelerate launch` and the `deepspeed` launcher start the processes; the trainer (accelerate
+underneath) does the rest: DDP by default, DeepSpeed ZeRO from the `deepspeed` key, FSDP from `fsdp` /
+`fsdp_config`. sftkit only makes the copies behave as one run: settings are checked before anything slow,
+the data is tokenized once, and only rank 0 talks (errors excepted).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+    from sftkit.config import SftConfig
+    from sftkit.data import PreparedData
+
+DEEPSPEED_INSTALL = "pip install -e .[deepspeed]"
+
+
+def check_distributed(cfg: SftConfig) -> None:
+    """Checks the DeepSpeed / FSDP settings that the schema cannot: files exist and parse, packages exist.
+
+    Runs at train time, not in the schema: a finished run's saved config must stay loadable (merge, chat)
+    on a machine without the JSON file or the package.
+
+    Raises:
+        ConfigError: every problem at once, each naming the key and the fix.
+    """
+    problems = []
+    if cfg.deepspeed:
+        problems.append(_json_file_problem("deepspeed", cfg.deepspeed, "use one of configs/deepspeed/*.json"))
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"deepspeed: the deepspeed package is not installed; run `{DEEPSPEED_INSTALL}` "
+                            "(or remove the deepspeed key)")
+    if isinstance(cfg.fsdp_config, str):
+        problems.append(_json_file_problem("fsdp_config", cfg.fsdp_config, "give a JSON file or a YAML mapping"))
+    if cfg.fsdp_config and not cfg.fsdp:
+        problems.append("fsdp_config: set fsdp: true too, or remove fsdp_config")
+    if problems := [p for p in problems if p]:
+        raise ConfigError(*problems)
+
+
+def _json_file_problem(key: str, path: str, fix: str) -> str | None:
+    """One line naming `key` when `path` is not a readable JSON object, else None."""
+    file = Path(path)
+    if not file.is_file():
+        return f"{key}: {path} not found (relative paths resolve from the working directory, {Path.cwd()}); {fix}"
+    try:
+        parsed = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{key}: {path} is not valid JSON ({exc}); {fix}"
+    return None if isinstance(parsed, dict) else f"{key}: {path} must hold a JSON object; {fix}"
+
+
+def process_rank() -> int:
+    """This process's global rank as the launcher set it (0 when started without one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def quiet_other_ranks() -> None:
+    """On every process but rank 0, lets only errors reach the terminal: logs, warnings and progress bars.
+
+    Called before the heavy libraries load, so their import-time chatter is silenced too. The trainer keeps
+    replicas at this level through `log_level_replica="error"` (see `build_sft_config`).
+    """
+    if process_rank() == 0:
+        return
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10 warnings, read when torch loads
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    logging.getLogger().setLevel(logging.ERROR)  # libraries that log through the root logger
+    warnings.filterwarnings("ignore")
+    _quiet_hf_libraries()
+
+
+def _quiet_hf_libraries() -> None:
+    """transformers' and datasets' own loggers and progress bars (their environment variables are read once)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def prepare_data_once(cfg: SftConfig, tokenizer: Any, args: TrainingArguments) -> PreparedData:
+    """Tokenizes on each node's main process first; the other processes then read its on-disk cache.
+
+    The cache is keyed by content (`sftkit.data`), so every process arrives at the same file; only the
+    first process honours `overwrite_cache`, or each would tokenize again.
+    """
+    from sftkit.data import prepare_data
+
+    if args.local_process_index != 0:
+        cfg = cfg.model_copy(update={"overwrite_cache": False})
+    with args.main_process_first(desc="tokenizing the data"):
+        return prepare_data(cfg, tokenizer)

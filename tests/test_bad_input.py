@@ -1,0 +1,229 @@
+"""Bad input, all of it: the corpus in tests/bad_inputs/ run through the real CLI, plus the safety rules.
+
+Every broken config or dataset must end the command with exit code 2, one `error:` line per problem
+naming it, no traceback, and nothing written to output_dir. The cases run as subprocesses, several
+at a time, once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import string
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+CORPUS = Path(__file__).resolve().parent / "bad_inputs"
+MANIFEST: dict[str, dict[str, Any]] = yaml.safe_load((CORPUS / "manifest.yaml").read_text(encoding="utf-8"))
+HUGE_LINE_BYTES = 5_000_000
+MAX_ERROR_LINE = 1000  # characters: an error names the problem, it never echoes the data
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    output_dir: Path
+
+
+def sftkit_command() -> list[str]:
+    venv = Path(sys.executable).parent / "sftkit"
+    return [str(venv)] if venv.exists() else [sys.executable, "-m", "sftkit"]
+
+
+def run_sftkit(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    # one thread each: the cases run several at a time, and oversubscribed threads spin
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache),
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*sftkit_command(), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the corpus data (plus the generated huge line and a file beside dataset_dir)."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    data = root / "data"
+    shutil.copytree(CORPUS / "data", data)
+    with (data / "huge_line.jsonl").open("w", encoding="utf-8") as handle:
+        handle.write('{"instruction": "' + "x" * HUGE_LINE_BYTES + '", "output": "the line ends before the string')
+    (root / "secrets.json").write_text(json.dumps([{"instruction": "secret", "output": "leaked"}]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def outcomes(workdir: Path, tiny_model_dir: Path) -> dict[str, Outcome]:
+    """Every case of the manifest, run once (four at a time: most of the cost is starting Python)."""
+    def run(case: str) -> Outcome:
+        out = workdir / f"out-{case}"
+        text = (CORPUS / "configs" / f"{case}.yaml").read_text(encoding="utf-8")
+        filled = string.Template(text).safe_substitute(MODEL=tiny_model_dir, DATA=workdir / "data", OUT=out)
+        config = workdir / f"{case}.yaml"
+        config.write_text(filled, encoding="utf-8")
+        result = run_sftkit([MANIFEST[case]["command"], str(config)], workdir, workdir / "hf-cache")
+        return Outcome(result.returncode, result.stdout, result.stderr, out)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(MANIFEST, pool.map(run, MANIFEST)))
+
+
+def test_manifest_and_corpus_agree() -> None:
+    configs = {path.stem for path in (CORPUS / "configs").glob("*.yaml")}
+    assert configs == set(MANIFEST)
+    assert all(entry["command"] in ("train", "validate") and entry["expect"] for entry in MANIFEST.values())
+
+
+@pytest.mark.parametrize("case", list(MANIFEST))
+def test_bad_input_gives_one_line_per_problem_and_exit_2(case: str, outcomes: dict[str, Outcome],
+                                                         workdir: Path) -> None:
+    outcome = outcomes[case]
+    assert outcome.returncode == 2, outcome.stderr[-2000:]
+    assert "Traceback" not in outcome.stderr + outcome.stdout
+    errors = [line for line in outcome.stderr.splitlines() if line.startswith("error: ")]
+    expected = MANIFEST[case]["expect"]
+    assert len(errors) == len(expected), outcome.stderr[-2000:]
+    for line, text in zip(errors, expected):
+        assert text in line, line
+        assert len(line) <= MAX_ERROR_LINE
+    assert not outcome.output_dir.exists(), "something was written to output_dir"
+    assert not (workdir / "pwned").exists()  # the YAML python tag never ran
+
+
+def test_output_dir_that_is_a_file_is_left_alone(outcomes: dict[str, Outcome], workdir: Path) -> None:
+    assert outcomes["output_dir_is_a_file"].returncode == 2
+    assert (workdir / "data" / "good.json").read_bytes() == (CORPUS / "data" / "good.json").read_bytes()
+
+
+# ---------------------------------------------------------------------------- safety
+
+def control_token_ids(tiny_model_dir: Path, template_name: str) -> dict[str, int]:
+    """Ids of every special token of the tokenizer prepared for the template (what the export uses)."""
+    from transformers import AutoTokenizer
+
+    from sftkit.data.template import get_template, prepare_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prepare_tokenizer(tokenizer, get_template(template_name))
+    return {token.content: token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
+
+
+@pytest.fixture(scope="module")
+def hostile_exports(workdir: Path, tiny_model_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """`sftkit data export` of a dataset whose content is full of control-token text, for both templates."""
+    def export(template: str) -> list[dict[str, Any]]:
+        config = workdir / f"hostile-{template}.yaml"
+        config.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model_dir), "dataset": "hostile",
+                                          "dataset_dir": str(workdir / "data"), "template": template,
+                                          "output_dir": str(workdir / "unused"), "cutoff_len": 4096}))
+        out = workdir / f"hostile-{template}.jsonl"
+        result = run_sftkit(["data", "export", str(config), "--out", str(out)], workdir, workdir / "hf-cache")
+        assert result.returncode == 0, result.stderr[-2000:]
+        return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(("chatml", "ernie_nothink"), pool.map(export, ("chatml", "ernie_nothink"))))
+
+
+def hostile_rows() -> list[list[dict[str, str]]]:
+    lines = (CORPUS / "data" / "hostile.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["messages"] for line in lines]
+
+
+def test_content_cannot_inject_chatml_control_tokens(hostile_exports: dict[str, Any], tiny_model_dir: Path) -> None:
+    ids = control_token_ids(tiny_model_dir, "chatml")
+    for row, messages in zip(hostile_exports["chatml"], hostile_rows()):
+        counts = {token: row["input_ids"].count(token_id) for token, token_id in ids.items()}
+        # exactly one <|im_start|> ... <|im_end|> pair per message; <s>, </s>, <pad> never appear
+        assert counts == {token: len(messages) if token in ("<|im_start|>", "<|im_end|>") else 0 for token in ids}
+
+
+def test_content_cannot_inject_ernie_control_tokens(hostile_exports: dict[str, Any], tiny_model_dir: Path) -> None:
+    ids = control_token_ids(tiny_model_dir, "ernie_nothink")
+    for row, messages in zip(hostile_exports["ernie_nothink"], hostile_rows()):
+        replies = sum(message["role"] == "assistant" for message in messages)
+        expected = {"<|begin_of_sentence|>": 1, "<|end_of_sentence|>": replies}
+        counts = {token: row["input_ids"].count(token_id) for token, token_id in ids.items()}
+        assert counts == {token: expected.get(token, 0) for token in ids}
+
+
+def test_trust_remote_code_is_passed_only_when_the_config_sets_it(tiny_model_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftkit.config import validate_config
+    from sftkit.model import Precision, load_model, load_tokenizer
+
+    seen: list[tuple[str, Any]] = []
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            seen.append((klass.__name__, kwargs.get("trust_remote_code", False)))
+            kwargs.pop("trust_remote_code", None)  # the tiny model has no remote code to trust
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    for trusted in (False, True):
+        cfg = validate_config({"model_name_or_path": str(tiny_model_dir), "dataset": "d", "output_dir": "o",
+                               **({"trust_remote_code": True} if trusted else {})})
+        load_model(cfg, load_tokenizer(cfg), Precision("float32", "cpu", "fp32"))
+        assert seen == [("AutoTokenizer", trusted), ("AutoModelForCausalLM", trusted)]
+        seen.clear()
+
+
+def test_model_weights_are_read_from_safetensors_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A model folder holding only a pickled pytorch_model.bin is refused, never unpickled."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sftkit.chat import load_for_inference
+    from sftkit.config import validate_config
+    from sftkit.errors import SftkitError
+    from sftkit.model import Precision, load_model, load_tokenizer
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    cfg = validate_config({"model_name_or_path": str(pickled), "dataset": "d", "output_dir": "o"})
+    with pytest.raises(SftkitError, match="model_name_or_path: cannot load the model"):
+        load_model(cfg, load_tokenizer(cfg), Precision("float32", "cpu", "fp32"))
+    with pytest.raises(SftkitError, match="cannot load a causal LM"):  # `sftkit chat` / `eval` loading
+        load_for_inference(str(pickled))
+
+
+def test_yaml_is_read_with_a_safe_loader(tmp_path: Path) -> None:
+    from sftkit.config import load_config
+    from sftkit.errors import ConfigError
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: !!python/object/apply:os.mkdir [{str(tmp_path / 'made')!r}]\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(config)
+    assert not (tmp_path / "made").exists()
+
+
+def test_file_name_resolves_inside_dataset_dir_unless_absolute(workdir: Path) -> None:
+    from sftkit.config import validate_config
+    from sftkit.data import validate_data
+    from sftkit.errors import DataError
+
+    data = workdir / "data"
+    cfg = validate_config({"model_name_or_path": "m", "dataset": "outside_dataset_dir", "dataset_dir": str(data),
+                           "output_dir": "o"})
+    with pytest.raises(DataError, match="points outside"):  # even though ../secrets.json exists
+        validate_data(cfg)
+    registry = workdir / "absolute"
+    registry.mkdir(exist_ok=True)
+    (registry / "dataset_info.json").write_text(json.dumps({"abs": {"file_name": str(data / "good.json")}}))
+    cfg = validate_config({"model_name_or_path": "m", "dataset": "abs", "dataset_dir": str(registry),
+                           "output_dir": "o"})
+    assert validate_data(cfg) == "1 datasets, 4 rows"
