@@ -63,7 +63,7 @@ class SftConfig(BaseModel):
     enable_liger_kernel: bool = _field(
         False, "Use Liger's fused linear cross-entropy on a GPU where liger-kernel is installed.", "model")
     loss_chunk_size: int = _field(
-        1024, "Tokens per chunk of the chunked cross-entropy: full-sequence fp32 logits are never "
+        256, "Tokens per chunk of the chunked cross-entropy: full-sequence fp32 logits are never "
         "materialised. 0 turns chunking off (the model's own loss).", "model", ge=0)
 
     # ---------------------------------------------------------------- data
@@ -198,6 +198,12 @@ class SftConfig(BaseModel):
     _comma_lists = field_validator(
         "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to", mode="before")(
         classmethod(lambda cls, v: _split_commas(v)))
+
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; the user meant the strategy "no".
+        return "no" if value is False else value
 
     @field_validator("learning_rate", "num_train_epochs", "val_size", "weight_decay", "max_grad_norm",
                      "warmup_ratio", "lora_dropout")

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 from sftkit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from transformers import TrainingArguments
-
     from sftkit.config import SftConfig
     from sftkit.data import PreparedData
 
@@ -95,15 +93,19 @@ def _quiet_hf_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def prepare_data_once(cfg: SftConfig, tokenizer: Any, args: TrainingArguments) -> PreparedData:
+def prepare_data_once(cfg: SftConfig, tokenizer: Any) -> PreparedData:
     """Tokenizes on each node's main process first; the other processes then read its on-disk cache.
 
     The cache is keyed by content (`sftkit.data`), so every process arrives at the same file; only the
-    first process honours `overwrite_cache`, or each would tokenize again.
+    first process honours `overwrite_cache`, or each would tokenize again. Without a launcher this is
+    simply `prepare_data`.
     """
+    from accelerate import PartialState
+
     from sftkit.data import prepare_data
 
-    if args.local_process_index != 0:
+    state = PartialState()
+    if state.local_process_index != 0:
         cfg = cfg.model_copy(update={"overwrite_cache": False})
-    with args.main_process_first(desc="tokenizing the data"):
+    with state.local_main_process_first():
         return prepare_data(cfg, tokenizer)

@@ -8,7 +8,6 @@ base model and its fine-tunes are measured on the same rows, with the same masks
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from sftkit.config import SftConfig
     from sftkit.data.template import Template
 
-logger = logging.getLogger(__name__)
 
 SPLITS = ("eval", "train")
 IGNORE_INDEX = -100

@@ -488,3 +488,8 @@ def _size(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
+
+
+def lifecycle_trainer(base: type) -> type:
+    """`base` (TRL's SFTTrainer or a subclass) with atomic checkpoints and the run guard mixed in."""
+    return type(base.__name__, (LifecycleTrainerMixin, base), {})

@@ -7,12 +7,16 @@ at the start and at the end, and in metrics.json and training_loss.png.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.distributed import check_distributed, quiet_other_ranks
 from sftkit.errors import SftkitError
+from sftkit.lifecycle import (check_disk_space, discard_partial_checkpoints, estimate_disk, lifecycle_trainer,
+                              resolve_resume, save_model_atomically)
 
 if TYPE_CHECKING:
     from trl import SFTConfig, SFTTrainer
@@ -21,6 +25,8 @@ if TYPE_CHECKING:
     from sftkit.data import PreparedData
     from sftkit.data.stats import DataStats
     from sftkit.model import ParamReport, Precision
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "sftkit_config.yaml"
 # Files that mark a directory as an earlier training run, which --overwrite may replace.
@@ -43,30 +49,38 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
     """
     out = Path(cfg.output_dir)
     replace = check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume))
+    checkpoint = resolve_resume(out, resume)
+    check_distributed(cfg)
+    quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
 
     from sftkit.config import dump_resolved
-    from sftkit.data import prepare_data
+    from sftkit.distributed import prepare_data_once
     from sftkit.model import (add_adapter, count_parameters, load_model, load_tokenizer, resolve_precision,
                               template_token_ids)
 
     set_seed(cfg.seed)
     precision = resolve_precision(cfg)
     tokenizer = load_tokenizer(cfg)
-    data = prepare_data(cfg, tokenizer)
+    data = prepare_data_once(cfg, tokenizer)  # several processes: the first tokenizes, the rest read its cache
     model = load_model(cfg, tokenizer, precision)
     model = add_adapter(model, cfg, template_token_ids(tokenizer, cfg.template))
     params = count_parameters(model)
     set_stop_tokens(model, tokenizer, cfg.template)
     trainer = build_trainer(cfg, precision, model, tokenizer, data.train, data.eval)
+    planned = _planned_updates(trainer, len(trainer.train_dataset))
+    check_disk_space(out, estimate_disk(model, cfg, planned), resuming=checkpoint is not None)
     main = trainer.is_world_process_zero()
     if main:
         reset_output_dir(out, replace)
+        discard_partial_checkpoints(out)
         dump_resolved(cfg, out / CONFIG_FILE)
         print_start(cfg, trainer, params, data.stats, precision)
-    result = trainer.train(resume_from_checkpoint=_checkpoint_arg(resume))
-    save_run(trainer, out)
-    metrics = write_metrics(trainer, result, cfg, tokenizer, data, out, main)
+    with trainer.run_guard.handling_signals():  # Ctrl-C / SIGTERM: save a checkpoint, stop, say how to resume
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.run_guard.raise_if_stopped()  # interrupted, or the loss became NaN
+        save_run(trainer, out)
+        metrics = write_metrics(trainer, result, cfg, tokenizer, data, out, main)
     if main:
         print_end(cfg, trainer, metrics, out)
     return out
@@ -98,11 +112,6 @@ def reset_output_dir(out: Path, replace: bool) -> None:
     if replace:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _checkpoint_arg(resume: str | None) -> str | bool | None:
-    """trainer.train's resume_from_checkpoint: True finds the newest checkpoint in output_dir."""
-    return True if resume == "latest" else resume
 
 
 # ---------------------------------------------------------------------------- TRL
@@ -147,23 +156,46 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         trust_remote_code=cfg.trust_remote_code,
         # distributed passthrough
         deepspeed=cfg.deepspeed, fsdp=cfg.fsdp or None, fsdp_config=cfg.fsdp_config,
+        # every trainable parameter is used (LoRA or full), so DDP can skip its per-step unused-parameter search
+        ddp_find_unused_parameters=False, log_level_replica="error",
+        # Liger's kernels (and its fused linear cross-entropy in SftkitTrainer) where a GPU and the package exist
+        use_liger_kernel=use_liger_kernel(cfg, precision),
     )
+
+
+def use_liger_kernel(cfg: SftConfig, precision: Precision) -> bool:
+    """enable_liger_kernel where it can work; otherwise a logged note and the chunked cross-entropy."""
+    from sftkit.loss import liger_available
+
+    if not cfg.enable_liger_kernel:
+        return False
+    if precision.device == "cuda" and liger_available():
+        return True
+    logger.warning("enable_liger_kernel: needs a CUDA GPU and `pip install liger-kernel` (here: %s, liger-kernel "
+                   "%s); training uses the chunked cross-entropy instead", precision.device,
+                   "installed" if liger_available() else "not installed")
+    return False
 
 
 def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: Any, train_rows: Any,
                   eval_rows: Any | None) -> SFTTrainer:
-    """The TRL SFTTrainer over our prepared rows, with early stopping when the config asks for it."""
+    """SftkitTrainer (TRL's SFTTrainer with the chunked loss) over our rows, with early stopping when asked."""
     from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
 
+    from sftkit.callbacks import generation_samples_callback
     from sftkit.model import ATTENTION
+    from sftkit.trainer import SftkitTrainer
 
     callbacks = []
     if cfg.early_stopping_steps is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_steps))
-    trainer = SFTTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
-                         eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
-                         callbacks=callbacks)
+    samples = generation_samples_callback(cfg, tokenizer)  # None without eval, samples or TensorBoard
+    if samples is not None:
+        callbacks.append(samples)
+    trainer_class = lifecycle_trainer(SftkitTrainer)  # atomic checkpoints, signal and NaN handling
+    trainer = trainer_class(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
+                            eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
+                            callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size)
     if cfg.packing and ATTENTION[cfg.flash_attn] != "flash_attention_2":
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     return trainer
@@ -217,7 +249,7 @@ def set_stop_tokens(model: Any, tokenizer: Any, template_name: str) -> None:
 
 def save_run(trainer: SFTTrainer, out: Path) -> None:
     """Writes the final (best, when loaded at the end) weights, tokenizer, generation config and state."""
-    trainer.save_model(str(out))
+    save_model_atomically(trainer, out)  # weights land last: a killed save never looks finished
     trainer.save_state()
     if trainer.is_world_process_zero():
         trainer.model.generation_config.save_pretrained(out)
@@ -247,6 +279,8 @@ def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats:
 
 def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out: Path) -> None:
     """One screen after training: losses, best checkpoint, where everything went, what to run next."""
+    from sftkit.evaluate import overfitting_signs
+
     state = trainer.state
     stopped = " (stopped early: eval loss stopped improving)" if state.global_step < state.max_steps else ""
     lines = [f"training finished: {state.global_step} updates in {metrics['train_runtime_s']:.0f}s{stopped}",
@@ -259,6 +293,7 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
                      "reply ends in the eval set predict the end token")
     if state.best_model_checkpoint:
         lines.append(f"  best checkpoint: {state.best_model_checkpoint} (its weights are the saved ones)")
+    lines += [f"  overfitting: {sign}" for sign in overfitting_signs(state.log_history)]
     lines += [f"  written to {out}/: {_saved_weights(cfg)}, tokenizer with chat template, {CONFIG_FILE}, "
               f"metrics.json{', training_loss.png' if cfg.plot_loss else ''}, checkpoint-*/, runs/ (TensorBoard)",
               "next:"]
