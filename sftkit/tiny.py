@@ -51,14 +51,14 @@ def build_tiny_tokenizer(data_dir: Path = BUNDLED_DATA, vocab_size: int = TINY_V
                                    model_max_length=4096)
 
 
-def tiny_model_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+def tiny_model_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, initializer_range: float = 0.02):
     """Two layers of ERNIE-4.5 at toy width (head_dim must be set explicitly)."""
     from transformers import Ernie4_5Config
 
     return Ernie4_5Config(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-        tie_word_embeddings=True, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
+        tie_word_embeddings=True, initializer_range=initializer_range, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
     )
 
 
@@ -69,15 +69,19 @@ def ernie_shape_config():
     return Ernie4_5Config()
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Writes the tiny tokenizer and a randomly initialised tiny model to `out_dir`."""
+def build_tiny_model(out_dir: str | Path, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Writes the tiny tokenizer and a randomly initialised tiny model to `out_dir`.
+
+    The demo uses initializer_range 0.3: at the real 0.02 a 64-wide tied embedding keeps logits near
+    zero, so a one-minute LoRA run cannot visibly learn to answer.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     out = Path(out_dir)
     tokenizer = build_tiny_tokenizer()
     config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                               tokenizer.eos_token_id)
+                               tokenizer.eos_token_id, initializer_range)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def test_same_loss_gradients_and_logits_as_masked_sdpa(tiny_model_dir: Path) -> 
     real = batch["labels"] != -100  # pads are merged into one span: only their own outputs may differ
     torch.testing.assert_close(logits[real], ref_logits[real], rtol=1e-4, atol=1e-5)
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_packing_matters_to_the_reference(tiny_model_dir: Path) -> None:
