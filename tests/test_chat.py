@@ -11,26 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 QUESTION = "What is the capital of France?"
 ANSWER = "Paris."
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
                 {"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": QUESTION}]
-
-
-def run_cli(args: list[str], monkeypatch, capsys, stdin: str = "") -> tuple[int, str, str]:
-    """Runs the console entry point in-process with `stdin` (not a terminal): (exit code, stdout, stderr)."""
-    from sftkit.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["sftkit", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 class TokenCapture:

@@ -8,10 +8,10 @@ what is tested here; tests/test_chat.py runs the train -> merge -> chat chain.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from sftkit.errors import SftkitError
 
@@ -163,20 +163,6 @@ def test_failed_check_leaves_nothing_at_out(lora_run: Path, tmp_path: Path, monk
 
 
 # ---------------------------------------------------------------------------- CLI errors
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Runs the console entry point in-process: (exit code, stdout, stderr)."""
-    from sftkit.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["sftkit", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def assert_one_error(code: int, err: str, *words: str) -> None:
     assert code == 2
