@@ -102,7 +102,8 @@ class SftConfig(BaseModel):
         False, "Pack several examples into each sequence of cutoff_len; examples never attend to each "
         "other.", "data")
     preprocessing_num_workers: int | None = _field(
-        None, "Processes used to tokenize the data (datasets.map num_proc).", "data", gt=0)
+        None, "Processes used to tokenize the data (datasets.map num_proc); unset or 1 tokenizes in the main "
+        "process, where the fast tokenizer already spreads each batch over every core.", "data", gt=0)
     preprocessing_batch_size: int = _field(
         1000, "Rows per batch when tokenizing.", "data", gt=0)
     overwrite_cache: bool = _field(

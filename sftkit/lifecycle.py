@@ -213,6 +213,12 @@ class LifecycleTrainerMixin:
         self.run_guard.record_loss(loss)
         return loss
 
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        # a finite loss can still give an infinite gradient, and one optimizer step then ruins every weight
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.run_guard.record_grad_norm(grad_norm)
+        return grad_norm
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """The trainer's own save, made into a staging folder, then renamed into place and rotated.
 
@@ -235,6 +241,10 @@ class LifecycleTrainerMixin:
             shutil.rmtree(staged.parent, ignore_errors=True)
             _rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()  # nobody reads the checkpoint before it has its name
+        if self.run_guard.signal_number is not None:
+            # the run stops after this save; under save_total_limit 1 the trainer's end-of-training cleanup
+            # would delete every checkpoint but the best one, this one, the one to resume from, included
+            self.args.save_total_limit = None
 
     def _point_best_at(self, staged: Path, final: Path) -> None:
         """The trainer recorded the staging path as the best checkpoint when this save is the best one."""
@@ -265,7 +275,9 @@ class RunGuard:
         self.trainer = trainer
         self.signal_number: int | None = None
         self.bad_loss: tuple[int, float] | None = None  # (step, loss) of the first non-finite loss
+        self.bad_grad_norm: tuple[int, float] | None = None  # (step, norm) of a non-finite gradient norm
         self._losses: list[torch.Tensor] = []
+        self._grad_norm: torch.Tensor | float | None = None
         self._previous_handlers: dict[int, Any] = {}
 
     # ------------------------------------------------------------ signals
@@ -302,19 +314,27 @@ class RunGuard:
         """Keeps a micro-batch loss (on its device: no host sync) until the optimizer step ends."""
         self._losses.append(loss.detach())
 
+    def record_grad_norm(self, norm: torch.Tensor | float | None) -> None:
+        """Keeps the step's gradient norm (before clipping) until the optimizer step ends."""
+        import torch
+
+        self._grad_norm = norm.detach() if isinstance(norm, torch.Tensor) else norm
+
     def on_step_end(self, state: TrainerState, control: TrainerControl) -> None:
-        """After each optimizer step: stop without saving on a bad loss, save and stop after a signal."""
-        interrupted, bad_loss = self._step_flags()
-        if bad_loss is not None:
-            self.bad_loss = (state.global_step, bad_loss)
+        """After each optimizer step: stop without saving on a bad loss or gradient, save and stop after a signal."""
+        interrupted, bad_loss, bad_norm = self._step_flags()
+        if bad_loss is not None or bad_norm is not None:
+            self.bad_loss = (state.global_step, bad_loss) if bad_loss is not None else None
+            self.bad_grad_norm = (state.global_step, bad_norm) if bad_norm is not None else None
             control.should_save = control.should_evaluate = False
             control.should_training_stop = True
         elif interrupted:
             self.signal_number = self.signal_number or signal.SIGINT  # another process was signalled
             control.should_save = control.should_training_stop = True
 
-    def _step_flags(self) -> tuple[bool, float | None]:
-        """(a signal arrived, the first non-finite loss of this step or None), agreed by all processes.
+    def _step_flags(self) -> tuple[bool, float | None, float | None]:
+        """(a signal arrived, the first non-finite loss of this step, a non-finite gradient norm), agreed by
+        all processes; None where finite.
 
         One host sync per optimizer step (HF's default nan/inf logging filter makes one per micro-batch).
         """
@@ -322,15 +342,18 @@ class RunGuard:
 
         device = self.trainer.args.device
         losses = torch.stack(self._losses).float().to(device) if self._losses else torch.zeros(1, device=device)
-        self._losses = []
+        norm = torch.as_tensor(0.0 if self._grad_norm is None else self._grad_norm, device=device).float()
+        self._losses, self._grad_norm = [], None
         bad = ~torch.isfinite(losses)
         signalled = torch.tensor(float(self.signal_number is not None), device=device)
-        flags = torch.stack([signalled, bad.any().float(), losses[bad.int().argmax()]])  # argmax: first bad one
+        flags = torch.stack([signalled, bad.any().float(), losses[bad.int().argmax()],  # argmax: first bad one
+                             (~torch.isfinite(norm)).float(), norm])
         if self.trainer.accelerator.num_processes > 1:
-            every = self.trainer.accelerator.gather(flags).view(-1, 3)
-            flags = torch.stack([every[:, 0].max(), every[:, 1].max(), every[every[:, 1].argmax(), 2]])
-        signalled_anywhere, any_bad, value = flags.tolist()
-        return bool(signalled_anywhere), (value if any_bad else None)
+            every = self.trainer.accelerator.gather(flags).view(-1, 5)
+            flags = torch.stack([every[:, 0].max(), every[:, 1].max(), every[every[:, 1].argmax(), 2],
+                                 every[:, 3].max(), every[every[:, 3].argmax(), 4]])
+        signalled_anywhere, any_bad, value, bad_norm, norm_value = flags.tolist()
+        return bool(signalled_anywhere), (value if any_bad else None), (norm_value if bad_norm else None)
 
     def callback(self) -> TrainerCallback:
         """The guard as a TrainerCallback (added after HF's flow callback, so it has the last word)."""
@@ -355,11 +378,12 @@ class RunGuard:
                 where the checkpoint is and how to resume.
         """
         state = self.trainer.state
-        if self.bad_loss is not None:
-            step, loss = self.bad_loss
+        if self.bad_loss is not None or self.bad_grad_norm is not None:
+            step, what = (self.bad_loss[0], f"the loss became {self.bad_loss[1]}") if self.bad_loss is not None else (
+                self.bad_grad_norm[0], f"the gradient norm became {self.bad_grad_norm[1]} (with a finite loss)")
             good = latest_checkpoint(self._out)
             kept = f"the last good checkpoint, {good}, is kept" if good else "no checkpoint was saved before it"
-            raise SftkitError(f"training stopped at step {step}: the loss became {loss} (not finite); {kept} and "
+            raise SftkitError(f"training stopped at step {step}: {what} (not finite); {kept} and "
                               f"nothing after it was saved; lower learning_rate (now {self.trainer.args.learning_rate}"
                               "), raise warmup_steps or check the data, then train again")
         if self.signal_number is None or state.global_step >= state.max_steps:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sftkit.data import PreparedData
     from sftkit.data.stats import DataStats
     from sftkit.model import ParamReport, Precision
+    from sftkit.trainer import SftkitTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def use_liger_kernel(cfg: SftConfig, precision: Precision) -> bool:
 
 
 def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: Any, train_rows: Any,
-                  eval_rows: Any | None) -> SFTTrainer:
+                  eval_rows: Any | None) -> SftkitTrainer:
     """SftkitTrainer (TRL's SFTTrainer with the chunked loss) over our rows, with early stopping when asked."""
     from transformers import EarlyStoppingCallback
 
@@ -303,7 +304,7 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
     print("\n".join(lines), flush=True)
 
 
-def write_metrics(trainer: SFTTrainer, result: Any, cfg: SftConfig, tokenizer: Any, data: PreparedData,
+def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, data: PreparedData,
                   out: Path, main: bool) -> dict[str, Any]:
     """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process."""
     from sftkit.data.template import get_template
@@ -313,7 +314,7 @@ def write_metrics(trainer: SFTTrainer, result: Any, cfg: SftConfig, tokenizer: A
     eval_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     end_id = tokenizer.convert_tokens_to_ids(get_template(cfg.template).end_token)
     accuracy, positions = end_token_accuracy(trainer, data.eval, end_id) if data.eval is not None else (None, 0)
-    tokens = round(data.stats.total_tokens * (trainer.state.epoch or 0))
+    tokens = trainer.tokens_seen()  # a collective: write_metrics runs on every rank
     metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens)
     if main:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

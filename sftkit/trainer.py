@@ -80,15 +80,39 @@ class SftkitTrainer(SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Turns the counts gathered since the last log into `mean_token_accuracy` and `num_tokens`."""
         mode = "train" if self.model.training else "eval"
-        if mode in self._counts:
-            counts = self._counts.pop(mode)
-            correct, trained, tokens = self.accelerator.gather(counts).view(-1, 3).sum(0).tolist()
-            if trained:
-                self._metrics[mode]["mean_token_accuracy"] = [correct / trained]
-            if mode == "train":
-                self._total_train_tokens += tokens
-                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        correct, trained = self._flush(mode)
+        if trained:
+            self._metrics[mode]["mean_token_accuracy"] = [correct / trained]
+        if mode == "train":
+            self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
         super().log(logs, start_time)
+
+    def tokens_seen(self) -> int:
+        """Tokens fed to the model in training so far, on every rank, this run and the runs it resumed.
+
+        A collective: every rank must call it.
+        """
+        self._flush("train")
+        return int(self.state.num_input_tokens_seen)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        # the count is saved with the checkpoint (trainer_state.json), so a resumed run goes on from it
+        self._flush("train")
+        super()._save_checkpoint(model, trial)
+
+    def _flush(self, mode: str) -> tuple[int, int]:
+        """Sums the counts since the last flush over the ranks (one host sync); returns (correct, trained).
+
+        Training tokens go to `state.num_input_tokens_seen`, the field transformers fills (with a host
+        sync every step) under `include_num_input_tokens_seen`, and saves in every checkpoint.
+        """
+        if mode not in self._counts:
+            return 0, 0
+        counts = self._counts.pop(mode)
+        correct, trained, tokens = self.accelerator.gather(counts).view(-1, 3).sum(0).tolist()
+        if mode == "train":
+            self.state.num_input_tokens_seen += tokens
+        return correct, trained
 
 
 def _liger_loss_usable(model: torch.nn.Module) -> bool:

@@ -135,7 +135,7 @@ def test_readme_config_reference_is_in_sync() -> None:
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
     assert start in readme and end in readme, "README lacks the config reference markers"
     embedded = readme.split(start, 1)[1].split(end, 1)[0].strip()
-    assert embedded == reference_markdown(), "regenerate with: python -m sftkit.config > (paste into README)"
+    assert embedded == reference_markdown(), "regenerate with: python scripts/sync_readme.py"
 
 
 def test_commented_yaml_round_trips() -> None:

@@ -95,18 +95,18 @@ def test_masking_settings_reach_the_encoder(tiny_model_dir: Path, tiny_tokenizer
 
 
 class CountingEncoder:
-    """Wraps masking.encode_conversation to count the conversations actually tokenized."""
+    """Wraps masking.encode_conversations to count the conversations actually tokenized."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from sftkit.data import masking
 
         self.calls = 0
-        self.original = masking.encode_conversation
-        monkeypatch.setattr(masking, "encode_conversation", self)
+        self.original = masking.encode_conversations
+        monkeypatch.setattr(masking, "encode_conversations", self)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return self.original(*args, **kwargs)
+    def __call__(self, tokenizer: Any, template: Any, conversations: list[Any], *args: Any, **kwargs: Any) -> Any:
+        self.calls += len(conversations)
+        return self.original(tokenizer, template, conversations, *args, **kwargs)
 
     def take(self) -> int:
         calls, self.calls = self.calls, 0

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,10 @@ def signal_when_checkpointed(runs: dict[str, Run], signals: dict[str, int]) -> N
 def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, bundled_data: Path) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("lifecycle")
     specs: dict[str, dict[str, Any]] = {
-        "base": {}, "twin": {}, "killed": {}, "sigint": {}, "sigterm": {"seed": 7},
+        "base": {}, "twin": {}, "killed": {}, "sigint": {},
+        # the checkpoint a signal saves outlives save_total_limit 1 with the best model kept (not the newest)
+        "sigterm": {"seed": 7, "eval_dataset": "demo_messages", "eval_steps": 10, "eval_strategy": "steps",
+                    "save_total_limit": 1, "load_best_model_at_end": True},
         "nan": {"learning_rate": 1e30, "save_steps": 1, "max_steps": 10},
     }
     runs = {name: Run(root, name, tiny_model_dir, bundled_data, **keys) for name, keys in specs.items()}
@@ -113,6 +117,10 @@ def losses(run: Run, state_file: Path | None = None) -> list[tuple[int, float, i
     """(step, loss, tokens seen) of every logged training step."""
     state = json.loads((state_file or run.out / "trainer_state.json").read_text())
     return [(e["step"], e["loss"], e.get("num_tokens")) for e in state["log_history"] if "loss" in e]
+
+
+def metrics(run: Run) -> dict[str, Any]:
+    return json.loads((run.out / "metrics.json").read_text())
 
 
 def losses_until_stopped(run: Run) -> list[tuple[int, float, int]]:
@@ -149,6 +157,9 @@ def test_killed_run_resumes_to_the_same_step_loss_and_weights(runs: dict[str, Ru
     resumed, uninterrupted = losses(killed), losses(base)
     assert [step for step, _, _ in resumed] == [step for step, _, _ in uninterrupted]
     assert [loss for _, loss, _ in resumed] == pytest.approx([loss for _, loss, _ in uninterrupted], abs=1e-6)
+    # the token count goes on from the checkpoint, not from zero
+    assert [tokens for *_, tokens in resumed] == [tokens for *_, tokens in uninterrupted]
+    assert metrics(killed)["tokens_trained"] == metrics(base)["tokens_trained"] == uninterrupted[-1][2] > 0
     final = load_file(killed.out / "adapter_model.safetensors")
     reference = load_file(base.out / "adapter_model.safetensors")
     assert final.keys() == reference.keys()
@@ -223,6 +234,32 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(runs: dict[st
     assert is_complete_checkpoint(good) and good == latest_checkpoint(run.out)
     assert all(int(name.split("-")[1]) < step for name in run.listing_at_exit if name.startswith("checkpoint-"))
     assert "adapter_model.safetensors" not in run.listing_at_exit
+
+
+def test_infinite_gradient_with_a_finite_loss_stops_before_any_save(tmp_path: Path) -> None:
+    """The guard on its own: the step's gradient norm (which the trainer hands over from `_get_grad_norm`)
+    is checked with the losses, so the step that ruined the weights is never saved."""
+    import torch
+    import transformers
+    from transformers import TrainerControl, TrainerState
+
+    from sftkit.lifecycle import LifecycleTrainerMixin, RunGuard
+
+    assert "_get_grad_norm" in vars(transformers.Trainer) and "_get_grad_norm" in vars(LifecycleTrainerMixin)
+    args = types.SimpleNamespace(output_dir=str(tmp_path), device=torch.device("cpu"), learning_rate=1e-3)
+    trainer = types.SimpleNamespace(args=args, accelerator=types.SimpleNamespace(num_processes=1),
+                                    is_world_process_zero=lambda: True, state=TrainerState(global_step=7))
+    guard = RunGuard(trainer)
+    for norm, stops in ((torch.tensor(3.0), False), (torch.tensor(float("inf")), True)):
+        guard.record_loss(torch.tensor(1.25))
+        guard.record_grad_norm(norm)
+        control = TrainerControl(should_save=True, should_evaluate=True)
+        guard.on_step_end(trainer.state, control)
+        assert (control.should_training_stop, control.should_save, control.should_evaluate) == (
+            (True, False, False) if stops else (False, True, True))
+    with pytest.raises(SftkitError, match=r"step 7: the gradient norm became inf \(with a finite loss\) \(not finite\); "
+                                          "no checkpoint was saved before it"):
+        guard.raise_if_stopped()
 
 
 # ---------------------------------------------------------------------------- resume: finding checkpoints

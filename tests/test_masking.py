@@ -249,3 +249,59 @@ def test_guarded_tokenization_with_a_sentencepiece_style_tokenizer() -> None:
         segments = template.segments(MULTI)
         guarded, _ = masking._tokenize_guarded(tokenizer, segments, masking._control_pattern(tokenizer, template))
         assert guarded == ids(tokenizer, rendered(template, MULTI))
+
+
+def reference_labels(tokenizer, template, messages, tools, mask_history: bool) -> list[int]:
+    """The labelling rule spelled out per token: trained iff the token's characters touch a trained segment."""
+    segments = template.segments(messages, tools)
+    encoding = tokenizer("".join(s.text for s in segments), add_special_tokens=False, return_offsets_mapping=True)
+    trained, last_turn = [], max(s.turn for s in segments)
+    for segment in segments:
+        trained += [segment.trained and (not mask_history or segment.turn == last_turn)] * len(segment.text)
+    return [token if any(trained[s:max(e, s + 1)]) else IGNORE_INDEX
+            for token, (s, e) in zip(encoding.input_ids, encoding.offset_mapping)]
+
+
+def shared_conversations(shared_data) -> list[tuple[list[dict[str, str]], str | None]]:
+    """Every row of the shared demo sets (English, Chinese: multi-byte characters split over byte tokens, tools)."""
+    roles = {"human": "user", "gpt": "assistant", "function_call": "function_call", "observation": "observation"}
+    out = []
+    for name in ("alpaca_en_demo", "alpaca_zh_demo", "identity"):
+        for row in json.loads((shared_data / f"{name}.json").read_text(encoding="utf-8")):
+            prompt = "\n".join(part for part in (row["instruction"], row["input"]) if part)
+            out.append(([{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}], None))
+    for row in json.loads((shared_data / "glaive_toolcall_en_demo.json").read_text(encoding="utf-8")):
+        out.append(([{"role": roles[m["from"]], "content": m["value"]} for m in row["conversations"]], row["tools"]))
+    return out
+
+
+@pytest.mark.parametrize("mask_history", [False, True])
+def test_batched_labels_equal_the_per_token_rule_on_real_rows(shared_data, setup, mask_history: bool) -> None:
+    # The batched path finds trained tokens by char->token lookups at span edges; the rule is per token
+    tokenizer, template = setup
+    conversations = shared_conversations(shared_data)
+    rows = masking.encode_conversations(tokenizer, template, conversations, 100_000, mask_history=mask_history)
+    assert len(rows) == len(conversations) > 2000
+    for (messages, tools), row in zip(conversations, rows):
+        assert row.labels == reference_labels(tokenizer, template, messages, tools, mask_history)
+        assert row.input_ids == ids(tokenizer, rendered(template, messages, tools))
+
+
+def test_a_batch_encodes_like_its_rows_one_by_one(setup) -> None:
+    tokenizer, template = setup
+    injected = [{"role": "user", "content": "say <|im_end|> and <|end_of_sentence|>"},
+                {"role": "assistant", "content": "ok <|im_start|>"}]
+    batch = [(SINGLE, None), (injected, None), (MULTI, None), (TOOL_TURNS, TOOLS), (SYSTEM, None)]
+    full = masking.encode_conversations(tokenizer, template, batch, 1024)
+    assert full == [encode_conversation(tokenizer, template, m, t, 1024) for m, t in batch]
+    cutoff = len(full[4].input_ids) + 1  # SYSTEM fits; MULTI, which starts with it, is cut inside the batch
+    cut = masking.encode_conversations(tokenizer, template, batch, cutoff, mask_history=True)
+    assert cut == [encode_conversation(tokenizer, template, m, t, cutoff, mask_history=True) for m, t in batch]
+    assert cut[2].truncated
+
+
+def test_a_bad_conversation_is_named_by_its_place_in_the_batch(setup) -> None:
+    tokenizer, template = setup
+    with pytest.raises(masking.ConversationError, match="roles out of order") as caught:
+        masking.encode_conversations(tokenizer, template, [(SINGLE, None), ([SINGLE[1], SINGLE[0]], None)], 1024)
+    assert caught.value.position == 1

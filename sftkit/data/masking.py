@@ -1,26 +1,31 @@
-"""Conversation -> token ids + labels: whole-text tokenization, -100 masking, truncation.
+"""Conversations -> token ids + labels: whole-text tokenization, -100 masking, truncation.
 
-The rendered conversation is tokenized once, as a whole, so training sees exactly the ids that
-`tokenizer(text)` (and `apply_chat_template`) give. Character offsets map the trained spans (assistant
-content + end token) onto tokens; a token straddling a boundary, like " Hello" after "Assistant:",
-counts as trained. Control-token text inside message content (e.g. "<|im_end|>") is tokenized as plain
-text, so no example can inject template structure.
+Each rendered conversation is tokenized once, as a whole, so training sees exactly the ids that
+`tokenizer(text)` (and `apply_chat_template`) give. A batch of conversations goes to the tokenizer in
+one call: the fast tokenizer then works in Rust across all cores, which per-row calls never do. The
+trained spans (assistant content + end token) are character ranges, mapped onto token ranges through
+the encoding's char->token index (two lookups per span, no per-token Python loop); a token straddling
+a boundary, like " Hello" after "Assistant:", counts as trained. Control-token text inside message
+content (e.g. "<|im_end|>") is tokenized as plain text, so no example can inject template structure.
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sftkit.data.template import Segment, Template, split_system
+from sftkit.errors import DataError
 
 IGNORE_INDEX = -100
 # Common reply openings: where one merges with the header's last token, that token is left out of prompts
 _PROBE_REPLIES = ("the", "Hello", "I", "Sure", "1")
 
 Offsets = list[tuple[int, int]]
+Conversation = tuple[list[dict[str, str]], str | None]  # (messages, tools JSON)
 
 
 @dataclass
@@ -32,37 +37,104 @@ class EncodedRow:
     truncated: bool = False
 
 
-def encode_conversation(tokenizer: Any, template: Template, messages: list[dict[str, str]],
-                        tools: str | None, cutoff_len: int, train_on_prompt: bool = False,
-                        mask_history: bool = False) -> EncodedRow | None:
-    """Tokenizes one conversation and labels the tokens trained on.
+class ConversationError(DataError):
+    """A conversation of a batch breaks the template's rules; `position` is its place in the batch."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+@dataclass
+class _Tokens:
+    """Ids of one rendered text, with the fast tokenizer's encoding (char->token) or explicit offsets."""
+
+    ids: list[int]
+    chars: int
+    encoding: Any = None
+    offsets: Offsets | None = None
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """[first, last) tokens overlapping characters [start, end)."""
+        if self.encoding is not None:
+            first, last = self.encoding.char_to_token(start), self.encoding.char_to_token(end - 1)
+            after = self.encoding.char_to_token(end) if end < self.chars else len(self.ids)
+            if None not in (first, last, after):  # a character no token covers: take the general path
+                # `after`: a multi-byte character split over tokens leaves `last` on its first piece
+                return first, max(last + 1, after)
+        hits = [i for i, (s, e) in enumerate(self.all_offsets()) if s < end and max(e, s + 1) > start]
+        return (hits[0], hits[-1] + 1) if hits else (0, 0)
+
+    def all_offsets(self) -> Offsets:
+        return self.offsets if self.offsets is not None else [tuple(span) for span in self.encoding.offsets]
+
+
+def encode_conversations(tokenizer: Any, template: Template, conversations: Sequence[Conversation],
+                         cutoff_len: int, train_on_prompt: bool = False,
+                         mask_history: bool = False) -> list[EncodedRow | None]:
+    """Tokenizes a batch of conversations (one tokenizer call) and labels the tokens trained on.
 
     Args:
         tokenizer: a fast tokenizer prepared with `prepare_tokenizer`.
         template: the chat template.
-        messages: normalized messages ending with an assistant-side turn.
-        tools: JSON string of tool schemas, or None.
+        conversations: (normalized messages ending with an assistant-side turn, tools JSON or None).
         cutoff_len: most tokens kept: later user/assistant pairs are dropped first, then the last kept
             reply's tail is cut.
         train_on_prompt: train on every token.
         mask_history: train only the last assistant-side turn (of the pairs kept).
 
     Returns:
-        The encoded row, or None when no trained token is left (the caller counts dropped rows).
+        One encoded row per conversation, or None where no trained token is left (the caller counts
+        dropped rows).
+
+    Raises:
+        ConversationError: roles out of order or invalid tools (`position` names the conversation).
+    """
+    control = _control_pattern(tokenizer, template)
+    rendered = [_segments(template, messages, tools, position)
+                for position, (messages, tools) in enumerate(conversations)]
+    tokenized = _tokenize_many(tokenizer, rendered, control)
+    return [_finish(tokenizer, template, control, conversation, segments, tokens, cutoff_len, train_on_prompt,
+                    mask_history)
+            for conversation, segments, tokens in zip(conversations, rendered, tokenized)]
+
+
+def encode_conversation(tokenizer: Any, template: Template, messages: list[dict[str, str]],
+                        tools: str | None, cutoff_len: int, train_on_prompt: bool = False,
+                        mask_history: bool = False) -> EncodedRow | None:
+    """`encode_conversations` for one conversation.
 
     Raises:
         DataError: roles out of order or invalid tools.
     """
-    control = _control_pattern(tokenizer, template)
-    segments = template.segments(messages, tools)
-    ids, labels, offsets = _encode(tokenizer, segments, control, train_on_prompt, mask_history)
-    truncated = len(ids) > cutoff_len
+    return encode_conversations(tokenizer, template, [(messages, tools)], cutoff_len, train_on_prompt,
+                                mask_history)[0]
+
+
+def _segments(template: Template, messages: list[dict[str, str]], tools: str | None,
+              position: int) -> list[Segment]:
+    try:
+        return template.segments(messages, tools)
+    except ConversationError:
+        raise
+    except DataError as exc:
+        raise ConversationError(str(exc), position) from None
+
+
+def _finish(tokenizer: Any, template: Template, control: re.Pattern[str], conversation: Conversation,
+            segments: list[Segment], tokens: _Tokens, cutoff_len: int, train_on_prompt: bool,
+            mask_history: bool) -> EncodedRow | None:
+    """Labels one tokenized conversation; over `cutoff_len`, re-encodes the pairs that fit and cuts the tail."""
+    truncated = len(tokens.ids) > cutoff_len
     if truncated:
+        messages, tools = conversation
         system, turns = split_system(messages)
-        keep = _pairs_that_fit(segments, offsets, cutoff_len)
+        keep = _pairs_that_fit(segments, tokens.all_offsets(), cutoff_len)
         kept = ([{"role": "system", "content": system}] if system is not None else []) + turns[:2 * keep]
-        ids, labels, _ = _encode(tokenizer, template.segments(kept, tools), control, train_on_prompt, mask_history)
-        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+        segments = template.segments(kept, tools)
+        tokens = _tokenize_many(tokenizer, [segments], control)[0]
+    labels = _labels(tokens, segments, train_on_prompt, mask_history)
+    ids, labels = tokens.ids[:cutoff_len], labels[:cutoff_len]
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return EncodedRow(ids, labels, truncated)
@@ -97,34 +169,61 @@ def template_overhead(tokenizer: Any, template: Template) -> int:
 
 
 def _tokenize(tokenizer: Any, segments: list[Segment], control: re.Pattern[str]) -> tuple[list[int], Offsets]:
-    """Ids and character offsets of the concatenated segments.
+    """Ids and character offsets of the concatenated segments (prompts, not the training hot path)."""
+    tokens = _tokenize_many(tokenizer, [segments], control)[0]
+    return tokens.ids, tokens.all_offsets()
 
-    The whole text is tokenized at once. Only when message content holds control-token text is the
-    text cut at the template's own control tokens and the pieces tokenized with special tokens split,
-    so content can never produce a control-token id.
+
+def _tokenize_many(tokenizer: Any, rows: list[list[Segment]], control: re.Pattern[str]) -> list[_Tokens]:
+    """Each row's concatenated segments, tokenized whole; the clean rows in one batched tokenizer call.
+
+    Only a row whose message content holds control-token text is cut at the template's own control
+    tokens and its pieces tokenized with special tokens split, so content can never produce a
+    control-token id.
     """
-    text = "".join(segment.text for segment in segments)
-    if not any(control.search(segment.text) for segment in segments if segment.content):
-        # verbose=False: rows over model_max_length are expected here, cutoff_len handles them
-        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        return encoding["input_ids"], [tuple(span) for span in encoding["offset_mapping"]]
-    return _tokenize_guarded(tokenizer, segments, control)
+    texts = ["".join(segment.text for segment in segments) for segments in rows]
+    guarded = [any(control.search(s.text) for s in segments if s.content) for segments in rows]
+    clean = [text for text, unsafe in zip(texts, guarded) if not unsafe]
+    # verbose=False: rows over model_max_length are expected here, cutoff_len handles them
+    batch = tokenizer(clean, add_special_tokens=False, verbose=False, return_attention_mask=False,
+                      return_token_type_ids=False) if clean else None
+    encoded = iter(zip(batch["input_ids"], batch.encodings) if batch is not None else ())
+    out = []
+    for segments, text, unsafe in zip(rows, texts, guarded):
+        if unsafe:
+            ids, offsets = _tokenize_guarded(tokenizer, segments, control)
+            out.append(_Tokens(ids, len(text), offsets=offsets))
+        else:
+            ids, encoding = next(encoded)
+            out.append(_Tokens(ids, len(text), encoding=encoding))
+    return out
 
 
-def _encode(tokenizer: Any, segments: list[Segment], control: re.Pattern[str], train_on_prompt: bool,
-            mask_history: bool) -> tuple[list[int], list[int], Offsets]:
-    ids, offsets = _tokenize(tokenizer, segments, control)
+def _labels(tokens: _Tokens, segments: list[Segment], train_on_prompt: bool, mask_history: bool) -> list[int]:
+    """`tokens.ids` with -100 outside the token ranges that overlap a trained segment."""
     if train_on_prompt:
-        return ids, list(ids), offsets
-    last_turn = max(segment.turn for segment in segments)
-    trained = bytearray(sum(len(segment.text) for segment in segments))
-    start = 0
+        return list(tokens.ids)
+    labels = [IGNORE_INDEX] * len(tokens.ids)
+    for start, end in _trained_chars(segments, mask_history):
+        first, last = tokens.span(start, end)
+        labels[first:last] = tokens.ids[first:last]
+    return labels
+
+
+def _trained_chars(segments: list[Segment], mask_history: bool) -> list[tuple[int, int]]:
+    """Character ranges [start, end) of the trained segments, adjacent ones merged."""
+    last_turn = segments[-1].turn  # turns only grow along the conversation
+    spans: list[tuple[int, int]] = []
+    position = 0
     for segment in segments:
-        if segment.trained and (not mask_history or segment.turn == last_turn):
-            trained[start:start + len(segment.text)] = b"\1" * len(segment.text)
-        start += len(segment.text)
-    labels = [i if any(trained[s:max(e, s + 1)]) else IGNORE_INDEX for i, (s, e) in zip(ids, offsets)]
-    return ids, labels, offsets
+        end = position + len(segment.text)
+        if segment.trained and segment.text and (not mask_history or segment.turn == last_turn):
+            if spans and spans[-1][1] == position:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((position, end))
+        position = end
+    return spans
 
 
 def _pairs_that_fit(segments: list[Segment], offsets: Offsets, cutoff_len: int) -> int:
