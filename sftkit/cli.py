@@ -177,6 +177,9 @@ def keys() -> None:
 
 def main() -> None:
     """Console entry point: user errors become exit code 2 with one line per problem."""
+    from sftkit.quiet import quiet_known_noise
+
+    quiet_known_noise()
     try:
         app()
     except SftkitError as exc:

@@ -166,6 +166,15 @@ def test_killed_run_resumes_to_the_same_step_loss_and_weights(runs: dict[str, Ru
     assert all((final[key] - reference[key]).abs().max() <= 1e-6 for key in final)
 
 
+def test_a_clean_run_prints_no_known_library_noise(runs: dict[str, Run]) -> None:
+    # expected library messages are silenced (sftkit.quiet): what is left on stderr is worth reading
+    stderr = runs["base"].stderr
+    assert runs["base"].code == 0
+    for text in ("save_embedding_layers", "gemm_4bit", "is_gradient_checkpointing", "multivariate normal",
+                 "mtime may not"):
+        assert text not in stderr, stderr[-2000:]
+
+
 def test_weights_are_written_as_safetensors_only(runs: dict[str, Run]) -> None:
     pickles = {path.name for path in runs["base"].out.rglob("*") if path.suffix in (".bin", ".pt", ".pth", ".pkl")}
     # the trainer's own state files are pickles of tensors and settings, loaded with weights_only=True
