@@ -104,8 +104,8 @@ def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | Non
     """Loss and perplexity on the trained tokens (labels != -100) of a split, per dataset and overall.
 
     The loss is the token-weighted mean cross-entropy over every trained token of the split, the
-    rows and masks `prepare_data` gives training; perplexity is its exp. The trainer's eval_loss is
-    the same number when the eval set fits in one eval batch (it averages per-batch means).
+    rows and masks `prepare_data` gives training; perplexity is its exp. The trainer's eval_loss
+    (`SftkitTrainer.evaluation_loop`) is the same token-weighted mean.
 
     Args:
         model: a run directory, a merged model directory, or a base model path or hub id.

@@ -35,11 +35,13 @@ class ChunkedLossOutput:
         num_correct: trained positions whose label is the argmax of the logits (token accuracy); None
             where the kernel does not count them.
         num_trained: positions with a label other than -100 in this micro-batch.
+        loss_sum: the summed token cross-entropy, detached (evaluation weighs batches by their tokens).
     """
 
     loss: torch.Tensor
     num_correct: torch.Tensor | None
     num_trained: int
+    loss_sum: torch.Tensor | None = None
 
 
 def chunked_cross_entropy(
@@ -67,7 +69,8 @@ def chunked_cross_entropy(
     """
     hidden, targets = _trained_positions(hidden_states, labels, shifted)
     loss_sum, num_correct = _sum_over_chunks(head, hidden, targets, chunk_size)
-    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), num_correct, targets.numel())
+    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), num_correct, targets.numel(),
+                             loss_sum.detach())
 
 
 def _divide(loss_sum: torch.Tensor, num_items_in_batch: int | torch.Tensor | None, num_trained: int) -> torch.Tensor:
@@ -199,4 +202,5 @@ def liger_cross_entropy(
     out = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
     # Its return type changed across releases: a tensor, a tuple, or an output object with `.loss`.
     loss_sum = getattr(out, "loss", out if torch.is_tensor(out) else out[0])
-    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), None, targets.numel())
+    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), None, targets.numel(),
+                             loss_sum.detach())

@@ -37,8 +37,10 @@ class SftkitTrainer(SFTTrainer):
         add_chunked_loss(self.model)
         if (self.args.packing or self.args.padding_free) and use_packed_attention(self.model):
             logger.info("packed rows on a CPU: attention runs per packed example (sftkit.attention)")
-        # Per mode, since the last log: [correct predictions, trained tokens counted, tokens seen].
+        # Per mode, since the last flush: [correct predictions, trained tokens counted, tokens seen] and the
+        # summed loss of those trained tokens (evaluation's loss is their mean, not a mean of batch means).
         self._counts: dict[str, torch.Tensor] = {}
+        self._loss_sums: dict[str, torch.Tensor] = {}
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
@@ -49,7 +51,7 @@ class SftkitTrainer(SFTTrainer):
             return self._model_loss(model, inputs, num_items_in_batch)
         out = model(**inputs, loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
                     num_items_in_batch=num_items_in_batch)
-        self._count(inputs, out.num_correct, out.num_trained)
+        self._count(inputs, out.num_correct, out.num_trained, out.loss_sum)
         return self._across_devices(out.loss, num_items_in_batch)
 
     def _model_loss(self, model: torch.nn.Module, inputs: dict[str, Any],
@@ -66,7 +68,8 @@ class SftkitTrainer(SFTTrainer):
             return loss * self.accelerator.num_processes
         return loss
 
-    def _count(self, inputs: dict[str, Any], num_correct: torch.Tensor | None, num_trained: int) -> None:
+    def _count(self, inputs: dict[str, Any], num_correct: torch.Tensor | None, num_trained: int,
+               loss_sum: torch.Tensor | None = None) -> None:
         """Adds this micro-batch to the logged counts, on the device: no host sync per step."""
         mode = "train" if self.model.training else "eval"
         input_ids = inputs["input_ids"]
@@ -76,6 +79,28 @@ class SftkitTrainer(SFTTrainer):
             counts[1] += num_trained
         mask = inputs.get("attention_mask")
         counts[2] += mask.sum() if mask is not None else input_ids.numel()
+        if loss_sum is not None and mode == "eval":
+            total = self._loss_sums.setdefault(mode, torch.zeros(2, dtype=torch.float64, device=input_ids.device))
+            total += torch.stack([loss_sum.double(), torch.tensor(num_trained, dtype=torch.float64,
+                                                                  device=total.device)])
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
+        """The trainer's loop, with `<prefix>_loss` recomputed as the mean over every trained token.
+
+        transformers averages per-batch mean losses, which weighs a batch of few trained tokens like one
+        of many; `sftkit eval` and perplexity need the token mean. Early stopping and the best checkpoint
+        read the metrics returned here.
+        """
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        totals = self._loss_sums.pop("eval", None)
+        if totals is None:  # every rank takes the same path: the chunked loss is on for all or none
+            return output
+        loss_sum, trained = self.accelerator.gather(totals).view(-1, 2).sum(0).tolist()
+        if trained and f"{metric_key_prefix}_loss" in output.metrics:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss_sum / trained
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Turns the counts gathered since the last log into `mean_token_accuracy` and `num_tokens`."""
