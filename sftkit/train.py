@@ -1,14 +1,12 @@
 """Training stage: the recipe from a validated config to a run directory.
 
-`build_sft_config` is the one place our schema meets TRL. The run reports what it did on one screen
-at the start and at the end, and in metrics.json and training_loss.png.
+`build_sft_config` is the one place our schema meets TRL. What the run reports (one screen at the start
+and at the end, metrics.json, training_loss.png) is `sftkit.report`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,14 +15,13 @@ from sftkit.distributed import check_distributed, quiet_other_ranks
 from sftkit.errors import SftkitError
 from sftkit.lifecycle import (check_disk_space, discard_partial_checkpoints, estimate_disk, lifecycle_trainer,
                               resolve_resume, save_model_atomically)
+from sftkit.report import planned_updates, print_end, print_start, write_metrics
 
 if TYPE_CHECKING:
     from trl import SFTConfig, SFTTrainer
 
     from sftkit.config import SftConfig
-    from sftkit.data import PreparedData
-    from sftkit.data.stats import DataStats
-    from sftkit.model import ParamReport, Precision
+    from sftkit.model import Precision
     from sftkit.trainer import SftkitTrainer
 
 logger = logging.getLogger(__name__)
@@ -69,7 +66,7 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
     params = count_parameters(model)
     set_stop_tokens(model, tokenizer, cfg.template)
     trainer = build_trainer(cfg, precision, model, tokenizer, data.train, data.eval)
-    planned = _planned_updates(trainer, len(trainer.train_dataset))
+    planned = planned_updates(trainer, len(trainer.train_dataset))
     check_disk_space(out, estimate_disk(model, cfg, planned), resuming=checkpoint is not None)
     main = trainer.is_world_process_zero()
     if main:
@@ -254,195 +251,3 @@ def save_run(trainer: SFTTrainer, out: Path) -> None:
     trainer.save_state()
     if trainer.is_world_process_zero():
         trainer.model.generation_config.save_pretrained(out)
-
-
-# ---------------------------------------------------------------------------- what the run reports
-
-def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats: DataStats,
-                precision: Precision) -> None:
-    """One screen before training: model, parameters, data, steps, batch, device and dtype."""
-    args = trainer.args
-    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    sequences = len(trainer.train_dataset)
-    lines = [
-        f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {cfg.template}",
-        f"  parameters: {params.line()}",
-        *(f"  {line}" for line in stats.summary_lines()),
-        f"  training sequences: {sequences:,}" + (f" (packed to {cfg.cutoff_len} tokens)" if cfg.packing else ""),
-        f"  updates: {_planned_updates(trainer, sequences):,} ({_schedule(cfg)})",
-        f"  effective batch: {effective} sequences = {args.per_device_train_batch_size} per device x "
-        f"{args.gradient_accumulation_steps} accumulation x {args.world_size} processes",
-        f"  device: {precision.note}",
-        f"  output: {cfg.output_dir}",
-    ]
-    print("\n".join(lines), flush=True)
-
-
-def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out: Path) -> None:
-    """One screen after training: losses, best checkpoint, where everything went, what to run next."""
-    from sftkit.evaluate import overfitting_signs
-
-    state = trainer.state
-    stopped = " (stopped early: eval loss stopped improving)" if state.global_step < state.max_steps else ""
-    lines = [f"training finished: {state.global_step} updates in {metrics['train_runtime_s']:.0f}s{stopped}",
-             f"  train loss: {_fmt(metrics['first_train_loss'])} -> {_fmt(metrics['train_loss'])}"]
-    if metrics["best_eval_loss"] is not None or metrics["eval_loss"] is not None:
-        lines.append(f"  eval loss: final {_fmt(metrics['eval_loss'])}, best {_fmt(metrics['best_eval_loss'])} "
-                     f"at step {metrics['best_step']} (perplexity {_fmt(metrics['eval_perplexity'])})")
-    if metrics["end_token_accuracy"] is not None:
-        lines.append(f"  end-token accuracy: {metrics['end_token_accuracy']:.1%} of {metrics['end_token_positions']} "
-                     "reply ends in the eval set predict the end token")
-    if state.best_model_checkpoint:
-        lines.append(f"  best checkpoint: {state.best_model_checkpoint} (its weights are the saved ones)")
-    lines += [f"  overfitting: {sign}" for sign in overfitting_signs(state.log_history)]
-    lines += [f"  written to {out}/: {_saved_weights(cfg)}, tokenizer with chat template, {CONFIG_FILE}, "
-              f"metrics.json{', training_loss.png' if cfg.plot_loss else ''}, checkpoint-*/, runs/ (TensorBoard)",
-              "next:"]
-    if cfg.finetuning_type == "lora":
-        lines.append(f"  sftkit merge {out}")
-    lines.append(f"  sftkit chat {out}")
-    print("\n".join(lines), flush=True)
-
-
-def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, data: PreparedData,
-                  out: Path, main: bool) -> dict[str, Any]:
-    """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process."""
-    from sftkit.data.template import get_template
-
-    history = trainer.state.log_history
-    train_losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
-    eval_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
-    end_id = tokenizer.convert_tokens_to_ids(get_template(cfg.template).end_token)
-    accuracy, positions = end_token_accuracy(trainer, data.eval, end_id) if data.eval is not None else (None, 0)
-    tokens = trainer.tokens_seen()  # a collective: write_metrics runs on every rank
-    metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens)
-    if main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        if cfg.plot_loss:
-            plot_loss(train_losses, eval_losses, out / "training_loss.png")
-    return metrics
-
-
-def _metrics(trainer: SFTTrainer, result: Any, train_losses: list[tuple[int, float]],
-             eval_losses: list[tuple[int, float]], accuracy: float | None, positions: int, tokens: int
-             ) -> dict[str, Any]:
-    state = trainer.state
-    runtime = float(result.metrics.get("train_runtime", 0.0))
-    best = state.best_metric
-    final_eval = eval_losses[-1][1] if eval_losses else None
-    # the saved weights are the best checkpoint's when it was loaded at the end
-    saved_eval = best if trainer.args.load_best_model_at_end and best is not None else final_eval
-    return {
-        "train_loss": train_losses[-1][1] if train_losses else None,
-        "first_train_loss": train_losses[0][1] if train_losses else None,
-        "mean_train_loss": result.training_loss,
-        "eval_loss": final_eval,
-        "best_eval_loss": best,
-        "best_step": state.best_global_step,
-        "best_checkpoint": state.best_model_checkpoint,
-        "eval_perplexity": _perplexity(saved_eval),
-        "end_token_accuracy": accuracy,
-        "end_token_positions": positions,
-        "global_step": state.global_step,
-        "epochs": state.epoch,
-        "tokens_trained": tokens,
-        "tokens_per_second": tokens / runtime if runtime else None,
-        "train_runtime_s": runtime,
-        "world_size": trainer.args.world_size,
-    }
-
-
-def end_token_accuracy(trainer: SFTTrainer, rows: Any, end_id: int, max_rows: int = 256) -> tuple[float | None, int]:
-    """How often the model, given the gold prefix, predicts `end_id` where a trained reply ends.
-
-    Only the logits at those positions are computed (`logits_to_keep` with indices): full-vocabulary
-    logits for whole sequences would not fit for long rows and a 100k vocabulary.
-
-    Returns:
-        (accuracy or None when no reply end was seen, number of reply ends scored).
-    """
-    import torch
-
-    model = trainer.model
-    model.eval()
-    hits = total = 0
-    with torch.no_grad(), trainer.accelerator.autocast():
-        for row in rows.select(range(min(len(rows), max_rows))):
-            labels = torch.tensor(row["labels"])
-            ends = (labels == end_id).nonzero().flatten()
-            ends = ends[ends > 0]
-            if len(ends) == 0:
-                continue
-            input_ids = torch.tensor([row["input_ids"]], device=trainer.args.device)
-            logits = model(input_ids=input_ids, logits_to_keep=(ends - 1).to(input_ids.device), use_cache=False).logits
-            hits += int((logits[0].argmax(-1).cpu() == end_id).sum())
-            total += len(ends)
-    return (hits / total if total else None), total
-
-
-def plot_loss(train_losses: list[tuple[int, float]], eval_losses: list[tuple[int, float]], path: Path) -> None:
-    """training_loss.png: train and eval loss against the update step."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render straight to the file
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    if train_losses:
-        axes.plot(*zip(*train_losses), label="train loss")
-    if eval_losses:
-        axes.plot(*zip(*eval_losses), marker="o", label="eval loss")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def _planned_updates(trainer: SFTTrainer, sequences: int) -> int:
-    """Optimizer updates the run will make, as transformers.Trainer counts them."""
-    args = trainer.args
-    if args.max_steps > 0:
-        return args.max_steps
-    batches = math.ceil(sequences / (args.per_device_train_batch_size * args.world_size))
-    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
-    return math.ceil(args.num_train_epochs * per_epoch)
-
-
-def _method(cfg: SftConfig) -> str:
-    if cfg.finetuning_type == "full":
-        return "full fine-tuning"
-    scaling = "rsLoRA" if cfg.use_rslora else "LoRA"
-    return f"{scaling} r{cfg.lora_rank} alpha {cfg.resolved_lora_alpha} on {','.join(cfg.lora_target)}"
-
-
-def _schedule(cfg: SftConfig) -> str:
-    parts = [f"{cfg.num_train_epochs:g} epochs" if cfg.max_steps < 0 else f"max_steps {cfg.max_steps}"]
-    if cfg.eval_strategy == "steps":
-        parts.append(f"eval every {cfg.eval_steps}")
-    elif cfg.eval_strategy == "epoch":
-        parts.append("eval every epoch")
-    if cfg.save_strategy == "steps":
-        parts.append(f"save every {cfg.save_steps}")
-    if cfg.early_stopping_steps:
-        parts.append(f"early stopping after {cfg.early_stopping_steps} evals without improvement")
-    return ", ".join(parts)
-
-
-def _saved_weights(cfg: SftConfig) -> str:
-    return "adapter_model.safetensors" if cfg.finetuning_type == "lora" else "model safetensors"
-
-
-def _perplexity(loss: float | None) -> float | None:
-    if loss is None:
-        return None
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return None
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"

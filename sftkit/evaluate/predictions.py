@@ -1,0 +1,273 @@
+"""`sftkit predict`: generated answers to a split's prompts, scored with BLEU-4 and ROUGE-1/2/L."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftkit.errors import SftkitError
+from sftkit.evaluate.files import write_json, write_text
+from sftkit.evaluate.loss import data_config, load_model
+
+if TYPE_CHECKING:
+    from sftkit.config import SftConfig
+    from sftkit.data.template import Template
+
+
+GENERATION_BATCH_SIZE = 16
+ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A conversation cut before its last assistant-side reply, and that reply as the reference."""
+
+    dataset: str
+    index: int
+    messages: list[dict[str, str]]
+    tools: str | None
+    reference: str
+
+
+@dataclass
+class GenerationSettings:
+    """How replies are generated: greedy when `temperature` is 0, else sampled with `seed`."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = GENERATION_BATCH_SIZE
+
+
+# ---------------------------------------------------------------------------- sftkit predict
+
+def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str = "eval",
+            compare: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
+            batch_size: int = GENERATION_BATCH_SIZE) -> dict[str, Any]:
+    """Answers the first `n` prompts of a split and scores the answers against the references.
+
+    A prompt is a conversation up to its last assistant-side reply; that reply is the reference.
+    Writes `out` (JSONL: dataset, index, prompt, reference, generation, scores, and the same for
+    `compare`) and `<out stem>.metrics.json` (corpus BLEU-4 and mean ROUGE-1/2/L F1, 0-100).
+
+    Args:
+        model: a run directory, a merged model directory, or a base model path or hub id.
+        cfg: the config whose datasets and split give the prompts.
+        out: the JSONL file to write.
+        n: number of prompts (the first ones of the split).
+        split: "eval" or "train".
+        compare: a second model answering the same prompts (`generation_compare`).
+        max_new_tokens: most tokens per answer.
+        temperature: 0 for greedy decoding, else sampling at this temperature.
+        seed: sampling seed.
+        batch_size: prompts generated together (left padded).
+
+    Returns:
+        The corpus-level metrics as written to the metrics file.
+
+    Raises:
+        SftkitError: bad split or n, or a model or data problem.
+    """
+    _check_generation_args(n, max_new_tokens, temperature, batch_size)
+    prompts = load_prompts(data_config(cfg, split, None), split, n)
+    settings = GenerationSettings(max_new_tokens, temperature, seed, batch_size)
+    answers = {"generation": answer(model, cfg, prompts, settings)}
+    if compare is not None:
+        answers["generation_compare"] = answer(compare, cfg, prompts, settings)
+    rows, metrics = score_predictions(prompts, answers, cfg)
+    metrics.update(model=model, compare=compare, split=split, max_new_tokens=max_new_tokens,
+                   temperature=temperature, seed=seed)
+    write_predictions(Path(out), rows, metrics)
+    print(metrics_table(metrics))
+    return metrics
+
+
+def _check_generation_args(n: int, max_new_tokens: int, temperature: float, batch_size: int) -> None:
+    problems = ["-n: answer at least one prompt" if n < 1 else "",
+                "--max-new-tokens: must be at least 1" if max_new_tokens < 1 else "",
+                "--temperature: must be 0 (greedy) or positive" if temperature < 0 else "",
+                "--batch-size: must be at least 1" if batch_size < 1 else ""]
+    if any(problems):
+        raise SftkitError(*problems)
+
+
+def load_prompts(cfg: SftConfig, split: str, n: int) -> list[Prompt]:
+    """The first `n` conversations of the split, each cut before its last assistant-side reply."""
+    from sftkit.data.loader import load_conversations
+    from sftkit.data.template import get_template
+
+    conversations = load_conversations(cfg)
+    rows = conversations.eval if split == "eval" else conversations.train
+    assert rows is not None  # data_config checked that an eval set exists
+    template = get_template(cfg.template)
+    return [to_prompt(row, template) for row in rows.select(range(min(n, len(rows))))]
+
+
+def to_prompt(row: dict[str, Any], template: Template) -> Prompt:
+    """Splits a normalized conversation into its prompt and the last reply's trained text (no end token)."""
+    messages = row["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] in ("assistant", "function_call"))
+    segments = template.segments(messages[:last + 1], row["tools"])
+    reply_turn = segments[-1].turn
+    reference = "".join(s.text for s in segments if s.turn == reply_turn and s.trained and s.content)
+    return Prompt(row["dataset"], row["index"], messages[:last], row["tools"], reference)
+
+
+def answer(model: str, cfg: SftConfig, prompts: list[Prompt], settings: GenerationSettings) -> list[str]:
+    """Loads `model`, generates a reply to every prompt with its own template, then frees the model."""
+    import gc
+
+    loaded = load_model(model, cfg)
+    ids, header_tails = encode_prompts(loaded.tokenizer, loaded.template, prompts)
+    replies = generate(loaded.model, loaded.tokenizer, ids, loaded.template.stop_token_ids(loaded.tokenizer),
+                       settings)
+    del loaded
+    gc.collect()
+    return [reply.removeprefix(tail) for reply, tail in zip(replies, header_tails)]
+
+
+def encode_prompts(tokenizer: Any, template: Template, prompts: list[Prompt]) -> tuple[list[list[int]], list[str]]:
+    """Generation ids of each prompt, and the header text each leaves for the model to generate.
+
+    ERNIE's "Assistant: " keeps its space out of the prompt ids (it merges with the reply's first
+    token); the model generates it, and it is no part of the reply.
+    """
+    from sftkit.chat import _header_tail
+    from sftkit.data.masking import encode_prompt
+
+    ids = [encode_prompt(tokenizer, template, p.messages, p.tools) for p in prompts]
+    tails = [_header_tail(tokenizer, template, p.messages, p.tools, i) for p, i in zip(prompts, ids)]
+    return ids, tails
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
+             settings: GenerationSettings) -> list[str]:
+    """Replies to token-id prompts, batched with left padding, each stopping at any of `stop_ids`.
+
+    Sampling (temperature > 0) is seeded with `settings.seed`; greedy decoding touches no random
+    state, so calling this during training leaves the run's randomness alone. The model's train/eval
+    mode is restored afterwards.
+
+    Returns:
+        The decoded replies (special tokens, the stop token included, removed), in prompt order.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    sampling = ({"do_sample": True, "temperature": settings.temperature, "top_p": 1.0}
+                if settings.temperature > 0 else {"do_sample": False})
+    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids,
+                              pad_token_id=tokenizer.pad_token_id, **sampling)
+    if settings.temperature > 0:
+        torch.manual_seed(settings.seed)
+    was_training = model.training
+    model.eval()
+    try:
+        replies: list[str] = []
+        for start in range(0, len(prompts), settings.batch_size):
+            replies += _generate_batch(model, tokenizer, prompts[start:start + settings.batch_size], config)
+        return replies
+    finally:
+        model.train(was_training)
+
+
+def _generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], config: Any) -> list[str]:
+    import torch
+
+    batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(model.device)
+    with torch.inference_mode():
+        output = model.generate(**batch, generation_config=config)
+    new_tokens = output[:, batch["input_ids"].shape[1]:]
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def score_predictions(prompts: list[Prompt], answers: dict[str, list[str]],
+                      cfg: SftConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Output rows with per-row scores, and the corpus-level metrics of every generation column."""
+    from sftkit.data.template import get_template
+
+    template = get_template(cfg.template)
+    references = [p.reference for p in prompts]
+    rows = [{"dataset": p.dataset, "index": p.index, "prompt": template.generation_prompt(p.messages, p.tools),
+             "reference": p.reference} for p in prompts]
+    metrics: dict[str, Any] = {"n": len(prompts)}
+    for column, replies in answers.items():
+        per_row, corpus = score(replies, references)
+        for row, reply, scores in zip(rows, replies, per_row):
+            row[column] = reply
+            row[column.replace("generation", "scores")] = scores
+        metrics[column] = corpus
+    metrics["tokenize"] = bleu_tokenize(references)
+    return rows, metrics
+
+
+def score(replies: list[str], references: list[str]) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """BLEU-4 (sacrebleu) and ROUGE-1/2/L F1 (rouge-score), per row and over the corpus, 0-100.
+
+    Both metrics count the same tokens (sacrebleu's 13a tokenizer, or its Chinese one when the
+    references hold Chinese characters, which rouge-score's own tokenizer would drop). The corpus
+    BLEU is sacrebleu's corpus score; the corpus ROUGE is the mean of the row F1 scores.
+    """
+    from rouge_score.rouge_scorer import RougeScorer
+    from sacrebleu.metrics import BLEU
+
+    tokenize = bleu_tokenize(references)
+    corpus_bleu = BLEU(tokenize=tokenize)
+    row_bleu = BLEU(tokenize=tokenize, effective_order=True)  # short replies: no zero from a missing 4-gram
+    rouge = RougeScorer(list(ROUGE_TYPES.values()), tokenizer=_RougeTokens(corpus_bleu.tokenizer))
+    rows = []
+    for reply, reference in zip(replies, references):
+        scores = {"bleu_4": row_bleu.sentence_score(reply, [reference]).score}
+        rouges = rouge.score(reference, reply)
+        scores.update({name: 100.0 * rouges[kind].fmeasure for name, kind in ROUGE_TYPES.items()})
+        rows.append(scores)
+    corpus = {"bleu_4": corpus_bleu.corpus_score(replies, [references]).score}
+    corpus.update({name: sum(row[name] for row in rows) / len(rows) for name in ROUGE_TYPES})
+    return rows, corpus
+
+
+def bleu_tokenize(references: list[str]) -> str:
+    """sacrebleu's tokenizer name for these references: zh when they hold Chinese characters."""
+    return "zh" if any(CJK.search(text) for text in references) else "13a"
+
+
+class _RougeTokens:
+    """A rouge-score tokenizer that splits text like sacrebleu does (case-insensitive)."""
+
+    def __init__(self, tokenize: Any) -> None:
+        self._tokenize = tokenize
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._tokenize(text.lower()).split()
+
+
+def write_predictions(out: Path, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """Writes the JSONL rows and the metrics file beside it, each replaced only once complete."""
+    write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_json(metrics_path(out), metrics)
+    print(f"wrote {len(rows)} predictions to {out} and metrics to {metrics_path(out)}")
+
+
+def metrics_path(out: Path) -> Path:
+    """`preds.jsonl` -> `preds.metrics.json`."""
+    return out.with_name(f"{out.stem}.metrics.json")
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """Corpus metrics of each generation column, one line each."""
+    columns = [c for c in ("generation", "generation_compare") if c in metrics]
+    lines = [f"{'':<22} {'BLEU-4':>8} {'ROUGE-1':>8} {'ROUGE-2':>8} {'ROUGE-L':>8}   ({metrics['n']} prompts)"]
+    for column in columns:
+        name = metrics["model"] if column == "generation" else metrics["compare"]
+        values = metrics[column]
+        lines.append(f"{_shorten(name, 22):<22} {values['bleu_4']:>8.2f} {values['rouge_1']:>8.2f} "
+                     f"{values['rouge_2']:>8.2f} {values['rouge_l']:>8.2f}")
+    return "\n".join(lines)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]

@@ -1,0 +1,156 @@
+"""Finding checkpoints and writing folders atomically: `--resume`, complete vs partial saves, staged renames.
+
+Part of `sftkit.lifecycle` (the package docstring tells the whole story). Only the standard library is
+imported: `resolve_resume` runs among the instant checks, before torch or transformers load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sftkit.errors import SftkitError
+
+TRAINER_STATE = "trainer_state.json"
+STAGING_PREFIX = ".partial-"  # never matches HF's "checkpoint-*" glob, so rotation and loaders skip it
+_OLD_PREFIX = ".old-"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ---------------------------------------------------------------------------- finding checkpoints
+
+def resolve_resume(out: Path, resume: str | None) -> Path | None:
+    """The checkpoint `--resume` names: "latest" (newest complete one in `out`) or a path.
+
+    Raises:
+        SftkitError: nothing to resume from, or the path is not a complete checkpoint.
+    """
+    if resume is None:
+        return None
+    if resume == "latest":
+        if not out.is_dir():
+            raise SftkitError(f"--resume latest: output_dir {out} does not exist, so there is nothing to resume; "
+                              "train without --resume")
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise SftkitError(f"--resume latest: no complete checkpoint in {out} (incomplete saves are ignored); "
+                              "train without --resume, or with --overwrite to start again")
+        return checkpoint
+    path = Path(resume)
+    if not path.is_dir():
+        raise SftkitError(f"--resume {resume}: no such checkpoint folder; use --resume latest or a checkpoint-N "
+                          f"folder of {out}")
+    if not is_complete_checkpoint(path):
+        raise SftkitError(f"--resume {resume}: not a complete checkpoint (no readable {TRAINER_STATE}; an "
+                          "interrupted save?); use --resume latest or another checkpoint-N folder")
+    return path
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The complete `checkpoint-N` folder in `out` with the highest N, or None."""
+    return max(complete_checkpoints(out), key=checkpoint_step, default=None)
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Every complete `checkpoint-N` folder in `out` (partial saves and foreign folders left out)."""
+    if not out.is_dir():
+        return []
+    return sorted((path for path in out.iterdir() if _CHECKPOINT.match(path.name) and is_complete_checkpoint(path)),
+                  key=checkpoint_step)
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A folder whose trainer state, the last file the trainer writes, is there and parses."""
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def checkpoint_step(path: Path) -> int:
+    match = _CHECKPOINT.match(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def discard_partial_checkpoints(out: Path) -> list[Path]:
+    """Deletes what interrupted saves left in `out` (`.partial-*`, `.old-*`); returns what was deleted."""
+    if not out.is_dir():
+        return []
+    leftovers = [path for path in out.iterdir() if path.name.startswith((STAGING_PREFIX, _OLD_PREFIX))]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
+# ---------------------------------------------------------------------------- atomic folders
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Moves a completely written folder to its final name, replacing any folder there.
+
+    The files are synced to disk first, so after a power loss `final` is either the old folder or the
+    complete new one. A folder already at `final` is renamed aside and deleted only afterwards.
+    """
+    fsync_tree(staged)
+    old = final.with_name(f"{_OLD_PREFIX}{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    staged.rename(final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_atomically(trainer: Any, out: Path) -> None:
+    """`trainer.save_model(out)` made in a staging folder, whose files then move into `out`, weights last.
+
+    `out` holds no final weights until they are complete, so an interrupted final save never looks
+    like a finished run to `sftkit merge`, `sftkit chat` or `from_pretrained`, which look for them.
+    """
+    staged = out / f"{STAGING_PREFIX}final"
+    trainer.save_model(str(staged))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        fsync_tree(staged)
+        for path in sorted(staged.iterdir(), key=_weights_last):
+            if path.is_dir():
+                replace_dir(path, out / path.name)
+            else:
+                os.replace(path, out / path.name)
+        _fsync_dir(out)
+        shutil.rmtree(staged)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _weights_last(path: Path) -> tuple[bool, bool]:
+    """Other files, then weight shards, then the shard index (a loader starts from the index)."""
+    return path.name.endswith(".index.json"), path.suffix == ".safetensors"
+
+
+def fsync_tree(root: Path) -> None:
+    """Flushes every file under `root` (and the folders themselves) to disk."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        _fsync_dir(Path(folder))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic there
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
