@@ -305,3 +305,58 @@ def test_a_bad_conversation_is_named_by_its_place_in_the_batch(setup) -> None:
     with pytest.raises(masking.ConversationError, match="roles out of order") as caught:
         masking.encode_conversations(tokenizer, template, [(SINGLE, None), ([SINGLE[1], SINGLE[0]], None)], 1024)
     assert caught.value.position == 1
+
+
+# ---------------------------------------------------------------------------- an ERNIE-style tokenizer
+
+CJK_ROWS = [([{"role": "user", "content": "用一句话解释光合作用。"},
+              {"role": "assistant", "content": "植物利用光能把二氧化碳和水变成糖和氧气。🌱"}], None),
+            ([{"role": "user", "content": "Traduis « bonjour » en japonais."},
+              {"role": "assistant", "content": "こんにちは (konnichiwa)."}], None)]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_dir(tmp_path_factory, bundled_data):
+    """ERNIE ships a SentencePiece BPE model with byte fallback (tokenizer.model, no tokenizer.json) and a
+    tokenizer_config naming its remote-code class; AutoTokenizer converts it to a fast tokenizer. Same here."""
+    import sentencepiece
+
+    out = tmp_path_factory.mktemp("sentencepiece-ernie")
+    rows = json.loads((bundled_data / "demo_alpaca.json").read_text(encoding="utf-8"))
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(f"{r['instruction']} {r['output']}".replace("\n", " ") for r in rows), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(out / "tokenizer"), vocab_size=600, model_type="bpe", byte_fallback=True,
+        user_defined_symbols=["<|begin_of_sentence|>", "<|end_of_sentence|>"], pad_id=0, unk_id=1, bos_id=2,
+        eos_id=3, pad_piece="<pad>", minloglevel=2)
+    (out / "tokenizer.vocab").unlink()
+    (out / "config.json").write_text(json.dumps({"model_type": "ernie4_5"}))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "cls_token": "<|begin_of_sentence|>", "sep_token": "<|end_of_sentence|>", "tokenizer_class": "Ernie4_5_Tokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_ernie4_5.Ernie4_5_Tokenizer", None]}}))
+    return out
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_a_sentencepiece_byte_fallback_tokenizer_labels_like_the_rule(sentencepiece_dir, bundled_data,
+                                                                      template_name: str) -> None:
+    # Byte fallback splits one character over several tokens with the same offsets: the span edges must
+    # still take all of them; and the batch must equal whole-text tokenization
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sentencepiece_dir)
+    assert tokenizer.is_fast
+    template = get_template(template_name)
+    prepare_tokenizer(tokenizer, template)
+    rows = json.loads((bundled_data / "demo_alpaca.json").read_text(encoding="utf-8"))
+    conversations = CJK_ROWS + [([{"role": "user", "content": r["instruction"]},
+                                  {"role": "assistant", "content": r["output"]}], None) for r in rows]
+    for mask_history in (False, True):
+        encoded = masking.encode_conversations(tokenizer, template, conversations + [(MULTI, None)], 4096,
+                                               mask_history=mask_history)
+        for (messages, tools), row in zip(conversations + [(MULTI, None)], encoded):
+            assert row.input_ids == ids(tokenizer, rendered(template, messages, tools))
+            assert row.labels == reference_labels(tokenizer, template, messages, tools, mask_history)
+    reply = "".join(trained_spans(tokenizer, encoded[0]))
+    assert "植物利用光能" in reply and "🌱" in reply and reply.strip().endswith(END[template_name])

@@ -27,6 +27,7 @@ def packing_efficiency(lengths: list[int], seq_length: int) -> float:
     # One byte per token: only the lengths matter to the packer, the values are never read.
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     column = pa.LargeListArray.from_arrays(offsets, pa.array(np.zeros(offsets[-1], dtype=np.int8)))
-    packed = pack_dataset(Dataset(pa.table({"input_ids": column})), seq_length, strategy="bfd")
+    packed = pack_dataset(Dataset(pa.table({"input_ids": column})), seq_length, strategy="bfd",
+                          map_kwargs={"desc": "Packing statistics"})
     real_tokens = sum(sum(seq_lengths) for seq_lengths in packed["seq_lengths"])
     return real_tokens / (len(packed) * seq_length)

@@ -1,20 +1,11 @@
-"""The config schema: one YAML file, flat keys, LLaMA-Factory's names where the setting is the same.
-
-Every field is documented exactly once, here. That text is the `sftkit keys` reference, the README's
-config table and the comments in the shipped `configs/*.yaml` (tests keep all three in sync).
-"""
+"""The schema: the `SftConfig` model, its constants and the named cross-field checks."""
 
 from __future__ import annotations
 
-import difflib
 import math
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from sftkit.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TEMPLATES = ("chatml", "ernie_nothink")
 
@@ -311,130 +302,3 @@ def check_history_flags(c: SftConfig) -> str | None:
 
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_history_flags)
-
-
-# ---------------------------------------------------------------------------- loading
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> SftConfig:
-    """Reads a YAML config, applies `key=value` overrides and validates it.
-
-    Raises:
-        ConfigError: every problem at once, each naming the file and the key.
-    """
-    path = Path(path)
-    raw = _read_yaml(path)
-    for override in overrides or []:
-        key, value = _parse_override(override)
-        raw[key] = value
-    return validate_config(raw, source=str(path))
-
-
-def validate_config(raw: dict[str, Any], source: str = "<config>") -> SftConfig:
-    """Validates a dict of config keys, turning pydantic's errors into one line per problem."""
-    try:
-        return SftConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(*[f"{source}: {line}" for line in _describe(exc)]) from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
-    if data is None:
-        raise ConfigError(f"{path}: the config is empty")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-    return data
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected key=value")
-    try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        return key.strip(), value
-
-
-def _describe(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or None
-        if err["type"] == "extra_forbidden":
-            lines.append(_unknown_key(str(err["loc"][0])))
-        elif key is None:  # from the cross-field validator: already one line per problem
-            lines.extend(err["msg"].removeprefix("Value error, ").splitlines())
-        else:
-            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
-    return lines
-
-
-def _unknown_key(key: str) -> str:
-    if key in UNSUPPORTED_LLAMAFACTORY_KEYS:
-        return f"{key}: a LLaMA-Factory setting sftkit does not support; remove it"
-    close = difflib.get_close_matches(key, SftConfig.model_fields, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "; run `sftkit keys` for the list"
-    return f"{key}: unknown key{hint}"
-
-
-# ---------------------------------------------------------------------------- documentation
-
-def field_docs() -> list[tuple[str, str, Any, str, str]]:
-    """(group, key, default, type, doc) for every field, in schema order."""
-    rows = []
-    for name, info in SftConfig.model_fields.items():
-        group = (info.json_schema_extra or {}).get("group", "")
-        default = "(required)" if info.is_required() else info.default
-        type_name = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-        rows.append((group, name, default, type_name, info.description or ""))
-    return rows
-
-
-def reference_markdown() -> str:
-    """The config reference table that the README embeds (a test keeps them equal)."""
-    out = ["| key | default | meaning |", "|---|---|---|"]
-    for _group, name, default, _type, doc in field_docs():
-        shown = default if isinstance(default, str) and default == "(required)" else repr(default)
-        out.append(f"| `{name}` | `{shown}` | {doc} |")
-    return "\n".join(out)
-
-
-def commented_yaml(values: dict[str, Any]) -> str:
-    """Renders config values as YAML with each key's documentation as the comment above it.
-
-    The shipped `configs/*.yaml` are exactly this rendering of their own values (tested), so their
-    comments can never drift from the schema.
-    """
-    docs = {name: doc for _g, name, _d, _t, doc in field_docs()}
-    groups = {name: group for group, name, _d, _t, _doc in field_docs()}
-    order = list(docs)
-    lines: list[str] = []
-    current = None
-    for key in sorted(values, key=lambda k: order.index(k) if k in order else len(order)):
-        if groups.get(key) != current:
-            current = groups.get(key)
-            lines.append(f"{'' if not lines else chr(10)}### {current}")
-        lines.append(f"# {docs.get(key, '')}")
-        dumped = yaml.safe_dump({key: values[key]}, sort_keys=False, allow_unicode=True, width=10_000)
-        lines.append(dumped.rstrip("\n"))
-    return "\n".join(lines) + "\n"
-
-
-def dump_resolved(cfg: SftConfig, path: str | Path) -> None:
-    """Writes the config with every default filled in (the run's record of what it did)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True),
-                          encoding="utf-8")
-
-
-if __name__ == "__main__":  # `python -m sftkit.config` prints the README's reference table
-    print(reference_markdown())

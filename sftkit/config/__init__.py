@@ -1,0 +1,25 @@
+"""The config schema: one YAML file, flat keys, LLaMA-Factory's names where the setting is the same.
+
+Every field is documented exactly once, here. That text is the `sftkit keys` reference, the README's
+config table and the comments in the shipped `configs/*.yaml` (tests keep all three in sync).
+
+Submodules: `schema` (constants, the `SftConfig` model, the cross-field checks), `loading` (load_config,
+validate_config), `docs` (field_docs, reference_markdown, commented_yaml, dump_resolved).
+"""
+
+from sftkit.config.docs import commented_yaml, dump_resolved, field_docs, reference_markdown
+from sftkit.config.loading import load_config, validate_config
+from sftkit.config.schema import GROUPS, TEMPLATES, UNSUPPORTED_LLAMAFACTORY_KEYS, SftConfig
+
+__all__ = [
+    "GROUPS",
+    "TEMPLATES",
+    "UNSUPPORTED_LLAMAFACTORY_KEYS",
+    "SftConfig",
+    "commented_yaml",
+    "dump_resolved",
+    "field_docs",
+    "load_config",
+    "reference_markdown",
+    "validate_config",
+]

@@ -1,0 +1,58 @@
+"""Documentation: the field reference, the README table, commented YAML and the resolved-config dump."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftkit.config.schema import SftConfig
+
+# ---------------------------------------------------------------------------- documentation
+
+def field_docs() -> list[tuple[str, str, Any, str, str]]:
+    """(group, key, default, type, doc) for every field, in schema order."""
+    rows = []
+    for name, info in SftConfig.model_fields.items():
+        group = (info.json_schema_extra or {}).get("group", "")
+        default = "(required)" if info.is_required() else info.default
+        type_name = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        rows.append((group, name, default, type_name, info.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The config reference table that the README embeds (a test keeps them equal)."""
+    out = ["| key | default | meaning |", "|---|---|---|"]
+    for _group, name, default, _type, doc in field_docs():
+        shown = default if isinstance(default, str) and default == "(required)" else repr(default)
+        out.append(f"| `{name}` | `{shown}` | {doc} |")
+    return "\n".join(out)
+
+
+def commented_yaml(values: dict[str, Any]) -> str:
+    """Renders config values as YAML with each key's documentation as the comment above it.
+
+    The shipped `configs/*.yaml` are exactly this rendering of their own values (tested), so their
+    comments can never drift from the schema.
+    """
+    docs = {name: doc for _g, name, _d, _t, doc in field_docs()}
+    groups = {name: group for group, name, _d, _t, _doc in field_docs()}
+    order = list(docs)
+    lines: list[str] = []
+    current = None
+    for key in sorted(values, key=lambda k: order.index(k) if k in order else len(order)):
+        if groups.get(key) != current:
+            current = groups.get(key)
+            lines.append(f"{'' if not lines else chr(10)}### {current}")
+        lines.append(f"# {docs.get(key, '')}")
+        dumped = yaml.safe_dump({key: values[key]}, sort_keys=False, allow_unicode=True, width=10_000)
+        lines.append(dumped.rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def dump_resolved(cfg: SftConfig, path: str | Path) -> None:
+    """Writes the config with every default filled in (the run's record of what it did)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True),
+                          encoding="utf-8")
