@@ -10,6 +10,8 @@ import signal
 from pathlib import Path
 
 import pytest
+
+from sftkit.config import TEMPLATES
 from helpers import run_cli
 
 QUESTION = "What is the capital of France?"
@@ -58,7 +60,7 @@ def base_session(tiny_model_dir: Path):
 
 # ---------------------------------------------------------------------------- prompt ids and stopping
 
-@pytest.mark.parametrize("template_name", ["chatml", "ernie_nothink"])
+@pytest.mark.parametrize("template_name", TEMPLATES)
 def test_chat_feeds_the_training_ids_up_to_the_assistant_header(tiny_model_dir: Path, template_name: str) -> None:
     from sftkit.chat import GenerationSettings, generate_reply
     from sftkit.data.masking import encode_conversation

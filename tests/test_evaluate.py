@@ -114,7 +114,7 @@ def test_prompt_is_the_conversation_before_the_last_reply() -> None:
     assert (prompt.dataset, prompt.index) == ("d", 3)
 
 
-@pytest.mark.parametrize(("template", "tail"), [("chatml", ""), ("ernie_nothink", " ")])
+@pytest.mark.parametrize(("template", "tail"), [("chatml", ""), ("ernie_nothink", " "), ("llama3", "")])
 def test_header_text_left_to_the_model_is_known(tiny_tokenizer: Any, template: str, tail: str) -> None:
     """ERNIE's "Assistant: " space merges with the reply's first token: generated, then removed from replies."""
     from sftkit.data.template import prepare_tokenizer

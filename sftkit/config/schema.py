@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TEMPLATES = ("chatml", "ernie_nothink")
+TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 
 # LLaMA-Factory keys that sftkit deliberately does not implement: named so a ported YAML fails with
 # "remove it" instead of a misleading "did you mean" suggestion.
@@ -68,8 +68,8 @@ class SftConfig(BaseModel):
         "data", "Folder holding dataset_info.json; relative paths resolve from the working directory.",
         "data")
     template: str = _field(
-        "chatml", "Chat template used for training and written into the saved tokenizer: chatml or "
-        "ernie_nothink.", "data")
+        "chatml", "Chat template used for training and written into the saved tokenizer: chatml (also "
+        "Qwen's), ernie_nothink (ERNIE-4.5's own) or llama3.", "data")
     default_system: str | None = _field(
         None, "System prompt for rows that carry none.", "data")
     cutoff_len: int = _field(

@@ -4,7 +4,7 @@ A `Template` is a handful of format strings (`{content}` marks where a message g
 the training rendering (`segments`/`render`), the generation prompt, and `jinja()`, the chat template
 written into the saved tokenizer, so `tokenizer.apply_chat_template` reproduces training's text exactly.
 
-Tool use, identical in both templates: the tool schemas (one JSON object a line, `<tools>` block)
+Tool use, identical in every template: the tool schemas (one JSON object a line, `<tools>` block)
 follow the system text, a `function_call` is an assistant turn whose content is
 `<tool_call>\\n{json}\\n</tool_call>` (trained), an `observation` is a user-side turn wrapping the result
 in `<tool_response>` (masked). In the Jinja, role `tool` is accepted as an alias of `observation`.
@@ -257,6 +257,17 @@ _DEFINITIONS = (
         observation="User: {content}\n",
         end_token="<|end_of_sentence|>",
         special_tokens=("<|begin_of_sentence|>", "<|end_of_sentence|>"),
+    ),
+    # Meta's Llama 3 / 3.1 instruct format; tool results in the `ipython` role, as Llama 3.1 and LLaMA-Factory.
+    Template(
+        name="llama3",
+        prefix="<|begin_of_text|>",
+        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
+        observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
+        end_token="<|eot_id|>",
+        special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     ),
 )
 _BY_NAME = {template.name: template for template in _DEFINITIONS}
