@@ -270,14 +270,22 @@ def test_guarded_tokenization_with_a_sentencepiece_style_tokenizer() -> None:
 
 
 def reference_labels(tokenizer, template, messages, tools, mask_history: bool) -> list[int]:
-    """The labelling rule spelled out per token: trained iff the token's characters touch a trained segment."""
+    """The labelling rule spelled out per token: trained iff the token's characters touch a trained segment.
+
+    Ids and offsets are the whole text's, or, where content holds control-token text, the guarded
+    tokenization's (which keeps that text plain, by design).
+    """
     segments = template.segments(messages, tools)
-    encoding = tokenizer("".join(s.text for s in segments), add_special_tokens=False, return_offsets_mapping=True)
+    control = masking._control_pattern(tokenizer, template)
+    if any(control.search(s.text) for s in segments if s.content):
+        token_ids, offsets = masking._tokenize_guarded(tokenizer, segments, control)
+    else:
+        encoding = tokenizer("".join(s.text for s in segments), add_special_tokens=False, return_offsets_mapping=True)
+        token_ids, offsets = encoding.input_ids, encoding.offset_mapping
     trained, last_turn = [], max(s.turn for s in segments)
     for segment in segments:
         trained += [segment.trained and (not mask_history or segment.turn == last_turn)] * len(segment.text)
-    return [token if any(trained[s:max(e, s + 1)]) else IGNORE_INDEX
-            for token, (s, e) in zip(encoding.input_ids, encoding.offset_mapping)]
+    return [token if any(trained[s:max(e, s + 1)]) else IGNORE_INDEX for token, (s, e) in zip(token_ids, offsets)]
 
 
 def shared_conversations(shared_data) -> list[tuple[list[dict[str, str]], str | None]]:
@@ -378,3 +386,41 @@ def test_a_sentencepiece_byte_fallback_tokenizer_labels_like_the_rule(sentencepi
             assert row.labels == reference_labels(tokenizer, template, messages, tools, mask_history)
     reply = "".join(trained_spans(tokenizer, encoded[0]))
     assert "植物利用光能" in reply and "🌱" in reply and reply.strip().endswith(END[template_name])
+
+
+def random_conversations(seed: int, count: int) -> list[tuple[list[dict[str, str]], str | None]]:
+    """Conversations of awkward text: runs of spaces and newlines, accents (composed and combining), CJK,
+    emoji, digits, control-token text, empty replies; 1-3 exchanges, sometimes a system turn."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = ["the", "Hello", " ", "  ", "\n", "\n\n", "\t", "café", "cafe\u0301", "植物", "光合作用", "🌱", "👩‍💻",
+              "42", "3.14", "<|im_end|>", "<|eot_id|>", "Assistant:", "User:", "</s>", "ü", "—", "'", '"', "{", "}"]
+
+    def text(allow_empty: bool) -> str:
+        n = rng.randint(0 if allow_empty else 1, 12)
+        return "".join(rng.choice(pieces) for _ in range(n))
+
+    out = []
+    for _ in range(count):
+        messages = [{"role": "system", "content": text(False)}] if rng.random() < 0.3 else []
+        for _ in range(rng.randint(1, 3)):
+            messages += [{"role": "user", "content": text(False)}, {"role": "assistant", "content": text(True)}]
+        out.append((messages, None))
+    return out
+
+
+@pytest.mark.parametrize("tokenizer_kind", ["byte_level_bpe", "sentencepiece"])
+def test_labels_follow_the_rule_on_awkward_text(tokenizer_kind: str, tiny_tokenizer, sentencepiece_dir) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = tiny_tokenizer if tokenizer_kind == "byte_level_bpe" else AutoTokenizer.from_pretrained(sentencepiece_dir)
+    conversations = random_conversations(seed=len(tokenizer_kind), count=150)
+    for name in TEMPLATES:
+        template = get_template(name)
+        prepare_tokenizer(tokenizer, template)
+        for mask_history in (False, True):
+            rows = masking.encode_conversations(tokenizer, template, conversations, 100_000, mask_history=mask_history)
+            for (messages, tools), row in zip(conversations, rows):
+                expected = reference_labels(tokenizer, template, messages, tools, mask_history)
+                assert row is not None and row.labels == expected, messages
