@@ -108,7 +108,7 @@ def _metrics(trainer: SFTTrainer, result: Any, train_losses: list[tuple[int, flo
         "end_token_positions": positions,
         "global_step": state.global_step,
         "epochs": state.epoch,
-        "tokens_trained": tokens,
+        "tokens_seen": tokens,
         "tokens_per_second": tokens / runtime if runtime else None,
         "train_runtime_s": runtime,
         "world_size": trainer.args.world_size,

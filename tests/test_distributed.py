@@ -204,7 +204,7 @@ def test_two_ranks_match_one_rank_with_doubled_accumulation(two_ranks: Path, tin
     one, two = _train_losses(single), _train_losses(two_ranks / "run")
     assert len(one) == len(two) == 4
     assert two == pytest.approx(one, rel=1e-4)
-    tokens = [json.loads((run / "metrics.json").read_text())["tokens_trained"] for run in (tmp_path / "run", two_ranks / "run")]
+    tokens = [json.loads((run / "metrics.json").read_text())["tokens_seen"] for run in (tmp_path / "run", two_ranks / "run")]
     assert tokens[0] == tokens[1] > 0  # every rank's tokens counted, once
 
 

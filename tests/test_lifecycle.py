@@ -159,7 +159,7 @@ def test_killed_run_resumes_to_the_same_step_loss_and_weights(runs: dict[str, Ru
     assert [loss for _, loss, _ in resumed] == pytest.approx([loss for _, loss, _ in uninterrupted], abs=1e-6)
     # the token count goes on from the checkpoint, not from zero
     assert [tokens for *_, tokens in resumed] == [tokens for *_, tokens in uninterrupted]
-    assert metrics(killed)["tokens_trained"] == metrics(base)["tokens_trained"] == uninterrupted[-1][2] > 0
+    assert metrics(killed)["tokens_seen"] == metrics(base)["tokens_seen"] == uninterrupted[-1][2] > 0
     final = load_file(killed.out / "adapter_model.safetensors")
     reference = load_file(base.out / "adapter_model.safetensors")
     assert final.keys() == reference.keys()

@@ -71,7 +71,7 @@ def test_training_loss_falls_and_eval_loss_is_logged(run: Path) -> None:
     assert [entry for entry in history if "eval_loss" in entry]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_loss"] is not None and metrics["eval_perplexity"] > 1
-    assert metrics["tokens_trained"] > 0 and metrics["world_size"] == 1
+    assert metrics["tokens_seen"] > 0 and metrics["world_size"] == 1
     assert 0 <= metrics["end_token_accuracy"] <= 1 and metrics["end_token_positions"] > 0
 
 
