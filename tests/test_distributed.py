@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +213,40 @@ def test_two_ranks_match_one_rank_with_doubled_accumulation(two_ranks: Path, tin
 def _train_losses(run: Path) -> list[float]:
     history = json.loads((run / "trainer_state.json").read_text())["log_history"]
     return [entry["loss"] for entry in history if "loss" in entry]
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_saved_step(tiny_model_dir: Path, bundled_data: Path,
+                                                               tmp_path: Path) -> None:
+    """torchrun forwards SIGTERM to every rank; they agree on the step (the guard's flags are gathered each
+    step), save one complete checkpoint together and stop; `--resume latest` under torchrun then finishes."""
+    from sftkit.lifecycle import checkpoint_step, is_complete_checkpoint, latest_checkpoint
+
+    values = tiny_run_config(tiny_model_dir, bundled_data, tmp_path / "run", accumulation=1)
+    values |= {"max_steps": 40, "save_steps": 10, "eval_strategy": "no", "val_size": 0}
+    config = write_config(tmp_path, values)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+
+    def torchrun(*extra: str, logs: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                "--log-dir", str(tmp_path / logs), "--redirects", "3", "-m", "sftkit", "train", str(config), *extra]
+
+    process = subprocess.Popen(torchrun(logs="first"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    first = tmp_path / "run" / "checkpoint-10"
+    deadline = time.monotonic() + 300
+    while not is_complete_checkpoint(first) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be signalled"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) != 0
+    saved = latest_checkpoint(tmp_path / "run")
+    assert saved is not None and 10 < checkpoint_step(saved) < 40, saved
+    assert {p.name for p in saved.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}  # both ranks
+    stopped = "".join(p.read_text() for p in (tmp_path / "first").glob("*/attempt_0/0/stderr.log"))
+    assert f"stopped by SIGTERM at step {checkpoint_step(saved)} of 40" in stopped, stopped[-2000:]
+    resumed = subprocess.run(torchrun("--resume", "latest", logs="second"), cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["global_step"] == 40
