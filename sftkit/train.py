@@ -214,9 +214,11 @@ class PackedRowsCollator:
         self._collate = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, return_position_ids=True)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        from sftkit.trainer import REAL_TOKENS_KEY
+
         batch = self._collate(examples)
         # without an attention mask, transformers splits each row where position_ids restart
-        del batch["attention_mask"]
+        batch[REAL_TOKENS_KEY] = batch.pop("attention_mask").sum()  # for tokens_seen: rows are padded
         # an example's first token is never a target predicted from the previous example
         batch["labels"][batch["position_ids"] == 0] = -100
         return batch

@@ -20,6 +20,10 @@ from sftkit.loss import add_chunked_loss, causal_lm_of
 
 logger = logging.getLogger(__name__)
 
+# Batch key a collator may set to the number of real (not padding) tokens when the batch carries no
+# attention mask (packed rows: transformers then tells examples apart by position_ids).
+REAL_TOKENS_KEY = "sftkit_real_tokens"
+
 
 class SftkitTrainer(SFTTrainer):
     """SFTTrainer whose training loss is the chunked cross-entropy (`loss_chunk_size` tokens per chunk).
@@ -45,11 +49,14 @@ class SftkitTrainer(SFTTrainer):
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         """The chunked loss; TRL's path only where logits must be returned (`return_outputs`)."""
+        real_tokens = inputs.pop(REAL_TOKENS_KEY, None)  # the collator's count; never a model input
         if return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if real_tokens is not None:
+            inputs = {**inputs, REAL_TOKENS_KEY: real_tokens}  # read by _count, dropped before the model
         if not self.loss_chunk_size and not self.liger_loss:
             return self._model_loss(model, inputs, num_items_in_batch)
-        out = model(**inputs, loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
+        out = model(**_model_inputs(inputs), loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
                     num_items_in_batch=num_items_in_batch)
         self._count(inputs, out.num_correct, out.num_trained, out.loss_sum)
         return self._across_devices(out.loss, num_items_in_batch)
@@ -60,7 +67,7 @@ class SftkitTrainer(SFTTrainer):
         from transformers import Trainer
 
         self._count(inputs, None, 0)
-        return Trainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+        return Trainer.compute_loss(self, model, _model_inputs(inputs), num_items_in_batch=num_items_in_batch)
 
     def _across_devices(self, loss: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
         # `num_items_in_batch` counts every rank's tokens while DDP averages gradients (as in Trainer.compute_loss).
@@ -78,7 +85,8 @@ class SftkitTrainer(SFTTrainer):
             counts[0] += num_correct
             counts[1] += num_trained
         mask = inputs.get("attention_mask")
-        counts[2] += mask.sum() if mask is not None else input_ids.numel()
+        real = inputs.get(REAL_TOKENS_KEY)
+        counts[2] += real if real is not None else mask.sum() if mask is not None else input_ids.numel()
         if loss_sum is not None and mode == "eval":
             total = self._loss_sums.setdefault(mode, torch.zeros(2, dtype=torch.float64, device=input_ids.device))
             total += torch.stack([loss_sum.double(), torch.tensor(num_trained, dtype=torch.float64,
@@ -138,6 +146,10 @@ class SftkitTrainer(SFTTrainer):
         if mode == "train":
             self.state.num_input_tokens_seen += tokens
         return correct, trained
+
+
+def _model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in inputs.items() if key != REAL_TOKENS_KEY}
 
 
 def _liger_loss_usable(model: torch.nn.Module) -> bool:

@@ -198,6 +198,7 @@ def test_packed_rows_keep_examples_apart(tiny_model_dir: Path) -> None:
         {"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
         {"input_ids": c, "labels": c, "seq_lengths": [len(c)]}])
     assert "attention_mask" not in batch and batch["labels"][0, len(a)] == -100
+    assert batch["sftkit_real_tokens"] == 19 and batch["input_ids"].numel() == 30  # tokens_seen skips padding
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         alone = [model(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids in (a, b, c)]
