@@ -59,9 +59,10 @@ class _Tokens:
         if self.encoding is not None:
             first, last = self.encoding.char_to_token(start), self.encoding.char_to_token(end - 1)
             after = self.encoding.char_to_token(end) if end < self.chars else len(self.ids)
-            if None not in (first, last, after):  # a character no token covers: take the general path
+            if None not in (first, last, after):
                 # `after`: a multi-byte character split over tokens leaves `last` on its first piece
                 return first, max(last + 1, after)
+        # explicit offsets, or an edge character no token covers (a normalizer dropped it)
         hits = [i for i, (s, e) in enumerate(self.all_offsets()) if s < end and max(e, s + 1) > start]
         return (hits[0], hits[-1] + 1) if hits else (0, 0)
 
