@@ -143,3 +143,9 @@ def test_commented_yaml_round_trips() -> None:
     text = commented_yaml(values)
     assert yaml.safe_load(text) == values
     assert "# LoRA rank r." in text
+
+
+def test_a_llamafactory_template_name_we_cover_says_which_to_use() -> None:
+    with pytest.raises(ConfigError, match=r"unknown template 'qwen' \(Qwen2/2.5 use chatml; put Qwen's system "
+                                          r"prompt in default_system\); choose one of chatml, ernie_nothink, llama3"):
+        validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen"})

@@ -8,6 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TEMPLATES = ("chatml", "ernie_nothink", "llama3")
+# LLaMA-Factory template names whose format one of ours already is, or the nearest thing.
+TEMPLATE_HINTS = {
+    "qwen": "Qwen2/2.5 use chatml; put Qwen's system prompt in default_system",
+    "ernie": "ERNIE-4.5 base models: ernie_nothink; the thinking variant is not implemented",
+}
 
 # LLaMA-Factory keys that sftkit deliberately does not implement: named so a ported YAML fails with
 # "remove it" instead of a misleading "did you mean" suggestion.
@@ -209,7 +214,8 @@ class SftConfig(BaseModel):
     @classmethod
     def _known_template(cls, value: str) -> str:
         if value not in TEMPLATES:
-            raise ValueError(f"unknown template {value!r}; choose one of {', '.join(TEMPLATES)}")
+            hint = f" ({TEMPLATE_HINTS[value]})" if value in TEMPLATE_HINTS else ""
+            raise ValueError(f"unknown template {value!r}{hint}; choose one of {', '.join(TEMPLATES)}")
         return value
 
     # ---------------------------------------------------------------- cross-field rules
