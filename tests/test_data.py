@@ -266,3 +266,20 @@ def test_cli_bad_data_exits_2_with_one_line(command: str, keys: dict[str, Any], 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected.format(dir=data_dir)), result.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_overwrite_cache_drops_per_worker_files_so_num_proc_is_honoured(tiny_model_dir: Path, tiny_tokenizer: Any,
+                                                                        bundled_data: Path,
+                                                                        datasets_cache: Path) -> None:
+    # datasets keeps the shard count of the cache files it finds, whatever num_proc says: 2 workers after a
+    # 1-worker run would run as 1, and 1 after 2 would write two shards
+    import gc
+
+    tokenizer = prepared_tokenizer(tiny_tokenizer)
+    cfg = make_config(tiny_model_dir, bundled_data, "demo_alpaca", preprocessing_num_workers=2)
+    two = prepare_data(cfg, tokenizer)
+    shards = sorted(p.name for p in datasets_cache.rglob("tokenized-*_of_00002.arrow"))
+    assert len(shards) == 2 and gc.isenabled()  # the collector, paused while preparing, runs again
+    one = prepare_data(cfg.model_copy(update={"preprocessing_num_workers": 1, "overwrite_cache": True}), tokenizer)
+    assert not list(datasets_cache.rglob("tokenized-*_of_*.arrow"))  # one file, written by this process
+    assert one.train["input_ids"] == two.train["input_ids"] and one.train["labels"] == two.train["labels"]
