@@ -321,22 +321,9 @@ def run_worker(spec: dict[str, Any]) -> int:
 
 def build_model(name: str, out: Path) -> str:
     """The tiny model, or the ERNIE-4.5-0.3B shape (random bf16 weights) beside the tiny tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from sftkit.tiny import build_ernie_shape_model, build_tiny_model
 
-    from sftkit.tiny import build_tiny_model, build_tiny_tokenizer, ernie_shape_config
-
-    if name == "tiny":
-        return str(build_tiny_model(out))
-    tokenizer = build_tiny_tokenizer()
-    config = ernie_shape_config()
-    config.pad_token_id, config.bos_token_id, config.eos_token_id = (
-        tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return str(build_tiny_model(out) if name == "tiny" else build_ernie_shape_model(out))
 
 
 def matmul_peak(device: str) -> float:

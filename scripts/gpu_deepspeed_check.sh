@@ -16,25 +16,9 @@ DS_CONFIG=${DS_CONFIG:-configs/deepspeed/ds_z2_config.json}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 
-"$PY" - "$OUT/model" <<'EOF'
-"""ERNIE-4.5-0.3B's shape (sftkit.tiny.ernie_shape_config) with random bf16 weights and the tiny tokenizer."""
-import sys
-
-import torch
-from transformers import AutoModelForCausalLM
-
-from sftkit.tiny import build_tiny_tokenizer, ernie_shape_config
-
-tokenizer = build_tiny_tokenizer()
-config = ernie_shape_config()
-config.pad_token_id, config.bos_token_id, config.eos_token_id = (
-    tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
-torch.manual_seed(0)
-model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-model.save_pretrained(sys.argv[1])
-tokenizer.save_pretrained(sys.argv[1])
-print(f"ERNIE-shape model: {sum(p.numel() for p in model.parameters()):,} parameters -> {sys.argv[1]}")
-EOF
+"$PY" -c "import sys; from sftkit.tiny import build_ernie_shape_model; build_ernie_shape_model(sys.argv[1])" \
+    "$OUT/model"
+echo "ERNIE-shape model (random weights, tiny tokenizer) -> $OUT/model"
 
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/gpu_memory.csv" &
 SAMPLER=$!

@@ -4,7 +4,8 @@ Nothing can be downloaded in tests or on an offline machine, so the demo config 
 a model with ERNIE's real architecture (`Ernie4_5ForCausalLM`, tied embeddings like the 0.3B model)
 at toy size, and a byte-level BPE tokenizer trained on the bundled `data/` text. The tokenizer has
 pad/bos/eos but no chat tokens on purpose: every run exercises the add-special-tokens path.
-`ernie_shape_config()` gives the exact ERNIE-4.5-0.3B shape for benchmarks (random weights).
+`ernie_shape_config()` / `build_ernie_shape_model()` give the exact ERNIE-4.5-0.3B shape for
+benchmarks (random weights).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data"
 TINY_VOCAB = 1024
@@ -76,14 +78,32 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, initializer_range: floa
     zero, so a one-minute LoRA run cannot visibly learn to answer.
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
-    out = Path(out_dir)
     tokenizer = build_tiny_tokenizer()
     config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                                tokenizer.eos_token_id, initializer_range)
+    return _write_model(out_dir, config, tokenizer, seed, torch.float32)
+
+
+def build_ernie_shape_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Writes ERNIE-4.5-0.3B's exact shape with random bf16 weights beside the tiny tokenizer (benchmarks,
+    GPU checks: nothing downloaded). The 103,424-row vocabulary is kept, so head and loss run at real size."""
+    import torch
+
+    tokenizer = build_tiny_tokenizer()
+    config = ernie_shape_config()
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = (
+        tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    return _write_model(out_dir, config, tokenizer, seed, torch.bfloat16)
+
+
+def _write_model(out_dir: str | Path, config: Any, tokenizer: Any, seed: int, dtype: Any) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out_dir)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
