@@ -44,7 +44,7 @@ class SftkitTrainer(SFTTrainer):
         # Per mode, since the last flush: [correct predictions, trained tokens counted, tokens seen] and the
         # summed loss of those trained tokens (evaluation's loss is their mean, not a mean of batch means).
         self._counts: dict[str, torch.Tensor] = {}
-        self._loss_sums: dict[str, torch.Tensor] = {}
+        self._eval_loss_totals: torch.Tensor | None = None  # [summed loss, trained tokens] of this evaluation
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
@@ -52,22 +52,20 @@ class SftkitTrainer(SFTTrainer):
         real_tokens = inputs.pop(REAL_TOKENS_KEY, None)  # the collator's count; never a model input
         if return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if real_tokens is not None:
-            inputs = {**inputs, REAL_TOKENS_KEY: real_tokens}  # read by _count, dropped before the model
         if not self.loss_chunk_size and not self.liger_loss:
-            return self._model_loss(model, inputs, num_items_in_batch)
-        out = model(**_model_inputs(inputs), loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
+            return self._model_loss(model, inputs, real_tokens, num_items_in_batch)
+        out = model(**inputs, loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
                     num_items_in_batch=num_items_in_batch)
-        self._count(inputs, out.num_correct, out.num_trained, out.loss_sum)
+        self._count(inputs, real_tokens, out.num_correct, out.num_trained, out.loss_sum)
         return self._across_devices(out.loss, num_items_in_batch)
 
-    def _model_loss(self, model: torch.nn.Module, inputs: dict[str, Any],
+    def _model_loss(self, model: torch.nn.Module, inputs: dict[str, Any], real_tokens: torch.Tensor | None,
                     num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
         """`loss_chunk_size: 0`: the model's own loss from full logits, as `transformers.Trainer` computes it."""
         from transformers import Trainer
 
-        self._count(inputs, None, 0)
-        return Trainer.compute_loss(self, model, _model_inputs(inputs), num_items_in_batch=num_items_in_batch)
+        self._count(inputs, real_tokens, None, 0)
+        return Trainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
 
     def _across_devices(self, loss: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
         # `num_items_in_batch` counts every rank's tokens while DDP averages gradients (as in Trainer.compute_loss).
@@ -75,9 +73,12 @@ class SftkitTrainer(SFTTrainer):
             return loss * self.accelerator.num_processes
         return loss
 
-    def _count(self, inputs: dict[str, Any], num_correct: torch.Tensor | None, num_trained: int,
-               loss_sum: torch.Tensor | None = None) -> None:
-        """Adds this micro-batch to the logged counts, on the device: no host sync per step."""
+    def _count(self, inputs: dict[str, Any], real_tokens: torch.Tensor | None, num_correct: torch.Tensor | None,
+               num_trained: int, loss_sum: torch.Tensor | None = None) -> None:
+        """Adds this micro-batch to the logged counts, on the device: no host sync per step.
+
+        `real_tokens`: the batch's tokens when padded rows carry no attention mask (PackedRowsCollator).
+        """
         mode = "train" if self.model.training else "eval"
         input_ids = inputs["input_ids"]
         counts = self._counts.setdefault(mode, torch.zeros(3, dtype=torch.long, device=input_ids.device))
@@ -85,12 +86,14 @@ class SftkitTrainer(SFTTrainer):
             counts[0] += num_correct
             counts[1] += num_trained
         mask = inputs.get("attention_mask")
-        real = inputs.get(REAL_TOKENS_KEY)
-        counts[2] += real if real is not None else mask.sum() if mask is not None else input_ids.numel()
+        if real_tokens is None:
+            real_tokens = mask.sum() if mask is not None else input_ids.numel()
+        counts[2] += real_tokens
         if loss_sum is not None and mode == "eval":
-            total = self._loss_sums.setdefault(mode, torch.zeros(2, dtype=torch.float64, device=input_ids.device))
-            total += torch.stack([loss_sum.double(), torch.tensor(num_trained, dtype=torch.float64,
-                                                                  device=total.device)])
+            if self._eval_loss_totals is None:
+                self._eval_loss_totals = torch.zeros(2, dtype=torch.float64, device=input_ids.device)
+            self._eval_loss_totals[0] += loss_sum.double()
+            self._eval_loss_totals[1] += num_trained
 
     def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
                         ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
@@ -102,7 +105,7 @@ class SftkitTrainer(SFTTrainer):
         """
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
-        totals = self._loss_sums.pop("eval", None)
+        totals, self._eval_loss_totals = self._eval_loss_totals, None
         if totals is None:  # every rank takes the same path: the chunked loss is on for all or none
             return output
         loss_sum, trained = self.accelerator.gather(totals).view(-1, 2).sum(0).tolist()
@@ -146,10 +149,6 @@ class SftkitTrainer(SFTTrainer):
         if mode == "train":
             self.state.num_input_tokens_seen += tokens
         return correct, trained
-
-
-def _model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in inputs.items() if key != REAL_TOKENS_KEY}
 
 
 def _liger_loss_usable(model: torch.nn.Module) -> bool:

@@ -260,8 +260,7 @@ def _prepare_for_cli(cfg: SftConfig) -> tuple[Any, PreparedData]:
     """Data problems surface before the tokenizer (or anything of the model) is loaded."""
     with _no_cycle_collection():
         conversations = load_conversations(cfg)
-    tokenizer = _load_tokenizer(cfg)
-    with _no_cycle_collection():
+        tokenizer = _load_tokenizer(cfg)
         return tokenizer, _tokenize_all(cfg, tokenizer, conversations)
 
 

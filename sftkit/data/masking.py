@@ -116,8 +116,6 @@ def _segments(template: Template, messages: list[dict[str, str]], tools: str | N
               position: int) -> list[Segment]:
     try:
         return template.segments(messages, tools)
-    except ConversationError:
-        raise
     except DataError as exc:
         raise ConversationError(str(exc), position) from None
 
