@@ -46,7 +46,7 @@ def train(
 ) -> None:
     """Fine-tune a model as the config says: data -> model -> adapter -> TRL SFTTrainer -> save."""
     cfg = _load(config, set_)
-    from sftkit.train import train as run
+    from sftkit.training import train as run
 
     run(cfg, overwrite=overwrite, resume=resume)
 

@@ -2,7 +2,7 @@
 
 Nothing can be downloaded in tests or on an offline machine, so the demo config and the test-suite use
 a model with ERNIE's real architecture (`Ernie4_5ForCausalLM`, tied embeddings like the 0.3B model)
-at toy size, and a byte-level BPE tokenizer trained on the bundled `data/` text. The tokenizer has
+at toy size, and a byte-level BPE tokenizer trained on the demo text (`data/`, packaged as `assets/tiny_corpus.json`). The tokenizer has
 pad/bos/eos but no chat tokens on purpose: every run exercises the add-special-tokens path.
 `ernie_shape_config()` / `build_ernie_shape_model()` give the exact ERNIE-4.5-0.3B shape for
 benchmarks (random weights).
@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data"
+# Every string of the demo data in data/ (demo_*.json*), the tokenizer's training text. A copy inside the
+# package, so an installed sftkit builds the same tokenizer without the repository (tests keep it equal).
+CORPUS_FILE = Path(__file__).resolve().parent / "assets" / "tiny_corpus.json"
 TINY_VOCAB = 1024
 
 
-def _corpus(data_dir: Path) -> Iterator[str]:
-    """Every string in the bundled JSON/JSONL files: enough text to learn a small vocabulary."""
+def corpus_strings(data_dir: Path) -> list[str]:
+    """Every string in the JSON/JSONL demo files of `data_dir`, in file and document order."""
     def strings(node: object) -> Iterator[str]:
         if isinstance(node, str):
             yield node
@@ -31,14 +33,16 @@ def _corpus(data_dir: Path) -> Iterator[str]:
             for value in node:
                 yield from strings(value)
 
+    out: list[str] = []
     for path in sorted(data_dir.glob("demo_*.json*")):
         text = path.read_text(encoding="utf-8")
         docs = [json.loads(line) for line in text.splitlines() if line] if path.suffix == ".jsonl" else json.loads(text)
-        yield from strings(docs)
+        out += strings(docs)
+    return out
 
 
-def build_tiny_tokenizer(data_dir: Path = BUNDLED_DATA, vocab_size: int = TINY_VOCAB):
-    """A byte-level BPE tokenizer trained on `data_dir`; deterministic for the same text."""
+def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB):
+    """A byte-level BPE tokenizer trained on the packaged demo text; deterministic for the same text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -48,7 +52,7 @@ def build_tiny_tokenizer(data_dir: Path = BUNDLED_DATA, vocab_size: int = TINY_V
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(data_dir), trainer=trainer)
+    tok.train_from_iterator(json.loads(CORPUS_FILE.read_text(encoding="utf-8")), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    model_max_length=4096)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkit.attention import PACKED_SDPA, example_spans, use_packed_attention
+from sftkit.training.attention import PACKED_SDPA, example_spans, use_packed_attention
 
 
 def _model(model_dir: Path, packed: bool) -> torch.nn.Module:

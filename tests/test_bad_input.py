@@ -1,19 +1,22 @@
-"""Bad input, all of it: the corpus in tests/bad_inputs/ run through the real CLI, plus the safety rules.
+"""Bad input, all of it: the corpus in tests/bad_inputs/ run through the CLI, plus the safety rules.
 
 Every broken config or dataset must end the command with exit code 2, one `error:` line per problem
-naming it, no traceback, and nothing written to output_dir. The cases run as subprocesses, several
-at a time, once per module.
+naming it, no traceback, and nothing written to output_dir. The cases run in this process through the
+console entry point (`sftkit.cli.main`), once per module; the integration tier runs a few of them as
+real subprocesses too, where a traceback would show on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import string
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,20 +62,54 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def case_config(case: str, workdir: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
+    """The case's config with ${MODEL}, ${DATA} and ${OUT} filled in, and its output_dir."""
+    out = workdir / f"out-{case}"
+    text = (CORPUS / "configs" / f"{case}.yaml").read_text(encoding="utf-8")
+    filled = string.Template(text).safe_substitute(MODEL=tiny_model_dir, DATA=workdir / "data", OUT=out)
+    config = workdir / f"{case}.yaml"
+    config.write_text(filled, encoding="utf-8")
+    return config, out
+
+
+def run_in_process(args: list[str], cwd: Path, cache: Path) -> tuple[int, str, str]:
+    """`sftkit ARGS` through the console entry point in this process: (exit code, stdout, stderr).
+
+    An exception other than SystemExit escaping `main` is what a user would see as a traceback; its
+    text goes to the returned stderr, so the checks below see it the same way.
+    """
+    import datasets
+
+    from sftkit.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = sys.argv, os.getcwd(), datasets.config.HF_DATASETS_CACHE
+    sys.argv, datasets.config.HF_DATASETS_CACHE = ["sftkit", *args], str(cache)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except Exception:  # noqa: BLE001 - a bug: recorded as the traceback a user would see
+        stderr.write(traceback.format_exc())
+        code = 1
+    finally:
+        sys.argv, _, datasets.config.HF_DATASETS_CACHE = saved
+        os.chdir(saved[1])
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
 @pytest.fixture(scope="module")
 def outcomes(workdir: Path, tiny_model_dir: Path) -> dict[str, Outcome]:
-    """Every case of the manifest, run once (four at a time: most of the cost is starting Python)."""
-    def run(case: str) -> Outcome:
-        out = workdir / f"out-{case}"
-        text = (CORPUS / "configs" / f"{case}.yaml").read_text(encoding="utf-8")
-        filled = string.Template(text).safe_substitute(MODEL=tiny_model_dir, DATA=workdir / "data", OUT=out)
-        config = workdir / f"{case}.yaml"
-        config.write_text(filled, encoding="utf-8")
-        result = run_sftkit([MANIFEST[case]["command"], str(config)], workdir, workdir / "hf-cache")
-        return Outcome(result.returncode, result.stdout, result.stderr, out)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(MANIFEST, pool.map(run, MANIFEST)))
+    """Every case of the manifest, run once, in this process."""
+    results = {}
+    for case in MANIFEST:
+        config, out = case_config(case, workdir, tiny_model_dir)
+        code, stdout, stderr = run_in_process([MANIFEST[case]["command"], str(config)], workdir, workdir / "hf-cache")
+        results[case] = Outcome(code, stdout, stderr, out)
+    return results
 
 
 def test_manifest_and_corpus_agree() -> None:
@@ -97,6 +134,19 @@ def test_bad_input_gives_one_line_per_problem_and_exit_2(case: str, outcomes: di
     assert not (workdir / "pwned").exists()  # the YAML python tag never ran
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("case", ["malformed_jsonl", "several_problems_at_once", "lora_target_matches_nothing"])
+def test_the_real_command_line_agrees(case: str, outcomes: dict[str, Outcome], workdir: Path,
+                                      tiny_model_dir: Path) -> None:
+    """A subprocess through the installed entry point: the same exit code and error lines, no traceback."""
+    config, _ = case_config(case, workdir, tiny_model_dir)
+    result = run_sftkit([MANIFEST[case]["command"], str(config)], workdir, workdir / "hf-cache-subprocess")
+    assert result.returncode == outcomes[case].returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [line for line in outcomes[case].stderr.splitlines() if line.startswith("error: ")]
+
+
 def test_output_dir_that_is_a_file_is_left_alone(outcomes: dict[str, Outcome], workdir: Path) -> None:
     assert outcomes["output_dir_is_a_file"].returncode == 2
     assert (workdir / "data" / "good.json").read_bytes() == (CORPUS / "data" / "good.json").read_bytes()
@@ -108,7 +158,7 @@ def control_token_ids(tiny_model_dir: Path, template_name: str) -> dict[str, int
     """Ids of every special token of the tokenizer prepared for the template (what the export uses)."""
     from transformers import AutoTokenizer
 
-    from sftkit.data.template import get_template, prepare_tokenizer
+    from sftkit.templates import get_template, prepare_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prepare_tokenizer(tokenizer, get_template(template_name))
@@ -124,12 +174,12 @@ def hostile_exports(workdir: Path, tiny_model_dir: Path) -> dict[str, list[dict[
                                           "dataset_dir": str(workdir / "data"), "template": template,
                                           "output_dir": str(workdir / "unused"), "cutoff_len": 4096}))
         out = workdir / f"hostile-{template}.jsonl"
-        result = run_sftkit(["data", "export", str(config), "--out", str(out)], workdir, workdir / "hf-cache")
-        assert result.returncode == 0, result.stderr[-2000:]
+        code, _, stderr = run_in_process(["data", "export", str(config), "--out", str(out)], workdir,
+                                         workdir / "hf-cache")
+        assert code == 0, stderr[-2000:]
         return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(("chatml", "ernie_nothink"), pool.map(export, ("chatml", "ernie_nothink"))))
+    return {template: export(template) for template in ("chatml", "ernie_nothink")}
 
 
 def hostile_rows() -> list[list[dict[str, str]]]:
@@ -159,7 +209,8 @@ def test_trust_remote_code_is_passed_only_when_the_config_sets_it(tiny_model_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftkit.config import validate_config
-    from sftkit.model import Precision, load_model, load_tokenizer
+    from sftkit.model import Precision, load_model
+    from sftkit.data import load_tokenizer
 
     seen: list[tuple[str, Any]] = []
     for cls in (AutoModelForCausalLM, AutoTokenizer):
@@ -187,7 +238,8 @@ def test_model_weights_are_read_from_safetensors_only(tiny_model_dir: Path, tmp_
     from sftkit.chat import load_for_inference
     from sftkit.config import validate_config
     from sftkit.errors import SftkitError
-    from sftkit.model import Precision, load_model, load_tokenizer
+    from sftkit.model import Precision, load_model
+    from sftkit.data import load_tokenizer
 
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, pickled)

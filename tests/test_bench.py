@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # the bench runs every method in a subprocess
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_FIELDS = {"method", "model", "cutoff", "steps", "seconds", "tokens", "trained_tokens", "seconds_per_step",
                 "tokens_per_s", "trained_tokens_per_s", "peak_rss_gb", "peak_cuda_gb", "linear_params",
@@ -25,7 +29,7 @@ def test_bench_on_the_tiny_model_writes_every_field(tmp_path: Path) -> None:
     assert {"date", "machine", "versions", "command", "load_average_start", "load_average_end"} <= report["meta"].keys()
     assert {"torch", "transformers", "trl", "peft"} <= report["meta"]["versions"].keys()
     assert report["matmul_peak_tflops"] > 0
-    assert [run["method"] for run in report["train"]] == ["sftkit", "loop", "trl"]
+    assert [run["method"] for run in report["train"]] == ["sftkit", "trl_loss", "loop", "trl"]
     for run in report["train"]:
         assert "error" not in run, run
         assert TRAIN_FIELDS <= run.keys()

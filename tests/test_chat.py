@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.config import TEMPLATES
+from sftkit.templates import TEMPLATES
 from helpers import run_cli
 
 QUESTION = "What is the capital of France?"
@@ -40,8 +40,9 @@ class TokenCapture:
 def prepared_model(model_dir: Path, template_name: str):
     """The tiny model and tokenizer set up for `template_name` as training sets them up."""
     from sftkit.config import validate_config
-    from sftkit.data.template import get_template
-    from sftkit.model import Precision, load_model, load_tokenizer
+    from sftkit.templates import get_template
+    from sftkit.model import Precision, load_model
+    from sftkit.data import load_tokenizer
 
     cfg = validate_config({"model_name_or_path": str(model_dir), "dataset": ["x"], "output_dir": "unused",
                            "template": template_name})
@@ -140,7 +141,7 @@ def test_template_and_system_come_from_run_config_else_from_chat_template(
     merged_like = tmp_path / "merged"
     shutil.copytree(tiny_model_dir, merged_like)
     tokenizer.save_pretrained(merged_like)
-    assert load_for_inference(str(merged_like))[2].name == "ernie_nothink"
+    assert load_for_inference(str(merged_like)).template.name == "ernie_nothink"
     assert "recognised from the tokenizer's chat_template" in capsys.readouterr().err
 
     full_run = tmp_path / "full"
@@ -149,7 +150,8 @@ def test_template_and_system_come_from_run_config_else_from_chat_template(
                                    "template": "ernie_nothink", "finetuning_type": "full",
                                    "default_system": "Be brief."}),
                   full_run / "sftkit_config.yaml")
-    model, tokenizer, template = load_for_inference(str(full_run))
+    loaded = load_for_inference(str(full_run))
+    model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
     assert template.name == "ernie_nothink" and "sftkit_config.yaml" in capsys.readouterr().err
     assert len(tokenizer) <= model.get_input_embeddings().weight.shape[0]
 
@@ -204,7 +206,7 @@ def learnable_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(learnable_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA run of `sftkit.train.train` overfit on one conversation."""
     from sftkit.config import validate_config
-    from sftkit.train import train
+    from sftkit.training.recipe import train
 
     data = tmp_path_factory.mktemp("chat-data")
     (data / "rows.json").write_text(json.dumps([{"instruction": QUESTION, "input": "", "output": ANSWER}]))
@@ -253,7 +255,8 @@ def test_merged_model_answers_like_the_run(trained_run: Path, tmp_path: Path, mo
     messages = [{"role": "user", "content": QUESTION}]
     captures = []
     for source in (trained_run, merged):
-        model, tokenizer, template = load_for_inference(str(source))
+        loaded = load_for_inference(str(source))
+        model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
         captures.append(TokenCapture())
         generate_reply(model, tokenizer, template, messages, GenerationSettings(max_new_tokens=8),
                        streamer=captures[-1])

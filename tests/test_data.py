@@ -15,7 +15,7 @@ import yaml
 from sftkit.config import SftConfig, validate_config
 from sftkit.data import export, prepare_data, preview, render_example
 from sftkit.data.loader import load_conversations
-from sftkit.data.template import get_template, prepare_tokenizer
+from sftkit.templates import get_template, prepare_tokenizer
 from sftkit.errors import DataError
 
 BUNDLED = "demo_alpaca,demo_sharegpt,demo_messages"
@@ -130,6 +130,11 @@ def test_second_run_reads_the_tokenization_cache(tiny_model_dir: Path, tiny_toke
     assert counter.take() == 240
     prepare_data(make_config(tiny_model_dir, bundled_data, "demo_alpaca", val_size=20, seed=7), tokenizer)
     assert counter.take() == 240  # another split is other data
+    prepare_data(cfg.model_copy(update={"logging_steps": 3, "learning_rate": 1.0}), tokenizer)
+    assert counter.take() == 0  # training keys do not decide the tokens
+    monkeypatch.setattr("sftkit.data.pipeline.ENCODING_VERSION", -1)  # what a change to the encoding bumps
+    prepare_data(cfg, tokenizer)
+    assert counter.take() == 240
 
 
 def test_truncated_dropped_and_nothing_left(tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path) -> None:

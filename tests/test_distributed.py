@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from sftkit.config import load_config, validate_config
-from sftkit.distributed import check_distributed
+from sftkit.training.distributed import check_distributed
 from sftkit.errors import ConfigError
 from sftkit.model import Precision
-from sftkit.train import build_sft_config, train
+from sftkit.training import train
+from sftkit.training.arguments import build_sft_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEEPSPEED_DIR = REPO / "configs" / "deepspeed"
@@ -175,7 +176,7 @@ def _rank_output(work: Path, rank: int, stream: str = "std*") -> str:
     return "".join(path.read_text() for path in sorted(work.glob(f"logs/*/attempt_0/{rank}/{stream}.log")))
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # torchrun starts two processes
 def test_two_ranks_save_one_run_and_report_world_size_2(two_ranks: Path) -> None:
     run = two_ranks / "run"
     assert [p.relative_to(run) for p in run.rglob("metrics.json")] == [Path("metrics.json")]
@@ -188,12 +189,12 @@ def test_two_ranks_save_one_run_and_report_world_size_2(two_ranks: Path) -> None
     assert "1 per device x 1 accumulation x 2 processes" in _rank_output(two_ranks, 0, "stdout")
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # torchrun starts two processes
 def test_other_ranks_print_nothing(two_ranks: Path) -> None:
     assert _rank_output(two_ranks, 1) == ""
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # torchrun starts two processes
 def test_two_ranks_match_one_rank_with_doubled_accumulation(two_ranks: Path, tiny_model_dir: Path,
                                                             bundled_data: Path, tmp_path: Path) -> None:
     """Same sequences per update (see `tiny_run_config`) and the same loss normalisation: the token count of
@@ -215,12 +216,12 @@ def _train_losses(run: Path) -> list[float]:
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # torchrun starts two processes
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_saved_step(tiny_model_dir: Path, bundled_data: Path,
                                                                tmp_path: Path) -> None:
     """torchrun forwards SIGTERM to every rank; they agree on the step (the guard's flags are gathered each
     step), save one complete checkpoint together and stop; `--resume latest` under torchrun then finishes."""
-    from sftkit.lifecycle import checkpoint_step, is_complete_checkpoint, latest_checkpoint
+    from sftkit.training.lifecycle import checkpoint_step, is_complete_checkpoint, latest_checkpoint
 
     values = tiny_run_config(tiny_model_dir, bundled_data, tmp_path / "run", accumulation=1)
     values |= {"max_steps": 40, "save_steps": 10, "eval_strategy": "no", "val_size": 0}

@@ -18,13 +18,15 @@ import pytest
 import torch
 import yaml
 
-from sftkit.callbacks import SAMPLES_RUN, SAMPLES_TAG
+from sftkit.training.callbacks import SAMPLES_RUN, SAMPLES_TAG
 from sftkit.config import SftConfig, validate_config
-from sftkit.data.template import get_template
+from sftkit.templates import get_template
 from sftkit.errors import SftkitError
-from sftkit.evaluate import (OVERFIT_GAP, Prompt, encode_prompts, evaluate, metrics_path, overfitting_signs, predict,
-                             score, to_prompt)
-from sftkit.train import train
+from sftkit.data.prompts import Prompt, to_prompt
+from sftkit.evaluate import evaluate, metrics_path, predict, score
+from sftkit.model import encode_prompts
+from sftkit.training import train
+from sftkit.training.overfitting import OVERFIT_GAP, overfitting_signs
 
 # ---------------------------------------------------------------------------- overfitting_signs
 
@@ -117,17 +119,13 @@ def test_prompt_is_the_conversation_before_the_last_reply() -> None:
 @pytest.mark.parametrize(("template", "tail"), [("chatml", ""), ("ernie_nothink", " "), ("llama3", "")])
 def test_header_text_left_to_the_model_is_known(tiny_tokenizer: Any, template: str, tail: str) -> None:
     """ERNIE's "Assistant: " space merges with the reply's first token: generated, then removed from replies."""
-    from sftkit.data.template import prepare_tokenizer
+    from sftkit.templates import prepare_tokenizer
 
     prepare_tokenizer(tiny_tokenizer, get_template(template))
     prompt = Prompt("d", 0, [{"role": "user", "content": "What colour is a banana?"}], None, "Yellow.")
     ids, tails = encode_prompts(tiny_tokenizer, get_template(template), [prompt])
     assert tails == [tail]
     assert tiny_tokenizer.decode(ids[0]) + tail == get_template(template).generation_prompt(prompt.messages)
-
-
-def test_metrics_file_sits_beside_the_predictions() -> None:
-    assert metrics_path(Path("out/preds.jsonl")) == Path("out/preds.metrics.json")
 
 
 # ---------------------------------------------------------------------------- real runs on the tiny model

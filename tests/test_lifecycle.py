@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
+from sftkit.atomic import replace_dir
 from sftkit.errors import SftkitError
-from sftkit.lifecycle import (DiskEstimate, check_disk_space, checkpoints_at_peak, complete_checkpoints,
-                              discard_partial_checkpoints, is_complete_checkpoint, latest_checkpoint, replace_dir,
-                              resolve_resume)
+from sftkit.training.lifecycle import (DiskEstimate, check_disk_space, checkpoints_at_peak, complete_checkpoints,
+                                       discard_partial_checkpoints, is_complete_checkpoint, latest_checkpoint,
+                                       resolve_resume)
 
 # 100 short updates, a checkpoint every 10: a run killed at its first checkpoint has 90 updates to go.
 # Dropout and several epochs make the RNG state and the shuffled data order matter on resume.
@@ -130,6 +131,7 @@ def losses_until_stopped(run: Run) -> list[tuple[int, float, int]]:
 
 # ---------------------------------------------------------------------------- determinism
 
+@pytest.mark.integration  # the module's six 100-step training runs
 def test_same_config_and_seed_give_the_same_data_order_and_losses(runs: dict[str, Run]) -> None:
     base, twin = losses(runs["base"]), losses(runs["twin"])
     assert runs["base"].code == runs["twin"].code == 0
@@ -147,6 +149,7 @@ def test_same_config_and_seed_give_the_same_data_order_and_losses(runs: dict[str
 
 # ---------------------------------------------------------------------------- kill -9 and resume
 
+@pytest.mark.integration  # the module's six 100-step training runs
 def test_killed_run_resumes_to_the_same_step_loss_and_weights(runs: dict[str, Run]) -> None:
     from safetensors.torch import load_file
 
@@ -166,6 +169,7 @@ def test_killed_run_resumes_to_the_same_step_loss_and_weights(runs: dict[str, Ru
     assert all((final[key] - reference[key]).abs().max() <= 1e-6 for key in final)
 
 
+@pytest.mark.integration  # the module's six 100-step training runs
 def test_a_clean_run_prints_no_known_library_noise(runs: dict[str, Run]) -> None:
     # expected library messages are silenced (sftkit.quiet): what is left on stderr is worth reading
     stderr = runs["base"].stderr
@@ -175,6 +179,7 @@ def test_a_clean_run_prints_no_known_library_noise(runs: dict[str, Run]) -> None
         assert text not in stderr, stderr[-2000:]
 
 
+@pytest.mark.integration  # the module's six 100-step training runs
 def test_weights_are_written_as_safetensors_only(runs: dict[str, Run]) -> None:
     pickles = {path.name for path in runs["base"].out.rglob("*") if path.suffix in (".bin", ".pt", ".pth", ".pkl")}
     # the trainer's own state files are pickles of tensors and settings, loaded with weights_only=True
@@ -186,6 +191,7 @@ def test_weights_are_written_as_safetensors_only(runs: dict[str, Run]) -> None:
 
 # ---------------------------------------------------------------------------- SIGINT / SIGTERM
 
+@pytest.mark.integration  # the module's six 100-step training runs
 @pytest.mark.parametrize("name", ["sigint", "sigterm"])
 def test_first_signal_saves_a_checkpoint_and_stops(runs: dict[str, Run], name: str) -> None:
     run = runs[name]
@@ -206,7 +212,7 @@ def test_first_signal_saves_a_checkpoint_and_stops(runs: dict[str, Run], name: s
 
 SECOND_SIGNAL = """
 import os, signal, sys, time, types
-from sftkit.lifecycle import RunGuard
+from sftkit.training.lifecycle import RunGuard
 
 trainer = types.SimpleNamespace(is_world_process_zero=lambda: True, args=types.SimpleNamespace(output_dir=sys.argv[1]))
 guard = RunGuard(trainer)
@@ -232,6 +238,7 @@ def test_second_signal_aborts_at_once(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- non-finite loss
 
+@pytest.mark.integration  # the module's six 100-step training runs
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(runs: dict[str, Run]) -> None:
     run = runs["nan"]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
@@ -252,7 +259,7 @@ def test_infinite_gradient_with_a_finite_loss_stops_before_any_save(tmp_path: Pa
     import transformers
     from transformers import TrainerControl, TrainerState
 
-    from sftkit.lifecycle import LifecycleTrainerMixin, RunGuard
+    from sftkit.training.lifecycle import LifecycleTrainerMixin, RunGuard
 
     assert "_get_grad_norm" in vars(transformers.Trainer) and "_get_grad_norm" in vars(LifecycleTrainerMixin)
     args = types.SimpleNamespace(output_dir=str(tmp_path), device=torch.device("cpu"), learning_rate=1e-3)
@@ -343,17 +350,20 @@ def test_a_save_that_fails_midway_leaves_no_checkpoint_that_looks_complete(
 
     from sftkit.config import validate_config
     from sftkit.data import prepare_data
-    from sftkit.model import add_adapter, load_model, load_tokenizer, resolve_precision, template_token_ids
-    from sftkit.train import build_trainer
+    from sftkit.data import load_tokenizer
+    from sftkit.model import resolve_precision
+    from sftkit.templates import get_template
+    from sftkit.training.recipe import load_model_for_training
+    from sftkit.training.trainer import build_trainer
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     out = tmp_path / "run"
     cfg = validate_config({**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
                            "output_dir": str(out), "max_steps": 6, "save_steps": 2})
     precision = resolve_precision(cfg)
-    tokenizer = load_tokenizer(cfg)
-    model = add_adapter(load_model(cfg, tokenizer, precision), cfg, template_token_ids(tokenizer, cfg.template))
-    trainer = build_trainer(cfg, precision, model, tokenizer, prepare_data(cfg, tokenizer).train, None)
+    tokenizer, template = load_tokenizer(cfg), get_template(cfg.template)
+    model = load_model_for_training(cfg, tokenizer, template, precision)
+    trainer = build_trainer(cfg, precision, model, tokenizer, template, prepare_data(cfg, tokenizer).train, None)
     save_rng_state = trainer._save_rng_state
     calls = []
 
@@ -379,14 +389,14 @@ Usage = namedtuple("Usage", "total used free")
 
 def test_disk_check_refuses_with_the_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     estimate = DiskEstimate(weight_bytes=2_000_000_000, optimizer_bytes=4_000_000_000, checkpoints=3)
-    monkeypatch.setattr("sftkit.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**12, 0, 5_000_000_000))
+    monkeypatch.setattr("sftkit.training.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**12, 0, 5_000_000_000))
     with pytest.raises(SftkitError) as info:
         check_disk_space(tmp_path / "new" / "run", estimate)
     message = str(info.value)
     assert message.startswith(f"output_dir: not enough disk space in {tmp_path / 'new' / 'run'}: the run needs about")
     assert "3 checkpoints x 6.0 GB (weights 2.0 GB + optimizer state 4.0 GB)" in message
     assert "only 5.0 GB is free" in message and "lower save_total_limit" in message
-    monkeypatch.setattr("sftkit.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**13, 0, 10**13))
+    monkeypatch.setattr("sftkit.training.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**13, 0, 10**13))
     check_disk_space(tmp_path / "new" / "run", estimate)
 
 
@@ -396,7 +406,7 @@ def test_disk_check_counts_checkpoints_already_written_when_resuming(tmp_path: P
     checkpoint = make_checkpoint(tmp_path / "checkpoint-5", '{"global_step": 5}')
     (checkpoint / "optimizer.pt").write_bytes(b"\0" * 60_000_000)
     free = estimate.total_bytes - 50_000_000
-    monkeypatch.setattr("sftkit.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**12, 0, free))
+    monkeypatch.setattr("sftkit.training.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**12, 0, free))
     with pytest.raises(SftkitError, match="not enough disk space"):
         check_disk_space(tmp_path, estimate, resuming=False)
     check_disk_space(tmp_path, estimate, resuming=True)
@@ -417,17 +427,20 @@ def test_checkpoints_at_peak() -> None:
     assert peak(100, save_strategy="no") == 0
 
 
+@pytest.mark.integration  # the module's six 100-step training runs
 def test_disk_estimate_covers_a_real_checkpoint(runs: dict[str, Run], tiny_model_dir: Path,
                                                 bundled_data: Path) -> None:
     from sftkit.config import validate_config
-    from sftkit.lifecycle import estimate_disk
-    from sftkit.model import add_adapter, load_model, load_tokenizer, resolve_precision, template_token_ids
+    from sftkit.training.lifecycle import estimate_disk
+    from sftkit.model import add_adapter, load_model, resolve_precision
+    from sftkit.data import load_tokenizer
+    from sftkit.templates import get_template
 
     cfg = validate_config({**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
                            "output_dir": "unused"})
     tokenizer = load_tokenizer(cfg)
     model = add_adapter(load_model(cfg, tokenizer, resolve_precision(cfg)), cfg,
-                        template_token_ids(tokenizer, cfg.template))
+                        get_template(cfg.template).token_ids(tokenizer))
     estimate = estimate_disk(model, cfg, planned_updates=RUN["max_steps"])
     checkpoint = latest_checkpoint(runs["base"].out)
     assert estimate.checkpoints == 3

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkit.loss import add_chunked_loss, chunked_cross_entropy
+from sftkit.training.loss import add_chunked_loss, chunked_cross_entropy
 
 VOCAB_IN_USE = 500  # the tiny tokenizer's ids all lie below this
 

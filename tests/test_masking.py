@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from sftkit.config import TEMPLATES
+from sftkit.templates import TEMPLATES
 from sftkit.data import masking
 from sftkit.data.masking import IGNORE_INDEX, EncodedRow, encode_conversation, encode_prompt
-from sftkit.data.template import get_template, prepare_tokenizer
+from sftkit.templates import get_template, prepare_tokenizer
 from sftkit.errors import DataError
 
 TOOLS = json.dumps([{"name": "get_weather", "description": "Weather for a city",

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
+REPO = Path(__file__).resolve().parent.parent
+
 from sftkit.errors import SftkitError
 
 PROBE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a red fruit."},
@@ -24,14 +26,15 @@ def make_lora_run(base_dir: Path, run_dir: Path, template: str = "chatml", seed:
     import torch
 
     from sftkit.config import dump_resolved, validate_config
-    from sftkit.model import Precision, add_adapter, load_model, load_tokenizer, template_token_ids
-    from sftkit.tiny import BUNDLED_DATA
+    from sftkit.model import Precision, add_adapter, load_model
+    from sftkit.data import load_tokenizer
+    from sftkit.templates import get_template
 
     cfg = validate_config({"model_name_or_path": str(base_dir), "dataset": ["demo_alpaca"],
-                           "dataset_dir": str(BUNDLED_DATA), "template": template, "output_dir": str(run_dir)})
+                           "dataset_dir": str(REPO / "data"), "template": template, "output_dir": str(run_dir)})
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, tokenizer, Precision("float32", "cpu", "test"))
-    model = add_adapter(model, cfg, template_token_ids(tokenizer, template))
+    model = add_adapter(model, cfg, get_template(template).token_ids(tokenizer))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -66,7 +69,8 @@ def test_merged_fp32_logits_equal_base_plus_adapter(lora_run: Path, merged_fp32:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sftkit.merge import load_adapter_run, probe_ids
+    from sftkit.merge import probe_ids
+    from sftkit.model import load_adapter_run
 
     run = load_adapter_run(lora_run)
     merged = AutoModelForCausalLM.from_pretrained(merged_fp32, dtype=torch.float32)
@@ -82,11 +86,11 @@ def test_added_tokens_survive_with_their_trained_rows(tiny_model_dir: Path, lora
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sftkit.merge import load_adapter_run
-    from sftkit.model import template_token_ids
+    from sftkit.model import load_adapter_run
+    from sftkit.templates import get_template
 
     run = load_adapter_run(lora_run)
-    new_ids = template_token_ids(run.tokenizer, "chatml")
+    new_ids = get_template("chatml").token_ids(run.tokenizer)
     base_rows = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight.shape[0]
     assert min(new_ids) >= base_rows  # really added tokens, not reused ones
     with torch.inference_mode():
@@ -113,7 +117,7 @@ def test_tied_embeddings_stay_tied(merged_fp32: Path) -> None:
 def test_export_is_sharded_and_renders_the_template(merged_fp32: Path) -> None:
     from transformers import AutoTokenizer
 
-    from sftkit.data.template import get_template
+    from sftkit.templates import get_template
 
     assert len(list(merged_fp32.glob("model-*-of-*.safetensors"))) > 1
     assert (merged_fp32 / "model.safetensors.index.json").is_file()

@@ -6,7 +6,7 @@ import pytest
 
 from sftkit.data.masking import IGNORE_INDEX, encode_conversation
 from sftkit.data.packing import packing_efficiency
-from sftkit.data.template import get_template, prepare_tokenizer
+from sftkit.templates import get_template, prepare_tokenizer
 
 CONVERSATIONS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is two plus two?"},

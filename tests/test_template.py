@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sftkit.config import TEMPLATES
-from sftkit.data.template import get_template, parse_tools, prepare_tokenizer
+from sftkit.templates import TEMPLATES
+from sftkit.templates import get_template, parse_tools, prepare_tokenizer
 from sftkit.errors import ConfigError, DataError
 
 TOOLS = json.dumps([{"name": "get_weather", "description": "Weather for a city, °C",
@@ -194,11 +194,11 @@ def test_stop_token_ids(tiny_tokenizer) -> None:
 
 
 @pytest.mark.parametrize("messages, problem", [
-    ([{"role": "assistant", "content": "a"}], "turn 0 is 'assistant'"),
-    ([{"role": "user", "content": "q"}], "must end with an assistant-side turn"),
-    ([{"role": "user", "content": "q"}, {"role": "observation", "content": "o"}], "turn 1 is 'observation'"),
-    ([*SINGLE, {"role": "system", "content": "late"}, {"role": "assistant", "content": "a"}], "turn 2 is 'system'"),
-    ([], "must end with"),
+    ([{"role": "assistant", "content": "a"}], "message 0 is assistant"),
+    ([{"role": "user", "content": "q"}], "must end with an assistant reply"),
+    ([{"role": "user", "content": "q"}, {"role": "observation", "content": "o"}], "message 1 is observation"),
+    ([*SINGLE, {"role": "system", "content": "late"}, {"role": "assistant", "content": "a"}], "message 2 is system"),
+    ([], "empty conversation"),
 ])
 def test_roles_out_of_order_are_data_errors(messages: list[dict[str, str]], problem: str) -> None:
     with pytest.raises(DataError, match=problem):
@@ -206,7 +206,7 @@ def test_roles_out_of_order_are_data_errors(messages: list[dict[str, str]], prob
 
 
 def test_generation_prompt_needs_a_user_side_turn_last() -> None:
-    with pytest.raises(DataError, match="must end with a user-side turn"):
+    with pytest.raises(DataError, match="must end with a user-side message"):
         get_template("chatml").generation_prompt(SINGLE)
 
 

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from sftkit.config import SftConfig, validate_config
 from sftkit.errors import SftkitError
 from sftkit.model import Precision
-from sftkit.train import build_sft_config, check_output_dir, train
+from sftkit.training.arguments import build_sft_config
+from sftkit.training.recipe import check_output_dir, train
 
 FP32 = Precision("float32", "cpu", "fp32 on cpu")
 DATASETS = "demo_alpaca,demo_sharegpt,demo_messages"
@@ -156,8 +157,10 @@ def _after_one_step(tiny_model_dir: Path, data_dir: Path, out: Path, batch: int,
     from transformers import set_seed
 
     from sftkit.data import prepare_data
-    from sftkit.model import add_adapter, load_model, load_tokenizer, template_token_ids
-    from sftkit.train import build_trainer
+    from sftkit.data import load_tokenizer
+    from sftkit.templates import get_template
+    from sftkit.training.recipe import load_model_for_training
+    from sftkit.training.trainer import build_trainer
 
     cfg = tiny_config(tiny_model_dir, data_dir, out, dataset="demo_alpaca", max_samples=2, cutoff_len=128,
                       per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1,
@@ -168,8 +171,9 @@ def _after_one_step(tiny_model_dir: Path, data_dir: Path, out: Path, batch: int,
     rows = prepare_data(cfg, tokenizer).train
     trained = [sum(label != -100 for label in labels) for labels in rows["labels"]]
     assert len(trained) == 2 and abs(trained[0] - trained[1]) > 5  # per-micro-batch means would differ
-    model = add_adapter(load_model(cfg, tokenizer, FP32), cfg, template_token_ids(tokenizer, cfg.template))
-    build_trainer(cfg, FP32, model, tokenizer, rows, None).train()
+    template = get_template(cfg.template)
+    model = load_model_for_training(cfg, tokenizer, template, FP32)
+    build_trainer(cfg, FP32, model, tokenizer, template, rows, None).train()
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -189,7 +193,7 @@ def test_packed_rows_keep_examples_apart(tiny_model_dir: Path) -> None:
     """Two examples packed in one row attend only to themselves, as if each were alone."""
     from transformers import AutoModelForCausalLM
 
-    from sftkit.train import PackedRowsCollator
+    from sftkit.training.collator import PackedRowsCollator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
     torch.manual_seed(0)

@@ -19,13 +19,14 @@ def _rows(n: int = 24, seed: int = 0) -> list[dict[str, list[int]]]:
     return rows
 
 
-def _trainer(model_dir: Path, out: Path, loss_chunk_size: int = 16, **overrides):
+def _trainer(model_dir: Path, out: Path, loss_chunk_size: int | None = 16, **overrides):
+    """SftkitTrainer over a LoRA tiny model; `loss_chunk_size=None` gives plain TRL SFTTrainer on the same model."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig
+    from trl import SFTConfig, SFTTrainer
 
-    from sftkit.trainer import SftkitTrainer
+    from sftkit.training.trainer import SftkitTrainer
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -34,9 +35,11 @@ def _trainer(model_dir: Path, out: Path, loss_chunk_size: int = 16, **overrides)
                     per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2,
                     report_to=[], bf16=False, use_cpu=True, save_strategy="no", gradient_checkpointing=False)
     args = SFTConfig(**settings | overrides)
-    return SftkitTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows()),
-                         processing_class=AutoTokenizer.from_pretrained(model_dir),
-                         loss_chunk_size=loss_chunk_size)
+    common = dict(model=model, args=args, train_dataset=Dataset.from_list(_rows()),
+                  processing_class=AutoTokenizer.from_pretrained(model_dir))
+    if loss_chunk_size is None:
+        return SFTTrainer(**common)
+    return SftkitTrainer(**common, loss_chunk_size=loss_chunk_size)
 
 
 def test_trains_and_logs_loss_accuracy_and_tokens(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -55,20 +58,32 @@ def test_trains_and_logs_loss_accuracy_and_tokens(tiny_model_dir: Path, tmp_path
 
 @pytest.mark.parametrize("loss_chunk_size", [16, 0])
 def test_loss_equals_trl_on_the_same_batch(tiny_model_dir: Path, tmp_path: Path, loss_chunk_size: int) -> None:
-    from trl import SFTTrainer
-
     trainer = _trainer(tiny_model_dir, tmp_path, loss_chunk_size=loss_chunk_size)
+    plain_trl = _trainer(tiny_model_dir, tmp_path, loss_chunk_size=None)  # the same weights, TRL's fused head
     batch = next(iter(trainer.get_train_dataloader()))
     ours = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=40)
-    theirs = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch), num_items_in_batch=40)
+    theirs = plain_trl.compute_loss(plain_trl.model, dict(batch), num_items_in_batch=40)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_the_forward_is_wrapped_once_by_our_loss_and_never_by_trls(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sftkit.model import causal_lm_of
+
+    # TRL 1.16 wraps every SFTTrainer's model with its fused LM head; if it stops, the re-install can go
+    plain_lm = causal_lm_of(_trainer(tiny_model_dir, tmp_path, loss_chunk_size=None).model)
+    assert "forward" in vars(plain_lm)
+    lm = causal_lm_of(_trainer(tiny_model_dir, tmp_path).model)
+    assert lm.forward.__func__.__wrapped__ is type(lm).forward  # our patch, directly over the class's forward
+    ids = torch.tensor([[5, 6, 7]])
+    out = lm(input_ids=ids, labels=ids, fused_lm_head=True)  # TRL's head is not in the call chain to answer it
+    assert out.logits is not None and not hasattr(out, "log_probs")
 
 
 def test_liger_is_refused_off_gpu_with_the_reason(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from sftkit.loss import liger_available
-    from sftkit.trainer import liger_loss_blocker
+    from sftkit.training.loss import liger_available
+    from sftkit.training.trainer import liger_loss_blocker
 
     reason = liger_loss_blocker(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     assert reason is not None

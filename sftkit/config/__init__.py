@@ -9,11 +9,10 @@ validate_config), `docs` (field_docs, reference_markdown, commented_yaml, dump_r
 
 from sftkit.config.docs import commented_yaml, dump_resolved, field_docs, reference_markdown
 from sftkit.config.loading import load_config, validate_config
-from sftkit.config.schema import GROUPS, TEMPLATES, UNSUPPORTED_LLAMAFACTORY_KEYS, SftConfig
+from sftkit.config.schema import GROUPS, UNSUPPORTED_LLAMAFACTORY_KEYS, SftConfig
 
 __all__ = [
     "GROUPS",
-    "TEMPLATES",
     "UNSUPPORTED_LLAMAFACTORY_KEYS",
     "SftConfig",
     "commented_yaml",

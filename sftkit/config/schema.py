@@ -7,12 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TEMPLATES = ("chatml", "ernie_nothink", "llama3")
-# LLaMA-Factory template names whose format one of ours already is, or the nearest thing.
-TEMPLATE_HINTS = {
-    "qwen": "Qwen2/2.5 use chatml; put Qwen's system prompt in default_system",
-    "ernie": "ERNIE-4.5 base models: ernie_nothink; the thinking variant is not implemented",
-}
+from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
+
 
 # LLaMA-Factory keys that sftkit deliberately does not implement: named so a ported YAML fails with
 # "remove it" instead of a misleading "did you mean" suggestion.
@@ -27,6 +23,7 @@ UNSUPPORTED_LLAMAFACTORY_KEYS = {
     "compute_accuracy", "do_eval", "ddp_timeout", "upcast_layernorm", "moe_aux_loss_coef",
 }
 
+LOSS_CHUNK_SIZE = 256  # trained tokens per output-head call, unless the config sets loss_chunk_size
 GROUPS = ("model", "data", "finetuning", "training", "evaluation", "output", "distributed")
 
 
@@ -59,7 +56,7 @@ class SftConfig(BaseModel):
     enable_liger_kernel: bool = _field(
         False, "Use Liger's fused linear cross-entropy on a GPU where liger-kernel is installed.", "model")
     loss_chunk_size: int = _field(
-        256, "Tokens per chunk of the chunked cross-entropy: full-sequence fp32 logits are never "
+        LOSS_CHUNK_SIZE, "Tokens per chunk of the chunked cross-entropy: full-sequence fp32 logits are never "
         "materialised. 0 turns chunking off (the model's own loss).", "model", ge=0)
 
     # ---------------------------------------------------------------- data
@@ -233,7 +230,18 @@ class SftConfig(BaseModel):
 
     @property
     def does_eval(self) -> bool:
+        """The trainer evaluates during training."""
         return self.eval_strategy != "no"
+
+    @property
+    def has_eval_data(self) -> bool:
+        """An eval set exists: named eval datasets, or a split drawn off the training data."""
+        return bool(self.eval_dataset or self.val_size)
+
+    @property
+    def wants_best_model(self) -> bool:
+        """The run ends on its best checkpoint (asked for directly, or implied by early stopping)."""
+        return self.load_best_model_at_end or self.early_stopping_steps is not None
 
 
 # Each check returns None when satisfied, else one line naming the keys and the fix.
@@ -245,7 +253,7 @@ def check_val_size(c: SftConfig) -> str | None:
 
 
 def check_eval_has_data(c: SftConfig) -> str | None:
-    if c.does_eval and c.val_size == 0 and not c.eval_dataset:
+    if c.does_eval and not c.has_eval_data:
         return "eval_strategy: evaluation needs data; set val_size or eval_dataset (or eval_strategy: no)"
     return None
 
@@ -263,8 +271,7 @@ def check_early_stopping(c: SftConfig) -> str | None:
 
 
 def check_best_model(c: SftConfig) -> str | None:
-    wants_best = c.load_best_model_at_end or c.early_stopping_steps is not None
-    if not wants_best:
+    if not c.wants_best_model:
         return None
     if not c.does_eval:
         return "load_best_model_at_end: needs evaluation; set eval_strategy"

@@ -1,27 +1,28 @@
-"""Alpaca and ShareGPT rows -> normalized conversations, with row-level validation.
+"""The dataset formats (a registry: `FORMATS`): raw rows -> normalized conversations, row by row.
 
 A normalized row is `{"messages": [{"role", "content"}, ...], "tools": str | None, "dataset", "index"}`
-with roles system/user/assistant/function_call/observation, at most one system message, first. Turns
-alternate between the user side (user, observation) and the assistant side (assistant, function_call),
-start on the user side and end on the assistant side. Every problem is one line naming the file, the
-row and the fix.
+following the conversation rules of `sftkit.templates.conversation`. Every problem is one line naming
+the file, the row and the fix. Adding a format is one `FORMATS` entry: its default columns and its
+converter.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftkit.data.registry import REGISTRY_FILE, DatasetSpec, SourceRow
+from sftkit.data.spec import REGISTRY_FILE, DatasetSpec, SourceRow
 from sftkit.errors import DataError
+from sftkit.templates.conversation import parse_tools, role_order_problem, with_system
 
 logger = logging.getLogger(__name__)
 
-USER_SIDE = ("user", "observation")
-ASSISTANT_SIDE = ("assistant", "function_call")
 SHOWN_PROBLEMS = 5
+DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                "system_tag": "system", "observation_tag": "observation", "function_tag": "function_call"}
 # tags key -> normalized role
 TAG_ROLES = {"user_tag": "user", "assistant_tag": "assistant", "system_tag": "system",
              "observation_tag": "observation", "function_tag": "function_call"}
@@ -55,7 +56,7 @@ def normalize(rows: list[SourceRow], spec: DatasetSpec, default_system: str | No
     Raises:
         DataError: the first bad row (with how many more there are), unless `skip_bad_rows`.
     """
-    convert = alpaca_to_messages if spec.formatting == "alpaca" else sharegpt_to_messages
+    convert = FORMATS[spec.formatting].convert
     good: list[dict[str, Any]] = []
     problems: list[str] = []
     for index, row in enumerate(rows):
@@ -92,7 +93,7 @@ def alpaca_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
     user = "\n".join(part for part in (prompt, query) if part)
     turns = _history(row.get(cols["history"]), cols["history"])
     turns += [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
-    return _with_system(system, turns), None
+    return with_system(system, turns), None
 
 
 def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
@@ -116,28 +117,22 @@ def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | Non
     system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
     check_turns(messages, first_position=len(raw) - len(messages))
     system = system or _text(row, spec.columns["system"], "system") or default_system
-    return _with_system(system, messages), _tools(row.get(spec.columns["tools"]), spec.columns["tools"])
+    return with_system(system, messages), _tools(row.get(spec.columns["tools"]), spec.columns["tools"])
 
 
 def check_turns(turns: list[Message], first_position: int = 0) -> None:
-    """Raises RowError unless turns alternate user side -> assistant side and end on a non-empty reply.
+    """Raises RowError unless turns follow the conversation rules and every reply has text.
 
     Args:
         turns: the conversation without its system message.
         first_position: position of `turns[0]` in the source row (for the message numbers shown).
     """
-    if not turns:
-        raise RowError("empty conversation (only a system message); remove the row")
+    problem = role_order_problem(turns, first_position=first_position)
+    if problem:
+        raise RowError(problem)
     for i, message in enumerate(turns):
-        expected = USER_SIDE if i % 2 == 0 else ASSISTANT_SIDE
-        if message["role"] not in expected:
-            raise RowError(f"roles out of order: message {i + first_position} is {message['role']}, expected "
-                           f"{' or '.join(expected)}; turns must alternate user -> assistant, starting with the user")
         if i % 2 and not message["content"].strip():
             raise RowError(f"empty assistant reply in message {i + first_position}; fill it in or remove the row")
-    if len(turns) % 2:
-        raise RowError(f"the conversation ends with a {turns[-1]['role']} message; it must end with an "
-                       "assistant reply (remove the trailing message)")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -215,27 +210,34 @@ def _tagged_message(message: Any, position: int, tags: dict[str, str]) -> Messag
 
 def _tools(value: Any, column: str) -> str | None:
     """Tool schemas as a JSON string (lists and objects are dumped), None when absent."""
-    if value is None or value == "" or value == []:
-        return None
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    if not isinstance(value, str):
+    if not isinstance(value, (str, list, dict, type(None))):
         raise RowError(f"column {column!r} must be a JSON string or list of tool schemas, got {type(value).__name__}")
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise RowError(f"column {column!r} is not valid JSON ({exc.msg}); fix the tool schemas") from None
-    if isinstance(parsed, dict):
-        parsed = [parsed]
-    if not isinstance(parsed, list) or not all(isinstance(tool, dict) for tool in parsed):
-        raise RowError(f"column {column!r} must hold a JSON list of tool-schema objects")
-    return value if parsed else None
-
-
-def _with_system(system: str | None, turns: list[Message]) -> list[Message]:
-    return ([{"role": "system", "content": system}] if system else []) + turns
+        tools = parse_tools(value)
+    except ValueError as exc:
+        raise RowError(f"column {column!r} {exc}; fix the tool schemas") from None
+    if not tools:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class Format:
+    """A dataset format: its logical columns (with default names) and the converter of one row."""
+
+    columns: dict[str, str]
+    convert: Callable[[Any, DatasetSpec, str | None], tuple[list[Message], str | None]]
+    tagged: bool = False  # rows hold tagged messages (registry `tags`)
+
+
+FORMATS = {
+    "alpaca": Format({"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+                      "history": "history"}, alpaca_to_messages),
+    "sharegpt": Format({"messages": "conversations", "system": "system", "tools": "tools"}, sharegpt_to_messages,
+                       tagged=True),
+}

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sftkit.data.template import Segment, Template, split_system
+from sftkit.templates import Segment, Template, split_system
 from sftkit.errors import DataError
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a token no loss is taken on (PyTorch cross-entropy's default ignore_index)
 # Common reply openings: where one merges with the header's last token, that token is left out of prompts
 _PROBE_REPLIES = ("the", "Hello", "I", "Sure", "1")
 

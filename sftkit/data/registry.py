@@ -13,62 +13,17 @@ import difflib
 import io
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from sftkit.data.formats import DEFAULT_TAGS, FORMATS
+from sftkit.data.spec import REGISTRY_FILE, DatasetSpec, SourceRow
 from sftkit.errors import DataError
 
-REGISTRY_FILE = "dataset_info.json"
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
-FORMAT_COLUMNS = {
-    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-               "history": "history"},
-    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
-}
-DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                "system_tag": "system", "observation_tag": "observation", "function_tag": "function_call"}
 SUPPORTED_KEYS = {"file_name", "hf_hub_url", "subset", "split", "folder", "formatting", "columns", "tags"}
 # Alternative sources LLaMA-Factory knows; harmless beside a file_name or hf_hub_url we can use.
 OTHER_SOURCES = ("ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One registry entry, checked and with every default filled in.
-
-    Attributes:
-        name: the registry name (carried by every row as `dataset`).
-        path: local file or folder (None for hub datasets).
-        hub_id: Hugging Face hub dataset id (None for local files).
-        formatting: "alpaca" or "sharegpt".
-        columns: logical column -> column name in the data (all logical columns present).
-        tags: sharegpt role/content tags (all present).
-    """
-
-    name: str
-    path: Path | None
-    hub_id: str | None
-    formatting: str
-    columns: dict[str, str]
-    tags: dict[str, str] = field(default_factory=dict)
-    subset: str | None = None
-    split: str = "train"
-    folder: str | None = None
-
-    @property
-    def source(self) -> str:
-        """What to call the data in messages: its path or hub id."""
-        return str(self.path) if self.path is not None else f"hub dataset {self.hub_id}"
-
-
-class SourceRow(NamedTuple):
-    """One raw row and where it came from: file (or hub id), 0-based row in that file, line if known."""
-
-    source: str
-    row: int
-    data: Any
-    line: int | None = None
 
 
 def load_registry(dataset_dir: str | Path) -> dict[str, Any]:
@@ -101,10 +56,10 @@ def get_spec(registry: dict[str, Any], name: str, dataset_dir: str | Path) -> Da
         raise DataError(f"{where}: expected an object with file_name or hf_hub_url")
     _check_keys(entry, where)
     formatting = entry.get("formatting", "alpaca")
-    if formatting not in FORMAT_COLUMNS:
-        raise DataError(f"{where}: unknown formatting {formatting!r}; use alpaca or sharegpt")
-    columns = _merge(FORMAT_COLUMNS[formatting], entry.get("columns"), f"{where}: columns")
-    tags = _merge(DEFAULT_TAGS, entry.get("tags"), f"{where}: tags") if formatting == "sharegpt" else {}
+    if formatting not in FORMATS:
+        raise DataError(f"{where}: unknown formatting {formatting!r}; use {' or '.join(FORMATS)}")
+    columns = _merge(FORMATS[formatting].columns, entry.get("columns"), f"{where}: columns")
+    tags = _merge(DEFAULT_TAGS, entry.get("tags"), f"{where}: tags") if FORMATS[formatting].tagged else {}
     path, hub_id = _source(entry, where, Path(dataset_dir))
     return DatasetSpec(name=name, path=path, hub_id=hub_id, formatting=formatting, columns=columns, tags=tags,
                        subset=entry.get("subset"), split=entry.get("split") or "train", folder=entry.get("folder"))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sftkit.data.masking import IGNORE_INDEX
+from sftkit.data.packing import packing_efficiency
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
     from sftkit.config import SftConfig
     from sftkit.data.loader import Conversations
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -83,8 +84,6 @@ def compute_stats(cfg: SftConfig, conversations: Conversations, train: Dataset, 
         stats.length_p50, stats.length_p90, stats.length_p99 = int(p50), int(p90), int(p99)
         stats.length_max = int(lengths.max())
     if cfg.packing and len(lengths):
-        from sftkit.data.packing import packing_efficiency
-
         stats.packing_efficiency = packing_efficiency(lengths.tolist(), cfg.cutoff_len)
     return stats
 

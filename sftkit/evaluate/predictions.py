@@ -4,50 +4,28 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.atomic import write_json, write_lines
+from sftkit.data.prompts import Prompt, load_prompts
 from sftkit.errors import SftkitError
-from sftkit.evaluate.files import write_json, write_text
-from sftkit.evaluate.loss import data_config, load_model
+from sftkit.evaluate.perplexity import data_config, load_model
+from sftkit.model import GenerationSettings, generate_replies
+from sftkit.templates import get_template
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
-    from sftkit.data.template import Template
 
-
-GENERATION_BATCH_SIZE = 16
 ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A conversation cut before its last assistant-side reply, and that reply as the reference."""
-
-    dataset: str
-    index: int
-    messages: list[dict[str, str]]
-    tools: str | None
-    reference: str
-
-
-@dataclass
-class GenerationSettings:
-    """How replies are generated: greedy when `temperature` is 0, else sampled with `seed`."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    seed: int = 0
-    batch_size: int = GENERATION_BATCH_SIZE
 
 
 # ---------------------------------------------------------------------------- sftkit predict
 
 def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str = "eval",
             compare: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
-            batch_size: int = GENERATION_BATCH_SIZE) -> dict[str, Any]:
+            batch_size: int = 16) -> dict[str, Any]:
     """Answers the first `n` prompts of a split and scores the answers against the references.
 
     A prompt is a conversation up to its last assistant-side reply; that reply is the reference.
@@ -72,9 +50,11 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     Raises:
         SftkitError: bad split or n, or a model or data problem.
     """
-    _check_generation_args(n, max_new_tokens, temperature, batch_size)
-    prompts = load_prompts(data_config(cfg, split, None), split, n)
-    settings = GenerationSettings(max_new_tokens, temperature, seed, batch_size)
+    settings = GenerationSettings(max_new_tokens, temperature, seed=seed, batch_size=batch_size)
+    problems = (["-n: answer at least one prompt"] if n < 1 else []) + settings.problems()
+    if problems:
+        raise SftkitError(*problems)
+    prompts = load_prompts(data_config(cfg, split, None), split, n, get_template(cfg.template))
     answers = {"generation": answer(model, cfg, prompts, settings)}
     if compare is not None:
         answers["generation_compare"] = answer(compare, cfg, prompts, settings)
@@ -86,110 +66,24 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     return metrics
 
 
-def _check_generation_args(n: int, max_new_tokens: int, temperature: float, batch_size: int) -> None:
-    problems = ["-n: answer at least one prompt" if n < 1 else "",
-                "--max-new-tokens: must be at least 1" if max_new_tokens < 1 else "",
-                "--temperature: must be 0 (greedy) or positive" if temperature < 0 else "",
-                "--batch-size: must be at least 1" if batch_size < 1 else ""]
-    if any(problems):
-        raise SftkitError(*problems)
-
-
-def load_prompts(cfg: SftConfig, split: str, n: int) -> list[Prompt]:
-    """The first `n` conversations of the split, each cut before its last assistant-side reply."""
-    from sftkit.data.loader import load_conversations
-    from sftkit.data.template import get_template
-
-    conversations = load_conversations(cfg)
-    rows = conversations.eval if split == "eval" else conversations.train
-    assert rows is not None  # data_config checked that an eval set exists
-    template = get_template(cfg.template)
-    return [to_prompt(row, template) for row in rows.select(range(min(n, len(rows))))]
-
-
-def to_prompt(row: dict[str, Any], template: Template) -> Prompt:
-    """Splits a normalized conversation into its prompt and the last reply's trained text (no end token)."""
-    messages = row["messages"]
-    last = max(i for i, m in enumerate(messages) if m["role"] in ("assistant", "function_call"))
-    segments = template.segments(messages[:last + 1], row["tools"])
-    reply_turn = segments[-1].turn
-    reference = "".join(s.text for s in segments if s.turn == reply_turn and s.trained and s.content)
-    return Prompt(row["dataset"], row["index"], messages[:last], row["tools"], reference)
-
-
 def answer(model: str, cfg: SftConfig, prompts: list[Prompt], settings: GenerationSettings) -> list[str]:
     """Loads `model`, generates a reply to every prompt with its own template, then frees the model."""
     import gc
 
-    loaded = load_model(model, cfg)
-    ids, header_tails = encode_prompts(loaded.tokenizer, loaded.template, prompts)
-    replies = generate(loaded.model, loaded.tokenizer, ids, loaded.template.stop_token_ids(loaded.tokenizer),
-                       settings)
-    del loaded
-    gc.collect()
-    return [reply.removeprefix(tail) for reply, tail in zip(replies, header_tails)]
-
-
-def encode_prompts(tokenizer: Any, template: Template, prompts: list[Prompt]) -> tuple[list[list[int]], list[str]]:
-    """Generation ids of each prompt, and the header text each leaves for the model to generate.
-
-    ERNIE's "Assistant: " keeps its space out of the prompt ids (it merges with the reply's first
-    token); the model generates it, and it is no part of the reply.
-    """
-    from sftkit.chat import _header_tail
-    from sftkit.data.masking import encode_prompt
-
-    ids = [encode_prompt(tokenizer, template, p.messages, p.tools) for p in prompts]
-    tails = [_header_tail(tokenizer, template, p.messages, p.tools, i) for p, i in zip(prompts, ids)]
-    return ids, tails
-
-
-def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
-             settings: GenerationSettings) -> list[str]:
-    """Replies to token-id prompts, batched with left padding, each stopping at any of `stop_ids`.
-
-    Sampling (temperature > 0) is seeded with `settings.seed`; greedy decoding touches no random
-    state, so calling this during training leaves the run's randomness alone. The model's train/eval
-    mode is restored afterwards.
-
-    Returns:
-        The decoded replies (special tokens, the stop token included, removed), in prompt order.
-    """
     import torch
-    from transformers import GenerationConfig
 
-    sampling = ({"do_sample": True, "temperature": settings.temperature, "top_p": 1.0}
-                if settings.temperature > 0 else {"do_sample": False})
-    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids,
-                              pad_token_id=tokenizer.pad_token_id, **sampling)
+    loaded = load_model(model, cfg)
     if settings.temperature > 0:
         torch.manual_seed(settings.seed)
-    was_training = model.training
-    model.eval()
-    try:
-        replies: list[str] = []
-        for start in range(0, len(prompts), settings.batch_size):
-            replies += _generate_batch(model, tokenizer, prompts[start:start + settings.batch_size], config)
-        return replies
-    finally:
-        model.train(was_training)
-
-
-def _generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], config: Any) -> list[str]:
-    import torch
-
-    batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(model.device)
-    with torch.inference_mode():
-        output = model.generate(**batch, generation_config=config)
-    new_tokens = output[:, batch["input_ids"].shape[1]:]
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    replies = generate_replies(loaded.model, loaded.tokenizer, loaded.template, prompts, settings)
+    del loaded
+    gc.collect()
+    return replies
 
 
 def score_predictions(prompts: list[Prompt], answers: dict[str, list[str]],
                       cfg: SftConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Output rows with per-row scores, and the corpus-level metrics of every generation column."""
-    from sftkit.data.template import get_template
-
     template = get_template(cfg.template)
     references = [p.reference for p in prompts]
     rows = [{"dataset": p.dataset, "index": p.index, "prompt": template.generation_prompt(p.messages, p.tools),
@@ -247,7 +141,7 @@ class _RougeTokens:
 
 def write_predictions(out: Path, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
     """Writes the JSONL rows and the metrics file beside it, each replaced only once complete."""
-    write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_lines(out, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     write_json(metrics_path(out), metrics)
     print(f"wrote {len(rows)} predictions to {out} and metrics to {metrics_path(out)}")
 

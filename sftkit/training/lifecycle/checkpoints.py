@@ -1,6 +1,6 @@
 """Finding checkpoints and writing folders atomically: `--resume`, complete vs partial saves, staged renames.
 
-Part of `sftkit.lifecycle` (the package docstring tells the whole story). Only the standard library is
+Part of `sftkit.training.lifecycle` (the package docstring tells the whole story). Only the standard library is
 imported: `resolve_resume` runs among the instant checks, before torch or transformers load.
 """
 
@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sftkit.atomic import OLD_PREFIX, fsync_dir, fsync_tree, replace_dir
 from sftkit.errors import SftkitError
+from sftkit.run_dir import TRAINER_STATE
 
-TRAINER_STATE = "trainer_state.json"
 STAGING_PREFIX = ".partial-"  # never matches HF's "checkpoint-*" glob, so rotation and loaders skip it
-_OLD_PREFIX = ".old-"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -81,29 +81,13 @@ def discard_partial_checkpoints(out: Path) -> list[Path]:
     """Deletes what interrupted saves left in `out` (`.partial-*`, `.old-*`); returns what was deleted."""
     if not out.is_dir():
         return []
-    leftovers = [path for path in out.iterdir() if path.name.startswith((STAGING_PREFIX, _OLD_PREFIX))]
+    leftovers = [path for path in out.iterdir() if path.name.startswith((STAGING_PREFIX, OLD_PREFIX))]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
     return leftovers
 
 
-# ---------------------------------------------------------------------------- atomic folders
-
-def replace_dir(staged: Path, final: Path) -> None:
-    """Moves a completely written folder to its final name, replacing any folder there.
-
-    The files are synced to disk first, so after a power loss `final` is either the old folder or the
-    complete new one. A folder already at `final` is renamed aside and deleted only afterwards.
-    """
-    fsync_tree(staged)
-    old = final.with_name(f"{_OLD_PREFIX}{final.name}")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    staged.rename(final)
-    _fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
+# ---------------------------------------------------------------------------- the final weights
 
 def save_model_atomically(trainer: Any, out: Path) -> None:
     """`trainer.save_model(out)` made in a staging folder, whose files then move into `out`, weights last.
@@ -121,7 +105,7 @@ def save_model_atomically(trainer: Any, out: Path) -> None:
                 replace_dir(path, out / path.name)
             else:
                 os.replace(path, out / path.name)
-        _fsync_dir(out)
+        fsync_dir(out)
         shutil.rmtree(staged)
     trainer.accelerator.wait_for_everyone()
 
@@ -129,28 +113,3 @@ def save_model_atomically(trainer: Any, out: Path) -> None:
 def _weights_last(path: Path) -> tuple[bool, bool]:
     """Other files, then weight shards, then the shard index (a loader starts from the index)."""
     return path.name.endswith(".index.json"), path.suffix == ".safetensors"
-
-
-def fsync_tree(root: Path) -> None:
-    """Flushes every file under `root` (and the folders themselves) to disk."""
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename is still atomic there
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

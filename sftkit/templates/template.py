@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from string import Template as _Source
 from typing import Any
 
-from sftkit.config import TEMPLATES
-from sftkit.errors import ConfigError, DataError
-
-USER_SIDE = ("user", "observation")
-ASSISTANT_SIDE = ("assistant", "function_call")
+from sftkit.errors import DataError
+from sftkit.templates.conversation import parse_tools, role_order_problem, split_system
 
 TOOLS_PROMPT = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -78,9 +75,11 @@ class Template:
             DataError: roles out of order, or `tools` is not a JSON list of objects.
         """
         system, turns = split_system(messages)
-        check_roles(turns, end_with_assistant=not add_generation_prompt)
+        problem = role_order_problem(turns, end_with_assistant=not add_generation_prompt)
+        if problem:
+            raise DataError(problem)
         out = [Segment(self.prefix, False, False, -1)] if self.prefix else []
-        system_text = _system_text(system, parse_tools(tools))
+        system_text = _system_text(system, _tools(tools))
         if system_text is not None:
             out += _wrap(self.system, system_text, trained=False, turn=-1)
         for i, message in enumerate(turns):
@@ -105,6 +104,14 @@ class Template:
         """Ids that end a reply: the template's end token, then the tokenizer's eos (if different)."""
         ids = [tokenizer.convert_tokens_to_ids(self.end_token), tokenizer.eos_token_id]
         return list(dict.fromkeys(i for i in ids if i is not None))
+
+    def token_ids(self, tokenizer: Any) -> list[int]:
+        """Ids of the template's control tokens: the embedding rows that must train.
+
+        A base model has never seen them in use, whether `prepare_tokenizer` just added them or the
+        vocabulary already reserved them, so all of them train (as PEFT trainable tokens).
+        """
+        return sorted({tokenizer.convert_tokens_to_ids(token) for token in self.special_tokens})
 
     def jinja(self) -> str:
         """The same format as a Jinja chat template for the saved tokenizer."""
@@ -144,6 +151,13 @@ def _wrap(fmt: str, content: str, trained: bool, turn: int) -> list[Segment]:
                             Segment(after, trained, False, turn)) if seg.text]
 
 
+def _tools(tools: str | None) -> list[dict[str, Any]]:
+    try:
+        return parse_tools(tools)
+    except ValueError as exc:
+        raise DataError(f"tools {exc}") from None
+
+
 def _system_text(system: str | None, tools: list[dict[str, Any]]) -> str | None:
     """System content with the tools prompt appended; None when there is neither."""
     if not tools:
@@ -151,48 +165,6 @@ def _system_text(system: str | None, tools: list[dict[str, Any]]) -> str | None:
     schemas = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
     tools_prompt = TOOLS_PROMPT.replace("{tools}", schemas)
     return system + TOOLS_SEPARATOR + tools_prompt if system else tools_prompt
-
-
-def split_system(messages: list[dict[str, str]]) -> tuple[str | None, list[dict[str, str]]]:
-    """(system content or None, the remaining turns)."""
-    if messages and messages[0]["role"] == "system":
-        return messages[0]["content"], messages[1:]
-    return None, messages
-
-
-def check_roles(turns: list[dict[str, str]], end_with_assistant: bool = True) -> None:
-    """Turns alternate user side (user/observation) and assistant side (assistant/function_call).
-
-    Raises:
-        DataError: a role out of place, or the conversation ends on the wrong side.
-    """
-    for i, message in enumerate(turns):
-        expected = ASSISTANT_SIDE if i % 2 else USER_SIDE
-        if message["role"] not in expected:
-            raise DataError(f"roles out of order: turn {i} is {message['role']!r}, expected one of "
-                            f"{', '.join(expected)} (roles alternate user side / assistant side)")
-    side = "an assistant-side" if end_with_assistant else "a user-side"
-    if not turns or (len(turns) % 2 == 0) != end_with_assistant:
-        raise DataError(f"the conversation must end with {side} turn; it has {len(turns)} turns")
-
-
-def parse_tools(tools: str | None) -> list[dict[str, Any]]:
-    """Tool schemas from the per-conversation JSON string ("" or None: no tools).
-
-    Raises:
-        DataError: not JSON, or not an object / list of objects.
-    """
-    if not tools:
-        return []
-    try:
-        parsed = json.loads(tools)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"tools is not valid JSON ({exc.msg} at char {exc.pos}); it must be a JSON list "
-                        "of tool schemas") from None
-    parsed = [parsed] if isinstance(parsed, dict) else parsed
-    if not isinstance(parsed, list) or not all(isinstance(tool, dict) for tool in parsed):
-        raise DataError("tools must be a JSON list of tool-schema objects")
-    return parsed
 
 
 # `$name` slots hold JSON string literals from `Template.jinja`; whitespace control ({%- -%}) keeps
@@ -235,53 +207,6 @@ _JINJA = """
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- $assistant_header -}}{%- endif -%}
 """
-
-_DEFINITIONS = (
-    Template(
-        name="chatml",
-        prefix="",
-        system="<|im_start|>system\n{content}<|im_end|>\n",
-        user="<|im_start|>user\n{content}<|im_end|>\n",
-        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
-        observation="<|im_start|>user\n{content}<|im_end|>\n",
-        end_token="<|im_end|>",
-        special_tokens=("<|im_start|>", "<|im_end|>"),
-    ),
-    # ERNIE-4.5's own chat template (as in the model's tokenizer_config.json), LLaMA-Factory's name.
-    Template(
-        name="ernie_nothink",
-        prefix="<|begin_of_sentence|>",
-        system="{content}\n",
-        user="User: {content}\n",
-        assistant="Assistant: {content}<|end_of_sentence|>",
-        observation="User: {content}\n",
-        end_token="<|end_of_sentence|>",
-        special_tokens=("<|begin_of_sentence|>", "<|end_of_sentence|>"),
-    ),
-    # Meta's Llama 3 / 3.1 instruct format; tool results in the `ipython` role, as Llama 3.1 and LLaMA-Factory.
-    Template(
-        name="llama3",
-        prefix="<|begin_of_text|>",
-        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
-        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-        assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
-        observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
-        end_token="<|eot_id|>",
-        special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    ),
-)
-_BY_NAME = {template.name: template for template in _DEFINITIONS}
-
-
-def get_template(name: str) -> Template:
-    """The template called `name` (one of `sftkit.config.TEMPLATES`).
-
-    Raises:
-        ConfigError: unknown name.
-    """
-    if name not in _BY_NAME:
-        raise ConfigError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}")
-    return _BY_NAME[name]
 
 
 def prepare_tokenizer(tokenizer: Any, template: Template) -> list[int]:

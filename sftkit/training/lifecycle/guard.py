@@ -1,6 +1,6 @@
 """The trainer side of the run lifecycle: atomic checkpoint saves, rotation, and the run guard.
 
-Part of `sftkit.lifecycle` (the package docstring tells the whole story). torch and transformers are
+Part of `sftkit.training.lifecycle` (the package docstring tells the whole story). torch and transformers are
 imported inside the functions that need them.
 """
 
@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.atomic import replace_dir
 from sftkit.errors import SftkitError
-from sftkit.lifecycle.checkpoints import STAGING_PREFIX, TRAINER_STATE, latest_checkpoint, replace_dir
+from sftkit.run_dir import TRAINER_STATE, resume_command
+from sftkit.training.lifecycle.checkpoints import STAGING_PREFIX, latest_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +34,9 @@ class LifecycleTrainerMixin:
     """Mixed into the trainer class before TRL's SFTTrainer: atomic checkpoints and the run guard.
 
     `trainer.run_guard` (a `RunGuard`) is registered as a callback and sees every micro-batch loss.
+    The two private Trainer methods overridden here have no public hook: `_get_grad_norm` is the only
+    place the pre-clipping norm is seen, `_save_checkpoint` the only place a checkpoint is written
+    (tests/test_lifecycle.py fails when transformers renames either).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -43,6 +48,9 @@ class LifecycleTrainerMixin:
         loss = super().training_step(*args, **kwargs)
         self.run_guard.record_loss(loss)
         return loss
+
+    def before_checkpoint(self) -> None:
+        """Runs on every process before a checkpoint is written (the trainer's state is saved in it)."""
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         # a finite loss can still give an infinite gradient, and one optimizer step then ruins every weight
@@ -57,6 +65,7 @@ class LifecycleTrainerMixin:
         the duration of the save keeps everything it writes (weights, optimizer, scheduler, RNG state of
         every process, trainer state) in one place until it is complete.
         """
+        self.before_checkpoint()
         run_dir = self.args.output_dir
         final = Path(run_dir) / f"checkpoint-{self.state.global_step}"
         staged = Path(run_dir) / f"{STAGING_PREFIX}{final.name}" / final.name
@@ -231,19 +240,6 @@ class RunGuard:
         return Path(self.trainer.args.output_dir)
 
 
-def resume_command(out: Path) -> str:
-    """The command that continues the run in `out` (its resolved config is written there at the start)."""
-    from sftkit.train import CONFIG_FILE
-
-    return f"sftkit train {out / CONFIG_FILE} --resume latest"
-
-
 def _say(text: str) -> None:
     """Writes straight to stderr's descriptor: safe inside a signal handler, even mid-print."""
     os.write(2, text.encode("utf-8", "replace"))
-
-
-
-def lifecycle_trainer(base: type) -> type:
-    """`base` (TRL's SFTTrainer or a subclass) with atomic checkpoints and the run guard mixed in."""
-    return type(base.__name__, (LifecycleTrainerMixin, base), {})

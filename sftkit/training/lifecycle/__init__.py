@@ -27,13 +27,14 @@ checks, before torch or transformers load.
 
 from __future__ import annotations
 
-from sftkit.lifecycle.checkpoints import (STAGING_PREFIX, TRAINER_STATE, checkpoint_step, complete_checkpoints,
-                                          discard_partial_checkpoints, fsync_tree, is_complete_checkpoint,
-                                          latest_checkpoint, replace_dir, resolve_resume, save_model_atomically)
-from sftkit.lifecycle.disk import DiskEstimate, check_disk_space, checkpoints_at_peak, estimate_disk, saved_weight_bytes
-from sftkit.lifecycle.guard import LifecycleTrainerMixin, RunGuard, lifecycle_trainer, resume_command
+from sftkit.training.lifecycle.checkpoints import (STAGING_PREFIX, checkpoint_step, complete_checkpoints,
+                                                   discard_partial_checkpoints, is_complete_checkpoint,
+                                                   latest_checkpoint, resolve_resume, save_model_atomically)
+from sftkit.training.lifecycle.disk import (DiskEstimate, check_disk_space, checkpoints_at_peak, estimate_disk,
+                                            saved_weight_bytes)
+from sftkit.training.lifecycle.guard import LifecycleTrainerMixin, RunGuard
 
-__all__ = ["STAGING_PREFIX", "TRAINER_STATE", "DiskEstimate", "LifecycleTrainerMixin", "RunGuard", "check_disk_space",
+__all__ = ["STAGING_PREFIX", "DiskEstimate", "LifecycleTrainerMixin", "RunGuard", "check_disk_space",
            "checkpoint_step", "checkpoints_at_peak", "complete_checkpoints", "discard_partial_checkpoints",
-           "estimate_disk", "fsync_tree", "is_complete_checkpoint", "latest_checkpoint", "lifecycle_trainer",
-           "replace_dir", "resolve_resume", "resume_command", "save_model_atomically", "saved_weight_bytes"]
+           "estimate_disk", "is_complete_checkpoint", "latest_checkpoint", "resolve_resume",
+           "save_model_atomically", "saved_weight_bytes"]

@@ -10,31 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.atomic import write_json
+from sftkit.config.schema import LOSS_CHUNK_SIZE
+from sftkit.data import IGNORE_INDEX, load_tokenizer, prepare_data
 from sftkit.errors import SftkitError
-from sftkit.evaluate.files import write_json
+from sftkit.model import Loaded, causal_lm_of, load_for_inference, load_model as load_lm, resolve_precision, to_device
+from sftkit.run_dir import has_adapter, has_run_config
+from sftkit.templates import get_template
+from sftkit.training.loss import chunked_cross_entropy, perplexity
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
     from sftkit.config import SftConfig
-    from sftkit.data.template import Template
-
 
 SPLITS = ("eval", "train")
-IGNORE_INDEX = -100
-# Trained tokens per output-head call when the config turns chunking off (loss_chunk_size: 0).
-LOSS_CHUNK_TOKENS = 1024
-RUN_CONFIG = "sftkit_config.yaml"
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-@dataclass
-class Loaded:
-    """A model ready for inference, its tokenizer and the chat template it speaks."""
-
-    model: Any
-    tokenizer: Any
-    template: Template
 
 
 @dataclass
@@ -55,8 +45,8 @@ class LossTotals:
         return self.loss_sum / self.tokens if self.tokens else math.nan
 
     @property
-    def perplexity(self) -> float:
-        return _exp(self.loss)
+    def perplexity(self) -> float | None:
+        return perplexity(self.loss)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "tokens": self.tokens, "loss": self.loss, "perplexity": self.perplexity}
@@ -91,7 +81,7 @@ def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | Non
     rows = prepared_rows(cfg, loaded, "train" if dataset is not None else split)
     totals = masked_loss(loaded.model, rows, loaded.tokenizer.pad_token_id,
                          batch_tokens=cfg.per_device_eval_batch_size * cfg.cutoff_len,
-                         chunk_size=cfg.loss_chunk_size or LOSS_CHUNK_TOKENS)
+                         chunk_size=cfg.loss_chunk_size or LOSS_CHUNK_SIZE)
     results = loss_results(model, loaded.template.name, dataset or split, totals)
     path = Path(out) if out is not None else default_eval_path(model, dataset or split)
     write_json(path, results)
@@ -110,7 +100,7 @@ def data_config(cfg: SftConfig, split: str, dataset: str | None) -> SftConfig:
         raise SftkitError(f"--split {split!r}: use eval or train")
     if dataset is not None:
         return cfg.model_copy(update={"dataset": [dataset], "eval_dataset": None, "val_size": 0.0})
-    if split == "eval" and not (cfg.eval_dataset or cfg.val_size):
+    if split == "eval" and not cfg.has_eval_data:
         raise SftkitError("--split eval: the config has no eval set; set val_size or eval_dataset, or use "
                           "--split train")
     return cfg
@@ -119,37 +109,28 @@ def data_config(cfg: SftConfig, split: str, dataset: str | None) -> SftConfig:
 def load_model(model: str, cfg: SftConfig) -> Loaded:
     """Loads `model` for inference, in eval mode on the best device.
 
-    An sftkit run or merged directory speaks its own template (`sftkit.chat.load_for_inference`).
+    An sftkit run or merged directory speaks its own template (`sftkit.model.load_for_inference`).
     Anything else is a base model, loaded as training starts from it (`sftkit.model`, seeded with
     `cfg.seed`: the config's template tokens added, embeddings grown), so it is measured on exactly
     the rows, masks and prompts its fine-tunes were.
     """
-    if (Path(model) / RUN_CONFIG).is_file() or (Path(model) / ADAPTER_CONFIG).is_file():
-        from sftkit.chat import load_for_inference
-
-        return Loaded(*load_for_inference(model))
+    if has_run_config(Path(model)) or has_adapter(Path(model)):
+        return load_for_inference(model)
     return _load_base(cfg.model_copy(update={"model_name_or_path": model}))
 
 
 def _load_base(cfg: SftConfig) -> Loaded:
-    import torch
     from transformers import set_seed
 
-    from sftkit.data.template import get_template
-    from sftkit.model import load_model as load_lm, load_tokenizer, resolve_precision
-
+    template = get_template(cfg.template)
     set_seed(cfg.seed)  # the new token rows are drawn as training's were
-    tokenizer = load_tokenizer(cfg)
-    lm = load_lm(cfg, tokenizer, resolve_precision(cfg))
-    lm.eval()
-    return Loaded(lm.to("cuda") if torch.cuda.is_available() else lm, tokenizer, get_template(cfg.template))
+    tokenizer = load_tokenizer(cfg, template)
+    return Loaded(to_device(load_lm(cfg, tokenizer, resolve_precision(cfg))), tokenizer, template)
 
 
 def prepared_rows(cfg: SftConfig, loaded: Loaded, split: str) -> Dataset:
     """The tokenized rows of `split`, encoded with the model's own tokenizer and template."""
-    from sftkit.data import prepare_data
-
-    data = prepare_data(cfg.model_copy(update={"template": loaded.template.name}), loaded.tokenizer)
+    data = prepare_data(cfg, loaded.tokenizer, loaded.template)
     rows = data.eval if split == "eval" else data.train
     if rows is None or len(rows) == 0:
         raise SftkitError(f"--split {split}: no rows to evaluate")
@@ -157,19 +138,17 @@ def prepared_rows(cfg: SftConfig, loaded: Loaded, split: str) -> Dataset:
 
 
 def masked_loss(model: Any, rows: Dataset, pad_id: int | None, batch_tokens: int,
-                chunk_size: int = LOSS_CHUNK_TOKENS) -> dict[str, LossTotals]:
+                chunk_size: int = LOSS_CHUNK_SIZE) -> dict[str, LossTotals]:
     """Summed cross-entropy of the trained tokens of each dataset in `rows`.
 
     Rows of one dataset are batched by length (at most `batch_tokens` tokens of padded batch); the
-    output head runs only on trained positions, `chunk_size` at a time (`sftkit.loss`, the loss
+    output head runs only on trained positions, `chunk_size` at a time (`sftkit.training.loss`, the loss
     training uses), so no full-vocabulary logits of a batch are ever held.
 
     Returns:
         Dataset name -> totals.
     """
     import torch
-
-    from sftkit.loss import causal_lm_of
 
     lm = causal_lm_of(model)  # PEFT injects LoRA layers in place: the inner model includes them
     columns = rows.select_columns(["input_ids", "labels", "dataset"]).to_dict()
@@ -201,8 +180,6 @@ def _batch_loss(lm: Any, ids: list[list[int]], labels: list[list[int]], pad_id: 
                 chunk_size: int) -> LossTotals:
     """Summed cross-entropy and trained-token count of one right-padded batch."""
     import torch
-
-    from sftkit.loss import chunked_cross_entropy
 
     device = lm.device
     width = max(len(row) for row in ids)
@@ -237,14 +214,7 @@ def loss_table(results: dict[str, Any]) -> str:
 
 def default_eval_path(model: str, split: str) -> Path:
     """Inside an sftkit run or merged directory; else in the working directory, named after the model."""
-    if (Path(model) / RUN_CONFIG).is_file():
+    if has_run_config(Path(model)):
         return Path(model) / f"eval_{split}.json"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model).strip("_") or "model"
     return Path(f"eval_{slug}_{split}.json")
-
-
-def _exp(loss: float) -> float:
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf

@@ -2,31 +2,40 @@
 
 TRL's own `compute_loss` scores every position (trained or not) and, every step, computes the entropy and
 top-1 accuracy over the full vocabulary and syncs three scalars to the host (`.item()`). Here the loss is
-`sftkit.loss`'s chunked cross-entropy over trained positions only; token accuracy falls out of the same
-chunks, and the counts stay on the device until a logging step. Users still see loss, grad norm, learning
-rate, tokens seen and token accuracy. Packed rows on a CPU get per-example attention (`sftkit.attention`).
+`sftkit.training.loss`'s chunked cross-entropy over trained positions only; token accuracy falls out of the
+same chunks, and the counts stay on the device until a logging step. Users still see loss, grad norm,
+learning rate, tokens seen and token accuracy. The run lifecycle (atomic checkpoints, signals, non-finite
+stops) is mixed in from `sftkit.training.lifecycle`. `build_trainer` assembles it for a run.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import EarlyStoppingCallback
 from trl import SFTTrainer
 
-from sftkit.attention import use_packed_attention
-from sftkit.loss import add_chunked_loss, causal_lm_of
+from sftkit.model import ATTENTION, causal_lm_of
+from sftkit.training.arguments import build_sft_config
+from sftkit.training.callbacks import generation_samples_callback
+from sftkit.training.collator import REAL_TOKENS_KEY, PackedRowsCollator
+from sftkit.training.lifecycle import LifecycleTrainerMixin
+from sftkit.training.loss import add_chunked_loss, liger_available
+
+if TYPE_CHECKING:
+    from sftkit.config import SftConfig
+    from sftkit.model import Precision
+    from sftkit.templates import Template
 
 logger = logging.getLogger(__name__)
 
-# Batch key a collator may set to the number of real (not padding) tokens when the batch carries no
-# attention mask (packed rows: transformers then tells examples apart by position_ids).
-REAL_TOKENS_KEY = "sftkit_real_tokens"
 
-
-class SftkitTrainer(SFTTrainer):
+class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
     """SFTTrainer whose training loss is the chunked cross-entropy (`loss_chunk_size` tokens per chunk).
+
+    The model must carry the chunked loss already (`add_chunked_loss`, applied when it is loaded).
 
     Args:
         *args: passed to `trl.SFTTrainer`.
@@ -34,13 +43,13 @@ class SftkitTrainer(SFTTrainer):
         **kwargs: passed to `trl.SFTTrainer`.
     """
 
-    def __init__(self, *args: Any, loss_chunk_size: int = 1024, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_chunk_size: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
         self.liger_loss = self.args.use_liger_kernel and _liger_loss_usable(self.model)
+        # SFTTrainer.__init__ (trl 1.16) always wraps the forward with TRL's fused LM head; this trainer never
+        # asks for it, so the forward installed at load replaces it again: one wrapper, never two stacked.
         add_chunked_loss(self.model)
-        if (self.args.packing or self.args.padding_free) and use_packed_attention(self.model):
-            logger.info("packed rows on a CPU: attention runs per packed example (sftkit.attention)")
         # Per mode, since the last flush: [correct predictions, trained tokens counted, tokens seen] and the
         # summed loss of those trained tokens (evaluation's loss is their mean, not a mean of batch means).
         self._counts: dict[str, torch.Tensor] = {}
@@ -48,10 +57,12 @@ class SftkitTrainer(SFTTrainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
-        """The chunked loss; TRL's path only where logits must be returned (`return_outputs`)."""
+        """The chunked loss; the model's own loss only where logits must be returned (`return_outputs`)."""
         real_tokens = inputs.pop(REAL_TOKENS_KEY, None)  # the collator's count; never a model input
-        if return_outputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if return_outputs:  # logits wanted: the model's own forward and loss, as transformers computes them
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         if not self.loss_chunk_size and not self.liger_loss:
             return self._model_loss(model, inputs, real_tokens, num_items_in_batch)
         out = model(**inputs, loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
@@ -131,10 +142,9 @@ class SftkitTrainer(SFTTrainer):
         self._flush("train")
         return int(self.state.num_input_tokens_seen)
 
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+    def before_checkpoint(self) -> None:
         # the count is saved with the checkpoint (trainer_state.json), so a resumed run goes on from it
         self._flush("train")
-        super()._save_checkpoint(model, trial)
 
     def _flush(self, mode: str) -> tuple[int, int]:
         """Sums the counts since the last flush over the ranks (one host sync); returns (correct, trained).
@@ -165,8 +175,6 @@ def liger_loss_blocker(model: torch.nn.Module) -> str | None:
     It needs the package, a GPU, and a plain Linear output head (it reads the raw weight, so PEFT's
     trainable new-token rows on a tied head would get no gradient).
     """
-    from sftkit.loss import liger_available
-
     head = causal_lm_of(model).get_output_embeddings()
     device = next(model.parameters()).device
     if not liger_available():
@@ -176,3 +184,20 @@ def liger_loss_blocker(model: torch.nn.Module) -> str | None:
     if type(head) is not torch.nn.Linear:
         return f"the output head is a {type(head).__name__} (trainable new-token rows), not a plain Linear"
     return None
+
+
+def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: Any, template: Template,
+                  train_rows: Any, eval_rows: Any | None) -> SftkitTrainer:
+    """SftkitTrainer (TRL's SFTTrainer with the chunked loss) over our rows, with early stopping when asked."""
+    callbacks: list[Any] = []
+    if cfg.early_stopping_steps is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_steps))
+    samples = generation_samples_callback(cfg, tokenizer, template)  # None without eval, samples or TensorBoard
+    if samples is not None:
+        callbacks.append(samples)
+    trainer = SftkitTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
+                            eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
+                            callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size)
+    if cfg.packing and ATTENTION[cfg.flash_attn] != "flash_attention_2":
+        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
+    return trainer

@@ -5,19 +5,23 @@ Everything here reads a finished (or about to start) trainer; nothing changes th
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sftkit.atomic import write_json
+from sftkit.run_dir import CONFIG_FILE, METRICS_FILE
+from sftkit.training.loss import perplexity
+from sftkit.training.overfitting import overfitting_signs
 
 if TYPE_CHECKING:
     from trl import SFTTrainer
 
     from sftkit.config import SftConfig
-    from sftkit.data import PreparedData
-    from sftkit.data.stats import DataStats
+    from sftkit.data import DataStats, PreparedData
     from sftkit.model import ParamReport, Precision
-    from sftkit.trainer import SftkitTrainer
+    from sftkit.templates import Template
+    from sftkit.training.trainer import SftkitTrainer
 
 
 def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats: DataStats,
@@ -42,9 +46,6 @@ def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats:
 
 def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out: Path) -> None:
     """One screen after training: losses, best checkpoint, where everything went, what to run next."""
-    from sftkit.evaluate import overfitting_signs
-    from sftkit.train import CONFIG_FILE
-
     state = trainer.state
     stopped = " (stopped early: eval loss stopped improving)" if state.global_step < state.max_steps else ""
     lines = [f"training finished: {state.global_step} updates in {metrics['train_runtime_s']:.0f}s{stopped}",
@@ -67,20 +68,18 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
     print("\n".join(lines), flush=True)
 
 
-def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, data: PreparedData,
-                  out: Path, main: bool) -> dict[str, Any]:
+def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, template: Template,
+                  data: PreparedData, out: Path, main: bool) -> dict[str, Any]:
     """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process."""
-    from sftkit.data.template import get_template
-
     history = trainer.state.log_history
     train_losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
     eval_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
-    end_id = tokenizer.convert_tokens_to_ids(get_template(cfg.template).end_token)
+    end_id = tokenizer.convert_tokens_to_ids(template.end_token)
     accuracy, positions = end_token_accuracy(trainer, data.eval, end_id) if data.eval is not None else (None, 0)
     tokens = trainer.tokens_seen()  # a collective: write_metrics runs on every rank
     metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens)
     if main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        write_json(out / METRICS_FILE, metrics)
         if cfg.plot_loss:
             plot_loss(train_losses, eval_losses, out / "training_loss.png")
     return metrics
@@ -103,7 +102,7 @@ def _metrics(trainer: SFTTrainer, result: Any, train_losses: list[tuple[int, flo
         "best_eval_loss": best,
         "best_step": state.best_global_step,
         "best_checkpoint": state.best_model_checkpoint,
-        "eval_perplexity": _perplexity(saved_eval),
+        "eval_perplexity": perplexity(saved_eval),
         "end_token_accuracy": accuracy,
         "end_token_positions": positions,
         "global_step": state.global_step,
@@ -196,15 +195,6 @@ def _schedule(cfg: SftConfig) -> str:
 
 def _saved_weights(cfg: SftConfig) -> str:
     return "adapter_model.safetensors" if cfg.finetuning_type == "lora" else "model safetensors"
-
-
-def _perplexity(loss: float | None) -> float | None:
-    if loss is None:
-        return None
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return None
 
 
 def _fmt(value: float | None) -> str:

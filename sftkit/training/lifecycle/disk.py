@@ -1,6 +1,6 @@
 """The disk check: estimating what a run will write and refusing to start one that would not fit.
 
-Part of `sftkit.lifecycle` (the package docstring tells the whole story). Model libraries (peft) are
+Part of `sftkit.training.lifecycle` (the package docstring tells the whole story). Model libraries (peft) are
 imported inside the functions that need them.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import SftkitError
-from sftkit.lifecycle.checkpoints import complete_checkpoints
+from sftkit.training.lifecycle.checkpoints import complete_checkpoints
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -83,8 +83,7 @@ def checkpoints_at_peak(cfg: SftConfig, planned_updates: int) -> int:
         planned_updates / cfg.save_steps)
     if cfg.save_total_limit is None:
         return saves
-    wants_best = cfg.load_best_model_at_end or cfg.early_stopping_steps is not None
-    kept = max(cfg.save_total_limit, 2 if wants_best else 1)
+    kept = max(cfg.save_total_limit, 2 if cfg.wants_best_model else 1)
     return min(saves, kept + 1)
 
 

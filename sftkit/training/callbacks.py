@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from sftkit.data.prompts import Prompt, load_prompts
+from sftkit.model import GenerationSettings, encode_prompts, generate
+
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from sftkit.config import SftConfig
-    from sftkit.data.template import Template
-    from sftkit.evaluate import Prompt
+    from sftkit.templates import Template
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +33,6 @@ class GenerationSamplesCallback(TrainerCallback):
     """
 
     def __init__(self, tokenizer: Any, template: Template, prompts: list[Prompt], max_new_tokens: int) -> None:
-        from sftkit.evaluate import encode_prompts
-
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.prompt_ids, self.header_tails = encode_prompts(tokenizer, template, prompts)
@@ -52,8 +52,6 @@ class GenerationSamplesCallback(TrainerCallback):
                                "generate on one process")
                 self._noted_sharding = True
             return
-        from sftkit.evaluate import GenerationSettings, generate
-
         settings = GenerationSettings(self.max_new_tokens, batch_size=len(self.prompt_ids))
         replies = generate(model, self.tokenizer, self.prompt_ids, self.stop_ids, settings)
         writer = self._summary_writer(args)
@@ -82,21 +80,17 @@ class GenerationSamplesCallback(TrainerCallback):
                 f"**reference**\n\n{_block(prompt.reference)}\n\n**answer at step {step}**\n\n{_block(reply)}")
 
 
-def generation_samples_callback(cfg: SftConfig, tokenizer: Any) -> GenerationSamplesCallback | None:
+def generation_samples_callback(cfg: SftConfig, tokenizer: Any, template: Template) -> GenerationSamplesCallback | None:
     """The samples callback for a run, or None when it would log nothing.
 
     None when the run does not evaluate, has no eval set, asks for no samples
     (`eval_generation_samples: 0`) or does not report to TensorBoard.
     """
     wants_tensorboard = any(name in ("tensorboard", "all") for name in cfg.report_to)
-    has_eval = cfg.does_eval and (cfg.eval_dataset or cfg.val_size)
-    if not (has_eval and wants_tensorboard and cfg.eval_generation_samples):
+    if not (cfg.does_eval and cfg.has_eval_data and wants_tensorboard and cfg.eval_generation_samples):
         return None
-    from sftkit.data.template import get_template
-    from sftkit.evaluate import load_prompts
-
-    prompts = load_prompts(cfg, "eval", cfg.eval_generation_samples)
-    return GenerationSamplesCallback(tokenizer, get_template(cfg.template), prompts, cfg.generation_max_new_tokens)
+    prompts = load_prompts(cfg, "eval", cfg.eval_generation_samples, template)
+    return GenerationSamplesCallback(tokenizer, template, prompts, cfg.generation_max_new_tokens)
 
 
 def _sharded(args: TrainingArguments) -> bool:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sftkit.model import causal_lm_of
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,8 +29,6 @@ def use_packed_attention(model: Any) -> bool:
     Args:
         model: a transformers causal LM, or a PEFT model around one.
     """
-    from sftkit.loss import causal_lm_of
-
     lm = causal_lm_of(model)
     if lm.config._attn_implementation not in ("sdpa", PACKED_SDPA) or lm.device.type != "cpu":
         return False

@@ -16,11 +16,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.data import prepare_data
 from sftkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
     from sftkit.data import PreparedData
+    from sftkit.templates import Template
 
 DEEPSPEED_INSTALL = "pip install -e .[deepspeed]"
 
@@ -93,7 +95,7 @@ def _quiet_hf_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def prepare_data_once(cfg: SftConfig, tokenizer: Any) -> PreparedData:
+def prepare_data_once(cfg: SftConfig, tokenizer: Any, template: Template) -> PreparedData:
     """Tokenizes on each node's main process first; the other processes then read its on-disk cache.
 
     The cache is keyed by content (`sftkit.data`), so every process arrives at the same file; only the
@@ -102,10 +104,8 @@ def prepare_data_once(cfg: SftConfig, tokenizer: Any) -> PreparedData:
     """
     from accelerate import PartialState
 
-    from sftkit.data import prepare_data
-
     state = PartialState()
     if state.local_process_index != 0:
         cfg = cfg.model_copy(update={"overwrite_cache": False})
     with state.local_main_process_first():
-        return prepare_data(cfg, tokenizer)
+        return prepare_data(cfg, tokenizer, template)

@@ -1,0 +1,195 @@
+"""The data pipeline: registry names -> tokenized, masked examples (not packed: TRL packs at train time).
+
+`prepare_data` is what training and evaluation use; `validate_data` backs `sftkit validate`.
+Tokenization is cached on disk by a key covering what decides its output (the data, the tokenizer, the
+template, the masking settings and `ENCODING_VERSION`), so running the same config again does not
+tokenize again.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftkit.data import masking
+from sftkit.data.loader import Conversations, load_conversations
+from sftkit.data.stats import DataStats, compute_stats
+from sftkit.errors import DataError
+from sftkit.templates import Template, get_template
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from sftkit.config import SftConfig
+
+COLUMNS = ("input_ids", "labels", "dataset", "index")
+# Part of the tokenization cache key: raise it whenever a change to rendering, masking or truncation
+# changes the ids or labels of any row (a comment or a refactor does not).
+ENCODING_VERSION = 1
+
+
+@dataclass
+class PreparedData:
+    """Tokenized examples with columns input_ids, labels, dataset, index; `eval` is None without one."""
+
+    train: Dataset
+    eval: Dataset | None
+    stats: DataStats
+
+
+def prepare_data(cfg: SftConfig, tokenizer: Any, template: Template | None = None) -> PreparedData:
+    """Loads, normalizes, mixes, splits and tokenizes the config's datasets.
+
+    Args:
+        cfg: the run's config (datasets, cutoff_len, masking and cache settings).
+        tokenizer: a tokenizer prepared for the template (`sftkit.data.load_tokenizer`).
+        template: the chat template (default: the config's).
+
+    Raises:
+        DataError: a registry, file or row problem, or no training example keeps a trained token.
+    """
+    with no_cycle_collection():
+        return tokenize_all(cfg, tokenizer, template or get_template(cfg.template), load_conversations(cfg))
+
+
+def validate_data(cfg: SftConfig) -> str:
+    """Resolves and parses every dataset of the config (no tokenizer, no model).
+
+    Returns:
+        A short summary such as "3 datasets, 400 rows: train 360, eval 40".
+
+    Raises:
+        DataError: the first problem found.
+    """
+    conv = load_conversations(cfg)
+    eval_rows = len(conv.eval) if conv.eval is not None else 0
+    summary = f"{len(conv.datasets)} datasets, {len(conv.train) + eval_rows} rows"
+    if conv.eval is not None:
+        summary += f": train {len(conv.train)}, eval {eval_rows}"
+    if conv.skipped:
+        summary += f", {conv.skipped} bad rows skipped"
+    return summary
+
+
+# ---------------------------------------------------------------------------- tokenization
+
+def tokenize_all(cfg: SftConfig, tokenizer: Any, template: Template, conversations: Conversations) -> PreparedData:
+    """Tokenizes loaded conversations into the train and eval examples, with their statistics."""
+    _check_cutoff_len(cfg, tokenizer, template)
+    train = _tokenize(conversations.train, tokenizer, template, cfg)
+    eval_ = _tokenize(conversations.eval, tokenizer, template, cfg) if conversations.eval is not None else None
+    if len(train) == 0:
+        raise DataError(f"no training example keeps a trained token within cutoff_len {cfg.cutoff_len} "
+                        f"({len(conversations.train)} rows dropped); raise cutoff_len or shorten the prompts")
+    if eval_ is not None and len(eval_) == 0:
+        raise DataError(f"no eval example keeps a trained token within cutoff_len {cfg.cutoff_len}; raise "
+                        "cutoff_len or choose other eval data")
+    stats = compute_stats(cfg, conversations, train, eval_)
+    return PreparedData(_final(train), _final(eval_) if eval_ is not None else None, stats)
+
+
+@contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector (reference counting still frees everything).
+
+    Loading and tokenizing allocate millions of small lists and ints, none of them in reference cycles,
+    yet each allocation burst makes the collector rescan every live object: a fifth of preprocessing
+    time went there. Forked map workers inherit the paused state.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _check_cutoff_len(cfg: SftConfig, tokenizer: Any, template: Template) -> None:
+    """A cutoff_len the template's own tokens fill leaves no room for any text: say so, not "all rows dropped"."""
+    overhead = masking.template_overhead(tokenizer, template)
+    if cfg.cutoff_len <= overhead:
+        raise DataError(f"cutoff_len {cfg.cutoff_len} leaves no room for text: the {template.name} template alone "
+                        f"takes {overhead} tokens per exchange (role headers and end tokens); raise cutoff_len")
+
+
+def _tokenize(conversations: Dataset, tokenizer: Any, template: Template, cfg: SftConfig) -> Dataset:
+    """Encodes every conversation (datasets.map, cached on disk by `_cache_key`)."""
+    from datasets import Features, Value
+
+    key = _cache_key(conversations, tokenizer, template, cfg)
+    cache_dir = _cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite_cache:  # datasets would keep the shard count of the files left over, whatever num_proc is
+        for stale in cache_dir.glob(f"tokenized-{key}*.arrow"):
+            stale.unlink(missing_ok=True)
+    features = Features({"input_ids": [Value("int32")], "labels": [Value("int32")], "dataset": Value("string"),
+                         "index": Value("int64"), "truncated": Value("bool")})
+    return conversations.map(
+        _encode_batch, batched=True, batch_size=cfg.preprocessing_batch_size,
+        num_proc=_num_proc(cfg.preprocessing_num_workers), remove_columns=conversations.column_names, features=features,
+        fn_kwargs={"tokenizer": tokenizer, "template": template, "cutoff_len": cfg.cutoff_len,
+                   "train_on_prompt": cfg.train_on_prompt, "mask_history": cfg.mask_history},
+        cache_file_name=str(cache_dir / f"tokenized-{key}.arrow"), load_from_cache_file=not cfg.overwrite_cache,
+        new_fingerprint=key, desc="Tokenizing")
+
+
+def _num_proc(workers: int | None) -> int | None:
+    """One worker means this process: datasets forks for any num_proc, and a forked child loses the fast
+    tokenizer's multi-threading, so num_proc=1 would run slower than no worker process at all."""
+    return workers if workers is not None and workers > 1 else None
+
+
+def _encode_batch(batch: dict[str, list[Any]], tokenizer: Any, template: Template, cutoff_len: int,
+                  train_on_prompt: bool, mask_history: bool) -> dict[str, list[Any]]:
+    """One map batch, tokenized in one call; rows with no trained token left are dropped (the batch shrinks)."""
+    try:  # masking's attribute is looked up per call: tests can count the calls
+        rows = masking.encode_conversations(tokenizer, template, list(zip(batch["messages"], batch["tools"])),
+                                            cutoff_len, train_on_prompt=train_on_prompt, mask_history=mask_history)
+    except masking.ConversationError as exc:  # formats.py checks the same rules first; this names the row if not
+        raise DataError(f"dataset {batch['dataset'][exc.position]!r} row {batch['index'][exc.position]}: "
+                        f"{exc}") from None
+    out: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, "truncated")}
+    for row, name, index in zip(rows, batch["dataset"], batch["index"]):
+        if row is None:
+            continue
+        for column, value in zip((*COLUMNS, "truncated"),
+                                 (row.input_ids, row.labels, name, index, row.truncated)):
+            out[column].append(value)
+    return out
+
+
+def _cache_key(conversations: Dataset, tokenizer: Any, template: Template, cfg: SftConfig) -> str:
+    """Changes whenever the tokenized result could: data, tokenizer, template, masking settings, encoding version.
+
+    The conversations' fingerprint covers the data and every config key that shapes it (datasets, their
+    order and mix, max_samples, val_size, seed, default_system), since datasets derives it from content.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    parts = [conversations._fingerprint, type(tokenizer).__name__, vocab, repr(template), str(cfg.cutoff_len),
+             str(cfg.train_on_prompt), str(cfg.mask_history), str(ENCODING_VERSION)]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _cache_dir() -> Path:
+    """Beside the datasets library's own cache (HF_DATASETS_CACHE), read when called."""
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "sftkit"
+
+
+def _final(dataset: Dataset) -> Dataset:
+    """The public columns only (the `truncated` flag was for the statistics)."""
+    return dataset.select_columns(list(COLUMNS))
+
+

@@ -1,0 +1,67 @@
+"""Loading the base causal LM: safetensors only, the attention kernel asked for, embeddings grown to the tokenizer.
+
+Heavy libraries are imported inside the functions so the CLI stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sftkit.data.tokenizer import unloadable
+from sftkit.errors import SftkitError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sftkit.config import SftConfig
+    from sftkit.model.precision import Precision
+
+logger = logging.getLogger(__name__)
+
+ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager"}
+
+
+def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
+    """Loads the base causal LM (safetensors only) and grows its embeddings to fit the tokenizer.
+
+    LoRA keeps the frozen base weights in the training dtype; full fine-tuning keeps fp32 master weights
+    and lets autocast compute in bf16/fp16, as mixed precision needs.
+
+    Raises:
+        SftkitError: the model cannot be loaded, or the attention kernel is unavailable.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = precision.dtype if cfg.finetuning_type == "lora" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": ATTENTION[cfg.flash_attn],
+                              "use_safetensors": True}
+    if cfg.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **kwargs)
+    except ImportError as exc:
+        raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: sdpa") from None
+    except (OSError, ValueError) as exc:
+        raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
+    grow_embeddings(model, len(tokenizer))
+    return model
+
+
+def grow_embeddings(model: Any, vocab_size: int) -> None:
+    """Resizes the embeddings to `vocab_size` only when they are smaller: never shrinks.
+
+    Rows past the tokenizer are unused padding (ERNIE reserves some); removing them would change the
+    model for nothing. `resize_token_embeddings` re-ties tied output embeddings.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab_size > rows:
+        model.resize_token_embeddings(vocab_size)
+        logger.info("embeddings grown from %d to %d rows for the template's tokens", rows, vocab_size)
+
+
+def causal_lm_of(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a PEFT wrapper (LoRA layers are injected in place), or `model`."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model

@@ -1,0 +1,14 @@
+"""Chat templates: the conversation rules and the formats that turn a conversation into training text.
+
+Below every stage: the config checks template names against the registry, the data stage renders and
+masks with a `Template`, and the model, chat, merge and evaluation stages build prompts and stop tokens
+from the same object. Submodules: `conversation` (roles, their order, tools), `template` (the `Template`
+type, its rendering and Jinja), `registry` (the named templates).
+"""
+
+from sftkit.templates.conversation import (ASSISTANT_SIDE, USER_SIDE, parse_tools, role_order_problem, split_system, with_system)
+from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES, get_template
+from sftkit.templates.template import Segment, Template, prepare_tokenizer
+
+__all__ = ["ASSISTANT_SIDE", "TEMPLATES", "TEMPLATE_HINTS", "USER_SIDE", "Segment", "Template", "get_template",
+           "parse_tools", "prepare_tokenizer", "role_order_problem", "split_system", "with_system"]

@@ -1,0 +1,86 @@
+"""The trainer's arguments: `build_sft_config` is THE one place our schema meets TRL's `SFTConfig`."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sftkit.training.loss import liger_available
+
+if TYPE_CHECKING:
+    from trl import SFTConfig
+
+    from sftkit.config import SftConfig
+    from sftkit.model import Precision
+
+logger = logging.getLogger(__name__)
+
+
+def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
+    """Translates our config into TRL's SFTConfig: THE one place the two schemas meet.
+
+    Our rows arrive tokenized with their own `labels` (-100 where untrained), so TRL neither re-tokenizes
+    nor re-masks them: it only packs them (best-fit decreasing, padding-free with per-example
+    position_ids, so packed examples never attend to each other) and collates.
+    """
+    from trl import SFTConfig
+
+    wants_best = cfg.wants_best_model
+    return SFTConfig(
+        output_dir=cfg.output_dir,
+        # data: rows are already tokenized, masked and cut to cutoff_len
+        max_length=cfg.cutoff_len, packing=cfg.packing, packing_strategy="bfd", padding_free=cfg.packing,
+        dataset_num_proc=cfg.preprocessing_num_workers,
+        # optimisation
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=_warmup(cfg),
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        # transformers' new name for gradient checkpointing (the old one still mirrors it for TRL)
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        # precision and device: the resolved precision, never the raw flags (a CPU may lack bf16)
+        bf16=precision.bf16, fp16=precision.fp16, use_cpu=precision.device == "cpu",
+        # evaluation and checkpoints
+        eval_strategy=cfg.eval_strategy, eval_steps=cfg.eval_steps,
+        # the loss alone: kept logits of a 100k vocabulary are an out-of-memory trap
+        prediction_loss_only=True,
+        save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=wants_best, metric_for_best_model="eval_loss" if wants_best else None,
+        greater_is_better=False if wants_best else None,
+        # logging and reproducibility
+        logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to),
+        seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=cfg.dataloader_num_workers,
+        trust_remote_code=cfg.trust_remote_code,
+        # distributed passthrough
+        deepspeed=cfg.deepspeed, fsdp=cfg.fsdp or None, fsdp_config=cfg.fsdp_config,
+        # every trainable parameter is used (LoRA or full), so DDP can skip its per-step unused-parameter search
+        ddp_find_unused_parameters=False, log_level_replica="error",
+        # Liger's kernels (and its fused linear cross-entropy in SftkitTrainer) where a GPU and the package exist
+        use_liger_kernel=use_liger_kernel(cfg, precision),
+    )
+
+
+def use_liger_kernel(cfg: SftConfig, precision: Precision) -> bool:
+    """enable_liger_kernel where it can work; otherwise a logged note and the chunked cross-entropy."""
+    if not cfg.enable_liger_kernel:
+        return False
+    if precision.device == "cuda" and liger_available():
+        return True
+    logger.warning("enable_liger_kernel: needs a CUDA GPU and `pip install liger-kernel` (here: %s, liger-kernel "
+                   "%s); training uses the chunked cross-entropy instead", precision.device,
+                   "installed" if liger_available() else "not installed")
+    return False
+
+
+def _warmup(cfg: SftConfig) -> float:
+    """transformers reads warmup_steps below 1 as a ratio of all updates; warmup_steps wins over the ratio."""
+    if cfg.warmup_steps > 0:
+        return cfg.warmup_steps
+    return min(cfg.warmup_ratio, 1 - 1e-9)  # a ratio of exactly 1 would read as "1 step"
+
+
+def _report_to(loggers: list[str]) -> str | list[str]:
+    return "none" if not loggers or "none" in loggers else loggers

@@ -1,0 +1,137 @@
+"""The training recipe: from a validated config to a run directory, as a list of steps.
+
+Checks that need nothing heavy come first (output_dir, resume, distributed settings), then the data, the
+model (with its training-time changes: loss, attention, adapter, stop tokens), the trainer, and the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftkit.config import dump_resolved
+from sftkit.data import load_tokenizer
+from sftkit.errors import SftkitError
+from sftkit.model import add_adapter, count_parameters, load_model, resolve_precision, set_stop_tokens
+from sftkit.run_dir import CONFIG_FILE, is_run
+from sftkit.templates import Template, get_template
+from sftkit.training.attention import use_packed_attention
+from sftkit.training.distributed import check_distributed, prepare_data_once, quiet_other_ranks
+from sftkit.training.lifecycle import (check_disk_space, discard_partial_checkpoints, estimate_disk, resolve_resume,
+                                       save_model_atomically)
+from sftkit.training.loss import add_chunked_loss
+from sftkit.training.report import planned_updates, print_end, print_start, write_metrics
+
+if TYPE_CHECKING:
+    from trl import SFTTrainer
+
+    from sftkit.config import SftConfig
+    from sftkit.model import Precision
+
+logger = logging.getLogger(__name__)
+
+
+def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) -> Path:
+    """Fine-tunes the model as `cfg` says and writes everything to `cfg.output_dir`.
+
+    Args:
+        cfg: The validated config.
+        overwrite: Replace an earlier run in a non-empty output_dir (also `cfg.overwrite_output_dir`).
+        resume: Continue from a checkpoint: "latest" (newest in output_dir) or a checkpoint path.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        SftkitError: output_dir is unusable, or the model, data or settings are invalid.
+    """
+    out = Path(cfg.output_dir)
+    replace = check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume))
+    checkpoint = resolve_resume(out, resume)
+    check_distributed(cfg)
+    quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
+    from transformers import set_seed  # heavy imports after the instant checks
+
+    from sftkit.training.trainer import build_trainer  # torch, transformers, TRL
+
+    set_seed(cfg.seed)
+    template = get_template(cfg.template)
+    precision = resolve_precision(cfg)
+    tokenizer = load_tokenizer(cfg, template)
+    data = prepare_data_once(cfg, tokenizer, template)  # several processes: the first tokenizes, the rest read it
+    model = load_model_for_training(cfg, tokenizer, template, precision)
+    params = count_parameters(model)
+    trainer = build_trainer(cfg, precision, model, tokenizer, template, data.train, data.eval)
+    planned = planned_updates(trainer, len(trainer.train_dataset))
+    check_disk_space(out, estimate_disk(model, cfg, planned), resuming=checkpoint is not None)
+    main = trainer.is_world_process_zero()
+    if main:
+        reset_output_dir(out, replace)
+        discard_partial_checkpoints(out)
+        dump_resolved(cfg, out / CONFIG_FILE)
+        print_start(cfg, trainer, params, data.stats, precision)
+    with trainer.run_guard.handling_signals():  # Ctrl-C / SIGTERM: save a checkpoint, stop, say how to resume
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.run_guard.raise_if_stopped()  # interrupted, or the loss became NaN
+        save_run(trainer, out)
+        metrics = write_metrics(trainer, result, cfg, tokenizer, template, data, out, main)
+    if main:
+        print_end(cfg, trainer, metrics, out)
+    return out
+
+
+# ---------------------------------------------------------------------------- output directory
+
+def check_output_dir(out: Path, overwrite: bool, resuming: bool = False) -> bool:
+    """Refuses an unusable output_dir before anything slow runs; True when an earlier run will be replaced.
+
+    Raises:
+        SftkitError: `out` is a file, or non-empty without --overwrite, or holds something other than a run.
+    """
+    if out.exists() and not out.is_dir():
+        raise SftkitError(f"output_dir: {out} is a file; choose a directory path")
+    if resuming or not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not overwrite:
+        raise SftkitError(f"output_dir: {out} is not empty; pass --overwrite (or overwrite_output_dir: true) to "
+                          "replace that run, or choose another output_dir")
+    if not is_run(out):
+        raise SftkitError(f"output_dir: {out} is not empty and holds no sftkit run, so --overwrite will not "
+                          "delete it; choose an empty or new output_dir")
+    return True
+
+
+def reset_output_dir(out: Path, replace: bool) -> None:
+    """Deletes the replaced run (only once the new one is ready to train) and creates `out`."""
+    if replace:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------- the model
+
+def load_model_for_training(cfg: SftConfig, tokenizer: Any, template: Template, precision: Precision) -> Any:
+    """The base model with everything training changes in it: loss, attention, adapter and stop tokens.
+
+    The changes are made here, as the model is loaded, never inside the trainer: the trainer trains
+    the model it is given.
+    """
+    model = load_model(cfg, tokenizer, precision)
+    if cfg.packing and precision.device == "cpu" and use_packed_attention(model):
+        logger.info("packed rows on a CPU: attention runs per packed example (sftkit.training.attention)")
+    add_chunked_loss(model)
+    model = add_adapter(model, cfg, template.token_ids(tokenizer))
+    set_stop_tokens(model, tokenizer, template)
+    return model
+
+
+# ---------------------------------------------------------------------------- saving
+
+def save_run(trainer: SFTTrainer, out: Path) -> None:
+    """Writes the final (best, when loaded at the end) weights, tokenizer, generation config and state."""
+    save_model_atomically(trainer, out)  # weights land last: a killed save never looks finished
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        trainer.model.generation_config.save_pretrained(out)
