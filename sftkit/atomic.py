@@ -8,6 +8,7 @@ into place, the old folder moved aside first and deleted only afterwards. Standa
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -19,6 +20,42 @@ from pathlib import Path
 from typing import Any
 
 OLD_PREFIX = ".old-"
+_PARTIAL = ".partial-"  # staging folders: `.NAME.partial-PID`
+
+
+def place_problem(path: str | Path, kind: str = "file") -> str | None:
+    """Why `path` cannot be written as a `kind` ("file" or "dir"), or None; checked before any slow work.
+
+    A folder where a file should go (or the reverse), a file where a parent folder should be, or a
+    folder this user may not write into.
+    """
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        return f"{path} is a directory; give a file path"
+    if kind == "dir" and path.exists() and not path.is_dir():
+        return f"{path} is a file; choose a directory path"
+    target = path if kind == "dir" and path.is_dir() else path.parent
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so {path} cannot be created under it; choose another path"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user, so {path} cannot be written; choose another path"
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -62,7 +99,8 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     """Yields an empty staging folder beside `out`; on success it replaces `out`, on failure it is deleted."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    discard_stale_staging(out)
+    staging = out.with_name(f".{out.name}{_PARTIAL}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -70,6 +108,17 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def discard_stale_staging(out: Path) -> list[Path]:
+    """Deletes the staging folders of `out` that killed processes left (their pid no longer runs)."""
+    stale = []
+    for path in out.parent.glob(f".{glob.escape(out.name)}{_PARTIAL}*"):
+        pid = path.name.rsplit(_PARTIAL, 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(path)
+    return stale
 
 
 def replace_dir(staged: Path, final: Path) -> None:

@@ -55,8 +55,10 @@ def train(
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the config and that every dataset resolves and parses, without loading a model."""
     cfg = _load(config, set_)
+    from sftkit.config import check_environment
     from sftkit.data import validate_data
 
+    check_environment(cfg)
     report = validate_data(cfg)
     typer.echo(f"{config}: OK ({report})")
 

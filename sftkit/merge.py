@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import staged_dir
+from sftkit.atomic import discard_stale_staging, place_problem, staged_dir
 from sftkit.data.masking import encode_conversation
 from sftkit.errors import SftkitError
 from sftkit.model import load_adapter_run, set_stop_tokens
-from sftkit.run_dir import CONFIG_FILE, check_lora_run
+from sftkit.run_dir import CONFIG_FILE, check_lora_run, is_merged_model
 
 if TYPE_CHECKING:
     import torch
@@ -69,15 +69,18 @@ def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bf16
 
     Raises:
         SftkitError: not a LoRA run directory, a full fine-tuning run, an adapter that does not fit the
-            base, an unknown dtype, an existing `out` without `overwrite`, or merged logits that differ
-            from base+adapter beyond the dtype's tolerance.
+            base, an unknown dtype or shard size, an existing `out` without `overwrite` (or one that is not a
+            merged model, even with it), or merged logits that differ from base+adapter beyond the dtype's
+            tolerance.
     """
     import torch
 
     run_dir = Path(run_dir)
     _check_dtype(dtype)
+    _check_shard_size(max_shard_size)
     check_lora_run(run_dir)
     out = _resolve_out(run_dir, out, overwrite)
+    discard_stale_staging(out)  # what killed merges left (a model's size each) goes before this one needs the space
     run = load_adapter_run(run_dir, base=base)
     probe = probe_ids(run.tokenizer, run.template)
     reference = _logits(run.model, probe)
@@ -98,16 +101,34 @@ def _check_dtype(dtype: str) -> None:
         raise SftkitError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
 
 
+def _check_shard_size(size: str) -> None:
+    """The shard size is checked before the merge: save_pretrained would refuse it only at the very end."""
+    from transformers.utils import convert_file_size_to_int
+
+    try:
+        valid = convert_file_size_to_int(size) > 0
+    except ValueError:
+        valid = False
+    if not valid:
+        raise SftkitError(f"--max-shard-size {size!r}: use a whole number and a unit, e.g. 2GB, 500MB or 4GiB")
+
+
 def _resolve_out(run_dir: Path, out: str | Path | None, overwrite: bool) -> Path:
     """The output directory: RUN_DIR/merged by default; never the run itself or a folder holding it."""
     out = Path(out) if out is not None else run_dir / "merged"
     resolved, run = out.resolve(), run_dir.resolve()
     if resolved == run or resolved in run.parents:
         raise SftkitError(f"--out {out}: would replace the run directory {run_dir}; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise SftkitError(f"--out {out}: is a file; choose a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SftkitError(f"--out {out}: already exists; pass --overwrite to replace it or choose another --out")
+    problem = place_problem(out, "dir")
+    if problem:
+        raise SftkitError(f"--out {out}: {problem}")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise SftkitError(f"--out {out}: already exists; pass --overwrite to replace it or choose another --out")
+        foreign = is_merged_model(out)
+        if foreign:
+            raise SftkitError(f"--out {out}: not a merged model ({foreign}), so --overwrite will not delete it; "
+                              "choose another --out")
     return out
 
 

@@ -14,9 +14,11 @@ import json
 import os
 import shutil
 import string
+import struct
 import subprocess
 import sys
 import traceback
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import yaml
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 MANIFEST: dict[str, dict[str, Any]] = yaml.safe_load((CORPUS / "manifest.yaml").read_text(encoding="utf-8"))
 HUGE_LINE_BYTES = 5_000_000
+DEEP_JSON = 100_000  # nesting levels of data/deep.json
 MAX_ERROR_LINE = 1000  # characters: an error names the problem, it never echoes the data
 
 
@@ -51,25 +54,95 @@ def run_sftkit(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the corpus data (plus the generated huge line and a file beside dataset_dir)."""
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A copy of the corpus data, plus what is generated rather than kept in the repository: the huge line,
+    deeply nested JSON, a file beside dataset_dir, damaged model and run folders (`damaged_folders`)."""
     root = tmp_path_factory.mktemp("bad-inputs")
     data = root / "data"
     shutil.copytree(CORPUS / "data", data)
     with (data / "huge_line.jsonl").open("w", encoding="utf-8") as handle:
         handle.write('{"instruction": "' + "x" * HUGE_LINE_BYTES + '", "output": "the line ends before the string')
+    (data / "deep.json").write_text("[" * DEEP_JSON + "]" * DEEP_JSON, encoding="utf-8")
     (root / "secrets.json").write_text(json.dumps([{"instruction": "secret", "output": "leaked"}]))
+    damaged_folders(root, tiny_model_dir)
     return root
 
 
-def case_config(case: str, workdir: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
-    """The case's config with ${MODEL}, ${DATA} and ${OUT} filled in, and its output_dir."""
+def damaged_folders(root: Path, tiny_model_dir: Path) -> None:
+    """Model, run and checkpoint folders as an interrupted copy, save or download leaves them.
+
+    truncated-model: the tiny model with its weights cut in half. lora-run: a LoRA run's files (its adapter
+    config, a tiny valid safetensors file standing in for the adapter, its config); truncated-run: the same
+    with the adapter cut short. run-without-optimizer and run-truncated-checkpoint: output_dirs whose only
+    checkpoint lacks optimizer.pt, or holds a truncated adapter. user-folder: somebody's own files.
+    """
+    model = root / "truncated-model"
+    shutil.copytree(tiny_model_dir, model)
+    truncate(model / "model.safetensors")
+    for name, cut in (("lora-run", False), ("truncated-run", True)):
+        run = root / name
+        run.mkdir()
+        (run / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+        write_safetensors(run / "adapter_model.safetensors")
+        if cut:
+            truncate(run / "adapter_model.safetensors")
+        (run / "sftkit_config.yaml").write_text(yaml.safe_dump({
+            "model_name_or_path": str(tiny_model_dir), "dataset": "good", "output_dir": str(run)}))
+    for name, cut in (("run-without-optimizer", False), ("run-truncated-checkpoint", True)):
+        checkpoint = root / name / "checkpoint-2"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
+        write_safetensors(checkpoint / "adapter_model.safetensors")
+        if cut:
+            truncate(checkpoint / "adapter_model.safetensors")
+            for state in ("optimizer.pt", "scheduler.pt"):
+                with zipfile.ZipFile(checkpoint / state, "w") as archive:
+                    archive.writestr("data.pkl", b"state")
+    (root / "user-folder").mkdir()
+    (root / "user-folder" / "notes.txt").write_text("my own notes")
+    (root / "user-folder" / "config.json").write_text("{}")
+
+
+def write_safetensors(path: Path) -> None:
+    """A valid safetensors file of one small tensor, written without torch."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(64))
+
+
+def truncate(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def case_config(case: str, workdir: Path, tiny_model_dir: Path) -> tuple[Path | None, Path]:
+    """The case's config with ${MODEL}, ${DATA}, ${OUT} and ${WORK} filled in (None if it has none), and its
+    output_dir. A config that is not UTF-8 is copied as it is."""
     out = workdir / f"out-{case}"
-    text = (CORPUS / "configs" / f"{case}.yaml").read_text(encoding="utf-8")
-    filled = string.Template(text).safe_substitute(MODEL=tiny_model_dir, DATA=workdir / "data", OUT=out)
+    source = CORPUS / "configs" / f"{case}.yaml"
+    if not source.exists():
+        return None, out
     config = workdir / f"{case}.yaml"
-    config.write_text(filled, encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        shutil.copyfile(source, config)
+        return config, out
+    config.write_text(fill(text, workdir, tiny_model_dir, out), encoding="utf-8")
     return config, out
+
+
+def fill(text: str, workdir: Path, tiny_model_dir: Path, out: Path, config: Path | None = None) -> str:
+    return string.Template(text).safe_substitute(MODEL=tiny_model_dir, DATA=workdir / "data", OUT=out, WORK=workdir,
+                                                 CONFIG=config or "")
+
+
+def case_args(case: str, workdir: Path, tiny_model_dir: Path) -> list[str]:
+    """The command line of a case: its `args` (filled in) when given, else `COMMAND CONFIG`."""
+    config, out = case_config(case, workdir, tiny_model_dir)
+    entry = MANIFEST[case]
+    if "args" not in entry:
+        return [*entry["command"].split(), str(config)]
+    return [fill(arg, workdir, tiny_model_dir, out, config) for arg in entry["args"]]
 
 
 def run_in_process(args: list[str], cwd: Path, cache: Path) -> tuple[int, str, str]:
@@ -106,16 +179,20 @@ def outcomes(workdir: Path, tiny_model_dir: Path) -> dict[str, Outcome]:
     """Every case of the manifest, run once, in this process."""
     results = {}
     for case in MANIFEST:
-        config, out = case_config(case, workdir, tiny_model_dir)
-        code, stdout, stderr = run_in_process([MANIFEST[case]["command"], str(config)], workdir, workdir / "hf-cache")
+        _, out = case_config(case, workdir, tiny_model_dir)
+        code, stdout, stderr = run_in_process(case_args(case, workdir, tiny_model_dir), workdir, workdir / "hf-cache")
         results[case] = Outcome(code, stdout, stderr, out)
     return results
 
 
 def test_manifest_and_corpus_agree() -> None:
     configs = {path.stem for path in (CORPUS / "configs").glob("*.yaml")}
-    assert configs == set(MANIFEST)
-    assert all(entry["command"] in ("train", "validate") and entry["expect"] for entry in MANIFEST.values())
+    assert configs <= set(MANIFEST)
+    assert all(case in configs or "${CONFIG}" not in str(entry.get("args", "${CONFIG}"))
+               for case, entry in MANIFEST.items())
+    commands = ("train", "validate", "data export", "eval", "predict", "merge", "chat")
+    assert all(entry["command"] in commands and entry["expect"] for entry in MANIFEST.values())
+    assert all(entry.get("args", [entry["command"]])[0] == entry["command"].split()[0] for entry in MANIFEST.values())
 
 
 @pytest.mark.parametrize("case", list(MANIFEST))
@@ -139,8 +216,7 @@ def test_bad_input_gives_one_line_per_problem_and_exit_2(case: str, outcomes: di
 def test_the_real_command_line_agrees(case: str, outcomes: dict[str, Outcome], workdir: Path,
                                       tiny_model_dir: Path) -> None:
     """A subprocess through the installed entry point: the same exit code and error lines, no traceback."""
-    config, _ = case_config(case, workdir, tiny_model_dir)
-    result = run_sftkit([MANIFEST[case]["command"], str(config)], workdir, workdir / "hf-cache-subprocess")
+    result = run_sftkit(case_args(case, workdir, tiny_model_dir), workdir, workdir / "hf-cache-subprocess")
     assert result.returncode == outcomes[case].returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -149,3 +149,126 @@ def test_a_llamafactory_template_name_we_cover_says_which_to_use() -> None:
     with pytest.raises(ConfigError, match=r"unknown template 'qwen' \(Qwen2/2.5 use chatml; put Qwen's system "
                                           r"prompt in default_system\); choose one of chatml, ernie_nothink, llama3"):
         validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen"})
+
+
+# ---------------------------------------------------------------------------- files built to hurt
+
+def load_problem(path: Path, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    assert len(info.value.problems) == 1
+    return info.value.problems[0]
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for previous, name in zip("abcdefghi", "bcdefghij"):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 10)}]")
+    start = time.perf_counter()
+    problem = load_problem(write(tmp_path, "\n".join(lines) + "\n"))
+    assert "expands to more than 100,000 values" in problem
+    assert time.perf_counter() - start < 2  # 10^10 values if expanded
+
+
+def test_an_alias_inside_its_own_value_is_refused(tmp_path: Path) -> None:
+    assert "an alias refers to the value that contains it" in load_problem(write(tmp_path, "fsdp_config: &a [*a]\n"))
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    for depth in (40, 20_000):  # past the depth limit; past Python's recursion limit in the composer
+        path = write(tmp_path, "fsdp_config: " + "[" * depth + "]" * depth + "\n")
+        assert "nested too deeply (limit 32 levels)" in load_problem(path)
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    text = "model_name_or_path: m\ndataset: a\noutput_dir: o\nlora_rank: 8\nlora_rank: 16\n"
+    assert load_problem(write(tmp_path, text)) == f"{tmp_path / 'cfg.yaml'}:5: key 'lora_rank' is given twice " \
+                                                  "(lines 4 and 5); keep one"
+    nested = "model_name_or_path: m\ndataset: a\noutput_dir: o\nfsdp_config:\n  a: 1\n  a: 2\n"
+    assert "key 'a' is given twice (lines 5 and 6)" in load_problem(write(tmp_path, nested))
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("# " + "x" * 2_000_000 + "\nmodel_name_or_path: m\n", encoding="utf-8")
+    assert "bytes is far too big for a config" in load_problem(path)
+
+
+def test_not_utf8_names_line_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(b"model_name_or_path: m\n# caf\xe9\n")
+    assert load_problem(path) == f"{path}:2: not UTF-8 text (byte 27, 0xe9); re-save the file as UTF-8"
+
+
+def test_error_lines_never_echo_megabytes(tmp_path: Path) -> None:
+    from sftkit.errors import MAX_PROBLEM_CHARS, SftkitError
+
+    path = write(tmp_path, f"model_name_or_path: m\ndataset: a\noutput_dir: o\nlearning_rate: {'9' * 500_000}x\n")
+    problem = load_problem(path)
+    assert problem.startswith(f"{path}: learning_rate: Input should be a valid number") and len(problem) < 400
+    line = SftkitError("start " + "y" * 100_000 + " the fix").problems[0]
+    assert len(line) == MAX_PROBLEM_CHARS and line.startswith("start y") and line.endswith("y the fix")
+
+
+def test_a_set_key_is_blamed_on_set(tmp_path: Path) -> None:
+    path = write(tmp_path, "model_name_or_path: m\ndataset: a\noutput_dir: o\n")
+    assert load_problem(path, ["lora_rnak=4"]) == "--set lora_rnak=4: lora_rnak: unknown key; did you mean lora_rank?"
+    assert load_problem(path, ["lora_rank=-1"]).startswith("--set lora_rank=-1: lora_rank: Input should be greater")
+    assert load_problem(write(tmp_path, "model_name_or_path: m\ndataset: a\noutput_dir: o\nlora_rnak: 4\n")
+                        ).startswith(f"{path}: lora_rnak: unknown key")
+
+
+# ---------------------------------------------------------------------------- keys that used to fail only in training
+
+def test_dataset_listed_twice_is_refused() -> None:
+    assert problems({**BASE, "dataset": "a,b,a"})[0].startswith("cfg.yaml: dataset: 'a' is listed twice")
+    assert problems({**BASE, "eval_dataset": ["e", "e"]})[0].startswith("cfg.yaml: eval_dataset: 'e' is listed twice")
+
+
+def test_report_to_names_are_transformers_integrations() -> None:
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    from sftkit.config.environment import REPORTER_MODULES
+    from sftkit.config.schema import REPORTERS
+
+    assert set(REPORTERS) == set(INTEGRATION_TO_CALLBACK) == set(REPORTER_MODULES)
+    assert "report_to: unknown logger 'tensorbord'" in problems({**BASE, "report_to": "tensorboard,tensorbord"})[0]
+    validate_config({**BASE, "report_to": "none"})
+
+
+def test_a_logger_that_is_not_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from sftkit.config import check_environment
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"report_to: wandb is not installed; run `pip install wandb`"):
+        check_environment(validate_config({**BASE, "report_to": "wandb"}))
+    check_environment(validate_config({**BASE, "report_to": "none"}))
+
+
+def test_scheduler_arguments_match_transformers() -> None:
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    from sftkit.config.schema import SCHEDULER_KWARGS
+
+    fixed = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
+    for name, allowed in SCHEDULER_KWARGS.items():
+        parameters = set(inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]).parameters) - fixed
+        assert set(allowed) == parameters, name
+    assert set(SCHEDULER_KWARGS) == set(SftConfig.model_fields["lr_scheduler_type"].annotation.__args__)
+
+
+def test_schedulers_need_their_arguments() -> None:
+    assert "cosine_with_min_lr needs min_lr or min_lr_rate in lr_scheduler_kwargs (one of them, not both)" in problems(
+        {**BASE, "lr_scheduler_type": "cosine_with_min_lr"})[0]
+    assert "warmup_stable_decay needs num_decay_steps" in problems(
+        {**BASE, "lr_scheduler_type": "warmup_stable_decay"})[0]
+    assert "'power' is not an argument of cosine (takes only num_cycles)" in problems(
+        {**BASE, "lr_scheduler_kwargs": {"power": 2}})[0]
+    validate_config({**BASE, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}})

@@ -450,3 +450,107 @@ def test_disk_estimate_covers_a_real_checkpoint(runs: dict[str, Run], tiny_model
     assert 0.7 * optimizer <= estimate.optimizer_bytes <= optimizer  # pickle overhead per tensor
     folder = sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file())
     assert folder <= estimate.checkpoint_bytes
+
+
+# ---------------------------------------------------------------------------- one run per output_dir
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from sftkit.training.lifecycle import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_run_on_one_output_dir_is_refused_naming_the_first(tmp_path: Path, tiny_model_dir: Path,
+                                                                      bundled_data: Path) -> None:
+    from sftkit.config import validate_config
+    from sftkit.run_dir import lock_path
+    from sftkit.training import train
+    from sftkit.training.lifecycle import run_lock
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        cfg = validate_config({**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
+                               "output_dir": str(out)})
+        with pytest.raises(SftkitError, match=rf"output_dir: {re.escape(str(out))} is in use by another `sftkit "
+                                              rf"train` \(pid {first.pid}\); wait for it to finish"):
+            train(cfg)
+        assert not out.exists()
+    finally:
+        first.kill()
+        first.wait()
+    assert lock_path(out).exists()  # killed: its lock file stays, but the kernel released the lock
+    with run_lock(out):  # so the next run takes it
+        assert lock_path(out).read_text().strip() == str(os.getpid())
+        with pytest.raises(SftkitError, match=rf"\(pid {os.getpid()}\)"), run_lock(out):
+            pass
+    assert not lock_path(out).exists()
+
+
+# ---------------------------------------------------------------------------- what resume refuses
+
+def test_resume_refuses_a_checkpoint_without_optimizer_or_with_damaged_files(tmp_path: Path) -> None:
+    import struct
+    import zipfile
+
+    from sftkit.training.lifecycle import check_checkpoint_files
+
+    checkpoint = make_checkpoint(tmp_path / "checkpoint-4", '{"global_step": 4}')
+    with pytest.raises(SftkitError, match="checkpoint-4 has no optimizer.pt, so the run would continue with a fresh "
+                                          "optimizer and not equal an uninterrupted one"):
+        check_checkpoint_files(checkpoint, "latest")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        with zipfile.ZipFile(checkpoint / name, "w") as archive:
+            archive.writestr("data.pkl", b"state")
+    with pytest.raises(SftkitError, match=r"adapter_model.safetensors: damaged weights file \(7 bytes, too short"):
+        check_checkpoint_files(checkpoint, "latest")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    (checkpoint / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    check_checkpoint_files(checkpoint, "latest")
+    data = (checkpoint / "optimizer.pt").read_bytes()
+    (checkpoint / "optimizer.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(SftkitError, match="optimizer.pt: not a complete torch.save archive"):
+        check_checkpoint_files(checkpoint, "latest")
+
+
+def test_resume_with_a_changed_config_names_the_keys_and_writes_nothing(tmp_path: Path) -> None:
+    from sftkit.config import dump_resolved, validate_config
+    from sftkit.training.lifecycle import check_resume_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    keys = {**RUN, "model_name_or_path": "m", "output_dir": str(out)}
+    dump_resolved(validate_config(keys), out / "sftkit_config.yaml")
+    before = (out / "sftkit_config.yaml").read_bytes()
+    check_resume_config(validate_config({**keys, "logging_steps": 5, "report_to": "tensorboard"}), out)
+    with pytest.raises(SftkitError, match=r"--resume: the config differs from the run's .*sftkit_config.yaml in "
+                                          r"lora_rank \(8 -> 16\), learning_rate \(0.005 -> 0.001\); a resumed run"):
+        check_resume_config(validate_config({**keys, "lora_rank": 16, "learning_rate": 1e-3}), out)
+    assert (out / "sftkit_config.yaml").read_bytes() == before
+
+
+def test_train_refuses_a_changed_config_before_touching_the_run(tmp_path: Path) -> None:
+    import struct
+    import zipfile
+
+    from sftkit.config import dump_resolved, validate_config
+    from sftkit.training import train
+
+    out = tmp_path / "run"
+    checkpoint = make_checkpoint(out / "checkpoint-2", '{"global_step": 2}')
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    (checkpoint / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    for name in ("optimizer.pt", "scheduler.pt"):
+        with zipfile.ZipFile(checkpoint / name, "w") as archive:
+            archive.writestr("data.pkl", b"state")
+    keys = {**RUN, "model_name_or_path": "m", "output_dir": str(out)}
+    dump_resolved(validate_config(keys), out / "sftkit_config.yaml")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    with pytest.raises(SftkitError, match=r"in lora_rank \(8 -> 4\)"):
+        train(validate_config({**keys, "lora_rank": 4}), resume="latest")
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before

@@ -144,17 +144,34 @@ def test_bf16_merge_saves_bf16_weights_and_reports_both_checks(lora_run: Path, t
     assert list(tmp_path.iterdir()) == [out]  # no temporary folder left beside it
 
 
-def test_overwrite_replaces_an_existing_out(lora_run: Path, tmp_path: Path) -> None:
+def test_overwrite_replaces_an_earlier_merge_only(lora_run: Path, merged_fp32: Path, tmp_path: Path) -> None:
+    """--overwrite replaces a merged model; a folder holding anything else (somebody's files, a training run or
+    checkpoint with its optimizer state) is refused even with it, and left as it was."""
+    import shutil
+
     from sftkit.merge import merge
 
     out = tmp_path / "merged"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    shutil.copytree(merged_fp32, out)
+    (out / "model.safetensors").write_bytes(b"stale")
     with pytest.raises(SftkitError, match="--overwrite"):
         merge(lora_run, out=out, dtype="fp32")
     merge(lora_run, out=out, dtype="fp32", overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
+    assert (out / "model.safetensors").stat().st_size > 5 and (out / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+    checkpoint, mine = tmp_path / "checkpoint-10", tmp_path / "mine"
+    checkpoint.mkdir()
+    for name in ("optimizer.pt", "trainer_state.json", "model.safetensors", "config.json", "sftkit_config.yaml"):
+        (checkpoint / name).write_text("state")
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "config.json").write_text("{}")
+    for folder, reason in [(checkpoint, "it holds optimizer.pt"), (mine, "it holds notes.txt, which `sftkit merge` "
+                                                                         "does not write")]:
+        before = sorted(path.name for path in folder.iterdir())
+        with pytest.raises(SftkitError, match=f"not a merged model \\({reason}"):
+            merge(lora_run, out=folder, dtype="fp32", overwrite=True)
+        assert sorted(path.name for path in folder.iterdir()) == before
 
 
 def test_failed_check_leaves_nothing_at_out(lora_run: Path, tmp_path: Path, monkeypatch) -> None:

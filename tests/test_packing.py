@@ -128,3 +128,16 @@ def test_efficiency_of_encoded_rows_matches_trl(packed_setup) -> None:
     total = len(row_of_token)
     assert packing_efficiency([len(row.input_ids) for row in rows], total) == 1.0
     assert packing_efficiency([len(row.input_ids) for row in rows], total + 10) == pytest.approx(total / (total + 10))
+
+
+def test_efficiency_at_a_huge_cutoff_len_allocates_nothing_by_it() -> None:
+    """TRL's packer sizes a table by its sequence length (17 GB at 10^9); the efficiency never asks it to."""
+    import resource
+    import time
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    assert packing_efficiency([3, 5, 2], 10**9) == pytest.approx(10 / 10**9)
+    assert time.perf_counter() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB: far below 17 GB
+    assert packing_efficiency([3, 5, 2, 9], 10) == pytest.approx(19 / 20)

@@ -248,3 +248,68 @@ def test_eval_dataset_is_the_eval_set(two_sets: Path) -> None:
     assert set(conv.train["dataset"]) == {"big"} and len(conv.train) == 30
     assert conv.eval["dataset"] == ["small"] * 10
     assert validate_data(config(two_sets, "big", eval_dataset="small")) == "2 datasets, 40 rows: train 30, eval 10"
+
+
+# ---------------------------------------------------------------------------- valid files that are unusual
+
+def rows_of(tmp_path: Path, file_name: str, content: Any) -> list[Any]:
+    write_dir(tmp_path, {"d": {"file_name": file_name}}, {file_name: content})
+    return [row.data for row in read_rows(get_spec(load_registry(tmp_path), "d", tmp_path))]
+
+
+def test_a_csv_cell_over_128k_characters_loads(tmp_path: Path) -> None:
+    long = "x" * 300_000
+    rows = rows_of(tmp_path, "d.csv", f'instruction,output\n"{long}",short\nq,a\n')
+    assert rows == [{"instruction": long, "output": "short"}, {"instruction": "q", "output": "a"}]
+
+
+def test_line_separators_inside_jsonl_strings_stay_in_one_row(tmp_path: Path) -> None:
+    text = "".join(json.dumps({"instruction": f"a{sep}b", "output": "o"}, ensure_ascii=False) + "\n"
+                   for sep in ("\u2028", "\u0085", "\u2029", "\r\n"))
+    rows = rows_of(tmp_path, "d.jsonl", text)
+    assert [row["instruction"] for row in rows] == ["a\u2028b", "a\u0085b", "a\u2029b", "a\r\nb"]
+
+
+def test_a_lone_surrogate_is_refused_with_file_row_and_fix(tmp_path: Path) -> None:
+    good = '{"instruction": "a pair \\ud83d\\ude00 is one character", "output": "o"}\n'
+    assert rows_of(tmp_path, "d.jsonl", good)[0]["instruction"] == "a pair \U0001F600 is one character"
+    for file_name, text, where in [
+            ("d.jsonl", good + '{"instruction": "ok", "output": "cut \\ud83d"}\n', "row 1 (line 2)"),
+            ("d.json", '[{"instruction": "ok", "output": "o"}, {"instruction": "\\udc00", "output": "o"}]', "row 1")]:
+        problem = load_error(tmp_path / file_name, file_name, text)
+        assert f"{file_name}: {where}: text holds a lone UTF-16 surrogate escape" in problem
+        assert "remove it or write the character it was meant to be" in problem
+
+
+def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    assert "d.jsonl:2: JSON nested too deeply to read" in load_error(
+        tmp_path, "d.jsonl", '{"instruction": "q", "output": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+
+
+# ---------------------------------------------------------------------------- ambiguity
+
+def test_a_registry_name_given_twice_is_refused_when_selected(tmp_path: Path) -> None:
+    (tmp_path / "g.json").write_text(json.dumps(ALPACA))
+    (tmp_path / "dataset_info.json").write_text('{"d": {"file_name": "g.json"}, "d": {"file_name": "h.json"}, '
+                                                '"e": {"file_name": "g.json", "formatting": "alpaca", '
+                                                '"formatting": "sharegpt"}, "ok": {"file_name": "g.json"}}')
+    assert validate_data(config(tmp_path, "ok")) == "1 datasets, 10 rows"  # the others are not selected
+    with pytest.raises(DataError, match="dataset 'd': the name is given twice, and JSON keeps only the last entry"):
+        validate_data(config(tmp_path, "d"))
+    with pytest.raises(DataError, match="dataset 'e': key 'formatting' is given twice in the entry"):
+        validate_data(config(tmp_path, "e"))
+
+
+def test_file_name_and_hf_hub_url_together_are_refused(tmp_path: Path) -> None:
+    write_dir(tmp_path, {"d": {"file_name": "g.json", "hf_hub_url": "org/name"}}, {"g.json": ALPACA})
+    with pytest.raises(DataError, match="has both file_name and hf_hub_url; LLaMA-Factory loads hf_hub_url, sftkit "
+                                        "would load file_name"):
+        validate_data(config(tmp_path, "d"))
+
+
+def test_val_size_that_leaves_a_side_empty_is_our_message(tmp_path: Path) -> None:
+    write_dir(tmp_path, {"d": {"file_name": "g.json"}}, {"g.json": ALPACA[:1]})
+    with pytest.raises(DataError) as info:
+        validate_data(config(tmp_path, "d", val_size=0.5))
+    assert str(info.value) == ("val_size 0.5: 1 rows cannot give both splits a row (1 eval, 0 train); use a smaller "
+                               "val_size, more data, or set eval_dataset")

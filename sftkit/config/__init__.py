@@ -4,10 +4,12 @@ Every field is documented exactly once, here. That text is the `sftkit keys` ref
 config table and the comments in the shipped `configs/*.yaml` (tests keep all three in sync).
 
 Submodules: `schema` (constants, the `SftConfig` model, the cross-field checks), `loading` (load_config,
-validate_config), `docs` (field_docs, reference_markdown, commented_yaml, dump_resolved).
+validate_config), `docs` (field_docs, reference_markdown, commented_yaml, dump_resolved), `environment`
+(check_environment: the packages the settings need on this machine).
 """
 
 from sftkit.config.docs import commented_yaml, dump_resolved, field_docs, reference_markdown
+from sftkit.config.environment import check_environment
 from sftkit.config.loading import load_config, validate_config
 from sftkit.config.schema import GROUPS, UNSUPPORTED_LLAMAFACTORY_KEYS, SftConfig
 
@@ -15,6 +17,7 @@ __all__ = [
     "GROUPS",
     "UNSUPPORTED_LLAMAFACTORY_KEYS",
     "SftConfig",
+    "check_environment",
     "commented_yaml",
     "dump_resolved",
     "field_docs",

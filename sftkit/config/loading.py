@@ -1,4 +1,10 @@
-"""Loading: reading a YAML config, applying overrides and turning validation errors into one line each."""
+"""Loading: reading a YAML config, applying overrides and turning validation errors into one line each.
+
+A config file is read with limits, because YAML can be built to hurt: a file over `MAX_CONFIG_BYTES`, a
+document nested deeper than `MAX_DEPTH` or expanding (through aliases) to more than `MAX_NODES` values
+is refused before anything is built from it, and so is a key given twice in one mapping (YAML would
+keep the second value silently).
+"""
 
 from __future__ import annotations
 
@@ -12,47 +18,136 @@ from pydantic import ValidationError
 from sftkit.config.schema import UNSUPPORTED_LLAMAFACTORY_KEYS, SftConfig
 from sftkit.errors import ConfigError
 
+MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything this big is the wrong file
+MAX_DEPTH = 32  # the config is flat; fsdp_config nests a level or two
+MAX_NODES = 100_000  # values after alias expansion: a "billion laughs" document stops here
+_MAX_SHOWN = 200  # characters of a bad value quoted back in an error
+
 # ---------------------------------------------------------------------------- loading
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SftConfig:
     """Reads a YAML config, applies `key=value` overrides and validates it.
 
     Raises:
-        ConfigError: every problem at once, each naming the file and the key.
+        ConfigError: every problem at once, each naming the file (or the `--set` option) and the key.
     """
     path = Path(path)
     raw = _read_yaml(path)
+    overridden = {}
     for override in overrides or []:
         key, value = _parse_override(override)
         raw[key] = value
-    return validate_config(raw, source=str(path))
+        overridden[key] = override
+    return validate_config(raw, source=str(path), overridden=overridden)
 
 
-def validate_config(raw: dict[str, Any], source: str = "<config>") -> SftConfig:
-    """Validates a dict of config keys, turning pydantic's errors into one line per problem."""
+def validate_config(raw: dict[str, Any], source: str = "<config>",
+                    overridden: dict[str, str] | None = None) -> SftConfig:
+    """Validates a dict of config keys, turning pydantic's errors into one line per problem.
+
+    Args:
+        raw: the keys and values.
+        source: what to blame for a bad key (the YAML file).
+        overridden: key -> the `--set` text that gave it; those keys are blamed on `--set` instead.
+    """
     try:
         return SftConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(*[f"{source}: {line}" for line in _describe(exc)]) from None
+        overridden = overridden or {}
+        lines = [f"--set {overridden[key]}: {line}" if key in overridden else f"{source}: {line}"
+                 for key, line in _describe(exc)]
+        raise ConfigError(*lines) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes is far too big for a config (limit {MAX_CONFIG_BYTES:,}); "
+                          "is this the right file?")
+    data = _parse_yaml(path, _decode(path, path.read_bytes()))
     if data is None:
         raise ConfigError(f"{path}: the config is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     return data
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}, 0x{raw[exc.start]:02x}); re-save the "
+                          "file as UTF-8") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    """The YAML document, checked for size, depth and duplicate keys before any Python value is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_tree(path, node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    except RecursionError:  # the composer recurses once per nesting level
+        raise ConfigError(f"{path}: nested too deeply (limit {MAX_DEPTH} levels); a config is a flat list of "
+                          "keys") from None
+    finally:
+        loader.dispose()
+
+
+def _check_tree(path: Path, root: yaml.Node) -> None:
+    """Refuses a node tree deeper than MAX_DEPTH, larger than MAX_NODES once aliases expand, that refers to
+    itself, or that gives a mapping key twice. Each node is visited once (aliases share their node)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: nested too deeply (limit {MAX_DEPTH} levels); a "
+                              "config is a flat list of keys")
+        if id(node) in open_nodes:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: an alias refers to the value that contains it; "
+                              "remove the alias")
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(path, node)
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        total = 1
+        for child in children:
+            total += expanded(child, depth + 1)
+            if total > MAX_NODES:
+                raise ConfigError(f"{path}:{node.start_mark.line + 1}: expands to more than {MAX_NODES:,} values "
+                                  "(aliases repeating aliases?); a config is a flat list of keys")
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    expanded(root, 0)
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.MappingNode) -> None:
+    first_line: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        if key.value in first_line:
+            raise ConfigError(f"{path}:{line}: key {key.value!r} is given twice (lines {first_line[key.value]} and "
+                              f"{line}); keep one")
+        first_line[key.value] = line
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -65,16 +160,20 @@ def _parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
-def _describe(exc: ValidationError) -> list[str]:
-    lines = []
+def _describe(exc: ValidationError) -> list[tuple[str | None, str]]:
+    """(top-level key or None, one line) per problem."""
+    lines: list[tuple[str | None, str]] = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or None
+        top = str(err["loc"][0]) if err["loc"] else None
         if err["type"] == "extra_forbidden":
-            lines.append(_unknown_key(str(err["loc"][0])))
+            lines.append((top, _unknown_key(str(err["loc"][0]))))
         elif key is None:  # from the cross-field validator: already one line per problem
-            lines.extend(err["msg"].removeprefix("Value error, ").splitlines())
+            lines.extend((None, line) for line in err["msg"].removeprefix("Value error, ").splitlines())
         else:
-            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+            shown = repr(err.get("input"))
+            shown = shown if len(shown) <= _MAX_SHOWN else f"{shown[:_MAX_SHOWN]}... ({len(shown):,} characters)"
+            lines.append((top, f"{key}: {err['msg'].removeprefix('Value error, ')} (got {shown})"))
     return lines
 
 

@@ -23,6 +23,19 @@ UNSUPPORTED_LLAMAFACTORY_KEYS = {
     "compute_accuracy", "do_eval", "ddp_timeout", "upcast_layernorm", "moe_aux_loss_coef",
 }
 
+# transformers' logging integrations (report_to), plus "none" and "all"; tests compare with transformers' list.
+REPORTERS = ("azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow",
+             "neptune", "swanlab", "tensorboard", "trackio", "wandb")
+# The arguments each learning-rate schedule takes from lr_scheduler_kwargs (transformers.optimization), and
+# those it cannot run without (one of each tuple).
+SCHEDULER_KWARGS = {
+    "linear": (), "constant": (), "constant_with_warmup": (), "cosine": ("num_cycles",),
+    "cosine_with_restarts": ("num_cycles",), "polynomial": ("lr_end", "power"), "inverse_sqrt": ("timescale",),
+    "cosine_with_min_lr": ("min_lr", "min_lr_rate", "num_cycles"),
+    "warmup_stable_decay": ("num_decay_steps", "num_stable_steps", "warmup_type", "decay_type", "min_lr_ratio",
+                            "num_cycles"),
+}
+SCHEDULER_REQUIRES = {"cosine_with_min_lr": ("min_lr", "min_lr_rate"), "warmup_stable_decay": ("num_decay_steps",)}
 LOSS_CHUNK_SIZE = 256  # trained tokens per output-head call, unless the config sets loss_chunk_size
 GROUPS = ("model", "data", "finetuning", "training", "evaluation", "output", "distributed")
 
@@ -133,6 +146,9 @@ class SftConfig(BaseModel):
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
         "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"] = _field(
         "cosine", "Learning-rate schedule after warmup.", "training")
+    lr_scheduler_kwargs: dict[str, Any] | None = _field(
+        None, "Arguments of the schedule: min_lr or min_lr_rate (cosine_with_min_lr, required), num_decay_steps "
+        "(warmup_stable_decay, required), num_cycles, power, lr_end, timescale.", "training")
     warmup_steps: int = _field(0, "Linear warmup updates (takes precedence over warmup_ratio).", "training",
                                ge=0)
     warmup_ratio: float = _field(0.0, "Warmup as a fraction of all updates.", "training", ge=0, le=1)
@@ -205,6 +221,23 @@ class SftConfig(BaseModel):
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_reporters(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in (*REPORTERS, "none", "all")]
+        if unknown:
+            raise ValueError(f"unknown logger {unknown[0]!r}; use none or any of {', '.join(REPORTERS)}")
+        return value
+
+    @field_validator("dataset", "eval_dataset")
+    @classmethod
+    def _each_once(cls, value: list[str] | None) -> list[str] | None:
+        twice = [name for i, name in enumerate(value or []) if name in value[:i]]
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed twice, so each of its rows would count twice; list it once "
+                             "(to weight datasets, use mix_strategy: interleave_under with interleave_probs)")
         return value
 
     @field_validator("template")
@@ -313,5 +346,20 @@ def check_history_flags(c: SftConfig) -> str | None:
     return None
 
 
+def check_scheduler_kwargs(c: SftConfig) -> str | None:
+    given = c.lr_scheduler_kwargs or {}
+    allowed = SCHEDULER_KWARGS[c.lr_scheduler_type]
+    unknown = [key for key in given if key not in allowed]
+    if unknown:
+        takes = f"takes only {', '.join(allowed)}" if allowed else "takes none"
+        return f"lr_scheduler_kwargs: {unknown[0]!r} is not an argument of {c.lr_scheduler_type} ({takes})"
+    needed = SCHEDULER_REQUIRES.get(c.lr_scheduler_type, ())
+    if needed and sum(key in given for key in needed) != 1:
+        return (f"lr_scheduler_type: {c.lr_scheduler_type} needs {' or '.join(needed)} in lr_scheduler_kwargs"
+                f"{' (one of them, not both)' if len(needed) > 1 else ''}, e.g. lr_scheduler_kwargs: {{{needed[0]}: "
+                f"{'1.0e-6' if needed[0] == 'min_lr' else 100}}}")
+    return None
+
+
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
-           check_precision, check_interleave, check_distributed, check_history_flags)
+           check_precision, check_interleave, check_distributed, check_history_flags, check_scheduler_kwargs)

@@ -63,7 +63,7 @@ def normalize(rows: list[SourceRow], spec: DatasetSpec, default_system: str | No
         try:
             messages, tools = convert(row.data, spec, default_system)
         except RowError as exc:
-            problems.append(_locate(row, str(exc)))
+            problems.append(locate_row(row, str(exc)))
             continue
         good.append({"messages": messages, "tools": tools, "dataset": spec.name, "index": index})
     if problems and not skip_bad_rows:
@@ -137,7 +137,8 @@ def check_turns(turns: list[Message], first_position: int = 0) -> None:
 
 # ---------------------------------------------------------------------------- helpers
 
-def _locate(row: SourceRow, problem: str) -> str:
+def locate_row(row: SourceRow, problem: str) -> str:
+    """Names a row problem the one way every row problem is named: FILE: row N (line L): PROBLEM."""
     line = f" (line {row.line})" if row.line is not None else ""
     return f"{row.source}: row {row.row}{line}: {problem}"
 

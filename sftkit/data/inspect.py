@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import write_lines
+from sftkit.atomic import place_problem, write_lines
 from sftkit.data.loader import load_conversations
 from sftkit.data.masking import IGNORE_INDEX
 from sftkit.data.pipeline import COLUMNS, PreparedData, no_cycle_collection, tokenize_all
 from sftkit.data.tokenizer import load_tokenizer
-from sftkit.errors import DataError
+from sftkit.errors import DataError, SftkitError
 from sftkit.templates import get_template
 
 if TYPE_CHECKING:
@@ -55,8 +55,12 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
         The number of rows written.
 
     Raises:
+        SftkitError: `out` cannot be written (checked before the data is prepared).
         DataError: `split` is eval but the config has no eval set.
     """
+    problem = place_problem(out, "file")
+    if problem:
+        raise SftkitError(f"--out: {problem}")
     if split == "eval" and not cfg.has_eval_data:
         raise DataError("--split eval: the config has no eval set; set val_size or eval_dataset")
     _, data = _prepare_for_cli(cfg)
@@ -65,7 +69,6 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
     _write_jsonl(dataset, Path(out))
     print(f"wrote {len(dataset)} {split} rows to {out}")
     return len(dataset)
-
 
 
 def render_example(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:

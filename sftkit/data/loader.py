@@ -5,6 +5,7 @@ No tokenizer is involved, so `sftkit validate` runs everything here without load
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,11 +74,12 @@ def split(dataset: Dataset, val_size: float, seed: int) -> tuple[Dataset, Datase
     if not val_size:
         return dataset, None
     size: float | int = val_size if val_size < 1 else int(val_size)
-    try:
-        parts = dataset.train_test_split(test_size=size, seed=seed)
-    except ValueError as exc:
-        raise DataError(f"val_size {val_size}: cannot split {len(dataset)} rows ({str(exc).splitlines()[0]}); "
-                        "use a smaller val_size or set eval_dataset") from None
+    rows = len(dataset)
+    eval_rows = math.ceil(size * rows) if isinstance(size, float) else size  # as datasets rounds it
+    if not 0 < eval_rows < rows:
+        raise DataError(f"val_size {val_size}: {rows} rows cannot give both splits a row ({eval_rows} eval, "
+                        f"{rows - eval_rows} train); use a smaller val_size, more data, or set eval_dataset")
+    parts = dataset.train_test_split(test_size=size, seed=seed)
     return parts["train"], parts["test"]
 
 

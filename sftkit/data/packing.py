@@ -24,10 +24,13 @@ def packing_efficiency(lengths: list[int], seq_length: int) -> float:
     lengths = [length for length in lengths if length > 0]
     if not lengths:
         return 0.0
+    # TRL's packer allocates a segment tree of 2 x seq_length entries (17 GB at a cutoff_len of 10^9). Bins of
+    # the total length hold every example at once, as bins of any larger size do: the packing is the same.
+    packer_length = min(seq_length, sum(lengths))
     # One byte per token: only the lengths matter to the packer, the values are never read.
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     column = pa.LargeListArray.from_arrays(offsets, pa.array(np.zeros(offsets[-1], dtype=np.int8)))
-    packed = pack_dataset(Dataset(pa.table({"input_ids": column})), seq_length, strategy="bfd",
+    packed = pack_dataset(Dataset(pa.table({"input_ids": column})), packer_length, strategy="bfd",
                           map_kwargs={"desc": "Packing statistics"})
     real_tokens = sum(sum(seq_lengths) for seq_lengths in packed["seq_lengths"])
     return real_tokens / (len(packed) * seq_length)

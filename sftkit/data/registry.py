@@ -13,10 +13,11 @@ import difflib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from sftkit.data.formats import DEFAULT_TAGS, FORMATS
+from sftkit.data.formats import DEFAULT_TAGS, FORMATS, locate_row
 from sftkit.data.spec import REGISTRY_FILE, DatasetSpec, SourceRow
 from sftkit.errors import DataError
 
@@ -24,6 +25,14 @@ FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 SUPPORTED_KEYS = {"file_name", "hf_hub_url", "subset", "split", "folder", "formatting", "columns", "tags"}
 # Alternative sources LLaMA-Factory knows; harmless beside a file_name or hf_hub_url we can use.
 OTHER_SOURCES = ("ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+# A \ud800-\udfff escape in JSON text: valid JSON, but a lone one decodes to no character at all.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class JsonObject(dict):
+    """A parsed JSON object that remembers the keys its text gave more than once (JSON keeps the last)."""
+
+    duplicates: tuple[str, ...] = ()
 
 
 def load_registry(dataset_dir: str | Path) -> dict[str, Any]:
@@ -35,7 +44,7 @@ def load_registry(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / REGISTRY_FILE
     if not path.is_file():
         raise DataError(f"{path}: not found; set dataset_dir to the folder holding {REGISTRY_FILE}")
-    registry = _parse_json(path, _read_text(path))
+    registry = _parse_json(path, _read_text(path), object_pairs_hook=_remember_duplicates)
     if not isinstance(registry, dict):
         raise DataError(f"{path}: expected a JSON object mapping dataset names to entries")
     return registry
@@ -54,6 +63,11 @@ def get_spec(registry: dict[str, Any], name: str, dataset_dir: str | Path) -> Da
         raise DataError(_unknown_name(name, registry, dataset_dir))
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected an object with file_name or hf_hub_url")
+    if name in getattr(registry, "duplicates", ()):
+        raise DataError(f"{where}: the name is given twice, and JSON keeps only the last entry; rename or remove "
+                        "one of them")
+    if getattr(entry, "duplicates", ()):
+        raise DataError(f"{where}: key {entry.duplicates[0]!r} is given twice in the entry; keep one")
     _check_keys(entry, where)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATS:
@@ -117,6 +131,9 @@ def _merge(defaults: dict[str, str], given: Any, where: str) -> dict[str, str]:
 
 
 def _source(entry: dict[str, Any], where: str, dataset_dir: Path) -> tuple[Path | None, str | None]:
+    if "file_name" in entry and "hf_hub_url" in entry:
+        raise DataError(f"{where}: has both file_name and hf_hub_url; LLaMA-Factory loads hf_hub_url, sftkit would "
+                        "load file_name, so the two disagree on the data; remove the one you do not mean")
     if "file_name" in entry:
         return _local_path(entry["file_name"], where, dataset_dir), None
     hub_id = entry["hf_hub_url"]
@@ -176,12 +193,49 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
 
 
-def _parse_json(path: Path, text: str, first_line: int = 1) -> Any:
+def _parse_json(path: Path, text: str, first_line: int = 1, object_pairs_hook: Any = None) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         line = exc.lineno + first_line - 1
         raise DataError(f"{path}:{line}: invalid JSON ({exc.msg} at column {exc.colno}); fix that line") from None
+    except RecursionError:  # the json module recurses once per nesting level
+        raise DataError(f"{path}:{first_line}: JSON nested too deeply to read; a row is an object of strings "
+                        "and message lists") from None
+
+
+def _remember_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj = JsonObject(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        obj.duplicates = tuple(dict.fromkeys(key for key, _ in pairs if key in seen or seen.add(key)))
+    return obj
+
+
+def _refuse_lone_surrogates(row: SourceRow) -> None:
+    """A lone surrogate escape loads as a string no encoder accepts; say where, before tokenizing fails."""
+    bad = _first_unencodable(row.data)
+    if bad is not None:
+        raise DataError(locate_row(row, f"text holds a lone UTF-16 surrogate escape (\\u{ord(bad):04x}), which is "
+                                        "no character; remove it or write the character it was meant to be"))
+
+
+def _first_unencodable(value: Any) -> str | None:
+    """The first lone surrogate in the strings of a parsed JSON value, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return item[exc.start]
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _read_json(path: Path) -> list[SourceRow]:
@@ -191,12 +245,17 @@ def _read_json(path: Path) -> list[SourceRow]:
         raise DataError(f"{path}: the file is empty")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         data = _parse_json(path, text)
-        return [SourceRow(str(path), i, row) for i, row in enumerate(data)]
-    _refuse_single_object(path, text)
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            rows.append(SourceRow(str(path), len(rows), _parse_json(path, line, number), number))
+        rows = [SourceRow(str(path), i, row) for i, row in enumerate(data)]
+    else:
+        _refuse_single_object(path, text)
+        rows = []
+        # split at "\n" only: str.splitlines also splits at U+2028, U+0085 and others, which JSON strings may hold
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                rows.append(SourceRow(str(path), len(rows), _parse_json(path, line, number), number))
+    if _SURROGATE_ESCAPE.search(text):
+        for row in rows:
+            _refuse_lone_surrogates(row)
     return rows
 
 
@@ -216,7 +275,10 @@ def _refuse_single_object(path: Path, text: str) -> None:
 
 def _read_csv(path: Path) -> list[SourceRow]:
     """CSV through the csv module: every cell stays a string (pyarrow would turn "2" into a number)."""
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    text = _read_text(path)
+    # csv refuses cells over 128k characters by default; no cell can be longer than the file itself
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
     for row in reader:
         # DictReader's line_num is the line where the row ended (rows may span lines).

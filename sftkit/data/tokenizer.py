@@ -33,6 +33,9 @@ def load_tokenizer(cfg: SftConfig, template: Template | None = None) -> Any:
 def unloadable(name: str, what: str, exc: Exception) -> str:
     """One line saying why `name` could not be loaded and what to do about it."""
     text = str(exc).strip()
+    if "trust_remote_code" in text:
+        return (f"model_name_or_path: {name!r} ships its own Python code for its {what}, which runs only with "
+                "trust_remote_code: true; set it if you trust the model's author, or use another model")
     reason = text.splitlines()[0] if text else type(exc).__name__
     return (f"model_name_or_path: cannot load the {what} from {name!r} ({reason}); use an existing local "
             "model directory, or a Hugging Face hub id with network access")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import write_json
+from sftkit.atomic import place_problem, write_json
 from sftkit.config.schema import LOSS_CHUNK_SIZE
 from sftkit.data import IGNORE_INDEX, load_tokenizer, prepare_data
 from sftkit.errors import SftkitError
@@ -77,17 +77,30 @@ def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | Non
         SftkitError: unknown split, no eval set, or a model or data problem.
     """
     cfg = data_config(cfg, split, dataset)
+    path = Path(out) if out is not None else default_eval_path(model, dataset or split)
+    check_out(path)
     loaded = load_model(model, cfg)
     rows = prepared_rows(cfg, loaded, "train" if dataset is not None else split)
     totals = masked_loss(loaded.model, rows, loaded.tokenizer.pad_token_id,
                          batch_tokens=cfg.per_device_eval_batch_size * cfg.cutoff_len,
                          chunk_size=cfg.loss_chunk_size or LOSS_CHUNK_SIZE)
     results = loss_results(model, loaded.template.name, dataset or split, totals)
-    path = Path(out) if out is not None else default_eval_path(model, dataset or split)
     write_json(path, results)
     print(loss_table(results))
     print(f"wrote {path}")
     return results
+
+
+def check_out(*paths: Path) -> None:
+    """Refuses result files that cannot be written, before any model loads.
+
+    Raises:
+        SftkitError: naming the path in the way.
+    """
+    for path in paths:
+        problem = place_problem(path, "file")
+        if problem:
+            raise SftkitError(f"--out: {problem}")
 
 
 def data_config(cfg: SftConfig, split: str, dataset: str | None) -> SftConfig:

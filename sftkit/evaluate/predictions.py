@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sftkit.atomic import write_json, write_lines
 from sftkit.data.prompts import Prompt, load_prompts
 from sftkit.errors import SftkitError
-from sftkit.evaluate.perplexity import data_config, load_model
+from sftkit.evaluate.perplexity import check_out, data_config, load_model
 from sftkit.model import GenerationSettings, generate_replies
 from sftkit.templates import get_template
 
@@ -54,6 +54,7 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     problems = (["-n: answer at least one prompt"] if n < 1 else []) + settings.problems()
     if problems:
         raise SftkitError(*problems)
+    check_out(Path(out), metrics_path(Path(out)))
     prompts = load_prompts(data_config(cfg, split, None), split, n, get_template(cfg.template))
     answers = {"generation": answer(model, cfg, prompts, settings)}
     if compare is not None:

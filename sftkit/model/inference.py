@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import SftkitError
-from sftkit.model.loading import grow_embeddings, load_model
+from sftkit.model.loading import DAMAGED_MODEL_FIX, grow_embeddings, load_model
 from sftkit.model.precision import Precision, inference_precision
-from sftkit.run_dir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, check_lora_run, has_adapter, read_run_config
+from sftkit.run_dir import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, check_lora_run, check_weights, has_adapter,
+                            read_run_config)
 from sftkit.templates import TEMPLATES, Template, get_template, prepare_tokenizer
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ def load_adapter_run(run_dir: str | Path, base: str | None = None, precision: Pr
 
     run_dir = Path(run_dir)
     check_lora_run(run_dir)
+    check_weights(run_dir, "the adapter was not saved completely; train again, or copy the run from where it is "
+                           "complete")
     # The attention kernel does not change the weights; sdpa runs everywhere, fa2 only on some GPUs.
     cfg = read_run_config(run_dir, base).model_copy(update={"flash_attn": "auto"})
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=cfg.trust_remote_code)
@@ -141,6 +144,7 @@ def _load_plain_model(model: str, tokenizer: Any, template: Template, precision:
     """A complete model; a base model lacking the template's control tokens gets them (new rows)."""
     from transformers import AutoModelForCausalLM
 
+    check_weights(Path(model), DAMAGED_MODEL_FIX)
     try:
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=precision.dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:

@@ -6,10 +6,12 @@ Heavy libraries are imported inside the functions so the CLI stays instant.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.data.tokenizer import unloadable
 from sftkit.errors import SftkitError
+from sftkit.run_dir import check_weights
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager"}
+DAMAGED_MODEL_FIX = "the copy is incomplete (an interrupted download or copy?): download or copy the model again"
 
 
 def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
@@ -29,7 +32,8 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
     and lets autocast compute in bf16/fp16, as mixed precision needs.
 
     Raises:
-        SftkitError: the model cannot be loaded, or the attention kernel is unavailable.
+        SftkitError: the model cannot be loaded (or its weights files are damaged), or the attention kernel
+            is unavailable.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -39,6 +43,7 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
                               "use_safetensors": True}
     if cfg.trust_remote_code:
         kwargs["trust_remote_code"] = True
+    check_weights(Path(cfg.model_name_or_path), DAMAGED_MODEL_FIX)
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **kwargs)
     except ImportError as exc:
@@ -47,6 +52,30 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
         raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
     grow_embeddings(model, len(tokenizer))
     return model
+
+
+def check_context_length(cfg: SftConfig) -> None:
+    """Refuses packing into sequences longer than the model's context, read from its config alone.
+
+    Packed sequences fill cutoff_len, so positions past max_position_embeddings would be trained (and the
+    packer sizes its tables by cutoff_len). A config that cannot be read is left to the model loading.
+
+    Raises:
+        SftkitError: cutoff_len beyond max_position_embeddings with packing on.
+    """
+    if not cfg.packing:
+        return
+    from transformers import AutoConfig
+
+    try:
+        context = getattr(AutoConfig.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code),
+                          "max_position_embeddings", None)
+    except Exception:  # noqa: BLE001 - any failure here is reported, better worded, by the model loading
+        return
+    if isinstance(context, int) and cfg.cutoff_len > context:
+        raise SftkitError(f"cutoff_len {cfg.cutoff_len}: beyond the model's context ({context} positions, "
+                          "max_position_embeddings); packed sequences fill cutoff_len, so set cutoff_len to at most "
+                          f"{context} (or packing: false)")
 
 
 def grow_embeddings(model: Any, vocab_size: int) -> None:

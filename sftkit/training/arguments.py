@@ -33,6 +33,7 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         dataset_num_proc=cfg.preprocessing_num_workers,
         # optimisation
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=_warmup(cfg),
+        lr_scheduler_kwargs=cfg.lr_scheduler_kwargs or {},
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.config import dump_resolved
+from sftkit.atomic import place_problem
+from sftkit.config import check_environment, dump_resolved
 from sftkit.data import load_tokenizer
 from sftkit.errors import SftkitError
-from sftkit.model import add_adapter, count_parameters, load_model, resolve_precision, set_stop_tokens
+from sftkit.model import (add_adapter, check_context_length, count_parameters, load_model, resolve_precision,
+                          set_stop_tokens)
 from sftkit.run_dir import CONFIG_FILE, is_run
 from sftkit.templates import Template, get_template
 from sftkit.training.attention import use_packed_attention
-from sftkit.training.distributed import check_distributed, prepare_data_once, quiet_other_ranks
-from sftkit.training.lifecycle import (check_disk_space, discard_partial_checkpoints, estimate_disk, resolve_resume,
+from sftkit.training.distributed import check_distributed, prepare_data_once, process_rank, quiet_other_ranks
+from sftkit.training.lifecycle import (check_checkpoint_files, check_disk_space, check_resume_config,
+                                       discard_partial_checkpoints, estimate_disk, resolve_resume, run_lock,
                                        save_model_atomically)
 from sftkit.training.loss import add_chunked_loss
 from sftkit.training.report import planned_updates, print_end, print_start, write_metrics
@@ -48,9 +52,21 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
         SftkitError: output_dir is unusable, or the model, data or settings are invalid.
     """
     out = Path(cfg.output_dir)
+    check_output_place(out)
+    # one run per output_dir (under a launcher, rank 0 holds the lock for all of them)
+    with run_lock(out) if process_rank() == 0 else nullcontext():
+        return _train(cfg, out, overwrite, resume)
+
+
+def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Path:
+    """`train` once the run lock is held."""
     replace = check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume))
     checkpoint = resolve_resume(out, resume)
+    if checkpoint is not None:
+        check_checkpoint_files(checkpoint, str(resume))
+        check_resume_config(cfg, out)  # before anything is written: the run's record stays as it was
     check_distributed(cfg)
+    check_environment(cfg)
     quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
 
@@ -60,6 +76,7 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
     template = get_template(cfg.template)
     precision = resolve_precision(cfg)
     tokenizer = load_tokenizer(cfg, template)
+    check_context_length(cfg)
     data = prepare_data_once(cfg, tokenizer, template)  # several processes: the first tokenizes, the rest read it
     model = load_model_for_training(cfg, tokenizer, template, precision)
     params = count_parameters(model)
@@ -90,8 +107,7 @@ def check_output_dir(out: Path, overwrite: bool, resuming: bool = False) -> bool
     Raises:
         SftkitError: `out` is a file, or non-empty without --overwrite, or holds something other than a run.
     """
-    if out.exists() and not out.is_dir():
-        raise SftkitError(f"output_dir: {out} is a file; choose a directory path")
+    check_output_place(out)
     if resuming or not out.is_dir() or not any(out.iterdir()):
         return False
     if not overwrite:
@@ -101,6 +117,17 @@ def check_output_dir(out: Path, overwrite: bool, resuming: bool = False) -> bool
         raise SftkitError(f"output_dir: {out} is not empty and holds no sftkit run, so --overwrite will not "
                           "delete it; choose an empty or new output_dir")
     return True
+
+
+def check_output_place(out: Path) -> None:
+    """Refuses an output_dir that cannot be created or written (a file on its path, a read-only folder).
+
+    Raises:
+        SftkitError: naming the path in the way.
+    """
+    problem = place_problem(out, "dir")
+    if problem:
+        raise SftkitError(f"output_dir: {problem}")
 
 
 def reset_output_dir(out: Path, replace: bool) -> None:

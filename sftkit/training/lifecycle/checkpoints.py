@@ -11,14 +11,22 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import OLD_PREFIX, fsync_dir, fsync_tree, replace_dir
 from sftkit.errors import SftkitError
-from sftkit.run_dir import TRAINER_STATE
+from sftkit.run_dir import (CONFIG_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, TRAINER_STATE, check_weights, has_run_config,
+                            read_run_config, torch_file_problem)
+
+if TYPE_CHECKING:
+    from sftkit.config import SftConfig
 
 STAGING_PREFIX = ".partial-"  # never matches HF's "checkpoint-*" glob, so rotation and loaders skip it
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Keys a resumed run may change: they decide what is logged or how fast data loads, never the weights.
+RESUMABLE_CHANGES = {"report_to", "plot_loss", "logging_steps", "dataloader_num_workers", "preprocessing_num_workers",
+                     "preprocessing_batch_size", "overwrite_cache", "overwrite_output_dir", "eval_generation_samples",
+                     "generation_max_new_tokens"}
 
 
 # ---------------------------------------------------------------------------- finding checkpoints
@@ -48,6 +56,53 @@ def resolve_resume(out: Path, resume: str | None) -> Path | None:
         raise SftkitError(f"--resume {resume}: not a complete checkpoint (no readable {TRAINER_STATE}; an "
                           "interrupted save?); use --resume latest or another checkpoint-N folder")
     return path
+
+
+def check_checkpoint_files(checkpoint: Path, resume: str) -> None:
+    """Refuses a checkpoint that cannot continue the run exactly: optimizer state gone, or damaged files.
+
+    Without optimizer.pt the trainer would silently start a fresh optimizer and train to other weights.
+
+    Raises:
+        SftkitError: naming the checkpoint, the file and what to do.
+    """
+    where = f"--resume {resume}: {checkpoint}"
+    for name in (OPTIMIZER_FILE, SCHEDULER_FILE):
+        if not (checkpoint / name).is_file() and not _sharded_state(checkpoint):
+            raise SftkitError(f"{where} has no {name}, so the run would continue with a fresh "
+                              f"{name.removesuffix('.pt')} and not equal an uninterrupted one; resume from another "
+                              "checkpoint, or train again without --resume")
+    check_weights(checkpoint, "resume from another checkpoint (--resume PATH), or train again without --resume")
+    for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):
+        problem = torch_file_problem(path)
+        if problem:
+            raise SftkitError(f"{path}: {problem}; resume from another checkpoint (--resume PATH), or train again "
+                              "without --resume")
+
+
+def _sharded_state(checkpoint: Path) -> bool:
+    """DeepSpeed (global_stepN/) and FSDP (optimizer_0/) keep the optimizer state in folders of their own."""
+    return any(checkpoint.glob("global_step*")) or any(checkpoint.glob("optimizer_*"))
+
+
+def check_resume_config(cfg: SftConfig, out: Path) -> None:
+    """Refuses to resume with a config that differs from the run's own (sftkit_config.yaml) in a key that
+    changes the training; runs before anything is written, so the run's record stays as it was.
+
+    Raises:
+        SftkitError: naming every key that differs, with both values.
+    """
+    if not has_run_config(out):
+        return
+    before = read_run_config(out).model_dump()
+    now = cfg.model_dump()
+    changed = [key for key in now if key not in RESUMABLE_CHANGES and before.get(key) != now[key]]
+    if changed:
+        diffs = ", ".join(f"{key} ({before.get(key)!r} -> {now[key]!r})" for key in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise SftkitError(f"--resume: the config differs from the run's {out / CONFIG_FILE} in {diffs}{more}; a "
+                          "resumed run continues the same training: resume with that file, or train into a new "
+                          "output_dir")
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -1,0 +1,41 @@
+"""Checks of a config against this machine: the packages its settings need.
+
+Not part of the schema: a finished run's saved config must stay loadable (merge, chat, eval) on a machine
+that lacks a logger's package. `sftkit train` and `sftkit validate` run these before anything slow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING
+
+from sftkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sftkit.config.schema import SftConfig
+
+# report_to name -> the modules transformers looks for (any one of them will do) and the package to install.
+REPORTER_MODULES = {
+    "azure_ml": (("azureml",), "azureml-core"), "clearml": (("clearml",), "clearml"),
+    "codecarbon": (("codecarbon",), "codecarbon"), "comet_ml": (("comet_ml",), "comet-ml"),
+    "dagshub": (("dagshub",), "dagshub"), "dvclive": (("dvclive",), "dvclive"), "flyte": (("flytekit",), "flytekit"),
+    "kubeflow": (("kubeflow",), "kubeflow"), "mlflow": (("mlflow",), "mlflow"), "neptune": (("neptune",), "neptune"),
+    "swanlab": (("swanlab",), "swanlab"), "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "trackio": (("trackio",), "trackio"), "wandb": (("wandb",), "wandb"),
+}
+
+
+def check_environment(cfg: SftConfig) -> None:
+    """Refuses settings this machine cannot honour, every problem at once.
+
+    Raises:
+        ConfigError: a `report_to` logger whose package is not installed.
+    """
+    problems = []
+    for name in cfg.report_to:
+        modules, package = REPORTER_MODULES.get(name, ((), ""))
+        if modules and not any(importlib.util.find_spec(module) for module in modules):
+            problems.append(f"report_to: {name} is not installed; run `pip install {package}` or remove {name} "
+                            "from report_to")
+    if problems:
+        raise ConfigError(*problems)
