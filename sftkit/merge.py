@@ -103,7 +103,7 @@ def _check_dtype(dtype: str) -> None:
 
 def _check_shard_size(size: str) -> None:
     """The shard size is checked before the merge: save_pretrained would refuse it only at the very end."""
-    from transformers.utils import convert_file_size_to_int
+    from transformers.utils.hub import convert_file_size_to_int
 
     try:
         valid = convert_file_size_to_int(size) > 0

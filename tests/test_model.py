@@ -157,3 +157,42 @@ def test_fp16_needs_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_precision(config("m", fp16=True)).dtype == torch.float32
     monkeypatch.setattr(model_stage, "_device_type", lambda: "cuda")
     assert resolve_precision(config("m", fp16=True)).fp16
+
+
+# ---------------------------------------------------------------------------- damaged or unusual model folders
+
+def test_truncated_weights_are_named_from_their_header(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sftkit.run_dir import check_weights, safetensors_problem
+
+    assert safetensors_problem(tiny_model_dir / "model.safetensors") is None
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as handle:
+        handle.truncate(size - 10)
+    assert safetensors_problem(weights) == f"{size - 10:,} of {size:,} bytes: truncated"
+    with pytest.raises(SftkitError, match=r"model.safetensors: damaged weights file \(.* truncated\); the copy is "
+                                          r"incomplete"):
+        load_model(config(model), None, Precision("float32", "cpu", "test"))
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    assert safetensors_problem(weights) == "its header is not readable: not a safetensors file, or corrupted"
+    with pytest.raises(SftkitError, match="damaged weights file"):
+        check_weights(model, "fix")
+
+
+def test_a_model_with_its_own_code_says_trust_remote_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, model)
+    settings = json.loads((model / "config.json").read_text())
+    settings.update(model_type="sftkit_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                          "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    (model / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(SftkitError, match="ships its own Python code for its (tokenizer|model), which runs only with "
+                                          "trust_remote_code: true; set it if you trust the model's author"):
+        load_tokenizer(config(model))

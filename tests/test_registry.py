@@ -239,7 +239,8 @@ def test_val_size_split_is_deterministic_by_seed(two_sets: Path) -> None:
 
 
 def test_val_size_too_large(two_sets: Path) -> None:
-    with pytest.raises(DataError, match=r"val_size 40.0: cannot split 40 rows .*use a smaller val_size"):
+    with pytest.raises(DataError, match=r"val_size 40.0: 40 rows cannot give both splits a row \(40 eval, 0 train\); "
+                                        r"use a smaller val_size"):
         validate_data(config(two_sets, "big,small", val_size=40))
 
 
@@ -276,7 +277,7 @@ def test_a_lone_surrogate_is_refused_with_file_row_and_fix(tmp_path: Path) -> No
     for file_name, text, where in [
             ("d.jsonl", good + '{"instruction": "ok", "output": "cut \\ud83d"}\n', "row 1 (line 2)"),
             ("d.json", '[{"instruction": "ok", "output": "o"}, {"instruction": "\\udc00", "output": "o"}]', "row 1")]:
-        problem = load_error(tmp_path / file_name, file_name, text)
+        problem = load_error(tmp_path / file_name.replace(".", "_"), file_name, text)
         assert f"{file_name}: {where}: text holds a lone UTF-16 surrogate escape" in problem
         assert "remove it or write the character it was meant to be" in problem
 

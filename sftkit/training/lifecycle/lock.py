@@ -44,9 +44,13 @@ def run_lock(out: Path) -> Iterator[None]:
 
 
 def _acquire(path: Path, out: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SftkitError(f"output_dir: cannot create the run lock {path} ({exc.strerror}); choose an output_dir in "
+                              "a folder you can write to") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
