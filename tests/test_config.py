@@ -272,3 +272,9 @@ def test_schedulers_need_their_arguments() -> None:
     assert "'power' is not an argument of cosine (takes only num_cycles)" in problems(
         {**BASE, "lr_scheduler_kwargs": {"power": 2}})[0]
     validate_config({**BASE, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}})
+
+
+def test_a_character_yaml_does_not_allow_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(b"model_name_or_path: m\n\x00dataset: a\n")
+    assert load_problem(path).startswith(f"{path}:2: invalid YAML: unacceptable character #x0000")

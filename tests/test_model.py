@@ -193,6 +193,24 @@ def test_a_model_with_its_own_code_says_trust_remote_code(tiny_model_dir: Path, 
     settings.update(model_type="sftkit_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
                                                           "AutoModelForCausalLM": "modeling_custom.CustomModel"})
     (model / "config.json").write_text(json.dumps(settings))
-    with pytest.raises(SftkitError, match="ships its own Python code for its (tokenizer|model), which runs only with "
+    with pytest.raises(SftkitError, match="ships its own Python code for its model, which runs only with "
                                           "trust_remote_code: true; set it if you trust the model's author"):
-        load_tokenizer(config(model))
+        load_model(config(model), load_tokenizer(config(tiny_model_dir)), Precision("float32", "cpu", "test"))
+
+
+def test_a_tokenizer_that_cannot_be_built_says_why(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink()
+    with pytest.raises(SftkitError, match=r"\(ValueError: no tokenizer files it can read; the folder holds "
+                                          r"config.json, generation_config.json, model.safetensors\); its files look "
+                                          r"incomplete or damaged: copy the model folder again"):
+        load_tokenizer(config(bare))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, damaged)
+    (damaged / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"}}')  # a KeyError inside
+    with pytest.raises(SftkitError, match=r"cannot load the tokenizer from .* \(KeyError: 'added_tokens'\)"):
+        load_tokenizer(config(damaged))

@@ -85,8 +85,9 @@ def _decode(path: Path, raw: bytes) -> str:
 
 def _parse_yaml(path: Path, text: str) -> Any:
     """The YAML document, checked for size, depth and duplicate keys before any Python value is built."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # reads the first characters already: may raise too
         node = loader.get_single_node()
         if node is None:
             return None
@@ -94,14 +95,20 @@ def _parse_yaml(path: Path, text: str) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
+        if mark is not None:
+            where = f":{mark.line + 1}"
+        elif isinstance(getattr(exc, "position", None), int):  # a ReaderError: a character YAML does not allow
+            where = f":{text[:exc.position].count(chr(10)) + 1}"
+        else:
+            where = ""
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     except RecursionError:  # the composer recurses once per nesting level
         raise ConfigError(f"{path}: nested too deeply (limit {MAX_DEPTH} levels); a config is a flat list of "
                           "keys") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_tree(path: Path, root: yaml.Node) -> None:

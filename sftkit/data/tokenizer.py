@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import SftkitError
@@ -24,7 +25,7 @@ def load_tokenizer(cfg: SftConfig, template: Template | None = None) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged tokenizer files fail as KeyError, TypeError, tokenizers' Exception
         raise SftkitError(unloadable(cfg.model_name_or_path, "tokenizer", exc)) from None
     prepare_tokenizer(tokenizer, template or get_template(cfg.template))
     return tokenizer
@@ -36,6 +37,14 @@ def unloadable(name: str, what: str, exc: Exception) -> str:
     if "trust_remote_code" in text:
         return (f"model_name_or_path: {name!r} ships its own Python code for its {what}, which runs only with "
                 "trust_remote_code: true; set it if you trust the model's author, or use another model")
-    reason = text.splitlines()[0] if text else type(exc).__name__
-    return (f"model_name_or_path: cannot load the {what} from {name!r} ({reason}); use an existing local "
-            "model directory, or a Hugging Face hub id with network access")
+    reason = text.splitlines()[0].strip() if text else ""
+    if Path(name).is_dir():
+        if reason.endswith(":") or not reason:  # "Couldn't instantiate the backend tokenizer from one of: "
+            files = ", ".join(sorted(path.name for path in Path(name).iterdir())[:8]) or "nothing"
+            reason = f"{type(exc).__name__}: no {what} files it can read; the folder holds {files}"
+        else:
+            reason = f"{type(exc).__name__}: {reason}" if isinstance(exc, (KeyError, TypeError)) else reason
+        return (f"model_name_or_path: cannot load the {what} from {name!r} ({reason}); its files look incomplete "
+                "or damaged: copy the model folder again")
+    return (f"model_name_or_path: cannot load the {what} from {name!r} ({reason or type(exc).__name__}); use an "
+            "existing local model directory, or a Hugging Face hub id with network access")
