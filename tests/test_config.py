@@ -238,15 +238,18 @@ def test_report_to_names_are_transformers_integrations() -> None:
     validate_config({**BASE, "report_to": "none"})
 
 
-def test_a_logger_that_is_not_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_package_that_is_not_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     from sftkit.config import check_environment
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    missing = {"wandb", "bitsandbytes"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
     with pytest.raises(ConfigError, match=r"report_to: wandb is not installed; run `pip install wandb`"):
         check_environment(validate_config({**BASE, "report_to": "wandb"}))
+    with pytest.raises(ConfigError, match=r"optim: paged_adamw_8bit needs bitsandbytes, which is not installed"):
+        check_environment(validate_config({**BASE, "optim": "paged_adamw_8bit"}))
     check_environment(validate_config({**BASE, "report_to": "none"}))
 
 

@@ -1,4 +1,4 @@
-"""Checks of a config against this machine: the packages its settings need.
+"""Checks of a config against this machine: the packages its settings need (loggers, 8-bit optimizers).
 
 Not part of the schema: a finished run's saved config must stay loadable (merge, chat, eval) on a machine
 that lacks a logger's package. `sftkit train` and `sftkit validate` run these before anything slow.
@@ -24,12 +24,14 @@ REPORTER_MODULES = {
     "trackio": (("trackio",), "trackio"), "wandb": (("wandb",), "wandb"),
 }
 
+EIGHT_BIT_OPTIMIZERS = ("adamw_bnb_8bit", "paged_adamw_8bit")
+
 
 def check_environment(cfg: SftConfig) -> None:
     """Refuses settings this machine cannot honour, every problem at once.
 
     Raises:
-        ConfigError: a `report_to` logger whose package is not installed.
+        ConfigError: a `report_to` logger or an 8-bit optimizer whose package is not installed.
     """
     problems = []
     for name in cfg.report_to:
@@ -37,5 +39,8 @@ def check_environment(cfg: SftConfig) -> None:
         if modules and not any(importlib.util.find_spec(module) for module in modules):
             problems.append(f"report_to: {name} is not installed; run `pip install {package}` or remove {name} "
                             "from report_to")
+    if cfg.optim in EIGHT_BIT_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(f"optim: {cfg.optim} needs bitsandbytes, which is not installed; run `pip install "
+                        "bitsandbytes` or use optim: adamw_torch")
     if problems:
         raise ConfigError(*problems)

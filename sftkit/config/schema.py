@@ -331,6 +331,10 @@ def check_interleave(c: SftConfig) -> str | None:
         return f"interleave_probs: {len(c.interleave_probs)} values for {len(c.dataset)} datasets"
     if abs(sum(c.interleave_probs) - 1) > 1e-6 or min(c.interleave_probs) < 0:
         return "interleave_probs: must be non-negative and sum to 1"
+    never = [name for name, prob in zip(c.dataset, c.interleave_probs) if prob == 0]
+    if never and c.mix_strategy == "interleave_over":
+        return (f"interleave_probs: {never[0]!r} has probability 0, so interleave_over (which runs until every "
+                "dataset is used up) would never finish; give it a probability above 0 or remove it")
     return None
 
 
