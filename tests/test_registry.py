@@ -248,3 +248,11 @@ def test_eval_dataset_is_the_eval_set(two_sets: Path) -> None:
     assert set(conv.train["dataset"]) == {"big"} and len(conv.train) == 30
     assert conv.eval["dataset"] == ["small"] * 10
     assert validate_data(config(two_sets, "big", eval_dataset="small")) == "2 datasets, 40 rows: train 30, eval 10"
+
+
+def test_json_error_reads_as_a_sentence(tmp_path: Path) -> None:
+    from sftkit.data.registry import _parse_json
+
+    with pytest.raises(DataError) as caught:
+        _parse_json(tmp_path / "d.json", '[{"a": "unterminated')
+    assert "(Unterminated string starting at column 7)" in str(caught.value) and "at at" not in str(caught.value)

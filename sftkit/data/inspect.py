@@ -34,6 +34,7 @@ def preview(cfg: SftConfig, n: int = 3, color: bool = False) -> None:
         color: mark trained text in green (terminal) instead of `[[` `]]` (pipes, files).
     """
     tokenizer, data = _prepare_for_cli(cfg)
+    print(legend(color))
     for row in data.train.select(range(min(n, len(data.train)))):
         trained = sum(label != IGNORE_INDEX for label in row["labels"])
         print(f"--- {row['dataset']} row {row['index']}: {len(row['input_ids'])} tokens, {trained} trained")
@@ -66,6 +67,13 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
     print(f"wrote {len(dataset)} {split} rows to {out}")
     return len(dataset)
 
+
+
+def legend(color: bool) -> str:
+    """What the marks in a rendered example mean."""
+    marked = "green" if color else f"between {PLAIN_TRAINED[0]} and {PLAIN_TRAINED[1]}"
+    return (f"(text {marked} is trained: the loss is taken on it; everything else is context the model reads "
+            "but is not trained to write)")
 
 
 def render_example(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:

@@ -78,6 +78,16 @@ def read_rows(spec: DatasetSpec) -> list[SourceRow]:
     return [row for path in files for row in _read_file(path)]
 
 
+def check_source(spec: DatasetSpec) -> None:
+    """A local dataset's files exist and have a supported type (nothing is read; hub datasets pass).
+
+    Raises:
+        DataError: missing file or folder, or an unsupported file type.
+    """
+    if spec.path is not None:
+        _data_files(spec.path, spec.name)
+
+
 # ---------------------------------------------------------------------------- registry entries
 
 def _unknown_name(name: str, registry: dict[str, Any], dataset_dir: str | Path) -> str:
@@ -181,7 +191,9 @@ def _parse_json(path: Path, text: str, first_line: int = 1) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         line = exc.lineno + first_line - 1
-        raise DataError(f"{path}:{line}: invalid JSON ({exc.msg} at column {exc.colno}); fix that line") from None
+        # json's messages may end in "at" ("Unterminated string starting at"): the column completes them
+        where = f"{exc.msg} column {exc.colno}" if exc.msg.endswith(" at") else f"{exc.msg} at column {exc.colno}"
+        raise DataError(f"{path}:{line}: invalid JSON ({where}); fix that line") from None
 
 
 def _read_json(path: Path) -> list[SourceRow]:

@@ -11,16 +11,17 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.atomic import write_text
 from sftkit.config import dump_resolved
-from sftkit.data import load_tokenizer
-from sftkit.errors import SftkitError
+from sftkit.data import check_sources, load_tokenizer, resolve_model
+from sftkit.errors import SftkitError, gather
 from sftkit.model import add_adapter, count_parameters, load_model, resolve_precision, set_stop_tokens
-from sftkit.run_dir import CONFIG_FILE, is_run
+from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, is_run, model_card
 from sftkit.templates import Template, get_template
 from sftkit.training.attention import use_packed_attention
 from sftkit.training.distributed import check_distributed, prepare_data_once, quiet_other_ranks
-from sftkit.training.lifecycle import (check_disk_space, discard_partial_checkpoints, estimate_disk, resolve_resume,
-                                       save_model_atomically)
+from sftkit.training.lifecycle import (check_disk_space, checkpoint_state, discard_partial_checkpoints, estimate_disk,
+                                       resolve_resume, save_model_atomically)
 from sftkit.training.loss import add_chunked_loss
 from sftkit.training.report import planned_updates, print_end, print_start, write_metrics
 
@@ -48,9 +49,11 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
         SftkitError: output_dir is unusable, or the model, data or settings are invalid.
     """
     out = Path(cfg.output_dir)
-    replace = check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume))
-    checkpoint = resolve_resume(out, resume)
-    check_distributed(cfg)
+    replace, checkpoint, *_ = gather(  # every instant check, all problems reported together
+        lambda: check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume)),
+        lambda: resolve_resume(out, resume), lambda: check_distributed(cfg),
+        lambda: resolve_model(cfg.model_name_or_path), lambda: check_sources(cfg))
+    resumed = checkpoint_state(checkpoint) if checkpoint else None
     quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
 
@@ -71,13 +74,15 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
         reset_output_dir(out, replace)
         discard_partial_checkpoints(out)
         dump_resolved(cfg, out / CONFIG_FILE)
-        print_start(cfg, trainer, params, data.stats, precision)
+        print_start(cfg, trainer, params, data.stats, precision, checkpoint, resumed)
     with trainer.run_guard.handling_signals():  # Ctrl-C / SIGTERM: save a checkpoint, stop, say how to resume
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.run_guard.raise_if_stopped()  # interrupted, or the loss became NaN
         save_run(trainer, out)
-        metrics = write_metrics(trainer, result, cfg, tokenizer, template, data, out, main)
+        tokens_before = int((resumed or {}).get("num_input_tokens_seen") or 0)
+        metrics = write_metrics(trainer, result, cfg, tokenizer, template, data, out, main, tokens_before)
     if main:
+        write_text(out / MODEL_CARD, model_card(out))  # after the trainer's save, which leaves PEFT's placeholder
         print_end(cfg, trainer, metrics, out)
     return out
 

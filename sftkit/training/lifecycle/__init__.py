@@ -27,14 +27,15 @@ checks, before torch or transformers load.
 
 from __future__ import annotations
 
-from sftkit.training.lifecycle.checkpoints import (STAGING_PREFIX, checkpoint_step, complete_checkpoints,
-                                                   discard_partial_checkpoints, is_complete_checkpoint,
-                                                   latest_checkpoint, resolve_resume, save_model_atomically)
+from sftkit.training.lifecycle.checkpoints import (STAGING_PREFIX, checkpoint_state, checkpoint_step,
+                                                   complete_checkpoints, discard_partial_checkpoints,
+                                                   is_complete_checkpoint, latest_checkpoint, resolve_resume,
+                                                   save_model_atomically)
 from sftkit.training.lifecycle.disk import (DiskEstimate, check_disk_space, checkpoints_at_peak, estimate_disk,
                                             saved_weight_bytes)
 from sftkit.training.lifecycle.guard import LifecycleTrainerMixin, RunGuard
 
 __all__ = ["STAGING_PREFIX", "DiskEstimate", "LifecycleTrainerMixin", "RunGuard", "check_disk_space",
-           "checkpoint_step", "checkpoints_at_peak", "complete_checkpoints", "discard_partial_checkpoints",
-           "estimate_disk", "is_complete_checkpoint", "latest_checkpoint", "resolve_resume",
-           "save_model_atomically", "saved_weight_bytes"]
+           "checkpoint_state", "checkpoint_step", "checkpoints_at_peak", "complete_checkpoints",
+           "discard_partial_checkpoints", "estimate_disk", "is_complete_checkpoint", "latest_checkpoint",
+           "resolve_resume", "save_model_atomically", "saved_weight_bytes"]
