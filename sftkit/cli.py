@@ -101,9 +101,9 @@ def train(
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the config, that every dataset resolves and parses, and the model's files (no weights loaded)."""
     cfg = _load(config, set_)
-    from sftkit.data import validate_data
+    from sftkit.data import validate_setup
 
-    report = validate_data(cfg)
+    report = validate_setup(cfg)
     typer.echo(f"{config}: OK ({report})")
 
 

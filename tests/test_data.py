@@ -230,7 +230,7 @@ def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, 
     result = sftkit("validate", str(config), cache=datasets_cache)
     assert result.returncode == 0, result.stderr
     datasets = f"{n_sets} dataset{'s' if n_sets > 1 else ''}"
-    assert result.stdout.startswith(f"{config}: OK ({datasets}, {train + eval_:,} rows: train {train}, eval {eval_}; "
+    assert result.stdout.startswith(f"{config}: OK ({datasets}, {train + eval_} rows: train {train}, eval {eval_}; "
                                     "model ")  # and what validate found in the model folder, weights unread
     assert "the template adds 2 control tokens" in result.stdout
 

@@ -62,7 +62,7 @@ def test_end_screen_agrees_with_itself_and_prints_commands_that_work_anywhere(tm
     print_end(cfg, trainer, metrics_of(trainer), Path("runs/x"))
     out = capsys.readouterr().out
     assert "eval loss: final 1.7000, best 1.5000 at step 20" in out
-    assert "runs/ (TensorBoard)" not in out and "checkpoint-*/" not in out and "best checkpoint" not in out
+    assert "runs/ (TensorBoard)" not in out and "checkpoint-*/" not in out and "best checkpoint:" not in out
     assert "chat will ramble" in out  # end-token accuracy 0%
     assert "12 reply ends" in out
     commands = [line.strip() for line in out.splitlines()[out.splitlines().index("next (from any directory):") + 1:]]
@@ -104,7 +104,7 @@ def test_a_resumed_run_says_where_it_resumes(capsys: pytest.CaptureFixture[str])
 
 def test_plural() -> None:
     assert (plural(1, "dataset"), plural(3, "dataset"), plural(1200, "row")) == ("1 dataset", "3 datasets",
-                                                                                 "1,200 rows")
+                                                                                 "1200 rows")
 
 
 # ---------------------------------------------------------------------------- the model card

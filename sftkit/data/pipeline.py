@@ -1,6 +1,6 @@
 """The data pipeline: registry names -> tokenized, masked examples (not packed: TRL packs at train time).
 
-`prepare_data` is what training and evaluation use; `validate_data` backs `sftkit validate`.
+`prepare_data` is what training and evaluation use; `validate_setup` (data and model) backs `sftkit validate`.
 Tokenization is cached on disk by a key covering what decides its output (the data, the tokenizer, the
 template, the masking settings and `ENCODING_VERSION`), so running the same config again does not
 tokenize again.
@@ -60,8 +60,8 @@ def prepare_data(cfg: SftConfig, tokenizer: Any, template: Template | None = Non
         return tokenize_all(cfg, tokenizer, template or get_template(cfg.template), load_conversations(cfg))
 
 
-def validate_data(cfg: SftConfig) -> str:
-    """Resolves and parses every dataset of the config and looks at the model without loading its weights.
+def validate_setup(cfg: SftConfig) -> str:
+    """`sftkit validate`: every dataset resolves and parses, and the model is checked without loading weights.
 
     Returns:
         A short summary such as "3 datasets, 400 rows: train 360, eval 40; model models/x: ...".
@@ -69,11 +69,19 @@ def validate_data(cfg: SftConfig) -> str:
     Raises:
         SftkitError: every data and model problem found, together.
     """
-    data, model = gather(lambda: _data_summary(cfg), lambda: _model_summary(cfg))
+    data, model = gather(lambda: validate_data(cfg), lambda: _model_summary(cfg))
     return f"{data}; {model}"
 
 
-def _data_summary(cfg: SftConfig) -> str:
+def validate_data(cfg: SftConfig) -> str:
+    """Resolves and parses every dataset of the config (no tokenizer, no model).
+
+    Returns:
+        A short summary such as "3 datasets, 400 rows: train 360, eval 40".
+
+    Raises:
+        DataError: the problems found.
+    """
     conv = load_conversations(cfg)
     eval_rows = len(conv.eval) if conv.eval is not None else 0
     summary = f"{plural(len(conv.datasets), 'dataset')}, {plural(len(conv.train) + eval_rows, 'row')}"
@@ -94,7 +102,7 @@ def _model_summary(cfg: SftConfig) -> str:
 
 def plural(count: int, noun: str) -> str:
     """"1 dataset", "3 datasets"."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # ---------------------------------------------------------------------------- tokenization
