@@ -6,9 +6,9 @@ bf16, gradient checkpointing, packed rows of cutoff_len, batch 1) on the same da
   sftkit  sftkit's own path: prepare_data rows -> load_model_for_training -> build_trainer (SftkitTrainer)
   trl_loss  the same rows, model, arguments and collator, but TRL 1.16's default loss (its fused LM head, plain
           SFTTrainer.compute_loss) instead of sftkit's chunked loss: the two losses side by side
-  loop    a minimal hand-written PyTorch loop over the same model and packed rows (forward with the
-          model's own loss, backward, clip, AdamW step), with the attention kernel sftkit's trainer picks:
-          the floor of framework overhead
+  loop    scripts/sft_from_scratch.py's plain-PyTorch `train_step` over the same model and packed rows
+          (forward, cross-entropy on the trained tokens, backward, clip, AdamW step), with the attention
+          kernel sftkit's trainer picks: the floor of framework overhead, in a file a reader can check
   trl     plain TRL SFTTrainer with its defaults, as a user would write it: a messages dataset that TRL
           tokenizes (training on every token), TRL's default loss, `peft_config`, packing on
 
@@ -558,9 +558,11 @@ def _messages(row: dict[str, str]) -> list[dict[str, str]]:
 
 
 def run_loop(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
-    """The floor: sftkit's model and packed rows, and nothing but forward, backward, clip and step."""
+    """The floor: sftkit's model and packed rows, trained by scripts/sft_from_scratch.py's `train_step`
+    (forward, cross-entropy on the trained tokens, backward, clip, AdamW step) and nothing else."""
     import torch
 
+    from sft_from_scratch import train_step
     from sftkit.data import load_tokenizer, prepare_data
     from sftkit.model import add_adapter, load_model, resolve_precision
     from sftkit.templates import get_template
@@ -581,12 +583,7 @@ def run_loop(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]
         inputs = {k: v.to(precision.device) for k, v in batch.items()}
         _sync(precision.device)
         start = time.perf_counter()
-        with torch.autocast(precision.device, dtype=precision.dtype):
-            loss = model(**inputs, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, inputs, cfg.max_grad_norm, autocast=precision.dtype)
         _sync(precision.device)
         steps.append({"seconds": time.perf_counter() - start, **batch_counts(batch)})
     return steps, model
@@ -666,4 +663,5 @@ def _rates(rows: int, tokens: int, seconds: float) -> dict[str, Any]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "scripts"))  # sft_from_scratch, the bare loop
     raise SystemExit(main())

@@ -7,5 +7,5 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 [ -f models/tiny-ernie/config.json ] || .venv/bin/python scripts/make_tiny_model.py models/tiny-ernie
 .venv/bin/sftkit train configs/tiny_smoke.yaml --overwrite
-.venv/bin/sftkit merge runs/tiny-smoke --dtype fp32 --overwrite
+.venv/bin/sftkit merge runs/tiny-smoke --overwrite
 .venv/bin/sftkit chat runs/tiny-smoke/merged --prompt "What colour is snow?"

@@ -8,7 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# pip's own output is kept (not -q): a first install takes a minute or two, and it should show what it is doing.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check "torch==${SFTKIT_TORCH_VERSION:-2.13.0}"
+  echo "setup: installing torch ${SFTKIT_TORCH_VERSION:-2.13.0} into .venv (the largest download, once)"
+  .venv/bin/pip install --disable-pip-version-check "torch==${SFTKIT_TORCH_VERSION:-2.13.0}"
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+echo "setup: installing sftkit and its dependencies into .venv (quick when already there)"
+.venv/bin/pip install --disable-pip-version-check -e ".[dev]"
+echo "setup: done"

@@ -7,11 +7,13 @@ code 2; nothing else is caught, so a bug still shows its traceback.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from sftkit.errors import SftkitError
 
@@ -25,9 +27,42 @@ data_app = typer.Typer(help="Look at the training data: rendered examples, masks
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+
+class _Command(TyperCommand):
+    """Help that reads like the README: `sftkit train [OPTIONS] CONFIG`, no `<bool>` beside on/off flags.
+
+    typer 0.29 writes required arguments as `{config}` in the usage line and `<bool>` as the type of every
+    flag; neither is a value the user types.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""  # typer shows the metavar instead of the type
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+command = functools.partial(app.command, cls=_Command)
+data_command = functools.partial(data_app.command, cls=_Command)
+
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see `sftkit keys`).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a config key, e.g. --set learning_rate=1e-4 (repeatable).")]
+
+
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace the output file if it exists.")]
+ModelConfigOpt = Annotated[Optional[Path], typer.Option(
+    help="Config whose datasets, template and masks are used (default: the run's own sftkit_config.yaml).")]
 
 
 def _load(config: Path, overrides: Optional[list[str]]):  # -> SftConfig, kept light for --help
@@ -36,7 +71,18 @@ def _load(config: Path, overrides: Optional[list[str]]):  # -> SftConfig, kept l
     return load_config(config, overrides or [])
 
 
-@app.command()
+def _model_config(model: str, config: Optional[Path], overrides: Optional[list[str]]):  # -> SftConfig
+    """--config, else the config a run or merged folder records (sftkit_config.yaml)."""
+    from sftkit.run_dir import CONFIG_FILE, has_run_config
+
+    if config is None:
+        if not has_run_config(Path(model)):
+            raise SftkitError(f"--config: {model} holds no {CONFIG_FILE}, so name the config whose data to use")
+        config = Path(model) / CONFIG_FILE
+    return _load(config, overrides)
+
+
+@command()
 def train(
     config: ConfigArg,
     set_: SetOpt = None,
@@ -51,19 +97,19 @@ def train(
     run(cfg, overwrite=overwrite, resume=resume)
 
 
-@app.command()
+@command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Check the config and that every dataset resolves and parses, without loading a model."""
+    """Check the config, that every dataset resolves and parses, and the model's files (no weights loaded)."""
     cfg = _load(config, set_)
     from sftkit.config import check_environment
-    from sftkit.data import validate_data
+    from sftkit.data import validate_setup
+    from sftkit.errors import gather
 
-    check_environment(cfg)
-    report = validate_data(cfg)
+    _, report = gather(lambda: check_environment(cfg), lambda: validate_setup(cfg))
     typer.echo(f"{config}: OK ({report})")
 
 
-@data_app.command("preview")
+@data_command("preview")
 def data_preview(
     config: ConfigArg,
     n: Annotated[int, typer.Option("-n", help="Examples to show.")] = 3,
@@ -75,26 +121,30 @@ def data_preview(
     preview(_load(config, set_), n=n, color=sys.stdout.isatty())
 
 
-@data_app.command("export")
+@data_command("export")
 def data_export(
     config: ConfigArg,
     out: Annotated[Path, typer.Option(help="JSONL file to write (one row per example, before packing).")],
     split: Annotated[str, typer.Option(help="train or eval.")] = "train",
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write input_ids, labels, dataset and source row index of every example as JSONL."""
     from sftkit.data import export
+    from sftkit.run_dir import check_new_output
 
     if split not in ("train", "eval"):
         raise SftkitError(f"--split {split!r}: use train or eval")
+    check_new_output(out, overwrite)
     export(_load(config, set_), out=out, split=split)
 
 
-@app.command()
+@command()
 def merge(
     run_dir: Annotated[Path, typer.Argument(help="Training output_dir holding the adapter.")],
     out: Annotated[Optional[Path], typer.Option(help="Where to write the merged model (default RUN_DIR/merged).")] = None,
-    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "bf16",
+    dtype: Annotated[Optional[str], typer.Option(
+        help="bf16, fp16 or fp32 (default: the dtype the base model is stored in).")] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 2GB.")] = "2GB",
     base: Annotated[Optional[str], typer.Option(help="Base model path or hub id (default: from the run's config).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
@@ -105,7 +155,7 @@ def merge(
     run(run_dir, out=out, dtype=dtype, max_shard_size=max_shard_size, base=base, overwrite=overwrite)
 
 
-@app.command()
+@command()
 def chat(
     model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
@@ -127,27 +177,29 @@ def chat(
         top_p=top_p, seed=seed, repl=repl)
 
 
-@app.command("eval")
+@command("eval")
 def eval_(
     model: Annotated[str, typer.Argument(help="Run directory, merged model, or base model.")],
-    config: Annotated[Path, typer.Option(help="Config whose datasets, template and masks are used.")],
+    config: ModelConfigOpt = None,
     split: Annotated[str, typer.Option(help="eval or train.")] = "eval",
     dataset: Annotated[Optional[str], typer.Option(
         help="Evaluate every row of this registered dataset instead of a split.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="JSON file for the results.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="JSON file for the results (default: eval_<model>_<split>.json in the working directory).")] = None,
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Loss and perplexity on the masked tokens of a dataset (compare base and fine-tuned)."""
     from sftkit.evaluate import evaluate
 
-    evaluate(model, _load(config, set_), split=split, dataset=dataset, out=out)
+    evaluate(model, _model_config(model, config, set_), split=split, dataset=dataset, out=out, overwrite=overwrite)
 
 
-@app.command()
+@command()
 def predict(
     model: Annotated[str, typer.Argument(help="Run directory, merged model, or base model.")],
-    config: Annotated[Path, typer.Option(help="Config whose datasets and template are used.")],
     out: Annotated[Path, typer.Option(help="JSONL file of prompt, reference and generation.")],
+    config: ModelConfigOpt = None,
     n: Annotated[int, typer.Option("-n", help="Prompts to answer.")] = 20,
     split: Annotated[str, typer.Option(help="eval or train.")] = "eval",
     compare: Annotated[Optional[str], typer.Option(help="A second model answering the same prompts.")] = None,
@@ -156,15 +208,16 @@ def predict(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together (left padded).")] = 16,
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate answers for a dataset's prompts and score them (BLEU-4, ROUGE-1/2/L)."""
     from sftkit.evaluate import predict as run
 
-    run(model, _load(config, set_), out=out, n=n, split=split, compare=compare,
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size)
+    run(model, _model_config(model, config, set_), out=out, n=n, split=split, compare=compare,
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size, overwrite=overwrite)
 
 
-@app.command()
+@command()
 def keys() -> None:
     """List every config key with its default and meaning."""
     from sftkit.config import field_docs

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import discard_stale_staging, place_problem, staged_dir
+from sftkit.atomic import discard_stale_staging, place_problem, staged_dir, write_text
 from sftkit.data.masking import encode_conversation
 from sftkit.errors import SftkitError
-from sftkit.model import load_adapter_run, set_stop_tokens
-from sftkit.run_dir import CONFIG_FILE, check_lora_run, is_merged_model
+from sftkit.model import load_adapter_run, set_stop_tokens, stored_dtype
+from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, check_lora_run, is_merged_model, model_card
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,7 @@ PROBE = [
 ]
 
 
-def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bf16",
+def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str | None = None,
           max_shard_size: str = "2GB", base: str | None = None, overwrite: bool = False) -> Path:
     """Merges a LoRA run into its base model and saves a standalone, verified model.
 
@@ -59,7 +59,8 @@ def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bf16
         run_dir: training output_dir holding adapter_model.safetensors, adapter_config.json, the tokenizer
             and sftkit_config.yaml.
         out: directory to create (default RUN_DIR/merged).
-        dtype: bf16, fp16 or fp32: the dtype of the saved weights (the merge itself runs in fp32).
+        dtype: bf16, fp16 or fp32: the dtype of the saved weights (the merge itself runs in fp32). Default: the
+            dtype the base model's weights are stored in (its config.json), fp32 when it records none.
         max_shard_size: largest safetensors shard, e.g. "2GB".
         base: base model path or hub id, instead of the run config's model_name_or_path.
         overwrite: replace an existing `out`.
@@ -76,12 +77,14 @@ def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bf16
     import torch
 
     run_dir = Path(run_dir)
-    _check_dtype(dtype)
+    if dtype is not None:
+        _check_dtype(dtype)
     _check_shard_size(max_shard_size)
     check_lora_run(run_dir)
     out = _resolve_out(run_dir, out, overwrite)
     discard_stale_staging(out)  # what killed merges left (a model's size each) goes before this one needs the space
     run = load_adapter_run(run_dir, base=base)
+    dtype = dtype or base_dtype(run.cfg.model_name_or_path, run.cfg.trust_remote_code)
     probe = probe_ids(run.tokenizer, run.template)
     reference = _logits(run.model, probe)
     merged = run.model.merge_and_unload()
@@ -92,8 +95,16 @@ def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bf16
     set_stop_tokens(merged, run.tokenizer, run.template)
     with staged_dir(out) as staging:  # `out` is never half-written
         _save(merged, run.tokenizer, run_dir, staging, max_shard_size)
+        write_text(staging / MODEL_CARD, model_card(run_dir, merged_to=out))
     print(f"merged {run_dir} into {out} ({dtype}, base {run.cfg.model_name_or_path})")
     return out
+
+
+def base_dtype(base: str, trust_remote_code: bool = False) -> str:
+    """--dtype's default: the dtype the base model is stored in (fp32 when its config records none)."""
+    stored = stored_dtype(base, trust_remote_code)
+    names = {torch_name: flag for flag, torch_name in DTYPES.items()}
+    return names.get(stored or "float32", "fp32")
 
 
 def _check_dtype(dtype: str) -> None:

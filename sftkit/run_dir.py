@@ -10,11 +10,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import shlex
+import shutil
 import struct
+import sys
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sftkit.atomic import place_problem
 from sftkit.config import load_config
 from sftkit.errors import SftkitError
 
@@ -29,6 +32,7 @@ TRAINER_STATE = "trainer_state.json"
 METRICS_FILE = "metrics.json"
 OPTIMIZER_FILE = "optimizer.pt"  # in a checkpoint: the optimizer state a resumed run continues from
 SCHEDULER_FILE = "scheduler.pt"
+MODEL_CARD = "README.md"  # the model card: what the folder holds and how to use it
 # Files that mark a directory as an earlier training run, which --overwrite may replace.
 RUN_MARKERS = (CONFIG_FILE, TRAINER_STATE, ADAPTER_CONFIG)
 # What `sftkit merge` writes: weights, configs, tokenizer files. A folder holding anything else is not a
@@ -134,6 +138,20 @@ def torch_file_problem(path: Path) -> str | None:
     return None
 
 
+def check_new_output(path: Path, overwrite: bool, option: str = "--out") -> None:
+    """The one rule for files sftkit writes (eval, predict, data export): an existing file is replaced only with
+    --overwrite, and a folder never. Defaults go to the working directory, never into a model or run folder.
+
+    Raises:
+        SftkitError: `path` is a folder or cannot be written, or exists without `overwrite`.
+    """
+    problem = place_problem(path, "file")  # a folder, or a place this user cannot write
+    if problem:
+        raise SftkitError(f"{option} {problem}")
+    if path.exists() and not overwrite:
+        raise SftkitError(f"{option} {path}: already exists; pass --overwrite to replace it or choose another {option}")
+
+
 def read_run_config(run_dir: Path, base: str | None = None) -> SftConfig:
     """The run's resolved config (sftkit_config.yaml), with `base` replacing model_name_or_path.
 
@@ -149,4 +167,120 @@ def read_run_config(run_dir: Path, base: str | None = None) -> SftConfig:
 
 def resume_command(out: Path) -> str:
     """The command that continues the run in `out` (its resolved config is written there at the start)."""
-    return f"sftkit train {shlex.quote(str(out / CONFIG_FILE))} --resume latest"
+    return shell_command("train", out / CONFIG_FILE, "--resume", "latest")
+
+
+def shell_command(*args: str | Path) -> str:
+    """An sftkit command line that works pasted into a shell in any directory: quoted, run from this one.
+
+    The run's config holds paths relative to the directory training started in (model, data, output_dir),
+    so the command changes into it first; sftkit is named as it was started (a venv's script, `python -m`).
+    """
+    words = [*sftkit_program(), *(str(arg) for arg in args)]
+    return f"cd {shlex.quote(str(Path.cwd()))} && {shlex.join(words)}"
+
+
+def sftkit_program() -> list[str]:
+    """The words that start this sftkit again: `sftkit` when that is what PATH finds, else its full path."""
+    started = sys.argv[0] if sys.argv else ""
+    if Path(started).name == "sftkit":
+        if "/" not in started and shutil.which("sftkit"):
+            return ["sftkit"]
+        if "/" in started:
+            return [str(Path(started).resolve())]
+    return [sys.executable, "-m", "sftkit"]
+
+
+# ---------------------------------------------------------------------------- the model card
+
+def model_card(run_dir: Path, merged_to: Path | None = None) -> str:
+    """README.md of a run (or of the model merged from it into `merged_to`): base, data, template, settings,
+    losses and how to use it.
+
+    Read from the run's own record (sftkit_config.yaml, metrics.json), so train and merge write the same facts.
+    """
+    merged = merged_to is not None
+    folder = merged_to or run_dir
+    cfg = read_run_config(run_dir)
+    metrics = _read_metrics(run_dir)
+    adapter = cfg.finetuning_type == "lora" and not merged
+    method = (f"LoRA r={cfg.lora_rank}, alpha={cfg.resolved_lora_alpha}{' (rsLoRA)' if cfg.use_rslora else ''} on "
+              f"{', '.join(cfg.lora_target)}" if cfg.finetuning_type == "lora" else "full fine-tuning")
+    if merged:
+        method += ", merged into the base weights"
+    lines = ["---", f"base_model: {cfg.model_name_or_path}", f"library_name: {'peft' if adapter else 'transformers'}",
+             "tags: [sftkit, sft" + (", lora]" if cfg.finetuning_type == "lora" else "]"), "---", "",
+             f"# {folder.resolve().name}", "",
+             f"Supervised fine-tune of `{cfg.model_name_or_path}` made with sftkit ({method}).", "",
+             "## Data", "", *_data_lines(cfg, metrics), "",
+             "## Training", "", *_setting_lines(cfg, method), "",
+             "## Results", "", *_result_lines(metrics), "",
+             "## Use it", "", *_usage_lines(folder, cfg, adapter)]
+    return "\n".join(lines) + "\n"
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    try:
+        metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _data_lines(cfg: SftConfig, metrics: dict[str, Any]) -> list[str]:
+    train, eval_ = metrics.get("train_rows") or {}, metrics.get("eval_rows") or {}
+    lines = ["| dataset | train rows | eval rows |", "|---|---|---|"]
+    for name in dict.fromkeys([*cfg.dataset, *(cfg.eval_dataset or []), *train, *eval_]):
+        lines.append(f"| {name} | {train.get(name, '-')} | {eval_.get(name, '-')} |")
+    trained = "every token" if cfg.train_on_prompt else (
+        "the last assistant reply" if cfg.mask_history else "the assistant replies")
+    return [*lines, "", f"Registry: `{cfg.dataset_dir}/dataset_info.json`. Chat template `{cfg.template}` (also the "
+            f"tokenizer's `chat_template`); loss on {trained} and their end token; cutoff_len {cfg.cutoff_len}"
+            f"{', packed' if cfg.packing else ''}."]
+
+
+def _setting_lines(cfg: SftConfig, method: str) -> list[str]:
+    steps = f"max_steps {cfg.max_steps}" if cfg.max_steps > 0 else f"{cfg.num_train_epochs:g} epochs"
+    settings = [("method", method), ("learning rate", f"{cfg.learning_rate:g} ({cfg.lr_scheduler_type}, warmup "
+                f"{cfg.warmup_steps or cfg.warmup_ratio})"), ("length", steps),
+                ("batch", f"{cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} "
+                 "accumulation"), ("optimizer", f"{cfg.optim}, weight decay {cfg.weight_decay:g}"),
+                ("precision", "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32"), ("seed", str(cfg.seed))]
+    return ["| setting | value |", "|---|---|", *(f"| {key} | {value} |" for key, value in settings),
+            "", f"The complete resolved config is `{CONFIG_FILE}`; `sftkit train` on it repeats the run."]
+
+
+def _result_lines(metrics: dict[str, Any]) -> list[str]:
+    if not metrics:
+        return ["(no metrics.json: the run did not finish)"]
+
+    def value(key: str, spec: str = ".4f") -> str:
+        return "n/a" if metrics.get(key) is None else format(metrics[key], spec)
+
+    rows = [("train loss, first -> last logged", f"{value('first_train_loss')} -> {value('train_loss')}"),
+            ("eval loss, final", value("eval_loss")),
+            ("eval loss, best", f"{value('best_eval_loss')} at step {metrics.get('best_step') or 'n/a'}"),
+            ("eval perplexity", value("eval_perplexity", ".3f")),
+            ("end-token accuracy", value("end_token_accuracy", ".1%")),
+            ("updates / epochs", f"{metrics.get('global_step')} / {value('epochs', '.2f')}"),
+            ("tokens seen", f"{metrics.get('tokens_seen') or 0:,}")]
+    return ["| metric | value |", "|---|---|", *(f"| {key} | {val} |" for key, val in rows)]
+
+
+def _usage_lines(run_dir: Path, cfg: SftConfig, adapter: bool) -> list[str]:
+    folder = str(run_dir.resolve())
+    auto = "AutoPeftModelForCausalLM" if adapter else "AutoModelForCausalLM"
+    package = "peft" if adapter else "transformers"
+    code = ["```python", f"from {package} import {auto}", "from transformers import AutoTokenizer", "",
+            f"model = {auto}.from_pretrained({folder!r})", f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
+            'messages = [{"role": "user", "content": "What colour is snow?"}]',
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+            "return_dict=True)", "output = model.generate(**inputs, max_new_tokens=64)",
+            "print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))", "```"]
+    chat = ["```bash", shell_command("chat", run_dir), *([shell_command("merge", run_dir)] if adapter else []), "```"]
+    note = (f"The adapter needs its base model, `{cfg.model_name_or_path}`" + (
+        " (a local folder: give its full path if you load this from elsewhere)." if not Path(
+            cfg.model_name_or_path).is_absolute() else ".")) if adapter else ""
+    return ["With transformers:", "", *code, "", *([note, ""] if note else []),
+            "With sftkit (talk to it with the template it was trained on" + (
+                "; merge the adapter into a standalone model)" if adapter else ")") + ":", "", *chat]

@@ -354,4 +354,4 @@ def test_file_name_resolves_inside_dataset_dir_unless_absolute(workdir: Path) ->
     (registry / "dataset_info.json").write_text(json.dumps({"abs": {"file_name": str(data / "good.json")}}))
     cfg = validate_config({"model_name_or_path": "m", "dataset": "abs", "dataset_dir": str(registry),
                            "output_dir": "o"})
-    assert validate_data(cfg) == "1 datasets, 4 rows"
+    assert validate_data(cfg) == "1 dataset, 4 rows"

@@ -86,6 +86,31 @@ def test_overrides_parse_yaml_values_and_are_validated(tmp_path: Path) -> None:
         load_config(path, ["lora_rank"])
 
 
+def test_every_bad_override_and_cross_field_problem_is_reported_in_one_go(tmp_path: Path) -> None:
+    path = write(tmp_path, yaml.safe_dump(BASE))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["learning_rate=fast", "lora_rnak=8", "lora_rank", "eval_strategy=steps", "bf16=true",
+                           "fp16=true"])
+    found = info.value.problems
+    assert "--set 'lora_rank': expected key=value" in found
+    assert any(": learning_rate: " in line for line in found) and any(": lora_rnak: " in line for line in found)
+    # the cross-field rules among the valid keys, although two other keys were invalid
+    assert any("eval_steps: required when eval_strategy is steps" in line for line in found)
+    assert any("bf16 and fp16: choose one" in line for line in found)
+    assert len(found) == len(set(found)) == 6, found
+
+
+def test_help_reads_like_the_readme() -> None:
+    from typer.testing import CliRunner
+
+    from sftkit.cli import app
+
+    for command in (["train"], ["chat"], ["data", "preview"], ["eval"]):
+        text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "120"}).output
+        assert "<bool>" not in text and "{" not in text, text
+    assert "Usage: root train [OPTIONS] CONFIG" in CliRunner().invoke(app, ["train", "--help"]).output
+
+
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "model_name_or_path: m\ndataset: [a, b\noutput_dir: o\n")
     with pytest.raises(ConfigError) as info:

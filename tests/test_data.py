@@ -170,6 +170,7 @@ def test_preview_prints_examples_then_stats(tiny_model_dir: Path, bundled_data: 
                                             capsys: pytest.CaptureFixture[str]) -> None:
     preview(make_config(tiny_model_dir, bundled_data, "demo_messages"), n=2, color=False)
     out = capsys.readouterr().out
+    assert out.startswith("(text between [[ and ]] is trained: the loss is taken on it;")
     assert out.count("--- demo_messages row ") == 2 and "--- statistics" in out
     assert "[[My name is Tiny. I was fine-tuned with sftkit.<|im_end|>]]" in out
     assert "<|im_start|>user\nWhat is your name?<|im_end|>" in out
@@ -228,11 +229,15 @@ def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, 
 
     result = sftkit("validate", str(config), cache=datasets_cache)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{config}: OK ({n_sets} datasets, {train + eval_} rows: train {train}, eval {eval_})\n"
+    datasets = f"{n_sets} dataset{'s' if n_sets > 1 else ''}"
+    assert result.stdout.startswith(f"{config}: OK ({datasets}, {train + eval_} rows: train {train}, eval {eval_}; "
+                                    "model ")  # and what validate found in the model folder, weights unread
+    assert "the template adds 2 control tokens" in result.stdout
 
     result = sftkit("data", "preview", str(config), "-n", "2", cache=datasets_cache)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("--- ") and result.stdout.count("\n--- ") == 2
+    assert result.stdout.startswith("(text between [[ and ]] is trained")  # the legend, piped
+    assert result.stdout.count("\n--- ") == 3
     assert "[[" in result.stdout and "\033[" not in result.stdout  # piped: plain markers
     assert f"train rows: {train} (" in result.stdout and f"eval rows: {eval_} (" in result.stdout
     assert "truncated to cutoff_len 16384: 0; dropped (no trained token left): 0" in result.stdout

@@ -24,6 +24,7 @@ from sftkit.templates import get_template
 from sftkit.errors import SftkitError
 from sftkit.data.prompts import Prompt, to_prompt
 from sftkit.evaluate import evaluate, metrics_path, predict, score
+from sftkit.evaluate.perplexity import default_eval_path
 from sftkit.model import encode_prompts
 from sftkit.training import train
 from sftkit.training.overfitting import OVERFIT_GAP, overfitting_signs
@@ -196,12 +197,20 @@ def test_eval_loss_matches_the_trainers(name: str, request: pytest.FixtureReques
     assert json.loads(out.read_text()) == results
 
 
-def test_eval_json_defaults_to_the_run_directory(lora: Run, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_json_defaults_to_the_working_directory_never_the_model_folder(
+        lora: Run, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in lora.path.iterdir())
     results = evaluate(str(lora.path), lora.cfg, split="train")
-    assert json.loads((lora.path / "eval_train.json").read_text()) == results
+    written = tmp_path / default_eval_path(str(lora.path), "train")
+    assert written.parent == tmp_path and json.loads(written.read_text()) == results
+    assert sorted(p.name for p in lora.path.iterdir()) == before  # nothing written into the run
     assert results["rows"] == 6
     table = capsys.readouterr().out
     assert "perplexity" in table and f"{results['loss']:.4f}" in table
+    with pytest.raises(SftkitError, match="already exists; pass --overwrite"):
+        evaluate(str(lora.path), lora.cfg, split="train")
+    assert evaluate(str(lora.path), lora.cfg, split="train", overwrite=True) == results
 
 
 def test_overfit_model_beats_its_base_on_the_rows_it_saw(overfit: Run, tiny_model_dir: Path,
@@ -239,7 +248,8 @@ def test_batched_generation_equals_one_at_a_time(overfit: Run, tmp_path: Path) -
 def test_sampling_is_seeded(lora: Run, tmp_path: Path) -> None:
     def sample(seed: int) -> list[str]:
         out = tmp_path / f"seed{seed}.jsonl"
-        predict(str(lora.path), lora.cfg, out=out, n=2, split="train", max_new_tokens=8, temperature=1.5, seed=seed)
+        predict(str(lora.path), lora.cfg, out=out, n=2, split="train", max_new_tokens=8, temperature=1.5, seed=seed,
+                overwrite=True)
         return [json.loads(line)["generation"] for line in out.read_text().splitlines()]
 
     assert sample(0) == sample(0)
@@ -303,3 +313,13 @@ def test_cli_eval_and_predict(lora: Run, tmp_path: Path) -> None:
                                  str(tmp_path / "p.jsonl"), "-n", "2", "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
+    # one output rule: an existing --out is refused without --overwrite, for predict as for merge
+    refused = runner.invoke(app, ["predict", str(lora.path), "--out", str(tmp_path / "p.jsonl"), "-n", "1"])
+    assert refused.exit_code != 0 and "already exists; pass --overwrite" in str(refused.exception)
+    # a run folder's own sftkit_config.yaml is the default --config
+    result = runner.invoke(app, ["eval", str(lora.path), "--out", str(tmp_path / "own.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "own.json").read_text())["rows"] == 2
+    result = runner.invoke(app, ["predict", str(lora.path), "--out", str(tmp_path / "p.jsonl"), "-n", "1",
+                                 "--max-new-tokens", "4", "--overwrite"])
+    assert result.exit_code == 0, result.output

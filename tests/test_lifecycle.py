@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -205,7 +206,9 @@ def test_first_signal_saves_a_checkpoint_and_stops(runs: dict[str, Run], name: s
     step, checkpoint = int(stopped.group(1)), Path(stopped.group(2))
     assert checkpoint == run.out / f"checkpoint-{step}" and is_complete_checkpoint(checkpoint)
     assert latest_checkpoint(run.out) == checkpoint and 10 <= step < RUN["max_steps"]
-    assert f"resume with: sftkit train {run.out / 'sftkit_config.yaml'} --resume latest" in run.stderr
+    resume = shlex.split(run.stderr.split("resume with: ", 1)[1].splitlines()[0])  # quoted for the shell
+    assert resume[0] == "cd" and resume[2] == "&&"  # from the directory the run started in: paths stay valid
+    assert resume[-4:] == ["train", str(run.out / "sftkit_config.yaml"), "--resume", "latest"]
     assert "adapter_model.safetensors" not in run.listing_at_exit  # not a finished run
     assert not [entry for entry in run.listing_at_exit if entry.startswith(".")]
 

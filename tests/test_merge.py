@@ -248,3 +248,26 @@ def test_cli_refuses_to_overwrite_the_run_itself(lora_run: Path, monkeypatch, ca
     code, _, err = run_cli(["merge", str(lora_run), "--out", str(lora_run), "--overwrite"], monkeypatch, capsys)
     assert_one_error(code, err, "would replace the run directory")
     assert (lora_run / "adapter_model.safetensors").is_file()
+
+
+def test_default_dtype_is_the_base_models_own(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from sftkit.merge import base_dtype
+
+    assert base_dtype(str(tiny_model_dir)) == "fp32"  # the tiny model is stored in fp32: no bf16 merge check to fail
+    bf16 = tmp_path / "bf16-model"
+    shutil.copytree(tiny_model_dir, bf16)
+    config = json.loads((bf16 / "config.json").read_text())
+    config.pop("torch_dtype", None)
+    (bf16 / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    assert base_dtype(str(bf16)) == "bf16"
+    (bf16 / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "dtype"}))
+    assert base_dtype(str(bf16)) == "fp32"  # records none
+
+
+def test_merged_folder_has_a_real_model_card(merged_fp32: Path) -> None:
+    card = (merged_fp32 / "README.md").read_text(encoding="utf-8")
+    assert "More Information Needed" not in card and "merged into the base weights" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card and "base_model:" in card

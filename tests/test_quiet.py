@@ -26,6 +26,8 @@ def test_known_warnings_are_dropped_and_others_kept(quiet) -> None:
         quiet_known_noise()  # simplefilter above reset the filters, as a test runner may
         warnings.warn("Setting `save_embedding_layers` to `True` as the embedding layer has been resized", UserWarning)
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`.",
+                      DeprecationWarning)
         warnings.warn("Setting something else", UserWarning)
         warnings.warn("`other_attribute` is deprecated", FutureWarning)
     assert [str(w.message) for w in caught] == ["Setting something else", "`other_attribute` is deprecated"]

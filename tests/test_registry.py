@@ -75,7 +75,7 @@ def test_unsupported_keys_of_other_entries_do_not_matter(tmp_path: Path) -> None
                 "images": {"file_name": "g.json", "columns": {"images": "img"}}, "weird": {"num_samples": 3,
                                                                                       "file_name": "g.json"}}
     write_dir(tmp_path, registry, {"g.json": ALPACA})
-    assert validate_data(config(tmp_path, "good")) == "1 datasets, 10 rows"
+    assert validate_data(config(tmp_path, "good")) == "1 dataset, 10 rows"
     for name, expected in [("prefs", "ranking (preference) datasets are not supported"),
                            ("modelscope", "uses ms_hub_url, which sftkit does not support; give it a file_name"),
                            ("script", "uses script_url"), ("images", "columns: 'images' is not supported"),
@@ -121,7 +121,7 @@ def test_absolute_file_name_is_allowed(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere" / "d.json"
     write_dir(tmp_path / "elsewhere", {}, {"d.json": ALPACA})
     write_dir(tmp_path / "reg", {"d": {"file_name": str(outside)}}, {})
-    assert validate_data(config(tmp_path / "reg", "d")) == "1 datasets, 10 rows"
+    assert validate_data(config(tmp_path / "reg", "d")) == "1 dataset, 10 rows"
 
 
 # ---------------------------------------------------------------------------- files
@@ -180,7 +180,7 @@ def test_bad_row_error_names_file_and_row(tmp_path: Path) -> None:
 
 def test_skip_bad_rows_reaches_the_summary(tmp_path: Path) -> None:
     write_dir(tmp_path, {"d": {"file_name": "d.json"}}, {"d.json": [*ALPACA, {"instruction": "x"}, 3]})
-    assert validate_data(config(tmp_path, "d", skip_bad_rows=True)) == "1 datasets, 10 rows, 2 bad rows skipped"
+    assert validate_data(config(tmp_path, "d", skip_bad_rows=True)) == "1 dataset, 10 rows, 2 bad rows skipped"
     conv = load_conversations(config(tmp_path, "d", skip_bad_rows=True))
     assert conv.skipped == 2 and conv.problems[1].endswith("row 11: expected a JSON object, got int")
 
@@ -314,3 +314,11 @@ def test_val_size_that_leaves_a_side_empty_is_our_message(tmp_path: Path) -> Non
         validate_data(config(tmp_path, "d", val_size=0.5))
     assert str(info.value) == ("val_size 0.5: 1 rows cannot give both splits a row (1 eval, 0 train); use a smaller "
                                "val_size, more data, or set eval_dataset")
+
+
+def test_json_error_reads_as_a_sentence(tmp_path: Path) -> None:
+    from sftkit.data.registry import _parse_json
+
+    with pytest.raises(DataError) as caught:
+        _parse_json(tmp_path / "d.json", '[{"a": "unterminated')
+    assert "(Unterminated string starting at column 8)" in str(caught.value) and "at at" not in str(caught.value)

@@ -209,3 +209,26 @@ def test_packed_rows_keep_examples_apart(tiny_model_dir: Path) -> None:
     torch.testing.assert_close(packed[0, :len(a)], alone[0])
     torch.testing.assert_close(packed[0, len(a):], alone[1])
     torch.testing.assert_close(packed[1, :len(c)], alone[2])
+
+
+@pytest.mark.integration  # the demo's whole training run (about two minutes on two cores)
+def test_the_demo_learns_to_stop(tmp_path: Path) -> None:
+    """configs/tiny_smoke.yaml on the demo's model: the end token is learned, so the showcase answer ends."""
+    from sftkit.chat import ChatSession
+    from sftkit.config import load_config
+    from sftkit.model import GenerationSettings, load_for_inference
+    from sftkit.tiny import build_tiny_model
+
+    repo = Path(__file__).resolve().parent.parent
+    model_dir = build_tiny_model(tmp_path / "tiny-ernie", initializer_range=0.3)  # as scripts/make_tiny_model.py
+    cfg = load_config(repo / "configs" / "tiny_smoke.yaml", [f"model_name_or_path={model_dir}",
+                                                             f"dataset_dir={repo / 'data'}",
+                                                             f"output_dir={tmp_path / 'run'}"])
+    out = train(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["end_token_accuracy"] >= 0.9, metrics
+    loaded = load_for_inference(str(out))
+    budget = 40
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.template, GenerationSettings(budget))
+    reply = session.ask("What colour is snow?")
+    assert len(loaded.tokenizer(reply, add_special_tokens=False).input_ids) < budget // 2  # it stopped, early

@@ -9,6 +9,7 @@ keep the second value silently).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,30 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SftConf
     path = Path(path)
     raw = _read_yaml(path)
     overridden = {}
+    problems = []
     for override in overrides or []:
-        key, value = _parse_override(override)
+        try:
+            key, value = _parse_override(override)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
         raw[key] = value
         overridden[key] = override
-    return validate_config(raw, source=str(path), overridden=overridden)
+    try:
+        cfg = validate_config(raw, source=str(path), overridden=overridden)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(*problems)
+    return cfg
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>",
                     overridden: dict[str, str] | None = None) -> SftConfig:
     """Validates a dict of config keys, turning pydantic's errors into one line per problem.
+
+    The cross-field rules run only once every field is valid, so they are checked a second time with the
+    invalid keys left out: every problem is reported in one go, not over several attempts.
 
     Args:
         raw: the keys and values.
@@ -54,9 +69,30 @@ def validate_config(raw: dict[str, Any], source: str = "<config>",
         return SftConfig.model_validate(raw)
     except ValidationError as exc:
         overridden = overridden or {}
+        described = _describe(exc)
+        bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        described += [(None, line) for line in _cross_field_lines(raw, bad)
+                      if line not in {text for _, text in described}]
         lines = [f"--set {overridden[key]}: {line}" if key in overridden else f"{source}: {line}"
-                 for key, line in _describe(exc)]
+                 for key, line in described]
         raise ConfigError(*lines) from None
+
+
+# Stand-ins for required keys that are missing or invalid, so the cross-field rules can run on the rest.
+_PLACEHOLDERS = {"model_name_or_path": "-", "dataset": ["-"], "output_dir": "-"}
+
+
+def _cross_field_lines(raw: dict[str, Any], bad: set[str]) -> list[str]:
+    """The cross-field problems among the valid keys (none that mention an invalid key: those are reported)."""
+    rest = {key: value for key, value in raw.items() if key not in bad}
+    rest |= {key: value for key, value in _PLACEHOLDERS.items() if key not in rest}
+    try:
+        SftConfig.model_validate(rest)
+    except ValidationError as exc:
+        lines = [line for err in exc.errors() if not err["loc"]
+                 for line in err["msg"].removeprefix("Value error, ").splitlines()]
+        return [line for line in lines if not any(re.search(rf"\b{re.escape(key)}\b", line) for key in bad)]
+    return []
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

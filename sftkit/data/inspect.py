@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import place_problem, write_lines
+from sftkit.atomic import write_lines
 from sftkit.data.loader import load_conversations
 from sftkit.data.masking import IGNORE_INDEX
 from sftkit.data.pipeline import COLUMNS, PreparedData, no_cycle_collection, tokenize_all
 from sftkit.data.tokenizer import load_tokenizer
-from sftkit.errors import DataError, SftkitError
+from sftkit.errors import DataError
 from sftkit.templates import get_template
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def preview(cfg: SftConfig, n: int = 3, color: bool = False) -> None:
         color: mark trained text in green (terminal) instead of `[[` `]]` (pipes, files).
     """
     tokenizer, data = _prepare_for_cli(cfg)
+    print(legend(color))
     for row in data.train.select(range(min(n, len(data.train)))):
         trained = sum(label != IGNORE_INDEX for label in row["labels"])
         print(f"--- {row['dataset']} row {row['index']}: {len(row['input_ids'])} tokens, {trained} trained")
@@ -55,12 +56,8 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
         The number of rows written.
 
     Raises:
-        SftkitError: `out` cannot be written (checked before the data is prepared).
         DataError: `split` is eval but the config has no eval set.
     """
-    problem = place_problem(out, "file")
-    if problem:
-        raise SftkitError(f"--out: {problem}")
     if split == "eval" and not cfg.has_eval_data:
         raise DataError("--split eval: the config has no eval set; set val_size or eval_dataset")
     _, data = _prepare_for_cli(cfg)
@@ -69,6 +66,14 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
     _write_jsonl(dataset, Path(out))
     print(f"wrote {len(dataset)} {split} rows to {out}")
     return len(dataset)
+
+
+
+def legend(color: bool) -> str:
+    """What the marks in a rendered example mean."""
+    marked = "green" if color else f"between {PLAIN_TRAINED[0]} and {PLAIN_TRAINED[1]}"
+    return (f"(text {marked} is trained: the loss is taken on it; everything else is context the model reads "
+            "but is not trained to write)")
 
 
 def render_example(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:

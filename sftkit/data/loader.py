@@ -5,13 +5,15 @@ No tokenizer is involved, so `sftkit validate` runs everything here without load
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sftkit.data.formats import Normalized, normalize
-from sftkit.data.registry import get_spec, load_registry, read_rows
-from sftkit.errors import DataError
+from sftkit.data.registry import check_source, get_spec, load_registry, read_rows
+from sftkit.data.spec import DatasetSpec
+from sftkit.errors import DataError, gather
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -39,10 +41,9 @@ def load_conversations(cfg: SftConfig) -> Conversations:
         DataError: any registry, file or row problem (rows are skipped instead with `skip_bad_rows`),
             a dataset left with no rows, or a `val_size` the data cannot satisfy.
     """
-    registry = load_registry(cfg.dataset_dir)
-    names = list(dict.fromkeys([*cfg.dataset, *(cfg.eval_dataset or [])]))
-    specs = {name: get_spec(registry, name, cfg.dataset_dir) for name in names}  # all names checked first
-    loaded = {name: _normalized(spec, cfg) for name, spec in specs.items()}
+    specs = dataset_specs(cfg)  # all names checked first
+    loaded = dict(zip(specs, gather(*(functools.partial(_normalized, spec, cfg) for spec in specs.values()))))
+    names = list(specs)
     train = mix([_to_dataset(loaded[name]) for name in cfg.dataset], cfg.mix_strategy, cfg.interleave_probs,
                 cfg.seed)
     if cfg.eval_dataset:
@@ -51,6 +52,26 @@ def load_conversations(cfg: SftConfig) -> Conversations:
         train, eval_ = split(train, cfg.val_size, cfg.seed)
     problems = [p for part in loaded.values() for p in part.problems]
     return Conversations(train, eval_, names, sum(p.skipped for p in loaded.values()), problems[:5])
+
+
+def dataset_specs(cfg: SftConfig) -> dict[str, DatasetSpec]:
+    """Every dataset the config names (train and eval), resolved in the registry, all problems at once.
+
+    Raises:
+        DataError: a missing or broken registry, or unknown or broken entries.
+    """
+    registry = load_registry(cfg.dataset_dir)
+    names = list(dict.fromkeys([*cfg.dataset, *(cfg.eval_dataset or [])]))
+    return dict(zip(names, gather(*(functools.partial(get_spec, registry, name, cfg.dataset_dir) for name in names))))
+
+
+def check_sources(cfg: SftConfig) -> None:
+    """The instant data check before training: registry entries resolve and local files exist (none is read).
+
+    Raises:
+        SftkitError: every problem found.
+    """
+    gather(*(functools.partial(check_source, spec) for spec in dataset_specs(cfg).values()))
 
 
 def mix(parts: list[Dataset], strategy: str = "concat", probs: list[float] | None = None,

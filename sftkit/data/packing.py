@@ -5,6 +5,8 @@ running TRL's own `pack_dataset` on the example lengths, so the reported number 
 
 from __future__ import annotations
 
+from sftkit.quiet import no_dataset_bars
+
 
 def packing_efficiency(lengths: list[int], seq_length: int) -> float:
     """Fraction of packed token slots holding real tokens under TRL's "bfd" packing.
@@ -30,7 +32,7 @@ def packing_efficiency(lengths: list[int], seq_length: int) -> float:
     # One byte per token: only the lengths matter to the packer, the values are never read.
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     column = pa.LargeListArray.from_arrays(offsets, pa.array(np.zeros(offsets[-1], dtype=np.int8)))
-    packed = pack_dataset(Dataset(pa.table({"input_ids": column})), packer_length, strategy="bfd",
-                          map_kwargs={"desc": "Packing statistics"})
+    with no_dataset_bars():
+        packed = pack_dataset(Dataset(pa.table({"input_ids": column})), packer_length, strategy="bfd")
     real_tokens = sum(sum(seq_lengths) for seq_lengths in packed["seq_lengths"])
     return real_tokens / (len(packed) * seq_length)

@@ -1,6 +1,6 @@
 """The data pipeline: registry names -> tokenized, masked examples (not packed: TRL packs at train time).
 
-`prepare_data` is what training and evaluation use; `validate_data` backs `sftkit validate`.
+`prepare_data` is what training and evaluation use; `validate_setup` (data and model) backs `sftkit validate`.
 Tokenization is cached on disk by a key covering what decides its output (the data, the tokenizer, the
 template, the masking settings and `ENCODING_VERSION`), so running the same config again does not
 tokenize again.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from sftkit.data import masking
 from sftkit.data.loader import Conversations, load_conversations
 from sftkit.data.stats import DataStats, compute_stats
-from sftkit.errors import DataError
+from sftkit.data.model_source import model_problems
+from sftkit.errors import DataError, SftkitError, gather
 from sftkit.templates import Template, get_template
 
 if TYPE_CHECKING:
@@ -58,6 +60,19 @@ def prepare_data(cfg: SftConfig, tokenizer: Any, template: Template | None = Non
         return tokenize_all(cfg, tokenizer, template or get_template(cfg.template), load_conversations(cfg))
 
 
+def validate_setup(cfg: SftConfig) -> str:
+    """`sftkit validate`: every dataset resolves and parses, and the model is checked without loading weights.
+
+    Returns:
+        A short summary such as "3 datasets, 400 rows: train 360, eval 40; model models/x: ...".
+
+    Raises:
+        SftkitError: every data and model problem found, together.
+    """
+    data, model = gather(lambda: validate_data(cfg), lambda: _model_summary(cfg))
+    return f"{data}; {model}"
+
+
 def validate_data(cfg: SftConfig) -> str:
     """Resolves and parses every dataset of the config (no tokenizer, no model).
 
@@ -65,16 +80,29 @@ def validate_data(cfg: SftConfig) -> str:
         A short summary such as "3 datasets, 400 rows: train 360, eval 40".
 
     Raises:
-        DataError: the first problem found.
+        DataError: the problems found.
     """
     conv = load_conversations(cfg)
     eval_rows = len(conv.eval) if conv.eval is not None else 0
-    summary = f"{len(conv.datasets)} datasets, {len(conv.train) + eval_rows} rows"
+    summary = f"{plural(len(conv.datasets), 'dataset')}, {plural(len(conv.train) + eval_rows, 'row')}"
     if conv.eval is not None:
         summary += f": train {len(conv.train)}, eval {eval_rows}"
     if conv.skipped:
-        summary += f", {conv.skipped} bad rows skipped"
+        summary += f", {plural(conv.skipped, 'bad row')} skipped"
     return summary
+
+
+def _model_summary(cfg: SftConfig) -> str:
+    problems, line = model_problems(cfg.model_name_or_path, cfg.trust_remote_code,
+                                    get_template(cfg.template).special_tokens)
+    if problems:
+        raise SftkitError(*problems)
+    return line
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 dataset", "3 datasets"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # ---------------------------------------------------------------------------- tokenization
@@ -133,16 +161,20 @@ def _tokenize(conversations: Dataset, tokenizer: Any, template: Template, cfg: S
                          "index": Value("int64"), "truncated": Value("bool")})
     return conversations.map(
         _encode_batch, batched=True, batch_size=cfg.preprocessing_batch_size,
-        num_proc=_num_proc(cfg.preprocessing_num_workers), remove_columns=conversations.column_names, features=features,
+        num_proc=_num_proc(cfg.preprocessing_num_workers, len(conversations)),
+        remove_columns=conversations.column_names, features=features,
         fn_kwargs={"tokenizer": tokenizer, "template": template, "cutoff_len": cfg.cutoff_len,
                    "train_on_prompt": cfg.train_on_prompt, "mask_history": cfg.mask_history},
         cache_file_name=str(cache_dir / f"tokenized-{key}.arrow"), load_from_cache_file=not cfg.overwrite_cache,
         new_fingerprint=key, desc="Tokenizing")
 
 
-def _num_proc(workers: int | None) -> int | None:
+def _num_proc(workers: int | None, rows: int) -> int | None:
     """One worker means this process: datasets forks for any num_proc, and a forked child loses the fast
-    tokenizer's multi-threading, so num_proc=1 would run slower than no worker process at all."""
+    tokenizer's multi-threading, so num_proc=1 would run slower than no worker process at all.
+
+    Never more workers than CPUs (the start summary notes it) or rows (datasets would say so at every map)."""
+    workers = min(workers, os.cpu_count() or 1, rows) if workers is not None else None
     return workers if workers is not None and workers > 1 else None
 
 

@@ -92,6 +92,16 @@ def read_rows(spec: DatasetSpec) -> list[SourceRow]:
     return [row for path in files for row in _read_file(path)]
 
 
+def check_source(spec: DatasetSpec) -> None:
+    """A local dataset's files exist and have a supported type (nothing is read; hub datasets pass).
+
+    Raises:
+        DataError: missing file or folder, or an unsupported file type.
+    """
+    if spec.path is not None:
+        _data_files(spec.path, spec.name)
+
+
 # ---------------------------------------------------------------------------- registry entries
 
 def _unknown_name(name: str, registry: dict[str, Any], dataset_dir: str | Path) -> str:
@@ -198,7 +208,9 @@ def _parse_json(path: Path, text: str, first_line: int = 1, object_pairs_hook: A
         return json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         line = exc.lineno + first_line - 1
-        raise DataError(f"{path}:{line}: invalid JSON ({exc.msg} at column {exc.colno}); fix that line") from None
+        # json's messages may end in "at" ("Unterminated string starting at"): the column completes them
+        where = f"{exc.msg} column {exc.colno}" if exc.msg.endswith(" at") else f"{exc.msg} at column {exc.colno}"
+        raise DataError(f"{path}:{line}: invalid JSON ({where}); fix that line") from None
     except RecursionError:  # the json module recurses once per nesting level
         raise DataError(f"{path}:{first_line}: JSON nested too deeply to read; a row is an object of strings "
                         "and message lists") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.data.model_source import resolve_model
 from sftkit.errors import SftkitError
 from sftkit.templates import Template, get_template, prepare_tokenizer
 
@@ -21,10 +22,11 @@ def load_tokenizer(cfg: SftConfig, template: Template | None = None) -> Any:
     Raises:
         SftkitError: the model directory or hub id cannot be loaded (missing, offline, not a tokenizer).
     """
+    source = resolve_model(cfg.model_name_or_path)  # a missing folder or an unreachable hub fails here, at once
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - damaged tokenizer files fail as KeyError, TypeError, tokenizers' Exception
         raise SftkitError(unloadable(cfg.model_name_or_path, "tokenizer", exc)) from None
     prepare_tokenizer(tokenizer, template or get_template(cfg.template))

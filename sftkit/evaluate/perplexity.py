@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import place_problem, write_json
+from sftkit.atomic import write_json
 from sftkit.config.schema import LOSS_CHUNK_SIZE
 from sftkit.data import IGNORE_INDEX, load_tokenizer, prepare_data
 from sftkit.errors import SftkitError
 from sftkit.model import Loaded, causal_lm_of, load_for_inference, load_model as load_lm, resolve_precision, to_device
-from sftkit.run_dir import has_adapter, has_run_config
+from sftkit.run_dir import check_new_output, has_adapter, has_run_config
 from sftkit.templates import get_template
 from sftkit.training.loss import chunked_cross_entropy, perplexity
 
@@ -55,7 +55,7 @@ class LossTotals:
 # ---------------------------------------------------------------------------- sftkit eval
 
 def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | None = None,
-             out: str | Path | None = None) -> dict[str, Any]:
+             out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Loss and perplexity on the trained tokens (labels != -100) of a split, per dataset and overall.
 
     The loss is the token-weighted mean cross-entropy over every trained token of the split, the
@@ -78,7 +78,7 @@ def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | Non
     """
     cfg = data_config(cfg, split, dataset)
     path = Path(out) if out is not None else default_eval_path(model, dataset or split)
-    check_out(path)
+    check_new_output(path, overwrite)
     loaded = load_model(model, cfg)
     rows = prepared_rows(cfg, loaded, "train" if dataset is not None else split)
     totals = masked_loss(loaded.model, rows, loaded.tokenizer.pad_token_id,
@@ -89,18 +89,6 @@ def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | Non
     print(loss_table(results))
     print(f"wrote {path}")
     return results
-
-
-def check_out(*paths: Path) -> None:
-    """Refuses result files that cannot be written, before any model loads.
-
-    Raises:
-        SftkitError: naming the path in the way.
-    """
-    for path in paths:
-        problem = place_problem(path, "file")
-        if problem:
-            raise SftkitError(f"--out: {problem}")
 
 
 def data_config(cfg: SftConfig, split: str, dataset: str | None) -> SftConfig:
@@ -226,8 +214,6 @@ def loss_table(results: dict[str, Any]) -> str:
 
 
 def default_eval_path(model: str, split: str) -> Path:
-    """Inside an sftkit run or merged directory; else in the working directory, named after the model."""
-    if has_run_config(Path(model)):
-        return Path(model) / f"eval_{split}.json"
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model).strip("_") or "model"
+    """In the working directory, named after the model as given (never inside a model or run folder)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/")).strip("_.") or "model"
     return Path(f"eval_{slug}_{split}.json")

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import write_json, write_lines
 from sftkit.data.prompts import Prompt, load_prompts
-from sftkit.errors import SftkitError
-from sftkit.evaluate.perplexity import check_out, data_config, load_model
+from sftkit.errors import SftkitError, gather
+from sftkit.evaluate.perplexity import data_config, load_model
 from sftkit.model import GenerationSettings, generate_replies
+from sftkit.run_dir import check_new_output
 from sftkit.templates import get_template
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str = "eval",
             compare: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
-            batch_size: int = 16) -> dict[str, Any]:
+            batch_size: int = 16, overwrite: bool = False) -> dict[str, Any]:
     """Answers the first `n` prompts of a split and scores the answers against the references.
 
     A prompt is a conversation up to its last assistant-side reply; that reply is the reference.
@@ -43,6 +44,7 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
         temperature: 0 for greedy decoding, else sampling at this temperature.
         seed: sampling seed.
         batch_size: prompts generated together (left padded).
+        overwrite: replace `out` (and its metrics file) when they exist.
 
     Returns:
         The corpus-level metrics as written to the metrics file.
@@ -54,7 +56,7 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     problems = (["-n: answer at least one prompt"] if n < 1 else []) + settings.problems()
     if problems:
         raise SftkitError(*problems)
-    check_out(Path(out), metrics_path(Path(out)))
+    gather(lambda: check_new_output(Path(out), overwrite), lambda: check_new_output(metrics_path(Path(out)), overwrite))
     prompts = load_prompts(data_config(cfg, split, None), split, n, get_template(cfg.template))
     answers = {"generation": answer(model, cfg, prompts, settings)}
     if compare is not None:

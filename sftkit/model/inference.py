@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.data.model_source import resolve_model
 from sftkit.errors import SftkitError
 from sftkit.model.loading import DAMAGED_MODEL_FIX, grow_embeddings, load_model
 from sftkit.model.precision import Precision, inference_precision
+from sftkit.quiet import quiet_loading_bars
 from sftkit.run_dir import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, check_lora_run, check_weights, has_adapter,
                             read_run_config)
 from sftkit.templates import TEMPLATES, Template, get_template, prepare_tokenizer
@@ -55,16 +57,17 @@ def load_for_inference(model: str) -> Loaded:
         SftkitError: nothing loadable at `model`.
     """
     path = Path(model)
-    precision = inference_precision()
     if has_adapter(path):
-        run = load_adapter_run(path, precision=precision)
+        run = load_adapter_run(path, precision=inference_precision())
         _note(f"template {run.template.name} (from {path / CONFIG_FILE}); base {run.cfg.model_name_or_path} "
               f"+ adapter {path}")
         return Loaded(to_device(run.model), run.tokenizer, run.template, run.cfg)
+    model = resolve_model(model)  # a missing folder or an unreachable hub fails here, at once
+    path = Path(model)
     tokenizer = _load_tokenizer(model)
     template, reason = _template_for(path, tokenizer)
     _note(f"template {template.name} ({reason})")
-    lm = _load_plain_model(model, tokenizer, template, precision)
+    lm = _load_plain_model(model, tokenizer, template, inference_precision())
     return Loaded(to_device(lm), tokenizer, template)
 
 
@@ -145,6 +148,7 @@ def _load_plain_model(model: str, tokenizer: Any, template: Template, precision:
     from transformers import AutoModelForCausalLM
 
     check_weights(Path(model), DAMAGED_MODEL_FIX)
+    quiet_loading_bars()
     try:
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=precision.dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:

@@ -5,12 +5,15 @@ Heavy libraries are imported inside the functions so the CLI stays instant.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.data.model_source import resolve_model
 from sftkit.data.tokenizer import unloadable
 from sftkit.errors import SftkitError
+from sftkit.quiet import quiet_loading_bars
 from sftkit.run_dir import check_weights
 
 if TYPE_CHECKING:
@@ -35,6 +38,8 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
         SftkitError: the model cannot be loaded (or its weights files are damaged), or the attention kernel
             is unavailable.
     """
+    source = resolve_model(cfg.model_name_or_path)
+    quiet_loading_bars()
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -45,7 +50,7 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
         kwargs["trust_remote_code"] = True
     check_weights(Path(cfg.model_name_or_path), DAMAGED_MODEL_FIX)
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ImportError as exc:
         raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: sdpa") from None
     except (OSError, ValueError) as exc:
@@ -94,3 +99,20 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
     """The transformers causal LM inside a PEFT wrapper (LoRA layers are injected in place), or `model`."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def stored_dtype(name: str, trust_remote_code: bool = False) -> str | None:
+    """The dtype a model's weights are stored in, as its config records it ("float32", "bfloat16", ...), or None."""
+    source = resolve_model(name)
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        dtype = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
+    else:
+        from transformers import AutoConfig
+
+        dtype = getattr(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code), "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype else None

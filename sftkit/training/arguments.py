@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from sftkit.training.loss import liger_available
@@ -30,7 +31,9 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         output_dir=cfg.output_dir,
         # data: rows are already tokenized, masked and cut to cutoff_len
         max_length=cfg.cutoff_len, packing=cfg.packing, packing_strategy="bfd", padding_free=cfg.packing,
-        dataset_num_proc=cfg.preprocessing_num_workers,
+        # never more packing workers than CPUs (the start summary notes a larger setting)
+        dataset_num_proc=min(cfg.preprocessing_num_workers, os.cpu_count() or 1) if cfg.preprocessing_num_workers
+        else None,
         # optimisation
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=_warmup(cfg),
         lr_scheduler_kwargs=cfg.lr_scheduler_kwargs or {},

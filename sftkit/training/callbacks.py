@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
 
 from transformers import TrainerCallback
 
@@ -101,3 +103,79 @@ def _sharded(args: TrainingArguments) -> bool:
 
 def _block(text: str) -> str:
     return "\n".join(f"    {line}" for line in (text or "(empty)").splitlines() or [""])
+
+
+class ProgressReport(TrainerCallback):
+    """What a run shows while it trains, in place of transformers' bar and its printed dicts of logs.
+
+    On a terminal: one bar (steps done, elapsed and ETA from tqdm) with loss, learning rate and tokens/s
+    beside it. To a file or a pipe: one plain line per logging step with the same numbers and an ETA, and
+    no carriage returns or cursor escapes. Evaluations are one line each. Only the main process reports.
+    """
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.bar: Any = None
+        self._first_step = 0
+        self._started = self._last_time = 0.0
+        self._last_tokens = 0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        self._first_step = state.global_step  # a resumed run starts past 0
+        self._started = self._last_time = time.monotonic()
+        self._last_tokens = state.num_input_tokens_seen
+        if self.out.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, file=self.out, unit="step",
+                            dynamic_ncols=True, desc="training")
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            numbers = self._train_numbers(state, logs)
+            if self.bar is not None:
+                self.bar.set_postfix_str(numbers, refresh=True)
+                return
+            line = f"step {state.global_step}/{state.max_steps}  {numbers}  eta {self._eta(state)}"
+        elif "eval_loss" in logs:
+            line = f"eval at step {state.global_step}: loss {logs['eval_loss']:.4f}"
+        else:
+            return  # the end-of-training summary: sftkit prints its own
+        if self.bar is not None:
+            self.bar.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _train_numbers(self, state: TrainerState, logs: dict[str, float]) -> str:
+        now, tokens = time.monotonic(), state.num_input_tokens_seen
+        rate = (tokens - self._last_tokens) / (now - self._last_time) if now > self._last_time else 0.0
+        self._last_time, self._last_tokens = now, tokens
+        parts = [f"loss {logs['loss']:.4f}"]
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.2e}")
+        return "  ".join([*parts, f"{rate:,.0f} tok/s"])
+
+    def _eta(self, state: TrainerState) -> str:
+        done = state.global_step - self._first_step
+        if done <= 0:
+            return "?"
+        left = (time.monotonic() - self._started) / done * (state.max_steps - state.global_step)
+        minutes, seconds = divmod(int(left), 60)
+        return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"

@@ -12,17 +12,17 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import place_problem
+from sftkit.atomic import place_problem, write_text
 from sftkit.config import check_environment, dump_resolved
-from sftkit.data import load_tokenizer
-from sftkit.errors import SftkitError
+from sftkit.data import check_sources, load_tokenizer, resolve_model
+from sftkit.errors import SftkitError, gather
 from sftkit.model import (add_adapter, check_context_length, count_parameters, load_model, resolve_precision,
                           set_stop_tokens)
-from sftkit.run_dir import CONFIG_FILE, is_run
+from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, is_run, model_card
 from sftkit.templates import Template, get_template
 from sftkit.training.attention import use_packed_attention
 from sftkit.training.distributed import check_distributed, prepare_data_once, process_rank, quiet_other_ranks
-from sftkit.training.lifecycle import (check_checkpoint_files, check_disk_space, check_resume_config,
+from sftkit.training.lifecycle import (check_checkpoint_files, check_disk_space, check_resume_config, checkpoint_state,
                                        discard_partial_checkpoints, estimate_disk, resolve_resume, run_lock,
                                        save_model_atomically)
 from sftkit.training.loss import add_chunked_loss
@@ -60,13 +60,14 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
 
 def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Path:
     """`train` once the run lock is held."""
-    replace = check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume))
-    checkpoint = resolve_resume(out, resume)
+    replace, checkpoint, *_ = gather(  # every instant check, all problems reported together
+        lambda: check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume)),
+        lambda: resolve_resume(out, resume), lambda: check_distributed(cfg), lambda: check_environment(cfg),
+        lambda: resolve_model(cfg.model_name_or_path), lambda: check_sources(cfg))
     if checkpoint is not None:
         check_checkpoint_files(checkpoint, str(resume))
         check_resume_config(cfg, out)  # before anything is written: the run's record stays as it was
-    check_distributed(cfg)
-    check_environment(cfg)
+    resumed = checkpoint_state(checkpoint) if checkpoint else None
     quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
 
@@ -88,13 +89,15 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
         reset_output_dir(out, replace)
         discard_partial_checkpoints(out)
         dump_resolved(cfg, out / CONFIG_FILE)
-        print_start(cfg, trainer, params, data.stats, precision)
+        print_start(cfg, trainer, params, data.stats, precision, checkpoint, resumed)
     with trainer.run_guard.handling_signals():  # Ctrl-C / SIGTERM: save a checkpoint, stop, say how to resume
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.run_guard.raise_if_stopped()  # interrupted, or the loss became NaN
         save_run(trainer, out)
-        metrics = write_metrics(trainer, result, cfg, tokenizer, template, data, out, main)
+        tokens_before = int((resumed or {}).get("num_input_tokens_seen") or 0)
+        metrics = write_metrics(trainer, result, cfg, tokenizer, template, data, out, main, tokens_before)
     if main:
+        write_text(out / MODEL_CARD, model_card(out))  # after the trainer's save, which leaves PEFT's placeholder
         print_end(cfg, trainer, metrics, out)
     return out
 

@@ -6,11 +6,13 @@ Everything here reads a finished (or about to start) trainer; nothing changes th
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import write_json
-from sftkit.run_dir import CONFIG_FILE, METRICS_FILE
+from sftkit.data import plural
+from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_CARD, shell_command
 from sftkit.training.loss import perplexity
 from sftkit.training.overfitting import overfitting_signs
 
@@ -23,25 +25,49 @@ if TYPE_CHECKING:
     from sftkit.templates import Template
     from sftkit.training.trainer import SftkitTrainer
 
+# Below this end-token accuracy, generation mostly runs past the end of the answer.
+LOW_END_TOKEN_ACCURACY = 0.9
+
 
 def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats: DataStats,
-                precision: Precision) -> None:
-    """One screen before training: model, parameters, data, steps, batch, device and dtype."""
+                precision: Precision, checkpoint: Path | None = None, resumed: dict[str, Any] | None = None) -> None:
+    """One screen before training: model, parameters, data, steps, batch, device and dtype, notes, the resume point."""
     args = trainer.args
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     sequences = len(trainer.train_dataset)
+    planned = planned_updates(trainer, sequences)
     lines = [
         f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {cfg.template}",
         f"  parameters: {params.line()}",
         *(f"  {line}" for line in stats.summary_lines()),
         f"  training sequences: {sequences:,}" + (f" (packed to {cfg.cutoff_len} tokens)" if cfg.packing else ""),
-        f"  updates: {planned_updates(trainer, sequences):,} ({_schedule(cfg)})",
+        f"  updates: {planned:,} ({_schedule(cfg)})",
         f"  effective batch: {effective} sequences = {args.per_device_train_batch_size} per device x "
         f"{args.gradient_accumulation_steps} accumulation x {args.world_size} processes",
         f"  device: {precision.note}",
         f"  output: {cfg.output_dir}",
+        *(f"  note: {note}" for note in start_notes(cfg, planned, os.cpu_count() or 1)),
     ]
+    if checkpoint is not None:
+        step = (resumed or {}).get("global_step", "?")
+        lines.append(f"  resuming from {checkpoint.name} (step {step} of {planned})")
     print("\n".join(lines), flush=True)
+
+
+def start_notes(cfg: SftConfig, planned: int, cpus: int) -> list[str]:
+    """Settings beyond this machine or this run: each one a note in the start summary."""
+    notes = []
+    workers = cfg.preprocessing_num_workers
+    if workers is not None and workers > cpus:
+        notes.append(f"preprocessing_num_workers {workers} is more than this machine's {cpus} CPUs: tokenizing uses "
+                     f"{cpus}; set it to {cpus} or fewer")
+    if cfg.eval_strategy == "steps" and cfg.eval_steps and cfg.eval_steps > planned:
+        notes.append(f"eval_steps {cfg.eval_steps} is more than this run's {planned} updates: it never evaluates "
+                     f"during training; lower eval_steps")
+    if cfg.save_strategy == "steps" and cfg.save_steps > planned:
+        notes.append(f"save_steps {cfg.save_steps} is more than this run's {planned} updates: no checkpoint is "
+                     "saved, so an interrupted run cannot resume; lower save_steps")
+    return notes
 
 
 def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out: Path) -> None:
@@ -53,31 +79,49 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
     if metrics["best_eval_loss"] is not None or metrics["eval_loss"] is not None:
         lines.append(f"  eval loss: final {_fmt(metrics['eval_loss'])}, best {_fmt(metrics['best_eval_loss'])} "
                      f"at step {metrics['best_step']} (perplexity {_fmt(metrics['eval_perplexity'])})")
-    if metrics["end_token_accuracy"] is not None:
-        lines.append(f"  end-token accuracy: {metrics['end_token_accuracy']:.1%} of {metrics['end_token_positions']} "
-                     "reply ends in the eval set predict the end token")
-    if state.best_model_checkpoint:
+    accuracy = metrics["end_token_accuracy"]
+    if accuracy is not None:
+        lines.append(f"  end-token accuracy: {accuracy:.1%} of {plural(metrics['end_token_positions'], 'reply end')} "
+                     "in the eval set predict the end token")
+        if accuracy < LOW_END_TOKEN_ACCURACY:
+            lines.append("  note: the model has not learned to stop, so chat will ramble past its answer; train "
+                         "longer (num_train_epochs) or with a higher learning_rate")
+    if state.best_model_checkpoint and trainer.args.load_best_model_at_end:
         lines.append(f"  best checkpoint: {state.best_model_checkpoint} (its weights are the saved ones)")
     lines += [f"  overfitting: {sign}" for sign in overfitting_signs(state.log_history)]
-    lines += [f"  written to {out}/: {_saved_weights(cfg)}, tokenizer with chat template, {CONFIG_FILE}, "
-              f"metrics.json{', training_loss.png' if cfg.plot_loss else ''}, checkpoint-*/, runs/ (TensorBoard)",
-              "next:"]
+    lines += [f"  written to {out}/: {', '.join(_written(cfg, out))}", "next (from any directory):"]
     if cfg.finetuning_type == "lora":
-        lines.append(f"  sftkit merge {out}")
-    lines.append(f"  sftkit chat {out}")
+        lines.append(f"  {shell_command('merge', out)}")
+    lines.append(f"  {shell_command('chat', out)}")
     print("\n".join(lines), flush=True)
 
 
+def _written(cfg: SftConfig, out: Path) -> list[str]:
+    """What the run folder holds, as it is."""
+    files = [_saved_weights(cfg), "tokenizer with chat template", CONFIG_FILE, METRICS_FILE, f"{MODEL_CARD} (model card)"]
+    if cfg.plot_loss:
+        files.append("training_loss.png")
+    if any(out.glob("checkpoint-*")):
+        files.append("checkpoint-*/")
+    if (out / "runs").is_dir():
+        files.append("runs/ (TensorBoard)")
+    return files
+
+
 def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, template: Template,
-                  data: PreparedData, out: Path, main: bool) -> dict[str, Any]:
-    """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process."""
+                  data: PreparedData, out: Path, main: bool, tokens_before: int = 0) -> dict[str, Any]:
+    """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process.
+
+    `tokens_before`: tokens the resumed checkpoint had seen; tokens/s is this session's tokens over its runtime.
+    """
     history = trainer.state.log_history
     train_losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
     eval_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     end_id = tokenizer.convert_tokens_to_ids(template.end_token)
     accuracy, positions = end_token_accuracy(trainer, data.eval, end_id) if data.eval is not None else (None, 0)
     tokens = trainer.tokens_seen()  # a collective: write_metrics runs on every rank
-    metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens)
+    metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens, tokens_before)
+    metrics.update(train_rows=data.stats.train_rows, eval_rows=data.stats.eval_rows)
     if main:
         write_json(out / METRICS_FILE, metrics)
         if cfg.plot_loss:
@@ -86,29 +130,34 @@ def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer
 
 
 def _metrics(trainer: SFTTrainer, result: Any, train_losses: list[tuple[int, float]],
-             eval_losses: list[tuple[int, float]], accuracy: float | None, positions: int, tokens: int
-             ) -> dict[str, Any]:
+             eval_losses: list[tuple[int, float]], accuracy: float | None, positions: int, tokens: int,
+             tokens_before: int = 0) -> dict[str, Any]:
     state = trainer.state
     runtime = float(result.metrics.get("train_runtime", 0.0))
-    best = state.best_metric
+    loaded_best = trainer.args.load_best_model_at_end and state.best_metric is not None
+    # the trainer tracks the best only when it loads it at the end; the log history always has it
+    best_step, best = (state.best_global_step, state.best_metric) if loaded_best else min(
+        eval_losses, key=lambda pair: pair[1], default=(None, None))
     final_eval = eval_losses[-1][1] if eval_losses else None
     # the saved weights are the best checkpoint's when it was loaded at the end
-    saved_eval = best if trainer.args.load_best_model_at_end and best is not None else final_eval
+    saved_eval = best if loaded_best else final_eval
+    session_tokens = tokens - tokens_before
     return {
         "train_loss": train_losses[-1][1] if train_losses else None,
         "first_train_loss": train_losses[0][1] if train_losses else None,
         "mean_train_loss": result.training_loss,
         "eval_loss": final_eval,
         "best_eval_loss": best,
-        "best_step": state.best_global_step,
-        "best_checkpoint": state.best_model_checkpoint,
+        "best_step": best_step,
+        "best_checkpoint": state.best_model_checkpoint if loaded_best else None,
         "eval_perplexity": perplexity(saved_eval),
         "end_token_accuracy": accuracy,
         "end_token_positions": positions,
         "global_step": state.global_step,
         "epochs": state.epoch,
         "tokens_seen": tokens,
-        "tokens_per_second": tokens / runtime if runtime else None,
+        "tokens_this_session": session_tokens,  # differs from tokens_seen after a resume
+        "tokens_per_second": session_tokens / runtime if runtime else None,
         "train_runtime_s": runtime,
         "world_size": trainer.args.world_size,
     }

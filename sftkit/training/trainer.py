@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import EarlyStoppingCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
 from sftkit.model import ATTENTION, causal_lm_of
 from sftkit.training.arguments import build_sft_config
-from sftkit.training.callbacks import generation_samples_callback
+from sftkit.quiet import no_dataset_bars
+from sftkit.training.callbacks import ProgressReport, generation_samples_callback
 from sftkit.training.collator import REAL_TOKENS_KEY, PackedRowsCollator
 from sftkit.training.lifecycle import LifecycleTrainerMixin
 from sftkit.training.loss import add_chunked_loss, liger_available
@@ -195,9 +197,14 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
     samples = generation_samples_callback(cfg, tokenizer, template)  # None without eval, samples or TensorBoard
     if samples is not None:
         callbacks.append(samples)
-    trainer = SftkitTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
-                            eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
-                            callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size)
+    with no_dataset_bars():  # TRL packs the rows here: a pass the user did not ask to watch
+        trainer = SftkitTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
+                                eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
+                                callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size)
+    # one progress display instead of transformers' bar (or its printed dicts, to a file)
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressReport())
     if cfg.packing and ATTENTION[cfg.flash_attn] != "flash_attention_2":
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     return trainer

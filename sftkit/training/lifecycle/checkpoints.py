@@ -120,11 +120,16 @@ def complete_checkpoints(out: Path) -> list[Path]:
 
 def is_complete_checkpoint(path: Path) -> bool:
     """A folder whose trainer state, the last file the trainer writes, is there and parses."""
+    return checkpoint_state(path) is not None
+
+
+def checkpoint_state(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's trainer state (global_step, num_input_tokens_seen, ...), or None when unreadable."""
     try:
         state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and "global_step" in state
+        return None
+    return state if isinstance(state, dict) and "global_step" in state else None
 
 
 def checkpoint_step(path: Path) -> int:
