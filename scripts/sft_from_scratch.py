@@ -166,7 +166,11 @@ def answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int = 40) 
     return tokenizer.decode(ids[0, len(tokenizer(prompt, add_special_tokens=False).input_ids):])
 
 
-def main(model_dir: str = "models/tiny-ernie", epochs: int = 30, learning_rate: float = 3e-3) -> None:
+def main(model_dir: str = "models/tiny-ernie", epochs: int = 6, learning_rate: float = 3e-3) -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()  # its notes about resized embeddings and loading bars
+    transformers.utils.logging.disable_progress_bar()
     if not Path(model_dir, "config.json").is_file():
         from sftkit.tiny import build_tiny_model
 
@@ -174,15 +178,14 @@ def main(model_dir: str = "models/tiny-ernie", epochs: int = 30, learning_rate: 
     torch.manual_seed(0)
     model, tokenizer = load(model_dir)
     rows = [tokenize(tokenizer, messages) for messages in alpaca_conversations(REPO / "data" / "demo_alpaca.json")]
-    batches = pack(rows, max_tokens=256)
+    batches = pack(rows, max_tokens=512)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)  # full fine-tuning: every weight trains
     started = time.perf_counter()
     model.train()
     for epoch in range(epochs):
         losses = [float(train_step(model, optimizer, batch)) for batch in batches]
-        if epoch % 5 == 0 or epoch == epochs - 1:
-            print(f"epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f} "
-                  f"({len(batches)} packed sequences, {time.perf_counter() - started:.0f}s)", flush=True)
+        print(f"epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f} "
+              f"({len(batches)} packed sequences, {time.perf_counter() - started:.0f}s)", flush=True)
     print(f"What colour is snow? -> {answer(model, tokenizer, 'What colour is snow?')!r}")
 
 

@@ -169,7 +169,9 @@ def test_sampling_is_seeded(tiny_model_dir: Path, monkeypatch, capsys) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
-    for args, words in (([str(tmp_path / "missing"), "--prompt", "hi"], "cannot load a tokenizer"),
+    (tmp_path / "empty").mkdir()
+    for args, words in (([str(tmp_path / "missing"), "--prompt", "hi"], "missing does not exist (looked in"),
+                        ([str(tmp_path / "empty"), "--prompt", "hi"], "cannot load a tokenizer"),
                         ([str(tiny_model_dir), "--temperature", "-1"], "--temperature")):
         code, _, err = run_cli(["chat", *args], monkeypatch, capsys)
         errors = [line for line in err.splitlines() if line.startswith("error:")]

@@ -47,8 +47,11 @@ def test_load_tokenizer_adds_the_template_tokens_and_chat_template(tiny_model_di
 
 
 def test_unloadable_model_path_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(SftkitError, match=r"model_name_or_path: cannot load the tokenizer from .*missing"):
+    with pytest.raises(SftkitError, match=r"^folder .*missing does not exist \(looked in "):
         load_tokenizer(config(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SftkitError, match=r"model_name_or_path: cannot load the tokenizer from .*empty"):
+        load_tokenizer(config(tmp_path / "empty"))
 
 
 # ---------------------------------------------------------------------------- embeddings

@@ -96,8 +96,8 @@ def test_every_command_names_the_missing_folder(args: list[str], tiny_model_dir:
     args = [a.replace("CONFIG", str(config)).replace("OUT", str(tmp_path)).replace("RUN", str(run)) for a in args]
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(args, monkeypatch, capsys)
-    assert code == 2 and err == f"error: folder models/no-such-model does not exist (looked in {tmp_path}); fix " \
-        "model_name_or_path (a local folder, or a hub id such as baidu/ERNIE-4.5-0.3B-Base-PT)\n"
+    assert code == 2 and err == f"error: folder models/no-such-model does not exist (looked in {tmp_path}); give " \
+        "an existing model folder, or a hub id such as baidu/ERNIE-4.5-0.3B-Base-PT\n"
 
 
 # ---------------------------------------------------------------------------- sftkit validate

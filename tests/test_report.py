@@ -146,3 +146,22 @@ def test_progress_to_a_file_is_one_plain_line_per_logging_step() -> None:
     assert len(lines) == 2 and "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
     assert lines[0].startswith("step 5/20  loss 1.2346  lr 1.00e-03  ") and " tok/s  eta " in lines[0]
     assert lines[1] == "eval at step 5: loss 1.5000"
+
+
+def test_progress_on_a_terminal_is_one_bar_with_the_numbers_beside_it() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    report = ProgressReport(out)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, max_steps=20, num_input_tokens_seen=0)
+    report.on_train_begin(None, state, None)
+    state.global_step, state.num_input_tokens_seen = 5, 5000
+    report.on_step_end(None, state, None)
+    report.on_log(None, state, None, logs={"loss": 1.23456, "learning_rate": 1e-3})
+    report.on_log(None, state, None, logs={"eval_loss": 1.5})
+    report.on_train_end(None, state, None)
+    text = out.getvalue()
+    assert "5/20" in text and "loss 1.2346" in text and "tok/s" in text and "eval at step 5: loss 1.5000" in text
+    assert "{'loss'" not in text

@@ -73,7 +73,7 @@ def looks_like_path(name: str) -> bool:
 def missing_folder(name: str) -> str:
     """One line for a folder that is not there, naming where it was looked for and how to get the demo's."""
     hint = "; build it with `python scripts/make_tiny_model.py models/tiny-ernie`" if "tiny-ernie" in name else (
-        "; fix model_name_or_path (a local folder, or a hub id such as baidu/ERNIE-4.5-0.3B-Base-PT)")
+        "; give an existing model folder, or a hub id such as baidu/ERNIE-4.5-0.3B-Base-PT")
     return f"folder {name} does not exist (looked in {Path.cwd()}){hint}"
 
 
