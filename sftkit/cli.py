@@ -53,12 +53,14 @@ def train(
 
 @app.command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Check the config and that every dataset resolves and parses, without loading a model."""
+    """Check the config, that every dataset resolves and parses, and that the template can train on every row,
+    without loading a model."""
     cfg = _load(config, set_)
-    from sftkit.data import validate_data
+    from sftkit.data import validate_data, validate_template
 
     report = validate_data(cfg)
-    typer.echo(f"{config}: OK ({report})")
+    template = validate_template(cfg)
+    typer.echo(f"{config}: OK ({report}; {template})")
 
 
 @data_app.command("preview")

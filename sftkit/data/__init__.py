@@ -10,9 +10,11 @@ format registry: raw rows -> normalized conversations), `loader` (load, normaliz
 from sftkit.data.inspect import export, preview, render_example
 from sftkit.data.loader import Conversations, load_conversations
 from sftkit.data.masking import IGNORE_INDEX
-from sftkit.data.pipeline import PreparedData, prepare_data, validate_data
+from sftkit.data.pipeline import PreparedData, prepare_data, validate_data, validate_template
 from sftkit.data.stats import DataStats
-from sftkit.data.tokenizer import load_tokenizer
+from sftkit.data.tokenizer import (load_tokenizer, load_tokenizer_and_template, resolve_template, run_template,
+                                   template_origin)
 
 __all__ = ["IGNORE_INDEX", "Conversations", "DataStats", "PreparedData", "export", "load_conversations",
-           "load_tokenizer", "prepare_data", "preview", "render_example", "validate_data"]
+           "load_tokenizer", "load_tokenizer_and_template", "prepare_data", "preview", "render_example",
+           "resolve_template", "run_template", "template_origin", "validate_data", "validate_template"]

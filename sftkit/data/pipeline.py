@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sftkit.data import masking
 from sftkit.data.loader import Conversations, load_conversations
 from sftkit.data.stats import DataStats, compute_stats
+from sftkit.data.tokenizer import base_tokenizer, resolve_template, template_origin
 from sftkit.errors import DataError
 from sftkit.templates import Template, get_template
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 COLUMNS = ("input_ids", "labels", "dataset", "index")
 # Part of the tokenization cache key: raise it whenever a change to rendering, masking or truncation
 # changes the ids or labels of any row (a comment or a refactor does not).
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
 
 
 @dataclass
@@ -55,7 +56,7 @@ def prepare_data(cfg: SftConfig, tokenizer: Any, template: Template | None = Non
         DataError: a registry, file or row problem, or no training example keeps a trained token.
     """
     with no_cycle_collection():
-        return tokenize_all(cfg, tokenizer, template or get_template(cfg.template), load_conversations(cfg))
+        return tokenize_all(cfg, tokenizer, template or resolve_template(cfg, tokenizer), load_conversations(cfg))
 
 
 def validate_data(cfg: SftConfig) -> str:
@@ -75,6 +76,34 @@ def validate_data(cfg: SftConfig) -> str:
     if conv.skipped:
         summary += f", {conv.skipped} bad rows skipped"
     return summary
+
+
+def validate_template(cfg: SftConfig) -> str:
+    """Renders every row with the config's template (no model); which template is in force and where from.
+
+    The template of a local model folder is read from its tokenizer files; a hub id's own template is
+    only known once its tokenizer loads (a named template is checked without it).
+
+    Raises:
+        DataError: a row the template cannot train on (naming the dataset, the row and the template).
+        ConfigError: no template anywhere, or a chat template sftkit cannot train with.
+    """
+    conversations = load_conversations(cfg)
+    if Path(cfg.model_name_or_path).is_dir():
+        template = resolve_template(cfg, base_tokenizer(cfg))
+    elif cfg.template is not None:
+        template = get_template(cfg.template)
+    else:
+        return "template: the model's own chat_template (read when its tokenizer loads)"
+    splits = [conversations.train] + ([conversations.eval] if conversations.eval is not None else [])
+    for rows in splits:
+        for row in rows:
+            try:
+                template.segments(row["messages"], row["tools"], only_last=cfg.mask_history)
+            except DataError as exc:
+                raise DataError(f"dataset {row['dataset']!r} row {row['index']}: {exc} ({template_origin(template)})"
+                                ) from None
+    return template_origin(template)
 
 
 # ---------------------------------------------------------------------------- tokenization

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.config import dump_resolved
-from sftkit.data import load_tokenizer
+from sftkit.data import load_tokenizer_and_template
 from sftkit.errors import SftkitError
 from sftkit.model import add_adapter, count_parameters, load_model, resolve_precision, set_stop_tokens
 from sftkit.run_dir import CONFIG_FILE, is_run
-from sftkit.templates import Template, get_template
+from sftkit.templates import Template
 from sftkit.training.attention import use_packed_attention
 from sftkit.training.distributed import check_distributed, prepare_data_once, quiet_other_ranks
 from sftkit.training.lifecycle import (check_disk_space, discard_partial_checkpoints, estimate_disk, resolve_resume,
@@ -57,9 +57,8 @@ def train(cfg: SftConfig, overwrite: bool = False, resume: str | None = None) ->
     from sftkit.training.trainer import build_trainer  # torch, transformers, TRL
 
     set_seed(cfg.seed)
-    template = get_template(cfg.template)
     precision = resolve_precision(cfg)
-    tokenizer = load_tokenizer(cfg, template)
+    tokenizer, template = load_tokenizer_and_template(cfg)
     data = prepare_data_once(cfg, tokenizer, template)  # several processes: the first tokenizes, the rest read it
     model = load_model_for_training(cfg, tokenizer, template, precision)
     params = count_parameters(model)

@@ -31,7 +31,7 @@ def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats:
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     sequences = len(trainer.train_dataset)
     lines = [
-        f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {cfg.template}",
+        f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {_template_name(cfg)}",
         f"  parameters: {params.line()}",
         *(f"  {line}" for line in stats.summary_lines()),
         f"  training sequences: {sequences:,}" + (f" (packed to {cfg.cutoff_len} tokens)" if cfg.packing else ""),
@@ -68,13 +68,17 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
     print("\n".join(lines), flush=True)
 
 
+def _template_name(cfg: SftConfig) -> str:
+    return cfg.template or ("chat_template" if cfg.chat_template else "the model's own")
+
+
 def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, template: Template,
                   data: PreparedData, out: Path, main: bool) -> dict[str, Any]:
     """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process."""
     history = trainer.state.log_history
     train_losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
     eval_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
-    end_id = tokenizer.convert_tokens_to_ids(template.end_token)
+    end_id = template.stop_token_ids(tokenizer)[0]
     accuracy, positions = end_token_accuracy(trainer, data.eval, end_id) if data.eval is not None else (None, 0)
     tokens = trainer.tokens_seen()  # a collective: write_metrics runs on every rank
     metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens)
