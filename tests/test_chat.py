@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_cli
+
 # The three templates these tests were written for; tests/test_chat_templates.py covers every template.
 TEMPLATES = ("chatml", "ernie_nothink", "llama3")
-from helpers import run_cli
 
 QUESTION = "What is the capital of France?"
 ANSWER = "Paris."

@@ -349,3 +349,81 @@ def test_reasoning_column_becomes_the_think_block(tmp_path) -> None:
                            "template": "qwen3"})
     (row,) = load_conversations(cfg).train
     assert row["messages"][-1]["content"] == "<think>\nadd them\n</think>\n\n4"
+
+
+# ---------------------------------------------------------------------------- train -> merge -> chat
+
+QUESTION, ANSWER = "What is the capital of France?", "Paris."
+
+
+def write_base(out: Path, tokenizer: Any, hidden: int = 64, seed: int = 0) -> Path:
+    """A random tiny ERNIE-architecture model sized to `tokenizer`'s vocabulary, saved beside it (wide
+    initialisation, so a short LoRA run can overfit one row)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Ernie4_5Config
+
+    config = Ernie4_5Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                            max_position_embeddings=4096, tie_word_embeddings=True, initializer_range=0.3,
+                            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def train_without_template(base: Path, tmp: Path, steps: int) -> Path:
+    from sftkit.training.recipe import train
+
+    data = tmp / "data"
+    data.mkdir()
+    (data / "rows.json").write_text(json.dumps([{"instruction": QUESTION, "input": "", "output": ANSWER}]))
+    (data / "dataset_info.json").write_text(json.dumps({"one": {"file_name": "rows.json"}}))
+    cfg = validate_config({
+        "model_name_or_path": str(base), "dataset": ["one"], "dataset_dir": str(data), "output_dir": str(tmp / "run"),
+        "learning_rate": 1e-2, "lr_scheduler_type": "constant", "max_steps": steps, "save_strategy": "no",
+        "report_to": ["none"], "plot_loss": False, "logging_steps": steps})
+    return train(cfg)
+
+
+def stop_ids(directory: Path) -> list[int]:
+    eos = json.loads((directory / "generation_config.json").read_text())["eos_token_id"]
+    return eos if isinstance(eos, list) else [eos]
+
+
+@pytest.mark.slow
+def test_models_own_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
+                                                                 monkeypatch, capsys) -> None:
+    from helpers import run_cli
+    from transformers import AutoTokenizer
+
+    from sftkit.merge import merge
+
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "qwen_25")
+    own = tokenizer.chat_template
+    run = train_without_template(write_base(tmp_path / "base", tokenizer), tmp_path, steps=40)
+    merged = merge(run, out=tmp_path / "merged", dtype="fp32")
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    capsys.readouterr()  # what training and merging printed
+    for directory in (run, merged):
+        assert AutoTokenizer.from_pretrained(directory).chat_template == own  # the very template trained on
+        assert end_id in stop_ids(directory)
+        code, out, err = run_cli(["chat", str(directory), "--prompt", QUESTION], monkeypatch, capsys)
+        assert code == 0 and out == ANSWER + "\n", err  # the trained reply, stopped at <|im_end|>
+        assert "template model's own" in err
+
+
+@pytest.mark.slow
+def test_deepseek_real_tokenizer_trains_merges_and_chats(chat_templates, tmp_path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    from sftkit.merge import merge
+
+    tokenizer, _ = deepseek_tokenizer(chat_templates)
+    run = train_without_template(write_base(tmp_path / "base", tokenizer, hidden=16), tmp_path, steps=2)
+    merged = merge(run, out=tmp_path / "merged", dtype="fp32")
+    assert tokenizer.convert_tokens_to_ids("<｜end▁of▁sentence｜>") in stop_ids(merged)
+    capsys.readouterr()
+    code, _, err = run_cli(["chat", str(merged), "--prompt", QUESTION, "--max-new-tokens", "4"], monkeypatch, capsys)
+    assert code == 0 and "template model's own" in err
