@@ -111,8 +111,9 @@ def rule_labels(encoding: Any, text: str, header: str, end: str, skip: str = "")
     return labels
 
 
-def template_chat(template: JinjaTemplate, messages: list[dict[str, str]]) -> list[dict[str, Any]]:
-    return [template._message(m) for m in messages]
+def template_chat(template: Any, messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The messages as the template's Jinja takes them (a named template's Jinja takes sftkit's own roles)."""
+    return [template._message(m) for m in messages] if isinstance(template, JinjaTemplate) else messages
 
 
 def check_every_row(tokenizer: Any, template: JinjaTemplate, rows: list[dict[str, Any]], facts: dict[str, Any]) -> None:
@@ -121,10 +122,10 @@ def check_every_row(tokenizer: Any, template: JinjaTemplate, rows: list[dict[str
     if not facts.get("tools"):
         for row in [r for r in rows if r["tools"]]:
             with pytest.raises(DataError, match="no tool-call format"):
-                template._schemas(row["tools"], [])
+                template.segments(row["messages"], row["tools"])
         rows = [r for r in rows if not r["tools"]]
     encoded = encode_conversations(tokenizer, template, [(r["messages"], r["tools"]) for r in rows], 10 ** 6)
-    thinking = dict(v for v in template.variables if v[0] == "enable_thinking")
+    thinking = dict(v for v in getattr(template, "variables", ()) if v[0] == "enable_thinking")
     for row, got in zip(rows, encoded, strict=True):
         tools = json.loads(row["tools"]) if row["tools"] else None
         text = tokenizer.apply_chat_template(template_chat(template, row["messages"]), tools=tools, tokenize=False,
@@ -223,6 +224,47 @@ def test_qwen3_earlier_reasoning_dropped_is_trained_as_rendered(tiny_model_dir, 
 def test_a_template_without_an_end_token_is_refused(tiny_tokenizer) -> None:
     with pytest.raises(DataError, match="no end-of-turn token"):
         JinjaTemplate.from_tokenizer(tiny_tokenizer, "{% for m in messages %}{{ m['content'] }}\n{% endfor %}", "x", "t")
+
+
+def mistral_file(name: str) -> Path:
+    pytest.importorskip("mistral_common")
+    import mistral_common
+
+    return Path(mistral_common.__file__).parent / "data" / name
+
+
+def test_mistral_tekken_tokenizer_with_its_v7_template(chat_templates, shared_rows) -> None:
+    """Mistral's real Tekken tokenizer (mistral-common's tekken.json) with the official v7 Tekken template."""
+    import shutil
+    import tempfile
+
+    from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(mistral_file("tekken_240911.json"), Path(folder) / "tekken.json")
+        source = (chat_templates / "mistral_v7_tekken.jinja").read_text(encoding="utf-8")
+        tokenizer = convert_tekken_tokenizer(str(Path(folder) / "tekken.json"), chat_template=source)
+    template = JinjaTemplate.from_tokenizer(tokenizer, source, "model's own", "mistral_v7_tekken")
+    prepare_tokenizer(tokenizer, template)
+    assert len(tokenizer) == 131072 and template.end_token == "</s>"
+    check_every_row(tokenizer, template, sample(shared_rows, 25), FAMILIES["mistral_v7_tekken"])
+
+
+def test_mistral_sentencepiece_tokenizer_with_the_named_mistral_template(shared_rows, tmp_path) -> None:
+    """Mistral's real SentencePiece v3 tokenizer (mistral-common) speaking the built-in `mistral` template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copy(mistral_file("mistral_instruct_tokenizer_240323.model.v3"), tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": False, "legacy": False}))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    template = get_template("mistral").bind(tokenizer)
+    assert prepare_tokenizer(tokenizer, template) == []  # [INST], [/INST], <s>, </s> are its own tokens
+    # the reply starts after the template's " " (a lone "▁" before a digit is the template's, untrained)
+    check_every_row(tokenizer, template, sample(shared_rows, 25), {"header": "[/INST] ", "end": "</s>"})
 
 
 # ---------------------------------------------------------------------------- resolution (config -> template)
