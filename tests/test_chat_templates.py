@@ -264,7 +264,9 @@ def test_mistral_sentencepiece_tokenizer_with_the_named_mistral_template(shared_
     template = get_template("mistral").bind(tokenizer)
     assert prepare_tokenizer(tokenizer, template) == []  # [INST], [/INST], <s>, </s> are its own tokens
     # the reply starts after the template's " " (a lone "▁" before a digit is the template's, untrained)
-    check_every_row(tokenizer, template, sample(shared_rows, 25), {"header": "[/INST] ", "end": "</s>"})
+    # (tool rows: test_mistral_tool_calls; a reply after [TOOL_RESULTS] has no [/INST] for the rule to find)
+    rows = [row for row in sample(shared_rows, 25) if not row["tools"]]
+    check_every_row(tokenizer, template, rows, {"header": "[/INST] ", "end": "</s>", "tools": True})
 
 
 # ---------------------------------------------------------------------------- resolution (config -> template)
@@ -469,3 +471,33 @@ def test_deepseek_real_tokenizer_trains_merges_and_chats(chat_templates, tmp_pat
     capsys.readouterr()
     code, _, err = run_cli(["chat", str(merged), "--prompt", QUESTION, "--max-new-tokens", "4"], monkeypatch, capsys)
     assert code == 0 and "template model's own" in err
+
+
+# ---------------------------------------------------------------------------- tool-call formats
+
+TOOLS = json.dumps([{"name": "get_weather", "parameters": {"type": "object"}}])
+TOOL_TURNS = [{"role": "user", "content": "Weather?"},
+              {"role": "function_call", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+              {"role": "observation", "content": '{"temp": 21}'}, {"role": "assistant", "content": "21 C."}]
+
+
+def test_mistral_tool_calls(tiny_tokenizer) -> None:
+    template = get_template("mistral").bind(tiny_tokenizer)
+    prepare_tokenizer(tiny_tokenizer, template)
+    text = "".join(s.text for s in template.segments(TOOL_TURNS, TOOLS))
+    assert text == ('<s>[INST] [AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "get_weather", '
+                    '"parameters": {"type": "object"}}}][/AVAILABLE_TOOLS]\n\nWeather?[/INST] [TOOL_CALLS] '
+                    '[{"name": "get_weather", "arguments": {"city": "Paris"}}]</s>[TOOL_RESULTS] {"content": '
+                    '{"temp": 21}}[/TOOL_RESULTS] 21 C.</s>')
+    assert text == tiny_tokenizer.apply_chat_template(TOOL_TURNS, tools=json.loads(TOOLS), tokenize=False)
+    trained = [s.text for s in template.segments(TOOL_TURNS, TOOLS) if s.trained]
+    assert trained == ['[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]', "</s>", "21 C.", "</s>"]
+
+
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if get_template(n).tool_format])
+def test_tool_templates_jinja_reproduces_tool_turns(tiny_tokenizer, name) -> None:
+    template = get_template(name).bind(tiny_tokenizer)
+    prepare_tokenizer(tiny_tokenizer, template)
+    messages = [{"role": "system", "content": "Be brief."}, *TOOL_TURNS]
+    assert "".join(s.text for s in template.segments(messages, TOOLS)) == tiny_tokenizer.apply_chat_template(
+        messages, tools=json.loads(TOOLS), tokenize=False)

@@ -108,8 +108,9 @@ _DEFINITIONS = (
         assistant=" {content}{eos}",
         observation="{content}",
         end_token="{eos}",
-        special_tokens=("{bos}", "{eos}", "[INST]", "[/INST]"),
-        tool_format=None,
+        special_tokens=("{bos}", "{eos}", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                        "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"),
+        tool_format="mistral",
         system_in_user=True,
     ),
     Template(

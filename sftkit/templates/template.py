@@ -36,6 +36,28 @@ TOOL_RESPONSE = "<tool_response>\n{content}\n</tool_response>"
 
 
 @dataclass(frozen=True)
+class ToolFormat:
+    """How tools appear: the prompt listing the schemas (`{tools}`: each schema as `tool` with `{schema}`,
+    joined by `joiner`), its separator from the system text, a call (`{content}`: the call's JSON) and a result."""
+
+    prompt: str
+    separator: str
+    tool: str
+    joiner: str
+    call: str
+    response: str
+
+
+TOOL_FORMATS = {
+    # Qwen / Hermes: one schema a line in <tools>, calls in <tool_call>, results in <tool_response>
+    "hermes": ToolFormat(TOOLS_PROMPT, TOOLS_SEPARATOR, "{schema}", "\n", FUNCTION_CALL, TOOL_RESPONSE),
+    # Mistral (LLaMA-Factory's "mistral" tool format): [AVAILABLE_TOOLS], [TOOL_CALLS] [...], [TOOL_RESULTS]
+    "mistral": ToolFormat("[AVAILABLE_TOOLS] [{tools}][/AVAILABLE_TOOLS]", "", '{"type": "function", "function": {schema}}',
+                          ", ", "[TOOL_CALLS] [{content}]", '[TOOL_RESULTS] {"content": {content}}[/TOOL_RESULTS]'),
+}
+
+
+@dataclass(frozen=True)
 class Segment:
     """A piece of rendered text.
 
@@ -103,7 +125,7 @@ class Template:
             raise DataError(f"the {self.name} template has no tool-call format; use a template with one (chatml, "
                             "qwen, qwen3, llama3) or the model's own chat template, or remove the tool turns")
         out = [Segment(self.prefix, False, False, -1)] if self.prefix else []
-        system_text = _system_text(system if system is not None else self.default_system, schemas)
+        system_text = _system_text(system if system is not None else self.default_system, schemas, self._tool_format)
         if system_text is not None and not self.system_in_user:
             out += _wrap(self.system, system_text, trained=False, turn=-1)
         for i, message in enumerate(turns):
@@ -163,12 +185,15 @@ class Template:
     def jinja(self) -> str:
         """The same format as a Jinja chat template for the saved tokenizer."""
         fields = {"prefix": self.prefix, "assistant_header": self.assistant_header,
-                  "tools_separator": TOOLS_SEPARATOR, "default_system": self.default_system or "",
+                  "tools_separator": self._tool_format.separator, "default_system": self.default_system or "",
+                  "tool_joiner": self._tool_format.joiner,
                   "open": self.thought[0] if self.thought else "", "close": self.thought[1] if self.thought else ""}
         for key, fmt in (("system", self.system), ("user", self.user), ("observation", self.observation),
-                         ("assistant", self.assistant), ("call", FUNCTION_CALL), ("response", TOOL_RESPONSE)):
+                         ("assistant", self.assistant), ("call", self._tool_format.call),
+                         ("response", self._tool_format.response), ("tool", self._tool_format.tool)):
             fields[f"{key}_before"], _, fields[f"{key}_after"] = fmt.partition("{content}")
-        fields["tools_before"], _, fields["tools_after"] = TOOLS_PROMPT.partition("{tools}")
+        fields["tools_before"], _, fields["tools_after"] = self._tool_format.prompt.partition("{tools}")
+        fields["tool_before"], _, fields["tool_after"] = self._tool_format.tool.partition("{schema}")
         # A JSON string literal is a valid Jinja string literal: escapes survive exactly.
         literals = {key: json.dumps(value, ensure_ascii=False) for key, value in fields.items()}
         literals["has_default"] = "true" if self.default_system is not None else "false"
@@ -176,6 +201,10 @@ class Template:
         literals["thinking"] = "true" if self.thought else "false"
         literals["enable_thinking"] = "true" if self.enable_thinking else "false"
         return _Source(_JINJA).substitute(literals)
+
+    @property
+    def _tool_format(self) -> ToolFormat:
+        return TOOL_FORMATS[self.tool_format or "hermes"]
 
     def _user_with_system(self, message: dict[str, str], system_text: str) -> list[Segment]:
         """The first user turn opening with the wrapped system text (Llama 2 style)."""
@@ -205,8 +234,8 @@ class Template:
         if role == "user":
             return _wrap(self.user, content, trained=False, turn=turn)
         if role == "observation":
-            return _wrap(self.observation, _fill(TOOL_RESPONSE, content), trained=False, turn=turn)
-        text = self._reply(_fill(FUNCTION_CALL, content) if role == "function_call" else content)
+            return _wrap(self.observation, _fill(self._tool_format.response, content), trained=False, turn=turn)
+        text = self._reply(_fill(self._tool_format.call, content) if role == "function_call" else content)
         before, _, after = self.assistant.partition("{content}")
         before += self._prompt_thought()
         rest = after[len(self.end_token):]
@@ -240,13 +269,14 @@ def _tools(tools: str | None) -> list[dict[str, Any]]:
         raise DataError(f"tools {exc}") from None
 
 
-def _system_text(system: str | None, tools: list[dict[str, Any]]) -> str | None:
+def _system_text(system: str | None, tools: list[dict[str, Any]], form: ToolFormat = TOOL_FORMATS["hermes"]
+                 ) -> str | None:
     """System content with the tools prompt appended; None when there is neither."""
     if not tools:
         return system
-    schemas = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
-    tools_prompt = TOOLS_PROMPT.replace("{tools}", schemas)
-    return system + TOOLS_SEPARATOR + tools_prompt if system else tools_prompt
+    schemas = form.joiner.join(form.tool.replace("{schema}", json.dumps(tool, ensure_ascii=False)) for tool in tools)
+    tools_prompt = form.prompt.replace("{tools}", schemas)
+    return system + form.separator + tools_prompt if system else tools_prompt
 
 
 # `$name` slots hold JSON string literals from `Template.jinja`; whitespace control ({%- -%}) keeps
@@ -267,8 +297,8 @@ _JINJA = """
     {%- if system -%}{%- set ns.system_text = ns.system_text + $tools_separator -%}{%- endif -%}
     {%- set ns.system_text = ns.system_text + $tools_before -%}
     {%- for tool in tools -%}
-      {%- if not loop.first -%}{%- set ns.system_text = ns.system_text + "\\n" -%}{%- endif -%}
-      {%- set ns.system_text = ns.system_text + (tool | tojson) -%}
+      {%- if not loop.first -%}{%- set ns.system_text = ns.system_text + $tool_joiner -%}{%- endif -%}
+      {%- set ns.system_text = ns.system_text + $tool_before + (tool | tojson) + $tool_after -%}
     {%- endfor -%}
     {%- set ns.system_text = ns.system_text + $tools_after -%}
   {%- endif -%}
