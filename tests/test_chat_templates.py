@@ -501,3 +501,30 @@ def test_tool_templates_jinja_reproduces_tool_turns(tiny_tokenizer, name) -> Non
     messages = [{"role": "system", "content": "Be brief."}, *TOOL_TURNS]
     assert "".join(s.text for s in template.segments(messages, TOOLS)) == tiny_tokenizer.apply_chat_template(
         messages, tools=json.loads(TOOLS), tokenize=False)
+
+
+# ---------------------------------------------------------------------------- sftkit validate / data preview
+
+def test_validate_names_the_template_and_refuses_a_row_it_cannot_train(tiny_model_dir, chat_templates, tmp_path,
+                                                                       monkeypatch, capsys) -> None:
+    import yaml
+    from helpers import run_cli
+
+    model = tmp_path / "model"
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "gemma3")
+    tokenizer.save_pretrained(model)
+    rows = [{"conversations": [{"from": "human", "value": "Weather?"}, {"from": "gpt", "value": "Sunny."}]}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "tooled.json").write_text(json.dumps([{**rows[0], "tools": TOOLS}]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "plain": {"file_name": "rows.json", "formatting": "sharegpt"},
+        "tooled": {"file_name": "tooled.json", "formatting": "sharegpt"}}))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": str(model), "dataset": "plain",
+                                      "dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}))
+    code, out, err = run_cli(["validate", str(config)], monkeypatch, capsys)
+    assert code == 0, err
+    assert out.strip().endswith(f"template model's own (the chat_template of {model / 'chat_template.jinja'}))")
+    code, out, err = run_cli(["validate", str(config), "--set", "dataset=tooled"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: dataset 'tooled' row 0: the model's own chat template has no tool-call format")
