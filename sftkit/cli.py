@@ -99,7 +99,8 @@ def train(
 
 @command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Check the config, that every dataset resolves and parses, and the model's files (no weights loaded)."""
+    """Check the config, every dataset, the model's files (no weights loaded) and that the template can train on
+    every row."""
     cfg = _load(config, set_)
     from sftkit.config import check_environment
     from sftkit.data import validate_setup

@@ -300,7 +300,7 @@ def test_trust_remote_code_is_passed_only_when_the_config_sets_it(tiny_model_dir
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     for trusted in (False, True):
         cfg = validate_config({"model_name_or_path": str(tiny_model_dir), "dataset": "d", "output_dir": "o",
-                               **({"trust_remote_code": True} if trusted else {})})
+                               "template": "chatml", **({"trust_remote_code": True} if trusted else {})})
         load_model(cfg, load_tokenizer(cfg), Precision("float32", "cpu", "fp32"))
         assert seen == [("AutoTokenizer", trusted), ("AutoModelForCausalLM", trusted)]
         seen.clear()
@@ -321,7 +321,7 @@ def test_model_weights_are_read_from_safetensors_only(tiny_model_dir: Path, tmp_
     shutil.copytree(tiny_model_dir, pickled)
     torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
-    cfg = validate_config({"model_name_or_path": str(pickled), "dataset": "d", "output_dir": "o"})
+    cfg = validate_config({"model_name_or_path": str(pickled), "dataset": "d", "output_dir": "o", "template": "chatml"})
     with pytest.raises(SftkitError, match="model_name_or_path: cannot load the model"):
         load_model(cfg, load_tokenizer(cfg), Precision("float32", "cpu", "fp32"))
     with pytest.raises(SftkitError, match="cannot load a causal LM"):  # `sftkit chat` / `eval` loading

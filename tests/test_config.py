@@ -30,7 +30,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_minimal_config_fills_defaults() -> None:
     cfg = validate_config(dict(BASE))
-    assert cfg.dataset == ["a"] and cfg.template == "chatml" and cfg.lora_target == ["all"]
+    assert cfg.dataset == ["a"] and cfg.template is None and cfg.lora_target == ["all"]  # None: the model's own
     assert cfg.resolved_lora_alpha == 2 * cfg.lora_rank
 
 
@@ -50,7 +50,7 @@ def test_unsupported_llamafactory_key_says_remove_it() -> None:
 
 
 def test_all_problems_reported_at_once() -> None:
-    found = problems({**BASE, "lora_rnak": 8, "cutoff_len": -5, "learning_rate": "fast", "template": "qwen3"})
+    found = problems({**BASE, "lora_rnak": 8, "cutoff_len": -5, "learning_rate": "fast", "template": "qwen9"})
     keys = sorted(line.split(": ")[1] for line in found)
     assert keys == ["cutoff_len", "learning_rate", "lora_rnak", "template"]
     assert all(line.startswith("cfg.yaml: ") and "\n" not in line for line in found)
@@ -171,9 +171,21 @@ def test_commented_yaml_round_trips() -> None:
 
 
 def test_a_llamafactory_template_name_we_cover_says_which_to_use() -> None:
-    with pytest.raises(ConfigError, match=r"unknown template 'qwen' \(Qwen2/2.5 use chatml; put Qwen's system "
-                                          r"prompt in default_system\); choose one of chatml, ernie_nothink, llama3"):
-        validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen"})
+    with pytest.raises(ConfigError, match=r"unknown template 'qwen2_vl' \(text-only training of Qwen2-VL uses qwen\); "
+                                          r"choose one of chatml, ernie_nothink, llama3, qwen, "):
+        validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen2_vl"})
+
+
+@pytest.mark.parametrize("name", ["qwen3_nothink", "qwen3", "gemma3", "phi4", "deepseek3", "mistral", "llama2", "glm4",
+                                  "ernie", "default", "empty", "alpaca", "vicuna", "qwen", "gemma"])
+def test_llamafactory_template_names_are_accepted(name: str) -> None:
+    assert validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": name}).template == name
+
+
+def test_template_and_chat_template_are_one_choice() -> None:
+    with pytest.raises(ConfigError, match="template and chat_template: choose one"):
+        validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen",
+                         "chat_template": "x.jinja"})
 
 
 # ---------------------------------------------------------------------------- files built to hurt

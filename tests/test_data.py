@@ -35,7 +35,7 @@ def datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 def make_config(model_dir: Path, dataset_dir: Path, dataset: str = BUNDLED, **keys: Any) -> SftConfig:
     return validate_config({"model_name_or_path": str(model_dir), "output_dir": "unused", "dataset": dataset,
-                            "dataset_dir": str(dataset_dir), "cutoff_len": 1024, **keys})
+                            "dataset_dir": str(dataset_dir), "cutoff_len": 1024, "template": "chatml", **keys})
 
 
 def prepared_tokenizer(tokenizer: Any, template: str = "chatml") -> Any:
@@ -199,7 +199,8 @@ def sftkit(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
 
 
 def write_config(path: Path, **keys: Any) -> Path:
-    path.write_text(yaml.safe_dump({"output_dir": str(path.parent / "out"), **keys}))
+    # the tiny model ships no chat template: these configs name one (sftkit would refuse, naming the choices)
+    path.write_text(yaml.safe_dump({"output_dir": str(path.parent / "out"), "template": "chatml", **keys}))
     return path
 
 
@@ -222,7 +223,7 @@ def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, 
     dataset_dir = request.getfixturevalue(which)
     # cutoff_len above the longest example: nothing is truncated, so every trained span is exact
     keys = {"model_name_or_path": str(tiny_model_dir), "dataset": names, "dataset_dir": str(dataset_dir),
-            "cutoff_len": 16384, "val_size": 0.1}
+            "cutoff_len": 16384, "val_size": 0.1, "template": "chatml"}
     config = write_config(tmp_path / "c.yaml", **keys)
     train, eval_ = counts
     n_sets = len(names.split(","))
@@ -233,10 +234,11 @@ def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, 
     assert result.stdout.startswith(f"{config}: OK ({datasets}, {train + eval_} rows: train {train}, eval {eval_}; "
                                     "model ")  # and what validate found in the model folder, weights unread
     assert "the template adds 2 control tokens" in result.stdout
+    assert result.stdout.endswith("; template chatml (built-in))\n")
 
     result = sftkit("data", "preview", str(config), "-n", "2", cache=datasets_cache)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("(text between [[ and ]] is trained")  # the legend, piped
+    assert result.stdout.startswith("--- template chatml (built-in)\n(text between [[ and ]] is trained")
     assert result.stdout.count("\n--- ") == 3
     assert "[[" in result.stdout and "\033[" not in result.stdout  # piped: plain markers
     assert f"train rows: {train} (" in result.stdout and f"eval rows: {eval_} (" in result.stdout

@@ -21,7 +21,7 @@ ERNIE_SEED_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 def config(model_dir: Path | str, **overrides: Any) -> SftConfig:
     return validate_config({"model_name_or_path": str(model_dir), "dataset": "demo_alpaca", "output_dir": "out",
-                            **overrides})
+                            "template": "chatml", **overrides})
 
 
 def lora_model(tiny_model_dir: Path, **overrides: Any) -> tuple[Any, Any, list[int]]:

@@ -82,9 +82,17 @@ class SftConfig(BaseModel):
     dataset_dir: str = _field(
         "data", "Folder holding dataset_info.json; relative paths resolve from the working directory.",
         "data")
-    template: str = _field(
-        "chatml", "Chat template used for training and written into the saved tokenizer: chatml (also "
-        "Qwen's), ernie_nothink (ERNIE-4.5's own) or llama3.", "data")
+    template: str | None = _field(
+        None, "Chat template used for training and written into the saved tokenizer. Unset: the model's own "
+        "(its tokenizer's chat_template). Or a built-in name (LLaMA-Factory's): chatml, qwen, qwen3, "
+        "qwen3_nothink, llama2, llama3, mistral, gemma, gemma3, phi4, deepseek3, glm4, ernie, ernie_nothink, "
+        "default, empty, alpaca, vicuna.", "data")
+    chat_template: str | None = _field(
+        None, "A Jinja chat template to train with instead of the model's own: a .jinja file, or the template "
+        "text itself.", "data")
+    enable_thinking: bool = _field(
+        True, "Reasoning templates (qwen3, or a model's own that reads enable_thinking): false trains replies "
+        "without their reasoning and puts an empty think block in the prompt, as LLaMA-Factory does.", "data")
     default_system: str | None = _field(
         None, "System prompt for rows that carry none.", "data")
     cutoff_len: int = _field(
@@ -242,8 +250,8 @@ class SftConfig(BaseModel):
 
     @field_validator("template")
     @classmethod
-    def _known_template(cls, value: str) -> str:
-        if value not in TEMPLATES:
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is not None and value not in TEMPLATES:
             hint = f" ({TEMPLATE_HINTS[value]})" if value in TEMPLATE_HINTS else ""
             raise ValueError(f"unknown template {value!r}{hint}; choose one of {', '.join(TEMPLATES)}")
         return value
@@ -344,6 +352,12 @@ def check_distributed(c: SftConfig) -> str | None:
     return None
 
 
+def check_one_template(c: SftConfig) -> str | None:
+    if c.template is not None and c.chat_template is not None:
+        return "template and chat_template: choose one (a built-in name, or a Jinja template)"
+    return None
+
+
 def check_history_flags(c: SftConfig) -> str | None:
     if c.train_on_prompt and c.mask_history:
         return "train_on_prompt and mask_history contradict each other: choose one"
@@ -366,4 +380,5 @@ def check_scheduler_kwargs(c: SftConfig) -> str | None:
 
 
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
-           check_precision, check_interleave, check_distributed, check_history_flags, check_scheduler_kwargs)
+           check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
+           check_scheduler_kwargs)

@@ -90,6 +90,7 @@ def alpaca_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
     if not response.strip():
         raise RowError(f"empty assistant reply (column {cols['response']!r}); fill it in or remove the row")
     system = _text(row, cols["system"], "system") or default_system
+    response = with_reasoning(_text(row, cols["reasoning"], "reasoning"), response)
     user = "\n".join(part for part in (prompt, query) if part)
     turns = _history(row.get(cols["history"]), cols["history"])
     turns += [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
@@ -117,7 +118,15 @@ def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | Non
     system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
     check_turns(messages, first_position=len(raw) - len(messages))
     system = system or _text(row, spec.columns["system"], "system") or default_system
+    reasoning = _text(row, spec.columns["reasoning"], "reasoning")
+    if reasoning:  # the row's reasoning belongs to its last reply
+        messages[-1] = {**messages[-1], "content": with_reasoning(reasoning, messages[-1]["content"])}
     return with_system(system, messages), _tools(row.get(spec.columns["tools"]), spec.columns["tools"])
+
+
+def with_reasoning(reasoning: str, reply: str) -> str:
+    """A reply with its separate reasoning as the `<think>` block the thinking templates read (Qwen3's layout)."""
+    return f"<think>\n{reasoning.strip()}\n</think>\n\n{reply}" if reasoning.strip() else reply
 
 
 def check_turns(turns: list[Message], first_position: int = 0) -> None:
@@ -238,7 +247,7 @@ class Format:
 
 FORMATS = {
     "alpaca": Format({"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                      "history": "history"}, alpaca_to_messages),
-    "sharegpt": Format({"messages": "conversations", "system": "system", "tools": "tools"}, sharegpt_to_messages,
-                       tagged=True),
+                      "history": "history", "reasoning": "reasoning"}, alpaca_to_messages),
+    "sharegpt": Format({"messages": "conversations", "system": "system", "tools": "tools", "reasoning": "reasoning"},
+                       sharegpt_to_messages, tagged=True),
 }

@@ -10,9 +10,8 @@ from sftkit.atomic import write_lines
 from sftkit.data.loader import load_conversations
 from sftkit.data.masking import IGNORE_INDEX
 from sftkit.data.pipeline import COLUMNS, PreparedData, no_cycle_collection, tokenize_all
-from sftkit.data.tokenizer import load_tokenizer
+from sftkit.data.tokenizer import load_tokenizer_and_template, template_origin
 from sftkit.errors import DataError
-from sftkit.templates import get_template
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -33,7 +32,8 @@ def preview(cfg: SftConfig, n: int = 3, color: bool = False) -> None:
         n: examples to show (the first ones of the training split).
         color: mark trained text in green (terminal) instead of `[[` `]]` (pipes, files).
     """
-    tokenizer, data = _prepare_for_cli(cfg)
+    tokenizer, template, data = _prepare_for_cli(cfg)
+    print(f"--- {template_origin(template)}")
     print(legend(color))
     for row in data.train.select(range(min(n, len(data.train)))):
         trained = sum(label != IGNORE_INDEX for label in row["labels"])
@@ -60,7 +60,7 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
     """
     if split == "eval" and not cfg.has_eval_data:
         raise DataError("--split eval: the config has no eval set; set val_size or eval_dataset")
-    _, data = _prepare_for_cli(cfg)
+    _, _, data = _prepare_for_cli(cfg)
     dataset = data.train if split == "train" else data.eval
     assert dataset is not None
     _write_jsonl(dataset, Path(out))
@@ -86,13 +86,12 @@ def render_example(tokenizer: Any, input_ids: list[int], labels: list[int], colo
     return "".join(pieces)
 
 
-def _prepare_for_cli(cfg: SftConfig) -> tuple[Any, PreparedData]:
+def _prepare_for_cli(cfg: SftConfig) -> tuple[Any, Any, PreparedData]:
     """Data problems surface before the tokenizer (or anything of the model) is loaded."""
-    template = get_template(cfg.template)
     with no_cycle_collection():
         conversations = load_conversations(cfg)
-        tokenizer = load_tokenizer(cfg, template)
-        return tokenizer, tokenize_all(cfg, tokenizer, template, conversations)
+        tokenizer, template = load_tokenizer_and_template(cfg)
+        return tokenizer, template, tokenize_all(cfg, tokenizer, template, conversations)
 
 
 def _runs(input_ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:

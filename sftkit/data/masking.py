@@ -92,7 +92,7 @@ def encode_conversations(tokenizer: Any, template: Template, conversations: Sequ
         ConversationError: roles out of order or invalid tools (`position` names the conversation).
     """
     control = _control_pattern(tokenizer, template)
-    rendered = [_segments(template, messages, tools, position)
+    rendered = [_segments(template, messages, tools, position, mask_history)
                 for position, (messages, tools) in enumerate(conversations)]
     tokenized = _tokenize_many(tokenizer, rendered, control)
     return [_finish(tokenizer, template, control, conversation, segments, tokens, cutoff_len, train_on_prompt,
@@ -113,9 +113,9 @@ def encode_conversation(tokenizer: Any, template: Template, messages: list[dict[
 
 
 def _segments(template: Template, messages: list[dict[str, str]], tools: str | None,
-              position: int) -> list[Segment]:
+              position: int, only_last: bool = False) -> list[Segment]:
     try:
-        return template.segments(messages, tools)
+        return template.segments(messages, tools, only_last=only_last)
     except DataError as exc:
         raise ConversationError(str(exc), position) from None
 
@@ -130,7 +130,7 @@ def _finish(tokenizer: Any, template: Template, control: re.Pattern[str], conver
         system, turns = split_system(messages)
         keep = _pairs_that_fit(segments, tokens.all_offsets(), cutoff_len)
         kept = ([{"role": "system", "content": system}] if system is not None else []) + turns[:2 * keep]
-        segments = template.segments(kept, tools)
+        segments = template.segments(kept, tools, only_last=mask_history)
         tokens = _tokenize_many(tokenizer, [segments], control)[0]
     labels = _labels(tokens, segments, train_on_prompt, mask_history)
     ids, labels = tokens.ids[:cutoff_len], labels[:cutoff_len]

@@ -22,6 +22,7 @@ from sftkit.data import masking
 from sftkit.data.loader import Conversations, load_conversations
 from sftkit.data.stats import DataStats, compute_stats
 from sftkit.data.model_source import model_problems
+from sftkit.data.tokenizer import base_tokenizer, resolve_template, template_origin
 from sftkit.errors import DataError, SftkitError, gather
 from sftkit.templates import Template, get_template
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 COLUMNS = ("input_ids", "labels", "dataset", "index")
 # Part of the tokenization cache key: raise it whenever a change to rendering, masking or truncation
 # changes the ids or labels of any row (a comment or a refactor does not).
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
 
 
 @dataclass
@@ -57,7 +58,7 @@ def prepare_data(cfg: SftConfig, tokenizer: Any, template: Template | None = Non
         DataError: a registry, file or row problem, or no training example keeps a trained token.
     """
     with no_cycle_collection():
-        return tokenize_all(cfg, tokenizer, template or get_template(cfg.template), load_conversations(cfg))
+        return tokenize_all(cfg, tokenizer, template or resolve_template(cfg, tokenizer), load_conversations(cfg))
 
 
 def validate_setup(cfg: SftConfig) -> str:
@@ -70,7 +71,7 @@ def validate_setup(cfg: SftConfig) -> str:
         SftkitError: every data and model problem found, together.
     """
     data, model = gather(lambda: validate_data(cfg), lambda: _model_summary(cfg))
-    return f"{data}; {model}"
+    return f"{data}; {model}; {validate_template(cfg)}"  # rendering every row needs good data and a model
 
 
 def validate_data(cfg: SftConfig) -> str:
@@ -94,7 +95,7 @@ def validate_data(cfg: SftConfig) -> str:
 
 def _model_summary(cfg: SftConfig) -> str:
     problems, line = model_problems(cfg.model_name_or_path, cfg.trust_remote_code,
-                                    get_template(cfg.template).special_tokens)
+                                    get_template(cfg.template).special_tokens if cfg.template else ())
     if problems:
         raise SftkitError(*problems)
     return line
@@ -103,6 +104,34 @@ def _model_summary(cfg: SftConfig) -> str:
 def plural(count: int, noun: str) -> str:
     """"1 dataset", "3 datasets"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def validate_template(cfg: SftConfig) -> str:
+    """Renders every row with the config's template (no model); which template is in force and where from.
+
+    The template of a local model folder is read from its tokenizer files; a hub id's own template is
+    only known once its tokenizer loads (a named template is checked without it).
+
+    Raises:
+        DataError: a row the template cannot train on (naming the dataset, the row and the template).
+        ConfigError: no template anywhere, or a chat template sftkit cannot train with.
+    """
+    conversations = load_conversations(cfg)
+    if Path(cfg.model_name_or_path).is_dir():
+        template = resolve_template(cfg, base_tokenizer(cfg))
+    elif cfg.template is not None:
+        template = get_template(cfg.template)
+    else:
+        return "template: the model's own chat_template (read when its tokenizer loads)"
+    splits = [conversations.train] + ([conversations.eval] if conversations.eval is not None else [])
+    for rows in splits:
+        for row in rows:
+            try:
+                template.segments(row["messages"], row["tools"], only_last=cfg.mask_history)
+            except DataError as exc:
+                raise DataError(f"dataset {row['dataset']!r} row {row['index']}: {exc} ({template_origin(template)})"
+                                ) from None
+    return template_origin(template)
 
 
 # ---------------------------------------------------------------------------- tokenization

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import write_json
 from sftkit.config.schema import LOSS_CHUNK_SIZE
-from sftkit.data import IGNORE_INDEX, load_tokenizer, prepare_data
+from sftkit.data import IGNORE_INDEX, load_tokenizer_and_template, prepare_data
 from sftkit.errors import SftkitError
 from sftkit.model import Loaded, causal_lm_of, load_for_inference, load_model as load_lm, resolve_precision, to_device
 from sftkit.run_dir import check_new_output, has_adapter, has_run_config
-from sftkit.templates import get_template
 from sftkit.training.loss import chunked_cross_entropy, perplexity
 
 if TYPE_CHECKING:
@@ -123,9 +122,8 @@ def load_model(model: str, cfg: SftConfig) -> Loaded:
 def _load_base(cfg: SftConfig) -> Loaded:
     from transformers import set_seed
 
-    template = get_template(cfg.template)
     set_seed(cfg.seed)  # the new token rows are drawn as training's were
-    tokenizer = load_tokenizer(cfg, template)
+    tokenizer, template = load_tokenizer_and_template(cfg)
     return Loaded(to_device(load_lm(cfg, tokenizer, resolve_precision(cfg))), tokenizer, template)
 
 

@@ -12,8 +12,8 @@ from sftkit.data.prompts import Prompt, load_prompts
 from sftkit.errors import SftkitError, gather
 from sftkit.evaluate.perplexity import data_config, load_model
 from sftkit.model import GenerationSettings, generate_replies
+from sftkit.data.tokenizer import config_template
 from sftkit.run_dir import check_new_output
-from sftkit.templates import get_template
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -57,11 +57,12 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     if problems:
         raise SftkitError(*problems)
     gather(lambda: check_new_output(Path(out), overwrite), lambda: check_new_output(metrics_path(Path(out)), overwrite))
-    prompts = load_prompts(data_config(cfg, split, None), split, n, get_template(cfg.template))
+    template = config_template(cfg)
+    prompts = load_prompts(data_config(cfg, split, None), split, n, template)
     answers = {"generation": answer(model, cfg, prompts, settings)}
     if compare is not None:
         answers["generation_compare"] = answer(compare, cfg, prompts, settings)
-    rows, metrics = score_predictions(prompts, answers, cfg)
+    rows, metrics = score_predictions(prompts, answers, cfg, template)
     metrics.update(model=model, compare=compare, split=split, max_new_tokens=max_new_tokens,
                    temperature=temperature, seed=seed)
     write_predictions(Path(out), rows, metrics)
@@ -84,10 +85,10 @@ def answer(model: str, cfg: SftConfig, prompts: list[Prompt], settings: Generati
     return replies
 
 
-def score_predictions(prompts: list[Prompt], answers: dict[str, list[str]],
-                      cfg: SftConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def score_predictions(prompts: list[Prompt], answers: dict[str, list[str]], cfg: SftConfig,
+                      template: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Output rows with per-row scores, and the corpus-level metrics of every generation column."""
-    template = get_template(cfg.template)
+    template = template or config_template(cfg)
     references = [p.reference for p in prompts]
     rows = [{"dataset": p.dataset, "index": p.index, "prompt": template.generation_prompt(p.messages, p.tools),
              "reference": p.reference} for p in prompts]

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.data.model_source import resolve_model
+from sftkit.data.tokenizer import run_template
 from sftkit.errors import SftkitError
 from sftkit.model.loading import DAMAGED_MODEL_FIX, grow_embeddings, load_model
 from sftkit.model.precision import Precision, inference_precision
 from sftkit.quiet import quiet_loading_bars
 from sftkit.run_dir import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, check_lora_run, check_weights, has_adapter,
                             read_run_config)
-from sftkit.templates import TEMPLATES, Template, get_template, prepare_tokenizer
+from sftkit.templates import TEMPLATES, JinjaTemplate, Template, get_template, prepare_tokenizer
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -47,8 +48,9 @@ class Loaded:
 def load_for_inference(model: str) -> Loaded:
     """Loads a model for generation, with its tokenizer and chat template, on the best device.
 
-    The template is the run's (sftkit_config.yaml), else the one whose rendering the tokenizer's
-    chat_template reproduces, else chatml; a note on stderr says which and why.
+    The template is the run's (sftkit_config.yaml: its named template, or the chat_template it saved),
+    else the named one whose rendering the tokenizer's chat_template reproduces, else that chat_template
+    itself, else chatml; a note on stderr says which and why.
 
     Args:
         model: run directory, merged model directory, or base model path / hub id.
@@ -96,7 +98,7 @@ def load_adapter_run(run_dir: str | Path, base: str | None = None, precision: Pr
     _check_adapter_fits(model, run_dir, cfg.model_name_or_path)
     model = PeftModel.from_pretrained(model, run_dir, is_trainable=False)
     model.eval()
-    return Loaded(model, tokenizer, get_template(cfg.template), cfg)
+    return Loaded(model, tokenizer, run_template(cfg, tokenizer), cfg)
 
 
 def to_device(model: Any) -> Any:
@@ -120,14 +122,27 @@ def _load_tokenizer(model: str) -> Any:
 
 
 def _template_for(path: Path, tokenizer: Any) -> tuple[Template, str]:
-    """The run config's template, else the one the tokenizer's chat_template renders, else chatml."""
+    """The run config's template, else the one the tokenizer's chat_template renders, else that chat_template,
+    else chatml."""
+    from sftkit.errors import DataError
+
     if (path / CONFIG_FILE).is_file():
-        return get_template(read_run_config(path).template), f"from {path / CONFIG_FILE}"
+        return run_template(read_run_config(path), tokenizer), f"from {path / CONFIG_FILE}"
     for name in TEMPLATES:
-        if _renders_like(tokenizer, get_template(name)):
-            return get_template(name), "recognised from the tokenizer's chat_template"
-    reason = "no chat_template" if not tokenizer.chat_template else "the chat_template is not one of sftkit's"
-    return get_template("chatml"), f"default: {reason}"
+        try:
+            template = get_template(name).bind(tokenizer)
+        except DataError:
+            continue
+        if _renders_like(tokenizer, template):
+            return template, "recognised from the tokenizer's chat_template"
+    if isinstance(tokenizer.chat_template, str) and tokenizer.chat_template.strip():
+        try:
+            own = JinjaTemplate.from_tokenizer(tokenizer, tokenizer.chat_template, "model's own",
+                                               "the tokenizer's chat_template")
+            return own, "the tokenizer's own chat_template"
+        except DataError as exc:
+            return get_template("chatml"), f"default: the chat_template cannot be used ({exc})"
+    return get_template("chatml"), "default: no chat_template"
 
 
 def _renders_like(tokenizer: Any, template: Template) -> bool:
@@ -138,7 +153,7 @@ def _renders_like(tokenizer: Any, template: Template) -> bool:
         return False
     try:
         rendered = tokenizer.apply_chat_template(_RECOGNITION_PROBE, tokenize=False, add_generation_prompt=True)
-    except (TemplateError, ValueError):
+    except (TemplateError, ValueError, TypeError):
         return False
     return rendered == template.generation_prompt(_RECOGNITION_PROBE)
 

@@ -1,4 +1,7 @@
-"""The named chat templates: one `Template` entry each; adding a template is adding an entry here."""
+"""The named chat templates: one `Template` entry each; adding a template is adding an entry here.
+
+A model's own Jinja template needs no entry: `JinjaTemplate` (sftkit.templates.jinja) trains with it.
+"""
 
 from __future__ import annotations
 
@@ -38,13 +41,195 @@ _DEFINITIONS = (
         end_token="<|eot_id|>",
         special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     ),
+    # Below: LLaMA-Factory's templates of the same name (text, stop words, default systems) as reference.
+    Template(
+        name="qwen",
+        prefix="",
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
+        observation="<|im_start|>user\n{content}<|im_end|>\n",
+        end_token="<|im_end|>",
+        special_tokens=("<|im_start|>", "<|im_end|>"),
+        default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    ),
+    # Qwen3 thinking: a reply without <think> gets an empty thought block (trained); enable_thinking: false
+    # drops the reasoning and puts the empty block in the prompt instead.
+    Template(
+        name="qwen3",
+        prefix="",
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
+        observation="<|im_start|>user\n{content}<|im_end|>\n",
+        end_token="<|im_end|>",
+        special_tokens=("<|im_start|>", "<|im_end|>"),
+        thought=("<think>\n", "\n</think>\n\n"),
+    ),
+    Template(
+        name="qwen3_nothink",
+        prefix="",
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
+        observation="<|im_start|>user\n{content}<|im_end|>\n",
+        end_token="<|im_end|>",
+        special_tokens=("<|im_start|>", "<|im_end|>"),
+    ),
+    # ERNIE-4.5 thinking models (chatml-like, blank line between turns, think mode in the system prompt).
+    Template(
+        name="ernie",
+        prefix="",
+        system="<|im_start|>system\n{content}<|im_end|>\n\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n\n",
+        assistant="<|im_start|>assistant\n{content}<|im_end|>\n\n",
+        observation="<|im_start|>tool\n{content}<|im_end|>\n\n",
+        end_token="<|im_end|>",
+        special_tokens=("<|im_start|>", "<|im_end|>"),
+        default_system="<global_setting>\nthink_mode=True\n</global_setting>",
+    ),
+    Template(
+        name="llama2",
+        prefix="",
+        system="<<SYS>>\n{content}\n<</SYS>>\n\n",
+        user="{bos}[INST] {content} [/INST]",
+        assistant="{content}{eos}",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{bos}", "{eos}"),
+        tool_format=None,
+        system_in_user=True,
+    ),
+    Template(
+        name="mistral",
+        prefix="{bos}",
+        system="{content}\n\n",
+        user="[INST] {content}[/INST]",
+        assistant=" {content}{eos}",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{bos}", "{eos}", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                        "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"),
+        tool_format="mistral",
+        system_in_user=True,
+    ),
+    Template(
+        name="gemma",
+        prefix="{bos}",
+        system="{content}\n\n",
+        user="<start_of_turn>user\n{content}<end_of_turn>\n",
+        assistant="<start_of_turn>model\n{content}<end_of_turn>\n",
+        observation="<start_of_turn>tool\n{content}<end_of_turn>\n",
+        end_token="<end_of_turn>",
+        special_tokens=("{bos}", "<start_of_turn>", "<end_of_turn>"),
+        tool_format=None,
+        system_in_user=True,
+    ),
+    Template(
+        name="gemma3",
+        prefix="{bos}",
+        system="{content}\n\n",
+        user="<start_of_turn>user\n{content}<end_of_turn>\n",
+        assistant="<start_of_turn>model\n{content}<end_of_turn>\n",
+        observation="<start_of_turn>tool\n{content}<end_of_turn>\n",
+        end_token="<end_of_turn>",
+        special_tokens=("{bos}", "<start_of_turn>", "<end_of_turn>"),
+        tool_format=None,
+        system_in_user=True,
+    ),
+    Template(
+        name="phi4",
+        prefix="",
+        system="<|im_start|>system<|im_sep|>{content}<|im_end|>",
+        user="<|im_start|>user<|im_sep|>{content}<|im_end|>",
+        assistant="<|im_start|>assistant<|im_sep|>{content}<|im_end|>",
+        observation="{content}",
+        end_token="<|im_end|>",
+        special_tokens=("<|im_start|>", "<|im_sep|>", "<|im_end|>"),
+        tool_format=None,
+    ),
+    Template(
+        name="deepseek3",
+        prefix="{bos}",
+        system="{content}",
+        user="<｜User｜>{content}",
+        assistant="<｜Assistant｜>{content}{eos}",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{bos}", "{eos}", "<｜User｜>", "<｜Assistant｜>"),
+        tool_format=None,
+    ),
+    # GLM-4 writes no token after a reply: generation stops at the next role token (stop words), and a
+    # reply's end is not trained (LLaMA-Factory's efficient_eos).
+    Template(
+        name="glm4",
+        prefix="[gMASK]<sop>",
+        system="<|system|>\n{content}",
+        user="<|user|>\n{content}",
+        assistant="<|assistant|>\n{content}",
+        observation="<|observation|>\n{content}",
+        end_token="",
+        special_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+        stop_words=("<|user|>", "<|observation|>"),
+        tool_format=None,
+    ),
+    Template(
+        name="default",
+        prefix="",
+        system="System: {content}{eos}\n",
+        user="Human: {content}{eos}\n",
+        assistant="Assistant:{content}{eos}\n",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{eos}",),
+        tool_format=None,
+    ),
+    # No format at all (raw text); replies end with nothing, so generation stops only at eos.
+    Template(
+        name="empty",
+        prefix="",
+        system="{content}",
+        user="{content}",
+        assistant="{content}",
+        observation="{content}",
+        end_token="",
+        special_tokens=(),
+        tool_format=None,
+    ),
+    Template(
+        name="alpaca",
+        prefix="",
+        system="{content}",
+        user="### Instruction:\n{content}\n\n",
+        assistant="### Response:\n{content}{eos}\n\n",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{eos}",),
+        tool_format=None,
+        default_system="Below is an instruction that describes a task. Write a response that appropriately "
+                       "completes the request.\n\n",
+    ),
+    Template(
+        name="vicuna",
+        prefix="",
+        system="{content}",
+        user="USER: {content} ",
+        assistant="ASSISTANT:{content}{eos}",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{eos}",),
+        tool_format=None,
+        default_system="A chat between a curious user and an artificial intelligence assistant. The assistant "
+                       "gives helpful, detailed, and polite answers to the user's questions.",
+    ),
 )
 _BY_NAME = {template.name: template for template in _DEFINITIONS}
 TEMPLATES = tuple(_BY_NAME)
 # LLaMA-Factory template names whose format one of ours already is, or the nearest thing.
 TEMPLATE_HINTS = {
-    "qwen": "Qwen2/2.5 use chatml; put Qwen's system prompt in default_system",
-    "ernie": "ERNIE-4.5 base models: ernie_nothink; the thinking variant is not implemented",
+    "qwen2_vl": "text-only training of Qwen2-VL uses qwen",
+    "qwen3_vl": "text-only training of Qwen3-VL uses qwen3",
+    "llama4": "not built in; leave template unset to train with the model's own chat template",
 }
 
 
@@ -55,7 +240,8 @@ def get_template(name: str) -> Template:
         ConfigError: unknown name.
     """
     if name not in _BY_NAME:
-        raise ConfigError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}")
+        raise ConfigError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}, or leave template "
+                          "unset to use the model's own chat template")
     return _BY_NAME[name]
 
 

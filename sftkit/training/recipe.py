@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import place_problem, write_text
 from sftkit.config import check_environment, dump_resolved
-from sftkit.data import check_sources, load_tokenizer, resolve_model
+from sftkit.data import check_sources, load_tokenizer_and_template, resolve_model
 from sftkit.errors import SftkitError, gather
 from sftkit.model import (add_adapter, check_context_length, count_parameters, load_model, resolve_precision,
                           set_stop_tokens)
 from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, is_run, model_card
-from sftkit.templates import Template, get_template
+from sftkit.templates import Template
 from sftkit.training.attention import use_packed_attention
 from sftkit.training.distributed import check_distributed, prepare_data_once, process_rank, quiet_other_ranks
 from sftkit.training.lifecycle import (check_checkpoint_files, check_disk_space, check_resume_config, checkpoint_state,
@@ -74,9 +74,8 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
     from sftkit.training.trainer import build_trainer  # torch, transformers, TRL
 
     set_seed(cfg.seed)
-    template = get_template(cfg.template)
     precision = resolve_precision(cfg)
-    tokenizer = load_tokenizer(cfg, template)
+    tokenizer, template = load_tokenizer_and_template(cfg)
     check_context_length(cfg)
     data = prepare_data_once(cfg, tokenizer, template)  # several processes: the first tokenizes, the rest read it
     model = load_model_for_training(cfg, tokenizer, template, precision)

@@ -37,7 +37,7 @@ def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats:
     sequences = len(trainer.train_dataset)
     planned = planned_updates(trainer, sequences)
     lines = [
-        f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {cfg.template}",
+        f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {_template_name(cfg)}",
         f"  parameters: {params.line()}",
         *(f"  {line}" for line in stats.summary_lines()),
         f"  training sequences: {sequences:,}" + (f" (packed to {cfg.cutoff_len} tokens)" if cfg.packing else ""),
@@ -108,6 +108,10 @@ def _written(cfg: SftConfig, out: Path) -> list[str]:
     return files
 
 
+def _template_name(cfg: SftConfig) -> str:
+    return cfg.template or ("chat_template" if cfg.chat_template else "the model's own")
+
+
 def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, template: Template,
                   data: PreparedData, out: Path, main: bool, tokens_before: int = 0) -> dict[str, Any]:
     """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process.
@@ -117,7 +121,7 @@ def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer
     history = trainer.state.log_history
     train_losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
     eval_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
-    end_id = tokenizer.convert_tokens_to_ids(template.end_token)
+    end_id = template.stop_token_ids(tokenizer)[0]
     accuracy, positions = end_token_accuracy(trainer, data.eval, end_id) if data.eval is not None else (None, 0)
     tokens = trainer.tokens_seen()  # a collective: write_metrics runs on every rank
     metrics = _metrics(trainer, result, train_losses, eval_losses, accuracy, positions, tokens, tokens_before)

@@ -1,0 +1,331 @@
+"""A model's own Jinja chat template as a `Template`: rendering by the Jinja itself, masks derived from it.
+
+The rendered text is exactly `apply_chat_template(messages, tokenize=False)`. What is trained is found
+by rendering the template itself, never by guessing its format:
+
+- `{% generation %}` blocks, where the template has them, are the trained spans (Phi-4).
+- Otherwise, for each assistant-side turn k: the reply starts where the conversation up to k with the
+  generation prompt stops agreeing with the conversation up to k with the reply (usually: right after the
+  generation prompt), and ends after the end-of-turn token(s) the template writes after a reply (found by
+  rendering a probe reply: the control tokens right after it, e.g. `<|im_end|>`, `<|eot_id|>`, `</s>`).
+- A turn that renders differently once later turns follow (Qwen3 drops the reasoning of earlier replies)
+  is trained as the whole conversation renders it: from where its header ends to its end-of-turn token,
+  provided the reply's visible text is found there; otherwise the row is refused (one line naming the
+  template), never silently mis-masked.
+
+Message content holding control-token text is located in the rendering and marked as data, so it is
+tokenized as plain text (masking's guard); content the template changes so it cannot be found is refused.
+The normalized roles map onto the template's: `function_call` -> an assistant message with `tool_calls`,
+`observation` -> `tool`; tools go in as the list of schemas the template reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sftkit.errors import DataError
+from sftkit.templates.conversation import parse_tools, role_order_problem, split_system
+from sftkit.templates.template import Segment, remove_thought
+
+_PROBE_REPLY = "sftkit probe reply 7"
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+@dataclass(frozen=True)
+class JinjaTemplate:
+    """A Jinja chat template bound to its tokenizer's special tokens (`from_tokenizer` builds one).
+
+    `variables`: the values the template sees besides messages/tools (bos_token, eos_token, ...,
+    enable_thinking). `control_tokens`: the tokenizer's special tokens (for the end-token probe and the
+    content guard). `special_tokens`: those the template writes. `end_token`: what ends a reply.
+    """
+
+    name: str
+    source: str
+    origin: str
+    variables: tuple[tuple[str, Any], ...]
+    control_tokens: tuple[str, ...]
+    special_tokens: tuple[str, ...]
+    end_token: str
+    arguments_as_text: bool = False
+    stop_words: tuple[str, ...] = ()
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, source: str, name: str, origin: str,
+                       enable_thinking: bool | None = None) -> JinjaTemplate:
+        """Binds `source` to `tokenizer` and probes what ends a reply.
+
+        Raises:
+            DataError: the template does not render a plain user/assistant exchange, or writes no control
+                token right after a reply (a model trained on it would never learn to stop).
+        """
+        values = {key: value for key, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
+        if enable_thinking is not None and "enable_thinking" in source:
+            values["enable_thinking"] = enable_thinking
+        specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        specials |= {v for v in values.values() if isinstance(v, str)}
+        control = tuple(sorted(specials, key=len, reverse=True))
+        draft = cls(name, source, origin, tuple(sorted(values.items())), control, (), "")
+        end = draft._probe_end()
+        written = tuple(t for t in control if t in draft._probe_text())
+        return cls(name, source, origin, draft.variables, control, written, end, draft._probe_arguments())
+
+    # ------------------------------------------------------------------ the Template interface
+
+    def segments(self, messages: list[dict[str, str]], tools: str | None = None,
+                 add_generation_prompt: bool = False, only_last: bool = False) -> list[Segment]:
+        """The rendered conversation, cut into trained / untrained / content segments.
+
+        `only_last` (mask_history): an earlier reply the template rewrites is left untrained, not refused.
+
+        Raises:
+            DataError: roles out of order, tools the template cannot take, or a reply it cannot locate.
+        """
+        system, turns = split_system(messages)
+        problem = role_order_problem(turns, end_with_assistant=not add_generation_prompt)
+        if problem:
+            raise DataError(problem)
+        schemas = self._schemas(tools, turns)
+        chat = [self._message(m) for m in messages]
+        full = self.render(chat, schemas, add_generation_prompt)
+        offset = len(messages) - len(turns)
+        replies = [] if add_generation_prompt else self._replies(chat, schemas, full, offset, only_last)
+        contents = self._contents(messages, full)
+        return _cut(full, replies, contents, len(turns) // 2 if add_generation_prompt else None)
+
+    def generation_prompt(self, messages: list[dict[str, str]], tools: str | None = None) -> str:
+        """Rendered conversation (ending with a user-side turn) followed by the generation prompt."""
+        return "".join(s.text for s in self.segments(messages, tools, add_generation_prompt=True))
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        """Ids that end a reply: the template's end-of-turn tokens, then the tokenizer's eos."""
+        tokens = [t for t in self.control_tokens if t in self.end_token] + list(self.stop_words)
+        tokens.sort(key=self.end_token.find)
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens] + [tokenizer.eos_token_id]
+        return list(dict.fromkeys(i for i in ids if i is not None and i != tokenizer.unk_token_id))
+
+    def token_ids(self, tokenizer: Any) -> list[int]:
+        """Ids of the control tokens the template writes (their embedding rows train, as for a named template)."""
+        return sorted({tokenizer.convert_tokens_to_ids(token) for token in self.special_tokens})
+
+    def jinja(self) -> str:
+        return self.source
+
+    def bind(self, tokenizer: Any, enable_thinking: bool = True) -> JinjaTemplate:
+        return self
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+               add_generation_prompt: bool) -> str:
+        """The Jinja rendering of template-shaped messages (`apply_chat_template(..., tokenize=False)`)."""
+        return self._render(chat, tools, add_generation_prompt)[0]
+
+    def _render(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                add_generation_prompt: bool, track: bool = False) -> tuple[str, list[tuple[int, int]]]:
+        from jinja2 import TemplateError
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        try:
+            rendered, spans = render_jinja_template([chat], tools=tools, chat_template=self.source,
+                                                    return_assistant_tokens_mask=track,
+                                                    add_generation_prompt=add_generation_prompt,
+                                                    **dict(self.variables))
+        except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise DataError(f"the {self.name} chat template cannot render this conversation ({_first_line(exc)})"
+                            ) from None
+        return rendered[0], (spans[0] if spans else [])
+
+    def _message(self, message: dict[str, str]) -> dict[str, Any]:
+        role, content = message["role"], message["content"]
+        if role == "observation":
+            return {"role": "tool", "content": content}
+        if role != "function_call":
+            return {"role": role, "content": content}
+        try:
+            call = json.loads(content)
+            name, arguments = call["name"], call.get("arguments", {})
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise DataError('a function_call turn must be a JSON object {"name": ..., "arguments": {...}}; got '
+                            f"{content[:60]!r}") from None
+        if self.arguments_as_text and not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        return {"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+    def _schemas(self, tools: str | None, turns: list[dict[str, str]]) -> list[dict[str, Any]] | None:
+        try:
+            schemas = parse_tools(tools)
+        except ValueError as exc:
+            raise DataError(f"tools {exc}") from None
+        uses_tools = schemas or any(m["role"] in ("function_call", "observation") for m in turns)
+        if uses_tools and not ("tool_calls" in self.source and re.search(r"\btools\b", self.source)):
+            raise DataError(f"the {self.name} chat template has no tool-call format (it never reads tools / "
+                            "tool_calls); use a template with one (qwen, qwen3, chatml, llama3) or remove the tool turns")
+        return schemas or None
+
+    # ------------------------------------------------------------------ what is trained
+
+    def _replies(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str,
+                 offset: int, only_last: bool = False) -> list[tuple[int, int, int, int]]:
+        """(start, content end, end, turn) of every assistant-side reply in `full`."""
+        positions = [k for k, m in enumerate(chat) if k >= offset and (k - offset) % 2]
+        if _GENERATION.search(self.source):
+            _, blocks = self._render(chat, tools, False, track=True)
+            if len(blocks) != len(positions):
+                raise DataError(f"the {self.name} chat template marks {len(blocks)} generation blocks for "
+                                f"{len(positions)} replies; sftkit cannot tell which text is trained")
+            return [(s, max(s, e - len(self._end_in(full[s:e]))), e, (k - offset) // 2)
+                    for (s, e), k in zip(blocks, positions)]
+        spans = []
+        for k in positions:
+            try:
+                spans.append(self._reply_span(chat, tools, full, k, (k - offset) // 2))
+            except DataError:
+                if not only_last or k == positions[-1]:
+                    raise
+        return spans
+
+    def _reply_span(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str, k: int,
+                    turn: int) -> tuple[int, int, int, int]:
+        prompt = self.render(chat[:k], tools, True)
+        upto = full if k == len(chat) - 1 else self.render(chat[:k + 1], tools, False)
+        start = self._reply_start(prompt, upto)
+        cut = upto.rfind(self.end_token)
+        if cut >= start and full.startswith(upto[:cut + len(self.end_token)]):
+            return start, cut, cut + len(self.end_token), turn
+        # the turn renders differently once later turns follow (Qwen3 drops earlier reasoning)
+        start = min(self._reply_start(prompt, full), self._reply_start(upto, full))
+        cut = full.find(self.end_token, start)
+        visible = _visible(chat[k])
+        if cut < 0 or (visible and visible not in full[start:cut]):
+            raise DataError(f"the {self.name} chat template renders reply {k} differently once later turns follow, "
+                            "and sftkit cannot locate it; set mask_history: true (train the last reply only) or "
+                            "choose a named template")
+        return start, cut, cut + len(self.end_token), turn
+
+    def _reply_start(self, prompt: str, text: str) -> int:
+        """Where a reply starts in `text`: after the generation prompt, or where the two part ways, backed off to
+        the last line break or control token (so "<think>" vs "<tool_call>" does not start the reply at "ool")."""
+        common = _common_prefix(prompt, text)
+        if common == len(prompt):
+            return common
+        head = text[:common]
+        boundary = head.rfind("\n") + 1
+        for token in self.control_tokens:
+            at = head.rfind(token)
+            if at >= 0:
+                boundary = max(boundary, at + len(token))
+        return boundary
+
+    def _contents(self, messages: list[dict[str, str]], full: str) -> list[tuple[int, int]]:
+        """Where the content holding control-token text lies in `full` (only such content needs marking)."""
+        pattern = _control_regex(self.control_tokens)
+        if not any(pattern.search(m["content"]) for m in messages):
+            return []
+        spans: list[tuple[int, int]] = []
+        cursor = 0
+        for i, message in enumerate(messages):
+            content = message["content"]
+            if not pattern.search(content):
+                continue
+            for text in (content, content.strip(), remove_thought(content, "</think>")):
+                at = full.find(text, cursor)
+                if text and at >= 0:
+                    spans.append((at, at + len(text)))
+                    cursor = at + len(text)
+                    break
+            else:
+                raise DataError(f"message {i} holds control-token text that the {self.name} chat template changes, "
+                                "so it cannot be kept as plain text; remove the control-token text from the row")
+        return spans
+
+    def _end_in(self, text: str) -> str:
+        """The control tokens that close `text` (a generation block's end-of-turn tokens)."""
+        end = ""
+        while True:
+            token = next((t for t in self.control_tokens if text[:len(text) - len(end)].endswith(t)), None)
+            if token is None:
+                return end
+            end = token + end
+
+    # ------------------------------------------------------------------ probes (at binding)
+
+    def _probe_text(self) -> str:
+        chat = [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": _PROBE_REPLY}]
+        return self.render(chat, None, False)
+
+    def _probe_end(self) -> str:
+        after = self._probe_text().rpartition(_PROBE_REPLY)[2]
+        end = ""
+        while token := next((t for t in self.control_tokens if after.startswith(t, len(end))), None):
+            end += token
+        if not end:
+            raise DataError(f"the {self.name} chat template writes no end-of-turn token right after a reply "
+                            f"({after[:30]!r} follows it), so a model trained on it would never stop; set template: "
+                            "to a named one")
+        return end
+
+    def _probe_arguments(self) -> bool:
+        """Whether the template concatenates tool-call arguments as text (DeepSeek) rather than a dict."""
+        if "tool_calls" not in self.source:
+            return False
+        call = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}]
+        try:
+            self.render(call, [{"type": "function", "function": {"name": "f"}}], False)
+        except DataError:
+            return True
+        return False
+
+
+def _cut(full: str, replies: list[tuple[int, int, int, int]], contents: list[tuple[int, int]],
+         prompt_turn: int | None) -> list[Segment]:
+    """`full` as segments: trained replies (content, then end tokens), marked content, the text between."""
+    cuts = {0, len(full)}
+    for start, content_end, end, _ in replies:
+        cuts |= {start, content_end, end}
+    for start, end in contents:
+        cuts |= {start, end}
+    points = sorted(cuts)
+    out = []
+    for a, b in zip(points, points[1:]):
+        reply = next(((s, c, e, t) for s, c, e, t in replies if e > a), None)
+        trained = reply is not None and reply[0] <= a < reply[2]
+        turn = prompt_turn if prompt_turn is not None else (reply[3] if reply else replies[-1][3] if replies else 0)
+        content = any(s <= a < e for s, e in contents)
+        out.append(Segment(full[a:b], trained, content, turn, end=trained and a >= reply[1]))
+    return out
+
+
+def _visible(message: dict[str, Any]) -> str:
+    """A reply's text that any rendering of it shows (its reasoning may be dropped)."""
+    if message.get("tool_calls"):
+        return message["tool_calls"][0]["function"]["name"]
+    return remove_thought(message["content"], "</think>").strip()
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n  # binary search on the first difference
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _control_regex(tokens: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(t) for t in tokens) or "(?!)")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
