@@ -37,7 +37,8 @@ MODEL_CARD = "README.md"  # the model card: what the folder holds and how to use
 RUN_MARKERS = (CONFIG_FILE, TRAINER_STATE, ADAPTER_CONFIG)
 # What `sftkit merge` writes: weights, configs, tokenizer files. A folder holding anything else is not a
 # merged model, and `merge --overwrite` leaves it alone.
-MERGED_FILES = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "merges.txt", "vocab.txt", CONFIG_FILE)
+MERGED_FILES = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "merges.txt", "vocab.txt", CONFIG_FILE,
+                MODEL_CARD)
 # Held by a running `sftkit train` (beside output_dir, so a refused run leaves output_dir untouched).
 LOCK_SUFFIX = ".sftkit-lock"
 
@@ -234,7 +235,7 @@ def _data_lines(cfg: SftConfig, metrics: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {train.get(name, '-')} | {eval_.get(name, '-')} |")
     trained = "every token" if cfg.train_on_prompt else (
         "the last assistant reply" if cfg.mask_history else "the assistant replies")
-    return [*lines, "", f"Registry: `{cfg.dataset_dir}/dataset_info.json`. Chat template `{cfg.template}` (also the "
+    return [*lines, "", f"Registry: `{cfg.dataset_dir}/dataset_info.json`. Chat template `{template_name(cfg)}` (also the "
             f"tokenizer's `chat_template`); loss on {trained} and their end token; cutoff_len {cfg.cutoff_len}"
             f"{', packed' if cfg.packing else ''}."]
 
@@ -284,3 +285,8 @@ def _usage_lines(run_dir: Path, cfg: SftConfig, adapter: bool) -> list[str]:
     return ["With transformers:", "", *code, "", *([note, ""] if note else []),
             "With sftkit (talk to it with the template it was trained on" + (
                 "; merge the adapter into a standalone model)" if adapter else ")") + ":", "", *chat]
+
+
+def template_name(cfg: SftConfig) -> str:
+    """The template a config trains with, as a person reads it: its name, or where its Jinja comes from."""
+    return cfg.template or ("the chat_template given in the config" if cfg.chat_template else "the model's own")

@@ -6,6 +6,7 @@ trip that keeps the template and stops."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -513,6 +514,7 @@ def test_validate_names_the_template_and_refuses_a_row_it_cannot_train(tiny_mode
     model = tmp_path / "model"
     tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "gemma3")
     tokenizer.save_pretrained(model)
+    shutil.copy(tiny_model_dir / "config.json", model / "config.json")  # validate reads the model's config too
     rows = [{"conversations": [{"from": "human", "value": "Weather?"}, {"from": "gpt", "value": "Sunny."}]}]
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     (tmp_path / "tooled.json").write_text(json.dumps([{**rows[0], "tools": TOOLS}]))

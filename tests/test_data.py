@@ -170,7 +170,7 @@ def test_preview_prints_examples_then_stats(tiny_model_dir: Path, bundled_data: 
                                             capsys: pytest.CaptureFixture[str]) -> None:
     preview(make_config(tiny_model_dir, bundled_data, "demo_messages"), n=2, color=False)
     out = capsys.readouterr().out
-    assert out.startswith("(text between [[ and ]] is trained: the loss is taken on it;")
+    assert out.startswith("--- template chatml (built-in)\n(text between [[ and ]] is trained: the loss is taken on it;")
     assert out.count("--- demo_messages row ") == 2 and "--- statistics" in out
     assert "[[My name is Tiny. I was fine-tuned with sftkit.<|im_end|>]]" in out
     assert "<|im_start|>user\nWhat is your name?<|im_end|>" in out

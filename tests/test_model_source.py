@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_every_command_names_the_missing_folder(args: list[str], tiny_model_dir:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_model_dir / name, run / name)
     (run / "adapter_config.json").write_text("{}", encoding="utf-8")
-    (run / "adapter_model.safetensors").write_bytes(b"")
+    (run / "adapter_model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")  # a valid, empty safetensors
     shutil.copy(config, run / "sftkit_config.yaml")
     args = [a.replace("CONFIG", str(config)).replace("OUT", str(tmp_path)).replace("RUN", str(run)) for a in args]
     monkeypatch.chdir(tmp_path)

@@ -294,7 +294,7 @@ def test_a_registry_name_given_twice_is_refused_when_selected(tmp_path: Path) ->
     (tmp_path / "dataset_info.json").write_text('{"d": {"file_name": "g.json"}, "d": {"file_name": "h.json"}, '
                                                 '"e": {"file_name": "g.json", "formatting": "alpaca", '
                                                 '"formatting": "sharegpt"}, "ok": {"file_name": "g.json"}}')
-    assert validate_data(config(tmp_path, "ok")) == "1 datasets, 10 rows"  # the others are not selected
+    assert validate_data(config(tmp_path, "ok")) == "1 dataset, 10 rows"  # the others are not selected
     with pytest.raises(DataError, match="dataset 'd': the name is given twice, and JSON keeps only the last entry"):
         validate_data(config(tmp_path, "d"))
     with pytest.raises(DataError, match="dataset 'e': key 'formatting' is given twice in the entry"):

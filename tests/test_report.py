@@ -19,6 +19,7 @@ from sftkit.training.callbacks import ProgressReport
 from sftkit.training.report import _metrics, print_end, print_start, start_notes
 
 BASE = {"model_name_or_path": "models/tiny-ernie", "dataset": "demo_alpaca,demo_sharegpt", "output_dir": "runs/x",
+        "template": "chatml",
         "report_to": "none"}
 HISTORY = [{"step": 10, "loss": 3.0}, {"step": 10, "eval_loss": 2.0}, {"step": 20, "loss": 2.0},
            {"step": 20, "eval_loss": 1.5}, {"step": 30, "loss": 1.0}, {"step": 30, "eval_loss": 1.7}]

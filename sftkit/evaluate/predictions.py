@@ -12,6 +12,7 @@ from sftkit.data.prompts import Prompt, load_prompts
 from sftkit.errors import SftkitError, gather
 from sftkit.evaluate.perplexity import data_config, load_model
 from sftkit.model import GenerationSettings, generate_replies
+from sftkit.data.model_source import resolve_model
 from sftkit.data.tokenizer import config_template
 from sftkit.run_dir import check_new_output
 
@@ -56,7 +57,8 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     problems = (["-n: answer at least one prompt"] if n < 1 else []) + settings.problems()
     if problems:
         raise SftkitError(*problems)
-    gather(lambda: check_new_output(Path(out), overwrite), lambda: check_new_output(metrics_path(Path(out)), overwrite))
+    gather(lambda: check_new_output(Path(out), overwrite), lambda: check_new_output(metrics_path(Path(out)), overwrite),
+           *[lambda name=name: resolve_model(name) for name in (model, compare) if name is not None])
     template = config_template(cfg)
     prompts = load_prompts(data_config(cfg, split, None), split, n, template)
     answers = {"generation": answer(model, cfg, prompts, settings)}

@@ -62,11 +62,8 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
     """`train` once the run lock is held."""
     replace, checkpoint, *_ = gather(  # every instant check, all problems reported together
         lambda: check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume)),
-        lambda: resolve_resume(out, resume), lambda: check_distributed(cfg), lambda: check_environment(cfg),
-        lambda: resolve_model(cfg.model_name_or_path), lambda: check_sources(cfg))
-    if checkpoint is not None:
-        check_checkpoint_files(checkpoint, str(resume))
-        check_resume_config(cfg, out)  # before anything is written: the run's record stays as it was
+        lambda: _checkpoint_to_resume(cfg, out, resume), lambda: check_distributed(cfg),
+        lambda: check_environment(cfg), lambda: resolve_model(cfg.model_name_or_path), lambda: check_sources(cfg))
     resumed = checkpoint_state(checkpoint) if checkpoint else None
     quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
@@ -99,6 +96,15 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
         write_text(out / MODEL_CARD, model_card(out))  # after the trainer's save, which leaves PEFT's placeholder
         print_end(cfg, trainer, metrics, out)
     return out
+
+
+def _checkpoint_to_resume(cfg: SftConfig, out: Path, resume: str | None) -> Path | None:
+    """The checkpoint `--resume` names, once its files and the run's config allow it; None without --resume."""
+    checkpoint = resolve_resume(out, resume)
+    if checkpoint is not None:
+        check_checkpoint_files(checkpoint, str(resume))
+        check_resume_config(cfg, out)  # before anything is written: the run's record stays as it was
+    return checkpoint
 
 
 # ---------------------------------------------------------------------------- output directory

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import write_json
 from sftkit.data import plural
-from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_CARD, shell_command
+from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_CARD, shell_command, template_name
 from sftkit.training.loss import perplexity
 from sftkit.training.overfitting import overfitting_signs
 
@@ -37,7 +37,7 @@ def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats:
     sequences = len(trainer.train_dataset)
     planned = planned_updates(trainer, sequences)
     lines = [
-        f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {_template_name(cfg)}",
+        f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {template_name(cfg)}",
         f"  parameters: {params.line()}",
         *(f"  {line}" for line in stats.summary_lines()),
         f"  training sequences: {sequences:,}" + (f" (packed to {cfg.cutoff_len} tokens)" if cfg.packing else ""),
@@ -106,10 +106,6 @@ def _written(cfg: SftConfig, out: Path) -> list[str]:
     if (out / "runs").is_dir():
         files.append("runs/ (TensorBoard)")
     return files
-
-
-def _template_name(cfg: SftConfig) -> str:
-    return cfg.template or ("chat_template" if cfg.chat_template else "the model's own")
 
 
 def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, template: Template,
