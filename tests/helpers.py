@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
+from typing import Any
+
+
+def make_config(**keys: Any) -> Any:
+    """The test-suite's one config factory: a valid SftConfig from `keys` (paths may be Path objects).
+
+    The required keys get harmless stand-ins and the template is chatml, so a test names only what it is about.
+    """
+    from sftkit.config import validate_config
+
+    base = {"model_name_or_path": "unused", "dataset": "demo_alpaca", "output_dir": "unused", "template": "chatml"}
+    return validate_config(base | {key: str(value) if isinstance(value, Path) else value for key, value in keys.items()})
 
 
 def run_cli(args: list[str], monkeypatch, capsys, stdin: str = "") -> tuple[int, str, str]:

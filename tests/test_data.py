@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_config as config_of
 import yaml
 
-from sftkit.config import SftConfig, validate_config
+from sftkit.config import SftConfig
 from sftkit.data import export, prepare_data, preview, render_example
 from sftkit.data.loader import load_conversations
 from sftkit.templates import get_template, prepare_tokenizer
@@ -34,8 +35,8 @@ def datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 
 def make_config(model_dir: Path, dataset_dir: Path, dataset: str = BUNDLED, **keys: Any) -> SftConfig:
-    return validate_config({"model_name_or_path": str(model_dir), "output_dir": "unused", "dataset": dataset,
-                            "dataset_dir": str(dataset_dir), "cutoff_len": 1024, "template": "chatml", **keys})
+    return config_of(**{"model_name_or_path": model_dir, "dataset": dataset, "dataset_dir": dataset_dir,
+                        "cutoff_len": 1024, **keys})
 
 
 def prepared_tokenizer(tokenizer: Any, template: str = "chatml") -> Any:

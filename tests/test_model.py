@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_config
 import torch
 
 from sftkit.model import precision as model_stage
-from sftkit.config import SftConfig, validate_config
+from sftkit.config import SftConfig
 from sftkit.errors import SftkitError
 from sftkit.model import Precision, add_adapter, count_parameters, grow_embeddings, load_model, resolve_precision
 from sftkit.data import load_tokenizer
@@ -20,8 +21,7 @@ ERNIE_SEED_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
 def config(model_dir: Path | str, **overrides: Any) -> SftConfig:
-    return validate_config({"model_name_or_path": str(model_dir), "dataset": "demo_alpaca", "output_dir": "out",
-                            "template": "chatml", **overrides})
+    return make_config(model_name_or_path=model_dir, output_dir="out", **overrides)
 
 
 def lora_model(tiny_model_dir: Path, **overrides: Any) -> tuple[Any, Any, list[int]]:

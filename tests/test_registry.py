@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_config
 
-from sftkit.config import SftConfig, validate_config
+from sftkit.config import SftConfig
 from sftkit.data import validate_data
 from sftkit.data.loader import load_conversations
 from sftkit.data.registry import get_spec, load_registry, read_rows
@@ -20,8 +21,7 @@ ALPACA = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in rang
 
 
 def config(dataset_dir: Path, dataset: str, **keys: Any) -> SftConfig:
-    return validate_config({"model_name_or_path": "unused", "output_dir": "unused", "dataset": dataset,
-                            "dataset_dir": str(dataset_dir), **keys})
+    return make_config(dataset=dataset, dataset_dir=dataset_dir, **keys)
 
 
 def write_dir(tmp_path: Path, registry: dict[str, Any], files: dict[str, Any]) -> Path:

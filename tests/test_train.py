@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_config
 import torch
 from safetensors.torch import load_file
 
@@ -23,9 +24,8 @@ DATASETS = "demo_alpaca,demo_sharegpt,demo_messages"
 
 
 def tiny_config(tiny_model_dir: Path, data_dir: Path, output_dir: Path, **overrides: Any) -> SftConfig:
-    return validate_config({"model_name_or_path": str(tiny_model_dir), "dataset": DATASETS,
-                            "dataset_dir": str(data_dir), "output_dir": str(output_dir), "template": "chatml",
-                            "report_to": "none", **overrides})
+    return make_config(**{"model_name_or_path": tiny_model_dir, "dataset": DATASETS, "dataset_dir": data_dir,
+                          "output_dir": output_dir, "report_to": "none", **overrides})
 
 
 @pytest.fixture(scope="module", autouse=True)
