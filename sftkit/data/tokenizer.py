@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.data.model_source import resolve_model
-from sftkit.errors import ConfigError, SftkitError
+from sftkit.errors import ConfigError, DataError, SftkitError
 from sftkit.templates import TEMPLATES, JinjaTemplate, Template, get_template, prepare_tokenizer
 
 if TYPE_CHECKING:
@@ -104,8 +104,6 @@ def template_origin(template: Template) -> str:
 
 
 def _jinja(tokenizer: Any, source: str, name: str, origin: str, enable_thinking: bool) -> JinjaTemplate:
-    from sftkit.errors import DataError
-
     try:
         return JinjaTemplate.from_tokenizer(tokenizer, source, name, origin, enable_thinking)
     except DataError as exc:

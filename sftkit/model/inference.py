@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.data.model_source import resolve_model
 from sftkit.data.tokenizer import run_template
-from sftkit.errors import SftkitError
+from sftkit.errors import DataError, SftkitError
 from sftkit.model.loading import DAMAGED_MODEL_FIX, grow_embeddings, load_model
 from sftkit.model.precision import Precision, inference_precision
 from sftkit.quiet import quiet_loading_bars
@@ -124,8 +124,6 @@ def _load_tokenizer(model: str) -> Any:
 def _template_for(path: Path, tokenizer: Any) -> tuple[Template, str]:
     """The run config's template, else the one the tokenizer's chat_template renders, else that chat_template,
     else chatml."""
-    from sftkit.errors import DataError
-
     if (path / CONFIG_FILE).is_file():
         return run_template(read_run_config(path), tokenizer), f"from {path / CONFIG_FILE}"
     for name in TEMPLATES:
