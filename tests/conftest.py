@@ -17,7 +17,8 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +42,24 @@ def tiny_tokenizer(tiny_model_dir: Path):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+def shared_folder(name: str, marker: str) -> Path:
+    """A folder of ../shared (it holds `marker`); absent on a user's clone, so the test skips there."""
+    folder = SHARED / name
+    if not (folder / marker).is_file():
+        pytest.skip(f"{folder} is absent (only CI and developer machines have ../shared)")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """LLaMA-Factory's demo data beside the project; absent on a user's clone, so skip there."""
-    if not (SHARED_DATA / "dataset_info.json").is_file():
-        pytest.skip(f"{SHARED_DATA} is absent (only CI and developer machines have ../shared)")
-    return SHARED_DATA
+    """LLaMA-Factory's demo data beside the project."""
+    return shared_folder("data", "dataset_info.json")
+
+
+@pytest.fixture(scope="session")
+def chat_templates() -> Path:
+    """Official chat templates of eight model families (../shared/chat_templates)."""
+    return shared_folder("chat_templates", "README.md")
 
 
 @pytest.fixture(scope="session")

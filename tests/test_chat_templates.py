@@ -18,7 +18,6 @@ from sftkit.errors import ConfigError, DataError
 from sftkit.templates import TEMPLATES, JinjaTemplate, get_template, prepare_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
-CHAT_TEMPLATES = REPO.parent / "shared" / "chat_templates"
 SHARED_SETS = "alpaca_en_demo,alpaca_zh_demo,identity,glaive_toolcall_en_demo"
 
 # What each official template needs of its tokenizer, and the facts the independent label rule is written
@@ -44,13 +43,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "ernie45": {"controls": ["<|begin_of_sentence|>", "<|end_of_sentence|>"], "header": "Assistant: ",
                 "end": "<|end_of_sentence|>"},
 }
-
-
-@pytest.fixture(scope="session")
-def chat_templates() -> Path:
-    if not (CHAT_TEMPLATES / "README.md").is_file():
-        pytest.skip(f"{CHAT_TEMPLATES} is absent (only CI and developer machines have ../shared)")
-    return CHAT_TEMPLATES
 
 
 @pytest.fixture(scope="module")
