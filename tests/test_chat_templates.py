@@ -17,7 +17,6 @@ from sftkit.data.masking import IGNORE_INDEX, encode_conversation, encode_conver
 from sftkit.errors import ConfigError, DataError
 from sftkit.templates import TEMPLATES, JinjaTemplate, get_template, prepare_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
 SHARED_SETS = "alpaca_en_demo,alpaca_zh_demo,identity,glaive_toolcall_en_demo"
 
 # What each official template needs of its tokenizer, and the facts the independent label rule is written
