@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
@@ -259,7 +259,7 @@ class SftConfig(BaseModel):
 
     @field_validator("use_unsloth", "streaming")
     @classmethod
-    def _false_only(cls, value: bool, info: Any) -> bool:
+    def _false_only(cls, value: bool, info: ValidationInfo) -> bool:
         if value:
             raise ValueError(REFUSED_TRUE[info.field_name])
         return value
