@@ -111,8 +111,9 @@ OTHER_KEYS: dict[str, str] = {
     "shift_attn": "LLaMA-Factory's LongLoRA shift short attention (S^2-Attn); no equivalent, remove it",
     "use_unsloth_gc": "LLaMA-Factory's unsloth gradient checkpointing; use gradient_checkpointing: true",
     "moe_aux_loss_coef": "LLaMA-Factory weights mixture-of-experts router loss; no equivalent, remove it",
-    "disable_gradient_checkpointing": "LLaMA-Factory checkpoints activations unless this is true; sftkit does only with "
-                                      "gradient_checkpointing: true, so remove it (and set that to keep the memory)",
+    "disable_gradient_checkpointing": "LLaMA-Factory checkpoints activations unless this is true; sftkit does only "
+                                      "with gradient_checkpointing: true, so remove it (and set that to keep the "
+                                      "memory)",
     "use_reentrant_gc": "LLaMA-Factory's reentrant gradient checkpointing; sftkit always uses the non-reentrant one, "
                         "remove it",
     "upcast_layernorm": "LLaMA-Factory keeps layer norms in float32; no equivalent, remove it",
@@ -255,8 +256,8 @@ TRAINING_ARGUMENTS = (
     "torch_compile_mode", "torch_empty_cache_steps", "trackio_bucket_id", "trackio_space_id",
     "trackio_static_space_id", "train_sampling_strategy", "use_cache",
 )
-TRAINING_ARGUMENT_MESSAGE = ("a transformers TrainingArguments option that sftkit sets itself or does not offer; remove "
-                             "it (`sftkit keys` lists what sftkit takes)")
+TRAINING_ARGUMENT_MESSAGE = ("a transformers TrainingArguments option that sftkit sets itself or does not offer; "
+                             "remove it (`sftkit keys` lists what sftkit takes)")
 
 # Shared keys whose sftkit default differs from LLaMA-Factory's (which are transformers' for training arguments),
 # kept because they change no weights: `sftkit validate` names those a file leaves unset. The keys whose default

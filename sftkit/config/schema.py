@@ -422,8 +422,8 @@ def check_history_flags(c: SftConfig) -> str | None:
 
 def check_fsdp_layers(c: SftConfig) -> str | None:
     if c.fsdp_transformer_layer_cls_to_wrap and isinstance(c.fsdp_config, str):
-        return ("fsdp_transformer_layer_cls_to_wrap: with fsdp_config in a JSON file, put transformer_layer_cls_to_wrap "
-                "into that file instead")
+        return ("fsdp_transformer_layer_cls_to_wrap: with fsdp_config in a JSON file, put "
+                "transformer_layer_cls_to_wrap into that file instead")
     if c.fsdp_transformer_layer_cls_to_wrap and not c.fsdp:
         return "fsdp_transformer_layer_cls_to_wrap: set fsdp too (e.g. fsdp: full_shard auto_wrap), or remove it"
     return None
