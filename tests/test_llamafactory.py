@@ -247,6 +247,9 @@ def test_neat_packing_packs_and_resume_from_checkpoint_is_resume() -> None:
     assert validate_config({**BASE, "resume_from_checkpoint": True}).resume == "latest"
     assert validate_config({**BASE, "resume_from_checkpoint": "out/checkpoint-5"}).resume == "out/checkpoint-5"
     assert validate_config({**BASE, "resume_from_checkpoint": None}).resume is None
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "metric_for_best_model": "eval_accuracy"}
+                            ).value.problems
+    assert line.startswith("<config>: metric_for_best_model: sftkit's evaluation computes the loss only")
     problems = pytest.raises(ConfigError, validate_config, {**BASE, "save_only_model": True, "deepspeed": "ds.json",
                                                             "val_size": 2, "eval_strategy": "epoch",
                                                             "save_strategy": "epoch",

@@ -187,7 +187,7 @@ class SftConfig(BaseModel):
         "loaded at the end.", "evaluation", gt=0)
     load_best_model_at_end: bool = _field(
         False, "Load the checkpoint with the lowest eval loss when training ends.", "evaluation")
-    metric_for_best_model: Literal["eval_loss", "loss"] | None = _field(
+    metric_for_best_model: str | None = _field(
         None, "What picks the best checkpoint; sftkit evaluates the loss only, so eval_loss (loss is the same). "
         "Unset: eval_loss whenever a best checkpoint is kept.", "evaluation")
     eval_generation_samples: int = _field(
@@ -262,6 +262,14 @@ class SftConfig(BaseModel):
     def _false_only(cls, value: bool, info: ValidationInfo) -> bool:
         if value:
             raise ValueError(REFUSED_TRUE[info.field_name])
+        return value
+
+    @field_validator("metric_for_best_model")
+    @classmethod
+    def _loss_is_the_metric(cls, value: str | None) -> str | None:
+        if value not in (None, "eval_loss", "loss"):
+            raise ValueError("sftkit's evaluation computes the loss only, so the best checkpoint is the lowest "
+                             "eval_loss; use metric_for_best_model: eval_loss (or remove it)")
         return value
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
