@@ -107,8 +107,8 @@ class SftConfig(BaseModel):
         False, "Pack several examples into each sequence of cutoff_len; examples never attend to each "
         "other.", "data")
     neat_packing: bool = _field(
-        False, "LLaMA-Factory's packing without attention between examples: sftkit's packing already works so, "
-        "so true turns packing on.", "data")
+        False, "LLaMA-Factory's packing without attention between packed examples; sftkit's packing already keeps "
+        "them apart, so true turns packing on.", "data")
     streaming: bool = _field(
         False, "LLaMA-Factory's dataset streaming; accepted as false only (sftkit reads and checks every row "
         "before training: bound a large dataset with max_samples).", "data")
