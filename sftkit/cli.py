@@ -94,7 +94,7 @@ def train(
     cfg = _load(config, set_)
     from sftkit.training import train as run
 
-    run(cfg, overwrite=overwrite, resume=resume)
+    run(cfg, overwrite=overwrite, resume=resume if resume is not None else cfg.resume)
 
 
 @command()
@@ -102,11 +102,14 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the config, every dataset, the model's files (no weights loaded) and that the template can train on
     every row."""
     cfg = _load(config, set_)
-    from sftkit.config import check_environment
+    from sftkit.config import config_notes, machine_problems
     from sftkit.data import validate_setup
-    from sftkit.errors import gather
 
-    _, report = gather(lambda: check_environment(cfg), lambda: validate_setup(cfg))
+    report = validate_setup(cfg)
+    for line in machine_problems(cfg):  # the file is right, this machine cannot run it: `train` stops on these
+        typer.echo(f"warning: {line}", err=True)
+    for line in config_notes(cfg):
+        typer.echo(f"note: {line}", err=True)
     typer.echo(f"{config}: OK ({report})")
 
 

@@ -44,9 +44,10 @@ def test_unknown_key_suggests_the_close_one() -> None:
     assert problems({**BASE, "lora_rnak": 8}) == ["cfg.yaml: lora_rnak: unknown key; did you mean lora_rank?"]
 
 
-def test_unsupported_llamafactory_key_says_remove_it() -> None:
-    (line,) = problems({**BASE, "quantization_bit": 4})
-    assert "quantization_bit" in line and "does not support" in line and "remove it" in line
+def test_unsupported_llamafactory_key_says_what_to_use() -> None:
+    (line,) = problems({**BASE, "pref_beta": 0.1})  # every such key's line: tests/test_llamafactory.py
+    assert line == ("cfg.yaml: pref_beta: LLaMA-Factory's preference or RL training setting; sftkit trains supervised "
+                    "fine-tuning only; no equivalent, remove it")
 
 
 def test_all_problems_reported_at_once() -> None:
@@ -310,7 +311,7 @@ def test_schedulers_need_their_arguments() -> None:
     assert "warmup_stable_decay needs num_decay_steps" in problems(
         {**BASE, "lr_scheduler_type": "warmup_stable_decay"})[0]
     assert "'power' is not an argument of cosine (takes only num_cycles)" in problems(
-        {**BASE, "lr_scheduler_kwargs": {"power": 2}})[0]
+        {**BASE, "lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"power": 2}})[0]
     validate_config({**BASE, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}})
 
 

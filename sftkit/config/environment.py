@@ -1,7 +1,10 @@
-"""Checks of a config against this machine: the packages its settings need (loggers, 8-bit optimizers).
+"""Checks of a config against this machine: the packages its settings need (loggers, 8-bit optimizers,
+DeepSpeed, flash-attention).
 
-Not part of the schema: a finished run's saved config must stay loadable (merge, chat, eval) on a machine
-that lacks a logger's package. `sftkit train` and `sftkit validate` run these before anything slow.
+Not part of the schema: a config is valid wherever it is read, and a finished run's saved config must stay
+loadable (merge, chat, eval) on a machine that lacks a logger's package. So `sftkit validate` reports these
+as warnings (the file is fine, this machine cannot run it) and `sftkit train` stops on them before loading
+anything.
 """
 
 from __future__ import annotations
@@ -25,14 +28,24 @@ REPORTER_MODULES = {
 }
 
 EIGHT_BIT_OPTIMIZERS = ("adamw_bnb_8bit", "paged_adamw_8bit")
+# flash_attn choice -> the module transformers imports for it and the package to install.
+FLASH_ATTENTION_MODULES = {"fa2": ("flash_attn", "flash-attn"), "fa3": ("flash_attn_interface", "flash-attn-3")}
+DEEPSPEED_INSTALL = "pip install -e .[deepspeed]"
 
 
 def check_environment(cfg: SftConfig) -> None:
-    """Refuses settings this machine cannot honour, every problem at once.
+    """Refuses settings this machine cannot honour, every problem at once (`sftkit train`).
 
     Raises:
-        ConfigError: a `report_to` logger or an 8-bit optimizer whose package is not installed.
+        ConfigError: the lines of `machine_problems`.
     """
+    if problems := machine_problems(cfg):
+        raise ConfigError(*problems)
+
+
+def machine_problems(cfg: SftConfig) -> list[str]:
+    """One line per setting whose package is not installed here: a `report_to` logger, an 8-bit optimizer,
+    DeepSpeed, or the flash-attention kernel chosen."""
     problems = []
     for name in cfg.report_to:
         modules, package = REPORTER_MODULES.get(name, ((), ""))
@@ -42,5 +55,12 @@ def check_environment(cfg: SftConfig) -> None:
     if cfg.optim in EIGHT_BIT_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"optim: {cfg.optim} needs bitsandbytes, which is not installed; run `pip install "
                         "bitsandbytes` or use optim: adamw_torch")
-    if problems:
-        raise ConfigError(*problems)
+    if cfg.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        problems.append(f"deepspeed: the deepspeed package is not installed; run `{DEEPSPEED_INSTALL}` (or remove the "
+                        "deepspeed key)")
+    if cfg.flash_attn in FLASH_ATTENTION_MODULES:
+        module, package = FLASH_ATTENTION_MODULES[cfg.flash_attn]
+        if importlib.util.find_spec(module) is None:
+            problems.append(f"flash_attn: {cfg.flash_attn} needs the {package} package (and a GPU it supports), which "
+                            f"is not installed; install it or use flash_attn: sdpa")
+    return problems

@@ -8,7 +8,6 @@ keep the second value silently).
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sftkit.config.schema import UNSUPPORTED_LLAMAFACTORY_KEYS, SftConfig
+from sftkit.config.llamafactory import unsupported_message
+from sftkit.config.schema import SftConfig
 from sftkit.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything this big is the wrong file
@@ -73,9 +73,14 @@ def validate_config(raw: dict[str, Any], source: str = "<config>",
         bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
         described += [(None, line) for line in _cross_field_lines(raw, bad)
                       if line not in {text for _, text in described}]
-        lines = [f"--set {overridden[key]}: {line}" if key in overridden else f"{source}: {line}"
-                 for key, line in described]
+        lines = [f"--set {overridden[blamed]}: {line}" if (blamed := key or _mentioned_key(line, overridden))
+                 in overridden else f"{source}: {line}" for key, line in described]
         raise ConfigError(*lines) from None
+
+
+def _mentioned_key(line: str, overridden: dict[str, str]) -> str | None:
+    """The first --set key a cross-field line names ("eval_steps: required when eval_strategy is steps")."""
+    return next((key for key in overridden if re.search(rf"\b{re.escape(key)}\b", line)), None)
 
 
 # Stand-ins for required keys that are missing or invalid, so the cross-field rules can run on the rest.
@@ -221,8 +226,34 @@ def _describe(exc: ValidationError) -> list[tuple[str | None, str]]:
 
 
 def _unknown_key(key: str) -> str:
-    if key in UNSUPPORTED_LLAMAFACTORY_KEYS:
-        return f"{key}: a LLaMA-Factory setting sftkit does not support; remove it"
-    close = difflib.get_close_matches(key, SftConfig.model_fields, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "; run `sftkit keys` for the list"
+    message = unsupported_message(key)
+    if message is not None:
+        return f"{key}: {message}"
+    close = near_typo(key, list(SftConfig.model_fields))
+    hint = f"; did you mean {close}?" if close else "; run `sftkit keys` for the list"
     return f"{key}: unknown key{hint}"
+
+
+def near_typo(key: str, known: list[str]) -> str | None:
+    """The known key `key` is a slip of the keyboard for: one edit away (two for keys of 12 characters or more).
+
+    An edit is an inserted, deleted or changed character, or two neighbours swapped. A looser similarity
+    (difflib's ratio) pairs keys that merely share a word, such as apollo_rank with lora_rank.
+    """
+    allowed = 1 if len(key) < 12 else 2
+    best = min(known, key=lambda name: _edits(key, name))
+    return best if _edits(key, best) <= allowed else None
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance (Levenshtein plus adjacent transpositions)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[len(b)]

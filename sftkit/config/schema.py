@@ -5,23 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
 
-
-# LLaMA-Factory keys that sftkit deliberately does not implement: named so a ported YAML fails with
-# "remove it" instead of a misleading "did you mean" suggestion.
-UNSUPPORTED_LLAMAFACTORY_KEYS = {
-    "quantization_bit", "quantization_method", "double_quantization", "pissa_init", "pissa_convert",
-    "use_dora", "loraplus_lr_ratio", "lora_layer_replication", "create_new_adapter", "adapter_name_or_path",
-    "neat_packing", "tokenized_path", "streaming", "buffer_size", "use_unsloth", "use_unsloth_gc",
-    "freeze_trainable_layers", "freeze_trainable_modules", "pref_beta", "pref_loss", "image_max_pixels",
-    "video_max_pixels", "media_dir", "export_dir", "export_size", "export_quantization_bit",
-    "infer_backend", "predict_with_generate", "do_predict", "rope_scaling", "shift_attn", "use_galore",
-    "use_badam", "use_apollo", "mixture_of_depths", "print_param_status", "ray_run_name", "use_ray",
-    "compute_accuracy", "do_eval", "ddp_timeout", "upcast_layernorm", "moe_aux_loss_coef",
-}
 
 # transformers' logging integrations (report_to), plus "none" and "all"; tests compare with transformers' list.
 REPORTERS = ("azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow",
@@ -63,14 +51,17 @@ class SftConfig(BaseModel):
         "model")
     trust_remote_code: bool = _field(
         False, "Run Python code shipped with the model repo. Off unless you trust its author.", "model")
-    flash_attn: Literal["auto", "sdpa", "fa2", "disabled"] = _field(
-        "auto", "Attention kernel: auto (sdpa), sdpa, fa2 (flash-attention 2, GPU only) or disabled (eager).",
-        "model")
+    flash_attn: Literal["auto", "sdpa", "fa2", "fa3", "disabled"] = _field(
+        "auto", "Attention kernel: auto (sdpa), sdpa, fa2 (flash-attention 2, GPU only), fa3 (flash-attention 3, "
+        "Hopper GPUs) or disabled (eager).", "model")
     enable_liger_kernel: bool = _field(
         False, "Use Liger's fused linear cross-entropy on a GPU where liger-kernel is installed.", "model")
     loss_chunk_size: int = _field(
         LOSS_CHUNK_SIZE, "Tokens per chunk of the chunked cross-entropy: full-sequence fp32 logits are never "
         "materialised. 0 turns chunking off (the model's own loss).", "model", ge=0)
+    use_unsloth: bool = _field(
+        False, "LLaMA-Factory's unsloth kernels; accepted as false only (sftkit has no unsloth path: "
+        "enable_liger_kernel gives fused kernels on a GPU).", "model")
 
     # ---------------------------------------------------------------- data
     dataset: list[str] = _field(
@@ -115,6 +106,12 @@ class SftConfig(BaseModel):
     packing: bool = _field(
         False, "Pack several examples into each sequence of cutoff_len; examples never attend to each "
         "other.", "data")
+    neat_packing: bool = _field(
+        False, "LLaMA-Factory's packing without attention between packed examples; sftkit's packing already keeps "
+        "them apart, so true turns packing on.", "data")
+    streaming: bool = _field(
+        False, "LLaMA-Factory's dataset streaming; accepted as false only (sftkit reads and checks every row "
+        "before training: bound a large dataset with max_samples).", "data")
     preprocessing_num_workers: int | None = _field(
         None, "Processes used to tokenize the data (datasets.map num_proc); unset or 1 tokenizes in the main "
         "process, where the fast tokenizer already spreads each batch over every core.", "data", gt=0)
@@ -143,7 +140,7 @@ class SftConfig(BaseModel):
     use_rslora: bool = _field(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)).", "finetuning")
 
     # ---------------------------------------------------------------- training
-    per_device_train_batch_size: int = _field(1, "Sequences per device per step.", "training", gt=0)
+    per_device_train_batch_size: int = _field(8, "Sequences per device per step.", "training", gt=0)
     gradient_accumulation_steps: int = _field(1, "Steps whose gradients add up before one update.",
                                               "training", gt=0)
     learning_rate: float = _field(5e-5, "Peak learning rate.", "training", gt=0)
@@ -153,7 +150,7 @@ class SftConfig(BaseModel):
     lr_scheduler_type: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
         "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"] = _field(
-        "cosine", "Learning-rate schedule after warmup.", "training")
+        "linear", "Learning-rate schedule after warmup.", "training")
     lr_scheduler_kwargs: dict[str, Any] | None = _field(
         None, "Arguments of the schedule: min_lr or min_lr_rate (cosine_with_min_lr, required), num_decay_steps "
         "(warmup_stable_decay, required), num_cycles, power, lr_end, timescale.", "training")
@@ -161,6 +158,9 @@ class SftConfig(BaseModel):
                                ge=0)
     warmup_ratio: float = _field(0.0, "Warmup as a fraction of all updates.", "training", ge=0, le=1)
     weight_decay: float = _field(0.0, "AdamW weight decay.", "training", ge=0)
+    adam_beta1: float = _field(0.9, "AdamW beta1 (first-moment decay).", "training", ge=0, lt=1)
+    adam_beta2: float = _field(0.999, "AdamW beta2 (second-moment decay).", "training", ge=0, lt=1)
+    adam_epsilon: float = _field(1e-8, "AdamW epsilon (added to the denominator).", "training", gt=0)
     max_grad_norm: float = _field(1.0, "Gradient clipping norm; 0 disables clipping.", "training", ge=0)
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor",
                    "sgd"] = _field("adamw_torch", "Optimizer (adamw_bnb_8bit: 8-bit AdamW from bitsandbytes).",
@@ -176,7 +176,7 @@ class SftConfig(BaseModel):
     dataloader_num_workers: int = _field(0, "Worker processes feeding batches.", "training", ge=0)
 
     # ---------------------------------------------------------------- evaluation
-    per_device_eval_batch_size: int = _field(1, "Sequences per device per evaluation step.", "evaluation",
+    per_device_eval_batch_size: int = _field(8, "Sequences per device per evaluation step.", "evaluation",
                                              gt=0)
     eval_strategy: Literal["no", "steps", "epoch"] = _field(
         "no", "When to evaluate: no, every eval_steps updates, or every epoch.", "evaluation")
@@ -187,6 +187,9 @@ class SftConfig(BaseModel):
         "loaded at the end.", "evaluation", gt=0)
     load_best_model_at_end: bool = _field(
         False, "Load the checkpoint with the lowest eval loss when training ends.", "evaluation")
+    metric_for_best_model: str | None = _field(
+        None, "What picks the best checkpoint; sftkit evaluates the loss only, so eval_loss (loss is the same). "
+        "Unset: eval_loss whenever a best checkpoint is kept.", "evaluation")
     eval_generation_samples: int = _field(
         2, "Eval prompts answered (greedy) at each evaluation and logged to TensorBoard as text.",
         "evaluation", ge=0)
@@ -204,18 +207,70 @@ class SftConfig(BaseModel):
                                           "output", gt=0)
     report_to: list[str] = _field(["tensorboard"], "Loggers: tensorboard, wandb, none, ...", "output")
     plot_loss: bool = _field(True, "Write training_loss.png (train and eval loss against step).", "output")
+    save_only_model: bool = _field(
+        False, "Checkpoints hold the weights only, no optimizer, scheduler or RNG state: smaller, but a run "
+        "cannot resume from them.", "output")
+    resume_from_checkpoint: bool | str | None = _field(
+        None, "Continue from a checkpoint, as --resume: true (the newest complete one in output_dir) or a "
+        "checkpoint path; --resume on the command line wins.", "output")
+    run_name: str | None = _field(None, "Name of the run in the loggers (wandb, mlflow, ...).", "output")
+    logging_dir: str | None = _field(
+        None, "Folder of the TensorBoard scalars (default: output_dir/runs/<date>).", "output")
 
     # ---------------------------------------------------------------- distributed
     deepspeed: str | None = _field(None, "DeepSpeed JSON config (see configs/deepspeed/).", "distributed")
     fsdp: bool | str | None = _field(
         None, "Shard with FSDP: true (settings in fsdp_config), or the trainer's older option words such as "
-        "'full_shard auto_wrap'.", "distributed")
+        "'full_shard auto_wrap' (a string or a YAML list).", "distributed")
     fsdp_config: dict[str, Any] | str | None = _field(None, "FSDP config dict or JSON file.", "distributed")
+    fsdp_transformer_layer_cls_to_wrap: list[str] | None = _field(
+        None, "Decoder-layer classes FSDP wraps (comma-separated), the trainer's older spelling of fsdp_config's "
+        "transformer_layer_cls_to_wrap.", "distributed")
+    ddp_timeout: int = _field(
+        1800, "Seconds a process waits for the others (NCCL/gloo timeout) before the run fails.", "distributed",
+        gt=0)
+    ray_num_workers: int = _field(
+        1, "LLaMA-Factory's Ray workers, used there only with USE_RAY=1; sftkit does not launch through Ray, so "
+        "it is ignored (start N processes with torchrun --nproc_per_node N).", "distributed", gt=0)
 
     # ---------------------------------------------------------------- parsing
     _comma_lists = field_validator(
-        "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to", mode="before")(
-        classmethod(lambda cls, v: _split_commas(v)))
+        "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to",
+        "fsdp_transformer_layer_cls_to_wrap", mode="before")(classmethod(lambda cls, v: _split_commas(v)))
+
+    @field_validator("fsdp", mode="before")
+    @classmethod
+    def _fsdp_words(cls, value: Any) -> Any:
+        # LLaMA-Factory's YAMLs list the option words; the trainer reads them as one string too
+        return " ".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _sft_only(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in OTHER_STAGES:
+            raise ValueError(f"{value} is LLaMA-Factory's {OTHER_STAGES[value]}, not supervised fine-tuning; sftkit "
+                             "trains stage: sft only and has no equivalent")
+        return value
+
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _no_empty_path(cls, value: Any) -> Any:
+        return None if value == "" or value is False else value
+
+    @field_validator("use_unsloth", "streaming")
+    @classmethod
+    def _false_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            raise ValueError(REFUSED_TRUE[info.field_name])
+        return value
+
+    @field_validator("metric_for_best_model")
+    @classmethod
+    def _loss_is_the_metric(cls, value: str | None) -> str | None:
+        if value not in (None, "eval_loss", "loss"):
+            raise ValueError("sftkit's evaluation computes the loss only, so the best checkpoint is the lowest "
+                             "eval_loss; use metric_for_best_model: eval_loss (or remove it)")
+        return value
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod
@@ -224,7 +279,7 @@ class SftConfig(BaseModel):
         return "no" if value is False else value
 
     @field_validator("learning_rate", "num_train_epochs", "val_size", "weight_decay", "max_grad_norm",
-                     "warmup_ratio", "lora_dropout")
+                     "warmup_ratio", "lora_dropout", "adam_beta1", "adam_beta2", "adam_epsilon")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -260,6 +315,8 @@ class SftConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> SftConfig:
         """Runs every named check and reports all failures together."""
+        if self.neat_packing:  # LLaMA-Factory turns packing on for neat_packing too
+            self.packing = True
         problems = [msg for check in _CHECKS if (msg := check(self))]
         if problems:
             raise ValueError("\n".join(problems))
@@ -278,6 +335,13 @@ class SftConfig(BaseModel):
     def has_eval_data(self) -> bool:
         """An eval set exists: named eval datasets, or a split drawn off the training data."""
         return bool(self.eval_dataset or self.val_size)
+
+    @property
+    def resume(self) -> str | None:
+        """The config's resume_from_checkpoint in --resume's words: "latest", a path, or None."""
+        if self.resume_from_checkpoint is True:
+            return "latest"
+        return self.resume_from_checkpoint or None
 
     @property
     def wants_best_model(self) -> bool:
@@ -364,6 +428,23 @@ def check_history_flags(c: SftConfig) -> str | None:
     return None
 
 
+def check_fsdp_layers(c: SftConfig) -> str | None:
+    if c.fsdp_transformer_layer_cls_to_wrap and isinstance(c.fsdp_config, str):
+        return ("fsdp_transformer_layer_cls_to_wrap: with fsdp_config in a JSON file, put "
+                "transformer_layer_cls_to_wrap into that file instead")
+    if c.fsdp_transformer_layer_cls_to_wrap and not c.fsdp:
+        return "fsdp_transformer_layer_cls_to_wrap: set fsdp too (e.g. fsdp: full_shard auto_wrap), or remove it"
+    return None
+
+
+def check_save_only_model(c: SftConfig) -> str | None:
+    # The trainer reloads the best checkpoint through the sharded engine's own state, which these lack.
+    if c.save_only_model and c.wants_best_model and (c.deepspeed or c.fsdp):
+        return ("save_only_model: a weights-only checkpoint cannot be reloaded as the best model under DeepSpeed or "
+                "FSDP; set save_only_model: false, or drop load_best_model_at_end and early_stopping_steps")
+    return None
+
+
 def check_scheduler_kwargs(c: SftConfig) -> str | None:
     given = c.lr_scheduler_kwargs or {}
     allowed = SCHEDULER_KWARGS[c.lr_scheduler_type]
@@ -381,4 +462,4 @@ def check_scheduler_kwargs(c: SftConfig) -> str | None:
 
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
-           check_scheduler_kwargs)
+           check_scheduler_kwargs, check_fsdp_layers, check_save_only_model)

@@ -69,6 +69,7 @@ def get_spec(registry: dict[str, Any], name: str, dataset_dir: str | Path) -> Da
     if getattr(entry, "duplicates", ()):
         raise DataError(f"{where}: key {entry.duplicates[0]!r} is given twice in the entry; keep one")
     _check_keys(entry, where)
+    _refuse_pretraining_text(entry, where)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATS:
         raise DataError(f"{where}: unknown formatting {formatting!r}; use {' or '.join(FORMATS)}")
@@ -123,6 +124,18 @@ def _check_keys(entry: dict[str, Any], where: str) -> None:
         other = [k for k in OTHER_SOURCES if k in entry]
         what = f"uses {other[0]}, which sftkit does not support" if other else "has no file_name"
         raise DataError(f"{where}: {what}; give it a file_name (local file) or hf_hub_url")
+
+
+def _refuse_pretraining_text(entry: dict[str, Any], where: str) -> None:
+    """LLaMA-Factory registers raw text for stage: pt as an alpaca entry mapping only `prompt` (c4_demo, wiki_demo);
+    read as SFT it would fail on a reply column the data never had."""
+    columns = entry.get("columns")
+    text_file = isinstance(entry.get("file_name"), str) and entry["file_name"].endswith(".txt")
+    only_prompt = isinstance(columns, dict) and set(columns) == {"prompt"}
+    if entry.get("formatting", "alpaca") == "alpaca" and (only_prompt or text_file):
+        raise DataError(f"{where}: pretraining text is not SFT data (LLaMA-Factory trains such an entry, raw text as "
+                        "columns.prompt, with stage: pt); sftkit trains on conversations with replies: pick an SFT "
+                        "dataset, or map columns.response if these rows have replies")
 
 
 def _merge(defaults: dict[str, str], given: Any, where: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sftkit.training.loss import liger_available
 
@@ -26,6 +26,8 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
     """
     from trl import SFTConfig
 
+    if cfg.logging_dir:  # transformers 5 takes the TensorBoard folder from the environment only
+        os.environ["TENSORBOARD_LOGGING_DIR"] = cfg.logging_dir
     wants_best = cfg.wants_best_model
     return SFTConfig(
         output_dir=cfg.output_dir,
@@ -38,6 +40,7 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=_warmup(cfg),
         lr_scheduler_kwargs=cfg.lr_scheduler_kwargs or {},
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -52,14 +55,16 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         # the loss alone: kept logits of a 100k vocabulary are an out-of-memory trap
         prediction_loss_only=True,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        save_only_model=cfg.save_only_model,
+        # the loss is the only metric an evaluation computes ("loss" names the same one)
         load_best_model_at_end=wants_best, metric_for_best_model="eval_loss" if wants_best else None,
         greater_is_better=False if wants_best else None,
         # logging and reproducibility
-        logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to),
+        logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to), run_name=cfg.run_name,
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=cfg.dataloader_num_workers,
         trust_remote_code=cfg.trust_remote_code,
         # distributed passthrough
-        deepspeed=cfg.deepspeed, fsdp=cfg.fsdp or None, fsdp_config=cfg.fsdp_config,
+        deepspeed=cfg.deepspeed, fsdp=cfg.fsdp or None, fsdp_config=_fsdp_config(cfg), ddp_timeout=cfg.ddp_timeout,
         # every trainable parameter is used (LoRA or full), so DDP can skip its per-step unused-parameter search
         ddp_find_unused_parameters=False, log_level_replica="error",
         # Liger's kernels (and its fused linear cross-entropy in SftkitTrainer) where a GPU and the package exist
@@ -84,6 +89,14 @@ def _warmup(cfg: SftConfig) -> float:
     if cfg.warmup_steps > 0:
         return cfg.warmup_steps
     return min(cfg.warmup_ratio, 1 - 1e-9)  # a ratio of exactly 1 would read as "1 step"
+
+
+def _fsdp_config(cfg: SftConfig) -> dict[str, Any] | str | None:
+    """fsdp_config, with the older top-level fsdp_transformer_layer_cls_to_wrap moved in (transformers 5 reads it
+    there only)."""
+    if not cfg.fsdp_transformer_layer_cls_to_wrap or isinstance(cfg.fsdp_config, str):
+        return cfg.fsdp_config
+    return {**(cfg.fsdp_config or {}), "transformer_layer_cls_to_wrap": cfg.fsdp_transformer_layer_cls_to_wrap}
 
 
 def _report_to(loggers: list[str]) -> str | list[str]:

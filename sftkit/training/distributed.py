@@ -8,7 +8,6 @@ the data is tokenized once, and only rank 0 talks (errors excepted).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -24,11 +23,9 @@ if TYPE_CHECKING:
     from sftkit.data import PreparedData
     from sftkit.templates import Template
 
-DEEPSPEED_INSTALL = "pip install -e .[deepspeed]"
-
 
 def check_distributed(cfg: SftConfig) -> None:
-    """Checks the DeepSpeed / FSDP settings that the schema cannot: files exist and parse, packages exist.
+    """Checks the DeepSpeed / FSDP settings that the schema cannot: their files exist and parse.
 
     Runs at train time, not in the schema: a finished run's saved config must stay loadable (merge, chat)
     on a machine without the JSON file or the package.
@@ -38,10 +35,8 @@ def check_distributed(cfg: SftConfig) -> None:
     """
     problems = []
     if cfg.deepspeed:
+        # the package itself is checked with the other packages (sftkit.config.environment)
         problems.append(_json_file_problem("deepspeed", cfg.deepspeed, "use one of configs/deepspeed/*.json"))
-        if importlib.util.find_spec("deepspeed") is None:
-            problems.append(f"deepspeed: the deepspeed package is not installed; run `{DEEPSPEED_INSTALL}` "
-                            "(or remove the deepspeed key)")
     if isinstance(cfg.fsdp_config, str):
         problems.append(_json_file_problem("fsdp_config", cfg.fsdp_config, "give a JSON file or a YAML mapping"))
     if cfg.fsdp_config and not cfg.fsdp:

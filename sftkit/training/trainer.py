@@ -205,6 +205,6 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressReport())
-    if cfg.packing and ATTENTION[cfg.flash_attn] != "flash_attention_2":
+    if cfg.packing and ATTENTION[cfg.flash_attn] not in ("flash_attention_2", "flash_attention_3"):  # varlen kernels
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     return trainer

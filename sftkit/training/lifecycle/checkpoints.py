@@ -25,6 +25,7 @@ STAGING_PREFIX = ".partial-"  # never matches HF's "checkpoint-*" glob, so rotat
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Keys a resumed run may change: they decide what is logged or how fast data loads, never the weights.
 RESUMABLE_CHANGES = {"report_to", "plot_loss", "logging_steps", "dataloader_num_workers", "preprocessing_num_workers",
+                     "resume_from_checkpoint", "run_name", "logging_dir", "ddp_timeout", "ray_num_workers",
                      "preprocessing_batch_size", "overwrite_cache", "overwrite_output_dir", "eval_generation_samples",
                      "generation_max_new_tokens"}
 

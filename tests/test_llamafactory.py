@@ -1,0 +1,319 @@
+"""LLaMA-Factory YAMLs brought across: its own SFT examples validate as they are, every key sftkit refuses says
+why in one line, shared keys mean (and default to) what they do there, and non-SFT data is named as such."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import make_config, run_cli
+
+from sftkit.config import SftConfig, load_config, machine_problems, validate_config
+from sftkit.config.llamafactory import (DEFAULT_DIFFERENCES, METHOD_KEYS, OTHER_KEYS, TRAINING_ARGUMENT_MESSAGE,
+                                        TRAINING_ARGUMENTS, UNSUPPORTED_LLAMAFACTORY_KEYS)
+from sftkit.config.loading import near_typo
+from sftkit.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parent / "llamafactory"
+MANIFEST: dict[str, dict[str, Any]] = yaml.safe_load((EXAMPLES / "manifest.yaml").read_text(encoding="utf-8"))
+BASE = {"model_name_or_path": "m", "dataset": "a", "output_dir": "out"}
+
+
+class NeedsPart2(Exception):
+    """The example fails only on keys that issue 14 part 2 (the methods) adds."""
+
+
+def example(name: str, tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> Path:
+    """The recorded example with its placeholders filled in, written under tmp_path."""
+    text = (EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8")
+    for placeholder, value in {"${MODEL}": tiny_model_dir, "${DATA}": data_dir, "${DEEPSPEED}": EXAMPLES / "deepspeed",
+                               "${PRETRAINING_DATA}": EXAMPLES / "pretraining_data"}.items():
+        text = text.replace(placeholder, str(value))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problem_key(line: str) -> str:
+    """The key a `FILE: KEY: ...` problem line names."""
+    return line.split(": ")[1]
+
+
+def examples(kind: str) -> list[Any]:
+    params = []
+    for name, entry in MANIFEST.items():
+        if ("refused" in entry) != (kind == "refused"):
+            continue
+        reason = f"needs issue 14 part 2: {', '.join(entry.get('needs', ()))}"
+        marks = [pytest.mark.xfail(strict=True, raises=NeedsPart2, reason=reason)] if "needs" in entry else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+# ---------------------------------------------------------------------------- LLaMA-Factory's examples
+
+def test_every_recorded_example_is_in_the_manifest() -> None:
+    assert {path.stem for path in EXAMPLES.glob("*.yaml")} - {"manifest"} == set(MANIFEST)
+    assert len(MANIFEST) == 31  # 30 text-only SFT examples and the pretraining one (refused)
+
+
+@pytest.mark.parametrize("name", examples("validates"))
+def test_llamafactory_example_validates_as_it_is(name: str, tiny_model_dir: Path, shared_data: Path,
+                                                 tmp_path: Path) -> None:
+    path = example(name, tiny_model_dir, shared_data, tmp_path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        needs = set(MANIFEST[name].get("needs", ()))
+        if needs and {problem_key(line) for line in exc.problems} <= needs:
+            raise NeedsPart2("; ".join(exc.problems)) from None
+        raise
+    assert cfg.stage == "sft" and cfg.model_name_or_path == str(tiny_model_dir)
+    # what this machine lacks (deepspeed, wandb, a GPU) is a warning naming the key, not a reason to refuse the file
+    assert all(line.split(": ")[0] in SftConfig.model_fields and "\n" not in line for line in machine_problems(cfg))
+
+
+@pytest.mark.parametrize("name", examples("refused"))
+def test_llamafactory_example_sftkit_cannot_train_says_why(name: str, tiny_model_dir: Path, shared_data: Path,
+                                                           tmp_path: Path) -> None:
+    path = example(name, tiny_model_dir, shared_data, tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    expected = MANIFEST[name]["refused"]
+    assert len(info.value.problems) == len(expected), info.value.problems
+    for line, text in zip(info.value.problems, expected):
+        assert line.startswith(f"{path}: ") and text in line
+
+
+def test_validate_warns_about_a_missing_package_and_train_stops_on_it(
+        tiny_model_dir: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    path = example("train_lora__qwen3_lora_sft_ds3", tiny_model_dir, shared_data, tmp_path)
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(["validate", str(path), "--set", "max_samples=8"], monkeypatch, capsys)
+    warning = ("deepspeed: the deepspeed package is not installed; run `pip install -e .[deepspeed]` (or remove the "
+               "deepspeed key)")
+    assert code == 0 and f"{path}: OK (" in stdout, stderr
+    assert f"warning: {warning}" in stderr.splitlines()
+    # the example sets logging_steps, report_to and plot_loss itself: only the other differences are noted
+    assert ("note: defaults that differ from LLaMA-Factory's, for the keys this file leaves unset: optim adamw_torch "
+            "(LLaMA-Factory: adamw_torch_fused), gradient_checkpointing false (LLaMA-Factory: true)") in stderr
+    code, _, stderr = run_cli(["train", str(path), "--set", f"output_dir={out}"], monkeypatch, capsys)
+    assert code == 2 and stderr == f"error: {warning}\n"
+    assert not out.exists()  # stopped before anything loaded or was written
+
+
+# ---------------------------------------------------------------------------- refused keys, one line each
+
+@pytest.mark.parametrize("key", sorted(UNSUPPORTED_LLAMAFACTORY_KEYS))
+def test_every_refused_llamafactory_key_says_what_it_does_and_what_to_use(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({**BASE, key: 1}, source="cfg.yaml")
+    (line,) = info.value.problems
+    assert line == f"cfg.yaml: {key}: {UNSUPPORTED_LLAMAFACTORY_KEYS[key]}"
+    assert "did you mean" not in line
+    message = UNSUPPORTED_LLAMAFACTORY_KEYS[key]
+    # what it is (LLaMA-Factory's, or transformers' for a passed-through training argument) and what to do here
+    assert any(word in message for word in ("LLaMA-Factory", "transformers", "launcher", "sftkit")), message
+    assert any(word in message for word in ("remove it", "use ", "set ")), message
+
+
+def test_refused_keys_are_not_keys_sftkit_takes() -> None:
+    # a key leaves the table when it becomes a field (issue 14 part 2 moves METHOD_KEYS' into the schema)
+    taken = set(SftConfig.model_fields)
+    assert not taken & set(UNSUPPORTED_LLAMAFACTORY_KEYS) and not taken & set(TRAINING_ARGUMENTS)
+    assert not set(METHOD_KEYS) & set(OTHER_KEYS) and not set(TRAINING_ARGUMENTS) & set(OTHER_KEYS)
+
+
+def test_every_transformers_training_argument_is_taken_or_answered() -> None:
+    from transformers import Seq2SeqTrainingArguments
+
+    theirs = {field.name for field in dataclasses.fields(Seq2SeqTrainingArguments) if field.init}
+    answered = set(SftConfig.model_fields) | set(UNSUPPORTED_LLAMAFACTORY_KEYS) | set(TRAINING_ARGUMENTS)
+    assert theirs - answered == set()
+    assert set(TRAINING_ARGUMENTS) - theirs == set()  # no stale names
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "torch_compile": True}).value.problems
+    assert line == f"<config>: torch_compile: {TRAINING_ARGUMENT_MESSAGE}"
+
+
+@pytest.mark.parametrize("key", ["apollo_rank", "galore_target", "oft_block_size", "pure_bf16", "temperature",
+                                 "local_rank", "data_seed"])
+def test_no_did_you_mean_for_a_key_that_only_shares_a_word(key: str) -> None:
+    assert near_typo(key, list(SftConfig.model_fields)) is None  # the rule itself, table or not
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, key: 1}).value.problems
+    assert "did you mean" not in line and line.startswith(f"<config>: {key}: ")
+
+
+@pytest.mark.parametrize("typo,meant", [("lora_rnak", "lora_rank"), ("learning_rat", "learning_rate"),
+                                        ("gradient_acumulation_steps", "gradient_accumulation_steps"),
+                                        ("cutof_len", "cutoff_len"), ("per_device_train_batchsize",
+                                                                      "per_device_train_batch_size")])
+def test_did_you_mean_for_a_slip_of_the_keyboard(typo: str, meant: str) -> None:
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, typo: 1}).value.problems
+    assert line == f"<config>: {typo}: unknown key; did you mean {meant}?"
+
+
+def test_a_refused_key_given_with_set_is_blamed_on_set(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(BASE), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["pref_beta=0.1", "eval_strategy=steps", "val_size=0.1"])
+    assert info.value.problems == [f"--set pref_beta=0.1: pref_beta: {OTHER_KEYS['pref_beta']}",
+                                   "--set eval_strategy=steps: eval_steps: required when eval_strategy is steps"]
+
+
+@pytest.mark.parametrize("stage", ["pt", "rm", "ppo", "dpo", "kto"])
+def test_other_stages_are_named_not_just_refused(stage: str) -> None:
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "stage": stage}).value.problems
+    assert f"stage: {stage} is LLaMA-Factory's " in line and "sftkit trains stage: sft only" in line
+
+
+@pytest.mark.parametrize("key", ["streaming", "use_unsloth"])
+def test_false_only_keys_refuse_true(key: str) -> None:
+    assert getattr(validate_config({**BASE, key: False}), key) is False
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, key: True}).value.problems
+    assert line.startswith(f"<config>: {key}: true is refused: ")
+
+
+# ---------------------------------------------------------------------------- shared keys: meaning and defaults
+
+# LLaMA-Factory's own defaults (src/llamafactory/hparams at ff6d4d12eeb0) for the keys sftkit shares with it.
+LLAMAFACTORY_DEFAULTS = {
+    "model_name_or_path": None, "trust_remote_code": False, "flash_attn": "auto", "enable_liger_kernel": False,
+    "use_unsloth": False, "template": None, "dataset_dir": "data", "cutoff_len": 2048, "train_on_prompt": False,
+    "mask_history": False, "streaming": False, "mix_strategy": "concat", "interleave_probs": None,
+    "overwrite_cache": False, "preprocessing_batch_size": 1000, "preprocessing_num_workers": None,
+    "max_samples": None, "val_size": 0.0, "neat_packing": False, "default_system": None, "enable_thinking": True,
+    "stage": "sft", "finetuning_type": "lora", "lora_rank": 8, "lora_alpha": None, "lora_dropout": 0.0,
+    "lora_target": ["all"], "use_rslora": False, "early_stopping_steps": None, "plot_loss": False,
+    "ray_num_workers": 1,
+    # packing: None there means "on for stage pt only", so off for SFT
+    "packing": False,
+    # LLaMA-Factory turns gradient checkpointing on unless disable_gradient_checkpointing is set
+    "gradient_checkpointing": True,
+}
+# transformers' defaults that LLaMA-Factory leaves as they are, but sftkit does not have them as a default.
+NOT_DEFAULTS = {"model_name_or_path", "output_dir", "dataset", "do_train"}  # required keys; do_train: sftkit trains
+
+
+def test_shared_keys_default_as_in_llamafactory_or_validate_says_so() -> None:
+    from transformers import Seq2SeqTrainingArguments
+
+    defaults = {field.name: field.default if field.default is not dataclasses.MISSING else field.default_factory()
+                for field in dataclasses.fields(Seq2SeqTrainingArguments) if field.init}
+    theirs = {key: value for key, value in defaults.items() if key in SftConfig.model_fields} | LLAMAFACTORY_DEFAULTS
+    ours = {key: info.default for key, info in SftConfig.model_fields.items()}
+    differ = {key: (ours[key], value) for key, value in theirs.items()
+              if key not in NOT_DEFAULTS and ours[key] != value and not (key == "report_to" and value in ("none", []))}
+    differ |= {"report_to": (ours["report_to"], defaults["report_to"])}
+    assert differ == DEFAULT_DIFFERENCES
+    # the ones that change the training take LLaMA-Factory's default
+    cfg = validate_config(dict(BASE))
+    assert (cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.lr_scheduler_type) == (8, 8, "linear")
+
+
+def test_boilerplate_keys_reach_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftkit.model import Precision
+    from sftkit.training.arguments import build_sft_config
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    cfg = make_config(output_dir=tmp_path, adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, save_only_model=True,
+                      run_name="lf-run", ddp_timeout=180000000, logging_dir=tmp_path / "tb", val_size=2,
+                      eval_strategy="steps", eval_steps=5, save_steps=5, load_best_model_at_end=True,
+                      metric_for_best_model="eval_loss")
+    fp32 = Precision("float32", "cpu", "fp32 on cpu")
+    args = build_sft_config(cfg, fp32)
+    assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.8, 0.95, 1e-6)
+    assert args.save_only_model and args.run_name == "lf-run" and args.ddp_timeout == 180000000
+    assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tb")  # where transformers 5 reads it from
+    # LLaMA-Factory's fp8_fsdp example: the option words as a list, the layer class at the top level
+    fsdp = make_config(output_dir=tmp_path, fsdp=["full_shard", "auto_wrap"],
+                       fsdp_transformer_layer_cls_to_wrap="Ernie4_5DecoderLayer")
+    args = build_sft_config(fsdp, fp32)
+    assert args.fsdp and args.fsdp_config["transformer_layer_cls_to_wrap"] == ["Ernie4_5DecoderLayer"]
+    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "Ernie4_5DecoderLayer"
+
+
+def test_neat_packing_packs_and_resume_from_checkpoint_is_resume() -> None:
+    assert validate_config({**BASE, "neat_packing": True}).packing is True
+    assert validate_config({**BASE, "resume_from_checkpoint": True}).resume == "latest"
+    assert validate_config({**BASE, "resume_from_checkpoint": "out/checkpoint-5"}).resume == "out/checkpoint-5"
+    assert validate_config({**BASE, "resume_from_checkpoint": None}).resume is None
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "metric_for_best_model": "eval_accuracy"}
+                            ).value.problems
+    assert line.startswith("<config>: metric_for_best_model: sftkit's evaluation computes the loss only")
+    problems = pytest.raises(ConfigError, validate_config, {**BASE, "save_only_model": True, "deepspeed": "ds.json",
+                                                            "val_size": 2, "eval_strategy": "epoch",
+                                                            "save_strategy": "epoch",
+                                                            "load_best_model_at_end": True}).value.problems
+    assert problems == ["<config>: save_only_model: a weights-only checkpoint cannot be reloaded as the best model "
+                        "under DeepSpeed or FSDP; set save_only_model: false, or drop load_best_model_at_end and "
+                        "early_stopping_steps"]
+
+
+def test_resume_from_checkpoint_in_the_yaml_resumes_like_the_option(tmp_path: Path, monkeypatch, capsys) -> None:
+    path = tmp_path / "cfg.yaml"
+    out = tmp_path / "never-trained"
+    path.write_text(yaml.safe_dump({**BASE, "output_dir": str(out), "resume_from_checkpoint": True}), encoding="utf-8")
+    code, _, stderr = run_cli(["train", str(path)], monkeypatch, capsys)
+    assert code == 2 and "--resume latest: output_dir" in stderr and "does not exist" in stderr
+
+
+def test_flash_attention_3_is_a_choice_that_needs_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flash_attn_interface" else real(name, *a))
+    assert machine_problems(validate_config({**BASE, "flash_attn": "fa3", "report_to": "none"})) == [
+        "flash_attn: fa3 needs the flash-attn-3 package (and a GPU it supports), which is not installed; install it "
+        "or use flash_attn: sdpa"]
+    assert machine_problems(validate_config({**BASE, "flash_attn": "sdpa", "report_to": "none"})) == []
+
+
+# ---------------------------------------------------------------------------- LLaMA-Factory's non-SFT data
+
+@pytest.mark.parametrize("name", ["c4_demo", "wiki_demo"])
+def test_pretraining_text_is_named_not_sft_data(name: str) -> None:
+    from sftkit.data.registry import get_spec, load_registry
+    from sftkit.errors import DataError
+
+    folder = EXAMPLES / "pretraining_data"
+    with pytest.raises(DataError, match=rf"dataset '{name}': pretraining text is not SFT data \(LLaMA-Factory trains "
+                                        r"such an entry, raw text as columns.prompt, with stage: pt\)"):
+        get_spec(load_registry(folder), name, folder)
+
+
+# ---------------------------------------------------------------------------- trained as they are
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name,overrides", [
+    ("train_lora__qwen3_lora_sft", []),
+    ("train_qlora__llama3_lora_sft_gptq", []),
+    ("train_lora__qwen3_lora_sft_ray", []),
+    ("train_full__qwen3_full_sft", ["deepspeed="]),  # one process here, and DeepSpeed need not be installed
+])
+def test_llamafactory_example_trains_as_it_is(name: str, overrides: list[str], tiny_model_dir: Path,
+                                              shared_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+
+    path = example(name, tiny_model_dir, shared_data, tmp_path)
+    out = tmp_path / "out"
+    # the run is cut short (2 updates on 16 rows); every other key is the example's
+    code, stdout, stderr = run_cli(["train", str(path), "--set", f"output_dir={out}", "--set", "max_steps=2",
+                                    "--set", "max_samples=16", *[arg for o in overrides for arg in ("--set", o)]],
+                                   monkeypatch, capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["global_step"] == 2
+    saved = load_config(out / "sftkit_config.yaml")
+    source = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert saved.per_device_train_batch_size == source["per_device_train_batch_size"]
+    assert saved.lr_scheduler_type == source["lr_scheduler_type"] and saved.template == source["template"]
