@@ -44,7 +44,7 @@ def preview(cfg: SftConfig, n: int = 3, color: bool = False, stats_command: str 
     for line in data.stats.summary_lines():
         print(line)
     if stats_command:
-        print(f"--- per dataset (turns, lengths, duplicates, languages) with plots: {stats_command}")
+        print(f"per dataset (turns, lengths, duplicates, languages) with plots: {stats_command}")
 
 
 def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
