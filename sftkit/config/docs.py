@@ -7,19 +7,31 @@ from typing import Any
 
 import yaml
 
-from sftkit.config.schema import SftConfig
+from sftkit.config.schema import GROUPS, SftConfig
 
 # ---------------------------------------------------------------------------- documentation
 
 def field_docs() -> list[tuple[str, str, Any, str, str]]:
     """(group, key, default, type, doc) for every field, in schema order."""
     rows = []
-    for name, info in SftConfig.model_fields.items():
+    for name, info in _in_reference_order(SftConfig.model_fields):
         group = (info.json_schema_extra or {}).get("group", "")
         default = "(required)" if info.is_required() else info.default
         type_name = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
         rows.append((group, name, default, type_name, info.description or ""))
     return rows
+
+
+def _in_reference_order(fields: dict[str, Any]) -> list[tuple[str, Any]]:
+    """By group (GROUPS), and within a group the schema's own keys before those of a mixin (pydantic lists a base
+    class's fields first)."""
+    own = SftConfig.__annotations__
+
+    def key(item: tuple[str, Any]) -> tuple[int, bool]:
+        group = (item[1].json_schema_extra or {}).get("group", "")
+        return (GROUPS.index(group) if group in GROUPS else len(GROUPS), item[0] not in own)
+
+    return sorted(fields.items(), key=key)
 
 
 def reference_markdown() -> str:

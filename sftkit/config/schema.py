@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
+from sftkit.config.quality import QUALITY_CHECKS, DataQualityConfig
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
 
 
@@ -40,8 +41,8 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
-class SftConfig(BaseModel):
-    """Everything one fine-tuning run needs. Unknown keys are errors."""
+class SftConfig(DataQualityConfig):
+    """Everything one fine-tuning run needs. Unknown keys are errors. The data-quality keys come from the mixin."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
 
@@ -462,4 +463,4 @@ def check_scheduler_kwargs(c: SftConfig) -> str | None:
 
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
-           check_scheduler_kwargs, check_fsdp_layers, check_save_only_model)
+           check_scheduler_kwargs, check_fsdp_layers, check_save_only_model, *QUALITY_CHECKS)

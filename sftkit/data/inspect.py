@@ -22,7 +22,7 @@ ANSI_TRAINED, ANSI_RESET = "\033[32m", "\033[0m"
 PLAIN_TRAINED = ("[[", "]]")
 
 
-def preview(cfg: SftConfig, n: int = 3, color: bool = False) -> None:
+def preview(cfg: SftConfig, n: int = 3, color: bool = False, stats_command: str | None = None) -> None:
     """Prints `n` training examples as they train, trained spans marked, then the data statistics.
 
     The text is decoded from input_ids/labels, so what is shown is exactly what the model sees.
@@ -31,8 +31,9 @@ def preview(cfg: SftConfig, n: int = 3, color: bool = False) -> None:
         cfg: the config.
         n: examples to show (the first ones of the training split).
         color: mark trained text in green (terminal) instead of `[[` `]]` (pipes, files).
+        stats_command: the `sftkit data stats` command for this config, printed as where the full statistics are.
     """
-    tokenizer, template, data = _prepare_for_cli(cfg)
+    tokenizer, template, data = prepare_for_cli(cfg)
     print(f"--- {template_origin(template)}")
     print(legend(color))
     for row in data.train.select(range(min(n, len(data.train)))):
@@ -42,6 +43,8 @@ def preview(cfg: SftConfig, n: int = 3, color: bool = False) -> None:
     print("--- statistics")
     for line in data.stats.summary_lines():
         print(line)
+    if stats_command:
+        print(f"per dataset (turns, lengths, duplicates, languages) with plots: {stats_command}")
 
 
 def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
@@ -60,7 +63,7 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
     """
     if split == "eval" and not cfg.has_eval_data:
         raise DataError("--split eval: the config has no eval set; set val_size or eval_dataset")
-    _, _, data = _prepare_for_cli(cfg)
+    _, _, data = prepare_for_cli(cfg)
     dataset = data.train if split == "train" else data.eval
     assert dataset is not None
     _write_jsonl(dataset, Path(out))
@@ -86,7 +89,7 @@ def render_example(tokenizer: Any, input_ids: list[int], labels: list[int], colo
     return "".join(pieces)
 
 
-def _prepare_for_cli(cfg: SftConfig) -> tuple[Any, Any, PreparedData]:
+def prepare_for_cli(cfg: SftConfig) -> tuple[Any, Any, PreparedData]:
     """Data problems surface before the tokenizer (or anything of the model) is loaded."""
     with no_cycle_collection():
         conversations = load_conversations(cfg)

@@ -22,6 +22,7 @@ from sftkit.data import masking
 from sftkit.data.loader import Conversations, load_conversations
 from sftkit.data.stats import DataStats, compute_stats
 from sftkit.data.model_source import model_problems
+from sftkit.data.quality.apply import clean_and_balance, order_for_curriculum
 from sftkit.data.tokenizer import base_tokenizer, resolve_template, template_origin
 from sftkit.errors import DataError, SftkitError, gather
 from sftkit.templates import Template, get_template
@@ -39,11 +40,15 @@ ENCODING_VERSION = 2
 
 @dataclass
 class PreparedData:
-    """Tokenized examples with columns input_ids, labels, dataset, index; `eval` is None without one."""
+    """Tokenized examples with columns input_ids, labels, dataset, index; `eval` is None without one.
+
+    `conversations`: the rows they were tokenized from (after cleaning and balance), for `data stats`.
+    """
 
     train: Dataset
     eval: Dataset | None
     stats: DataStats
+    conversations: Conversations | None = None
 
 
 def prepare_data(cfg: SftConfig, tokenizer: Any, template: Template | None = None) -> PreparedData:
@@ -137,8 +142,10 @@ def validate_template(cfg: SftConfig) -> str:
 # ---------------------------------------------------------------------------- tokenization
 
 def tokenize_all(cfg: SftConfig, tokenizer: Any, template: Template, conversations: Conversations) -> PreparedData:
-    """Tokenizes loaded conversations into the train and eval examples, with their statistics."""
+    """Cleans and balances loaded conversations (when the config asks), tokenizes them into the train and eval
+    examples (train in curriculum order when asked), with their statistics."""
     _check_cutoff_len(cfg, tokenizer, template)
+    conversations, notes = clean_and_balance(cfg, conversations, tokenizer, judge_cache())
     train = _tokenize(conversations.train, tokenizer, template, cfg)
     eval_ = _tokenize(conversations.eval, tokenizer, template, cfg) if conversations.eval is not None else None
     if len(train) == 0:
@@ -148,7 +155,9 @@ def tokenize_all(cfg: SftConfig, tokenizer: Any, template: Template, conversatio
         raise DataError(f"no eval example keeps a trained token within cutoff_len {cfg.cutoff_len}; raise "
                         "cutoff_len or choose other eval data")
     stats = compute_stats(cfg, conversations, train, eval_)
-    return PreparedData(_final(train), _final(eval_) if eval_ is not None else None, stats)
+    train, order_notes = order_for_curriculum(cfg, _final(train))
+    stats.notes = notes + order_notes
+    return PreparedData(train, _final(eval_) if eval_ is not None else None, stats, conversations)
 
 
 @contextmanager
@@ -240,6 +249,11 @@ def _cache_key(conversations: Dataset, tokenizer: Any, template: Template, cfg: 
     for part in parts:
         digest.update(part.encode("utf-8") + b"\0")
     return digest.hexdigest()[:32]
+
+
+def judge_cache() -> Path:
+    """The LLM judge's scores (one JSON line per judged row), beside the tokenization cache."""
+    return _cache_dir() / "judge_scores.jsonl"
 
 
 def _cache_dir() -> Path:

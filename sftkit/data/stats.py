@@ -27,6 +27,8 @@ class DataStats:
         length_p50 / p90 / p99 / max: tokens per train example.
         trained_fraction: share of train tokens whose label is trained (not -100).
         packing_efficiency: share of real tokens in packed sequences of cutoff_len (None unless packing).
+        per_dataset: name -> rows, tokens, trained tokens, length percentiles, truncated, over both splits.
+        notes: what cleaning, balance and curriculum did (one line each; empty when they are off).
     """
 
     train_rows: dict[str, int]
@@ -43,6 +45,8 @@ class DataStats:
     trained_tokens: int = 0
     total_tokens: int = 0
     packing_efficiency: float | None = None
+    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def trained_fraction(self) -> float:
@@ -60,7 +64,7 @@ class DataStats:
                      f"({self.trained_fraction:.1%})")
         if self.packing_efficiency is not None:
             lines.append(f"packing efficiency at {self.cutoff_len} tokens: {self.packing_efficiency:.1%}")
-        return lines
+        return lines + self.notes
 
 
 def compute_stats(cfg: SftConfig, conversations: Conversations, train: Dataset, eval_: Dataset | None) -> DataStats:
@@ -85,7 +89,36 @@ def compute_stats(cfg: SftConfig, conversations: Conversations, train: Dataset, 
         stats.length_max = int(lengths.max())
     if cfg.packing and len(lengths):
         stats.packing_efficiency = packing_efficiency(lengths.tolist(), cfg.cutoff_len)
+    stats.per_dataset = _dataset_facts(tables)
     return stats
+
+
+def _dataset_facts(tables: list[Any]) -> dict[str, dict[str, Any]]:
+    """Token facts per dataset over every split: rows, tokens (prompt / trained), length percentiles, truncated."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.concat_tables([t.select(["input_ids", "labels", "dataset", "truncated"]) for t in tables])
+    lengths = pc.list_value_length(table["input_ids"]).to_numpy(zero_copy_only=False).astype(np.int64)
+    labels = pc.list_flatten(table["labels"])
+    trained_flat = pc.not_equal(labels, IGNORE_INDEX).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(table["labels"]).to_numpy(zero_copy_only=False)
+    trained = np.bincount(parents, weights=trained_flat, minlength=table.num_rows).astype(np.int64)
+    names = np.asarray(table["dataset"].to_pylist(), dtype=object)
+    truncated = table["truncated"].to_numpy(zero_copy_only=False)
+    facts = {}
+    for name in sorted(set(names)):
+        rows = names == name
+        p50, p90, p99 = np.percentile(lengths[rows], [50, 90, 99])
+        tokens, trained_tokens = int(lengths[rows].sum()), int(trained[rows].sum())
+        facts[str(name)] = {
+            "rows": int(rows.sum()), "tokens": tokens, "trained_tokens": trained_tokens,
+            "prompt_tokens": tokens - trained_tokens, "trained_fraction": trained_tokens / tokens if tokens else 0.0,
+            "length_p50": int(p50), "length_p90": int(p90), "length_p99": int(p99),
+            "length_max": int(lengths[rows].max()), "truncated": int(truncated[rows].sum()),
+            "lengths": lengths[rows].tolist()}
+    return facts
 
 
 def _table(dataset: Dataset) -> Any:

@@ -207,4 +207,28 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
     trainer.add_callback(ProgressReport())
     if cfg.packing and ATTENTION[cfg.flash_attn] not in ("flash_attention_2", "flash_attention_3"):  # varlen kernels
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
+    if cfg.curriculum == "loss":
+        trainer.train_dataset = order_by_loss(trainer, cfg.curriculum_stages, cfg.seed)
     return trainer
+
+
+def order_by_loss(trainer: SftkitTrainer, stages: int, seed: int) -> Any:
+    """The trainer's rows sorted by the untrained model's loss on each (easy first): `curriculum: loss`.
+
+    Measured on the model as it starts training (a fresh LoRA adapter changes nothing yet); the sequential
+    sampler (`train_sampling_strategy`) then keeps this order.
+    """
+    from sftkit.data.quality.curriculum import curriculum_line, curriculum_order
+
+    model, rows = trainer.model, trainer.train_dataset
+    was_training = model.training
+    model.eval()
+    losses = []
+    with torch.no_grad(), trainer.accelerator.autocast():
+        for row in rows:
+            input_ids = torch.tensor([row["input_ids"]], device=trainer.args.device)
+            labels = torch.tensor([row["labels"]], device=trainer.args.device)
+            losses.append(float(model(input_ids=input_ids, labels=labels, use_cache=False).loss))
+    model.train(was_training)
+    logger.info(curriculum_line("loss", losses, stages))
+    return rows.select(curriculum_order(losses, stages, seed))
