@@ -51,6 +51,7 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
         engine.stop()
 
     app = FastAPI(title="sftkit serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
     if api_key:
         app.add_middleware(BearerAuth, key=api_key)
     _add_error_handlers(app)
@@ -63,7 +64,8 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "generating": engine.generating}
+        return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "generating": engine.generating,
+                "cancelled": engine.cancelled}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

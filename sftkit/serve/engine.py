@@ -73,6 +73,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stopped_early: bool = False  # generation was cut short because the client left
 
     def send(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -92,6 +93,7 @@ class Engine:
         self.backend = backend
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self.generating = False
+        self.cancelled = 0  # jobs dropped or stopped because their client left (shown by /health)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -127,6 +129,7 @@ class Engine:
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
             if job.cancelled.is_set():
+                self.cancelled += 1
                 continue
             self.generating = True
             try:
@@ -139,6 +142,7 @@ class Engine:
                                          kind="server_error")))
             finally:
                 self.generating = False
+                self.cancelled += job.stopped_early
 
 
 # ---------------------------------------------------------------------------- transformers
@@ -228,7 +232,7 @@ class ReplyWatch:
 
         generated = input_ids[0, self.prompt_tokens:]
         self.count, self.last_id = len(generated), int(generated[-1])
-        stop = self.job.cancelled.is_set()
+        stop = self.job.stopped_early = self.job.cancelled.is_set()
         if self.follow and not stop:
             text = self._visible(self.tokenizer.decode(generated, skip_special_tokens=True))
             cut = first_stop(text, self.stops)
