@@ -177,6 +177,7 @@ BAD_CHAT = [  # (body, the words the one-line message must hold)
     ({"messages": [{"role": "user"}]}, "messages.0.content"),
     ({"messages": [{"role": "user", "content": LONG}]}, "maximum context length is 4096"),
     ({"max_tokens": 4090}, "maximum context length"),
+    ({"max_tokens": 4090, "stream": True}, "maximum context length"),  # refused before the stream starts
     ({"max_tokens": -1}, "max_tokens: Input should be greater than or equal to 1"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_completion_tokens": -5}, "max_completion_tokens"),
@@ -235,6 +236,22 @@ def test_api_key_is_required_on_v1_routes(backend) -> None:
         assert keyed.get("/v1/models", headers=good).status_code == 200
         assert keyed.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}, headers=good).status_code == 200
         assert keyed.get("/health").status_code == 200  # probes need no key
+
+
+def test_cli_refuses_bad_options_before_loading(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        for args, words in ((["--port", port], f"--port {port}: cannot listen there"),
+                            (["--port", "70000"], "--port 70000: must be in 1..65535"),
+                            (["--max-queue", "0"], "--max-queue 0: must be at least 1"),
+                            (["--backend", "tgi"], "--backend tgi: use one of transformers, vllm"),
+                            (["--backend", "vllm", "--port", free_port_str()], "--backend vllm: ")):
+            code, _, err = run_cli(["serve", str(tiny_model_dir), *args], monkeypatch, capsys)
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            assert code == 2 and len(errors) == 1 and words in errors[0] and "Traceback" not in err, err
+            assert "note: template" not in err  # refused before any model loads
 
 
 class GatedBackend:
@@ -301,6 +318,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_str() -> str:
+    return str(free_port())
+
+
 def sftkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "sftkit", *args]
 
@@ -312,14 +333,15 @@ def server_env(**extra: str) -> dict[str, str]:
 class Server:
     """`sftkit serve MODEL` in a subprocess on a free loopback port, ready once /health answers."""
 
-    def __init__(self, model: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         import httpx
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"sftkit-serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen(sftkit("serve", str(model), "--port", str(self.port), *args), cwd=REPO,
-                                     env=env or server_env(), stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = log_dir / f"serve-{self.port}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(sftkit("serve", str(model), "--port", str(self.port), *args), cwd=REPO,
+                                         env=env or server_env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while True:
             assert self.proc.poll() is None, self.output()
@@ -336,16 +358,12 @@ class Server:
         return httpx.get(f"{self.url}/health", timeout=5).json()
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-4000:]
+        return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(60)
-        self.log.close()
-        return code
+        return self.proc.wait(60)
 
 
 @pytest.fixture(scope="module")
@@ -368,10 +386,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run: Path):
-    running = Server(trained_run, env=server_env(SFTKIT_API_KEY=KEY))  # the key from the environment
+def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    running = Server(trained_run, tmp_path_factory.mktemp("serve-log"), env=server_env(SFTKIT_API_KEY=KEY))  # the key from the environment
     yield running
-    assert running.stop() == 0, running.output()
+    assert running.stop() == -signal.SIGTERM and "Finished server process" in running.output(), running.output()
 
 
 def openai_client(server: Server, key: str = KEY):
@@ -409,10 +427,11 @@ def test_openai_client_sees_auth_and_bad_requests_as_api_errors(server: Server) 
     with pytest.raises(openai.AuthenticationError):
         openai_client(server, key="wrong").models.list()
     client = openai_client(server)
+    model = client.models.list().data[0].id
     for bad in ({"n": 2}, {"max_tokens": -1}, {"messages": [{"role": "robot", "content": "x"}]},
                 {"messages": [{"role": "user", "content": "sea " * 5000}]}):
         with pytest.raises(openai.BadRequestError) as raised:
-            client.chat.completions.create(**({"model": "m", "messages": USER} | bad))
+            client.chat.completions.create(**({"model": model, "messages": USER} | bad))
         assert raised.value.status_code == 400
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=USER)
@@ -444,10 +463,10 @@ def test_eight_clients_at_once_get_every_answer(server: Server) -> None:
 
 
 @pytest.mark.integration
-def test_disconnect_stops_generation_and_sigterm_finishes_the_stream(varied_base: Path) -> None:
+def test_disconnect_stops_generation_and_sigterm_finishes_the_stream(varied_base: Path, tmp_path: Path) -> None:
     import httpx
 
-    server = Server(varied_base)  # no key: also the default
+    server = Server(varied_base, tmp_path)  # no key: also the default
     try:
         # the varied model does not stop by itself (test_a_cancelled_job_stops_generating): 3000 tokens take long
         body = {"messages": USER, "temperature": 0, "max_tokens": 3000, "stream": True}
@@ -468,7 +487,8 @@ def test_disconnect_stops_generation_and_sigterm_finishes_the_stream(varied_base
         assert [line for line in lines if line][-1] == "data: [DONE]"
     finally:
         code = server.stop()
-    assert code == 0, server.output()
+    # uvicorn re-raises SIGTERM once it has shut down gracefully: the process ends as killed by it
+    assert code == -signal.SIGTERM and "Finished server process" in server.output(), server.output()
 
 
 @pytest.mark.integration

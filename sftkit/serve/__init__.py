@@ -41,7 +41,11 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | 
     app = build_app(engine, model, api_key, trained_default_system(model))
     print(f"note: serving {model} at http://{host}:{port}/v1 ({backend}; "
           f"{'API key required' if api_key else 'no API key'})", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    try:
+        # SIGTERM or Ctrl-C: uvicorn stops listening, lets running answers finish, then re-raises the signal
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    except KeyboardInterrupt:  # Ctrl-C after that graceful shutdown: not an error
+        pass
 
 
 def check_options(host: str, port: int, max_queue: int, backend: str) -> None:

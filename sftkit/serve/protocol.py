@@ -87,8 +87,6 @@ class _Sampling(_Body):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-
     @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty", mode="before")
     @classmethod
     def _int_is_a_number(cls, value: Any) -> Any:
