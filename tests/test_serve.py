@@ -234,7 +234,8 @@ def test_api_key_is_required_on_v1_routes(backend) -> None:
                 assert response.json()["error"]["code"] == "invalid_api_key"
         good = {"Authorization": f"Bearer {KEY}"}
         assert keyed.get("/v1/models", headers=good).status_code == 200
-        assert keyed.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}, headers=good).status_code == 200
+        answered = keyed.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}, headers=good)
+        assert answered.status_code == 200
         assert keyed.get("/health").status_code == 200  # probes need no key
 
 
@@ -387,7 +388,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    running = Server(trained_run, tmp_path_factory.mktemp("serve-log"), env=server_env(SFTKIT_API_KEY=KEY))  # the key from the environment
+    # the key comes from the environment, as SFTKIT_API_KEY
+    running = Server(trained_run, tmp_path_factory.mktemp("serve-log"), env=server_env(SFTKIT_API_KEY=KEY))
     yield running
     assert running.stop() == -signal.SIGTERM and "Finished server process" in running.output(), running.output()
 

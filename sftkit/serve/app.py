@@ -121,7 +121,7 @@ async def _next(job: Job, request: Request) -> Started | Delta | Finished:
     while True:
         try:
             event = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
             if await request.is_disconnected():
                 job.cancelled.set()
                 raise ClientGone from None
