@@ -55,13 +55,14 @@ def backend(varied_base: Path):
     return TransformersBackend(load_for_inference(str(varied_base)))
 
 
-def client_for(backend, api_key: str | None = None, max_queue: int = 8):
+def client_for(backend, api_key: str | None = None, max_queue: int = 8, default_system: str | None = None):
     from fastapi.testclient import TestClient
 
     from sftkit.serve import build_app
     from sftkit.serve.engine import Engine
 
-    return TestClient(build_app(Engine(backend, max_queue), "tiny", api_key), raise_server_exceptions=False)
+    app = build_app(Engine(backend, max_queue), "tiny", api_key, default_system)
+    return TestClient(app, raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,18 @@ def test_completions_continue_the_raw_text(client, backend) -> None:
     assert body["choices"][0]["text"] == expected and body["usage"]["prompt_tokens"] == len(ids)
     events = stream_events(client.post("/v1/completions", json={"prompt": [prompt], "temperature": 0, "stream": True}))
     assert "".join(e["choices"][0]["text"] for e in events[:-1]) == expected
+
+
+def test_text_parts_the_developer_role_and_the_runs_default_system(backend) -> None:
+    system = [{"role": "system", "content": "Be brief."}]
+    with client_for(backend, default_system="Be brief.") as with_default:
+        implicit = chat(with_default, max_tokens=6).json()  # no system message: the run's default_system
+        parts = [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]
+        explicit = chat(with_default, max_tokens=6, messages=[{"role": "developer", "content": parts}, *USER]).json()
+    expected = direct_reply(backend, system + USER, 6)
+    assert implicit["choices"][0]["message"]["content"] == explicit["choices"][0]["message"]["content"] == expected
+    assert implicit["usage"] == explicit["usage"]
+    assert expected != direct_reply(backend, USER, 6)  # the system prompt changed the answer
 
 
 def test_sampling_follows_the_seed(client) -> None:
