@@ -59,6 +59,11 @@ FALLBACK_STEPS = (3, 10)
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark set, prints the markdown table and writes the JSON file."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--serve" in argv:  # serving has its own benchmark and options (scripts/bench_serve.py --help)
+        import bench_serve
+
+        return bench_serve.main([arg for arg in argv if arg != "--serve"])
     args = parse_args(argv)
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     if args.worker:
@@ -99,6 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-preprocess", action="store_true")
     parser.add_argument("--out", default="bench_results.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true",
+                        help="benchmark `sftkit serve` instead (scripts/bench_serve.py, with its own options)")
     return parser.parse_args(argv)
 
 

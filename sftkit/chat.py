@@ -21,13 +21,11 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sftkit.errors import SftkitError
-from sftkit.model import GenerationSettings, generate_replies, load_for_inference
-from sftkit.run_dir import CONFIG_FILE, read_run_config
+from sftkit.model import GenerationSettings, generate_replies, load_for_inference, trained_default_system
 
 if TYPE_CHECKING:
     from sftkit.templates import Template
@@ -95,8 +93,7 @@ def chat(model: str, system: str | None = None, prompt: str | None = None, max_n
 
 def _trained_default_system(model: str) -> str | None:
     """The run's default_system: training gave it to every row without a system prompt."""
-    path = Path(model)
-    system = read_run_config(path).default_system if (path / CONFIG_FILE).is_file() else None
+    system = trained_default_system(model)
     if system:
         _note(f"system prompt {system!r} (the run's default_system; --system replaces it)")
     return system

@@ -237,6 +237,23 @@ def chat(
         top_p=top_p, seed=seed, repl=repl)
 
 
+@command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="SFTKIT_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every /v1 route.")] = None,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait for the model; more get 503.")] = 32,
+    backend: Annotated[str, typer.Option(help="transformers, or vllm (needs vllm and a CUDA GPU).")] = "transformers",
+) -> None:
+    """Serve a model with OpenAI's API: /v1/chat/completions (trained template), /v1/completions, /v1/models."""
+    from sftkit.serve import serve as run
+
+    run(model, host=host, port=port, api_key=api_key, max_queue=max_queue, backend=backend)
+
+
 @command("eval")
 def eval_(
     model: Annotated[str, typer.Argument(help="Run directory, merged model, or base model.")],

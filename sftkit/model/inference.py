@@ -64,13 +64,30 @@ def load_for_inference(model: str) -> Loaded:
         _note(f"template {run.template.name} (from {path / CONFIG_FILE}); base {run.cfg.model_name_or_path} "
               f"+ adapter {path}")
         return Loaded(to_device(run.model), run.tokenizer, run.template, run.cfg)
-    model = resolve_model(model)  # a missing folder or an unreachable hub fails here, at once
-    path = Path(model)
-    tokenizer = _load_tokenizer(model)
-    template, reason = _template_for(path, tokenizer)
-    _note(f"template {template.name} ({reason})")
+    model, tokenizer, template = load_complete_tokenizer(model)
     lm = _load_plain_model(model, tokenizer, template, inference_precision())
     return Loaded(to_device(lm), tokenizer, template)
+
+
+def load_complete_tokenizer(model: str) -> tuple[str, Any, Template]:
+    """A complete (merged or base) model's resolved path, tokenizer and template, no weights loaded.
+
+    For engines that load the weights themselves (vLLM); `load_for_inference` says how the template was chosen.
+
+    Raises:
+        SftkitError: no folder or reachable hub id at `model`, or no tokenizer there.
+    """
+    model = resolve_model(model)  # a missing folder or an unreachable hub fails here, at once
+    tokenizer = _load_tokenizer(model)
+    template, reason = _template_for(Path(model), tokenizer)
+    _note(f"template {template.name} ({reason})")
+    return model, tokenizer, template
+
+
+def trained_default_system(model: str) -> str | None:
+    """The default_system of the run `model` comes from: training gave it to every row without a system prompt."""
+    path = Path(model)
+    return read_run_config(path).default_system if (path / CONFIG_FILE).is_file() else None
 
 
 def load_adapter_run(run_dir: str | Path, base: str | None = None, precision: Precision | None = None) -> Loaded:

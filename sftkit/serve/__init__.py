@@ -1,0 +1,89 @@
+"""Serve stage: a trained, merged or base model behind OpenAI's HTTP API (`sftkit serve MODEL`).
+
+Modules: `protocol` (request bodies, errors, response and chunk shapes), `engine` (the generation worker
+and its bounded queue; the transformers backend on sftkit's model stage), `vllm_backend` (vLLM) and
+`app` (the FastAPI routes, auth, streaming). uvicorn runs the app and shuts it down gracefully on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+
+from sftkit.errors import SftkitError
+from sftkit.model import load_for_inference, trained_default_system
+from sftkit.serve.app import build_app
+from sftkit.serve.engine import Backend, Engine, TransformersBackend
+
+BACKENDS = ("transformers", "vllm")
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_queue: int = 32,
+          backend: str = "transformers") -> None:
+    """Serves `model` with OpenAI's chat and completion routes until SIGTERM or Ctrl-C.
+
+    Args:
+        model: run directory, merged model directory, or base model path / hub id (as for `sftkit chat`).
+        host: address to listen on (loopback unless told otherwise).
+        port: TCP port.
+        api_key: when set, requests need `Authorization: Bearer <api_key>`.
+        max_queue: requests that may wait for the generation worker; more are answered 503.
+        backend: transformers, or vllm (needs the vllm package and a CUDA GPU).
+
+    Raises:
+        SftkitError: a bad option, a port in use, a backend that cannot run here, or no loadable model.
+    """
+    import uvicorn
+
+    check_options(host, port, max_queue, backend)
+    engine = Engine(load_backend(model, backend), max_queue)
+    app = build_app(engine, model, api_key, trained_default_system(model))
+    print(f"note: serving {model} at http://{host}:{port}/v1 ({backend}; "
+          f"{'API key required' if api_key else 'no API key'})", file=sys.stderr)
+    try:
+        # SIGTERM or Ctrl-C: uvicorn stops listening, lets running answers finish, then re-raises the signal
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    except KeyboardInterrupt:  # Ctrl-C after that graceful shutdown: not an error
+        pass
+
+
+def check_options(host: str, port: int, max_queue: int, backend: str) -> None:
+    """Refuses bad options before the model loads, the port being taken included."""
+    problems = [line for line in (
+        f"--port {port}: must be in 1..65535" if not 0 < port < 65536 else "",
+        f"--max-queue {max_queue}: must be at least 1" if max_queue < 1 else "",
+        f"--backend {backend}: use one of {', '.join(BACKENDS)}" if backend not in BACKENDS else "") if line]
+    if problems:
+        raise SftkitError(*problems)
+    if backend == "vllm":
+        _check_vllm()
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise SftkitError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); pick another "
+                          "--port, or stop what is using it") from None
+
+
+def load_backend(model: str, backend: str) -> Backend:
+    """The model loaded for the chosen backend."""
+    if backend == "vllm":
+        from sftkit.serve.vllm_backend import VllmBackend
+
+        return VllmBackend(model)
+    return TransformersBackend(load_for_inference(model))
+
+
+def _check_vllm() -> None:
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise SftkitError("--backend vllm: the vllm package is not installed (pip install vllm, on a machine with a "
+                          "CUDA GPU); without it, leave --backend at transformers")
+    if not torch.cuda.is_available():
+        raise SftkitError("--backend vllm: no CUDA GPU is visible here, and vLLM needs one; leave --backend at "
+                          "transformers")
+
+
+__all__ = ["BACKENDS", "build_app", "check_options", "load_backend", "serve"]

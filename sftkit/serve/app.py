@@ -1,0 +1,218 @@
+"""The FastAPI application: OpenAI's routes, its error objects, bearer-key auth, streaming over SSE.
+
+Every error a client can cause is answered as OpenAI's error JSON with a 4xx status (FastAPI's 422 for a
+body that does not validate becomes OpenAI's 400); the server's own failures are a 500 of the same shape,
+their traceback going to the server's log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sftkit.serve.engine import Delta, Engine, Failed, Finished, Generation, Job, Started
+from sftkit.serve.protocol import ApiError, ChatRequest, CompletionRequest, Reply
+
+# How often a waiting request checks whether its client is still there.
+DISCONNECT_POLL_S = 0.25
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+def build_app(engine: Engine, model_id: str, api_key: str | None = None,
+              default_system: str | None = None) -> FastAPI:
+    """The OpenAI-compatible app serving `engine` under the name `model_id`.
+
+    Args:
+        engine: the generation worker (started and stopped with the app).
+        model_id: the name /v1/models lists; a request naming another model gets 404.
+        api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
+        default_system: system prompt for conversations without one (the run's default_system).
+    """
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="sftkit serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    if api_key:
+        app.add_middleware(BearerAuth, key=api_key)
+    _add_error_handlers(app)
+    created = int(time.time())
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != model_id:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {model_id!r}", "model",
+                           "model_not_found")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "generating": engine.generating,
+                "cancelled": engine.cancelled}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                            "owned_by": "sftkit"}]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        check_model(name)
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "sftkit"}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request) -> Response:
+        check_model(body.model)
+        generation = Generation(body.conversation(default_system), None, body.token_budget(), body.temperature,
+                                body.top_p, body.seed, body.stops(), body.stream)
+        return await _answer(engine, generation, Reply(True, model_id), body.include_usage(), request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        check_model(body.model)
+        generation = Generation(None, body.text(), body.max_tokens, body.temperature, body.top_p, body.seed,
+                                body.stops(), body.stream)
+        return await _answer(engine, generation, Reply(False, model_id), body.include_usage(), request)
+
+    return app
+
+
+async def _answer(engine: Engine, generation: Generation, reply: Reply, include_usage: bool,
+                  request: Request) -> Response:
+    """Queues the generation and answers it whole, or as a stream once the prompt was accepted."""
+    job = Job(generation, asyncio.get_running_loop())
+    engine.submit(job)
+    streaming = False
+    try:
+        await _next(job, request)  # Started, or the ApiError of a prompt that does not fit
+        if generation.stream:
+            streaming = True  # from here on the stream's own `finally` ends the job
+            return StreamingResponse(_stream(job, reply, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        while not isinstance(event := await _next(job, request), Finished):
+            pass
+        return JSONResponse(reply.complete(event.text, event.finish_reason, event.usage))
+    except ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    finally:
+        if not streaming:
+            job.cancelled.set()  # a no-op once finished; else the worker drops or stops the job
+
+
+async def _next(job: Job, request: Request) -> Started | Delta | Finished:
+    """The job's next event; a failure is raised, and so is a client that disconnected meanwhile."""
+    while True:
+        try:
+            event = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+            if await request.is_disconnected():
+                job.cancelled.set()
+                raise ClientGone from None
+            continue
+        if isinstance(event, Failed):
+            raise event.error
+        return event
+
+
+async def _stream(job: Job, reply: Reply, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk shape, ending with `data: [DONE]`.
+
+    Starlette cancels this generator when the client disconnects; `finally` then stops the generation.
+    """
+    try:
+        yield _sse(reply.chunk(first=True))
+        while True:
+            event = await job.events.get()
+            if isinstance(event, Delta):
+                yield _sse(reply.chunk(event.text))
+            elif isinstance(event, Finished):
+                yield _sse(reply.chunk(finish_reason=event.finish_reason))
+                if include_usage:
+                    yield _sse(reply.usage_chunk(event.usage))
+                break
+            elif isinstance(event, Failed):  # headers are sent: the error goes into the stream, as OpenAI does
+                yield _sse(event.error.body())
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+# ---------------------------------------------------------------------------- errors and auth
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_error(exc.errors()).body(), 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        error = ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path} (the routes are "
+                                          "/v1/models, /v1/chat/completions, /v1/completions and /health)")
+        return JSONResponse(error.body(), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:
+        error = ApiError(500, f"internal error ({type(exc).__name__}); see the server's log", kind="server_error")
+        return JSONResponse(error.body(), 500)
+
+
+def validation_error(errors: Any) -> ApiError:
+    """The first problem of a body that does not validate, named by its parameter, as one ApiError."""
+    first = dict(errors[0]) if errors else {}
+    where = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'malformed')})")
+    if not where:
+        return ApiError(400, "the request body must be a JSON object with the request's parameters")
+    # pydantic also names the branch of a union it tried ("messages.0.content.list[TextPart]"): dropped
+    param = ".".join(part for part in where if re.fullmatch(r"\d+|[a-z_]+", part) and part not in _TYPE_NAMES)
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown or unsupported parameter; remove it"
+    return ApiError(400, f"{param}: {message}", param)
+
+
+class BearerAuth:
+    """Requires `Authorization: Bearer <key>` on every /v1 route, compared in constant time (hmac)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and not self._authorized(scope):
+            error = ApiError(401, "missing or incorrect API key; send the header 'Authorization: Bearer <key>' "
+                                  "with the key the server was started with", code="invalid_api_key")
+            await JSONResponse(error.body(), 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)

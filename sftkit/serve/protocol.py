@@ -1,0 +1,212 @@
+"""OpenAI's HTTP API as sftkit serves it: request bodies, errors, responses and stream chunks.
+
+Request bodies are pydantic models with `extra="forbid"`: a parameter sftkit does not implement (tools,
+logprobs, penalties other than 0, ...) is refused with a 400 naming it, never silently ignored. Defaults
+are OpenAI's (temperature 1, top_p 1; 16 tokens for a completion, the rest of the context for a chat).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sftkit.templates import role_order_problem
+
+# OpenAI's "developer" role is its newer name for the system prompt.
+ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ApiError(Exception):
+    """A request that cannot be served, answered as OpenAI's error object with `status`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body OpenAI's clients parse into their APIError."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# ---------------------------------------------------------------------------- request bodies
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextPart(_Body):
+    """One part of a message's content given as a list (only text parts: sftkit serves text models)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Body):
+    """One chat message: `content` as a string or as a list of text parts."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        # one message for what a union of two shapes would report as two unrelated errors
+        if isinstance(value, str) or (isinstance(value, list) and all(
+                isinstance(part, dict) and part.get("type") == "text" for part in value)):
+            return value
+        raise ValueError("must be a string or a list of text parts ({\"type\": \"text\", \"text\": ...}); "
+                         "sftkit serves text models")
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    """The parameters both endpoints share."""
+
+    model: str | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # Accepted at their neutral value only, as clients often send them explicitly.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, value: Any) -> Any:
+        # strict mode refuses 0 for a float; JSON has one number type
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float) -> float:
+        if value != 0:
+            raise ValueError("penalties are not supported; leave it at 0")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported (one choice per request); send several requests")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("a stop sequence must not be empty")
+        return value
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+
+    def token_budget(self) -> int | None:
+        """max_completion_tokens (OpenAI's current name), else max_tokens; None: the rest of the context."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def conversation(self, default_system: str | None) -> list[dict[str, str]]:
+        """The messages as sftkit's normalized conversation, checked against the template's rules.
+
+        Raises:
+            ApiError: a system message after the first, or turns that do not alternate user -> assistant
+                and end with the user.
+        """
+        messages = [{"role": ROLE_NAMES[m.role], "content": m.text()} for m in self.messages]
+        for i, message in enumerate(messages[1:], start=1):
+            if message["role"] == "system":
+                raise ApiError(400, f"messages[{i}]: a system message may only come first", "messages")
+        if messages[0]["role"] != "system" and default_system:
+            messages.insert(0, {"role": "system", "content": default_system})  # as training gave it
+        turns = messages[1:] if messages[0]["role"] == "system" else messages
+        problem = role_order_problem(turns, end_with_assistant=False)
+        if problem:
+            raise ApiError(400, f"messages: {problem}", "messages")
+        return messages
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions: raw text continued, no chat template."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    echo: Literal[False] = False
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+# ---------------------------------------------------------------------------- responses
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def body(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+class Reply:
+    """The shape of one response (chat or completion), its id and creation time fixed at the start."""
+
+    def __init__(self, chat: bool, model: str) -> None:
+        self.chat, self.model = chat, model
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+
+    def complete(self, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
+        """The whole (non-streamed) response."""
+        choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text}} if self.chat
+                                  else {"index": 0, "text": text})
+        choice |= {"logprobs": None, "finish_reason": finish_reason}
+        body = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
+        return body | {"usage": usage.body()}
+
+    def chunk(self, text: str | None = None, finish_reason: str | None = None, first: bool = False) -> dict[str, Any]:
+        """One stream chunk: the first carries the assistant role, the last the finish reason."""
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if text:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta}
+        else:
+            choice = {"index": 0, "text": text or ""}
+        choice |= {"logprobs": None, "finish_reason": finish_reason}
+        return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        """The stream's last chunk when stream_options.include_usage asks for it: no choices, the usage."""
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return self._envelope(obj, []) | {"usage": usage.body()}
