@@ -192,6 +192,27 @@ class SftConfig(BaseModel):
         "evaluation", ge=0)
     generation_max_new_tokens: int = _field(
         64, "Token budget of the answers generated at evaluation.", "evaluation", gt=0)
+    benchmark_thresholds: dict[str, float] | None = _field(
+        None, "Least score `sftkit report` requires per lm-eval task metric, as TASK/METRIC: SCORE (e.g. "
+        "{sftkit_mc/acc: 0.5}); the scores come from `sftkit eval RUN --tasks`.", "evaluation")
+    release_blocklist: list[str] | None = _field(
+        None, "Words or phrases (case-insensitive, whole words) that `sftkit report` looks for in the model's "
+        "sampled answers; any hit fails the harmful-outputs line. Comma-separated or a YAML list.", "evaluation")
+    release_samples: int = _field(
+        16, "Eval prompts `sftkit report` answers (greedy) to screen the outputs and time generation.",
+        "evaluation", gt=0)
+    release_max_loss_gap: float = _field(
+        0.10, "Largest relative gap (eval loss - train loss) / train loss that `sftkit report` passes.",
+        "evaluation", ge=0)
+    release_min_human_score: float = _field(
+        4.0, "Least mean human rating (1-5, over helpfulness, accuracy, clarity, safety) `sftkit report` "
+        "passes; the ratings come from `sftkit eval --ratings`.", "evaluation", ge=1, le=5)
+    release_min_tokens_per_second: float | None = _field(
+        None, "Least generation speed (new tokens/s on the machine running `sftkit report`) it passes; unset: "
+        "the speed is shown, not judged.", "evaluation", gt=0)
+    release_max_model_gb: float | None = _field(
+        None, "Largest model (GB, on disk and in memory) `sftkit report` passes; unset: the sizes are shown, "
+        "not judged.", "evaluation", gt=0)
 
     # ---------------------------------------------------------------- output
     output_dir: str = _field(..., "Where the adapter, checkpoints, logs and metrics are written.", "output")
@@ -214,7 +235,8 @@ class SftConfig(BaseModel):
 
     # ---------------------------------------------------------------- parsing
     _comma_lists = field_validator(
-        "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to", mode="before")(
+        "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to", "release_blocklist",
+        mode="before")(
         classmethod(lambda cls, v: _split_commas(v)))
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
