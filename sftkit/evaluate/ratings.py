@@ -186,8 +186,8 @@ def _read_sheet(sheet: Path, order: dict[str, dict[str, str]]) -> list[dict[str,
         raise SftkitError(f"{sheet}: no {missing[0]!r} column; fill in the sheet `sftkit predict --sheet` wrote, "
                           "keeping its header")
     ratings = []
-    for line, row in enumerate(reader, start=2):
-        where = f"{sheet} line {line}"
+    for number, row in enumerate(reader, start=1):  # prompts span several lines, so rows are counted, not lines
+        where = f"{sheet} row {number}"
         if row["id"] not in order:
             raise SftkitError(f"{where}: id {row['id']!r} is not in the key; use the key written with this sheet")
         models = order[row["id"]]
