@@ -100,17 +100,18 @@ def test_verdicts_are_cached_per_answer(endpoint: str, calls: list[str], tmp_pat
             for i, (g, c) in enumerate([("good one", "poor"), ("poor", "good two")])]
     names = {"generation": "tuned", "generation_compare": "base"}
     before = len(calls)
-    first = judge_predictions(Judge(endpoint, "m", cache), rows, names)
+    questions = [row["prompt"] for row in rows]
+    first = judge_predictions(Judge(endpoint, "m", cache), questions, rows, names)
     asked = len(calls) - before
     assert asked == 2 * 2 + 2 * 2  # two grades and two orderings per row
     assert first["grades"] == {"tuned": pytest.approx(5.5), "base": pytest.approx(5.5)}
     assert first["preference"] == {"tuned": 1, "base": 1, "tie": 0}
     # a fresh judge on the same answers reads the cache file and asks nothing
-    again = judge_predictions(Judge(endpoint, "m", cache), rows, names)
+    again = judge_predictions(Judge(endpoint, "m", cache), questions, rows, names)
     assert len(calls) - before == asked and again == first
     # a changed answer is asked about again, only it
     rows[0]["generation"] = "good, changed"
-    judge_predictions(Judge(endpoint, "m", cache), rows, names)
+    judge_predictions(Judge(endpoint, "m", cache), questions, rows, names)
     assert len(calls) - before == asked + 1 + 2
 
 

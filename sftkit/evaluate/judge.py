@@ -125,11 +125,13 @@ def _read_cache(path: Path) -> dict[str, str]:
     return cached
 
 
-def judge_predictions(judge: Judge, rows: list[dict[str, Any]], names: dict[str, str]) -> dict[str, Any]:
+def judge_predictions(judge: Judge, questions: list[str], rows: list[dict[str, Any]],
+                      names: dict[str, str]) -> dict[str, Any]:
     """Grades every generation column of predict's rows and, with two, the pairwise preference.
 
     Args:
         judge: the endpoint.
+        questions: each row's conversation as the judge reads it (no control tokens).
         rows: predict's rows (prompt, generation, and generation_compare when comparing).
         names: column -> model name.
 
@@ -137,13 +139,13 @@ def judge_predictions(judge: Judge, rows: list[dict[str, Any]], names: dict[str,
         {"grades": {model: mean rating}, "preference": {model: wins, "tie": n} (two models), "rows": per row}.
     """
     per_row: list[dict[str, Any]] = []
-    for row in rows:
+    for question, row in zip(questions, rows):
         entry: dict[str, Any] = {"index": row["index"], "dataset": row["dataset"]}
         for column, model in names.items():
-            entry[f"grade_{column}"] = judge.grade(row["prompt"], row[column])["rating"]
+            entry[f"grade_{column}"] = judge.grade(question, row[column])["rating"]
         if len(names) == 2:
             (first, first_model), (second, second_model) = names.items()
-            winner = judge.prefer(row["prompt"], row[first], row[second])["winner"]
+            winner = judge.prefer(question, row[first], row[second])["winner"]
             entry["preferred"] = {"first": first_model, "second": second_model}.get(winner, "tie")
         per_row.append(entry)
     grades = {}

@@ -76,19 +76,27 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
     write_predictions(Path(out), rows, metrics)
     print(metrics_table(metrics))
     if sheet is not None and compare is not None:
-        write_sheet(sheet, [row["prompt"] for row in rows], {model: answers["generation"],
+        write_sheet(sheet, [plain_conversation(p.messages) for p in prompts], {model: answers["generation"],
                                                              compare: answers["generation_compare"]}, seed)
         print(f"wrote the blind rating sheet {sheet} (and {html_path(sheet)}); its key is {key_path(sheet)}: keep it "
               "from the raters")
     if judge is not None:
         names = {"generation": model, **({"generation_compare": compare} if compare is not None else {})}
-        verdicts = judge_predictions(judge, rows, names)
+        verdicts = judge_predictions(judge, [plain_conversation(p.messages) for p in prompts], rows, names)
         write_json(judge_path(Path(out)), verdicts)
         print(f"judge {judge.model}: mean grade (1-10) " + ", ".join(
             f"{name} {grade:.2f}" if grade is not None else f"{name} -" for name, grade in verdicts["grades"].items())
               + (f"; preferred {verdicts['preference']}" if "preference" in verdicts else "")
               + f"; wrote {judge_path(Path(out))}")
     return metrics
+
+
+def plain_conversation(messages: list[dict[str, str]]) -> str:
+    """A prompt as a person (or a judge) reads it: the question alone, or the turns with their roles, no
+    control tokens."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n\n".join(f"{m['role'].replace('_', ' ').capitalize()}: {m['content']}" for m in messages)
 
 
 def judge_path(out: Path) -> Path:
