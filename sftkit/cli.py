@@ -226,6 +226,11 @@ def eval_(
 ) -> None:
     """Loss and perplexity on the masked tokens of a dataset (compare base and fine-tuned); benchmarks with --tasks;
     filled rating sheets with --ratings."""
+    only = {"--compare": compare, "--limit": limit, "--include-path": include_path} if tasks is None else {}
+    misplaced = [f"{name}: goes with --tasks" for name, value in only.items() if value is not None] + (
+        ["--key: goes with --ratings"] if key is not None and not ratings else [])
+    if misplaced:
+        raise SftkitError(*misplaced)
     if ratings:
         from sftkit.evaluate import read_ratings
 

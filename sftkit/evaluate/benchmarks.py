@@ -95,8 +95,11 @@ def task_plan(tasks: list[str], include_path: Path | None, chat: str) -> tuple[A
     Raises:
         SftkitError: a name no index knows, or a hub task while HF_HUB_OFFLINE is set.
     """
-    from lm_eval.tasks import TaskManager
-
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise SftkitError("--tasks: needs EleutherAI's lm-evaluation-harness; pip install 'sftkit[eval]' (or "
+                          "lm_eval)") from None
     if not tasks:
         raise SftkitError("--tasks: name at least one lm-eval task, e.g. --tasks sftkit_mc,sftkit_gen")
     paths = [TASKS_DIR, *([include_path] if include_path else [])]

@@ -49,6 +49,11 @@ class Judge:
     _client: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        try:
+            import openai  # noqa: F401  (checked before any model loads)
+        except ImportError:
+            raise SftkitError("--judge-url: the judge needs the openai client; pip install 'sftkit[eval]' (or "
+                              "openai)") from None
         self._cached = _read_cache(self.cache)
 
     def grade(self, question: str, answer: str) -> dict[str, Any]:

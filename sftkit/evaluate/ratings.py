@@ -144,6 +144,10 @@ def read_ratings(sheets: list[Path], key: Path | None = None, out: Path | None =
     """
     from sftkit.run_dir import update_card_evaluation
 
+    absent = [sheet for sheet in sheets if not sheet.is_file()]
+    if absent:
+        raise SftkitError(f"--ratings {absent[0]}: no such file; name a rating sheet `sftkit predict --sheet` wrote, "
+                          "filled in")
     key = key or key_path(sheets[0])
     order = _read_key(key)
     ratings = [rating for sheet in sheets for rating in _read_sheet(sheet, order["rows"])]
