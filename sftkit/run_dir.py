@@ -257,8 +257,13 @@ def evaluation_section(folder: Path) -> list[str]:
     report = read_json(folder / RELEASE_REPORT_FILE) or {}
     if report.get("checks"):
         lines += ["### Release checklist (`sftkit report`)", "", "| check | status | measured |", "|---|---|---|",
-                  *(f"| {c['check']} | {c['status']} | {c['detail']} |" for c in report["checks"]), ""]
+                  *(f"| {c['check']} | {c['status']} | {_cell(c['detail'])} |" for c in report["checks"]), ""]
     return [_EVAL_START, "## Evaluation", "", *lines, _EVAL_END, ""] if lines else []
+
+
+def _cell(text: str) -> str:
+    """Text inside a Markdown table cell: a bar would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def update_card_evaluation(folder: Path) -> None:

@@ -55,7 +55,8 @@ def lora_run(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.
     return out
 
 
-def test_report_prints_every_line_measured_or_why_not(lora_run: Path, monkeypatch: pytest.MonkeyPatch,
+def test_report_prints_every_line_measured_or_why_not(lora_run: Path, tiny_model_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     (lora_run / "benchmarks.json").write_text(json.dumps({"tasks": {"sftkit_mc": {"acc": 0.25, "n": 4}}}))
     code, out, err = run_cli(["report", str(lora_run), "--max-new-tokens", "8", "--set", "release_samples=2",
@@ -82,8 +83,10 @@ def test_report_prints_every_line_measured_or_why_not(lora_run: Path, monkeypatc
     assert "new tokens/s" in checks["inference speed acceptable"]["detail"]
     for where in ("on disk", "in memory"):
         size = checks[f"model size {where} at most 1 GB"]
-        assert size["status"] == PASS and " GB (" in size["detail"]
-    assert "(base + adapter)" in checks["model size on disk at most 1 GB"]["detail"]
+        assert size["status"] == PASS and " MB (" in size["detail"]
+    shipped = sum(f.stat().st_size for folder in (lora_run, tiny_model_dir) for f in folder.glob("*.safetensors"))
+    disk = checks["model size on disk at most 1 GB"]["detail"]
+    assert disk.startswith(f"{shipped / 1e6:.2f} MB") and "(base + adapter)" in disk
     card = (lora_run / "README.md").read_text()
     assert "### Release checklist (`sftkit report`)" in card and "### Benchmarks" in card
     # a second report replaces the card's section instead of adding another

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import write_json
+from sftkit.data import plural
 from sftkit.data.prompts import load_prompts
 from sftkit.evaluate.perplexity import data_config, load_model
 from sftkit.model import GenerationSettings, generate_replies
@@ -119,7 +120,9 @@ def sample_answers(model: str, cfg: SftConfig, max_new_tokens: int) -> dict[str,
     start = time.perf_counter()
     replies = generate_replies(loaded.model, loaded.tokenizer, loaded.template, prompts, settings)
     seconds = time.perf_counter() - start
-    tokens = sum(len(loaded.tokenizer(reply, add_special_tokens=False).input_ids) + 1 for reply in replies)
+    # each reply's tokens and the end token that stopped it (none when it ran out of max_new_tokens)
+    tokens = sum(min(len(loaded.tokenizer(reply, add_special_tokens=False).input_ids) + 1, max_new_tokens)
+                 for reply in replies)
     rows = [{"dataset": p.dataset, "index": p.index, "prompt": p.messages[-1]["content"], "answer": reply}
             for p, reply in zip(prompts, replies)]
     return {"rows": rows, "split": split, "tokens": tokens, "seconds": seconds, "memory_bytes": _memory(loaded),
@@ -136,8 +139,8 @@ def blocklist_screen(samples: dict[str, Any], blocklist: list[str] | None) -> Ch
     name = "no harmful outputs in samples (blocklist)"
     count = len(samples["rows"])
     if not blocklist:
-        return Check(name, NOT_MEASURED, f"no release_blocklist in the config; {count} samples were generated, none "
-                                         "screened")
+        return Check(name, NOT_MEASURED, f"no release_blocklist in the config; {plural(count, 'sample')} generated, "
+                                         "none screened")
     pattern = re.compile(r"\b(?:" + "|".join(re.escape(word) for word in blocklist) + r")\b", re.IGNORECASE)
     hits = [(row, pattern.search(row["answer"])) for row in samples["rows"]]
     hits = [(row, match.group(0)) for row, match in hits if match]
@@ -164,7 +167,7 @@ def judge_screen(samples: dict[str, Any], judge: Judge | None) -> Check:
 def speed(samples: dict[str, Any], least: float | None) -> Check:
     rate = samples["tokens"] / samples["seconds"] if samples["seconds"] else 0.0
     detail = (f"{rate:.1f} new tokens/s on {samples['device']} ({samples['tokens']} tokens of "
-              f"{len(samples['rows'])} greedy answers, one at a time)")
+              f"{plural(len(samples['rows']), 'greedy answer')}, one at a time)")
     if least is None:
         return Check("inference speed acceptable", MEASURED, detail + "; set release_min_tokens_per_second to judge it")
     return Check(f"inference speed at least {least:g} tokens/s", PASS if rate >= least else FAIL, detail)
@@ -181,7 +184,7 @@ def size_checks(run: Path, cfg: SftConfig, memory_bytes: int, most_gb: float | N
     for what, size, how in (("on disk", disk, f"{len(files)} safetensors files" + (
             " (base + adapter)" if has_adapter(run) else "")), ("in memory", memory_bytes, "weights and buffers "
                                                                  "as loaded for inference")):
-        detail = f"{size / 1e9:.3f} GB ({how})"
+        detail = f"{_size(size)} ({how})"
         if what == "on disk" and not files:
             lines.append(Check("model size on disk", NOT_MEASURED, f"the base model {cfg.model_name_or_path} is no "
                                                                     "local folder, so its files cannot be sized"))
@@ -191,6 +194,10 @@ def size_checks(run: Path, cfg: SftConfig, memory_bytes: int, most_gb: float | N
             lines.append(Check(f"model size {what} at most {most_gb:g} GB", PASS if size / 1e9 <= most_gb else FAIL,
                                detail))
     return lines
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.2f} MB"
 
 
 # ---------------------------------------------------------------------------- evaluations run before
