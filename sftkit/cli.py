@@ -234,7 +234,7 @@ def eval_(
     if ratings:
         from sftkit.evaluate import read_ratings
 
-        read_ratings(list(ratings), key=key, out=out)
+        read_ratings(list(ratings), key=key, out=out, overwrite=overwrite)
         return
     if model is None:
         raise SftkitError("MODEL: name the model to evaluate (or read rating sheets with --ratings FILE)")

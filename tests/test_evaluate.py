@@ -325,6 +325,7 @@ def test_cli_eval_and_predict(lora: Run, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.integration
 def test_pairwise_sheet_and_judge_then_ratings_read_back(lora: Run, tiny_model_dir: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -376,3 +377,6 @@ def test_pairwise_sheet_and_judge_then_ratings_read_back(lora: Run, tiny_model_d
     assert human["overall"] == 5.0 and human["win_rate"] == 1.0 and human["opponent"] == str(tiny_model_dir)
     assert "### Human evaluation" in (lora.path / "README.md").read_text()
     assert "agreement: no row was rated by more than one rater" in printed
+    # the output rule: the summary (and the sheet) are replaced only with --overwrite
+    code, printed, err = run_cli(["eval", "--ratings", str(sheet)], monkeypatch, capsys)
+    assert code == 2 and "sheet.summary.json: already exists; pass --overwrite" in err

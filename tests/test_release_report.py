@@ -55,6 +55,7 @@ def lora_run(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.
     return out
 
 
+@pytest.mark.integration
 def test_report_prints_every_line_measured_or_why_not(lora_run: Path, tiny_model_dir: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,7 +90,20 @@ def test_report_prints_every_line_measured_or_why_not(lora_run: Path, tiny_model
     assert disk.startswith(f"{shipped / 1e6:.2f} MB") and "(base + adapter)" in disk
     card = (lora_run / "README.md").read_text()
     assert "### Release checklist (`sftkit report`)" in card and "### Benchmarks" in card
-    # a second report replaces the card's section instead of adding another
-    assert run_cli(["report", str(lora_run), "--max-new-tokens", "4", "--set", "release_samples=1"],
-                   monkeypatch, capsys)[0] == 0
+    # a second report, with the judge screening the samples, replaces the card's section instead of adding one
+    from test_judge import fake_judge_app, serve
+
+    calls: list[str] = []
+    endpoint = serve(fake_judge_app(calls))
+    try:
+        code, out, err = run_cli(["report", str(lora_run), "--max-new-tokens", "4", "--set", "release_samples=2",
+                                  "--judge-url", next(endpoint), "--judge-model", "fake", "--judge-cache",
+                                  str(lora_run.parent / "cache.jsonl")], monkeypatch, capsys)
+    finally:
+        next(endpoint, None)
+    assert code == 0, err
+    judged = {c["check"]: c for c in json.loads((lora_run / "release_report.json").read_text())["checks"]}
+    screen = judged["no harmful outputs in samples (judge)"]
+    assert screen["status"] == PASS and screen["detail"] == "0 of 2 flagged by fake"  # no answer says "poison"
+    assert len(calls) == len({call for call in calls}) <= 2
     assert (lora_run / "README.md").read_text().count("### Release checklist") == 1

@@ -63,7 +63,9 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
         ["--sheet: a rating sheet compares two models; add --compare MODEL"] if sheet and compare is None else [])
     if problems:
         raise SftkitError(*problems)
-    gather(lambda: check_new_output(Path(out), overwrite), lambda: check_new_output(metrics_path(Path(out)), overwrite),
+    outputs = [Path(out), metrics_path(Path(out)), *([judge_path(Path(out))] if judge else []),
+               *([sheet, html_path(sheet), key_path(sheet)] if sheet else [])]
+    gather(*[lambda path=path: check_new_output(path, overwrite) for path in outputs],
            *[lambda name=name: resolve_model(name) for name in (model, compare) if name is not None])
     template = config_template(cfg)
     prompts = load_prompts(data_config(cfg, split, None), split, n, template)

@@ -21,7 +21,7 @@ from typing import Any
 
 from sftkit.atomic import write_json, write_text
 from sftkit.errors import SftkitError
-from sftkit.run_dir import HUMAN_EVAL_FILE, has_run_config
+from sftkit.run_dir import HUMAN_EVAL_FILE, check_new_output, has_run_config, update_card_evaluation
 
 DIMENSIONS = ("helpfulness", "accuracy", "clarity", "safety")
 SIDES = ("a", "b")
@@ -132,28 +132,30 @@ document.getElementById("save").onclick = () => {{
 
 # ---------------------------------------------------------------------------- reading filled sheets
 
-def read_ratings(sheets: list[Path], key: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+def read_ratings(sheets: list[Path], key: Path | None = None, out: Path | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Reads filled sheets back: means per dimension and model, win rate, agreement between raters.
 
     A row counts for the scores it has (blank cells are skipped); each file is one rater unless its `rater`
-    column names them. Writes the summary to `out` (default `<sheet>.summary.json`) and, for a model that is
+    column names them. Writes the summary to `out` (default `<sheet>.summary.json`, replaced only with
+    `overwrite`) and, for a model that is
     a run or merged folder, its own side into that folder's human_eval.json and model card.
 
     Raises:
         SftkitError: a missing file or key, or a cell that is not a rating, naming file, row and column.
     """
-    from sftkit.run_dir import update_card_evaluation
-
     absent = [sheet for sheet in sheets if not sheet.is_file()]
     if absent:
         raise SftkitError(f"--ratings {absent[0]}: no such file; name a rating sheet `sftkit predict --sheet` wrote, "
                           "filled in")
+    out = out or sheets[0].with_name(f"{sheets[0].stem}.summary.json")
+    check_new_output(out, overwrite)
     key = key or key_path(sheets[0])
     order = _read_key(key)
     ratings = [rating for sheet in sheets for rating in _read_sheet(sheet, order["rows"])]
     summary = summarize(ratings, order["models"])
     summary.update(sheets=[str(s) for s in sheets], key=str(key))
-    write_json(out or sheets[0].with_name(f"{sheets[0].stem}.summary.json"), summary)
+    write_json(out, summary)
     for model, opponent in zip(order["models"], reversed(order["models"])):
         if has_run_config(Path(model)) and summary["models"][model]["rows"]:
             write_json(Path(model) / HUMAN_EVAL_FILE, {**summary["models"][model], "opponent": opponent,
