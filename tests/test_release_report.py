@@ -107,3 +107,18 @@ def test_report_prints_every_line_measured_or_why_not(lora_run: Path, tiny_model
     assert screen["status"] == PASS and screen["detail"] == "0 of 2 flagged by fake"  # no answer says "poison"
     assert len(calls) == len({call for call in calls}) <= 2
     assert (lora_run / "README.md").read_text().count("### Release checklist") == 1
+
+
+def test_release_keys_may_change_when_a_run_resumes(tmp_path: Path) -> None:
+    """Thresholds and the blocklist judge a run, never train it: changing them must not block --resume."""
+    from sftkit.config import dump_resolved
+    from sftkit.training.lifecycle import check_resume_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dump_resolved(make_config(output_dir=out), out / "sftkit_config.yaml")
+    check_resume_config(make_config(output_dir=out, release_blocklist="bomb,poison", release_samples=4,
+                                    benchmark_thresholds={"sftkit_mc/acc": 0.5}, release_max_model_gb=2.0,
+                                    release_min_tokens_per_second=5, release_max_loss_gap=0.2,
+                                    release_min_human_score=3.5), out)
+    assert make_config(release_blocklist="bomb, poison").release_blocklist == ["bomb", "poison"]
