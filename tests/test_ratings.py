@@ -49,6 +49,7 @@ def test_the_sheet_is_blind_and_seeded(tmp_path: Path) -> None:
     page = html_path(sheet).read_text()
     assert "&lt;|im_start|&gt;user" in page and "<script src" not in page and "tuned answer 5" in page
     assert "runs/tuned" not in page
+    assert page.count("name='preferred_0'") == 3 and page.count("name='preferred_5'") == 3  # a choice per row
 
 
 def test_filled_sheets_read_back_into_means_win_rate_and_agreement(tmp_path: Path,
@@ -89,3 +90,52 @@ def test_a_bad_cell_names_file_line_and_column(tmp_path: Path) -> None:
         read_ratings([sheet])
     with pytest.raises(SftkitError, match="no key file"):
         read_ratings([sheet], key=tmp_path / "missing.key.json")
+
+
+NODE_DOM = """
+const fs = require("fs");
+const filled = JSON.parse(process.argv[2]);
+const save = {};
+let saved = null;
+const sections = filled.map(row => ({
+  querySelectorAll: () => Object.entries(row.scores).map(([name, value]) => ({name, value})),
+  querySelector: q => q.includes("radio") ? (row.preferred ? {value: row.preferred} : null) : {value: "ok"},
+}));
+global.document = {
+  getElementById: id => id === "rater" ? {value: "zoe"} : save,
+  querySelectorAll: () => sections,
+  createElement: () => ({click() { saved = this.href; }}),
+};
+global.Blob = class { constructor(parts) { this.text = parts.join(""); } };
+global.URL = {createObjectURL: blob => blob};
+eval(fs.readFileSync(process.argv[1].replace(/\\.dom\\.js$/, ".page.js"), "utf8"));
+save.onclick();
+process.stdout.write(saved.text);
+"""
+
+
+def test_the_html_page_saves_a_sheet_that_reads_back(tmp_path: Path) -> None:
+    """The page's own script (run by node over a stand-in for the browser's DOM) saves the sheet's columns."""
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the page's script cannot run here")
+    sheet = tmp_path / "ratings.csv"
+    key = write_sheet(sheet, ['Say "hi", <b>please</b>\nthen stop'] + PROMPTS[1:], ANSWERS, seed=1)
+    script = html_path(sheet).read_text().split("<script>")[1].split("</script>")[0]
+    (tmp_path / "sheet.page.js").write_text(script, encoding="utf-8")
+    (tmp_path / "sheet.dom.js").write_text(NODE_DOM, encoding="utf-8")
+    filled = []
+    for i in range(6):
+        tuned = "a" if key["rows"][str(i)]["a"] == "runs/tuned" else "b"
+        scores = {f"{d}_{side}": "5" if side == tuned else "1" for d in DIMENSIONS for side in ("a", "b")}
+        filled.append({"scores": scores, "preferred": tuned if i else ""})
+    saved = subprocess.run(["node", str(tmp_path / "sheet.dom.js"), json.dumps(filled)], capture_output=True,
+                           text=True, check=True, timeout=60).stdout
+    (tmp_path / "zoe.csv").write_text(saved, encoding="utf-8")
+    rows = list(csv.DictReader((tmp_path / "zoe.csv").open(encoding="utf-8")))
+    assert rows[0]["prompt"] == 'Say "hi", <b>please</b>\nthen stop' and rows[0]["rater"] == "zoe"
+    summary = read_ratings([tmp_path / "zoe.csv"], key=key_path(sheet))
+    assert summary["models"]["runs/tuned"]["overall"] == 5.0 and summary["models"]["models/base"]["overall"] == 1.0
+    assert summary["models"]["runs/tuned"]["wins"] == 5  # the first row has no preference

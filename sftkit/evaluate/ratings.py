@@ -87,8 +87,9 @@ def sheet_html(rows: list[dict[str, str]], csv_name: str) -> str:
             scores = "".join(f"<label>{d} <select name='{d}_{side}'>{select}</select></label>" for d in DIMENSIONS)
             sides.append(f"<div class='answer'><h3>Answer {side.upper()}</h3><pre>{html.escape(row[f'response_{side}'])}"
                          f"</pre>{scores}</div>")
-        prefer = "".join(f"<label><input type='radio' name='preferred' value='{p}'>{p.upper() if p != 'tie' else p}"
-                         "</label>" for p in PREFERENCES)
+        # one radio group per row: radios sharing a name anywhere on the page are one group
+        prefer = "".join(f"<label><input type='radio' name='preferred_{html.escape(row['id'])}' value='{p}'>"
+                         f"{p.upper() if p != 'tie' else p}</label>" for p in PREFERENCES)
         cards.append(f"<section data-id='{html.escape(row['id'])}'><h2>Prompt {html.escape(row['id'])}</h2>"
                      f"<pre>{html.escape(row['prompt'])}</pre><div class='pair'>{''.join(sides)}</div>"
                      f"<p>Preferred: {prefer}</p><p><label>notes <input name='notes' size='60'></label></p></section>")
@@ -118,7 +119,7 @@ document.getElementById("save").onclick = () => {{
   document.querySelectorAll("section").forEach((sec, i) => {{
     const row = Object.assign({{}}, ROWS[i], {{rater: document.getElementById("rater").value}});
     sec.querySelectorAll("select").forEach(s => row[s.name] = s.value);
-    const pick = sec.querySelector("input[name=preferred]:checked"); row.preferred = pick ? pick.value : "";
+    const pick = sec.querySelector("input[type=radio]:checked"); row.preferred = pick ? pick.value : "";
     row.notes = sec.querySelector("input[name=notes]").value;
     lines.push(FIELDS.map(f => cell(row[f])).join(","));
   }});
