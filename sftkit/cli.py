@@ -205,7 +205,8 @@ def eval_(
     dataset: Annotated[Optional[str], typer.Option(
         help="Evaluate every row of this registered dataset instead of a split.")] = None,
     tasks: Annotated[Optional[str], typer.Option(
-        help="lm-eval tasks instead of the loss, comma-separated (offline: sftkit_mc, sftkit_gen, or your own).")] = None,
+        help="lm-eval tasks instead of the loss, comma-separated (offline: sftkit_mc, sftkit_gen, or your own).")
+    ] = None,
     compare: Annotated[Optional[str], typer.Option(help="With --tasks: also score this model and print the deltas.")]
     = None,
     limit: Annotated[Optional[int], typer.Option(help="With --tasks: score the first N documents of each task.")]
@@ -284,6 +285,7 @@ def predict(
 @command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Training output_dir (or a merged model folder).")],
+    config: ModelConfigOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per sampled answer.")] = 64,
     judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None,
@@ -295,7 +297,7 @@ def report(
     from sftkit.evaluate import release_report
 
     judge = _judge(judge_url, judge_model, judge_key_env, judge_cache)
-    release_report(run_dir, _model_config(str(run_dir), None, set_), judge=judge, max_new_tokens=max_new_tokens)
+    release_report(run_dir, _model_config(str(run_dir), config, set_), judge=judge, max_new_tokens=max_new_tokens)
 
 
 @command()

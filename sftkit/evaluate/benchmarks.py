@@ -156,8 +156,8 @@ def score_model(model: str, cfg: SftConfig, manager: Any, tasks: list[str], chat
             continue
         try:
             results = simple_evaluate(model=templated_lm(loaded, batch_size, templated), tasks=names,
-                                      task_manager=manager, limit=limit, apply_chat_template=templated, log_samples=False, bootstrap_iters=0,
-                                      verbosity=None)
+                                      task_manager=manager, limit=limit, apply_chat_template=templated,
+                                      log_samples=False, bootstrap_iters=0, verbosity=None)
         except ConnectionError as exc:  # a hub dataset that cannot be fetched (offline, or not in the cache)
             raise SftkitError(f"--tasks {','.join(names)}: its data cannot be downloaded ({exc}); run with the hub "
                               "reachable, or use a local task") from None

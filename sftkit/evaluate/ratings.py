@@ -85,8 +85,8 @@ def sheet_html(rows: list[dict[str, str]], csv_name: str) -> str:
         sides = []
         for side in SIDES:
             scores = "".join(f"<label>{d} <select name='{d}_{side}'>{select}</select></label>" for d in DIMENSIONS)
-            sides.append(f"<div class='answer'><h3>Answer {side.upper()}</h3><pre>{html.escape(row[f'response_{side}'])}"
-                         f"</pre>{scores}</div>")
+            text = html.escape(row[f"response_{side}"])
+            sides.append(f"<div class='answer'><h3>Answer {side.upper()}</h3><pre>{text}</pre>{scores}</div>")
         # one radio group per row: radios sharing a name anywhere on the page are one group
         prefer = "".join(f"<label><input type='radio' name='preferred_{html.escape(row['id'])}' value='{p}'>"
                          f"{p.upper() if p != 'tie' else p}</label>" for p in PREFERENCES)
