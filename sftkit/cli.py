@@ -296,6 +296,8 @@ def report(
     """The release checklist: pass / fail / not measured per line, with the numbers; written into the run."""
     from sftkit.evaluate import release_report
 
+    if not run_dir.is_dir():
+        raise SftkitError(f"RUN_DIR {run_dir}: no such directory; point at the output_dir of an `sftkit train` run")
     judge = _judge(judge_url, judge_model, judge_key_env, judge_cache)
     release_report(run_dir, _model_config(str(run_dir), config, set_), judge=judge, max_new_tokens=max_new_tokens)
 

@@ -122,3 +122,17 @@ def test_release_keys_may_change_when_a_run_resumes(tmp_path: Path) -> None:
                                     release_min_tokens_per_second=5, release_max_loss_gap=0.2,
                                     release_min_human_score=3.5), out)
     assert make_config(release_blocklist="bomb, poison").release_blocklist == ["bomb", "poison"]
+
+
+def test_thresholds_name_task_and_metric() -> None:
+    from sftkit.errors import ConfigError
+
+    assert make_config(benchmark_thresholds={"sftkit_mc/acc": 0.5}).benchmark_thresholds == {"sftkit_mc/acc": 0.5}
+    with pytest.raises(ConfigError, match=r"'acc' names no metric; write TASK/METRIC"):
+        make_config(benchmark_thresholds={"acc": 0.5})
+
+
+def test_report_on_a_missing_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["report", str(tmp_path / "nowhere")], monkeypatch, capsys)
+    assert code == 2 and err.strip().endswith("no such directory; point at the output_dir of an `sftkit train` run")

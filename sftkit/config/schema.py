@@ -270,6 +270,15 @@ class SftConfig(BaseModel):
                              "(to weight datasets, use mix_strategy: interleave_under with interleave_probs)")
         return value
 
+    @field_validator("benchmark_thresholds")
+    @classmethod
+    def _task_slash_metric(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        bad = [name for name in value or {} if not all(part.strip() for part in name.partition("/")[::2])]
+        if bad:
+            raise ValueError(f"{bad[0]!r} names no metric; write TASK/METRIC, e.g. sftkit_mc/acc (the names "
+                             "`sftkit eval --tasks` prints)")
+        return value
+
     @field_validator("template")
     @classmethod
     def _known_template(cls, value: str | None) -> str | None:
