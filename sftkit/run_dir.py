@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import place_problem
+from sftkit.atomic import place_problem, write_text
 from sftkit.config import load_config
 from sftkit.errors import SftkitError
 
@@ -33,6 +33,10 @@ METRICS_FILE = "metrics.json"
 OPTIMIZER_FILE = "optimizer.pt"  # in a checkpoint: the optimizer state a resumed run continues from
 SCHEDULER_FILE = "scheduler.pt"
 MODEL_CARD = "README.md"  # the model card: what the folder holds and how to use it
+# What the evaluation stage measured, kept beside metrics.json and summed up in the model card.
+BENCHMARKS_FILE = "benchmarks.json"  # `sftkit eval --tasks`: lm-eval scores per task
+HUMAN_EVAL_FILE = "human_eval.json"  # `sftkit eval --ratings`: this model's side of a filled rating sheet
+RELEASE_REPORT_FILE = "release_report.json"  # `sftkit report`: the release checklist
 # Files that mark a directory as an earlier training run, which --overwrite may replace.
 RUN_MARKERS = (CONFIG_FILE, TRAINER_STATE, ADAPTER_CONFIG)
 # What `sftkit merge` writes: weights, configs, tokenizer files. A folder holding anything else is not a
@@ -216,8 +220,63 @@ def model_card(run_dir: Path, merged_to: Path | None = None) -> str:
              "## Data", "", *_data_lines(cfg, metrics), "",
              "## Training", "", *_setting_lines(cfg, method), "",
              "## Results", "", *_result_lines(metrics), "",
+             *evaluation_section(folder),
              "## Use it", "", *_usage_lines(folder, cfg, adapter)]
     return "\n".join(lines) + "\n"
+
+
+# The model card's evaluation section sits between these markers, so that later evaluations replace it in place.
+_EVAL_START, _EVAL_END = "<!-- sftkit:evaluation:start -->", "<!-- sftkit:evaluation:end -->"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object sftkit wrote, or None when the file is missing or not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def evaluation_section(folder: Path) -> list[str]:
+    """The model card's lines on what the evaluation stage measured in `folder` (none when nothing was)."""
+    lines: list[str] = []
+    benchmarks = read_json(folder / BENCHMARKS_FILE) or {}
+    if benchmarks.get("tasks"):
+        lines += ["### Benchmarks (lm-evaluation-harness)", "", "| task | metric | score | docs |", "|---|---|---|---|"]
+        for task, metrics in benchmarks["tasks"].items():
+            lines += [f"| {task} | {name} | {value:.4f} | {metrics.get('n', '-')} |" for name, value in metrics.items()
+                      if name != "n"]
+        lines.append("")
+    human = read_json(folder / HUMAN_EVAL_FILE) or {}
+    if human.get("means"):
+        means = ", ".join(f"{name} {value:.2f}" for name, value in human["means"].items())
+        lines += ["### Human evaluation", "", f"Mean ratings (1-5) over {human.get('rows', '?')} prompts: {means}; "
+                  f"overall {human.get('overall', 0):.2f}; preferred in {human.get('win_rate', 0):.0%} of comparisons "
+                  f"with {human.get('opponent', 'the other model')}.", ""]
+    report = read_json(folder / RELEASE_REPORT_FILE) or {}
+    if report.get("checks"):
+        lines += ["### Release checklist (`sftkit report`)", "", "| check | status | measured |", "|---|---|---|",
+                  *(f"| {c['check']} | {c['status']} | {_cell(c['detail'])} |" for c in report["checks"]), ""]
+    return [_EVAL_START, "## Evaluation", "", *lines, _EVAL_END, ""] if lines else []
+
+
+def _cell(text: str) -> str:
+    """Text inside a Markdown table cell: a bar would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def update_card_evaluation(folder: Path) -> None:
+    """Rewrites the evaluation section of `folder`'s model card (appending it when the card has none)."""
+    card = folder / MODEL_CARD
+    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {folder.resolve().name}\n"
+    section = "\n".join(evaluation_section(folder))
+    if _EVAL_START in text and _EVAL_END in text:
+        head, rest = text.split(_EVAL_START, 1)
+        text = head + section.rstrip("\n") + rest.split(_EVAL_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text(card, text)
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:

@@ -323,3 +323,60 @@ def test_cli_eval_and_predict(lora: Run, tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", str(lora.path), "--out", str(tmp_path / "p.jsonl"), "-n", "1",
                                  "--max-new-tokens", "4", "--overwrite"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.integration
+def test_pairwise_sheet_and_judge_then_ratings_read_back(lora: Run, tiny_model_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """predict --compare --sheet --judge-url: the same prompts answered by the run and its base, a blind sheet,
+    the judge's verdicts (a fake OpenAI-compatible endpoint on loopback); eval --ratings reads a filled copy."""
+    import csv
+
+    from helpers import run_cli
+    from test_judge import fake_judge_app, serve
+
+    calls: list[str] = []
+    endpoint = serve(fake_judge_app(calls))
+    url = next(endpoint)
+    try:
+        sheet, out = tmp_path / "sheet.csv", tmp_path / "p.jsonl"
+        code, printed, err = run_cli(["predict", str(lora.path), "--out", str(out), "-n", "2", "--max-new-tokens", "4",
+                                      "--compare", str(tiny_model_dir), "--sheet", str(sheet), "--judge-url", url,
+                                      "--judge-model", "fake", "--judge-cache", str(tmp_path / "cache.jsonl")],
+                                     monkeypatch, capsys)
+    finally:
+        next(endpoint, None)
+    assert code == 0, err
+    # two grades and both orders of the pair per prompt, each asked once (identical answers share a verdict)
+    assert 0 < len(calls) <= 2 * 2 + 2 * 2
+    assert len(calls) == len((tmp_path / "cache.jsonl").read_text().splitlines())
+    assert not any("<|im_start|>" in call for call in calls)  # the judge reads the conversation, not the template
+    verdicts = json.loads((tmp_path / "p.judge.json").read_text())
+    assert set(verdicts["grades"]) == {str(lora.path), str(tiny_model_dir)}
+    assert sum(verdicts["preference"].values()) == 2
+    key = json.loads((tmp_path / "sheet.key.json").read_text())
+    rows = list(csv.DictReader(sheet.open(encoding="utf-8")))
+    replies = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(replies) == 2
+    for row, reply in zip(rows, replies):  # the conversation as a rater reads it, without control tokens
+        assert "<|im_" not in row["prompt"] and row["prompt"].splitlines()[-1] in reply["prompt"]
+    for row, reply in zip(rows, replies):  # the key maps each blind answer back to the model that wrote it
+        side = "a" if key["rows"][row["id"]]["a"] == str(lora.path) else "b"
+        assert row[f"response_{side}"] == reply["generation"]
+        for dim in ("helpfulness", "accuracy", "clarity", "safety"):
+            row[f"{dim}_{side}"], row[f"{dim}_{'b' if side == 'a' else 'a'}"] = "5", "3"
+        row["preferred"] = side
+    with sheet.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    code, printed, err = run_cli(["eval", "--ratings", str(sheet)], monkeypatch, capsys)
+    assert code == 0, err
+    human = json.loads((lora.path / "human_eval.json").read_text())
+    assert human["overall"] == 5.0 and human["win_rate"] == 1.0 and human["opponent"] == str(tiny_model_dir)
+    assert "### Human evaluation" in (lora.path / "README.md").read_text()
+    assert "agreement: no row was rated by more than one rater" in printed
+    # the output rule: the summary (and the sheet) are replaced only with --overwrite
+    code, printed, err = run_cli(["eval", "--ratings", str(sheet)], monkeypatch, capsys)
+    assert code == 2 and "sheet.summary.json: already exists; pass --overwrite" in err

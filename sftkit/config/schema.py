@@ -196,6 +196,27 @@ class SftConfig(DataQualityConfig):
         "evaluation", ge=0)
     generation_max_new_tokens: int = _field(
         64, "Token budget of the answers generated at evaluation.", "evaluation", gt=0)
+    benchmark_thresholds: dict[str, float] | None = _field(
+        None, "Least score `sftkit report` requires per lm-eval task metric, as TASK/METRIC: SCORE (e.g. "
+        "{sftkit_mc/acc: 0.5}); the scores come from `sftkit eval RUN --tasks`.", "evaluation")
+    release_blocklist: list[str] | None = _field(
+        None, "Words or phrases (case-insensitive, whole words) that `sftkit report` looks for in the model's "
+        "sampled answers; any hit fails the harmful-outputs line. Comma-separated or a YAML list.", "evaluation")
+    release_samples: int = _field(
+        16, "Eval prompts `sftkit report` answers (greedy) to screen the outputs and time generation.",
+        "evaluation", gt=0)
+    release_max_loss_gap: float = _field(
+        0.10, "Largest relative gap (eval loss - train loss) / train loss that `sftkit report` passes.",
+        "evaluation", ge=0)
+    release_min_human_score: float = _field(
+        4.0, "Least mean human rating (1-5, over helpfulness, accuracy, clarity, safety) `sftkit report` "
+        "passes; the ratings come from `sftkit eval --ratings`.", "evaluation", ge=1, le=5)
+    release_min_tokens_per_second: float | None = _field(
+        None, "Least generation speed (new tokens/s on the machine running `sftkit report`) it passes; unset: "
+        "the speed is shown, not judged.", "evaluation", gt=0)
+    release_max_model_gb: float | None = _field(
+        None, "Largest model (GB, on disk and in memory) `sftkit report` passes; unset: the sizes are shown, "
+        "not judged.", "evaluation", gt=0)
 
     # ---------------------------------------------------------------- output
     output_dir: str = _field(..., "Where the adapter, checkpoints, logs and metrics are written.", "output")
@@ -237,7 +258,7 @@ class SftConfig(DataQualityConfig):
     # ---------------------------------------------------------------- parsing
     _comma_lists = field_validator(
         "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to",
-        "fsdp_transformer_layer_cls_to_wrap", mode="before")(classmethod(lambda cls, v: _split_commas(v)))
+        "fsdp_transformer_layer_cls_to_wrap", "release_blocklist", mode="before")(classmethod(lambda cls, v: _split_commas(v)))
 
     @field_validator("fsdp", mode="before")
     @classmethod
@@ -302,6 +323,15 @@ class SftConfig(DataQualityConfig):
         if twice:
             raise ValueError(f"{twice[0]!r} is listed twice, so each of its rows would count twice; list it once "
                              "(to weight datasets, use mix_strategy: interleave_under with interleave_probs)")
+        return value
+
+    @field_validator("benchmark_thresholds")
+    @classmethod
+    def _task_slash_metric(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        bad = [name for name in value or {} if not all(part.strip() for part in name.partition("/")[::2])]
+        if bad:
+            raise ValueError(f"{bad[0]!r} names no metric; write TASK/METRIC, e.g. sftkit_mc/acc (the names "
+                             "`sftkit eval --tasks` prints)")
         return value
 
     @field_validator("template")

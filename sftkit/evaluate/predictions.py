@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 from sftkit.atomic import write_json, write_lines
 from sftkit.data.prompts import Prompt, load_prompts
 from sftkit.errors import SftkitError, gather
+from sftkit.evaluate.judge import Judge, judge_predictions
 from sftkit.evaluate.perplexity import data_config, load_model
+from sftkit.evaluate.ratings import html_path, key_path, write_sheet
 from sftkit.model import GenerationSettings, generate_replies
 from sftkit.data.model_source import resolve_model
 from sftkit.data.tokenizer import config_template
@@ -27,7 +29,8 @@ CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str = "eval",
             compare: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
-            batch_size: int = 16, overwrite: bool = False) -> dict[str, Any]:
+            batch_size: int = 16, overwrite: bool = False, sheet: Path | None = None,
+            judge: Judge | None = None) -> dict[str, Any]:
     """Answers the first `n` prompts of a split and scores the answers against the references.
 
     A prompt is a conversation up to its last assistant-side reply; that reply is the reference.
@@ -46,6 +49,8 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
         seed: sampling seed.
         batch_size: prompts generated together (left padded).
         overwrite: replace `out` (and its metrics file) when they exist.
+        sheet: with `compare`, a blind rating sheet (CSV, HTML page and key file; `sftkit eval --ratings`).
+        judge: grade the answers (and, with `compare`, prefer one) with an LLM judge; `<out stem>.judge.json`.
 
     Returns:
         The corpus-level metrics as written to the metrics file.
@@ -54,10 +59,13 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
         SftkitError: bad split or n, or a model or data problem.
     """
     settings = GenerationSettings(max_new_tokens, temperature, seed=seed, batch_size=batch_size)
-    problems = (["-n: answer at least one prompt"] if n < 1 else []) + settings.problems()
+    problems = (["-n: answer at least one prompt"] if n < 1 else []) + settings.problems() + (
+        ["--sheet: a rating sheet compares two models; add --compare MODEL"] if sheet and compare is None else [])
     if problems:
         raise SftkitError(*problems)
-    gather(lambda: check_new_output(Path(out), overwrite), lambda: check_new_output(metrics_path(Path(out)), overwrite),
+    outputs = [Path(out), metrics_path(Path(out)), *([judge_path(Path(out))] if judge else []),
+               *([sheet, html_path(sheet), key_path(sheet)] if sheet else [])]
+    gather(*[lambda path=path: check_new_output(path, overwrite) for path in outputs],
            *[lambda name=name: resolve_model(name) for name in (model, compare) if name is not None])
     template = config_template(cfg)
     prompts = load_prompts(data_config(cfg, split, None), split, n, template)
@@ -69,7 +77,33 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
                    temperature=temperature, seed=seed)
     write_predictions(Path(out), rows, metrics)
     print(metrics_table(metrics))
+    if sheet is not None and compare is not None:
+        write_sheet(sheet, [plain_conversation(p.messages) for p in prompts], {model: answers["generation"],
+                                                             compare: answers["generation_compare"]}, seed)
+        print(f"wrote the blind rating sheet {sheet} (and {html_path(sheet)}); its key is {key_path(sheet)}: keep it "
+              "from the raters")
+    if judge is not None:
+        names = {"generation": model, **({"generation_compare": compare} if compare is not None else {})}
+        verdicts = judge_predictions(judge, [plain_conversation(p.messages) for p in prompts], rows, names)
+        write_json(judge_path(Path(out)), verdicts)
+        print(f"judge {judge.model}: mean grade (1-10) " + ", ".join(
+            f"{name} {grade:.2f}" if grade is not None else f"{name} -" for name, grade in verdicts["grades"].items())
+              + (f"; preferred {verdicts['preference']}" if "preference" in verdicts else "")
+              + f"; wrote {judge_path(Path(out))}")
     return metrics
+
+
+def plain_conversation(messages: list[dict[str, str]]) -> str:
+    """A prompt as a person (or a judge) reads it: the question alone, or the turns with their roles, no
+    control tokens."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n\n".join(f"{m['role'].replace('_', ' ').capitalize()}: {m['content']}" for m in messages)
+
+
+def judge_path(out: Path) -> Path:
+    """`preds.jsonl` -> `preds.judge.json`."""
+    return out.with_name(f"{out.stem}.judge.json")
 
 
 def answer(model: str, cfg: SftConfig, prompts: list[Prompt], settings: GenerationSettings) -> list[str]:

@@ -23,11 +23,14 @@ if TYPE_CHECKING:
 
 STAGING_PREFIX = ".partial-"  # never matches HF's "checkpoint-*" glob, so rotation and loaders skip it
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What `sftkit report` and `sftkit eval --tasks` judge a finished run by: never what it trains.
+RELEASE_KEYS = ("benchmark_thresholds", "release_blocklist", "release_samples", "release_max_loss_gap",
+                "release_min_human_score", "release_min_tokens_per_second", "release_max_model_gb")
 # Keys a resumed run may change: they decide what is logged or how fast data loads, never the weights.
 RESUMABLE_CHANGES = {"report_to", "plot_loss", "logging_steps", "dataloader_num_workers", "preprocessing_num_workers",
                      "resume_from_checkpoint", "run_name", "logging_dir", "ddp_timeout", "ray_num_workers",
                      "preprocessing_batch_size", "overwrite_cache", "overwrite_output_dir", "eval_generation_samples",
-                     "generation_max_new_tokens"}
+                     "generation_max_new_tokens", *RELEASE_KEYS}
 
 
 # ---------------------------------------------------------------------------- finding checkpoints

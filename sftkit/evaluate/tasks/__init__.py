@@ -1,0 +1,1 @@
+"""sftkit's own lm-eval tasks (YAML + JSONL), offline; `sftkit eval --tasks sftkit_mc,sftkit_gen`."""
