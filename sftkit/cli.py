@@ -102,11 +102,13 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the config, every dataset, the model's files (no weights loaded) and that the template can train on
     every row."""
     cfg = _load(config, set_)
-    from sftkit.config import check_environment
+    from sftkit.config import check_environment, environment_notes
     from sftkit.data import validate_setup
     from sftkit.errors import gather
 
     _, report = gather(lambda: check_environment(cfg), lambda: validate_setup(cfg))
+    for note in environment_notes(cfg):  # settings this machine will not honour, that need not stop a run
+        typer.echo(f"note: {note}", err=True)
     typer.echo(f"{config}: OK ({report})")
 
 

@@ -9,7 +9,7 @@ validate_config), `docs` (field_docs, reference_markdown, commented_yaml, dump_r
 """
 
 from sftkit.config.docs import commented_yaml, dump_resolved, field_docs, reference_markdown
-from sftkit.config.environment import check_environment
+from sftkit.config.environment import check_environment, environment_notes
 from sftkit.config.loading import load_config, validate_config
 from sftkit.config.schema import GROUPS, UNSUPPORTED_LLAMAFACTORY_KEYS, SftConfig
 
@@ -18,6 +18,7 @@ __all__ = [
     "UNSUPPORTED_LLAMAFACTORY_KEYS",
     "SftConfig",
     "check_environment",
+    "environment_notes",
     "commented_yaml",
     "dump_resolved",
     "field_docs",
