@@ -59,6 +59,23 @@ def test_same_loss_gradients_and_logits_as_masked_sdpa(tiny_model_dir: Path) -> 
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_packed_rows_build_no_dense_mask(tiny_model_dir: Path) -> None:
+    from transformers.masking_utils import create_causal_mask
+
+    model = _model(tiny_model_dir, packed=True)
+    batch = _batch()
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None,
+                              past_key_values=None, position_ids=batch["position_ids"])
+    assert mask is None
+    dense = create_causal_mask(config=_model(tiny_model_dir, packed=False).config, inputs_embeds=embeds,
+                               attention_mask=None, past_key_values=None, position_ids=batch["position_ids"])
+    assert dense.shape == (2, 1, 20, 20)  # what sdpa alone builds: the block-diagonal mask
+    padded = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=torch.ones(2, 20).long(),
+                                past_key_values=None, position_ids=batch["position_ids"])
+    assert padded is None or padded.shape[-1] == 20  # a padding mask goes to sdpa's own mask function
+
+
 def test_packing_matters_to_the_reference(tiny_model_dir: Path) -> None:
     # Guards the test above: attending across examples would change the loss.
     model = _model(tiny_model_dir, packed=True)

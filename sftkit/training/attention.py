@@ -65,12 +65,28 @@ def varlen_attention(model: Any) -> bool:
 
 
 def _register() -> None:
-    """Registers the attention function, with sdpa's own mask for the calls it hands back to sdpa."""
+    """Registers the attention function and its mask function (transformers' two hooks)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    AttentionMaskInterface.register(PACKED_SDPA, document_mask)
+
+
+def document_mask(*, attention_mask: torch.Tensor | None = None, local_size: int | None = None, q_length: int,
+                  kv_length: int, q_offset: int = 0, **kwargs: Any) -> torch.Tensor | None:
+    """sdpa's mask, but none for a full-causal forward without a padding mask and without a cache.
+
+    That is every packed training row: `packed_sdpa` cuts it into examples by position_ids, and a row of
+    one example is plain causal (sdpa's is_causal), so the batch x seq x seq block-diagonal mask sdpa_mask
+    would build is never needed. A padding mask, a KV cache or a sliding window gets sdpa's own mask.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and local_size is None and q_offset == 0 and q_length == kv_length:
+        return None
+    return sdpa_mask(attention_mask=attention_mask, local_size=local_size, q_length=q_length, kv_length=kv_length,
+                     q_offset=q_offset, **kwargs)
 
 
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -21,22 +21,19 @@ the compile time is one layer's (every layer shares the compiled code).
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import types
 from typing import TYPE_CHECKING, Any
 
 from sftkit.model import causal_lm_of
+from sftkit.training.loss import liger_available
 
 if TYPE_CHECKING:
     from torch import nn
 
-logger = logging.getLogger(__name__)
-
 
 def liger_usable(device: str) -> bool:
     """Whether Liger's Triton kernels can run here: the package installed and a CUDA device."""
-    return device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    return device == "cuda" and liger_available()
 
 
 def apply_liger_kernels(model: nn.Module) -> dict[str, int]:
