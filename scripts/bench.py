@@ -56,7 +56,8 @@ METHODS = ("sftkit", "trl_loss", "loop", "trl")
 SFTKIT_VARIANTS = {"sftkit_gc": {"gradient_checkpointing": True}, "sftkit_nogc": {"gradient_checkpointing": False},
                    "sftkit_sdpa": {"flash_attn": "sdpa"}, "sftkit_liger": {"enable_liger_kernel": True},
                    "sftkit_compile": {"torch_compile": True}, "sftkit_tokens": {"batch_tokens": "rows"}}
-GPU_METHODS = ("sftkit", *SFTKIT_VARIANTS, "trl", "trl_fa2", "loop")
+# sftkit_nogc is left out: at 8 x 4,096 tokens auto already turns checkpointing off on an 80 GB+ GPU
+GPU_METHODS = ("sftkit", *(v for v in SFTKIT_VARIANTS if v != "sftkit_nogc"), "trl", "trl_fa2", "loop")
 GPU_DEFAULTS = {"models": "ernie", "cutoff": "4096", "batch_size": 8}
 RESULT_TAG = "BENCH_RESULT "
 LORA = {"lora_rank": 16, "lora_alpha": 64, "lora_target": ["all"]}
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             result.update(mfu(result, report["matmul_peak_tflops"]))
             report["train"].append(result)
             _progress(started, _one_line(result))
+            # each run as it ends: a bench stopped at a time limit still leaves every finished one
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if not args.skip_preprocess:
             report["preprocess"] = preprocess_bench(args, space, started)
     report["meta"]["load_average_end"] = os.getloadavg()
