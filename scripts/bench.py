@@ -22,6 +22,14 @@ tokenized by the tiny BPE tokenizer (no ERNIE tokenizer can be downloaded here);
 keeps its 103,424-row vocabulary, so the embedding, output head and loss run at their real size.
 
     .venv/bin/python scripts/bench.py --device cpu --out bench_results.json
+
+On a GPU (`--device cuda`) the defaults are the issue-19 set: the ERNIE shape only, cutoff_len 4096, 8 packed
+rows per step, and sftkit with each speed option on and off beside plain TRL (its defaults, and with
+flash-attention 2 where flash-attn is installed) and the bare loop (GPU_METHODS). Each run also reports
+the time of its setup phases (data, model, trainer) and, per optimizer step, forward+backward, optimizer
+and the rest, measured between the trainer's callbacks with the device synchronised.
+
+    python scripts/bench.py --device cuda --out bench_results_gpu.json
 """
 
 from __future__ import annotations
@@ -43,6 +51,14 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_ALPACA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
 BUNDLED_ALPACA = REPO / "data" / "demo_alpaca.json"
 METHODS = ("sftkit", "trl_loss", "loop", "trl")
+# sftkit with one speed option changed from its defaults (the config keys each sets; gradient_checkpointing
+# and flash_attn stay auto otherwise), run on a GPU beside plain TRL and the loop.
+SFTKIT_VARIANTS = {"sftkit_gc": {"gradient_checkpointing": True}, "sftkit_nogc": {"gradient_checkpointing": False},
+                   "sftkit_sdpa": {"flash_attn": "sdpa"}, "sftkit_liger": {"enable_liger_kernel": True},
+                   "sftkit_compile": {"torch_compile": True}, "sftkit_tokens": {"batch_tokens": "rows"}}
+# sftkit_nogc is left out: at 8 x 4,096 tokens auto already turns checkpointing off on an 80 GB+ GPU
+GPU_METHODS = ("sftkit", *(v for v in SFTKIT_VARIANTS if v != "sftkit_nogc"), "trl", "trl_fa2", "loop")
+GPU_DEFAULTS = {"models": "ernie", "cutoff": "4096", "batch_size": 8}
 RESULT_TAG = "BENCH_RESULT "
 LORA = {"lora_rank": 16, "lora_alpha": 64, "lora_target": ["all"]}
 LEARNING_RATE = 1e-4
@@ -51,7 +67,7 @@ LEARNING_RATE = 1e-4
 # about two minutes (the attention's quadratic term dominates).
 DEFAULT_STEPS = {"cpu": {("tiny", 512): (2, 6), ("tiny", 4096): (1, 3), ("ernie", 512): (1, 2),
                          ("ernie", 4096): (0, 1)},
-                 "cuda": {}}
+                 "cuda": {("ernie", 4096): (3, 8)}}
 FALLBACK_STEPS = (3, 10)
 
 
@@ -79,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             result.update(mfu(result, report["matmul_peak_tflops"]))
             report["train"].append(result)
             _progress(started, _one_line(result))
+            # each run as it ends: a bench stopped at a time limit still leaves every finished one
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if not args.skip_preprocess:
             report["preprocess"] = preprocess_bench(args, space, started)
     report["meta"]["load_average_end"] = os.getloadavg()
@@ -94,19 +112,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--models", default="tiny,ernie", help="comma-separated: tiny, ernie")
-    parser.add_argument("--cutoff", default="512,4096", help="comma-separated cutoff_len values")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: sftkit, trl_loss, loop, trl")
+    parser.add_argument("--models", default=None, help="comma-separated: tiny, ernie (cuda default: ernie)")
+    parser.add_argument("--cutoff", default=None, help="comma-separated cutoff_len values (cuda default: 4096)")
+    parser.add_argument("--methods", default=None, help="comma-separated: sftkit, trl_loss, loop, trl, trl_fa2, "
+                        f"{', '.join(SFTKIT_VARIANTS)} (cuda default: {','.join(GPU_METHODS)})")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per run (default: per model)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: per model)")
-    parser.add_argument("--batch-size", type=int, default=1, help="packed rows per step")
+    parser.add_argument("--batch-size", type=int, default=None, help="packed rows per step (cpu 1, cuda 8)")
     parser.add_argument("--preprocess-rows", type=int, default=100_000)
     parser.add_argument("--skip-preprocess", action="store_true")
     parser.add_argument("--out", default="bench_results.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true",
                         help="benchmark `sftkit serve` instead (scripts/bench_serve.py, with its own options)")
-    return parser.parse_args(argv)
+    return with_device_defaults(parser.parse_args(argv))
+
+
+def with_device_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fills the options left unset with the device's set: the CPU's, or the GPU set of issue 19."""
+    gpu = args.device == "cuda"
+    args.models = args.models or (GPU_DEFAULTS["models"] if gpu else "tiny,ernie")
+    args.cutoff = args.cutoff or (GPU_DEFAULTS["cutoff"] if gpu else "512,4096")
+    args.methods = args.methods or ",".join(GPU_METHODS if gpu else METHODS)
+    args.batch_size = args.batch_size or (GPU_DEFAULTS["batch_size"] if gpu else 1)
+    return args
 
 
 def _progress(started: float, text: str) -> None:
@@ -234,6 +263,8 @@ def mfu(result: dict[str, Any], peak_tflops: float) -> dict[str, Any]:
 def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Ratios of the targets on the ERNIE shape (speed at every cutoff, memory at 4,096) and preprocessing."""
     runs = {(r.get("model"), r.get("cutoff"), r.get("method")): r for r in report["train"] if "error" not in r}
+    if report["meta"].get("device") == "cuda":
+        return gpu_targets(runs)
     checks = []
     for (model, cutoff, method), run in sorted(runs.items()):
         if method != "sftkit" or model != "ernie":
@@ -260,6 +291,28 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             checks.append(_check(f"preprocess {name} / raw tokenizer tokens/s", ours, raw, ">=", 0.5))
     if one and two:
         checks.append(_check("preprocess workers_2 / workers_1 tokens/s (scaling)", two, one, ">=", 1.0))
+    return checks
+
+
+def gpu_targets(runs: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 19's GPU targets: >= 2x plain TRL's tokens/s and <= 0.5x its peak memory at 4,096, MFU >= 40%,
+    and sftkit's default path within 10% of the bare loop."""
+    checks = []
+    for (model, cutoff, method), run in sorted(runs.items()):
+        if method != "sftkit":
+            continue
+        trl, loop = runs.get((model, cutoff, "trl")), runs.get((model, cutoff, "loop"))
+        if trl:
+            checks.append(_check(f"{model} {cutoff}: sftkit / trl tokens/s", run["tokens_per_s"],
+                                 trl["tokens_per_s"], ">=", 2.0))
+            if cutoff >= 4096 and run.get("peak_cuda_gb") and trl.get("peak_cuda_gb"):
+                checks.append(_check(f"{model} {cutoff}: sftkit / trl peak_cuda_gb", run["peak_cuda_gb"],
+                                     trl["peak_cuda_gb"], "<=", 0.5))
+        if loop:
+            checks.append(_check(f"{model} {cutoff}: sftkit / loop tokens/s", run["tokens_per_s"],
+                                 loop["tokens_per_s"], ">=", 0.9))
+        if run.get("mfu") is not None:
+            checks.append(_check(f"{model} {cutoff}: sftkit MFU", run["mfu"], 1.0, ">=", 0.4))
     return checks
 
 
@@ -371,10 +424,16 @@ def bench_config(spec: dict[str, Any]):
     """The sftkit config every method's settings come from."""
     from sftkit.config import validate_config
 
+    options = dict(SFTKIT_VARIANTS.get(spec["method"], {}))
+    rows = spec["batch_size"]
+    if options.get("batch_tokens") == "rows":  # the same tokens per step as the rows, as one budgeted row
+        options["batch_tokens"], rows = rows * spec["cutoff"], 1
+    # CPU: checkpointing on for every method (the comparisons recorded so far); GPU: sftkit decides (auto)
+    checkpointing = True if spec["device"] == "cpu" else "auto"
     return validate_config({
         "model_name_or_path": spec["model_dir"], "dataset": ["bench_alpaca"], "dataset_dir": spec["data_dir"],
         "template": "chatml", "cutoff_len": spec["cutoff"], "packing": True, "bf16": True, **LORA,
-        "gradient_checkpointing": True, "per_device_train_batch_size": spec["batch_size"],
+        "gradient_checkpointing": checkpointing, **options, "per_device_train_batch_size": rows,
         "learning_rate": LEARNING_RATE, "max_steps": spec["warmup"] + spec["steps"], "save_strategy": "no",
         "report_to": ["none"], "plot_loss": False, "output_dir": str(Path(spec["out"]) / spec["method"]),
         "overwrite_output_dir": True, "preprocessing_num_workers": None})
@@ -385,7 +444,8 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     cfg = bench_config(spec)
-    runner = {"sftkit": run_sftkit, "trl_loss": run_trl_loss, "loop": run_loop, "trl": run_trl}[spec["method"]]
+    runner = {"sftkit": run_sftkit, "trl_loss": run_trl_loss, "loop": run_loop, "trl": run_trl,
+              "trl_fa2": run_trl}.get(spec["method"], run_sftkit)  # the sftkit_* variants: sftkit's path
     steps, model = runner(cfg, spec)
     measured = steps[spec["warmup"]:]
     seconds = sum(s["seconds"] for s in measured)
@@ -400,7 +460,16 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
                "peak_cuda_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
                if torch.cuda.is_available() else None}
-    return result | model_shape(model)
+    return result | model_shape(model) | phase_times(measured, spec.get("setup", {}))
+
+
+def phase_times(measured: list[dict[str, Any]], setup: dict[str, float]) -> dict[str, Any]:
+    """Seconds of each setup phase, and per measured step the mean of each step phase the timer recorded."""
+    phases: dict[str, Any] = {"setup_s": {name: round(seconds, 3) for name, seconds in setup.items()}}
+    names = sorted({name for step in measured for name in step.get("phases", {})})
+    phases["step_phases_s"] = {name: round(sum(s["phases"].get(name, 0.0) for s in measured) / len(measured), 4)
+                               for name in names} if measured else {}
+    return phases
 
 
 def model_shape(model: Any) -> dict[str, int]:
@@ -452,20 +521,38 @@ def _step_timer(device: str):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
+        """Step time from the end of the previous step; phases: forward+backward (to the optimizer hook,
+        data loading and clipping included), the optimizer step, and the rest (scheduler, zero_grad, logging)."""
+
         def __init__(self) -> None:
             self.times: list[float] = []
-            self.last = 0.0
+            self.phases: list[dict[str, float]] = []
+            self.last = self.mark = 0.0
+            self.current: dict[str, float] = {}
+
+        def _lap(self, name: str) -> None:
+            _sync(device)
+            now = time.perf_counter()
+            self.current[name] = self.current.get(name, 0.0) + now - self.mark
+            self.mark = now
 
         def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
             if not self.times:
                 _sync(device)
                 self.last = time.perf_counter()
+            self.mark, self.current = self.last, {}
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            self._lap("forward_backward")
+
+        def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            self._lap("optimizer")
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            _sync(device)
-            now = time.perf_counter()
-            self.times.append(now - self.last)
-            self.last = now
+            self._lap("rest")
+            self.times.append(self.mark - self.last)
+            self.phases.append(self.current)
+            self.last = self.mark
 
     return StepTimer()
 
@@ -477,7 +564,7 @@ def _trainer_steps(trainer: Any, device: str) -> list[dict[str, Any]]:
     timer = _step_timer(device)
     trainer.add_callback(timer)
     trainer.train()
-    return [{"seconds": t, **c} for t, c in zip(timer.times, counter.counts)]
+    return [{"seconds": t, "phases": p, **c} for t, p, c in zip(timer.times, timer.phases, counter.counts)]
 
 
 def run_sftkit(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
@@ -488,11 +575,16 @@ def run_sftkit(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], An
     from sftkit.training.recipe import load_model_for_training
     from sftkit.training.trainer import build_trainer
 
+    setup = spec.setdefault("setup", {})
+    start = time.perf_counter()
     template, precision = get_template(cfg.template), resolve_precision(cfg)
     tokenizer = load_tokenizer(cfg, template)
     data = prepare_data(cfg, tokenizer, template)
+    setup["data"], start = time.perf_counter() - start, time.perf_counter()
     model = load_model_for_training(cfg, tokenizer, template, precision)
+    setup["model"], start = time.perf_counter() - start, time.perf_counter()
     trainer = build_trainer(cfg, precision, model, tokenizer, template, data.train, None)
+    setup["trainer"] = time.perf_counter() - start
     return _trainer_steps(trainer, spec["device"]), model
 
 
@@ -504,15 +596,14 @@ def run_trl_loss(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     from sftkit.model import add_adapter, load_model, resolve_precision
     from sftkit.templates import get_template
     from sftkit.training.arguments import build_sft_config
-    from sftkit.training.attention import use_packed_attention
+    from sftkit.training.attention import use_document_attention
     from sftkit.training.collator import REAL_TOKENS_KEY, PackedRowsCollator
 
     template, precision = get_template(cfg.template), resolve_precision(cfg)
     tokenizer = load_tokenizer(cfg, template)
     data = prepare_data(cfg, tokenizer, template)
     model = load_model(cfg, tokenizer, precision)
-    if precision.device == "cpu":
-        use_packed_attention(model)
+    use_document_attention(model, cfg.flash_attn, precision.device)
     model = add_adapter(model, cfg, template.token_ids(tokenizer))
     _expose_head_bias(model)
     trainer = SFTTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=data.train,
@@ -542,7 +633,14 @@ def run_trl(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
     from sftkit.data import load_tokenizer
 
     tokenizer = load_tokenizer(cfg)  # the same tokenizer and chat template as sftkit's
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=torch.bfloat16)
+    kernel = {}
+    if spec["method"] == "trl_fa2":  # TRL's padding-free packing on flash-attention's varlen kernel
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise SystemExit("trl_fa2: flash-attn is not installed here")
+        kernel = {"attn_implementation": "flash_attention_2"}
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=torch.bfloat16, **kernel)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     rows = json.loads((Path(cfg.dataset_dir) / "bench_alpaca.json").read_text(encoding="utf-8"))
@@ -573,16 +671,21 @@ def run_loop(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]
     from sftkit.data import load_tokenizer, prepare_data
     from sftkit.model import add_adapter, load_model, resolve_precision
     from sftkit.templates import get_template
-    from sftkit.training.attention import use_packed_attention
+    from sftkit.training.attention import use_document_attention, varlen_attention
+    from sftkit.training.memory import use_gradient_checkpointing
 
     template, precision = get_template(cfg.template), resolve_precision(cfg)
     tokenizer = load_tokenizer(cfg, template)
     batches = packed_batches(prepare_data(cfg, tokenizer, template).train, cfg, cfg.max_steps)
     model = load_model(cfg, tokenizer, precision)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if use_gradient_checkpointing(cfg, precision):  # sftkit's decision, so only framework overhead differs
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = add_adapter(model, cfg, template.token_ids(tokenizer))
     model.to(precision.device).train()
-    use_packed_attention(model)  # the same attention kernel as sftkit's trainer picks: only overhead differs
+    use_document_attention(model, cfg.flash_attn, precision.device)  # sftkit's kernel: only overhead differs
+    # flash varlen reads one flattened row, as TRL's padding-free collator gives it
+    batches = [flattened(batch) if varlen_attention(model) else {k: v for k, v in batch.items() if k != "lengths"}
+               for batch in batches]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
     steps = []
@@ -594,6 +697,14 @@ def run_loop(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]
         _sync(precision.device)
         steps.append({"seconds": time.perf_counter() - start, **batch_counts(batch)})
     return steps, model
+
+
+def flattened(batch: dict[str, Any]) -> dict[str, Any]:
+    """A packed batch's rows as one row without padding (what flash-attention's varlen kernel takes)."""
+    import torch
+
+    return {key: torch.cat([value[i, :n] for i, n in enumerate(batch["lengths"])])[None]
+            for key, value in batch.items() if key != "lengths"}
 
 
 def packed_batches(rows: Any, cfg: Any, count: int) -> list[dict[str, Any]]:
@@ -609,12 +720,14 @@ def packed_batches(rows: Any, cfg: Any, count: int) -> list[dict[str, Any]]:
         picked = [packed[i % len(packed)] for i in range(start, start + size)]
         width = max(len(row["input_ids"]) for row in picked)
         batch = {"input_ids": torch.zeros(size, width, dtype=torch.long),
-                 "labels": torch.full((size, width), -100), "position_ids": torch.zeros(size, width, dtype=torch.long)}
+                 "labels": torch.full((size, width), -100), "position_ids": torch.zeros(size, width, dtype=torch.long),
+                 "lengths": []}
         for i, row in enumerate(picked):
             n = len(row["input_ids"])
             batch["input_ids"][i, :n] = torch.tensor(row["input_ids"])
             batch["labels"][i, :n] = torch.tensor(row["labels"])
             batch["position_ids"][i, :n] = torch.cat([torch.arange(k) for k in row["seq_lengths"]])
+            batch["lengths"].append(n)
         batch["labels"][batch["position_ids"] == 0] = -100  # no example predicts the next one's first token
         batches.append(batch)
     return batches

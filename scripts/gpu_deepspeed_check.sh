@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_deepspeed_check.sh [OUT_DIR]     # needs a CUDA GPU and `pip install -e .[deepspeed]`
 #
-# NPROC=N uses N GPUs; DS_CONFIG=configs/deepspeed/ds_z3_config.json tries another ZeRO stage; PYTHON picks
+# NPROC=N uses N GPUs; OPTIM=adamw_torch trains without bitsandbytes; DS_CONFIG=configs/deepspeed/ds_z3_config.json tries another ZeRO stage; PYTHON picks
 # the interpreter. Prints the run's summary, DeepSpeed's sharded optimizer files and the peak GPU memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ OUT=${1:-runs/gpu-deepspeed-check}
 PY=${PYTHON:-python}
 NPROC=${NPROC:-1}
 DS_CONFIG=${DS_CONFIG:-configs/deepspeed/ds_z2_config.json}
+OPTIM=${OPTIM:-adamw_bnb_8bit}  # the config's; OPTIM=adamw_torch where bitsandbytes is absent (scripts/gpu_check.sh)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 
@@ -28,7 +29,7 @@ trap 'kill $SAMPLER 2>/dev/null || true' EXIT
   --overwrite \
   --set model_name_or_path="$OUT/model" \
   --set dataset=demo_alpaca,demo_sharegpt,demo_messages --set dataset_dir=data \
-  --set deepspeed="$DS_CONFIG" \
+  --set deepspeed="$DS_CONFIG" --set optim="$OPTIM" \
   --set cutoff_len=4096 --set packing=true --set bf16=true \
   --set per_device_train_batch_size=2 --set gradient_accumulation_steps=2 \
   --set max_steps=10 --set warmup_steps=2 --set logging_steps=1 \

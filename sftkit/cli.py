@@ -102,7 +102,7 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the config, every dataset, the model's files (no weights loaded) and that the template can train on
     every row."""
     cfg = _load(config, set_)
-    from sftkit.config import config_notes, machine_problems
+    from sftkit.config import config_notes, environment_notes, machine_problems
     from sftkit.data import validate_setup
 
     report = validate_setup(cfg)
@@ -110,6 +110,8 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
         typer.echo(f"warning: {line}", err=True)
     for line in config_notes(cfg):
         typer.echo(f"note: {line}", err=True)
+    for note in environment_notes(cfg):  # settings this machine will not honour, that need not stop a run
+        typer.echo(f"note: {note}", err=True)
     typer.echo(f"{config}: OK ({report})")
 
 

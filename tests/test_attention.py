@@ -1,4 +1,8 @@
-"""Per-example attention on packed rows gives the same outputs and gradients as sdpa with its mask."""
+"""Document-masked attention on packed rows gives the same loss, outputs and gradients as sdpa with its mask.
+
+On a CPU: per-example sdpa (loss, logits, gradients) and flex_attention's forward (a CPU has no flex backward).
+On a GPU (skipped elsewhere; scripts/gpu_check.sh runs them): flex_attention and flash-attention 2 gradients.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkit.training.attention import PACKED_SDPA, example_spans, use_packed_attention
+from sftkit.errors import SftkitError
+from sftkit.model import attention_implementation
+from sftkit.training.attention import FLEX, PACKED_SDPA, example_spans, use_document_attention, varlen_attention
+
+CUDA = torch.cuda.is_available()
 
 
-def _model(model_dir: Path, packed: bool) -> torch.nn.Module:
+def _model(model_dir: Path, packed: bool, kernel: str = "sdpa", device: str = "cpu",
+           dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=kernel)
     if packed:
-        assert use_packed_attention(model)
+        assert use_document_attention(model, "auto", device) == PACKED_SDPA
         assert model.config._attn_implementation == PACKED_SDPA
-    return model
+    return model.to(device)
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -50,6 +59,23 @@ def test_same_loss_gradients_and_logits_as_masked_sdpa(tiny_model_dir: Path) -> 
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_packed_rows_build_no_dense_mask(tiny_model_dir: Path) -> None:
+    from transformers.masking_utils import create_causal_mask
+
+    model = _model(tiny_model_dir, packed=True)
+    batch = _batch()
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None,
+                              past_key_values=None, position_ids=batch["position_ids"])
+    assert mask is None
+    dense = create_causal_mask(config=_model(tiny_model_dir, packed=False).config, inputs_embeds=embeds,
+                               attention_mask=None, past_key_values=None, position_ids=batch["position_ids"])
+    assert dense.shape == (2, 1, 20, 20)  # what sdpa alone builds: the block-diagonal mask
+    padded = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=torch.ones(2, 20).long(),
+                                past_key_values=None, position_ids=batch["position_ids"])
+    assert padded is None or padded.shape[-1] == 20  # a padding mask goes to sdpa's own mask function
+
+
 def test_packing_matters_to_the_reference(tiny_model_dir: Path) -> None:
     # Guards the test above: attending across examples would change the loss.
     model = _model(tiny_model_dir, packed=True)
@@ -79,3 +105,66 @@ def test_unpacked_rows_and_decoding_fall_back_to_sdpa() -> None:
     assert example_spans(torch.arange(5)[None], query, query) is None
     assert example_spans(None, query, query) is None
     assert example_spans(torch.tensor([[0, 1, 0, 1, 2]]), query, torch.zeros(1, 1, 9, 4)) is None  # a KV cache
+
+
+def test_auto_picks_the_kernel_per_device(tiny_model_dir: Path) -> None:
+    assert attention_implementation("auto", "cpu") == "sdpa"
+    assert (attention_implementation("fa2", "cpu"), attention_implementation("fa3", "cuda")) == (
+        "flash_attention_2", "flash_attention_3")
+    assert (attention_implementation("flex", "cpu"), attention_implementation("disabled", "cuda")) == (
+        FLEX, "eager")
+    on_gpu = _model(tiny_model_dir, packed=False)
+    assert use_document_attention(on_gpu, "auto", "cuda") == FLEX  # a GPU without flash-attn: flex's block mask
+    assert on_gpu.config._attn_implementation == FLEX and not varlen_attention(on_gpu)
+    explicit = _model(tiny_model_dir, packed=False)
+    assert use_document_attention(explicit, "sdpa", "cuda") == PACKED_SDPA  # sdpa asked for: per example
+    eager = _model(tiny_model_dir, packed=False, kernel="eager")
+    assert use_document_attention(eager, "disabled", "cpu") is None and eager.config._attn_implementation == "eager"
+
+
+def test_flex_cannot_train_on_a_cpu(tiny_model_dir: Path) -> None:
+    with pytest.raises(SftkitError, match="flash_attn: flex cannot train on a CPU"):
+        use_document_attention(_model(tiny_model_dir, packed=False, kernel=FLEX), "flex", "cpu")
+
+
+@pytest.mark.integration  # torch.compile of flex_attention on a CPU: tens of seconds
+def test_flex_forward_matches_the_masked_reference_on_a_cpu(tiny_model_dir: Path) -> None:
+    batch = _batch()
+    with torch.no_grad():
+        ref = _model(tiny_model_dir, packed=False)(**batch)
+        flex = _model(tiny_model_dir, packed=False, kernel=FLEX)(**batch)
+    real = batch["labels"] != -100
+    torch.testing.assert_close(flex.loss, ref.loss, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(flex.logits[real], ref.logits[real], rtol=1e-4, atol=1e-4)
+
+
+def _flattened(batch: dict) -> dict:
+    """The batch as TRL's padding-free collator gives it to flash-attention: one row, position_ids restarting."""
+    keep = (batch["labels"] != -100) | (batch["position_ids"] == 0)
+    keep[1, 17:] = False  # row 1's pads are dropped, as padding-free batches carry none
+    return {"input_ids": batch["input_ids"][keep][None], "position_ids": batch["position_ids"][keep][None],
+            "labels": batch["labels"][keep][None], "use_cache": False}
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
+@pytest.mark.parametrize("kernel", [FLEX, "flash_attention_2"])
+def test_gpu_kernels_give_the_masked_reference_loss_and_gradients(tiny_model_dir: Path, kernel: str) -> None:
+    from transformers.utils import is_flash_attn_2_available
+
+    if kernel == "flash_attention_2" and not is_flash_attn_2_available():
+        pytest.skip("flash-attn is not installed")
+    dtype = torch.bfloat16 if kernel == "flash_attention_2" else torch.float32  # flash: half precision only
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in _batch().items()}
+    ref = _loss_grads_logits(_model(tiny_model_dir, False, device="cuda", dtype=dtype), batch)
+    model = _model(tiny_model_dir, False, kernel="sdpa", device="cuda", dtype=dtype)
+    auto = "auto" if kernel == FLEX else "fa2"
+    if kernel == FLEX:
+        assert use_document_attention(model, auto, "cuda") == FLEX
+    else:
+        model.set_attn_implementation(kernel)
+        batch = _flattened(batch)
+    loss, grads, _ = _loss_grads_logits(model, batch)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-3, "atol": 1e-5}
+    torch.testing.assert_close(loss, ref[0], **tol)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref[1][name], **tol, msg=name)

@@ -64,3 +64,23 @@ def machine_problems(cfg: SftConfig) -> list[str]:
             problems.append(f"flash_attn: {cfg.flash_attn} needs the {package} package (and a GPU it supports), which "
                             f"is not installed; install it or use flash_attn: sdpa")
     return problems
+
+
+def environment_notes(cfg: SftConfig) -> list[str]:
+    """Settings this machine will not honour but that need not stop a run: one line each (`sftkit validate`).
+
+    `enable_liger_kernel` asks for Triton kernels on a CUDA GPU; elsewhere training goes on with the model's
+    own modules and the chunked cross-entropy.
+    """
+    notes = []
+    if cfg.enable_liger_kernel:
+        missing = [package for package in ("liger_kernel", "triton") if importlib.util.find_spec(package) is None]
+        import torch
+
+        reason = (f"{' and '.join(name.replace('_', '-') for name in missing)} not installed" if missing
+                  else None if torch.cuda.is_available() else "no CUDA GPU")
+        if reason:
+            notes.append(f"enable_liger_kernel: Liger's kernels need a CUDA GPU with liger-kernel installed (here: "
+                         f"{reason}), so training uses the model's own RMSNorm and SwiGLU and the chunked "
+                         "cross-entropy; `pip install liger-kernel` on a GPU machine, or remove the key")
+    return notes

@@ -52,11 +52,18 @@ class SftConfig(DataQualityConfig):
         "model")
     trust_remote_code: bool = _field(
         False, "Run Python code shipped with the model repo. Off unless you trust its author.", "model")
-    flash_attn: Literal["auto", "sdpa", "fa2", "fa3", "disabled"] = _field(
-        "auto", "Attention kernel: auto (sdpa), sdpa, fa2 (flash-attention 2, GPU only), fa3 (flash-attention 3, "
-        "Hopper GPUs) or disabled (eager).", "model")
+    flash_attn: Literal["auto", "sdpa", "fa2", "fa3", "flex", "disabled"] = _field(
+        "auto", "Attention kernel. auto: flash-attention 2 on a GPU where flash-attn is installed, else sdpa; "
+        "packed rows then never build a dense mask (flash's variable-length kernel; on a GPU without it, "
+        "flex_attention with a block mask of the packed examples; on a CPU, sdpa per packed example). sdpa, "
+        "fa2 / fa3 (flash-attention 2 / 3, GPU only), flex (PyTorch's flex_attention) or disabled (eager).",
+        "model")
     enable_liger_kernel: bool = _field(
-        False, "Use Liger's fused linear cross-entropy on a GPU where liger-kernel is installed.", "model")
+        False, "Liger's fused kernels on a GPU where liger-kernel is installed: RMSNorm, SwiGLU and the fused "
+        "linear cross-entropy (on a CPU a note, and the model's own modules).", "model")
+    torch_compile: bool = _field(
+        False, "Compile each decoder layer with torch.compile (fused elementwise kernels; the first steps "
+        "are slower while it compiles).", "model")
     loss_chunk_size: int = _field(
         LOSS_CHUNK_SIZE, "Tokens per chunk of the chunked cross-entropy: full-sequence fp32 logits are never "
         "materialised. 0 turns chunking off (the model's own loss).", "model", ge=0)
@@ -170,8 +177,14 @@ class SftConfig(DataQualityConfig):
         False, "Train in bfloat16 where the hardware supports it (else fp32, with a logged note).",
         "training")
     fp16: bool = _field(False, "Train in float16 mixed precision (GPU only).", "training")
-    gradient_checkpointing: bool = _field(False, "Recompute activations in backward to save memory.",
-                                          "training")
+    gradient_checkpointing: bool | Literal["auto"] = _field(
+        "auto", "Recompute activations in backward to save memory. auto: on only when one micro-batch's "
+        "estimated activations, with the weights and optimizer state, would not fit the device with a "
+        "quarter to spare (sftkit.training.memory).", "training")
+    batch_tokens: int | None = _field(
+        None, "With packing: a micro-batch is a token budget instead of rows. Whole examples (each at most "
+        "cutoff_len) are packed into one row of at most this many tokens, never attending to each other; "
+        "per_device_train_batch_size stays 1.", "training", gt=0)
     seed: int = _field(42, "Seed for data order, splits, initialisation and dropout.", "training")
     logging_steps: int = _field(10, "Log the training loss every this many updates.", "training", gt=0)
     dataloader_num_workers: int = _field(0, "Worker processes feeding batches.", "training", ge=0)
@@ -491,6 +504,21 @@ def check_scheduler_kwargs(c: SftConfig) -> str | None:
     return None
 
 
+def check_batch_tokens(c: SftConfig) -> str | None:
+    if c.batch_tokens is None:
+        return None
+    if not c.packing:
+        return "batch_tokens: a token budget packs examples together; set packing: true (or remove batch_tokens)"
+    if c.batch_tokens < c.cutoff_len:
+        return (f"batch_tokens ({c.batch_tokens}) is below cutoff_len ({c.cutoff_len}), so a full-length example "
+                f"would not fit; set batch_tokens to at least {c.cutoff_len}")
+    if c.per_device_train_batch_size != 1:
+        return ("per_device_train_batch_size: with batch_tokens a micro-batch is one row of batch_tokens tokens; "
+                "set per_device_train_batch_size: 1 (or remove batch_tokens)")
+    return None
+
+
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
-           check_scheduler_kwargs, check_fsdp_layers, check_save_only_model, *QUALITY_CHECKS)
+           check_scheduler_kwargs, check_fsdp_layers, check_save_only_model, check_batch_tokens,
+           *QUALITY_CHECKS)

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash_attention_2", "fa3": "flash_attention_3",
+# flash_attn values and transformers' attn_implementation names; auto is resolved per device (attention_implementation)
+ATTENTION = {"sdpa": "sdpa", "fa2": "flash_attention_2", "fa3": "flash_attention_3", "flex": "flex_attention",
              "disabled": "eager"}
 DAMAGED_MODEL_FIX = "the copy is incomplete (an interrupted download or copy?): download or copy the model again"
 
@@ -45,19 +46,34 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
     from transformers import AutoModelForCausalLM
 
     dtype = precision.dtype if cfg.finetuning_type == "lora" else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": ATTENTION[cfg.flash_attn],
-                              "use_safetensors": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True,
+                              "attn_implementation": attention_implementation(cfg.flash_attn, precision.device)}
     if cfg.trust_remote_code:
         kwargs["trust_remote_code"] = True
     check_weights(Path(cfg.model_name_or_path), DAMAGED_MODEL_FIX)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ImportError as exc:
-        raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: sdpa") from None
+        raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: auto or sdpa") \
+            from None
     except (OSError, ValueError) as exc:
         raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
     grow_embeddings(model, len(tokenizer))
     return model
+
+
+def attention_implementation(flash_attn: str, device: str) -> str:
+    """transformers' attn_implementation for a flash_attn value; auto takes flash-attention 2 where it can run.
+
+    flash-attention 2 needs a CUDA GPU and the flash-attn package (transformers' own availability check);
+    elsewhere auto is sdpa, which training then swaps for a document-masked kernel on packed rows
+    (sftkit.training.attention).
+    """
+    if flash_attn != "auto":
+        return ATTENTION[flash_attn]
+    from transformers.utils import is_flash_attn_2_available
+
+    return "flash_attention_2" if device == "cuda" and is_flash_attn_2_available() else "sdpa"
 
 
 def check_context_length(cfg: SftConfig) -> None:

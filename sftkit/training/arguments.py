@@ -7,6 +7,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from sftkit.training.loss import liger_available
+from sftkit.training.memory import use_gradient_checkpointing
 
 if TYPE_CHECKING:
     from trl import SFTConfig
@@ -29,10 +30,13 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
     if cfg.logging_dir:  # transformers 5 takes the TensorBoard folder from the environment only
         os.environ["TENSORBOARD_LOGGING_DIR"] = cfg.logging_dir
     wants_best = cfg.wants_best_model
+    checkpointing = use_gradient_checkpointing(cfg, precision)  # auto: from the activation-memory estimate
     return SFTConfig(
         output_dir=cfg.output_dir,
         # data: rows are already tokenized, masked and cut to cutoff_len
-        max_length=cfg.cutoff_len, packing=cfg.packing, packing_strategy="bfd", padding_free=cfg.packing,
+        # with a token budget, TRL's packer fills rows of batch_tokens (examples are already cut to cutoff_len)
+        max_length=cfg.batch_tokens or cfg.cutoff_len, packing=cfg.packing, packing_strategy="bfd",
+        padding_free=cfg.packing,
         # never more packing workers than CPUs (the start summary notes a larger setting)
         dataset_num_proc=min(cfg.preprocessing_num_workers, os.cpu_count() or 1) if cfg.preprocessing_num_workers
         else None,
@@ -46,8 +50,8 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
         # transformers' new name for gradient checkpointing (the old one still mirrors it for TRL)
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         # precision and device: the resolved precision, never the raw flags (a CPU may lack bf16)
         bf16=precision.bf16, fp16=precision.fp16, use_cpu=precision.device == "cpu",
         # evaluation and checkpoints

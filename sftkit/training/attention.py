@@ -1,49 +1,92 @@
-"""Per-example attention for packed rows on a CPU: the masked-out work of a packed row is never done.
+"""Attention over packed rows that never builds a dense mask: each packed example attends only to itself.
 
 A packed row of 4,096 tokens holding a dozen examples needs attention only inside each example, but sdpa
-with the block-diagonal mask transformers builds from `position_ids` still computes every one of the
-4,096 x 4,096 pairs. On a CPU that quadratic term is most of a training step at cutoff_len 4096 (about two
-thirds on the ERNIE-4.5-0.3B shape). `packed_sdpa` cuts each row where its position_ids restart and runs
-causal sdpa on each example alone; the result is the same attention. Anything else (no restart, a KV
-cache, a single query) goes to transformers' own sdpa with its mask, unchanged.
+with the block-diagonal mask transformers builds from `position_ids` computes every one of the 4,096 x
+4,096 pairs (and a batch x seq x seq mask): its flash kernel cannot take a mask. At load, packed training
+swaps that for a kernel that skips the masked pairs, picked by `use_document_attention`:
 
-GPUs keep sdpa, or better flash-attention 2 (`flash_attn: fa2`), whose variable-length kernel already
-skips the masked pairs; a Python loop over examples would only add launch overhead there.
+- flash-attention 2/3 (`flash_attn: fa2`/`fa3`, or auto where flash-attn is installed on a GPU): its
+  variable-length kernel, fed `position_ids` (cu_seqlens) by TRL's padding-free collator, which flattens
+  the batch into one row (`varlen_attention`), as TRL's padding-free training does;
+- on a GPU without flash-attn (auto): PyTorch's `flex_attention`, whose block mask transformers builds
+  once per forward from the document ids that `position_ids` restarts give (`masking_utils`): fully
+  masked blocks are skipped, not computed;
+- on a CPU, and for an explicit `flash_attn: sdpa`: `packed_sdpa`, causal sdpa on each example alone
+  (cut where position_ids restart). A CPU has no flex backward (torch 2.13 raises on it), and there the
+  quadratic term was about two thirds of an ERNIE-4.5-0.3B step at cutoff_len 4096.
+
+Anything that is not a packed row (no restart, a KV cache, a single query) goes to transformers' own
+kernel with its mask, unchanged: generation is untouched. `flash_attn: disabled` (eager) is left as it is.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sftkit.errors import SftkitError
 from sftkit.model import causal_lm_of
 
 if TYPE_CHECKING:
     import torch
 
 PACKED_SDPA = "sftkit_packed_sdpa"
+FLEX = "flex_attention"
+VARLEN = ("flash_attention_2", "flash_attention_3")  # transformers' names of the flash-attention kernels
 
 
-def use_packed_attention(model: Any) -> bool:
-    """Switches a CPU model that uses sdpa to `packed_sdpa`; True when it did.
+def use_document_attention(model: Any, flash_attn: str, device: str) -> str | None:
+    """Makes a model that trains on packed rows attend per document; returns the kernel set, or None.
 
     Args:
-        model: a transformers causal LM, or a PEFT model around one.
+        model: a transformers causal LM, or a PEFT model around one (loaded, not yet on `device`).
+        flash_attn: the config's value (auto picks flex_attention on a GPU).
+        device: the training device ("cuda", "cpu", ...).
+
+    Raises:
+        SftkitError: flash_attn: flex on a CPU, where flex_attention has no backward.
     """
     lm = causal_lm_of(model)
-    if lm.config._attn_implementation not in ("sdpa", PACKED_SDPA) or lm.device.type != "cpu":
-        return False
-    _register()
-    lm.set_attn_implementation(PACKED_SDPA)
-    return True
+    kernel = lm.config._attn_implementation
+    if kernel == FLEX and device == "cpu":
+        raise SftkitError("flash_attn: flex cannot train on a CPU (PyTorch's flex_attention has no CPU backward); "
+                          "use flash_attn: auto or sdpa")
+    if kernel not in ("sdpa", PACKED_SDPA):  # flash varlen and flex mask per document already; eager as asked
+        return None
+    chosen = FLEX if flash_attn == "auto" and device == "cuda" else PACKED_SDPA
+    if chosen == PACKED_SDPA:
+        _register()
+    lm.set_attn_implementation(chosen)
+    return chosen
+
+
+def varlen_attention(model: Any) -> bool:
+    """Whether the model runs flash-attention, whose varlen kernel wants the batch flattened into one row."""
+    return causal_lm_of(model).config._attn_implementation in VARLEN
 
 
 def _register() -> None:
-    """Registers the attention function, with sdpa's own mask for the calls it hands back to sdpa."""
+    """Registers the attention function and its mask function (transformers' two hooks)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    AttentionMaskInterface.register(PACKED_SDPA, document_mask)
+
+
+def document_mask(*, attention_mask: torch.Tensor | None = None, local_size: int | None = None, q_length: int,
+                  kv_length: int, q_offset: int = 0, **kwargs: Any) -> torch.Tensor | None:
+    """sdpa's mask, but none for a full-causal forward without a padding mask and without a cache.
+
+    That is every packed training row: `packed_sdpa` cuts it into examples by position_ids, and a row of
+    one example is plain causal (sdpa's is_causal), so the batch x seq x seq block-diagonal mask sdpa_mask
+    would build is never needed. A padding mask, a KV cache or a sliding window gets sdpa's own mask.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and local_size is None and q_offset == 0 and q_length == kv_length:
+        return None
+    return sdpa_mask(attention_mask=attention_mask, local_size=local_size, q_length=q_length, kv_length=kv_length,
+                     q_offset=q_offset, **kwargs)
 
 
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -20,8 +20,9 @@ from sftkit.model import (add_adapter, check_context_length, count_parameters, l
                           set_stop_tokens)
 from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, is_run, model_card
 from sftkit.templates import Template
-from sftkit.training.attention import use_packed_attention
+from sftkit.training.attention import use_document_attention
 from sftkit.training.distributed import check_distributed, prepare_data_once, process_rank, quiet_other_ranks
+from sftkit.training.kernels import apply_kernels
 from sftkit.training.lifecycle import (check_checkpoint_files, check_disk_space, check_resume_config, checkpoint_state,
                                        discard_partial_checkpoints, estimate_disk, resolve_resume, run_lock,
                                        save_model_atomically)
@@ -148,16 +149,19 @@ def reset_output_dir(out: Path, replace: bool) -> None:
 # ---------------------------------------------------------------------------- the model
 
 def load_model_for_training(cfg: SftConfig, tokenizer: Any, template: Template, precision: Precision) -> Any:
-    """The base model with everything training changes in it: loss, attention, adapter and stop tokens.
+    """The base model with everything training changes in it: attention, kernels, loss, adapter, stop tokens.
 
     The changes are made here, as the model is loaded, never inside the trainer: the trainer trains
     the model it is given.
     """
     model = load_model(cfg, tokenizer, precision)
-    if cfg.packing and precision.device == "cpu" and use_packed_attention(model):
-        logger.info("packed rows on a CPU: attention runs per packed example (sftkit.training.attention)")
+    kernel = use_document_attention(model, cfg.flash_attn, precision.device) if cfg.packing else None
+    if kernel:
+        logger.info("packed rows: attention runs per packed example (%s, sftkit.training.attention)", kernel)
     add_chunked_loss(model)
     model = add_adapter(model, cfg, template.token_ids(tokenizer))
+    for note in apply_kernels(model, cfg.enable_liger_kernel, cfg.torch_compile, precision.device):
+        logger.info(note)
     set_stop_tokens(model, tokenizer, template)
     return model
 

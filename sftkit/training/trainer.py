@@ -18,8 +18,9 @@ from transformers import EarlyStoppingCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
-from sftkit.model import ATTENTION, causal_lm_of
+from sftkit.model import causal_lm_of
 from sftkit.training.arguments import build_sft_config
+from sftkit.training.attention import varlen_attention
 from sftkit.quiet import no_dataset_bars
 from sftkit.training.callbacks import ProgressReport, generation_samples_callback
 from sftkit.training.collator import REAL_TOKENS_KEY, PackedRowsCollator
@@ -205,7 +206,7 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressReport())
-    if cfg.packing and ATTENTION[cfg.flash_attn] not in ("flash_attention_2", "flash_attention_3"):  # varlen kernels
+    if cfg.packing and not varlen_attention(model):  # flash varlen takes TRL's one flattened row
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     if cfg.curriculum == "loss":
         trainer.train_dataset = order_by_loss(trainer, cfg.curriculum_stages, cfg.seed)
