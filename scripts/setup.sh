@@ -15,4 +15,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing sftkit and its dependencies into .venv (quick when already there)"
 .venv/bin/pip install --disable-pip-version-check -e ".[dev]"
+# llama.cpp (llama-cpp-python), which `sftkit export` and its tests check GGUF files with, has no CPU wheel on PyPI:
+# pip compiles it from source, several minutes on two cores, once (SFTKIT_NO_LLAMA_CPP=1 skips it; the tests that
+# need it then skip, saying so).
+if [ -z "${SFTKIT_NO_LLAMA_CPP:-}" ] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  echo "setup: building llama-cpp-python from source for sftkit export's checks (several minutes, once)"
+  .venv/bin/pip install --disable-pip-version-check -e ".[gguf]"
+fi
 echo "setup: done"
