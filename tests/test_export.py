@@ -157,10 +157,12 @@ def test_byte_level_bpe_tokenizes_like_transformers(exported: dict[str, Path], l
     llm.close()
 
 
-@pytest.fixture(scope="module")
-def sentencepiece_model(tmp_path_factory: pytest.TempPathFactory, bundled_data: Path) -> Path:
+@pytest.fixture(scope="module", params=["Ernie4_5_Tokenizer", "LlamaTokenizer"])
+def sentencepiece_model(request, tmp_path_factory: pytest.TempPathFactory, bundled_data: Path) -> Path:
     """A tiny ERNIE model whose tokenizer is SentencePiece BPE with byte fallback, as ERNIE-4.5's is: trained on
-    the demo text, converted by transformers to tokenizer.json (what a run directory holds)."""
+    the demo text and converted by transformers to tokenizer.json (all a run directory holds). Two ways in:
+    ERNIE's own tokenizer_config (its remote-code class, which transformers converts with a prefix space after
+    every special token) and LlamaTokenizer's (a prefix space at the very start only)."""
     import sentencepiece
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -174,16 +176,19 @@ def sentencepiece_model(tmp_path_factory: pytest.TempPathFactory, bundled_data: 
     sentencepiece.SentencePieceTrainer.train(
         input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=700, model_type="bpe",
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        user_defined_symbols=["<|begin_of_sentence|>", "<|end_of_sentence|>"],
         pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>", minloglevel=2)
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "tokenizer_class": "LlamaTokenizer"}))
+    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+              "tokenizer_class": request.param}
+    if request.param == "Ernie4_5_Tokenizer":
+        config["auto_map"] = {"AutoTokenizer": ["tokenization_ernie4_5.Ernie4_5_Tokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model_dir = folder / "model"
     torch.manual_seed(0)
-    config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                               tokenizer.eos_token_id, initializer_range=0.3)
-    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    model_config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                     tokenizer.eos_token_id, initializer_range=0.3)
+    AutoModelForCausalLM.from_config(model_config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return model_dir
 
@@ -191,17 +196,24 @@ def sentencepiece_model(tmp_path_factory: pytest.TempPathFactory, bundled_data: 
 @needs_llama_cpp
 def test_sentencepiece_model_exports_and_tokenizes_like_transformers(sentencepiece_model: Path,
                                                                      tmp_path: Path) -> None:
+    """The base model exports (its check passing: logits, greedy tokens, the probe's ids) and llama.cpp
+    tokenizes chat prompts with awkward text as transformers does."""
     from transformers import AutoTokenizer
 
     from sftkit.export import export
+    from sftkit.templates import get_template, prepare_tokenizer
 
     assert not (sentencepiece_model / "tokenizer.model").exists()  # scores come from tokenizer.json's merges
     out = export(str(sentencepiece_model), out=tmp_path / "sp.gguf", outtype="f32")
     tokenizer = AutoTokenizer.from_pretrained(sentencepiece_model)
+    template = get_template("chatml")
+    prepare_tokenizer(tokenizer, template)  # as export's loading did: the template's tokens added
     llm = llama(out)
-    for text in ["Hello world", "What is the capital of France?", "café 植物 🌱", "a\nb", "Give three tips."]:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(
-            text, add_special_tokens=False).input_ids, text
+    for text in AWKWARD:
+        prompt = template.generation_prompt([{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": text}])
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == tokenizer(
+            prompt, add_special_tokens=False).input_ids, text
     llm.close()
 
 

@@ -140,8 +140,11 @@ def _sentencepiece_vocab(tokenizer: Any, spec: dict[str, Any], n_vocab: int) -> 
         else:
             types[index] = int(gguf.TokenType.NORMAL)
             scores[index] = -float(ranks[token]) if token in ranks else (0.0 if len(token) == 1 else -1e9)
+    # llama.cpp puts the "▁" prefix before the text at the start and after every special token, which is
+    # transformers' "always"; "first" (only at the very start of the text) has no llama.cpp form, and without
+    # the prefix both agree on every text that starts with a special token, as chat prompts do.
     prepend = _metaspace(spec).get("prepend_scheme", "always")
-    return GgufVocab("llama", "default", tokens, types, scores, add_space_prefix=prepend != "never")
+    return GgufVocab("llama", "default", tokens, types, scores, add_space_prefix=prepend == "always")
 
 
 def _added_type(token: Any) -> Any:
