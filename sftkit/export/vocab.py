@@ -10,9 +10,10 @@ Two families reach here, told apart by the fast tokenizer's own description (its
   joined piece scores highest, and a piece's score is minus the rank of the merge that makes it, which is
   the order the BPE model merges in (the order SentencePiece itself gave them).
 
-Special tokens, merges and the add-BOS/EOS flags go through gguf's own `SpecialVocab`, read from the
-tokenizer as saved; the flags are then set from what the tokenizer really does when asked to add special
-tokens, since llama.cpp's defaults differ per model type. Whatever cannot be expressed is an error naming
+Merges go through gguf's own `SpecialVocab` (read from the tokenizer as saved, spaces in merges encoded as
+llama.cpp expects), and so do the special-token ids, taken from the loaded tokenizer; the add-BOS/EOS flags
+are set from what the tokenizer really does when asked to add special tokens, since llama.cpp's defaults
+differ per model type. Whatever cannot be expressed is an error naming
 the part of the tokenizer; `sftkit export` also checks the round trip on the rendered probe (verify.py).
 """
 
@@ -79,6 +80,9 @@ def add_special_vocab(writer: Any, tokenizer: Any, vocab: GgufVocab, eot_id: int
         special = gguf.SpecialVocab(Path(folder), load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
     special.chat_template = None  # the trained template is written by the caller, from the template itself
     special.add_special_token = {}  # set below from behaviour, not from configuration files
+    # The ids the loaded tokenizer itself uses (llama.cpp's SPM defaults, bos 1 / eos 2, must never apply).
+    ids = {kind: getattr(tokenizer, f"{kind}_token_id", None) for kind in special.special_token_types}
+    special.special_token_ids = {kind: i for kind, i in ids.items() if isinstance(i, int) and i < len(vocab.tokens)}
     special.add_to_gguf(writer, quiet=True)
     adds_bos, adds_eos = _adds_special_tokens(tokenizer)
     writer.add_add_bos_token(adds_bos)
