@@ -52,13 +52,13 @@ def llama(path: Path, n_ctx: int = 512):
     from llama_cpp import Llama
 
     return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_gpu_layers=0, n_threads=1,
-                 verbose=False)
+                 type_k=0, type_v=0, verbose=False)  # f32 key/value cache (ggml type 0)
 
 
 # ---------------------------------------------------------------------------- llama.cpp computes what transformers does
 
 @needs_llama_cpp
-@pytest.mark.parametrize("outtype, tolerance", [("f32", 1e-4), ("f16", 0.02), ("q8_0", 0.1)])
+@pytest.mark.parametrize("outtype, tolerance", [("f32", 1e-4), ("f16", 0.01), ("q8_0", 0.1)])
 def test_llama_cpp_logits_match_transformers(exported: dict[str, Path], lora_run: Path, outtype: str,
                                              tolerance: float) -> None:
     """An independent check of what export checked: on a two-turn conversation rendered with the trained
@@ -79,7 +79,7 @@ def test_llama_cpp_logits_match_transformers(exported: dict[str, Path], lora_run
     llm.close()
     assert diff <= tolerance
     if outtype == "f32":
-        assert diff < 1e-5, diff  # float summation order alone
+        assert diff < 1e-6, diff  # float summation order alone
 
 
 @needs_llama_cpp
@@ -183,6 +183,7 @@ def sentencepiece_model(request, tmp_path_factory: pytest.TempPathFactory, bundl
     if request.param == "Ernie4_5_Tokenizer":
         config["auto_map"] = {"AutoTokenizer": ["tokenization_ernie4_5.Ernie4_5_Tokenizer", None]}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps({"model_type": "ernie4_5"}))  # as tests/test_masking.py's
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model_dir = folder / "model"
     torch.manual_seed(0)
