@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from sftkit.atomic import discard_stale_staging, place_problem, staged_dir, staged_file, write_text
 from sftkit.data.model_source import resolve_model
