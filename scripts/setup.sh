@@ -16,8 +16,8 @@ fi
 echo "setup: installing sftkit and its dependencies into .venv (quick when already there)"
 .venv/bin/pip install --disable-pip-version-check -e ".[dev]"
 # llama.cpp (llama-cpp-python), which `sftkit export` and its tests check GGUF files with, has no CPU wheel on PyPI:
-# pip compiles it from source, about 40 minutes on two busy cores, once (SFTKIT_NO_LLAMA_CPP=1 skips it; the tests
-# that need it then skip, saying so). Not for the build machine's CPU (-march=native): a virtual machine may report
+# pip compiles it from source once: measured 14 CPU-minutes (70 minutes' wall time on a two-core machine shared by
+# several builds); SFTKIT_NO_LLAMA_CPP=1 skips it, and the tests that need it then skip, saying so. Not for the build machine's CPU (-march=native): a virtual machine may report
 # AMX or AVX-512 and still trap on them (q8_0 models died of "Illegal instruction" on such a one), and a cached
 # build may run on another machine; AVX2 is what every x86-64 CI machine has.
 if [ -z "${SFTKIT_NO_LLAMA_CPP:-}" ] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
