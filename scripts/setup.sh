@@ -15,4 +15,15 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing sftkit and its dependencies into .venv (quick when already there)"
 .venv/bin/pip install --disable-pip-version-check -e ".[dev,eval]"
+# llama.cpp (llama-cpp-python), which `sftkit export` and its tests check GGUF files with, has no CPU wheel on PyPI:
+# pip compiles it from source once: measured 14 CPU-minutes (70 minutes' wall time on a two-core machine shared by
+# several builds); SFTKIT_NO_LLAMA_CPP=1 skips it, and the tests that need it then skip, saying so. Not for the build machine's CPU (-march=native): a virtual machine may report
+# AMX or AVX-512 and still trap on them (q8_0 models died of "Illegal instruction" on such a one), and a cached
+# build may run on another machine; AVX2 is what every x86-64 CI machine has.
+if [ -z "${SFTKIT_NO_LLAMA_CPP:-}" ] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  echo "setup: building llama-cpp-python from source for sftkit export's checks (many minutes, once)"
+  portable="-DGGML_NATIVE=OFF"
+  [ "$(uname -m)" = x86_64 ] && portable="$portable -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+  CMAKE_ARGS="${CMAKE_ARGS:-$portable}" .venv/bin/pip install --disable-pip-version-check -e ".[gguf]"
+fi
 echo "setup: done"

@@ -110,13 +110,39 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def staged_file(out: str | Path) -> Iterator[Path]:
+    """Yields a staging path beside `out` for a large file written by a library (a GGUF model); on success
+    it is synced and renamed to `out`, on failure deleted. Named like staging folders, so a killed
+    process's file is found by `discard_stale_staging`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    discard_stale_staging(out)
+    staging = out.with_name(f".{out.name}{_PARTIAL}{os.getpid()}")
+    staging.unlink(missing_ok=True)
+    try:
+        yield staging
+        descriptor = os.open(staging, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(staging, out)
+        fsync_dir(out.parent)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 def discard_stale_staging(out: Path) -> list[Path]:
-    """Deletes the staging folders of `out` that killed processes left (their pid no longer runs)."""
+    """Deletes the staging folders (and files) of `out` that killed processes left (their pid no longer runs)."""
     stale = []
     for path in out.parent.glob(f".{glob.escape(out.name)}{_PARTIAL}*"):
         pid = path.name.rsplit(_PARTIAL, 1)[-1]
         if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             stale.append(path)
     return stale
 

@@ -218,6 +218,25 @@ def merge(
 
 
 @command()
+def export(
+    model: Annotated[str, typer.Argument(help="Run directory (its adapter is merged in memory), merged model, or base model.")],
+    format_: Annotated[str, typer.Option("--format", help="gguf (one file for llama.cpp) or ollama (a folder: the GGUF "
+                                                          "file and a Modelfile for `ollama create`).")] = "gguf",
+    out: Annotated[Optional[Path], typer.Option(
+        help="The .gguf file (gguf) or the folder (ollama); default beside MODEL, named after it.")] = None,
+    outtype: Annotated[str, typer.Option(help="Weight type: f32, f16, bf16 or q8_0 (norms stay f32).")] = "f16",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    verify: Annotated[bool, typer.Option(
+        help="Load the file with llama.cpp (llama-cpp-python) and compare logits and 32 greedy tokens with "
+             "transformers; --no-verify skips it.")] = True,
+) -> None:
+    """Export to GGUF (llama.cpp) or Ollama, checked by llama.cpp against transformers before it is kept."""
+    from sftkit.export import export as run
+
+    run(model, fmt=format_, out=out, outtype=outtype, overwrite=overwrite, check=verify)
+
+
+@command()
 def chat(
     model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,

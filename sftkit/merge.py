@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sftkit.atomic import discard_stale_staging, place_problem, staged_dir, write_text
 from sftkit.data.masking import encode_conversation
 from sftkit.errors import SftkitError
-from sftkit.model import load_adapter_run, set_stop_tokens, stored_dtype
+from sftkit.model import Loaded, load_adapter_run, set_stop_tokens, stored_dtype
 from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, check_lora_run, is_merged_model, model_card
 
 if TYPE_CHECKING:
@@ -83,13 +83,9 @@ def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str | None 
     check_lora_run(run_dir)
     out = _resolve_out(run_dir, out, overwrite)
     discard_stale_staging(out)  # what killed merges left (a model's size each) goes before this one needs the space
-    run = load_adapter_run(run_dir, base=base)
+    run, probe, reference = merge_in_memory(run_dir, base=base)
     dtype = dtype or base_dtype(run.cfg.model_name_or_path, run.cfg.trust_remote_code)
-    probe = probe_ids(run.tokenizer, run.template)
-    reference = _logits(run.model, probe)
-    merged = run.model.merge_and_unload()
-    _verify(merged, probe, reference, "fp32")
-    merged = merged.to(getattr(torch, DTYPES[dtype]))
+    merged = run.model.to(getattr(torch, DTYPES[dtype]))
     if dtype != "fp32":
         _verify(merged, probe, reference, dtype)
     set_stop_tokens(merged, run.tokenizer, run.template)
@@ -98,6 +94,23 @@ def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str | None 
         write_text(staging / MODEL_CARD, model_card(run_dir, merged_to=out))
     print(f"merged {run_dir} into {out} ({dtype}, base {run.cfg.model_name_or_path})")
     return out
+
+
+def merge_in_memory(run_dir: str | Path, base: str | None = None) -> tuple[Loaded, list[int], torch.Tensor]:
+    """Loads a LoRA run and folds the adapter into the base (fp32, on the CPU), checked against base+adapter.
+
+    Shared by `merge` (which saves the result) and `export` (which converts it). Returns the run with the
+    merged model in place of the adapter-wrapped one, the probe ids and base+adapter's logits on them.
+
+    Raises:
+        SftkitError: as `load_adapter_run`, or merged logits that differ from base+adapter.
+    """
+    run = load_adapter_run(run_dir, base=base)
+    probe = probe_ids(run.tokenizer, run.template)
+    reference = _logits(run.model, probe)
+    run.model = run.model.merge_and_unload()
+    _verify(run.model, probe, reference, "fp32")
+    return run, probe, reference
 
 
 def base_dtype(base: str, trust_remote_code: bool = False) -> str:

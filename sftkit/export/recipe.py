@@ -1,0 +1,167 @@
+"""`sftkit export MODEL --format gguf|ollama`: a verified GGUF file (and an Ollama Modelfile) for llama.cpp.
+
+MODEL is a LoRA run directory (its adapter is folded into the base in memory, checked as `sftkit merge`
+checks it), a merged or fully fine-tuned folder, or a base model. The GGUF file is written under a staging
+name, loaded by llama.cpp and compared with the transformers model (verify.py), and only then renamed into
+place: a file that fails the check is never left at --out. Arguments, the architecture and the output
+place are checked before any weights load.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sftkit.atomic import discard_stale_staging, place_problem, staged_dir, staged_file, write_text
+from sftkit.data.model_source import resolve_model
+from sftkit.errors import SftkitError
+from sftkit.export.gguf_file import OUTTYPES, architecture_of, write_gguf
+from sftkit.export.ollama import MODELFILE, modelfile, template_problem
+from sftkit.export.verify import Report, llama_cpp_available, verify
+from sftkit.merge import merge_in_memory
+from sftkit.model import Loaded, load_for_inference
+from sftkit.run_dir import check_new_output, has_adapter, has_run_config, read_run_config
+
+FORMATS = ("gguf", "ollama")
+LLAMA_CPP_HINT = "pip install 'sftkit[gguf]' (it builds llama-cpp-python) or pass --no-verify to skip the check"
+
+
+def export(model: str, fmt: str = "gguf", out: str | Path | None = None, outtype: str = "f16",
+           overwrite: bool = False, check: bool = True) -> Path:
+    """Exports MODEL to a GGUF file (`fmt` gguf) or a folder with the GGUF file and a Modelfile (`fmt` ollama).
+
+    Args:
+        model: run directory, merged model directory, or base model path / hub id.
+        fmt: gguf or ollama.
+        out: the .gguf file (gguf) or the folder (ollama); default beside MODEL, named after it and `outtype`.
+        outtype: f32, f16, bf16 or q8_0: the type of the weight matrices (norms stay f32).
+        overwrite: replace an existing `out` (for ollama, only a folder an earlier export wrote).
+        check: load the file with llama.cpp and compare logits and greedy tokens with transformers.
+
+    Returns:
+        The path written.
+
+    Raises:
+        SftkitError: bad arguments, an architecture the exporter does not map, an output place that cannot be
+            used, or an export that llama.cpp loads differently from transformers (then nothing is written).
+    """
+    _check_arguments(fmt, outtype, check)
+    name = _check_model(model, fmt)
+    out = _resolve_out(model, name, fmt, out, outtype, overwrite)
+    discard_stale_staging(out)
+    loaded = _load(model)
+    if fmt == "ollama" and (problem := template_problem(loaded.template)):
+        raise SftkitError(f"--format ollama: {problem}")
+    gguf_name = out.name if fmt == "gguf" else f"{name}-{outtype}.gguf"
+    if fmt == "gguf":
+        with staged_file(out) as staging:  # `out` never holds an unverified file
+            report = _write_checked(staging, loaded, outtype, name, check)
+    else:
+        with staged_dir(out) as staging:
+            report = _write_checked(staging / gguf_name, loaded, outtype, name, check)
+            write_text(staging / MODELFILE, modelfile(loaded.template, gguf_name, _stop_tokens(loaded),
+                                                      _default_system(model, loaded), source=str(model)))
+    _summary(model, name, out, fmt, outtype, gguf_name, report)
+    return out
+
+
+def _write_checked(path: Path, loaded: Loaded, outtype: str, name: str, check: bool) -> Report | None:
+    write_gguf(path, loaded.model, loaded.tokenizer, loaded.template, outtype, name)
+    return verify(path, loaded.model, loaded.tokenizer, loaded.template, outtype) if check else None
+
+
+# ---------------------------------------------------------------------------- checks before any work
+
+def _check_arguments(fmt: str, outtype: str, check: bool) -> None:
+    if fmt not in FORMATS:
+        raise SftkitError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if outtype not in OUTTYPES:
+        raise SftkitError(f"--outtype {outtype!r}: use one of {', '.join(OUTTYPES)}")
+    if check and not llama_cpp_available():
+        raise SftkitError(f"llama_cpp is not installed, so the export cannot be checked with llama.cpp; {LLAMA_CPP_HINT}")
+
+
+def _check_model(model: str, fmt: str) -> str:
+    """The model's architecture (from its config.json alone) and, for Ollama, its template kind; returns a name
+    for the output."""
+    from transformers import AutoConfig
+
+    path = Path(model)
+    if has_adapter(path):
+        cfg = read_run_config(path)
+        if fmt == "ollama" and cfg.template is None:
+            raise SftkitError(f"--format ollama: {path} trained with a Jinja chat template (no `template:` in its "
+                              "config), which has no Ollama form sftkit writes; use --format gguf")
+        source = resolve_model(cfg.model_name_or_path)
+        trust = cfg.trust_remote_code
+    else:
+        source, trust = resolve_model(model), False
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+    except (OSError, ValueError) as exc:
+        raise SftkitError(f"{source}: cannot read its config.json ({str(exc).splitlines()[0]})") from None
+    architecture_of(config)
+    return (path.resolve().name if path.is_dir() else model.replace("/", "-")) or "model"
+
+
+def _resolve_out(model: str, name: str, fmt: str, out: str | Path | None, outtype: str, overwrite: bool) -> Path:
+    """--out, or beside the model folder (`NAME-OUTTYPE.gguf`, `NAME-ollama/`): never inside it."""
+    path = Path(model)
+    home = path.resolve().parent if path.is_dir() else Path.cwd()
+    if fmt == "gguf":
+        out = Path(out) if out is not None else home / f"{name}-{outtype}.gguf"
+        if out.suffix != ".gguf":
+            raise SftkitError(f"--out {out}: a GGUF file's name ends in .gguf")
+        check_new_output(out, overwrite)
+        return out
+    out = Path(out) if out is not None else home / f"{name}-ollama"
+    resolved = out.resolve()
+    if path.is_dir() and (resolved == path.resolve() or resolved in path.resolve().parents):
+        raise SftkitError(f"--out {out}: would replace the model folder {model}; choose another folder")
+    problem = place_problem(out, "dir")
+    if problem:
+        raise SftkitError(f"--out {out}: {problem}")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise SftkitError(f"--out {out}: already exists; pass --overwrite to replace it or choose another --out")
+        foreign = [entry.name for entry in sorted(out.iterdir())
+                   if entry.is_dir() or (entry.name != MODELFILE and entry.suffix != ".gguf")]
+        if foreign:
+            raise SftkitError(f"--out {out}: not an Ollama export (it holds {foreign[0]}), so --overwrite will not "
+                              "delete it; choose another --out")
+    return out
+
+
+# ---------------------------------------------------------------------------- loading
+
+def _load(model: str) -> Loaded:
+    """The model in fp32 on the CPU with its tokenizer and trained template; a run's adapter merged in."""
+    import torch
+
+    if has_adapter(Path(model)):
+        return merge_in_memory(model)[0]
+    loaded = load_for_inference(model)
+    loaded.model = loaded.model.to(device="cpu", dtype=torch.float32)
+    return loaded
+
+
+def _stop_tokens(loaded: Loaded) -> list[str]:
+    return loaded.tokenizer.convert_ids_to_tokens(loaded.template.stop_token_ids(loaded.tokenizer))
+
+
+def _default_system(model: str, loaded: Loaded) -> str | None:
+    """The system prompt training gave rows without one: the run's default_system, else the template's."""
+    path = Path(model)
+    cfg = loaded.cfg or (read_run_config(path) if has_run_config(path) else None)
+    return (cfg.default_system if cfg is not None else None) or loaded.template.default_system
+
+
+def _summary(model: str, name: str, out: Path, fmt: str, outtype: str, gguf_name: str, report: Report | None) -> None:
+    gguf_path = out if fmt == "gguf" else out / gguf_name
+    size = gguf_path.stat().st_size / 1e6
+    checked = (f"checked by llama.cpp: {report.prompt_tokens} prompt tokens, max logit difference "
+               f"{report.max_logit_diff:.3g}, {report.greedy_steps} greedy tokens equal" if report else
+               "NOT checked (--no-verify)")
+    print(f"exported {model} to {out} ({outtype}, {size:.1f} MB; {checked})")
+    print(f"next: llama-cli -m {gguf_path} -cnv" if fmt == "gguf" else
+          f"next: ollama create {name} -f {out / MODELFILE}", file=sys.stderr)

@@ -1,0 +1,342 @@
+"""`sftkit export`: GGUF files that llama.cpp itself loads and computes like transformers, the Modelfile, errors.
+
+The LoRA run is test_merge's (real model-stage functions, random non-zero adapter weights); the export
+merges it in memory. Tests that load files with llama.cpp need llama-cpp-python (`pip install
+'sftkit[gguf]'`) and skip, saying so, where it is absent; everything that fails before any work runs
+without it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+from test_merge import assert_one_error, make_lora_run
+
+from sftkit.errors import SftkitError
+
+needs_llama_cpp = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (pip install 'sftkit[gguf]'); the GGUF checks need llama.cpp")
+
+AWKWARD = ["Hello world", "  two  spaces and a\ttab\n\nnew lines", "café, naïve, 植物 and 🌱",
+           "<|im_start|>user\nHi<|im_end|>\n", "3.14 and 42, '' \"quotes\" {braces}"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lora_run(tiny_model_dir, tmp_path_factory.mktemp("lora-run"))
+
+
+@pytest.fixture(scope="module")
+def exported(lora_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The run exported in each out-type (each verified by export itself, or it raises)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'sftkit[gguf]')")
+    from sftkit.export import export
+
+    folder = tmp_path_factory.mktemp("gguf")
+    return {outtype: export(str(lora_run), out=folder / f"run-{outtype}.gguf", outtype=outtype)
+            for outtype in ("f32", "f16", "q8_0")}
+
+
+def merged_reference(run_dir: Path):
+    from sftkit.merge import merge_in_memory
+
+    return merge_in_memory(run_dir)[0]
+
+
+def llama(path: Path, n_ctx: int = 512):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_gpu_layers=0, n_threads=1,
+                 type_k=0, type_v=0, verbose=False)  # f32 key/value cache (ggml type 0)
+
+
+# ---------------------------------------------------------------------------- llama.cpp computes what transformers does
+
+@needs_llama_cpp
+@pytest.mark.parametrize("outtype, tolerance", [("f32", 1e-4), ("f16", 0.01), ("q8_0", 0.1)])
+def test_llama_cpp_logits_match_transformers(exported: dict[str, Path], lora_run: Path, outtype: str,
+                                             tolerance: float) -> None:
+    """An independent check of what export checked: on a two-turn conversation rendered with the trained
+    template (not export's probe), llama.cpp's logits at every position are transformers' within the
+    out-type's tolerance, and f32 is far tighter than that."""
+    import numpy as np
+    import torch
+
+    run = merged_reference(lora_run)
+    messages = [{"role": "user", "content": "Name a red fruit."}, {"role": "assistant", "content": "An apple."},
+                {"role": "user", "content": "And a yellow one?"}]
+    ids = run.tokenizer(run.template.generation_prompt(messages), add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        reference = run.model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+    llm = llama(exported[outtype])
+    llm.eval(ids)
+    diff = np.abs(llm.scores[: len(ids)] - reference).max() / max(1.0, np.abs(reference).max())
+    llm.close()
+    assert diff <= tolerance
+    if outtype == "f32":
+        assert diff < 1e-6, diff  # float summation order alone
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_greedy_generation_gives_the_same_tokens(exported: dict[str, Path], lora_run: Path, outtype: str) -> None:
+    """32 greedy tokens from llama.cpp's own sampler (temperature 0) equal transformers' argmax decoding."""
+    import torch
+
+    run = merged_reference(lora_run)
+    prompt = [{"role": "user", "content": "What colour is snow?"}]
+    ids = run.tokenizer(run.template.generation_prompt(prompt), add_special_tokens=False).input_ids
+    expected, sequence = [], list(ids)
+    with torch.inference_mode():
+        for _ in range(32):  # argmax of a full forward each step: no cache, no stop token, no generate() defaults
+            expected.append(int(run.model(input_ids=torch.tensor([sequence])).logits[0, -1].argmax()))
+            sequence.append(expected[-1])
+    llm = llama(exported[outtype])
+    got = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        got.append(token)
+        if len(got) == 32:
+            break
+    llm.close()
+    assert got == expected
+
+
+@needs_llama_cpp
+def test_export_reports_what_llama_cpp_checked(lora_run: Path, tmp_path: Path, capsys) -> None:
+    from sftkit.export import export
+
+    out = export(str(lora_run), out=tmp_path / "model.gguf", outtype="f32")
+    err = capsys.readouterr()
+    assert re.search(r"verify \(llama\.cpp, f32\): max \|llama\.cpp - transformers\| logit difference", err.err)
+    assert "greedy decoding agrees for 32 tokens" in err.err
+    assert "checked by llama.cpp" in err.out and "llama-cli -m" in err.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no staging file left
+
+
+@needs_llama_cpp
+def test_a_wrong_tensor_layout_fails_and_leaves_nothing(lora_run: Path, tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    """The bug class unsloth's users meet: q/k rows permuted the way llama.cpp's Llama converter does (HF's
+    half-split rotary vs ERNIE's interleaved one). The file loads and looks fine; export must refuse it."""
+    import sftkit.export.gguf_file as gguf_file
+
+    original = gguf_file._add_tensors
+
+    def permuted(writer, model, arch, outtype):
+        heads, add = model.config.num_attention_heads, writer.add_tensor
+
+        def add_tensor(name, data, raw_dtype=None):
+            if name.endswith("attn_q.weight"):  # only the file is wrong: the model export compares with is not
+                data = data.reshape(heads, 2, -1, data.shape[1]).swapaxes(1, 2).reshape(data.shape).copy()
+            add(name, data, raw_dtype=raw_dtype)
+
+        writer.add_tensor = add_tensor
+        original(writer, model, arch, outtype)
+
+    monkeypatch.setattr(gguf_file, "_add_tensors", permuted)
+    code, _, err = run_cli(["export", str(lora_run), "--out", str(tmp_path / "bad.gguf"), "--outtype", "f32"],
+                           monkeypatch, capsys)
+    assert code == 2 and "export check failed" in err and "logits differ" in err and "nothing was written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- the tokenizer, both families
+
+@needs_llama_cpp
+def test_byte_level_bpe_tokenizes_like_transformers(exported: dict[str, Path], lora_run: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lora_run)
+    llm = llama(exported["f16"])
+    for text in AWKWARD:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(
+            text, add_special_tokens=False).input_ids, text
+    llm.close()
+
+
+@pytest.fixture(scope="module", params=["Ernie4_5_Tokenizer", "LlamaTokenizer"])
+def sentencepiece_model(request, tmp_path_factory: pytest.TempPathFactory, bundled_data: Path) -> Path:
+    """A tiny ERNIE model whose tokenizer is SentencePiece BPE with byte fallback, as ERNIE-4.5's is: trained on
+    the demo text and converted by transformers to tokenizer.json (all a run directory holds). Two ways in:
+    ERNIE's own tokenizer_config (its remote-code class, which transformers converts with a prefix space after
+    every special token) and LlamaTokenizer's (a prefix space at the very start only)."""
+    import sentencepiece
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftkit.tiny import tiny_model_config
+
+    folder = tmp_path_factory.mktemp("sentencepiece-ernie")
+    rows = json.loads((bundled_data / "demo_alpaca.json").read_text(encoding="utf-8"))
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(f"{r['instruction']} {r['output']}" for r in rows), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=700, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        user_defined_symbols=["<|begin_of_sentence|>", "<|end_of_sentence|>"],
+        pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>", minloglevel=2)
+    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+              "tokenizer_class": request.param}
+    if request.param == "Ernie4_5_Tokenizer":
+        config["auto_map"] = {"AutoTokenizer": ["tokenization_ernie4_5.Ernie4_5_Tokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps({"model_type": "ernie4_5"}))  # as tests/test_masking.py's
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model_dir = folder / "model"
+    torch.manual_seed(0)
+    model_config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                     tokenizer.eos_token_id, initializer_range=0.3)
+    AutoModelForCausalLM.from_config(model_config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+@needs_llama_cpp
+def test_sentencepiece_model_exports_and_tokenizes_like_transformers(sentencepiece_model: Path,
+                                                                     tmp_path: Path) -> None:
+    """The base model exports (its check passing: logits, greedy tokens, the probe's ids) and llama.cpp
+    tokenizes chat prompts with awkward text as transformers does."""
+    from transformers import AutoTokenizer
+
+    from sftkit.export import export
+    from sftkit.templates import get_template, prepare_tokenizer
+
+    assert not (sentencepiece_model / "tokenizer.model").exists()  # scores come from tokenizer.json's merges
+    out = export(str(sentencepiece_model), out=tmp_path / "sp.gguf", outtype="f32")
+    tokenizer = AutoTokenizer.from_pretrained(sentencepiece_model)
+    template = get_template("chatml")
+    prepare_tokenizer(tokenizer, template)  # as export's loading did: the template's tokens added
+    llm = llama(out)
+    for text in AWKWARD:
+        prompt = template.generation_prompt([{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": text}])
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == tokenizer(
+            prompt, add_special_tokens=False).input_ids, text
+    llm.close()
+
+
+# ---------------------------------------------------------------------------- Ollama
+
+@needs_llama_cpp
+def test_ollama_folder_has_the_gguf_and_a_modelfile(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sftkit.export import export
+
+    run = make_lora_run(tiny_model_dir, tmp_path / "run", template="ernie")  # ernie has a default system prompt
+    out = export(str(run), fmt="ollama", out=tmp_path / "ollama", outtype="q8_0")
+    text = (out / "Modelfile").read_text(encoding="utf-8")
+    source = re.search(r"^FROM \./(\S+)$", text, re.M)
+    assert source and (out / source.group(1)).is_file() and source.group(1).endswith("-q8_0.gguf")
+    assert 'PARAMETER stop "<|im_end|>"' in text
+    assert 'SYSTEM """<global_setting>\nthink_mode=True\n</global_setting>"""' in text
+    template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
+    assert '{{ "<|im_start|>user\\n" }}{{ $m.Content }}{{ "<|im_end|>\\n\\n" }}' in template
+    assert '{{- if $last }}{{ "<|im_start|>assistant\\n" }}{{ end }}' in template
+    assert template.count("{{") == template.count("}}")
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", source.group(1)]
+
+
+def test_ollama_pieces_reproduce_every_plain_named_template() -> None:
+    """The Go template is built from pieces that must join into sftkit's own rendering; the named templates of
+    that plain form are written, and the others are refused, saying why."""
+    from sftkit.export.ollama import _check, _pieces, template_problem
+    from sftkit.templates import TEMPLATES, get_template
+
+    written = {name for name in TEMPLATES if template_problem(get_template(name)) is None}
+    for name in written:
+        _check(_pieces(get_template(name)), get_template(name))
+    assert {"chatml", "qwen", "ernie", "ernie_nothink", "llama3", "deepseek3"} <= written
+    assert "first user turn" in template_problem(get_template("mistral"))
+    assert "rewrites earlier turns" in template_problem(get_template("qwen3"))
+
+
+def test_ollama_refuses_a_run_trained_on_a_jinja_template(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    run = make_lora_run(tiny_model_dir, tmp_path / "run")
+    config = (run / "sftkit_config.yaml").read_text(encoding="utf-8")
+    (run / "sftkit_config.yaml").write_text(re.sub(r"^template: chatml$", "template: null", config, flags=re.M))
+    code, _, err = run_cli(["export", str(run), "--format", "ollama", "--no-verify", "--out", str(tmp_path / "o")],
+                           monkeypatch, capsys)
+    assert_one_error(code, err, "--format ollama", "Jinja chat template", "--format gguf")
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------- bad arguments fail before any work
+
+@pytest.mark.parametrize("args, words", [
+    (["--format", "onnx"], ["--format 'onnx'", "gguf, ollama"]),
+    (["--outtype", "q4_k"], ["--outtype 'q4_k'", "f32, f16, bf16, q8_0"]),
+    (["--out", "model.bin"], ["a GGUF file's name ends in .gguf"]),
+])
+def test_cli_refuses_bad_arguments(lora_run: Path, monkeypatch, capsys, args: list[str], words: list[str]) -> None:
+    code, _, err = run_cli(["export", str(lora_run), "--no-verify", *args], monkeypatch, capsys)
+    assert_one_error(code, err, *words)
+
+
+def test_cli_refuses_an_existing_out_without_overwrite(lora_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "x.gguf"
+    out.write_bytes(b"mine")
+    code, _, err = run_cli(["export", str(lora_run), "--no-verify", "--out", str(out)], monkeypatch, capsys)
+    assert_one_error(code, err, "already exists", "--overwrite")
+    assert out.read_bytes() == b"mine"
+
+
+def test_cli_refuses_another_architecture_naming_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Only config.json is read: no weights exist, and the error names the architecture."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                      "hidden_size": 8, "num_attention_heads": 2}))
+    code, _, err = run_cli(["export", str(tmp_path), "--no-verify"], monkeypatch, capsys)
+    assert_one_error(code, err, "architecture LlamaForCausalLM", "Ernie4_5ForCausalLM")
+
+
+def test_cli_without_llama_cpp_says_how_to_get_it_or_skip(lora_run: Path, tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    import sftkit.export.recipe
+
+    monkeypatch.setattr(sftkit.export.recipe, "llama_cpp_available", lambda: False)
+    code, _, err = run_cli(["export", str(lora_run), "--out", str(tmp_path / "m.gguf")], monkeypatch, capsys)
+    assert_one_error(code, err, "llama_cpp is not installed", "sftkit[gguf]", "--no-verify")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_verify_writes_a_readable_gguf_with_the_trained_template(lora_run: Path, tmp_path: Path) -> None:
+    """Without llama.cpp the file is still complete: gguf's own reader finds ERNIE's metadata, the vocabulary,
+    the end-of-turn id and the trained chat template."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    from sftkit.export import export
+
+    out = export(str(lora_run), out=tmp_path / "m.gguf", outtype="bf16", check=False)
+    reader = gguf.GGUFReader(out)
+    fields = {name: field.contents() for name, field in reader.fields.items()
+              if not name.startswith("tokenizer.ggml.") or name.endswith(("_id", ".model", ".pre"))}
+    tokenizer = AutoTokenizer.from_pretrained(lora_run)
+    assert fields["general.architecture"] == "ernie4_5" and fields["ernie4_5.block_count"] == 2
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    assert fields["tokenizer.ggml.eot_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
+    assert fields["tokenizer.chat_template"] == tokenizer.chat_template
+    names = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    assert "output.weight" not in names  # tied: llama.cpp reuses token_embd
+    assert names["blk.0.attn_q.weight"] == "BF16" and names["blk.0.attn_norm.weight"] == "F32"
+
+
+def test_stale_staging_of_a_killed_export_is_removed(lora_run: Path, tmp_path: Path) -> None:
+    from sftkit.export import export
+
+    stale = tmp_path / ".m.gguf.partial-999999999"
+    stale.write_bytes(b"half")
+    export(str(lora_run), out=tmp_path / "m.gguf", outtype="f32", check=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def test_library_errors_are_sftkit_errors(lora_run: Path, tmp_path: Path) -> None:
+    from sftkit.export import export
+
+    with pytest.raises(SftkitError, match="--outtype"):
+        export(str(lora_run), out=tmp_path / "m.gguf", outtype="int4", check=False)
