@@ -30,7 +30,8 @@ _DEFINITIONS = (
         end_token="<|end_of_sentence|>",
         special_tokens=("<|begin_of_sentence|>", "<|end_of_sentence|>"),
     ),
-    # Meta's Llama 3 / 3.1 instruct format; tool results in the `ipython` role, as Llama 3.1 and LLaMA-Factory.
+    # Meta's Llama 3 / 3.1 instruct format; with tools, Llama 3.1's JSON tool calling (schemas in the system
+    # message, `{"name", "parameters"}` calls, results in the `ipython` role), as Meta's template and LLaMA-Factory.
     Template(
         name="llama3",
         prefix="<|begin_of_text|>",
@@ -40,6 +41,7 @@ _DEFINITIONS = (
         observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
         end_token="<|eot_id|>",
         special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        tool_format="llama3",
     ),
     # Below: LLaMA-Factory's templates of the same name (text, stop words, default systems) as reference.
     Template(
