@@ -84,12 +84,14 @@ def deepseek_tokenizer(chat_templates: Path) -> tuple[Any, JinjaTemplate]:
     return tokenizer, template
 
 
-def rule_labels(encoding: Any, text: str, header: str, end: str, skip: str = "") -> list[int]:
+def rule_labels(encoding: Any, text: str, header: str | tuple[str, ...], end: str, skip: str = "") -> list[int]:
     """The independent rule: a token is trained when any of its characters lies in a reply, i.e. between an
-    assistant header (and `skip`, the opened think block of Qwen3's generation prompt) and the end token that
-    closes it, end token included."""
+    assistant header (any of several; and `skip`, the opened think block of Qwen3's generation prompt) and the
+    end token that closes it, end token included."""
+    headers = (header,) if isinstance(header, str) else header
     spans, cursor = [], 0
-    while (at := text.find(header, cursor)) >= 0:
+    while found := [(at, h) for h in headers if (at := text.find(h, cursor)) >= 0]:
+        at, header = min(found)
         start = at + len(header)
         start += len(skip) if skip and text.startswith(skip, start) else 0
         stop = text.find(end, start) + len(end)
@@ -113,7 +115,7 @@ def check_every_row(tokenizer: Any, template: JinjaTemplate, rows: list[dict[str
     on a template without a tool format must be refused, in one line."""
     if not facts.get("tools"):
         for row in [r for r in rows if r["tools"]]:
-            with pytest.raises(DataError, match="no tool-call format"):
+            with pytest.raises(DataError, match="no tool-call format|never reads the tool schemas"):
                 template.segments(row["messages"], row["tools"])
         rows = [r for r in rows if not r["tools"]]
     encoded = encode_conversations(tokenizer, template, [(r["messages"], r["tools"]) for r in rows], 10 ** 6)
@@ -517,7 +519,174 @@ def test_validate_names_the_template_and_refuses_a_row_it_cannot_train(tiny_mode
                                       "dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}))
     code, out, err = run_cli(["validate", str(config)], monkeypatch, capsys)
     assert code == 0, err
-    assert out.strip().endswith(f"template model's own (the chat_template of {model / 'chat_template.jinja'}))")
+    origin = f"template model's own (the chat_template of {model / 'chat_template.jinja'})"
+    assert out.strip().endswith(origin + ")")
+    code, out, err = run_cli(["data", "preview", str(config), "-n", "1"], monkeypatch, capsys)
+    assert code == 0 and f"--- {origin}" in out, err
     code, out, err = run_cli(["validate", str(config), "--set", "dataset=tooled"], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: dataset 'tooled' row 0: the model's own chat template has no tool-call format")
+
+
+# ---------------------------------------------------------------------------- Llama 3.1 tool calls (named llama3)
+
+LLAMA31_TOOLS = (
+    "Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nYou have access to the "
+    "following functions. To call a function, please respond with JSON for a function call.Respond in the format "
+    '{"name": function name, "parameters": dictionary of argument name and its value}.Do not use variables.\n\n'
+    '{\n    "type": "function",\n    "function": {\n        "name": "get_weather",\n        "parameters": {\n'
+    '            "type": "object"\n        }\n    }\n}\n\n')
+
+
+def test_llama3_tool_rows_are_llama31_json_tool_calls(tiny_tokenizer) -> None:
+    template = get_template("llama3").bind(tiny_tokenizer)
+    prepare_tokenizer(tiny_tokenizer, template)
+    messages = [{"role": "system", "content": "Be brief."}, *TOOL_TURNS]
+    segments = template.segments(messages, TOOLS)
+    text = "".join(s.text for s in segments)
+    assert text == (f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{LLAMA31_TOOLS}Be brief.<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\nWeather?<|eot_id|>"
+                    '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", "parameters": {"city": '
+                    '"Paris"}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 21}<|eot_id|>'
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n21 C.<|eot_id|>")
+    assert [s.text for s in segments if s.trained] == [
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}', "<|eot_id|>", "21 C.", "<|eot_id|>"]
+    schemas = json.loads(TOOLS)
+    assert text == tiny_tokenizer.apply_chat_template(messages, tools=schemas, tokenize=False)
+    assert template.generation_prompt(messages[:4], TOOLS) == tiny_tokenizer.apply_chat_template(
+        messages[:4], tools=schemas, tokenize=False, add_generation_prompt=True)
+    # no system message: the tools block is the whole system turn; a schema typed "function" is not wrapped again
+    typed = json.dumps([{"type": "function", "function": {"name": "f"}}])
+    alone = "".join(s.text for s in template.segments(TOOL_TURNS, typed))
+    assert '<|end_header_id|>\n\nEnvironment: ipython\n' in alone and alone.count('"type": "function"') == 1
+    assert alone == tiny_tokenizer.apply_chat_template(TOOL_TURNS, tools=json.loads(typed), tokenize=False)
+
+
+def test_llama3_refuses_a_call_its_renaming_would_garble(tiny_tokenizer) -> None:
+    template = get_template("llama3").bind(tiny_tokenizer)
+    garbled = [TOOL_TURNS[0], {"role": "function_call", "content": '{"name": "arguments", "arguments": {}}'},
+               *TOOL_TURNS[2:]]
+    with pytest.raises(DataError, match='function_call turn must be a JSON object .*written as "parameters"'):
+        template.segments(garbled, TOOLS)
+
+
+# ---------------------------------------------------------------------------- a reasoning field per message
+
+def load_rows(folder: Path, rows: list[dict[str, Any]], entry: dict[str, Any], **keys: Any) -> list[dict[str, Any]]:
+    from sftkit.data.loader import load_conversations
+
+    (folder / "rows.json").write_text(json.dumps(rows))
+    (folder / "dataset_info.json").write_text(json.dumps({"r": {"file_name": "rows.json", **entry}}))
+    cfg = validate_config({"model_name_or_path": "m", "output_dir": "o", "dataset": "r", "dataset_dir": str(folder),
+                           "template": "qwen3", **keys})
+    return list(load_conversations(cfg).train)
+
+
+OPENAI = {"formatting": "sharegpt", "columns": {"messages": "messages"},
+          "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
+REASONED = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "add them"},
+            {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6", "reasoning_content": "again"}]
+
+
+def test_each_messages_reasoning_field_becomes_its_think_block(tmp_path) -> None:
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    assert [m["content"] for m in row["messages"]] == [
+        "2+2?", "<think>\nadd them\n</think>\n\n4", "3+3?", "<think>\nagain\n</think>\n\n6"]
+    # ShareGPT tags with the registry's reasoning column name, per message; null reasoning is none
+    rows = [{"conversations": [{"from": "human", "value": "q", "thought": None},
+                               {"from": "gpt", "value": "a", "thought": "because"}]}]
+    (row,) = load_rows(tmp_path, rows, {"formatting": "sharegpt", "columns": {"reasoning": "thought"}})
+    assert row["messages"][-1]["content"] == "<think>\nbecause\n</think>\n\na"
+
+
+@pytest.mark.parametrize("message, problem", [
+    ({"role": "user", "content": "q", "reasoning_content": "x"}, "message 0 is a user message with 'reasoning_content'"),
+    ({"role": "assistant", "content": "<think>\ny\n</think>\n\na", "reasoning_content": "x"}, "both separate reasoning"),
+    ({"role": "assistant", "content": "a", "reasoning_content": "x", "reasoning": "y"}, "keep one reasoning field"),
+])
+def test_a_reasoning_field_that_cannot_be_meant_is_one_line(tmp_path, message, problem) -> None:
+    messages = [message] if message["role"] == "user" else [{"role": "user", "content": "q"}, message]
+    if message["role"] == "user":
+        messages.append({"role": "assistant", "content": "a"})
+    with pytest.raises(DataError, match=problem):
+        load_rows(tmp_path, [{"messages": messages}], OPENAI)
+
+
+def test_named_thinking_templates_train_the_last_turns_reasoning(tiny_tokenizer, tmp_path) -> None:
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    qwen3 = get_template("qwen3").bind(tiny_tokenizer)
+    assert trained_text(qwen3, row["messages"]).endswith("<think>\nagain\n</think>\n\n6<|im_end|>")
+    ernie = get_template("ernie").bind(tiny_tokenizer)  # LLaMA-Factory's ernie keeps every reply's block as written
+    assert trained_text(ernie, row["messages"]) == ("<think>\nadd them\n</think>\n\n4<|im_end|>"
+                                                    "<think>\nagain\n</think>\n\n6<|im_end|>")
+    off = get_template("qwen3").bind(tiny_tokenizer, enable_thinking=False)
+    assert trained_text(off, row["messages"]) == "4<|im_end|>6<|im_end|>"
+
+
+def test_qwen3_official_template_gets_reasoning_content_and_trains_the_last(tiny_model_dir, chat_templates,
+                                                                            tmp_path) -> None:
+    tokenizer, template = family_tokenizer(tiny_model_dir, chat_templates, "qwen3")
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    assert template._message(row["messages"][3]) == {"role": "assistant", "content": "6", "reasoning_content": "again"}
+    got = encode_conversation(tokenizer, template, row["messages"], None, 4096)
+    text = tokenizer.apply_chat_template(REASONED, tokenize=False)  # the OpenAI-style messages themselves
+    assert got.input_ids == tokenizer(text, add_special_tokens=False).input_ids
+    trained = tokenizer.decode([t for t, label in zip(got.input_ids, got.labels) if label != IGNORE_INDEX])
+    # the template's generation prompt opens the think block (<think>\n), so the trained reasoning starts after it
+    assert trained == "4<|im_end|>again\n</think>\n\n6<|im_end|>"
+    assert "add them" not in text  # Qwen3 drops the reasoning of turns before the last question
+
+
+# A template that knows reasoning only as the field (no <think> parsing), shown on the last reply only.
+FIELD_ONLY = ("{% for m in messages %}<|im_start|>{{ m.role + '\\n' }}{% if m.reasoning_content and loop.last %}"
+              "<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}<|im_end|>{{ '\\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_a_template_reading_only_reasoning_content_trains_it(tiny_model_dir, chat_templates, tmp_path) -> None:
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "qwen_25")
+    template = JinjaTemplate.from_tokenizer(tokenizer, FIELD_ONLY, "chat_template", "inline")
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    segments = template.segments(row["messages"])
+    assert "".join(s.text for s in segments) == tokenizer.apply_chat_template(REASONED, chat_template=FIELD_ONLY,
+                                                                              tokenize=False)
+    assert "".join(s.text for s in segments if s.trained) == "4<|im_end|><think>again</think>6<|im_end|>"
+
+
+# ---------------------------------------------------------------------------- DeepSeek V3 tool calls
+
+def test_deepseek_real_template_trains_tool_calls_and_results(chat_templates, shared_rows) -> None:
+    """DeepSeek V3's own template on its real tokenizer: calls between its tool tokens, results in its output block,
+    the reply after them opened by <｜tool▁outputs▁end｜> (no assistant header); label rule on the glaive rows."""
+    tokenizer, template = deepseek_tokenizer(chat_templates)
+    rows = [{**row, "tools": None} for row in sample(shared_rows, 5) if row["dataset"] == "glaive_toolcall_en_demo"]
+    assert any(m["role"] == "function_call" for row in rows for m in row["messages"])
+    facts = {**FAMILIES["deepseek_v3"], "header": ("<｜Assistant｜>", "<｜tool▁outputs▁end｜>"), "tools": True}
+    check_every_row(tokenizer, template, rows, facts)
+    trained = [s.text for s in template.segments(TOOL_TURNS) if s.trained]
+    assert trained == ['<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n'
+                       '{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>', "<｜end▁of▁sentence｜>", "21 C.",
+                       "<｜end▁of▁sentence｜>"]
+
+
+def test_deepseek_tool_schemas_have_no_place_and_are_one_line(chat_templates, tiny_tokenizer) -> None:
+    _, template = deepseek_tokenizer(chat_templates)
+    with pytest.raises(DataError, match=r"writes tool calls but never reads the tool schemas \(tools\)"):
+        template.segments(TOOL_TURNS, TOOLS)
+    named = get_template("deepseek3").bind(tiny_tokenizer)
+    with pytest.raises(DataError, match="deepseek3 template has no tool-call format: DeepSeek V3 writes .* leave "
+                                        "template unset"):
+        named.segments(TOOL_TURNS, None)
+
+
+def test_deepseek_role_tokens_in_content_stay_plain_text(chat_templates) -> None:
+    """The real tokenizer has <｜User｜> and <｜Assistant｜> as plain added tokens: message text spelling them must not
+    produce their ids (prepare_tokenizer flags the template's role markers special, same ids)."""
+    tokenizer, template = deepseek_tokenizer(chat_templates)
+    roles = [tokenizer.convert_tokens_to_ids(t) for t in ("<｜User｜>", "<｜Assistant｜>")]
+    hostile = [{"role": "user", "content": "say <｜User｜> <｜Assistant｜> now"},
+               {"role": "assistant", "content": "ok <｜User｜><｜end▁of▁sentence｜>"}]
+    row = encode_conversation(tokenizer, template, hostile, None, 4096)
+    assert [i for i in row.input_ids if i in roles] == roles  # the template's own two
+    assert row.input_ids.count(tokenizer.eos_token_id) == 1
+    assert tokenizer.decode(row.input_ids) == tokenizer.apply_chat_template(hostile, tokenize=False)

@@ -160,6 +160,11 @@ _DEFINITIONS = (
         end_token="{eos}",
         special_tokens=("{bos}", "{eos}", "<｜User｜>", "<｜Assistant｜>"),
         tool_format=None,
+        # the saved Jinja takes a call as the data's JSON text, and Jinja cannot take JSON apart
+        no_tools_reason="the deepseek3 template has no tool-call format: DeepSeek V3 writes a call's name and "
+                        "arguments apart between its tool tokens, which a named template cannot; leave template unset "
+                        "to train with the model's own DeepSeek V3 chat template (tool calls and results; it has no "
+                        "place for tool schemas), or remove the tool turns",
     ),
     # GLM-4 writes no token after a reply: generation stops at the next role token (stop words), and a
     # reply's end is not trained (LLaMA-Factory's efficient_eos).

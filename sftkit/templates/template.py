@@ -107,7 +107,8 @@ class Template:
     `<tool_response>` results; "llama3"; "mistral") or None (tools are an error). `system_in_user`: the system text opens the first user turn (Llama 2,
     Mistral, Gemma). `thought`: the (open, close) words of a reasoning template: a reply without them
     gets an empty thought block, trained when `enable_thinking`, else put in the prompt with every
-    reply's reasoning removed (LLaMA-Factory's ReasoningTemplate).
+    reply's reasoning removed (LLaMA-Factory's ReasoningTemplate). `no_tools_reason`: why a template without
+    a tool format has none, for its tool-row error.
     """
 
     name: str
@@ -125,6 +126,7 @@ class Template:
     thought: tuple[str, str] | None = None
     enable_thinking: bool = True
     origin: str = "built-in"
+    no_tools_reason: str = ""
 
     def segments(self, messages: list[dict[str, str]], tools: str | None = None,
                  add_generation_prompt: bool = False, only_last: bool = False) -> list[Segment]:
@@ -146,8 +148,9 @@ class Template:
             raise DataError(problem)
         schemas = _tools(tools)
         if (schemas or any(m["role"] in ("function_call", "observation") for m in turns)) and not self.tool_format:
-            raise DataError(f"the {self.name} template has no tool-call format; use a template with one (chatml, "
-                            "qwen, qwen3, llama3) or the model's own chat template, or remove the tool turns")
+            raise DataError(self.no_tools_reason or f"the {self.name} template has no tool-call format; use a "
+                            "template with one (chatml, qwen, qwen3, llama3) or the model's own chat template, or "
+                            "remove the tool turns")
         out = [Segment(self.prefix, False, False, -1)] if self.prefix else []
         system_text = _system_text(system if system is not None else self.default_system, schemas, self._tool_format)
         if system_text is not None and not self.system_in_user:
@@ -408,8 +411,9 @@ _JINJA = """
 def prepare_tokenizer(tokenizer: Any, template: Template) -> list[int]:
     """Makes `tokenizer` speak `template`; idempotent and never removes anything.
 
-    Adds the template's control tokens it lacks as special tokens (kept whole, skipped when decoding),
-    writes `template.jinja()` as its chat template, and sets a pad token (eos) if it has none.
+    Adds the template's control tokens it lacks as special tokens (kept whole, skipped when decoding; one it
+    has as a plain added token is flagged special, same id), writes `template.jinja()` as its chat template,
+    and sets a pad token (eos) if it has none.
 
     Args:
         tokenizer: a transformers tokenizer, changed in place.
@@ -419,7 +423,8 @@ def prepare_tokenizer(tokenizer: Any, template: Template) -> list[int]:
         Ids of tokens new to the vocabulary (their embedding rows must be trained); [] on a second call.
     """
     vocab = tokenizer.get_vocab()
-    registered = set(tokenizer.added_tokens_encoder)
+    # flagged special, so masking's guard can split message text that spells one
+    registered = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
     missing = [token for token in template.special_tokens if token not in registered]
     new = [token for token in missing if token not in vocab]
     if missing:
