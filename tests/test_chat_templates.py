@@ -280,6 +280,8 @@ def test_config_without_template_uses_the_models_own(tiny_model_dir, chat_templa
     cfg = cfg.model_copy(update={"chat_template": str(given)})
     _, template = load_tokenizer_and_template(cfg)
     assert template.source == given.read_text() and str(given) in template.origin
+    _, template = load_tokenizer_and_template(cfg.model_copy(update={"chat_template": given.read_text()}))
+    assert template.source == given.read_text() and template.origin == "chat_template given inline in the config"
 
 
 def test_no_template_anywhere_is_one_line_naming_the_choices(tiny_model_dir) -> None:
@@ -600,8 +602,10 @@ def test_each_messages_reasoning_field_becomes_its_think_block(tmp_path) -> None
 
 
 @pytest.mark.parametrize("message, problem", [
-    ({"role": "user", "content": "q", "reasoning_content": "x"}, "message 0 is a user message with 'reasoning_content'"),
-    ({"role": "assistant", "content": "<think>\ny\n</think>\n\na", "reasoning_content": "x"}, "both separate reasoning"),
+    ({"role": "user", "content": "q", "reasoning_content": "x"},
+     "message 0 is a user message with 'reasoning_content'"),
+    ({"role": "assistant", "content": "<think>\ny\n</think>\n\na", "reasoning_content": "x"},
+     "both separate reasoning"),
     ({"role": "assistant", "content": "a", "reasoning_content": "x", "reasoning": "y"}, "keep one reasoning field"),
 ])
 def test_a_reasoning_field_that_cannot_be_meant_is_one_line(tmp_path, message, problem) -> None:
@@ -690,3 +694,40 @@ def test_deepseek_role_tokens_in_content_stay_plain_text(chat_templates) -> None
     assert [i for i in row.input_ids if i in roles] == roles  # the template's own two
     assert row.input_ids.count(tokenizer.eos_token_id) == 1
     assert tokenizer.decode(row.input_ids) == tokenizer.apply_chat_template(hostile, tokenize=False)
+
+
+# ---------------------------------------------------------------------------- train_on_prompt, mask_history, refusals
+
+TWO_TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there."},
+             {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Fine."}]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_official_templates_keep_train_on_prompt_and_mask_history(tiny_model_dir, chat_templates, family) -> None:
+    tokenizer, template = family_tokenizer(tiny_model_dir, chat_templates, family)
+    facts = FAMILIES[family]
+    text = tokenizer.apply_chat_template(TWO_TURNS, tokenize=False)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    everything = encode_conversation(tokenizer, template, TWO_TURNS, None, 4096, train_on_prompt=True)
+    assert everything.labels == everything.input_ids == encoding["input_ids"]
+    last = encode_conversation(tokenizer, template, TWO_TURNS, None, 4096, mask_history=True)
+    rule = rule_labels(encoding, text, facts["header"], facts["end"], facts.get("skip", ""))
+    last_header = text.rfind(facts["header"])
+    assert last.labels == [label if start >= last_header else IGNORE_INDEX
+                           for label, (start, _) in zip(rule, encoding["offset_mapping"])]
+
+
+# Earlier replies shouted: the template rewrites a reply once later turns follow, past finding it.
+SHOUTING = ("{% for m in messages %}<|im_start|>{{ m.role }}:{{ m.content | upper if m.role == 'assistant' and not "
+            "loop.last else m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant:"
+            "{% endif %}")
+
+
+def test_a_reply_the_template_rewrites_past_finding_is_refused(tiny_model_dir, chat_templates) -> None:
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "qwen_25")
+    template = JinjaTemplate.from_tokenizer(tokenizer, SHOUTING, "chat_template", "inline")
+    with pytest.raises(DataError, match="renders reply 1 differently once later turns follow.*mask_history: true"):
+        encode_conversation(tokenizer, template, TWO_TURNS, None, 4096)
+    row = encode_conversation(tokenizer, template, TWO_TURNS, None, 4096, mask_history=True)  # the last reply only
+    assert tokenizer.decode([t for t, label in zip(row.input_ids, row.labels) if label != IGNORE_INDEX]) == (
+        "Fine.<|im_end|>")
