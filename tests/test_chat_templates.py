@@ -432,26 +432,47 @@ def stop_ids(directory: Path) -> list[int]:
     return eos if isinstance(eos, list) else [eos]
 
 
-@pytest.mark.slow
-def test_models_own_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
-                                                                 monkeypatch, capsys) -> None:
+def own_template_round_trip(tiny_model_dir: Path, chat_templates: Path, tmp_path: Path, monkeypatch, capsys,
+                            family: str) -> None:
+    """Trains the tiny model on one row with `family`'s official template as its own, merges, and chats: the run
+    and the merged model keep that template, list its end token as a stop, and answer the trained reply, stopped."""
     from helpers import run_cli
     from transformers import AutoTokenizer
 
     from sftkit.merge import merge
 
-    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "qwen_25")
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, family)
     own = tokenizer.chat_template
     run = train_without_template(write_base(tmp_path / "base", tokenizer), tmp_path, steps=40)
     merged = merge(run, out=tmp_path / "merged", dtype="fp32")
-    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end_id = tokenizer.convert_tokens_to_ids(FAMILIES[family]["end"])
+    # Qwen3's generation prompt opens the think block: the model writes its (empty) end, then the answer
+    expected = "</think>\n\n" + ANSWER if family == "qwen3" else ANSWER
     capsys.readouterr()  # what training and merging printed
     for directory in (run, merged):
         assert AutoTokenizer.from_pretrained(directory).chat_template == own  # the very template trained on
         assert end_id in stop_ids(directory)
         code, out, err = run_cli(["chat", str(directory), "--prompt", QUESTION], monkeypatch, capsys)
-        assert code == 0 and out == ANSWER + "\n", err  # the trained reply, stopped at <|im_end|>
+        assert code == 0 and out.strip() == expected, err  # the trained reply, stopped at the end token
         assert "template model's own" in err
+
+
+@pytest.mark.slow
+def test_models_own_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
+                                                                 monkeypatch, capsys) -> None:
+    own_template_round_trip(tiny_model_dir, chat_templates, tmp_path, monkeypatch, capsys, "qwen_25")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("family", [
+    pytest.param(family, marks=pytest.mark.xfail(strict=True, reason=(
+        "known gap: ERNIE's header ends in a space that a reply like 'Paris.' does not merge with; the prompt drops "
+        "that space (replies like ' the' merge with it) and the untrained space is never generated")))
+    if family == "ernie45" else family for family in sorted(set(FAMILIES) - {"qwen_25"})])
+def test_every_official_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
+                                                                     monkeypatch, capsys, family) -> None:
+    own_template_round_trip(tiny_model_dir, chat_templates, tmp_path, monkeypatch, capsys, family)
 
 
 @pytest.mark.slow
