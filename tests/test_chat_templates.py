@@ -84,12 +84,14 @@ def deepseek_tokenizer(chat_templates: Path) -> tuple[Any, JinjaTemplate]:
     return tokenizer, template
 
 
-def rule_labels(encoding: Any, text: str, header: str, end: str, skip: str = "") -> list[int]:
+def rule_labels(encoding: Any, text: str, header: str | tuple[str, ...], end: str, skip: str = "") -> list[int]:
     """The independent rule: a token is trained when any of its characters lies in a reply, i.e. between an
-    assistant header (and `skip`, the opened think block of Qwen3's generation prompt) and the end token that
-    closes it, end token included."""
+    assistant header (any of several; and `skip`, the opened think block of Qwen3's generation prompt) and the
+    end token that closes it, end token included."""
+    headers = (header,) if isinstance(header, str) else header
     spans, cursor = [], 0
-    while (at := text.find(header, cursor)) >= 0:
+    while found := [(at, h) for h in headers if (at := text.find(h, cursor)) >= 0]:
+        at, header = min(found)
         start = at + len(header)
         start += len(skip) if skip and text.startswith(skip, start) else 0
         stop = text.find(end, start) + len(end)
@@ -113,7 +115,7 @@ def check_every_row(tokenizer: Any, template: JinjaTemplate, rows: list[dict[str
     on a template without a tool format must be refused, in one line."""
     if not facts.get("tools"):
         for row in [r for r in rows if r["tools"]]:
-            with pytest.raises(DataError, match="no tool-call format"):
+            with pytest.raises(DataError, match="no tool-call format|never reads the tool schemas"):
                 template.segments(row["messages"], row["tools"])
         rows = [r for r in rows if not r["tools"]]
     encoded = encode_conversations(tokenizer, template, [(r["messages"], r["tools"]) for r in rows], 10 ** 6)
@@ -278,6 +280,8 @@ def test_config_without_template_uses_the_models_own(tiny_model_dir, chat_templa
     cfg = cfg.model_copy(update={"chat_template": str(given)})
     _, template = load_tokenizer_and_template(cfg)
     assert template.source == given.read_text() and str(given) in template.origin
+    _, template = load_tokenizer_and_template(cfg.model_copy(update={"chat_template": given.read_text()}))
+    assert template.source == given.read_text() and template.origin == "chat_template given inline in the config"
 
 
 def test_no_template_anywhere_is_one_line_naming_the_choices(tiny_model_dir) -> None:
@@ -428,26 +432,47 @@ def stop_ids(directory: Path) -> list[int]:
     return eos if isinstance(eos, list) else [eos]
 
 
-@pytest.mark.slow
-def test_models_own_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
-                                                                 monkeypatch, capsys) -> None:
+def own_template_round_trip(tiny_model_dir: Path, chat_templates: Path, tmp_path: Path, monkeypatch, capsys,
+                            family: str) -> None:
+    """Trains the tiny model on one row with `family`'s official template as its own, merges, and chats: the run
+    and the merged model keep that template, list its end token as a stop, and answer the trained reply, stopped."""
     from helpers import run_cli
     from transformers import AutoTokenizer
 
     from sftkit.merge import merge
 
-    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "qwen_25")
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, family)
     own = tokenizer.chat_template
     run = train_without_template(write_base(tmp_path / "base", tokenizer), tmp_path, steps=40)
     merged = merge(run, out=tmp_path / "merged", dtype="fp32")
-    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end_id = tokenizer.convert_tokens_to_ids(FAMILIES[family]["end"])
+    # Qwen3's generation prompt opens the think block: the model writes its (empty) end, then the answer
+    expected = "</think>\n\n" + ANSWER if family == "qwen3" else ANSWER
     capsys.readouterr()  # what training and merging printed
     for directory in (run, merged):
         assert AutoTokenizer.from_pretrained(directory).chat_template == own  # the very template trained on
         assert end_id in stop_ids(directory)
         code, out, err = run_cli(["chat", str(directory), "--prompt", QUESTION], monkeypatch, capsys)
-        assert code == 0 and out == ANSWER + "\n", err  # the trained reply, stopped at <|im_end|>
+        assert code == 0 and out.strip() == expected, err  # the trained reply, stopped at the end token
         assert "template model's own" in err
+
+
+@pytest.mark.slow
+def test_models_own_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
+                                                                 monkeypatch, capsys) -> None:
+    own_template_round_trip(tiny_model_dir, chat_templates, tmp_path, monkeypatch, capsys, "qwen_25")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("family", [
+    pytest.param(family, marks=pytest.mark.xfail(strict=True, reason=(
+        "known gap: ERNIE's header ends in a space that a reply like 'Paris.' does not merge with; the prompt drops "
+        "that space (replies like ' the' merge with it) and the untrained space is never generated")))
+    if family == "ernie45" else family for family in sorted(set(FAMILIES) - {"qwen_25"})])
+def test_every_official_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
+                                                                     monkeypatch, capsys, family) -> None:
+    own_template_round_trip(tiny_model_dir, chat_templates, tmp_path, monkeypatch, capsys, family)
 
 
 @pytest.mark.slow
@@ -517,7 +542,213 @@ def test_validate_names_the_template_and_refuses_a_row_it_cannot_train(tiny_mode
                                       "dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}))
     code, out, err = run_cli(["validate", str(config)], monkeypatch, capsys)
     assert code == 0, err
-    assert out.strip().endswith(f"template model's own (the chat_template of {model / 'chat_template.jinja'}))")
+    origin = f"template model's own (the chat_template of {model / 'chat_template.jinja'})"
+    assert out.strip().endswith(origin + ")")
+    code, out, err = run_cli(["data", "preview", str(config), "-n", "1"], monkeypatch, capsys)
+    assert code == 0 and f"--- {origin}" in out, err
     code, out, err = run_cli(["validate", str(config), "--set", "dataset=tooled"], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: dataset 'tooled' row 0: the model's own chat template has no tool-call format")
+
+
+# ---------------------------------------------------------------------------- Llama 3.1 tool calls (named llama3)
+
+LLAMA31_TOOLS = (
+    "Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nYou have access to the "
+    "following functions. To call a function, please respond with JSON for a function call.Respond in the format "
+    '{"name": function name, "parameters": dictionary of argument name and its value}.Do not use variables.\n\n'
+    '{\n    "type": "function",\n    "function": {\n        "name": "get_weather",\n        "parameters": {\n'
+    '            "type": "object"\n        }\n    }\n}\n\n')
+
+
+def test_llama3_tool_rows_are_llama31_json_tool_calls(tiny_tokenizer) -> None:
+    template = get_template("llama3").bind(tiny_tokenizer)
+    prepare_tokenizer(tiny_tokenizer, template)
+    messages = [{"role": "system", "content": "Be brief."}, *TOOL_TURNS]
+    segments = template.segments(messages, TOOLS)
+    text = "".join(s.text for s in segments)
+    assert text == (f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{LLAMA31_TOOLS}Be brief.<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\nWeather?<|eot_id|>"
+                    '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", "parameters": {"city": '
+                    '"Paris"}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 21}<|eot_id|>'
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n21 C.<|eot_id|>")
+    assert [s.text for s in segments if s.trained] == [
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}', "<|eot_id|>", "21 C.", "<|eot_id|>"]
+    schemas = json.loads(TOOLS)
+    assert text == tiny_tokenizer.apply_chat_template(messages, tools=schemas, tokenize=False)
+    assert template.generation_prompt(messages[:4], TOOLS) == tiny_tokenizer.apply_chat_template(
+        messages[:4], tools=schemas, tokenize=False, add_generation_prompt=True)
+    # no system message: the tools block is the whole system turn; a schema typed "function" is not wrapped again
+    typed = json.dumps([{"type": "function", "function": {"name": "f"}}])
+    alone = "".join(s.text for s in template.segments(TOOL_TURNS, typed))
+    assert '<|end_header_id|>\n\nEnvironment: ipython\n' in alone and alone.count('"type": "function"') == 1
+    assert alone == tiny_tokenizer.apply_chat_template(TOOL_TURNS, tools=json.loads(typed), tokenize=False)
+
+
+def test_llama3_refuses_a_call_its_renaming_would_garble(tiny_tokenizer) -> None:
+    template = get_template("llama3").bind(tiny_tokenizer)
+    garbled = [TOOL_TURNS[0], {"role": "function_call", "content": '{"name": "arguments", "arguments": {}}'},
+               *TOOL_TURNS[2:]]
+    with pytest.raises(DataError, match='function_call turn must be a JSON object .*written as "parameters"'):
+        template.segments(garbled, TOOLS)
+
+
+# ---------------------------------------------------------------------------- a reasoning field per message
+
+def load_rows(folder: Path, rows: list[dict[str, Any]], entry: dict[str, Any], **keys: Any) -> list[dict[str, Any]]:
+    from sftkit.data.loader import load_conversations
+
+    (folder / "rows.json").write_text(json.dumps(rows))
+    (folder / "dataset_info.json").write_text(json.dumps({"r": {"file_name": "rows.json", **entry}}))
+    cfg = validate_config({"model_name_or_path": "m", "output_dir": "o", "dataset": "r", "dataset_dir": str(folder),
+                           "template": "qwen3", **keys})
+    return list(load_conversations(cfg).train)
+
+
+OPENAI = {"formatting": "sharegpt", "columns": {"messages": "messages"},
+          "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
+REASONED = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "add them"},
+            {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6", "reasoning_content": "again"}]
+
+
+def test_each_messages_reasoning_field_becomes_its_think_block(tmp_path) -> None:
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    assert [m["content"] for m in row["messages"]] == [
+        "2+2?", "<think>\nadd them\n</think>\n\n4", "3+3?", "<think>\nagain\n</think>\n\n6"]
+    # ShareGPT tags with the registry's reasoning column name, per message; null reasoning is none
+    rows = [{"conversations": [{"from": "human", "value": "q", "thought": None},
+                               {"from": "gpt", "value": "a", "thought": "because"}]}]
+    (row,) = load_rows(tmp_path, rows, {"formatting": "sharegpt", "columns": {"reasoning": "thought"}})
+    assert row["messages"][-1]["content"] == "<think>\nbecause\n</think>\n\na"
+
+
+@pytest.mark.parametrize("message, problem", [
+    ({"role": "user", "content": "q", "reasoning_content": "x"},
+     "message 0 is a user message with 'reasoning_content'"),
+    ({"role": "assistant", "content": "<think>\ny\n</think>\n\na", "reasoning_content": "x"},
+     "both separate reasoning"),
+    ({"role": "assistant", "content": "a", "reasoning_content": "x", "reasoning": "y"}, "keep one reasoning field"),
+])
+def test_a_reasoning_field_that_cannot_be_meant_is_one_line(tmp_path, message, problem) -> None:
+    messages = [message] if message["role"] == "user" else [{"role": "user", "content": "q"}, message]
+    if message["role"] == "user":
+        messages.append({"role": "assistant", "content": "a"})
+    with pytest.raises(DataError, match=problem):
+        load_rows(tmp_path, [{"messages": messages}], OPENAI)
+
+
+def test_named_thinking_templates_train_the_last_turns_reasoning(tiny_tokenizer, tmp_path) -> None:
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    qwen3 = get_template("qwen3").bind(tiny_tokenizer)
+    assert trained_text(qwen3, row["messages"]).endswith("<think>\nagain\n</think>\n\n6<|im_end|>")
+    ernie = get_template("ernie").bind(tiny_tokenizer)  # LLaMA-Factory's ernie keeps every reply's block as written
+    assert trained_text(ernie, row["messages"]) == ("<think>\nadd them\n</think>\n\n4<|im_end|>"
+                                                    "<think>\nagain\n</think>\n\n6<|im_end|>")
+    off = get_template("qwen3").bind(tiny_tokenizer, enable_thinking=False)
+    assert trained_text(off, row["messages"]) == "4<|im_end|>6<|im_end|>"
+
+
+def test_qwen3_official_template_gets_reasoning_content_and_trains_the_last(tiny_model_dir, chat_templates,
+                                                                            tmp_path) -> None:
+    tokenizer, template = family_tokenizer(tiny_model_dir, chat_templates, "qwen3")
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    assert template._message(row["messages"][3]) == {"role": "assistant", "content": "6", "reasoning_content": "again"}
+    got = encode_conversation(tokenizer, template, row["messages"], None, 4096)
+    text = tokenizer.apply_chat_template(REASONED, tokenize=False)  # the OpenAI-style messages themselves
+    assert got.input_ids == tokenizer(text, add_special_tokens=False).input_ids
+    trained = tokenizer.decode([t for t, label in zip(got.input_ids, got.labels) if label != IGNORE_INDEX])
+    # the template's generation prompt opens the think block (<think>\n), so the trained reasoning starts after it
+    assert trained == "4<|im_end|>again\n</think>\n\n6<|im_end|>"
+    assert "add them" not in text  # Qwen3 drops the reasoning of turns before the last question
+
+
+# A template that knows reasoning only as the field (no <think> parsing), shown on the last reply only.
+FIELD_ONLY = ("{% for m in messages %}<|im_start|>{{ m.role + '\\n' }}{% if m.reasoning_content and loop.last %}"
+              "<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}<|im_end|>{{ '\\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_a_template_reading_only_reasoning_content_trains_it(tiny_model_dir, chat_templates, tmp_path) -> None:
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "qwen_25")
+    template = JinjaTemplate.from_tokenizer(tokenizer, FIELD_ONLY, "chat_template", "inline")
+    (row,) = load_rows(tmp_path, [{"messages": REASONED}], OPENAI)
+    segments = template.segments(row["messages"])
+    assert "".join(s.text for s in segments) == tokenizer.apply_chat_template(REASONED, chat_template=FIELD_ONLY,
+                                                                              tokenize=False)
+    assert "".join(s.text for s in segments if s.trained) == "4<|im_end|><think>again</think>6<|im_end|>"
+
+
+# ---------------------------------------------------------------------------- DeepSeek V3 tool calls
+
+def test_deepseek_real_template_trains_tool_calls_and_results(chat_templates, shared_rows) -> None:
+    """DeepSeek V3's own template on its real tokenizer: calls between its tool tokens, results in its output block,
+    the reply after them opened by <｜tool▁outputs▁end｜> (no assistant header); label rule on the glaive rows."""
+    tokenizer, template = deepseek_tokenizer(chat_templates)
+    rows = [{**row, "tools": None} for row in sample(shared_rows, 5) if row["dataset"] == "glaive_toolcall_en_demo"]
+    assert any(m["role"] == "function_call" for row in rows for m in row["messages"])
+    facts = {**FAMILIES["deepseek_v3"], "header": ("<｜Assistant｜>", "<｜tool▁outputs▁end｜>"), "tools": True}
+    check_every_row(tokenizer, template, rows, facts)
+    trained = [s.text for s in template.segments(TOOL_TURNS) if s.trained]
+    assert trained == ['<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n'
+                       '{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>', "<｜end▁of▁sentence｜>", "21 C.",
+                       "<｜end▁of▁sentence｜>"]
+
+
+def test_deepseek_tool_schemas_have_no_place_and_are_one_line(chat_templates, tiny_tokenizer) -> None:
+    _, template = deepseek_tokenizer(chat_templates)
+    with pytest.raises(DataError, match=r"writes tool calls but never reads the tool schemas \(tools\)"):
+        template.segments(TOOL_TURNS, TOOLS)
+    named = get_template("deepseek3").bind(tiny_tokenizer)
+    with pytest.raises(DataError, match="deepseek3 template has no tool-call format: DeepSeek V3 writes .* leave "
+                                        "template unset"):
+        named.segments(TOOL_TURNS, None)
+
+
+def test_deepseek_role_tokens_in_content_stay_plain_text(chat_templates) -> None:
+    """The real tokenizer has <｜User｜> and <｜Assistant｜> as plain added tokens: message text spelling them must not
+    produce their ids (prepare_tokenizer flags the template's role markers special, same ids)."""
+    tokenizer, template = deepseek_tokenizer(chat_templates)
+    roles = [tokenizer.convert_tokens_to_ids(t) for t in ("<｜User｜>", "<｜Assistant｜>")]
+    hostile = [{"role": "user", "content": "say <｜User｜> <｜Assistant｜> now"},
+               {"role": "assistant", "content": "ok <｜User｜><｜end▁of▁sentence｜>"}]
+    row = encode_conversation(tokenizer, template, hostile, None, 4096)
+    assert [i for i in row.input_ids if i in roles] == roles  # the template's own two
+    assert row.input_ids.count(tokenizer.eos_token_id) == 1
+    assert tokenizer.decode(row.input_ids) == tokenizer.apply_chat_template(hostile, tokenize=False)
+
+
+# ---------------------------------------------------------------------------- train_on_prompt, mask_history, refusals
+
+TWO_TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there."},
+             {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Fine."}]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_official_templates_keep_train_on_prompt_and_mask_history(tiny_model_dir, chat_templates, family) -> None:
+    tokenizer, template = family_tokenizer(tiny_model_dir, chat_templates, family)
+    facts = FAMILIES[family]
+    text = tokenizer.apply_chat_template(TWO_TURNS, tokenize=False)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    everything = encode_conversation(tokenizer, template, TWO_TURNS, None, 4096, train_on_prompt=True)
+    assert everything.labels == everything.input_ids == encoding["input_ids"]
+    last = encode_conversation(tokenizer, template, TWO_TURNS, None, 4096, mask_history=True)
+    rule = rule_labels(encoding, text, facts["header"], facts["end"], facts.get("skip", ""))
+    last_header = text.rfind(facts["header"])
+    assert last.labels == [label if start >= last_header else IGNORE_INDEX
+                           for label, (start, _) in zip(rule, encoding["offset_mapping"])]
+
+
+# Earlier replies shouted: the template rewrites a reply once later turns follow, past finding it.
+SHOUTING = ("{% for m in messages %}<|im_start|>{{ m.role }}:{{ m.content | upper if m.role == 'assistant' and not "
+            "loop.last else m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant:"
+            "{% endif %}")
+
+
+def test_a_reply_the_template_rewrites_past_finding_is_refused(tiny_model_dir, chat_templates) -> None:
+    tokenizer, _ = family_tokenizer(tiny_model_dir, chat_templates, "qwen_25")
+    template = JinjaTemplate.from_tokenizer(tokenizer, SHOUTING, "chat_template", "inline")
+    with pytest.raises(DataError, match="renders reply 1 differently once later turns follow.*mask_history: true"):
+        encode_conversation(tokenizer, template, TWO_TURNS, None, 4096)
+    row = encode_conversation(tokenizer, template, TWO_TURNS, None, 4096, mask_history=True)  # the last reply only
+    assert tokenizer.decode([t for t, label in zip(row.input_ids, row.labels) if label != IGNORE_INDEX]) == (
+        "Fine.<|im_end|>")

@@ -114,7 +114,7 @@ def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | Non
         raise RowError(f"column {column!r} must be a list of messages, got {type(raw).__name__}")
     if not raw:
         raise RowError(f"empty conversation in column {column!r}; remove the row")
-    messages = [_tagged_message(m, i, spec.tags) for i, m in enumerate(raw)]
+    messages = [_tagged_message(m, i, spec.tags, spec.columns["reasoning"]) for i, m in enumerate(raw)]
     system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
     check_turns(messages, first_position=len(raw) - len(messages))
     system = system or _text(row, spec.columns["system"], "system") or default_system
@@ -125,8 +125,19 @@ def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | Non
 
 
 def with_reasoning(reasoning: str, reply: str) -> str:
-    """A reply with its separate reasoning as the `<think>` block the thinking templates read (Qwen3's layout)."""
-    return f"<think>\n{reasoning.strip()}\n</think>\n\n{reply}" if reasoning.strip() else reply
+    """A reply with its separate reasoning as the `<think>` block the thinking templates read (Qwen3's layout).
+
+    The `<think>` block is the one normalized form of reasoning: named templates render it as they define,
+    and a model's own Jinja that reads `reasoning_content` gets it back as that field (`JinjaTemplate`).
+
+    Raises:
+        RowError: the reply already holds a `<think>` block (two sources of reasoning for one reply).
+    """
+    if not reasoning.strip():
+        return reply
+    if "</think>" in reply:
+        raise RowError("the reply has both separate reasoning and a <think> block in its text; keep one of them")
+    return f"<think>\n{reasoning.strip()}\n</think>\n\n{reply}"
 
 
 def check_turns(turns: list[Message], first_position: int = 0) -> None:
@@ -199,7 +210,9 @@ def _history(value: Any, column: str) -> list[Message]:
     return turns
 
 
-def _tagged_message(message: Any, position: int, tags: dict[str, str]) -> Message:
+def _tagged_message(message: Any, position: int, tags: dict[str, str], reasoning_key: str) -> Message:
+    """One tagged message, normalized; an assistant's own reasoning field (OpenAI's `reasoning_content`, or the
+    registry's reasoning column name) becomes its `<think>` block."""
     if not isinstance(message, dict):
         raise RowError(f"message {position} must be an object, got {type(message).__name__}")
     role_tag, content_tag = tags["role_tag"], tags["content_tag"]
@@ -215,7 +228,26 @@ def _tagged_message(message: Any, position: int, tags: dict[str, str]) -> Messag
         raise RowError(f"message {position}: {content_tag!r} must be a string, got {type(content).__name__}")
     if roles[role] == "system" and position:
         raise RowError(f"message {position} is a system message; only the first message may be one")
-    return {"role": roles[role], "content": content}
+    return {"role": roles[role], "content": _message_reasoning(message, position, roles[role], content, reasoning_key)}
+
+
+def _message_reasoning(message: dict[str, Any], position: int, role: str, content: str, reasoning_key: str) -> str:
+    """`content` with the message's own reasoning field as its `<think>` block (absent, null or "": unchanged)."""
+    keys = [key for key in dict.fromkeys(("reasoning_content", reasoning_key)) if message.get(key) not in (None, "")]
+    if not keys:
+        return content
+    if len(keys) > 1:
+        raise RowError(f"message {position} has both {keys[0]!r} and {keys[1]!r}; keep one reasoning field")
+    reasoning = message[keys[0]]
+    if not isinstance(reasoning, str):
+        raise RowError(f"message {position}: {keys[0]!r} must be a string, got {type(reasoning).__name__}")
+    if role != "assistant":
+        raise RowError(f"message {position} is a {role} message with {keys[0]!r}; only assistant replies carry "
+                       "reasoning")
+    try:
+        return with_reasoning(reasoning, content)
+    except RowError as exc:
+        raise RowError(f"message {position}: {exc}") from None
 
 
 def _tools(value: Any, column: str) -> str | None:

@@ -16,7 +16,9 @@ by rendering the template itself, never by guessing its format:
 Message content holding control-token text is located in the rendering and marked as data, so it is
 tokenized as plain text (masking's guard); content the template changes so it cannot be found is refused.
 The normalized roles map onto the template's: `function_call` -> an assistant message with `tool_calls`,
-`observation` -> `tool`; tools go in as the list of schemas the template reads.
+`observation` -> `tool`; tools go in as the list of schemas the template reads. A reply's reasoning (its
+leading `<think>` block) goes in as `reasoning_content` when the template reads that field (Qwen3, DeepSeek R1
+style), else stays in the content for the template to render or drop as it defines.
 """
 
 from __future__ import annotations
@@ -65,10 +67,16 @@ class JinjaTemplate:
         values = {key: value for key, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
         if enable_thinking is not None and "enable_thinking" in source:
             values["enable_thinking"] = enable_thinking
-        specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        added = {t.content: t.special for t in tokenizer.added_tokens_decoder.values()}
+        specials = {content for content, special in added.items() if special}
         specials |= {v for v in values.values() if isinstance(v, str)}
-        control = tuple(sorted(specials, key=len, reverse=True))
-        draft = cls(name, source, origin, tuple(sorted(values.items())), control, (), "")
+        draft = cls(name, source, origin, tuple(sorted(values.items())), _longest_first(specials), (), "")
+        # Role markers a tokenizer added without the special flag (DeepSeek's <｜User｜>, <｜Assistant｜>) are the
+        # template's structure all the same: written outside any message, they become control tokens (and
+        # prepare_tokenizer flags them special), so message text can never produce them.
+        structure = draft._probe_text().replace("probe question", "").replace(_PROBE_REPLY, "")
+        control = _longest_first(specials | {content for content in added if content in structure})
+        draft = cls(name, source, origin, draft.variables, control, (), "")
         end = draft._probe_end()
         written = tuple(t for t in control if t in draft._probe_text())
         return cls(name, source, origin, draft.variables, control, written, end, draft._probe_arguments())
@@ -93,7 +101,7 @@ class JinjaTemplate:
         full = self.render(chat, schemas, add_generation_prompt)
         offset = len(messages) - len(turns)
         replies = [] if add_generation_prompt else self._replies(chat, schemas, full, offset, only_last)
-        contents = self._contents(messages, full)
+        contents = self._contents(messages, chat, full)
         return _cut(full, replies, contents, len(turns) // 2 if add_generation_prompt else None)
 
     def generation_prompt(self, messages: list[dict[str, str]], tools: str | None = None) -> str:
@@ -143,6 +151,8 @@ class JinjaTemplate:
         role, content = message["role"], message["content"]
         if role == "observation":
             return {"role": "tool", "content": content}
+        if role == "assistant" and "reasoning_content" in self.source:
+            return _with_reasoning_field(content)
         if role != "function_call":
             return {"role": role, "content": content}
         try:
@@ -161,10 +171,16 @@ class JinjaTemplate:
             schemas = parse_tools(tools)
         except ValueError as exc:
             raise DataError(f"tools {exc}") from None
-        uses_tools = schemas or any(m["role"] in ("function_call", "observation") for m in turns)
-        if uses_tools and not ("tool_calls" in self.source and re.search(r"\btools\b", self.source)):
+        calls = any(m["role"] in ("function_call", "observation") for m in turns)
+        if (schemas or calls) and "tool_calls" not in self.source:
             raise DataError(f"the {self.name} chat template has no tool-call format (it never reads tools / "
                             "tool_calls); use a template with one (qwen, qwen3, chatml, llama3) or remove the tool turns")
+        if schemas and not re.search(r"\btools\b", self.source):
+            # DeepSeek V3's own template: calls and results have tokens, the schemas no place at all, and a model
+            # trained to call tools it was never shown would make them up
+            raise DataError(f"the {self.name} chat template writes tool calls but never reads the tool schemas "
+                            "(tools), so they would silently vanish from the prompt; describe the tools in the "
+                            "system message and drop the tools column, or choose a template that lists them")
         return schemas or None
 
     # ------------------------------------------------------------------ what is trained
@@ -221,26 +237,30 @@ class JinjaTemplate:
                 boundary = max(boundary, at + len(token))
         return boundary
 
-    def _contents(self, messages: list[dict[str, str]], full: str) -> list[tuple[int, int]]:
-        """Where the content holding control-token text lies in `full` (only such content needs marking)."""
+    def _contents(self, messages: list[dict[str, str]], chat: list[dict[str, Any]], full: str
+                  ) -> list[tuple[int, int]]:
+        """Where the message text holding control-token text lies in `full` (only such text needs marking).
+
+        The text is what the template was given: a reply's content and `reasoning_content` apart where it reads
+        that field (so the <think> it writes itself stays its own token), else the normalized content.
+        """
         pattern = _control_regex(self.control_tokens)
-        if not any(pattern.search(m["content"]) for m in messages):
-            return []
         spans: list[tuple[int, int]] = []
         cursor = 0
-        for i, message in enumerate(messages):
-            content = message["content"]
-            if not pattern.search(content):
-                continue
-            for text in (content, content.strip(), remove_thought(content, "</think>")):
-                at = full.find(text, cursor)
-                if text and at >= 0:
-                    spans.append((at, at + len(text)))
-                    cursor = at + len(text)
-                    break
-            else:
-                raise DataError(f"message {i} holds control-token text that the {self.name} chat template changes, "
-                                "so it cannot be kept as plain text; remove the control-token text from the row")
+        for i, (message, given) in enumerate(zip(messages, chat, strict=True)):
+            parts = ([message["content"]] if "tool_calls" in given else
+                     [given.get("reasoning_content") or "", given["content"]])
+            for part in (p for p in parts if pattern.search(p)):
+                for text in (part, part.strip(), remove_thought(part, "</think>")):
+                    at = full.find(text, cursor)
+                    if text and at >= 0:
+                        spans.append((at, at + len(text)))
+                        cursor = at + len(text)
+                        break
+                else:
+                    raise DataError(f"message {i} holds control-token text that the {self.name} chat template "
+                                    "changes, so it cannot be kept as plain text; remove the control-token text "
+                                    "from the row")
         return spans
 
     def _end_in(self, text: str) -> str:
@@ -301,6 +321,16 @@ def _cut(full: str, replies: list[tuple[int, int, int, int]], contents: list[tup
     return out
 
 
+def _with_reasoning_field(content: str) -> dict[str, Any]:
+    """An assistant message for a template that reads `reasoning_content`: a leading `<think>` block (sftkit's
+    normalized reasoning) moves into that field, as OpenAI-style messages carry it."""
+    head, close, reply = content.partition("</think>")
+    if not close or not head.lstrip().startswith("<think>"):
+        return {"role": "assistant", "content": content}
+    reasoning = head.lstrip()[len("<think>"):].strip("\n")
+    return {"role": "assistant", "content": reply.lstrip("\n"), "reasoning_content": reasoning}
+
+
 def _visible(message: dict[str, Any]) -> str:
     """A reply's text that any rendering of it shows (its reasoning may be dropped)."""
     if message.get("tool_calls"):
@@ -320,6 +350,10 @@ def _common_prefix(a: str, b: str) -> int:
         else:
             high = mid - 1
     return low
+
+
+def _longest_first(tokens: set[str]) -> tuple[str, ...]:
+    return tuple(sorted(tokens, key=lambda token: (-len(token), token)))
 
 
 def _control_regex(tokens: tuple[str, ...]) -> re.Pattern[str]:

@@ -30,7 +30,8 @@ _DEFINITIONS = (
         end_token="<|end_of_sentence|>",
         special_tokens=("<|begin_of_sentence|>", "<|end_of_sentence|>"),
     ),
-    # Meta's Llama 3 / 3.1 instruct format; tool results in the `ipython` role, as Llama 3.1 and LLaMA-Factory.
+    # Meta's Llama 3 / 3.1 instruct format; with tools, Llama 3.1's JSON tool calling (schemas in the system
+    # message, `{"name", "parameters"}` calls, results in the `ipython` role), as Meta's template and LLaMA-Factory.
     Template(
         name="llama3",
         prefix="<|begin_of_text|>",
@@ -40,6 +41,7 @@ _DEFINITIONS = (
         observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
         end_token="<|eot_id|>",
         special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        tool_format="llama3",
     ),
     # Below: LLaMA-Factory's templates of the same name (text, stop words, default systems) as reference.
     Template(
@@ -158,6 +160,11 @@ _DEFINITIONS = (
         end_token="{eos}",
         special_tokens=("{bos}", "{eos}", "<｜User｜>", "<｜Assistant｜>"),
         tool_format=None,
+        # the saved Jinja takes a call as the data's JSON text, and Jinja cannot take JSON apart
+        no_tools_reason="the deepseek3 template has no tool-call format: DeepSeek V3 writes a call's name and "
+                        "arguments apart between its tool tokens, which a named template cannot; leave template unset "
+                        "to train with the model's own DeepSeek V3 chat template (tool calls and results; it has no "
+                        "place for tool schemas), or remove the tool turns",
     ),
     # GLM-4 writes no token after a reply: generation stops at the next role token (stop words), and a
     # reply's end is not trained (LLaMA-Factory's efficient_eos).

@@ -7,10 +7,12 @@ reproduces training's text exactly. A model's own Jinja chat template is a `Jinj
 (`sftkit.templates.jinja`) with the same interface: both hand masking the same annotated `Segment`s.
 `{bos}` and `{eos}` in a definition stand for the tokenizer's own tokens (`bind`).
 
-Tool use, identical in every template: the tool schemas (one JSON object a line, `<tools>` block)
-follow the system text, a `function_call` is an assistant turn whose content is
-`<tool_call>\\n{json}\\n</tool_call>` (trained), an `observation` is a user-side turn wrapping the result
-in `<tool_response>` (masked). In the Jinja, role `tool` is accepted as an alias of `observation`.
+Tool use, by the template's tool format (`TOOL_FORMATS`): the tool schemas join the system text, a
+`function_call` is an assistant turn holding the call (trained), an `observation` a user-side turn holding the
+result (masked). Hermes (the default): `<tools>` block, `<tool_call>\\n{json}\\n</tool_call>`,
+`<tool_response>`; Llama 3.1: the schemas ahead of the system text, `{"name": ..., "parameters": ...}` calls,
+raw results in the `ipython` role; Mistral: `[AVAILABLE_TOOLS]`, `[TOOL_CALLS]`, `[TOOL_RESULTS]`. In the Jinja,
+role `tool` is accepted as an alias of `observation`.
 """
 
 from __future__ import annotations
@@ -33,12 +35,26 @@ TOOLS_PROMPT = (
 TOOLS_SEPARATOR = "\n\n"  # between the system text and the tools prompt
 FUNCTION_CALL = "<tool_call>\n{content}\n</tool_call>"
 TOOL_RESPONSE = "<tool_response>\n{content}\n</tool_response>"
+# Meta's Llama 3.1 template with tools in the system message (tools_in_user_message false, as LLaMA-Factory's
+# llama3 tool format), its wording verbatim. The date is the template's own default, not today's (as
+# LLaMA-Factory writes it): the saved Jinja must render tomorrow what training rendered today.
+LLAMA3_TOOLS_PROMPT = (
+    "Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    "You have access to the following functions. To call a function, please respond with JSON for a function call."
+    'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.'
+    "Do not use variables.\n\n{tools}"
+)
 
 
 @dataclass(frozen=True)
 class ToolFormat:
     """How tools appear: the prompt listing the schemas (`{tools}`: each schema as `tool` with `{schema}`,
-    joined by `joiner`), its separator from the system text, a call (`{content}`: the call's JSON) and a result."""
+    joined by `joiner`), its separator from the system text, a call (`{content}`: the call's JSON) and a result.
+
+    `wrap`: a schema not already `{"type": "function", ...}` is wrapped as one. `indent`: the schemas' JSON
+    indent. `tools_first`: the tools prompt comes before the system text (Llama 3.1). `call_key`: the key a
+    call's arguments are written under (Llama 3.1's "parameters"; the data's JSON says "arguments").
+    """
 
     prompt: str
     separator: str
@@ -46,6 +62,10 @@ class ToolFormat:
     joiner: str
     call: str
     response: str
+    wrap: bool = False
+    indent: int | None = None
+    tools_first: bool = False
+    call_key: str = "arguments"
 
 
 TOOL_FORMATS = {
@@ -54,6 +74,10 @@ TOOL_FORMATS = {
     # Mistral (LLaMA-Factory's "mistral" tool format): [AVAILABLE_TOOLS], [TOOL_CALLS] [...], [TOOL_RESULTS]
     "mistral": ToolFormat("[AVAILABLE_TOOLS] [{tools}][/AVAILABLE_TOOLS]", "", '{"type": "function", "function": {schema}}',
                           ", ", "[TOOL_CALLS] [{content}]", '[TOOL_RESULTS] {"content": {content}}[/TOOL_RESULTS]'),
+    # Llama 3.1 JSON tool calling: schemas (indent 4) ahead of the system text, a call is the bare JSON object,
+    # results go raw into the template's `ipython` turn
+    "llama3": ToolFormat(LLAMA3_TOOLS_PROMPT, "", "{schema}\n\n", "", "{content}", "{content}", wrap=True, indent=4,
+                         tools_first=True, call_key="parameters"),
 }
 
 
@@ -79,11 +103,12 @@ class Template:
 
     `assistant` must put `end_token` right after `{content}`: content + end token are what is trained.
     `default_system`: the system prompt of rows that carry none. `stop_words`: further tokens that end
-    a reply at generation. `tool_format`: "hermes" (`<tool_call>` JSON, `<tool_response>` results) or
-    None (tools are an error). `system_in_user`: the system text opens the first user turn (Llama 2,
+    a reply at generation. `tool_format`: a `TOOL_FORMATS` name ("hermes": `<tool_call>` JSON,
+    `<tool_response>` results; "llama3"; "mistral") or None (tools are an error). `system_in_user`: the system text opens the first user turn (Llama 2,
     Mistral, Gemma). `thought`: the (open, close) words of a reasoning template: a reply without them
     gets an empty thought block, trained when `enable_thinking`, else put in the prompt with every
-    reply's reasoning removed (LLaMA-Factory's ReasoningTemplate).
+    reply's reasoning removed (LLaMA-Factory's ReasoningTemplate). `no_tools_reason`: why a template without
+    a tool format has none, for its tool-row error.
     """
 
     name: str
@@ -101,6 +126,7 @@ class Template:
     thought: tuple[str, str] | None = None
     enable_thinking: bool = True
     origin: str = "built-in"
+    no_tools_reason: str = ""
 
     def segments(self, messages: list[dict[str, str]], tools: str | None = None,
                  add_generation_prompt: bool = False, only_last: bool = False) -> list[Segment]:
@@ -122,8 +148,9 @@ class Template:
             raise DataError(problem)
         schemas = _tools(tools)
         if (schemas or any(m["role"] in ("function_call", "observation") for m in turns)) and not self.tool_format:
-            raise DataError(f"the {self.name} template has no tool-call format; use a template with one (chatml, "
-                            "qwen, qwen3, llama3) or the model's own chat template, or remove the tool turns")
+            raise DataError(self.no_tools_reason or f"the {self.name} template has no tool-call format; use a "
+                            "template with one (chatml, qwen, qwen3, llama3) or the model's own chat template, or "
+                            "remove the tool turns")
         out = [Segment(self.prefix, False, False, -1)] if self.prefix else []
         system_text = _system_text(system if system is not None else self.default_system, schemas, self._tool_format)
         if system_text is not None and not self.system_in_user:
@@ -186,7 +213,8 @@ class Template:
         """The same format as a Jinja chat template for the saved tokenizer."""
         fields = {"prefix": self.prefix, "assistant_header": self.assistant_header,
                   "tools_separator": self._tool_format.separator, "default_system": self.default_system or "",
-                  "tool_joiner": self._tool_format.joiner,
+                  "tool_joiner": self._tool_format.joiner, "arguments_key": '"arguments"',
+                  "call_key": f'"{self._tool_format.call_key}"',
                   "open": self.thought[0] if self.thought else "", "close": self.thought[1] if self.thought else ""}
         for key, fmt in (("system", self.system), ("user", self.user), ("observation", self.observation),
                          ("assistant", self.assistant), ("call", self._tool_format.call),
@@ -200,6 +228,10 @@ class Template:
         literals["system_in_user"] = "true" if self.system_in_user else "false"
         literals["thinking"] = "true" if self.thought else "false"
         literals["enable_thinking"] = "true" if self.enable_thinking else "false"
+        form = self._tool_format
+        literals["wrap"] = "true" if form.wrap else "false"
+        literals["indent"] = "none" if form.indent is None else str(form.indent)
+        literals["tools_first"] = "true" if form.tools_first else "false"
         return _Source(_JINJA).substitute(literals)
 
     @property
@@ -235,7 +267,8 @@ class Template:
             return _wrap(self.user, content, trained=False, turn=turn)
         if role == "observation":
             return _wrap(self.observation, _fill(self._tool_format.response, content), trained=False, turn=turn)
-        text = self._reply(_fill(self._tool_format.call, content) if role == "function_call" else content)
+        text = self._reply(_fill(self._tool_format.call, _call(content, self._tool_format.call_key))
+                           if role == "function_call" else content)
         before, _, after = self.assistant.partition("{content}")
         before += self._prompt_thought()
         rest = after[len(self.end_token):]
@@ -271,12 +304,44 @@ def _tools(tools: str | None) -> list[dict[str, Any]]:
 
 def _system_text(system: str | None, tools: list[dict[str, Any]], form: ToolFormat = TOOL_FORMATS["hermes"]
                  ) -> str | None:
-    """System content with the tools prompt appended; None when there is neither."""
+    """System content with the tools prompt (after it, or before it for `tools_first`); None when there is neither."""
     if not tools:
         return system
-    schemas = form.joiner.join(form.tool.replace("{schema}", json.dumps(tool, ensure_ascii=False)) for tool in tools)
+    schemas = form.joiner.join(form.tool.replace("{schema}", _schema(tool, form)) for tool in tools)
     tools_prompt = form.prompt.replace("{tools}", schemas)
-    return system + form.separator + tools_prompt if system else tools_prompt
+    if not system:
+        return tools_prompt
+    return tools_prompt + form.separator + system if form.tools_first else system + form.separator + tools_prompt
+
+
+def _schema(tool: dict[str, Any], form: ToolFormat) -> str:
+    """One tool schema as the format writes it (the Jinja's `tojson` is this same json.dumps)."""
+    if form.wrap and tool.get("type") != "function":
+        tool = {"type": "function", "function": tool}
+    return json.dumps(tool, ensure_ascii=False, indent=form.indent)
+
+
+def _call(content: str, key: str) -> str:
+    """A function_call's JSON with its arguments under `key`, by the same text replacement the Jinja makes (it
+    cannot parse JSON); a call the replacement would garble is refused rather than trained wrong.
+
+    Raises:
+        DataError: the call is not `{"name": ..., "arguments": ...}` JSON (or a list of them) that renames cleanly.
+    """
+    if key == "arguments":
+        return content
+    renamed = content.replace('"arguments"', f'"{key}"')
+    try:
+        calls, got = json.loads(content), json.loads(renamed)
+        calls, got = ([calls], [got]) if isinstance(calls, dict) else (calls, got)
+        clean = all(set(c) == {"name", "arguments"} and g == {"name": c["name"], key: c["arguments"]}
+                    for c, g in zip(calls, got, strict=True))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        clean = False
+    if not clean:
+        raise DataError(f'a function_call turn must be a JSON object {{"name": ..., "arguments": {{...}}}} (its '
+                        f'arguments are written as "{key}"); got {content[:60]!r}')
+    return renamed
 
 
 # `$name` slots hold JSON string literals from `Template.jinja`; whitespace control ({%- -%}) keeps
@@ -290,17 +355,20 @@ _JINJA = """
   {%- set loop_messages = messages -%}
 {%- endif -%}
 {%- if enable_thinking is not defined -%}{%- set enable_thinking = $enable_thinking -%}{%- endif -%}
-{%- set ns = namespace(system_text=none) -%}
+{%- set ns = namespace(system_text=none, tools_text='') -%}
 {%- if system is not none or tools -%}
   {%- set ns.system_text = system if system is not none else '' -%}
   {%- if tools -%}
-    {%- if system -%}{%- set ns.system_text = ns.system_text + $tools_separator -%}{%- endif -%}
-    {%- set ns.system_text = ns.system_text + $tools_before -%}
+    {%- set ns.tools_text = $tools_before -%}
     {%- for tool in tools -%}
-      {%- if not loop.first -%}{%- set ns.system_text = ns.system_text + $tool_joiner -%}{%- endif -%}
-      {%- set ns.system_text = ns.system_text + $tool_before + (tool | tojson) + $tool_after -%}
+      {%- set schema = {'type': 'function', 'function': tool} if $wrap and tool.get('type') != 'function' else tool -%}
+      {%- if not loop.first -%}{%- set ns.tools_text = ns.tools_text + $tool_joiner -%}{%- endif -%}
+      {%- set ns.tools_text = ns.tools_text + $tool_before + (schema | tojson(indent=$indent)) + $tool_after -%}
     {%- endfor -%}
-    {%- set ns.system_text = ns.system_text + $tools_after -%}
+    {%- set ns.tools_text = ns.tools_text + $tools_after -%}
+    {%- if not system -%}{%- set ns.system_text = ns.tools_text -%}
+    {%- elif $tools_first -%}{%- set ns.system_text = ns.tools_text + $tools_separator + system -%}
+    {%- else -%}{%- set ns.system_text = system + $tools_separator + ns.tools_text -%}{%- endif -%}
   {%- endif -%}
 {%- endif -%}
 {%- set header = $assistant_header -%}
@@ -320,7 +388,7 @@ _JINJA = """
     {{- $observation_before + $response_before + message['content'] + $response_after + $observation_after -}}
   {%- elif message['role'] in ['assistant', 'function_call'] -%}
     {%- if message['role'] == 'function_call' -%}
-      {%- set reply = $call_before + message['content'] + $call_after -%}
+      {%- set reply = $call_before + (message['content'] | replace($arguments_key, $call_key)) + $call_after -%}
     {%- else -%}
       {%- set reply = message['content'] -%}
     {%- endif -%}
@@ -343,8 +411,9 @@ _JINJA = """
 def prepare_tokenizer(tokenizer: Any, template: Template) -> list[int]:
     """Makes `tokenizer` speak `template`; idempotent and never removes anything.
 
-    Adds the template's control tokens it lacks as special tokens (kept whole, skipped when decoding),
-    writes `template.jinja()` as its chat template, and sets a pad token (eos) if it has none.
+    Adds the template's control tokens it lacks as special tokens (kept whole, skipped when decoding; one it
+    has as a plain added token is flagged special, same id), writes `template.jinja()` as its chat template,
+    and sets a pad token (eos) if it has none.
 
     Args:
         tokenizer: a transformers tokenizer, changed in place.
@@ -354,7 +423,8 @@ def prepare_tokenizer(tokenizer: Any, template: Template) -> list[int]:
         Ids of tokens new to the vocabulary (their embedding rows must be trained); [] on a second call.
     """
     vocab = tokenizer.get_vocab()
-    registered = set(tokenizer.added_tokens_encoder)
+    # flagged special, so masking's guard can split message text that spells one
+    registered = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
     missing = [token for token in template.special_tokens if token not in registered]
     new = [token for token in missing if token not in vocab]
     if missing:
