@@ -104,7 +104,7 @@ def test_validate_warns_about_a_missing_package_and_train_stops_on_it(
     assert f"warning: {warning}" in stderr.splitlines()
     # the example sets logging_steps, report_to and plot_loss itself: only the other differences are noted
     assert ("note: defaults that differ from LLaMA-Factory's, for the keys this file leaves unset: optim adamw_torch "
-            "(LLaMA-Factory: adamw_torch_fused), gradient_checkpointing false (LLaMA-Factory: true)") in stderr
+            "(LLaMA-Factory: adamw_torch_fused), gradient_checkpointing auto (LLaMA-Factory: true)") in stderr
     code, _, stderr = run_cli(["train", str(path), "--set", f"output_dir={out}"], monkeypatch, capsys)
     assert code == 2 and stderr == f"error: {warning}\n"
     assert not out.exists()  # stopped before anything loaded or was written
@@ -139,8 +139,8 @@ def test_every_transformers_training_argument_is_taken_or_answered() -> None:
     answered = set(SftConfig.model_fields) | set(UNSUPPORTED_LLAMAFACTORY_KEYS) | set(TRAINING_ARGUMENTS)
     assert theirs - answered == set()
     assert set(TRAINING_ARGUMENTS) - theirs == set()  # no stale names
-    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "torch_compile": True}).value.problems
-    assert line == f"<config>: torch_compile: {TRAINING_ARGUMENT_MESSAGE}"
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "torch_compile_mode": "max-autotune"}).value.problems
+    assert line == f"<config>: torch_compile_mode: {TRAINING_ARGUMENT_MESSAGE}"
 
 
 @pytest.mark.parametrize("key", ["apollo_rank", "galore_target", "oft_block_size", "pure_bf16", "temperature",

@@ -157,7 +157,7 @@ def test_jsonl_parquet_csv_and_folders(tmp_path: Path) -> None:
     ("d.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": b}\n',
      r"d.jsonl:2: invalid JSON"),
     ("d.json", b'[{"instruction": "caf\xe9", "output": "b"}]', r"d.json:1: not UTF-8 text \(byte 21\)"),
-    ("d.txt", "x", r"unsupported file type '.txt'"),
+    ("d.xml", "x", r"unsupported file type '.xml'"),
     ("folder", None, r"not found"),
 ])
 def test_bad_files(tmp_path: Path, file_name: str, content: Any, expected: str) -> None:

@@ -121,7 +121,7 @@ def test_model_card_says_what_the_run_is_and_how_to_use_it(tmp_path: Path) -> No
     (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     card = model_card(run)
     for fact in ("base_model: models/tiny-ernie", "| demo_alpaca | 90 | 10 |", "| demo_sharegpt | 40 | - |",
-                 "Chat template `chatml`", "LoRA r=8, alpha=16", "| learning rate | 0.001 (cosine",
+                 "Chat template `chatml`", "LoRA r=8, alpha=16", "| learning rate | 0.001 (linear",
                  "| train loss, first -> last logged | 3.0000 -> 1.0000 |", "| eval loss, best | 1.5000 at step 20 |",
                  "| end-token accuracy | 95.0% |", "AutoPeftModelForCausalLM.from_pretrained", "apply_chat_template"):
         assert fact in card, fact

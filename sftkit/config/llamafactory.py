@@ -252,7 +252,7 @@ TRAINING_ARGUMENTS = (
     "label_names", "label_smoothing_factor", "length_column_name", "liger_kernel_config", "log_level",
     "log_level_replica", "log_on_each_node", "logging_first_step", "logging_nan_inf_filter", "optim_args",
     "optim_target_modules", "parallelism_config", "project", "push_to_hub", "restore_callback_states_from_checkpoint",
-    "save_on_each_node", "skip_memory_metrics", "sortish_sampler", "tf32", "torch_compile", "torch_compile_backend",
+    "save_on_each_node", "skip_memory_metrics", "sortish_sampler", "tf32", "torch_compile_backend",
     "torch_compile_mode", "torch_empty_cache_steps", "trackio_bucket_id", "trackio_space_id",
     "trackio_static_space_id", "train_sampling_strategy", "use_cache",
 )
@@ -265,8 +265,9 @@ TRAINING_ARGUMENT_MESSAGE = ("a transformers TrainingArguments option that sftki
 DEFAULT_DIFFERENCES = {
     "logging_steps": (10, 500), "report_to": (["tensorboard"], "none"), "plot_loss": (True, False),
     "optim": ("adamw_torch", "adamw_torch_fused"),
-    # LLaMA-Factory checkpoints activations unless disable_gradient_checkpointing: true
-    "gradient_checkpointing": (False, True),
+    # LLaMA-Factory checkpoints activations unless disable_gradient_checkpointing: true; sftkit only when
+    # one micro-batch would not fit the device without it (gradient_checkpointing: auto)
+    "gradient_checkpointing": ("auto", True),
 }
 
 

@@ -371,6 +371,11 @@ class SftConfig(DataQualityConfig):
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
     @property
+    def rows_per_micro_batch(self) -> int:
+        # a token budget makes each micro-batch one packed row (the batch size left at its default is ignored)
+        return 1 if self.batch_tokens else self.per_device_train_batch_size
+
+    @property
     def does_eval(self) -> bool:
         """The trainer evaluates during training."""
         return self.eval_strategy != "no"
@@ -512,7 +517,7 @@ def check_batch_tokens(c: SftConfig) -> str | None:
     if c.batch_tokens < c.cutoff_len:
         return (f"batch_tokens ({c.batch_tokens}) is below cutoff_len ({c.cutoff_len}), so a full-length example "
                 f"would not fit; set batch_tokens to at least {c.cutoff_len}")
-    if c.per_device_train_batch_size != 1:
+    if "per_device_train_batch_size" in c.model_fields_set and c.per_device_train_batch_size != 1:
         return ("per_device_train_batch_size: with batch_tokens a micro-batch is one row of batch_tokens tokens; "
                 "set per_device_train_batch_size: 1 (or remove batch_tokens)")
     return None

@@ -45,7 +45,7 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         lr_scheduler_kwargs=cfg.lr_scheduler_kwargs or {},
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_train_batch_size=cfg.rows_per_micro_batch,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,

@@ -85,7 +85,7 @@ def training_bytes(shape: Shape, tokens: int, bytes_per_value: int, full: bool) 
 
 def micro_batch_tokens(cfg: SftConfig) -> int:
     """Tokens in one micro-batch at most: the token budget, or rows x cutoff_len."""
-    return cfg.batch_tokens or cfg.per_device_train_batch_size * cfg.cutoff_len
+    return cfg.batch_tokens or cfg.rows_per_micro_batch * cfg.cutoff_len
 
 
 def device_memory(device: str) -> int:
