@@ -32,3 +32,15 @@ def run_cli(args: list[str], monkeypatch, capsys, stdin: str = "") -> tuple[int,
         code = exc.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def prompt_tail(tokenizer: Any, template: Any) -> str:
+    """The end of the generation prompt's text that the ids chat sends (`encode_prompt`) leave out: the header's
+    space ERNIE and Mistral end on, which most replies' first token swallows ("Assistant: " + "the" -> " the")."""
+    from sftkit.data.masking import encode_prompt
+
+    probe = [{"role": "user", "content": "Hi"}]
+    text = "".join(s.text for s in template.segments(probe, None, add_generation_prompt=True))
+    sent = len(encode_prompt(tokenizer, template, probe))
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    return text[offsets[sent - 1][1]:] if sent < len(offsets) else ""

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+import helpers
+
 # The three templates these tests were written for; tests/test_chat_templates.py covers every template.
 TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 from sftkit.data import masking
@@ -105,13 +107,23 @@ def test_ernie_single_turn_by_hand_with_straddling_token(tiny_tokenizer) -> None
     assert trained_spans(tiny_tokenizer, row) == [" the answer is 4.<|end_of_sentence|>"]
 
 
-def test_ernie_lone_header_space_stays_masked(tiny_tokenizer) -> None:
+@pytest.mark.parametrize("reply", ["Hello", "the answer is 4.", "1"])
+def test_ernie_trains_every_token_chat_leaves_it_to_write(tiny_tokenizer, reply: str) -> None:
+    # the prompt chat sends stops before the header's space (most replies merge it: " the"); where a reply
+    # does not ("Ġ" + "Hello"), the lone space is still the model's to write, so it is trained, else chat
+    # would start from a state training never showed it
+    from sftkit.data.masking import encode_prompt
+
     template = get_template("ernie_nothink")
     prepare_tokenizer(tiny_tokenizer, template)
-    messages = [SINGLE[0], {"role": "assistant", "content": "Hello"}]
-    assert tiny_tokenizer.convert_ids_to_tokens(ids(tiny_tokenizer, " Hello"))[0] == "Ġ"  # no "ĠH" merge
+    messages = [SINGLE[0], {"role": "assistant", "content": reply}]
     row = encode_conversation(tiny_tokenizer, template, messages, None, 1024)
-    assert trained_spans(tiny_tokenizer, row) == ["Hello<|end_of_sentence|>"]
+    prompt = encode_prompt(tiny_tokenizer, template, messages[:1])
+    assert row.input_ids[:len(prompt)] == prompt
+    assert row.labels == [IGNORE_INDEX] * len(prompt) + row.input_ids[len(prompt):]
+    assert trained_spans(tiny_tokenizer, row) == [f" {reply}<|end_of_sentence|>"]
+    if reply == "Hello":
+        assert tiny_tokenizer.convert_ids_to_tokens(ids(tiny_tokenizer, " Hello"))[0] == "Ġ"  # no "ĠH" merge
 
 
 def test_system_and_user_are_masked(setup) -> None:
@@ -295,8 +307,12 @@ def reference_labels(tokenizer, template, messages, tools, mask_history: bool) -
         encoding = tokenizer("".join(s.text for s in segments), add_special_tokens=False, return_offsets_mapping=True)
         token_ids, offsets = encoding.input_ids, encoding.offset_mapping
     trained, last_turn = [], max(s.turn for s in segments)
-    for segment in segments:
-        trained += [segment.trained and (not mask_history or segment.turn == last_turn)] * len(segment.text)
+    tail = helpers.prompt_tail(tokenizer, template)
+    for i, segment in enumerate(segments):
+        chosen = segment.trained and (not mask_history or segment.turn == last_turn)
+        if chosen and tail and i and not segments[i - 1].trained and segments[i - 1].text.endswith(tail):
+            trained[-len(tail):] = [True] * len(tail)  # the header's end that chat's prompt leaves to the model
+        trained += [chosen] * len(segment.text)
     return [token if any(trained[s:max(e, s + 1)]) else IGNORE_INDEX for token, (s, e) in zip(token_ids, offsets)]
 
 

@@ -95,8 +95,9 @@ def encode_conversations(tokenizer: Any, template: Template, conversations: Sequ
     rendered = [_segments(template, messages, tools, position, mask_history)
                 for position, (messages, tools) in enumerate(conversations)]
     tokenized = _tokenize_many(tokenizer, rendered, control)
+    tail = generation_tail(tokenizer, template)
     return [_finish(tokenizer, template, control, conversation, segments, tokens, cutoff_len, train_on_prompt,
-                    mask_history)
+                    mask_history, tail)
             for conversation, segments, tokens in zip(conversations, rendered, tokenized)]
 
 
@@ -122,7 +123,7 @@ def _segments(template: Template, messages: list[dict[str, str]], tools: str | N
 
 def _finish(tokenizer: Any, template: Template, control: re.Pattern[str], conversation: Conversation,
             segments: list[Segment], tokens: _Tokens, cutoff_len: int, train_on_prompt: bool,
-            mask_history: bool) -> EncodedRow | None:
+            mask_history: bool, tail: str = "") -> EncodedRow | None:
     """Labels one tokenized conversation; over `cutoff_len`, re-encodes the pairs that fit and cuts the tail."""
     truncated = len(tokens.ids) > cutoff_len
     if truncated:
@@ -132,7 +133,7 @@ def _finish(tokenizer: Any, template: Template, control: re.Pattern[str], conver
         kept = ([{"role": "system", "content": system}] if system is not None else []) + turns[:2 * keep]
         segments = template.segments(kept, tools, only_last=mask_history)
         tokens = _tokenize_many(tokenizer, [segments], control)[0]
-    labels = _labels(tokens, segments, train_on_prompt, mask_history)
+    labels = _labels(tokens, segments, train_on_prompt, mask_history, tail)
     ids, labels = tokens.ids[:cutoff_len], labels[:cutoff_len]
     if all(label == IGNORE_INDEX for label in labels):
         return None
@@ -158,6 +159,23 @@ def encode_prompt(tokenizer: Any, template: Template, messages: list[dict[str, s
         probe_ids, _ = _tokenize(tokenizer, prompt + [Segment(reply, True, True, prompt[-1].turn)], control)
         keep = min(keep, _common_prefix(ids, probe_ids))
     return ids[:keep]
+
+
+def generation_tail(tokenizer: Any, template: Template) -> str:
+    """The end of the assistant header that `encode_prompt` leaves for the model to generate ("" for most).
+
+    ERNIE's header ends in a space that merges into most replies' first token (" the"), so prompts stop
+    before it; where a reply does not merge ("Assistant: " + "1" may give a lone space token), that space
+    is still the model's to write at inference, so training must teach it: `_labels` trains it too.
+    """
+    probe = [{"role": "user", "content": "Hi"}]
+    prompt = template.segments(probe, None, add_generation_prompt=True)
+    text = "".join(segment.text for segment in prompt)
+    kept = encode_prompt(tokenizer, template, probe)
+    ids, offsets = _tokenize(tokenizer, prompt, _control_pattern(tokenizer, template))
+    cut = offsets[len(kept) - 1][1] if kept and len(kept) < len(ids) else len(text)
+    tail = text[cut:]
+    return tail if tail and not tail.strip() else ""  # only whitespace is ever left to the model
 
 
 def template_overhead(tokenizer: Any, template: Template) -> int:
@@ -198,12 +216,16 @@ def _tokenize_many(tokenizer: Any, rows: list[list[Segment]], control: re.Patter
     return out
 
 
-def _labels(tokens: _Tokens, segments: list[Segment], train_on_prompt: bool, mask_history: bool) -> list[int]:
-    """`tokens.ids` with -100 outside the token ranges that overlap a trained segment."""
+def _labels(tokens: _Tokens, segments: list[Segment], train_on_prompt: bool, mask_history: bool,
+            tail: str = "") -> list[int]:
+    """`tokens.ids` with -100 outside the token ranges that overlap a trained segment (or its header's `tail`)."""
     if train_on_prompt:
         return list(tokens.ids)
     labels = [IGNORE_INDEX] * len(tokens.ids)
+    text = "".join(segment.text for segment in segments) if tail else ""
     for start, end in _trained_chars(segments, mask_history):
+        if tail and text.endswith(tail, 0, start):  # the header's tail a prompt leaves out: the model writes it
+            start -= len(tail)
         first, last = tokens.span(start, end)
         labels[first:last] = tokens.ids[first:last]
     return labels
