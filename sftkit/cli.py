@@ -106,7 +106,11 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     from sftkit.data import validate_setup
     from sftkit.errors import gather
 
+    from sftkit.config.environment import cannot_run_here
+
     _, report = gather(lambda: check_environment(cfg), lambda: validate_setup(cfg))
+    for line in cannot_run_here(cfg):  # valid, but `train` stops on it here
+        typer.echo(f"warning: {config}: {line}", err=True)
     typer.echo(f"{config}: OK ({report})")
 
 

@@ -7,19 +7,22 @@ from typing import Any
 
 import yaml
 
-from sftkit.config.schema import SftConfig
+from sftkit.config.schema import GROUPS, SftConfig
 
 # ---------------------------------------------------------------------------- documentation
 
 def field_docs() -> list[tuple[str, str, Any, str, str]]:
-    """(group, key, default, type, doc) for every field, in schema order."""
+    """(group, key, default, type, doc) for every field, by group (GROUPS), in schema order within a group.
+
+    Sorted because fields come from several classes (the "finetuning" group is `MethodsConfig`'s).
+    """
     rows = []
     for name, info in SftConfig.model_fields.items():
         group = (info.json_schema_extra or {}).get("group", "")
         default = "(required)" if info.is_required() else info.default
         type_name = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
         rows.append((group, name, default, type_name, info.description or ""))
-    return rows
+    return sorted(rows, key=lambda row: GROUPS.index(row[0]) if row[0] in GROUPS else len(GROUPS))
 
 
 def reference_markdown() -> str:

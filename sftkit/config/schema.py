@@ -5,21 +5,21 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from sftkit.config.methods import METHOD_CHECKS, MethodsConfig
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
 
 
 # LLaMA-Factory keys that sftkit deliberately does not implement: named so a ported YAML fails with
 # "remove it" instead of a misleading "did you mean" suggestion.
 UNSUPPORTED_LLAMAFACTORY_KEYS = {
-    "quantization_bit", "quantization_method", "double_quantization", "pissa_init", "pissa_convert",
-    "use_dora", "loraplus_lr_ratio", "lora_layer_replication", "create_new_adapter", "adapter_name_or_path",
+    "lora_layer_replication",
     "neat_packing", "tokenized_path", "streaming", "buffer_size", "use_unsloth", "use_unsloth_gc",
-    "freeze_trainable_layers", "freeze_trainable_modules", "pref_beta", "pref_loss", "image_max_pixels",
+    "pref_beta", "pref_loss", "image_max_pixels",
     "video_max_pixels", "media_dir", "export_dir", "export_size", "export_quantization_bit",
-    "infer_backend", "predict_with_generate", "do_predict", "rope_scaling", "shift_attn", "use_galore",
-    "use_badam", "use_apollo", "mixture_of_depths", "print_param_status", "ray_run_name", "use_ray",
+    "infer_backend", "predict_with_generate", "do_predict", "shift_attn",
+    "print_param_status", "ray_run_name", "use_ray",
     "compute_accuracy", "do_eval", "ddp_timeout", "upcast_layernorm", "moe_aux_loss_coef",
 }
 
@@ -52,7 +52,7 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
-class SftConfig(BaseModel):
+class SftConfig(MethodsConfig):
     """Everything one fine-tuning run needs. Unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
@@ -124,23 +124,6 @@ class SftConfig(BaseModel):
         False, "Tokenize again even when a cached result for the same data and settings exists.", "data")
     skip_bad_rows: bool = _field(
         False, "Skip malformed rows (counted and reported) instead of stopping at the first one.", "data")
-
-    # ---------------------------------------------------------------- finetuning
-    stage: Literal["sft"] = _field("sft", "Training stage; sftkit does supervised fine-tuning only.",
-                                   "finetuning")
-    do_train: bool = _field(True, "Accepted for LLaMA-Factory compatibility; `sftkit train` trains.",
-                            "finetuning")
-    finetuning_type: Literal["lora", "full"] = _field(
-        "lora", "lora trains low-rank adapters (PEFT); full trains every weight.", "finetuning")
-    lora_rank: int = _field(8, "LoRA rank r.", "finetuning", gt=0)
-    lora_alpha: int | None = _field(
-        None, "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA). "
-        "Default: 2 x lora_rank.", "finetuning", gt=0)
-    lora_dropout: float = _field(0.0, "Dropout on the LoRA input.", "finetuning", ge=0, lt=1)
-    lora_target: list[str] = _field(
-        ["all"], "Modules that get adapters: all (every linear layer but the output head) or "
-        "comma-separated module names such as q_proj,v_proj.", "finetuning", min_length=1)
-    use_rslora: bool = _field(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)).", "finetuning")
 
     # ---------------------------------------------------------------- training
     per_device_train_batch_size: int = _field(1, "Sequences per device per step.", "training", gt=0)
@@ -214,7 +197,7 @@ class SftConfig(BaseModel):
 
     # ---------------------------------------------------------------- parsing
     _comma_lists = field_validator(
-        "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to", mode="before")(
+        "dataset", "eval_dataset", "interleave_probs", "report_to", mode="before")(
         classmethod(lambda cls, v: _split_commas(v)))
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
@@ -224,7 +207,7 @@ class SftConfig(BaseModel):
         return "no" if value is False else value
 
     @field_validator("learning_rate", "num_train_epochs", "val_size", "weight_decay", "max_grad_norm",
-                     "warmup_ratio", "lora_dropout")
+                     "warmup_ratio")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -381,4 +364,4 @@ def check_scheduler_kwargs(c: SftConfig) -> str | None:
 
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
-           check_scheduler_kwargs)
+           check_scheduler_kwargs, *METHOD_CHECKS)

@@ -39,6 +39,8 @@ def load_tokenizer_and_template(cfg: SftConfig) -> tuple[Any, Template]:
     tokenizer = base_tokenizer(cfg)
     template = resolve_template(cfg, tokenizer)
     prepare_tokenizer(tokenizer, template)
+    if cfg.new_special_tokens:  # after the template's, so those keep their ids; trained like them
+        tokenizer.add_tokens(cfg.new_special_tokens, special_tokens=True)
     return tokenizer, template
 
 

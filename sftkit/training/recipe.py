@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import place_problem, write_text
 from sftkit.config import check_environment, dump_resolved
+from sftkit.config.environment import check_runs_here
 from sftkit.data import check_sources, load_tokenizer_and_template, resolve_model
 from sftkit.errors import SftkitError, gather
 from sftkit.model import (add_adapter, check_context_length, count_parameters, load_model, resolve_precision,
@@ -63,7 +64,7 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
     replace, checkpoint, *_ = gather(  # every instant check, all problems reported together
         lambda: check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume)),
         lambda: _checkpoint_to_resume(cfg, out, resume), lambda: check_distributed(cfg),
-        lambda: check_environment(cfg), lambda: resolve_model(cfg.model_name_or_path), lambda: check_sources(cfg))
+        lambda: check_environment(cfg), lambda: check_runs_here(cfg), lambda: resolve_model(cfg.model_name_or_path), lambda: check_sources(cfg))
     resumed = checkpoint_state(checkpoint) if checkpoint else None
     quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
@@ -157,7 +158,8 @@ def load_model_for_training(cfg: SftConfig, tokenizer: Any, template: Template, 
     if cfg.packing and precision.device == "cpu" and use_packed_attention(model):
         logger.info("packed rows on a CPU: attention runs per packed example (sftkit.training.attention)")
     add_chunked_loss(model)
-    model = add_adapter(model, cfg, template.token_ids(tokenizer))
+    new_tokens = template.token_ids(tokenizer) + tokenizer.convert_tokens_to_ids(cfg.new_special_tokens or [])
+    model = add_adapter(model, cfg, new_tokens)
     set_stop_tokens(model, tokenizer, template)
     return model
 
