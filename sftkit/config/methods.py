@@ -206,8 +206,9 @@ class MethodsConfig(BaseModel):
 # ---------------------------------------------------------------------------- cross-field rules
 
 def check_freeze_keys(c: SftConfig) -> str | None:
-    given = [key for key in FREEZE_KEYS if key in c.model_fields_set]
-    if "freeze_trainable_layers" in c.model_fields_set and not c.use_llama_pro:
+    # Compared with the defaults, not "was it written": a run's saved config spells out every default.
+    given = [key for key in FREEZE_KEYS if getattr(c, key) != MethodsConfig.model_fields[key].default]
+    if c.freeze_trainable_layers != MethodsConfig.model_fields["freeze_trainable_layers"].default and not c.use_llama_pro:
         given.insert(0, "freeze_trainable_layers")
     if given and c.finetuning_type != "freeze":
         return f"{given[0]}: only used by finetuning_type: freeze (this config trains {c.finetuning_type}); remove it"

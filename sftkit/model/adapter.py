@@ -6,6 +6,7 @@ Our schema meets PEFT in exactly one function, `add_adapter`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,8 @@ from sftkit.model.freeze import expanded_block_modules, freeze_layers
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
+
+logger = logging.getLogger(__name__)
 
 
 def add_adapter(model: Any, cfg: SftConfig, new_token_ids: Sequence[int] = ()) -> Any:
@@ -67,9 +70,11 @@ def _peft_config(model: Any, cfg: SftConfig, new_token_ids: Sequence[int]) -> An
     embedding_saved = bool(modules_to_save) and bool(set(modules_to_save) & set(_embedding_names(model)))
     tokens = None if embedding_saved else sorted(set(new_token_ids)) or None
     if cfg.finetuning_type == "oft":
+        if tokens:  # PEFT's OFT has no trainable tokens; LLaMA-Factory leaves the rows untrained too
+            logger.warning("oft: the %d new token rows (the template's control tokens) stay untrained; resize_vocab: "
+                           "true trains the whole embeddings with the adapter", len(tokens))
         return OFTConfig(r=cfg.oft_rank, oft_block_size=cfg.oft_block_size, target_modules=targets,
-                         module_dropout=cfg.module_dropout, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
-                         **({"trainable_token_indices": tokens} if tokens else {}))
+                         module_dropout=cfg.module_dropout, modules_to_save=modules_to_save, task_type="CAUSAL_LM")
     if cfg.pissa_init:
         init: Any = "pissa" if cfg.pissa_iter == -1 else f"pissa_niter_{cfg.pissa_iter}"
     else:

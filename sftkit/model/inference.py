@@ -216,6 +216,8 @@ def _expected_shape(modules: dict[str, Any], key: str, shape: tuple[int, ...]) -
     # lora_A is (r, in), lora_B is (out, r); trainable-token deltas are (n, hidden); the rest (saved
     # embeddings, modules_to_save) is a copy of the base weight.
     rules = ((".lora_A.", lambda w: (shape[0], w.shape[1])), (".lora_B.", lambda w: (w.shape[0], shape[1])),
+             # DoRA's magnitude is one value per output row; OFT's blocks are checked by PEFT (module present)
+             (".lora_magnitude_vector", lambda w: (w.shape[0],)), (".oft_", lambda w: shape),
              (".token_adapter.trainable_tokens_delta", lambda w: (shape[0], w.shape[1])),
              (".token_adapter.base_layer.", lambda w: tuple(w.shape)))
     for marker, rule in rules:

@@ -21,6 +21,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
 from sftkit.model import ATTENTION, causal_lm_of
+from sftkit.run_dir import ADAPTER_WEIGHTS
 from sftkit.training.arguments import build_sft_config
 from sftkit.quiet import no_dataset_bars
 from sftkit.training.callbacks import PISSA_INIT, PissaInitCallback, ProgressReport, generation_samples_callback
@@ -87,8 +88,17 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         init = os.path.join(self.args.output_dir, PISSA_INIT)
         if _internal_call or not os.path.isdir(init) or not self.args.should_save:
             return
-        self.accelerator.unwrap_model(self.model).save_pretrained(
-            output_dir or self.args.output_dir, path_initial_model_for_weight_conversion=init)
+        from safetensors.torch import load_file, save_file
+
+        folder = output_dir or self.args.output_dir
+        weights = os.path.join(folder, ADAPTER_WEIGHTS)
+        trained = load_file(weights)
+        self.accelerator.unwrap_model(self.model).save_pretrained(folder, path_initial_model_for_weight_conversion=init)
+        # PEFT's conversion writes the LoRA matrices only; the trainable-token rows and modules_to_save copies
+        # are the same either way, so they are put back.
+        converted = load_file(weights)
+        save_file(converted | {key: value for key, value in trained.items() if "lora_" not in key}, weights,
+                  metadata={"format": "pt"})
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         """The method's own optimizer (LoRA+, BAdam, Adam-mini, Muon) where the config asks for one."""
