@@ -14,5 +14,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --disable-pip-version-check "torch==${SFTKIT_TORCH_VERSION:-2.13.0}"
 fi
 echo "setup: installing sftkit and its dependencies into .venv (quick when already there)"
-.venv/bin/pip install --disable-pip-version-check -e ".[dev]"
+.venv/bin/pip install --disable-pip-version-check -e ".[dev,methods]"
 echo "setup: done"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,30 @@ def test_settings_this_machine_cannot_run_validate_with_one_line_each() -> None:
         pytest.skip("a GPU may run fp8")
     assert [line.split(":")[0] for line in lines] == ["mixture_of_depths", "fp8"]
     assert "needs an NVIDIA GPU of compute capability 8.9" in lines[1] and "mixture-of-depth" in lines[0]
+
+
+def test_on_the_fly_methods_without_their_package_say_what_to_install() -> None:
+    lines = cannot_run_here(make_config(quantization_bit=8, quantization_method="eetq"))
+    assert lines == ["quantization_method: eetq needs the eetq package, which is not installed here; `pip install "
+                     "eetq`, or quantization_method: bnb"]
+    assert cannot_run_here(make_config(quantization_bit=4)) == []  # bitsandbytes runs here
+
+
+def test_trainer_arguments_carry_the_methods(monkeypatch) -> None:
+    from sftkit.model import Precision
+    from sftkit.training.arguments import build_sft_config
+
+    fp32 = Precision("float32", "cpu", "fp32")
+    galore = build_sft_config(make_config(finetuning_type="full", use_galore=True, galore_layerwise=True,
+                                          galore_rank=128, optim="adafactor"), fp32)
+    assert galore.optim == "galore_adafactor_layerwise" and galore.optim_target_modules == "all-linear"
+    assert galore.optim_args == "rank=128,update_proj_gap=200,scale=2.0,proj_type=std"
+    apollo = build_sft_config(make_config(finetuning_type="full", use_apollo=True, apollo_target="mlp"), fp32)
+    assert apollo.optim == "apollo_adamw" and apollo.optim_target_modules == ["mlp"]
+    assert build_sft_config(make_config(neftune_noise_alpha=5), fp32).neftune_noise_alpha == 5
+    monkeypatch.delenv("ACCELERATE_FP8_BACKEND", raising=False)  # restored after the test
+    fp8 = build_sft_config(make_config(finetuning_type="full", fp8=True, bf16=True, fp8_backend="te"), fp32)
+    assert fp8.mixed_precision == "fp8" and os.environ["ACCELERATE_FP8_BACKEND"] == "TE"
 
 
 def test_train_stops_on_what_cannot_run_before_loading(tiny_model_dir: Path, bundled_data: Path,

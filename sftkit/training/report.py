@@ -229,7 +229,10 @@ def _method(cfg: SftConfig) -> str:
         return f"freeze fine-tuning ({cfg.freeze_trainable_layers} layers: {','.join(cfg.freeze_trainable_modules)})"
     if cfg.finetuning_type == "oft":
         return f"OFT block size {cfg.oft_block_size} rank {cfg.oft_rank} on {','.join(cfg.oft_target)}"
-    scaling = "rsLoRA" if cfg.use_rslora else "LoRA"
+    scaling = ("DoRA" if cfg.use_dora else "PiSSA-initialised LoRA" if cfg.pissa_init else
+               "rsLoRA" if cfg.use_rslora else "LoRA")
+    if cfg.quantization_bit is not None:
+        scaling = f"{scaling} on a {cfg.quantization_bit}-bit {cfg.quantization_method} base"
     return f"{scaling} r{cfg.lora_rank} alpha {cfg.resolved_lora_alpha} on {','.join(cfg.lora_target)}"
 
 
