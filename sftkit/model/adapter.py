@@ -37,6 +37,9 @@ def add_adapter(model: Any, cfg: SftConfig, new_token_ids: Sequence[int] = ()) -
         return model
     if cfg.finetuning_type == "freeze":
         freeze_layers(model, cfg)
+        if new_token_ids and not model.get_input_embeddings().weight.requires_grad:  # as LLaMA-Factory leaves them
+            logger.warning("freeze: the %d new token rows (the template's control tokens) stay untrained; add "
+                           "embed_tokens to freeze_extra_modules to train them", len(new_token_ids))
         return model
     from peft import PeftModel, get_peft_model
 
