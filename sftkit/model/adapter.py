@@ -46,7 +46,8 @@ def add_adapter(model: Any, cfg: SftConfig, new_token_ids: Sequence[int] = ()) -
     model = merge_prior_adapters(model, cfg)
     if cfg.adapter_name_or_path and not cfg.create_new_adapter:
         return PeftModel.from_pretrained(model, cfg.adapter_name_or_path[-1], is_trainable=True)
-    return get_peft_model(model, _peft_config(model, cfg, new_token_ids))
+    # PEFT upcasts new adapter weights to fp32 unless pure_bf16 asks to keep everything in bf16
+    return get_peft_model(model, _peft_config(model, cfg, new_token_ids), autocast_adapter_dtype=not cfg.pure_bf16)
 
 
 def merge_prior_adapters(model: Any, cfg: SftConfig) -> Any:
