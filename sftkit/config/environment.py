@@ -111,11 +111,22 @@ def check_runs_here(cfg: SftConfig) -> None:
 
 
 def prequantized_method(model: str) -> str | None:
-    """The quant_method a local checkpoint's config.json records (gptq, awq, bitsandbytes, ...), else None.
+    """The quant_method a checkpoint's config.json records (gptq, awq, bitsandbytes, ...), else None.
 
-    A hub id is not looked up here: transformers reads the same field when it loads the model.
+    Read from a local folder, or for a hub id from the local Hugging Face cache (never the network: an
+    uncached model is checked by transformers as it loads).
     """
-    config = _read_json(Path(model) / "config.json")
+    config_file: Any = Path(model) / "config.json"
+    if not config_file.is_file() and not Path(model).exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            config_file = try_to_load_from_cache(model, "config.json")
+        except ValueError:  # not a valid repo id
+            return None
+        if not isinstance(config_file, str):
+            return None
+    config = _read_json(Path(config_file))
     quantization = config.get("quantization_config") if isinstance(config, dict) else None
     if not isinstance(quantization, dict):
         return None

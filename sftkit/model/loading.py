@@ -56,7 +56,10 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
     try:
         model = _from_pretrained(cfg, source, kwargs)
     except ImportError as exc:
-        raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: sdpa") from None
+        if cfg.flash_attn == "fa2":
+            raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: sdpa") from None
+        # e.g. a pre-quantized (GPTQ, AWQ) checkpoint whose kernels are not installed
+        raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
     except (OSError, ValueError) as exc:
         raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
     grow_embeddings(model, len(tokenizer))
