@@ -259,7 +259,7 @@ def test_qlora_4bit_trains_on_cpu_and_merges_unquantized(trained, tmp_path: Path
     merge_and_chat(run, tmp_path)
 
 
-@pytest.mark.parametrize("keys", [{"quantization_bit": 8, "lora_target": "q_proj,v_proj"},
+@pytest.mark.parametrize("keys", [{"quantization_bit": 8, "lora_target": "q_proj,v_proj", "gradient_checkpointing": True},
                                   {"quantization_bit": 4, "double_quantization": False, "quantization_type": "fp4",
                                    "finetuning_type": "oft", "oft_block_size": 16}], ids=["qlora-8bit", "qoft-fp4"])
 def test_other_quantized_adapters_train(trained, keys: dict[str, Any]) -> None:

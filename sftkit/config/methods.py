@@ -76,9 +76,10 @@ class MethodsConfig(BaseModel):
     pissa_iter: int = _f(
         16, "PiSSA: fast-SVD iterations; -1 runs a full SVD (exact, slow on large weights).", ge=-1)
     pissa_convert: bool = _f(
-        False, "PiSSA: save the adapter converted to a plain LoRA of the original base weights, as "
-        "LLaMA-Factory's pissa_converted. sftkit saves it so either way, because merge, chat and eval load "
-        "the original base; true also keeps the unconverted adapter in pissa_backup/.")
+        False, "PiSSA: save the adapter converted to a plain LoRA (rank 2r) of the original base weights, as "
+        "LLaMA-Factory's pissa_converted. sftkit converts the final adapter either way, because merge, chat and "
+        "eval load the original base (checkpoints keep the unconverted one for resuming; pissa_init/ holds the "
+        "initial adapter).")
     loraplus_lr_ratio: float | None = _f(
         None, "LoRA+: the learning rate of the B matrices is this many times learning_rate (PEFT's "
         "create_loraplus_optimizer).", gt=0)

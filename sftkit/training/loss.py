@@ -95,6 +95,9 @@ class FrozenCopy:
     def hidden_states(self, lm: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
         import torch
 
+        device = next(lm.parameters()).device
+        if next(self.model.parameters()).device != device:  # the copy was made before the trainer moved the model
+            self.model.to(device)
         with torch.no_grad():
             return self.model.get_decoder()(*args, **kwargs).last_hidden_state
 
