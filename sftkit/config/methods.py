@@ -34,7 +34,8 @@ def _f(default: Any, doc: str, **kw: Any) -> Any:
     return Field(default, description=doc, json_schema_extra={"group": GROUP}, **kw)
 
 
-def _split_commas(value: Any) -> Any:
+def split_commas(value: Any) -> Any:
+    """LLaMA-Factory writes lists as "a,b,c"; YAML lists are accepted too."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -184,7 +185,7 @@ class MethodsConfig(BaseModel):
     _method_comma_lists = field_validator(
         "lora_target", "freeze_trainable_modules", "freeze_extra_modules", "additional_target", "oft_target",
         "adapter_name_or_path", "new_special_tokens", "galore_target", "apollo_target", mode="before")(
-        classmethod(lambda cls, v: _split_commas(v)))
+        classmethod(lambda cls, v: split_commas(v)))
 
     @field_validator("asft_alpha", "eaft_alpha", "galore_scale", "apollo_scale", "lora_dropout", "module_dropout")
     @classmethod

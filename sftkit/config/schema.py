@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from sftkit.config.methods import METHOD_CHECKS, MethodsConfig
+from sftkit.config.methods import METHOD_CHECKS, MethodsConfig, split_commas
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
 
 
@@ -43,13 +43,6 @@ GROUPS = ("model", "data", "finetuning", "training", "evaluation", "output", "di
 def _field(default: Any, doc: str, group: str, **kw: Any) -> Any:
     """A documented field; `group` orders the reference."""
     return Field(default, description=doc, json_schema_extra={"group": group}, **kw)
-
-
-def _split_commas(value: Any) -> Any:
-    """LLaMA-Factory writes lists as "a,b,c"; YAML lists are accepted too."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class SftConfig(MethodsConfig):
@@ -198,7 +191,7 @@ class SftConfig(MethodsConfig):
     # ---------------------------------------------------------------- parsing
     _comma_lists = field_validator(
         "dataset", "eval_dataset", "interleave_probs", "report_to", mode="before")(
-        classmethod(lambda cls, v: _split_commas(v)))
+        classmethod(lambda cls, v: split_commas(v)))
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod
