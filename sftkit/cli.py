@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
-from sftkit.errors import SftkitError
+from sftkit.errors import SftkitError, gather
 
 app = typer.Typer(
     help="Config-driven supervised fine-tuning: `sftkit train CONFIG`, then `sftkit merge` and `sftkit chat`.",
@@ -102,10 +102,10 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the config, every dataset, the model's files (no weights loaded) and that the template can train on
     every row."""
     cfg = _load(config, set_)
-    from sftkit.config import config_notes, environment_notes, machine_problems
+    from sftkit.config import check_prequantized, config_notes, environment_notes, machine_problems
     from sftkit.data import validate_setup
 
-    report = validate_setup(cfg)
+    _, report = gather(lambda: check_prequantized(cfg), lambda: validate_setup(cfg))
     for line in machine_problems(cfg):  # the file is right, this machine cannot run it: `train` stops on these
         typer.echo(f"warning: {line}", err=True)
     for line in config_notes(cfg):

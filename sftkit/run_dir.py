@@ -208,13 +208,13 @@ def model_card(run_dir: Path, merged_to: Path | None = None) -> str:
     folder = merged_to or run_dir
     cfg = read_run_config(run_dir)
     metrics = _read_metrics(run_dir)
-    adapter = cfg.finetuning_type == "lora" and not merged
+    adapter = cfg.uses_adapter and not merged
     method = (f"LoRA r={cfg.lora_rank}, alpha={cfg.resolved_lora_alpha}{' (rsLoRA)' if cfg.use_rslora else ''} on "
-              f"{', '.join(cfg.lora_target)}" if cfg.finetuning_type == "lora" else "full fine-tuning")
+              f"{', '.join(cfg.lora_target)}" if cfg.finetuning_type == "lora" else f"{cfg.finetuning_type} fine-tuning")
     if merged:
         method += ", merged into the base weights"
     lines = ["---", f"base_model: {cfg.model_name_or_path}", f"library_name: {'peft' if adapter else 'transformers'}",
-             "tags: [sftkit, sft" + (", lora]" if cfg.finetuning_type == "lora" else "]"), "---", "",
+             "tags: [sftkit, sft" + (f", {cfg.finetuning_type}]" if cfg.uses_adapter else "]"), "---", "",
              f"# {folder.resolve().name}", "",
              f"Supervised fine-tune of `{cfg.model_name_or_path}` made with sftkit ({method}).", "",
              "## Data", "", *_data_lines(cfg, metrics), "",

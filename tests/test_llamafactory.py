@@ -146,9 +146,13 @@ def test_every_transformers_training_argument_is_taken_or_answered() -> None:
 @pytest.mark.parametrize("key", ["apollo_rank", "galore_target", "oft_block_size", "pure_bf16", "temperature",
                                  "local_rank", "data_seed"])
 def test_no_did_you_mean_for_a_key_that_only_shares_a_word(key: str) -> None:
-    assert near_typo(key, list(SftConfig.model_fields)) is None  # the rule itself, table or not
-    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, key: 1}).value.problems
-    assert "did you mean" not in line and line.startswith(f"<config>: {key}: ")
+    # the rule itself, table or not (some of these are sftkit's own keys since issue 14's methods landed:
+    # against the others they must still suggest nothing)
+    others = [field for field in SftConfig.model_fields if field != key]
+    assert near_typo(key, others) is None
+    if key not in SftConfig.model_fields:
+        (line,) = pytest.raises(ConfigError, validate_config, {**BASE, key: 1}).value.problems
+        assert "did you mean" not in line and line.startswith(f"<config>: {key}: ")
 
 
 @pytest.mark.parametrize("typo,meant", [("lora_rnak", "lora_rank"), ("learning_rat", "learning_rate"),

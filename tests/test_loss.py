@@ -137,3 +137,93 @@ def test_shifted_labels_are_not_shifted_again() -> None:
     a = chunked_cross_entropy(head, hidden, labels, chunk_size=2).loss
     b = chunked_cross_entropy(head, hidden, shifted, chunk_size=2, shifted=True).loss
     torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------- LLaMA-Factory's loss variants
+# References written from LLaMA-Factory's definitions (train/trainer_utils.py: dft_loss_func, eaft_loss_func,
+# asft_loss_func), on full fp32 logits of the shifted sequence; the chunked versions must match them.
+
+def _shifted(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+    labels = batch["labels"]
+    mask = labels[:, 1:] != -100
+    return logits[:, :-1][mask], labels[:, 1:][mask]
+
+
+def _reference_loss(kind: str, alpha: float, logits: torch.Tensor, targets: torch.Tensor,
+                    ref_logits: torch.Tensor | None = None, num_items: int | None = None) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    if kind in ("dft", "asft"):
+        weight = torch.exp(-ce).detach()
+    else:
+        top = logits.detach().topk(20, dim=-1).values
+        log_p = top - torch.logsumexp(top, dim=-1, keepdim=True)
+        weight = torch.pow(-(log_p.exp() * log_p).sum(-1) / 3.0, alpha)
+    loss = (ce * weight).sum()
+    if kind == "asft":
+        kl = F.kl_div(F.log_softmax(logits, -1), F.softmax(ref_logits, -1), reduction="none").sum(-1)
+        loss = loss + alpha * kl.sum()
+    return loss / (num_items or targets.numel())
+
+
+def _variant_grads(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+@pytest.mark.parametrize("kind,alpha,num_items", [("dft", 1.0, None), ("eaft", 1.0, None), ("eaft", 0.5, 90),
+                                                  ("dft", 1.0, 90)])
+def test_dft_and_eaft_equal_their_definitions(tiny_model_dir: Path, kind: str, alpha: float,
+                                              num_items: int | None) -> None:
+    from sftkit.training.loss import LossVariant
+
+    model = _model(tiny_model_dir, lora=True)
+    batch = _packed_batch(seed=5)
+    logits, targets = _shifted(model, batch)
+    reference = _reference_loss(kind, alpha, logits, targets, num_items=num_items)
+    ref_grads = _variant_grads(model, reference)
+    out = model(**batch, loss_chunk_size=5, loss_variant=LossVariant(kind, alpha), num_items_in_batch=num_items)
+    grads = _variant_grads(model, out.loss)
+    torch.testing.assert_close(out.loss.detach(), reference.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out.loss.detach(), model(**batch, loss_chunk_size=5).loss.detach())  # not plain CE
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_asft_equals_dft_plus_kl_to_the_model_without_its_adapter(tiny_model_dir: Path) -> None:
+    from sftkit.training.loss import loss_variant_for
+
+    model = _model(tiny_model_dir, lora=True)  # init_lora_weights=False: the adapter already moves the model
+    batch = _packed_batch(seed=6)
+    with torch.no_grad(), model.disable_adapter():
+        ref_logits, _ = _shifted(model, batch)
+    logits, targets = _shifted(model, batch)
+    reference = _reference_loss("asft", 0.3, logits, targets, ref_logits)
+    ref_grads = _variant_grads(model, reference)
+    variant = loss_variant_for("asft", 0.3, model)
+    out = model(**batch, loss_chunk_size=7, loss_variant=variant)
+    grads = _variant_grads(model, out.loss)
+    torch.testing.assert_close(out.loss.detach(), reference.detach(), rtol=1e-5, atol=1e-6)
+    dft = model(**batch, loss_chunk_size=7, loss_variant=loss_variant_for("dft", 1.0, model)).loss
+    assert out.loss.item() > dft.item()  # the KL term is there, and positive
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_asft_reference_of_a_full_model_is_frozen_at_the_start(tiny_model_dir: Path) -> None:
+    from sftkit.training.loss import FrozenCopy, loss_variant_for
+
+    model = _model(tiny_model_dir)
+    variant = loss_variant_for("asft", 1.0, model)
+    assert isinstance(variant.reference, FrozenCopy)
+    batch = _packed_batch(seed=7)
+    dft = model(**batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss
+    same = model(**batch, loss_chunk_size=4, loss_variant=variant).loss
+    torch.testing.assert_close(same, dft)  # KL(model || itself) = 0 before any update
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(1.5)
+    moved = model(**batch, loss_chunk_size=4, loss_variant=variant).loss
+    assert moved.item() > model(**batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss.item()

@@ -10,7 +10,7 @@ keys sftkit does not take, each with its message).
 """
 
 from sftkit.config.docs import commented_yaml, dump_resolved, field_docs, reference_markdown
-from sftkit.config.environment import check_environment, environment_notes, machine_problems
+from sftkit.config.environment import check_environment, check_prequantized, environment_notes, machine_problems
 from sftkit.config.llamafactory import UNSUPPORTED_LLAMAFACTORY_KEYS, config_notes
 from sftkit.config.loading import load_config, validate_config
 from sftkit.config.schema import GROUPS, SftConfig
@@ -20,6 +20,7 @@ __all__ = [
     "UNSUPPORTED_LLAMAFACTORY_KEYS",
     "SftConfig",
     "check_environment",
+    "check_prequantized",
     "config_notes",
     "environment_notes",
     "commented_yaml",

@@ -12,14 +12,17 @@ from sftkit.config.schema import GROUPS, SftConfig
 # ---------------------------------------------------------------------------- documentation
 
 def field_docs() -> list[tuple[str, str, Any, str, str]]:
-    """(group, key, default, type, doc) for every field, in schema order."""
+    """(group, key, default, type, doc) for every field, by group (GROUPS), in schema order within a group.
+
+    Sorted because fields come from several classes (the "finetuning" group is `MethodsConfig`'s).
+    """
     rows = []
     for name, info in _in_reference_order(SftConfig.model_fields):
         group = (info.json_schema_extra or {}).get("group", "")
         default = "(required)" if info.is_required() else info.default
         type_name = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
         rows.append((group, name, default, type_name, info.description or ""))
-    return rows
+    return sorted(rows, key=lambda row: GROUPS.index(row[0]) if row[0] in GROUPS else len(GROUPS))
 
 
 def _in_reference_order(fields: dict[str, Any]) -> list[tuple[str, Any]]:

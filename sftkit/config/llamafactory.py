@@ -30,7 +30,6 @@ REFUSED_TRUE = {
 
 _NO_SFT = "sftkit trains supervised fine-tuning only; no equivalent, remove it"
 _TEXT_ONLY = "sftkit trains text only; no equivalent, remove it"
-_NOT_YET = "sftkit has no equivalent yet; remove it to train without it"
 _INFERENCE = "sftkit chat and predict run on transformers; no equivalent, remove it"
 _NO_RAY = "sftkit does not launch through Ray: start the processes with torchrun; remove it"
 _PROFILER = "no equivalent in sftkit (run under torch.profiler or nsys yourself); remove it"
@@ -40,61 +39,18 @@ def _same(message: str, *keys: str) -> dict[str, str]:
     return dict.fromkeys(keys, message)
 
 
-# ---------------------------------------------------------------------------- methods (issue 14, part 2)
-# LLaMA-Factory's fine-tuning methods, optimizers and losses sftkit does not have yet: each entry leaves
-# this table when its schema field lands.
+# ---------------------------------------------------------------------------- methods
+# LLaMA-Factory's method keys sftkit does not take (the rest are fields of sftkit.config.methods).
 METHOD_KEYS: dict[str, str] = {
-    "freeze_trainable_layers": "LLaMA-Factory trains only these layers with finetuning_type: freeze; " + _NOT_YET,
-    "freeze_trainable_modules": "LLaMA-Factory's modules trained with finetuning_type: freeze; " + _NOT_YET,
-    "freeze_extra_modules": "LLaMA-Factory's extra trained modules with finetuning_type: freeze; " + _NOT_YET,
-    "use_llama_pro": "LLaMA-Factory trains only LLaMA-Pro's expanded blocks; " + _NOT_YET,
-    "use_dora": "LLaMA-Factory's weight-decomposed LoRA (DoRA); " + _NOT_YET,
-    "pissa_init": "LLaMA-Factory initialises LoRA from the weights' principal singular vectors (PiSSA); " + _NOT_YET,
-    "pissa_iter": "LLaMA-Factory's fast-SVD iterations for PiSSA; " + _NOT_YET,
-    "pissa_convert": "LLaMA-Factory converts a PiSSA adapter to plain LoRA when saving; " + _NOT_YET,
-    "loraplus_lr_ratio": "LLaMA-Factory's LoRA+ (LoRA B learns this many times faster than A); " + _NOT_YET,
-    "loraplus_lr_embedding": "LLaMA-Factory's LoRA+ learning rate of embedding adapters; " + _NOT_YET,
-    "additional_target": "LLaMA-Factory trains and saves these modules beside the adapters; " + _NOT_YET,
-    "adapter_name_or_path": "LLaMA-Factory continues from (or stacks) existing adapters; " + _NOT_YET,
-    "create_new_adapter": "LLaMA-Factory starts a fresh adapter on top of adapter_name_or_path; " + _NOT_YET,
-    "quantization_bit": "LLaMA-Factory quantizes the base model on the fly (QLoRA); " + _NOT_YET,
-    "quantization_method": "LLaMA-Factory's on-the-fly quantization backend (bnb, hqq, eetq); " + _NOT_YET,
-    "quantization_type": "LLaMA-Factory's 4-bit data type (nf4, fp4); " + _NOT_YET,
-    "double_quantization": "LLaMA-Factory quantizes the 4-bit quantization constants too; " + _NOT_YET,
-    "quantization_device_map": "LLaMA-Factory's device map of a 4-bit model at inference; " + _NOT_YET,
-    "neftune_noise_alpha": "LLaMA-Factory adds NEFTune noise to the embeddings in training; " + _NOT_YET,
-    "rope_scaling": "LLaMA-Factory stretches RoPE (linear, dynamic, yarn, llama3) for longer contexts; " + _NOT_YET,
-    "new_special_tokens": "LLaMA-Factory adds these special tokens to the tokenizer; " + _NOT_YET,
-    "add_tokens": "LLaMA-Factory adds these ordinary tokens to the tokenizer; " + _NOT_YET,
-    "add_special_tokens": "LLaMA-Factory adds these special tokens to the tokenizer; " + _NOT_YET,
-    "new_special_tokens_config": "LLaMA-Factory's descriptions that initialise new tokens' embeddings; " + _NOT_YET,
-    "init_special_tokens": "LLaMA-Factory's initialisation of new tokens' embeddings; " + _NOT_YET,
-    "resize_vocab": "LLaMA-Factory resizes the embeddings to the tokenizer; " + _NOT_YET,
-    "pure_bf16": "LLaMA-Factory trains purely in bfloat16 (weights too, no mixed precision); " + _NOT_YET,
-    "mixture_of_depths": "LLaMA-Factory converts to or loads a mixture-of-depths model; " + _NOT_YET,
-    "use_dft_loss": "LLaMA-Factory's dynamic fine-tuning loss (DFT); " + _NOT_YET,
-    "use_asft_loss": "LLaMA-Factory's anchored SFT loss (ASFT); " + _NOT_YET,
-    "asft_alpha": "LLaMA-Factory's weight of the ASFT loss; " + _NOT_YET,
-    "use_eaft_loss": "LLaMA-Factory's entropy-adaptive fine-tuning loss (EAFT); " + _NOT_YET,
-    "eaft_alpha": "LLaMA-Factory's power of the EAFT weight; " + _NOT_YET,
-    "oft_rank": "LLaMA-Factory's OFT rank (finetuning_type: oft); " + _NOT_YET,
-    "oft_block_size": "LLaMA-Factory's OFT block size (finetuning_type: oft); " + _NOT_YET,
-    "oft_target": "LLaMA-Factory's modules that get OFT adapters (finetuning_type: oft); " + _NOT_YET,
-    "module_dropout": "LLaMA-Factory's OFT dropout (finetuning_type: oft); " + _NOT_YET,
-    "use_adam_mini": "LLaMA-Factory's Adam-mini optimizer; " + _NOT_YET,
-    "use_muon": "LLaMA-Factory's Muon optimizer; " + _NOT_YET,
-    "fp8": "LLaMA-Factory trains in FP8 through accelerate; " + _NOT_YET,
-    "fp8_backend": "LLaMA-Factory's FP8 backend (torchao, te, msamp); " + _NOT_YET,
-    "fp8_enable_fsdp_float8_all_gather": "LLaMA-Factory's FP8 all-gather under FSDP2; " + _NOT_YET,
-    **_same("LLaMA-Factory's GaLore optimizer (gradient low-rank projection); " + _NOT_YET,
-            "use_galore", "galore_target", "galore_rank", "galore_update_interval", "galore_scale",
-            "galore_proj_type", "galore_layerwise"),
-    **_same("LLaMA-Factory's APOLLO optimizer; " + _NOT_YET,
-            "use_apollo", "apollo_target", "apollo_rank", "apollo_update_interval", "apollo_scale", "apollo_proj",
-            "apollo_proj_type", "apollo_scale_type", "apollo_layerwise", "apollo_scale_front"),
-    **_same("LLaMA-Factory's BAdam optimizer (block-wise updates); " + _NOT_YET,
-            "use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
-            "badam_update_ratio", "badam_mask_mode", "badam_verbose"),
+    "quantization_device_map": "LLaMA-Factory's device map of a 4-bit model at inference; sftkit places the model "
+                               "itself (device_map auto on GPUs); remove it",
+    "add_tokens": "LLaMA-Factory adds these ordinary tokens to the tokenizer; sftkit has no equivalent yet: use "
+                  "new_special_tokens for tokens the model must learn, or remove it",
+    "add_special_tokens": "LLaMA-Factory's newer name for new_special_tokens; use new_special_tokens",
+    "new_special_tokens_config": "LLaMA-Factory's descriptions that initialise new tokens' embeddings; sftkit "
+                                 "initialises new rows from the mean of the others; remove it",
+    "init_special_tokens": "LLaMA-Factory's initialisation of new tokens' embeddings; sftkit initialises new rows "
+                           "from the mean of the others; remove it",
 }
 
 # ---------------------------------------------------------------------------- everything else

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
 from sftkit.config.quality import QUALITY_CHECKS, DataQualityConfig
+from sftkit.config.methods import METHOD_CHECKS, MethodsConfig, split_commas
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
 
 
@@ -34,15 +35,9 @@ def _field(default: Any, doc: str, group: str, **kw: Any) -> Any:
     return Field(default, description=doc, json_schema_extra={"group": group}, **kw)
 
 
-def _split_commas(value: Any) -> Any:
-    """LLaMA-Factory writes lists as "a,b,c"; YAML lists are accepted too."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class SftConfig(DataQualityConfig):
-    """Everything one fine-tuning run needs. Unknown keys are errors. The data-quality keys come from the mixin."""
+class SftConfig(MethodsConfig, DataQualityConfig):
+    """Everything one fine-tuning run needs. Unknown keys are errors. The fine-tuning methods' and the data-quality
+    keys come from the mixins (sftkit.config.methods, sftkit.config.quality)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
 
@@ -129,23 +124,6 @@ class SftConfig(DataQualityConfig):
         False, "Tokenize again even when a cached result for the same data and settings exists.", "data")
     skip_bad_rows: bool = _field(
         False, "Skip malformed rows (counted and reported) instead of stopping at the first one.", "data")
-
-    # ---------------------------------------------------------------- finetuning
-    stage: Literal["sft"] = _field("sft", "Training stage; sftkit does supervised fine-tuning only.",
-                                   "finetuning")
-    do_train: bool = _field(True, "Accepted for LLaMA-Factory compatibility; `sftkit train` trains.",
-                            "finetuning")
-    finetuning_type: Literal["lora", "full"] = _field(
-        "lora", "lora trains low-rank adapters (PEFT); full trains every weight.", "finetuning")
-    lora_rank: int = _field(8, "LoRA rank r.", "finetuning", gt=0)
-    lora_alpha: int | None = _field(
-        None, "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA). "
-        "Default: 2 x lora_rank.", "finetuning", gt=0)
-    lora_dropout: float = _field(0.0, "Dropout on the LoRA input.", "finetuning", ge=0, lt=1)
-    lora_target: list[str] = _field(
-        ["all"], "Modules that get adapters: all (every linear layer but the output head) or "
-        "comma-separated module names such as q_proj,v_proj.", "finetuning", min_length=1)
-    use_rslora: bool = _field(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)).", "finetuning")
 
     # ---------------------------------------------------------------- training
     per_device_train_batch_size: int = _field(8, "Sequences per device per step.", "training", gt=0)
@@ -270,8 +248,8 @@ class SftConfig(DataQualityConfig):
 
     # ---------------------------------------------------------------- parsing
     _comma_lists = field_validator(
-        "dataset", "eval_dataset", "lora_target", "interleave_probs", "report_to",
-        "fsdp_transformer_layer_cls_to_wrap", "release_blocklist", mode="before")(classmethod(lambda cls, v: _split_commas(v)))
+        "dataset", "eval_dataset", "interleave_probs", "report_to",
+        "fsdp_transformer_layer_cls_to_wrap", "release_blocklist", mode="before")(classmethod(lambda cls, v: split_commas(v)))
 
     @field_validator("fsdp", mode="before")
     @classmethod
@@ -314,7 +292,7 @@ class SftConfig(DataQualityConfig):
         return "no" if value is False else value
 
     @field_validator("learning_rate", "num_train_epochs", "val_size", "weight_decay", "max_grad_norm",
-                     "warmup_ratio", "lora_dropout", "adam_beta1", "adam_beta2", "adam_epsilon")
+                     "warmup_ratio", "adam_beta1", "adam_beta2", "adam_epsilon")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -526,4 +504,4 @@ def check_batch_tokens(c: SftConfig) -> str | None:
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
            check_scheduler_kwargs, check_fsdp_layers, check_save_only_model, check_batch_tokens,
-           *QUALITY_CHECKS)
+           *QUALITY_CHECKS, *METHOD_CHECKS)

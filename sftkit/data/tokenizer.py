@@ -30,7 +30,7 @@ def load_tokenizer(cfg: SftConfig, template: Template | None = None) -> Any:
         ConfigError: no template set and the model has none.
     """
     tokenizer = base_tokenizer(cfg)
-    prepare_tokenizer(tokenizer, template or resolve_template(cfg, tokenizer))
+    _prepare(tokenizer, template or resolve_template(cfg, tokenizer), cfg)
     return tokenizer
 
 
@@ -38,8 +38,16 @@ def load_tokenizer_and_template(cfg: SftConfig) -> tuple[Any, Template]:
     """The prepared tokenizer and the template in force (resolved once, then passed along)."""
     tokenizer = base_tokenizer(cfg)
     template = resolve_template(cfg, tokenizer)
-    prepare_tokenizer(tokenizer, template)
+    _prepare(tokenizer, template, cfg)
     return tokenizer, template
+
+
+def _prepare(tokenizer: Any, template: Template, cfg: SftConfig) -> None:
+    """The template's tokens and settings, then new_special_tokens (after them, so the template's keep their ids;
+    both train as trainable tokens)."""
+    prepare_tokenizer(tokenizer, template)
+    if cfg.new_special_tokens:
+        tokenizer.add_tokens(cfg.new_special_tokens, special_tokens=True)
 
 
 def base_tokenizer(cfg: SftConfig) -> Any:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sftkit.data.model_source import resolve_model
 from sftkit.data.tokenizer import run_template
 from sftkit.errors import DataError, SftkitError
+from sftkit.model.adapter import merge_prior_adapters
 from sftkit.model.loading import DAMAGED_MODEL_FIX, grow_embeddings, load_model
 from sftkit.model.precision import Precision, inference_precision
 from sftkit.quiet import quiet_loading_bars
@@ -109,9 +110,12 @@ def load_adapter_run(run_dir: str | Path, base: str | None = None, precision: Pr
     check_weights(run_dir, "the adapter was not saved completely; train again, or copy the run from where it is "
                            "complete")
     # The attention kernel does not change the weights; sdpa runs everywhere, fa2 only on some GPUs.
+    # The base loads unquantized and in the given precision (merging needs fp32), whatever training used.
     cfg = read_run_config(run_dir, base).model_copy(update={"flash_attn": "auto"})
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=cfg.trust_remote_code)
-    model = load_model(cfg, tokenizer, precision or Precision("float32", "cpu", "fp32 for merging"))
+    unquantized = cfg.model_copy(update={"quantization_bit": None, "pure_bf16": False})
+    model = load_model(unquantized, tokenizer, precision or Precision("float32", "cpu", "fp32 for merging"))
+    model = merge_prior_adapters(model, cfg)  # the adapters training merged before its own
     _check_adapter_fits(model, run_dir, cfg.model_name_or_path)
     model = PeftModel.from_pretrained(model, run_dir, is_trainable=False)
     model.eval()
@@ -229,6 +233,8 @@ def _expected_shape(modules: dict[str, Any], key: str, shape: tuple[int, ...]) -
     # lora_A is (r, in), lora_B is (out, r); trainable-token deltas are (n, hidden); the rest (saved
     # embeddings, modules_to_save) is a copy of the base weight.
     rules = ((".lora_A.", lambda w: (shape[0], w.shape[1])), (".lora_B.", lambda w: (w.shape[0], shape[1])),
+             # DoRA's magnitude is one value per output row; OFT's blocks are checked by PEFT (module present)
+             (".lora_magnitude_vector", lambda w: (w.shape[0],)), (".oft_", lambda w: shape),
              (".token_adapter.trainable_tokens_delta", lambda w: (shape[0], w.shape[1])),
              (".token_adapter.base_layer.", lambda w: tuple(w.shape)))
     for marker, rule in rules:

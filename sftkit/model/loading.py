@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.data.model_source import resolve_model
 from sftkit.data.tokenizer import unloadable
 from sftkit.errors import SftkitError
+from sftkit.model.quantization import quantization_kwargs
 from sftkit.quiet import quiet_loading_bars
 from sftkit.run_dir import check_weights
 
@@ -33,8 +35,9 @@ DAMAGED_MODEL_FIX = "the copy is incomplete (an interrupted download or copy?): 
 def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
     """Loads the base causal LM (safetensors only) and grows its embeddings to fit the tokenizer.
 
-    LoRA keeps the frozen base weights in the training dtype; full fine-tuning keeps fp32 master weights
-    and lets autocast compute in bf16/fp16, as mixed precision needs.
+    LoRA and OFT keep the frozen base weights in the training dtype (quantized with quantization_bit);
+    full and freeze fine-tuning keep fp32 master weights and let autocast compute in bf16/fp16, as mixed
+    precision needs, unless pure_bf16 keeps everything in bf16. rope_scaling stretches the positions.
 
     Raises:
         SftkitError: the model cannot be loaded (or its weights files are damaged), or the attention kernel
@@ -43,19 +46,24 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
     source = resolve_model(cfg.model_name_or_path)
     quiet_loading_bars()
     import torch
-    from transformers import AutoModelForCausalLM
 
-    dtype = precision.dtype if cfg.finetuning_type == "lora" else torch.float32
+    dtype = torch.bfloat16 if cfg.pure_bf16 else precision.dtype if cfg.uses_adapter else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True,
-                              "attn_implementation": attention_implementation(cfg.flash_attn, precision.device)}
+                              "attn_implementation": attention_implementation(cfg.flash_attn, precision.device),
+                              **quantization_kwargs(cfg, precision)}
     if cfg.trust_remote_code:
         kwargs["trust_remote_code"] = True
+    if cfg.rope_scaling:
+        kwargs["config"] = scaled_rope_config(cfg, source)
     check_weights(Path(cfg.model_name_or_path), DAMAGED_MODEL_FIX)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = _from_pretrained(cfg, source, kwargs)
     except ImportError as exc:
-        raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: auto or sdpa") \
-            from None
+        if cfg.flash_attn in ("fa2", "fa3", "flex"):
+            raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: auto or "
+                              "sdpa") from None
+        # e.g. a pre-quantized (GPTQ, AWQ) checkpoint whose kernels are not installed
+        raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
     except (OSError, ValueError) as exc:
         raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
     grow_embeddings(model, len(tokenizer))
@@ -76,6 +84,52 @@ def attention_implementation(flash_attn: str, device: str) -> str:
     return "flash_attention_2" if device == "cuda" and is_flash_attn_2_available() else "sdpa"
 
 
+def _from_pretrained(cfg: SftConfig, source: str, kwargs: dict[str, Any]) -> Any:
+    """transformers' loader, or the MoD package's for mixture_of_depths (as LLaMA-Factory calls it)."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.mixture_of_depths == "load":
+        from MoD import AutoMoDModelForCausalLM  # cannot_run_here has stopped train where MoD is missing
+
+        return AutoMoDModelForCausalLM.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if cfg.mixture_of_depths == "convert":
+        from MoD import apply_mod_to_hf
+
+        model = apply_mod_to_hf(model).to(kwargs["dtype"])
+    return model
+
+
+def scaled_rope_config(cfg: SftConfig, source: str) -> Any:
+    """The model's config with RoPE stretched by ceil(cutoff_len / context), as LLaMA-Factory's configure_rope.
+
+    Nothing changes when cutoff_len fits the context (a logged note says so) or the model has no RoPE.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    context = rope.get("original_max_position_embeddings") or getattr(config, "max_position_embeddings", None)
+    if not rope or not context:
+        logger.warning("rope_scaling: %s has no RoPE settings to scale; ignored", type(config).__name__)
+        return config
+    if cfg.cutoff_len <= context:
+        logger.warning("rope_scaling: cutoff_len %d fits the context (%d positions); RoPE is left unscaled",
+                       cfg.cutoff_len, context)
+        return config
+    factor = float(math.ceil(cfg.cutoff_len / context))
+    rope.update(rope_type=cfg.rope_scaling, factor=factor)
+    if cfg.rope_scaling in ("dynamic", "yarn", "llama3"):
+        rope["original_max_position_embeddings"] = context
+    if cfg.rope_scaling == "llama3":
+        rope.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    config.rope_parameters = rope
+    config.max_position_embeddings = int(context * factor)
+    logger.info("rope_scaling: %s x%g, context %d -> %d positions", cfg.rope_scaling, factor, context,
+                config.max_position_embeddings)
+    return config
+
+
 def check_context_length(cfg: SftConfig) -> None:
     """Refuses packing into sequences longer than the model's context, read from its config alone.
 
@@ -85,7 +139,7 @@ def check_context_length(cfg: SftConfig) -> None:
     Raises:
         SftkitError: cutoff_len beyond max_position_embeddings with packing on.
     """
-    if not cfg.packing:
+    if not cfg.packing or cfg.rope_scaling:  # rope_scaling stretches the context to cover cutoff_len
         return
     from transformers import AutoConfig
 

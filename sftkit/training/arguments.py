@@ -6,6 +6,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from sftkit.config.methods import GALORE_OPTIM
 from sftkit.training.loss import liger_available
 from sftkit.training.memory import use_gradient_checkpointing
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from sftkit.model import Precision
 
 logger = logging.getLogger(__name__)
+
+FP8_BACKENDS = {"auto": "AO", "torchao": "AO", "te": "TE", "msamp": "MSAMP"}  # fp8_backend -> accelerate's name
 
 
 def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
@@ -31,7 +34,7 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         os.environ["TENSORBOARD_LOGGING_DIR"] = cfg.logging_dir
     wants_best = cfg.wants_best_model
     checkpointing = use_gradient_checkpointing(cfg, precision)  # auto: from the activation-memory estimate
-    return SFTConfig(
+    config = SFTConfig(
         output_dir=cfg.output_dir,
         # data: rows are already tokenized, masked and cut to cutoff_len
         # with a token budget, TRL's packer fills rows of batch_tokens (examples are already cut to cutoff_len)
@@ -43,8 +46,9 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         # optimisation
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=_warmup(cfg),
         lr_scheduler_kwargs=cfg.lr_scheduler_kwargs or {},
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, **optimizer_arguments(cfg),
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon,
+        neftune_noise_alpha=cfg.neftune_noise_alpha,
         per_device_train_batch_size=cfg.rows_per_micro_batch,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -76,6 +80,36 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         # Liger's kernels (and its fused linear cross-entropy in SftkitTrainer) where a GPU and the package exist
         use_liger_kernel=use_liger_kernel(cfg, precision),
     )
+    if cfg.fp8:  # accelerate's fp8 autocast, on the backend asked for (environment.cannot_run_here checked the GPU)
+        config.mixed_precision = "fp8"
+        os.environ["ACCELERATE_FP8_BACKEND"] = FP8_BACKENDS[cfg.fp8_backend]
+    return config
+
+
+def optimizer_arguments(cfg: SftConfig) -> dict[str, Any]:
+    """`optim` and its settings: GaLore and APOLLO as transformers' own optimizers (optim_target_modules picks
+    the projected layers, optim_args carries their settings); every other method keeps `optim` (LoRA+, BAdam,
+    Adam-mini and Muon replace the optimizer in SftkitTrainer.create_optimizer)."""
+    if cfg.use_galore:
+        settings = {"rank": cfg.galore_rank, "update_proj_gap": cfg.galore_update_interval, "scale": cfg.galore_scale,
+                    "proj_type": cfg.galore_proj_type}
+        return {"optim": GALORE_OPTIM[cfg.optim] + ("_layerwise" if cfg.galore_layerwise else ""),
+                "optim_target_modules": _low_rank_targets(cfg.galore_target), "optim_args": _optim_args(settings)}
+    if cfg.use_apollo:
+        settings = {"rank": cfg.apollo_rank, "proj": cfg.apollo_proj, "scale_type": cfg.apollo_scale_type,
+                    "update_proj_gap": cfg.apollo_update_interval, "scale": cfg.apollo_scale,
+                    "proj_type": cfg.apollo_proj_type}
+        return {"optim": "apollo_adamw" + ("_layerwise" if cfg.apollo_layerwise else ""),
+                "optim_target_modules": _low_rank_targets(cfg.apollo_target), "optim_args": _optim_args(settings)}
+    return {"optim": cfg.optim}
+
+
+def _low_rank_targets(targets: list[str]) -> str | list[str]:
+    return "all-linear" if targets == ["all"] else targets
+
+
+def _optim_args(settings: dict[str, Any]) -> str:
+    return ",".join(f"{key}={value}" for key, value in settings.items())
 
 
 def use_liger_kernel(cfg: SftConfig, precision: Precision) -> bool:

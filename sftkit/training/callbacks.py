@@ -179,3 +179,28 @@ class ProgressReport(TrainerCallback):
         left = (time.monotonic() - self._started) / done * (state.max_steps - state.global_step)
         minutes, seconds = divmod(int(left), 60)
         return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+PISSA_INIT = "pissa_init"  # the PiSSA adapter as initialised, beside the run: the final save converts against it
+
+
+class PissaInitCallback(TrainerCallback):
+    """Saves the freshly initialised PiSSA adapter before the first update (once: a resumed run keeps it).
+
+    PiSSA moves the top singular directions of each weight into the adapter, so its saved adapter fits
+    only the residual base. `SftkitTrainer.save_model` converts the final adapter against this one into a
+    plain LoRA of the original weights (PEFT's path_initial_model_for_weight_conversion), which merge, chat
+    and eval load on the unchanged base.
+    """
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: Any = None, **kwargs: Any) -> None:
+        folder = os.path.join(args.output_dir, PISSA_INIT)
+        if not state.is_world_process_zero or os.path.isdir(folder):
+            return
+        config = model.peft_config["default"]
+        init, config.init_lora_weights = config.init_lora_weights, True  # loads back as a plain LoRA
+        try:
+            model.save_pretrained(folder)
+        finally:
+            config.init_lora_weights = init

@@ -5,7 +5,12 @@ vocabulary that is 1.7 GB per 4,096 tokens, several times over once softmax and 
 decoder runs once, only the positions that are trained are kept, and the output head runs on chunks of them
 under activation checkpointing, so at most one chunk's logits are alive and backward recomputes them.
 
-`add_chunked_loss(model)` patches a causal LM so `model(**batch, loss_chunk_size=n)` returns this loss. The
+`add_chunked_loss(model)` patches a causal LM so `model(**batch, loss_chunk_size=n)` returns this loss.
+LLaMA-Factory's SFT loss variants are computed in the same chunks (`loss_variant=LossVariant(...)`):
+DFT weights each token's cross-entropy by the model's detached probability of it, EAFT by (entropy of the
+top-20 logits / 3) ^ alpha, and ASFT adds alpha x KL(reference || model) to DFT, the reference being the
+model as training began (`AdapterOff`, `FrozenCopy`). Their sums are divided like the plain loss, by the
+accumulated batch's trained tokens. The
 patch sits on the model itself, so the call goes through PEFT, DDP, FSDP or DeepSpeed wrappers unchanged;
 without `loss_chunk_size` the model's forward is the original one.
 
@@ -19,11 +24,12 @@ instead of wrapping it.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sftkit.data import IGNORE_INDEX
 from sftkit.model import causal_lm_of
@@ -34,6 +40,83 @@ if TYPE_CHECKING:
 
 # Keys of a model call that feed the loss, not the decoder.
 _LOSS_KEYS = ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep", "return_dict")
+EAFT_TOP_K = 20  # EAFT's entropy is that of the renormalised top-k logits (LLaMA-Factory's k)
+EAFT_ENTROPY_SCALE = 3.0  # and is divided by 3 before the power
+
+
+class Reference(Protocol):
+    """ASFT's reference model: its final hidden states for a batch, and its output head on some of them."""
+
+    def hidden_states(self, lm: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor: ...
+
+    def logits(self, lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class LossVariant:
+    """Which training loss the chunks compute: ce (plain), dft, eaft or asft, with its alpha.
+
+    Attributes:
+        kind: the loss.
+        alpha: EAFT's exponent, or ASFT's weight of the KL term.
+        reference: ASFT's reference model.
+    """
+
+    kind: Literal["ce", "dft", "eaft", "asft"] = "ce"
+    alpha: float = 1.0
+    reference: Reference | None = None
+
+
+class AdapterOff:
+    """The reference of a LoRA/OFT run: the same model with its adapter (and trainable tokens) switched off."""
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        self.peft_model = peft_model
+
+    def hidden_states(self, lm: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad(), self.peft_model.disable_adapter():
+            return lm.get_decoder()(*args, **kwargs).last_hidden_state
+
+    def logits(self, lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad(), self.peft_model.disable_adapter():
+            return lm.get_output_embeddings()(hidden)
+
+
+class FrozenCopy:
+    """The reference of a full/freeze run: a frozen copy of the model as training began."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        self.model = copy.deepcopy(lm).eval().requires_grad_(False)
+
+    def hidden_states(self, lm: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+        import torch
+
+        device = next(lm.parameters()).device
+        if next(self.model.parameters()).device != device:  # the copy was made before the trainer moved the model
+            self.model.to(device)
+        with torch.no_grad():
+            return self.model.get_decoder()(*args, **kwargs).last_hidden_state
+
+    def logits(self, lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad():
+            return self.model.get_output_embeddings()(hidden)
+
+
+def loss_variant_for(kind: str, alpha: float, model: nn.Module) -> LossVariant | None:
+    """The variant a run trains with (None for plain cross-entropy); ASFT's reference is built here, from the
+    model before any update."""
+    if kind == "ce":
+        return None
+    if kind != "asft":
+        return LossVariant(kind, alpha)  # type: ignore[arg-type]
+    reference = AdapterOff(model) if hasattr(model, "disable_adapter") else FrozenCopy(causal_lm_of(model))
+    return LossVariant("asft", alpha, reference)
 
 
 @dataclass
@@ -61,8 +144,10 @@ def chunked_cross_entropy(
     chunk_size: int,
     num_items_in_batch: int | torch.Tensor | None = None,
     shifted: bool = False,
+    variant: LossVariant | None = None,
+    reference: tuple[nn.Module, torch.Tensor] | None = None,
 ) -> ChunkedLossOutput:
-    """Next-token cross-entropy of `head(hidden_states)`, computed chunk by chunk.
+    """Next-token cross-entropy of `head(hidden_states)` (or a variant of it), computed chunk by chunk.
 
     Args:
         head: the output-head module (called on chunks, so PEFT trainable-token rows get gradients).
@@ -73,12 +158,16 @@ def chunked_cross_entropy(
         num_items_in_batch: trained tokens across the whole accumulated batch; the summed loss is divided by it
             so gradient accumulation averages over tokens, not micro-batches. None: this batch's count.
         shifted: `labels` are already next-token labels (context parallelism passes `shift_labels`).
+        variant: DFT, EAFT or ASFT instead of plain cross-entropy.
+        reference: ASFT: (the causal LM, the reference's hidden states for the same batch).
 
     Returns:
         The loss with the counts for token accuracy.
     """
     hidden, targets = _trained_positions(hidden_states, labels, shifted)
-    loss_sum, num_correct = _sum_over_chunks(head, hidden, targets, chunk_size)
+    ref_hidden = _trained_positions(reference[1], labels, shifted)[0] if reference is not None else None
+    loss_sum, num_correct = _sum_over_chunks(head, hidden, targets, chunk_size, variant,
+                                             (reference[0], ref_hidden) if reference is not None else None)
     return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), num_correct, targets.numel(),
                              loss_sum.detach())
 
@@ -104,8 +193,9 @@ def _trained_positions(hidden_states: torch.Tensor, labels: torch.Tensor,
     return hidden_states[mask], labels[mask]
 
 
-def _sum_over_chunks(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                     chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sum_over_chunks(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
+                     variant: LossVariant | None = None,
+                     reference: tuple[nn.Module, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy and correct-prediction count over chunks of `chunk_size` rows."""
     import torch
     from torch.utils.checkpoint import checkpoint
@@ -116,19 +206,21 @@ def _sum_over_chunks(head: nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     recompute = torch.is_grad_enabled() and hidden.requires_grad
     for start in range(0, targets.numel(), chunk_size):
         h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        ref = (reference[0], reference[1][start:start + chunk_size]) if reference is not None else None
         counted: list[torch.Tensor] = []
         if recompute:
-            chunk_loss = checkpoint(_chunk_loss, head, h, y, counted, use_reentrant=False)
+            chunk_loss = checkpoint(_chunk_loss, head, h, y, counted, variant, ref, use_reentrant=False)
         else:
-            chunk_loss = _chunk_loss(head, h, y, counted)
+            chunk_loss = _chunk_loss(head, h, y, counted, variant, ref)
         loss_sum = loss_sum + chunk_loss
         num_correct += counted[0]
     return loss_sum, num_correct
 
 
-def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                counted: list[torch.Tensor]) -> torch.Tensor:
-    """Summed float32 cross-entropy of one chunk; appends its correct count on the first run only."""
+def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, counted: list[torch.Tensor],
+                variant: LossVariant | None = None,
+                reference: tuple[nn.Module, torch.Tensor] | None = None) -> torch.Tensor:
+    """Summed float32 loss of one chunk; appends its correct count on the first run only."""
     import torch
     import torch.nn.functional as F
 
@@ -137,7 +229,30 @@ def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
     if not counted:
         with torch.no_grad():
             counted.append((logits.argmax(dim=-1) == targets).sum())
-    return F.cross_entropy(logits, targets, reduction="sum")
+    if variant is None or variant.kind == "ce":
+        return F.cross_entropy(logits, targets, reduction="sum")
+    token_loss = F.cross_entropy(logits, targets, reduction="none")
+    loss = (token_loss * _token_weights(logits, token_loss, variant)).sum()
+    if variant.kind == "asft" and reference is not None:
+        lm, ref_hidden = reference
+        ref_logits = variant.reference.logits(lm, ref_hidden).float()
+        # KL(reference || model) per token, as F.kl_div(log p, q) sums q (log q - log p)
+        kl = F.kl_div(F.log_softmax(logits, dim=-1), F.softmax(ref_logits, dim=-1), reduction="none").sum(-1)
+        loss = loss + variant.alpha * kl.sum()
+    return loss
+
+
+def _token_weights(logits: torch.Tensor, token_loss: torch.Tensor, variant: LossVariant) -> torch.Tensor:
+    """The detached per-token weights: p(target) for DFT and ASFT, EAFT's entropy term for EAFT."""
+    import torch
+
+    with torch.no_grad():
+        if variant.kind in ("dft", "asft"):
+            return torch.exp(-token_loss)
+        top = logits.topk(min(EAFT_TOP_K, logits.shape[-1]), dim=-1).values
+        log_probs = top - top.logsumexp(dim=-1, keepdim=True)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+        return torch.pow(entropy / EAFT_ENTROPY_SCALE, variant.alpha)
 
 
 # ---------------------------------------------------------------------------- the model patch
@@ -167,10 +282,11 @@ def add_chunked_loss(model: nn.Module) -> None:
 
     # The original signature is kept: `generate` validates its keyword arguments against it.
     @functools.wraps(class_forward)
-    def forward(self: nn.Module, *args: Any, loss_chunk_size: int = 0, liger: bool = False, **kwargs: Any) -> Any:
+    def forward(self: nn.Module, *args: Any, loss_chunk_size: int = 0, liger: bool = False,
+                loss_variant: LossVariant | None = None, **kwargs: Any) -> Any:
         if not (loss_chunk_size or liger):
             return class_forward(self, *args, **kwargs)
-        return _chunked_forward(self, args, kwargs, loss_chunk_size, liger)
+        return _chunked_forward(self, args, kwargs, loss_chunk_size, liger, loss_variant)
 
     forward.sftkit_chunked_loss = True  # type: ignore[attr-defined]
     lm.forward = types.MethodType(forward, lm)
@@ -181,17 +297,23 @@ def has_chunked_loss(model: nn.Module) -> bool:
     return getattr(causal_lm_of(model).forward, "sftkit_chunked_loss", False)
 
 
-def _chunked_forward(lm: nn.Module, args: tuple, kwargs: dict[str, Any], chunk_size: int,
-                     liger: bool) -> ChunkedLossOutput:
+def _chunked_forward(lm: nn.Module, args: tuple, kwargs: dict[str, Any], chunk_size: int, liger: bool,
+                     variant: LossVariant | None = None) -> ChunkedLossOutput:
     """The decoder on the batch, then the chunked (or Liger) loss on its final hidden states."""
     shifted = kwargs.get("shift_labels") is not None
     labels = kwargs["shift_labels"] if shifted else kwargs["labels"]
     decoder_kwargs = {key: value for key, value in kwargs.items() if key not in _LOSS_KEYS}
     decoder_kwargs["use_cache"] = False
     hidden_states = lm.get_decoder()(*args, **decoder_kwargs).last_hidden_state
-    loss_fn = liger_cross_entropy if liger else functools.partial(chunked_cross_entropy, chunk_size=chunk_size)
-    return loss_fn(lm.get_output_embeddings(), hidden_states, labels,
-                   num_items_in_batch=kwargs.get("num_items_in_batch"), shifted=shifted)
+    if liger:
+        return liger_cross_entropy(lm.get_output_embeddings(), hidden_states, labels,
+                                   num_items_in_batch=kwargs.get("num_items_in_batch"), shifted=shifted)
+    reference = None
+    if variant is not None and variant.reference is not None:
+        reference = (lm, variant.reference.hidden_states(lm, args, decoder_kwargs))
+    return chunked_cross_entropy(lm.get_output_embeddings(), hidden_states, labels, chunk_size,
+                                 num_items_in_batch=kwargs.get("num_items_in_batch"), shifted=shifted,
+                                 variant=variant, reference=reference)
 
 
 def liger_cross_entropy(

@@ -64,7 +64,8 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
     replace, checkpoint, *_ = gather(  # every instant check, all problems reported together
         lambda: check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume)),
         lambda: _checkpoint_to_resume(cfg, out, resume), lambda: check_distributed(cfg),
-        lambda: check_environment(cfg), lambda: resolve_model(cfg.model_name_or_path), lambda: check_sources(cfg))
+        lambda: check_environment(cfg), lambda: resolve_model(cfg.model_name_or_path),
+        lambda: check_sources(cfg))
     resumed = checkpoint_state(checkpoint) if checkpoint else None
     quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
@@ -159,7 +160,8 @@ def load_model_for_training(cfg: SftConfig, tokenizer: Any, template: Template, 
     if kernel:
         logger.info("packed rows: attention runs per packed example (%s, sftkit.training.attention)", kernel)
     add_chunked_loss(model)
-    model = add_adapter(model, cfg, template.token_ids(tokenizer))
+    new_tokens = template.token_ids(tokenizer) + tokenizer.convert_tokens_to_ids(cfg.new_special_tokens or [])
+    model = add_adapter(model, cfg, new_tokens)
     for note in apply_kernels(model, cfg.enable_liger_kernel, cfg.torch_compile, precision.device):
         logger.info(note)
     set_stop_tokens(model, tokenizer, template)

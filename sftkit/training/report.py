@@ -90,7 +90,7 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
         lines.append(f"  best checkpoint: {state.best_model_checkpoint} (its weights are the saved ones)")
     lines += [f"  overfitting: {sign}" for sign in overfitting_signs(state.log_history)]
     lines += [f"  written to {out}/: {', '.join(_written(cfg, out))}", "next (from any directory):"]
-    if cfg.finetuning_type == "lora":
+    if cfg.uses_adapter:
         lines.append(f"  {shell_command('merge', out)}")
     lines.append(f"  {shell_command('chat', out)}")
     print("\n".join(lines), flush=True)
@@ -225,7 +225,14 @@ def planned_updates(trainer: SFTTrainer, sequences: int) -> int:
 def _method(cfg: SftConfig) -> str:
     if cfg.finetuning_type == "full":
         return "full fine-tuning"
-    scaling = "rsLoRA" if cfg.use_rslora else "LoRA"
+    if cfg.finetuning_type == "freeze":
+        return f"freeze fine-tuning ({cfg.freeze_trainable_layers} layers: {','.join(cfg.freeze_trainable_modules)})"
+    if cfg.finetuning_type == "oft":
+        return f"OFT block size {cfg.oft_block_size} rank {cfg.oft_rank} on {','.join(cfg.oft_target)}"
+    scaling = ("DoRA" if cfg.use_dora else "PiSSA-initialised LoRA" if cfg.pissa_init else
+               "rsLoRA" if cfg.use_rslora else "LoRA")
+    if cfg.quantization_bit is not None:
+        scaling = f"{scaling} on a {cfg.quantization_bit}-bit {cfg.quantization_method} base"
     return f"{scaling} r{cfg.lora_rank} alpha {cfg.resolved_lora_alpha} on {','.join(cfg.lora_target)}"
 
 
@@ -243,7 +250,7 @@ def _schedule(cfg: SftConfig) -> str:
 
 
 def _saved_weights(cfg: SftConfig) -> str:
-    return "adapter_model.safetensors" if cfg.finetuning_type == "lora" else "model safetensors"
+    return "adapter_model.safetensors" if cfg.uses_adapter else "model safetensors"
 
 
 def _fmt(value: float | None) -> str:

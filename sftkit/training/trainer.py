@@ -11,6 +11,8 @@ stops) is mixed in from `sftkit.training.lifecycle`. `build_trainer` assembles i
 from __future__ import annotations
 
 import logging
+import os
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,13 +21,15 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
 from sftkit.model import causal_lm_of
+from sftkit.run_dir import ADAPTER_WEIGHTS
 from sftkit.training.arguments import build_sft_config
 from sftkit.training.attention import varlen_attention
 from sftkit.quiet import no_dataset_bars
-from sftkit.training.callbacks import ProgressReport, generation_samples_callback
+from sftkit.training.callbacks import PISSA_INIT, PissaInitCallback, ProgressReport, generation_samples_callback
 from sftkit.training.collator import REAL_TOKENS_KEY, PackedRowsCollator
 from sftkit.training.lifecycle import LifecycleTrainerMixin
-from sftkit.training.loss import add_chunked_loss, liger_available
+from sftkit.training.loss import LossVariant, add_chunked_loss, liger_available, loss_variant_for
+from sftkit.training.optimizers import build_optimizer
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -46,9 +50,12 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         **kwargs: passed to `trl.SFTTrainer`.
     """
 
-    def __init__(self, *args: Any, loss_chunk_size: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_chunk_size: int, loss_variant: LossVariant | None = None,
+                 method_config: SftConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
+        self.loss_variant = loss_variant  # DFT/EAFT/ASFT in training; evaluation stays plain cross-entropy
+        self.method_config = method_config  # for the optimizers `optim` cannot name (LoRA+, BAdam, ...)
         self.liger_loss = self.args.use_liger_kernel and _liger_loss_usable(self.model)
         # SFTTrainer.__init__ (trl 1.16) always wraps the forward with TRL's fused LM head; this trainer never
         # asks for it, so the forward installed at load replaces it again: one wrapper, never two stacked.
@@ -69,9 +76,36 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         if not self.loss_chunk_size and not self.liger_loss:
             return self._model_loss(model, inputs, real_tokens, num_items_in_batch)
         out = model(**inputs, loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
-                    num_items_in_batch=num_items_in_batch)
+                    num_items_in_batch=num_items_in_batch, loss_variant=self.loss_variant if model.training else None)
         self._count(inputs, real_tokens, out.num_correct, out.num_trained, out.loss_sum)
         return self._across_devices(out.loss, num_items_in_batch)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The trainer's save; a PiSSA run's final adapter is then rewritten as a plain LoRA of the original base.
+
+        Checkpoints (`_internal_call`) keep the unconverted adapter, which resuming needs.
+        """
+        super().save_model(output_dir, _internal_call)
+        init = os.path.join(self.args.output_dir, PISSA_INIT)
+        if _internal_call or not os.path.isdir(init) or not self.args.should_save:
+            return
+        from safetensors.torch import load_file, save_file
+
+        folder = output_dir or self.args.output_dir
+        weights = os.path.join(folder, ADAPTER_WEIGHTS)
+        trained = load_file(weights)
+        self.accelerator.unwrap_model(self.model).save_pretrained(folder, path_initial_model_for_weight_conversion=init)
+        # PEFT's conversion writes the LoRA matrices only; the trainable-token rows and modules_to_save copies
+        # are the same either way, so they are put back.
+        converted = load_file(weights)
+        save_file(converted | {key: value for key, value in trained.items() if "lora_" not in key}, weights,
+                  metadata={"format": "pt"})
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        """The method's own optimizer (LoRA+, BAdam, Adam-mini, Muon) where the config asks for one."""
+        if self.optimizer is None and self.method_config is not None:
+            self.optimizer = build_optimizer(self.method_config, self.model, self.args)
+        return super().create_optimizer(*args, **kwargs)
 
     def _model_loss(self, model: torch.nn.Module, inputs: dict[str, Any], real_tokens: torch.Tensor | None,
                     num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
@@ -189,19 +223,31 @@ def liger_loss_blocker(model: torch.nn.Module) -> str | None:
     return None
 
 
+def _variant_alpha(cfg: SftConfig) -> float:
+    return cfg.eaft_alpha if cfg.use_eaft_loss else cfg.asft_alpha
+
+
 def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: Any, template: Template,
                   train_rows: Any, eval_rows: Any | None) -> SftkitTrainer:
     """SftkitTrainer (TRL's SFTTrainer with the chunked loss) over our rows, with early stopping when asked."""
     callbacks: list[Any] = []
     if cfg.early_stopping_steps is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_steps))
+    if cfg.pissa_init:
+        callbacks.append(PissaInitCallback())
     samples = generation_samples_callback(cfg, tokenizer, template)  # None without eval, samples or TensorBoard
     if samples is not None:
         callbacks.append(samples)
     with no_dataset_bars():  # TRL packs the rows here: a pass the user did not ask to watch
         trainer = SftkitTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
                                 eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
-                                callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size)
+                                callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size, method_config=cfg,
+                                loss_variant=loss_variant_for(cfg.loss_variant, _variant_alpha(cfg), model))
+    if cfg.use_badam:  # as badam's README: its callback, and clipping that handles its sparse gradients
+        from badam import BAdamCallback, clip_grad_norm_old_version
+
+        trainer.accelerator.clip_grad_norm_ = MethodType(clip_grad_norm_old_version, trainer.accelerator)
+        trainer.add_callback(BAdamCallback)
     # one progress display instead of transformers' bar (or its printed dicts, to a file)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

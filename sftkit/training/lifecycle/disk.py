@@ -62,7 +62,7 @@ def estimate_disk(model: Any, cfg: SftConfig, planned_updates: int) -> DiskEstim
 
 def saved_weight_bytes(model: Any, cfg: SftConfig) -> int:
     """Bytes of the weights a save writes: PEFT's adapter state dict, or every (untied) model weight."""
-    if cfg.finetuning_type == "lora":
+    if cfg.uses_adapter:
         import warnings
 
         from peft import get_peft_model_state_dict
