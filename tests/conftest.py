@@ -19,6 +19,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
+# Variables sftkit sets for the libraries that read them only from the environment (accelerate's fp8 backend,
+# transformers' TensorBoard folder): a run sets them for its own process, so a test must not leak them.
+PROCESS_SETTINGS = ("ACCELERATE_FP8_BACKEND", "TENSORBOARD_LOGGING_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _process_settings_kept():
+    saved = {name: os.environ.get(name) for name in PROCESS_SETTINGS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
