@@ -24,6 +24,7 @@ if [ -z "${SFTKIT_NO_LLAMA_CPP:-}" ] && ! .venv/bin/python -c "import llama_cpp"
   echo "setup: building llama-cpp-python from source for sftkit export's checks (many minutes, once)"
   portable="-DGGML_NATIVE=OFF"
   [ "$(uname -m)" = x86_64 ] && portable="$portable -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-  CMAKE_ARGS="${CMAKE_ARGS:-$portable}" .venv/bin/pip install --disable-pip-version-check -e ".[gguf]"
+  # --no-cache-dir: a wheel pip cached from another build (say -march=native) must not stand in for this one
+  CMAKE_ARGS="${CMAKE_ARGS:-$portable}" .venv/bin/pip install --disable-pip-version-check --no-cache-dir -e ".[gguf]"
 fi
 echo "setup: done"
