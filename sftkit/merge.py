@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.atomic import discard_stale_staging, place_problem, staged_dir, write_text
+from sftkit.atomic import discard_stale_staging, staged_dir, write_text
 from sftkit.data.masking import encode_conversation
 from sftkit.errors import SftkitError
 from sftkit.model import Loaded, load_adapter_run, set_stop_tokens, stored_dtype
-from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, check_lora_run, is_merged_model, model_card
+from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, check_lora_run, check_new_folder, is_merged_model, model_card
 
 if TYPE_CHECKING:
     import torch
@@ -140,19 +140,7 @@ def _check_shard_size(size: str) -> None:
 def _resolve_out(run_dir: Path, out: str | Path | None, overwrite: bool) -> Path:
     """The output directory: RUN_DIR/merged by default; never the run itself or a folder holding it."""
     out = Path(out) if out is not None else run_dir / "merged"
-    resolved, run = out.resolve(), run_dir.resolve()
-    if resolved == run or resolved in run.parents:
-        raise SftkitError(f"--out {out}: would replace the run directory {run_dir}; choose another folder")
-    problem = place_problem(out, "dir")
-    if problem:
-        raise SftkitError(f"--out {out}: {problem}")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise SftkitError(f"--out {out}: already exists; pass --overwrite to replace it or choose another --out")
-        foreign = is_merged_model(out)
-        if foreign:
-            raise SftkitError(f"--out {out}: not a merged model ({foreign}), so --overwrite will not delete it; "
-                              "choose another --out")
+    check_new_folder(out, run_dir, f"the run directory {run_dir}", overwrite, is_merged_model, "a merged model")
     return out
 
 

@@ -15,6 +15,7 @@ import struct
 import sys
 import zipfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import place_problem, write_text
@@ -155,6 +156,30 @@ def check_new_output(path: Path, overwrite: bool, option: str = "--out") -> None
         raise SftkitError(f"{option} {problem}")
     if path.exists() and not overwrite:
         raise SftkitError(f"{option} {path}: already exists; pass --overwrite to replace it or choose another {option}")
+
+
+def check_new_folder(out: Path, source: Path, source_name: str, overwrite: bool,
+                     foreign: Callable[[Path], str | None], kind: str) -> None:
+    """The rule for folders sftkit writes from a model (merge, export): never the source or a folder holding it;
+    an existing non-empty one only with --overwrite, and only when it holds nothing but a `kind` (`foreign` says
+    why not), since --overwrite deletes it.
+
+    Raises:
+        SftkitError: any of these, naming --out.
+    """
+    resolved = out.resolve()
+    if source.is_dir() and (resolved == source.resolve() or resolved in source.resolve().parents):
+        raise SftkitError(f"--out {out}: would replace {source_name}; choose another folder")
+    problem = place_problem(out, "dir")
+    if problem:
+        raise SftkitError(f"--out {out}: {problem}")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise SftkitError(f"--out {out}: already exists; pass --overwrite to replace it or choose another --out")
+        why = foreign(out)
+        if why:
+            raise SftkitError(f"--out {out}: not {kind} ({why}), so --overwrite will not delete it; choose another "
+                              "--out")
 
 
 def read_run_config(run_dir: Path, base: str | None = None) -> SftConfig:

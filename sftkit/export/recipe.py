@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sftkit.atomic import discard_stale_staging, place_problem, staged_dir, staged_file, write_text
+from sftkit.atomic import discard_stale_staging, staged_dir, staged_file, write_text
 from sftkit.data.model_source import resolve_model
 from sftkit.errors import SftkitError
 from sftkit.export.gguf_file import OUTTYPES, architecture_of, write_gguf
@@ -20,7 +20,7 @@ from sftkit.export.ollama import MODELFILE, modelfile, template_problem
 from sftkit.export.verify import Report, llama_cpp_available, verify
 from sftkit.merge import merge_in_memory
 from sftkit.model import Loaded, load_for_inference
-from sftkit.run_dir import check_new_output, has_adapter, has_run_config, read_run_config
+from sftkit.run_dir import check_new_folder, check_new_output, has_adapter, has_run_config, read_run_config
 
 FORMATS = ("gguf", "ollama")
 LLAMA_CPP_HINT = "pip install 'sftkit[gguf]' (it builds llama-cpp-python) or pass --no-verify to skip the check"
@@ -115,21 +115,14 @@ def _resolve_out(model: str, name: str, fmt: str, out: str | Path | None, outtyp
         check_new_output(out, overwrite)
         return out
     out = Path(out) if out is not None else home / f"{name}-ollama"
-    resolved = out.resolve()
-    if path.is_dir() and (resolved == path.resolve() or resolved in path.resolve().parents):
-        raise SftkitError(f"--out {out}: would replace the model folder {model}; choose another folder")
-    problem = place_problem(out, "dir")
-    if problem:
-        raise SftkitError(f"--out {out}: {problem}")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise SftkitError(f"--out {out}: already exists; pass --overwrite to replace it or choose another --out")
-        foreign = [entry.name for entry in sorted(out.iterdir())
-                   if entry.is_dir() or (entry.name != MODELFILE and entry.suffix != ".gguf")]
-        if foreign:
-            raise SftkitError(f"--out {out}: not an Ollama export (it holds {foreign[0]}), so --overwrite will not "
-                              "delete it; choose another --out")
+    check_new_folder(out, path, f"the model folder {model}", overwrite, _not_an_ollama_export, "an Ollama export")
     return out
+
+
+def _not_an_ollama_export(folder: Path) -> str | None:
+    foreign = [entry.name for entry in sorted(folder.iterdir())
+               if entry.is_dir() or (entry.name != MODELFILE and entry.suffix != ".gguf")]
+    return f"it holds {foreign[0]}" if foreign else None
 
 
 # ---------------------------------------------------------------------------- loading
