@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, field_validator
+
+from sftkit.config.fields import documented, split_commas
 
 if TYPE_CHECKING:
     from sftkit.config.schema import SftConfig
@@ -31,14 +33,7 @@ FREEZE_KEYS = ("freeze_trainable_modules", "freeze_extra_modules")
 
 
 def _f(default: Any, doc: str, **kw: Any) -> Any:
-    return Field(default, description=doc, json_schema_extra={"group": GROUP}, **kw)
-
-
-def split_commas(value: Any) -> Any:
-    """LLaMA-Factory writes lists as "a,b,c"; YAML lists are accepted too."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+    return documented(default, doc, GROUP, **kw)
 
 
 class MethodsConfig(BaseModel):

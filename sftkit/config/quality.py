@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, field_validator
+
+from sftkit.config.fields import documented
 
 if TYPE_CHECKING:
     from sftkit.config.schema import SftConfig
@@ -18,7 +20,7 @@ JUDGE_THRESHOLD = 4.0  # the guide's cut: keep rows whose mean 1-5 rubric score 
 
 
 def _field(default: Any, doc: str, **kw: Any) -> Any:
-    return Field(default, description=doc, json_schema_extra={"group": "data"}, **kw)
+    return documented(default, doc, "data", **kw)
 
 
 class DataQualityConfig(BaseModel):

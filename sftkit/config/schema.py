@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
+from sftkit.config.fields import documented, split_commas
 from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
+from sftkit.config.methods import METHOD_CHECKS, MethodsConfig
 from sftkit.config.quality import QUALITY_CHECKS, DataQualityConfig
-from sftkit.config.methods import METHOD_CHECKS, MethodsConfig, split_commas
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
 
 
@@ -30,9 +31,7 @@ LOSS_CHUNK_SIZE = 256  # trained tokens per output-head call, unless the config 
 GROUPS = ("model", "data", "finetuning", "training", "evaluation", "output", "distributed")
 
 
-def _field(default: Any, doc: str, group: str, **kw: Any) -> Any:
-    """A documented field; `group` orders the reference."""
-    return Field(default, description=doc, json_schema_extra={"group": group}, **kw)
+_field = documented
 
 
 class SftConfig(MethodsConfig, DataQualityConfig):
