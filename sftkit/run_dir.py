@@ -31,6 +31,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_CONFIG = "config.json"  # a complete transformers model (full fine-tuning, merged)
 TRAINER_STATE = "trainer_state.json"
 METRICS_FILE = "metrics.json"
+PROGRESS_FILE = "progress.jsonl"  # one JSON line per logged training step or evaluation, written as the run goes
 OPTIMIZER_FILE = "optimizer.pt"  # in a checkpoint: the optimizer state a resumed run continues from
 SCHEDULER_FILE = "scheduler.pt"
 MODEL_CARD = "README.md"  # the model card: what the folder holds and how to use it
@@ -39,7 +40,7 @@ BENCHMARKS_FILE = "benchmarks.json"  # `sftkit eval --tasks`: lm-eval scores per
 HUMAN_EVAL_FILE = "human_eval.json"  # `sftkit eval --ratings`: this model's side of a filled rating sheet
 RELEASE_REPORT_FILE = "release_report.json"  # `sftkit report`: the release checklist
 # Files that mark a directory as an earlier training run, which --overwrite may replace.
-RUN_MARKERS = (CONFIG_FILE, TRAINER_STATE, ADAPTER_CONFIG)
+RUN_MARKERS = (CONFIG_FILE, TRAINER_STATE, ADAPTER_CONFIG, PROGRESS_FILE)
 # What `sftkit merge` writes: weights, configs, tokenizer files. A folder holding anything else is not a
 # merged model, and `merge --overwrite` leaves it alone.
 MERGED_FILES = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "merges.txt", "vocab.txt", CONFIG_FILE,

@@ -379,10 +379,10 @@ def test_a_save_that_fails_midway_leaves_no_checkpoint_that_looks_complete(
     monkeypatch.setattr(trainer, "_save_rng_state", dies_on_the_second_save)
     with pytest.raises(OSError, match="No space left"):
         trainer.train()
-    assert sorted(os.listdir(out)) == [".partial-checkpoint-4", "checkpoint-2"]
+    assert sorted(os.listdir(out)) == [".partial-checkpoint-4", "checkpoint-2", "progress.jsonl"]
     assert latest_checkpoint(out) == out / "checkpoint-2" and resolve_resume(out, "latest") == out / "checkpoint-2"
     discard_partial_checkpoints(out)
-    assert sorted(os.listdir(out)) == ["checkpoint-2"]
+    assert sorted(os.listdir(out)) == ["checkpoint-2", "progress.jsonl"]
 
 
 # ---------------------------------------------------------------------------- disk space

@@ -166,3 +166,18 @@ def test_progress_on_a_terminal_is_one_bar_with_the_numbers_beside_it() -> None:
     text = out.getvalue()
     assert "5/20" in text and "loss 1.2346" in text and "tok/s" in text and "eval at step 5: loss 1.5000" in text
     assert "{'loss'" not in text
+
+
+def test_progress_is_also_one_json_line_per_log_in_the_run_directory(tmp_path: Path) -> None:
+    report = ProgressReport(io.StringIO())
+    args = SimpleNamespace(output_dir=str(tmp_path / "run"))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, max_steps=20, num_input_tokens_seen=0)
+    report.on_train_begin(args, state, None)
+    state.global_step, state.num_input_tokens_seen = 5, 5000
+    report.on_log(args, state, None, logs={"loss": 1.5, "learning_rate": 1e-3})
+    report.on_log(args, state, None, logs={"eval_loss": 1.25})
+    report.on_log(args, state, None, logs={"train_runtime": 3.0, "train_loss": 1.0})  # the summary: not a point
+    lines = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("loss"), r.get("eval_loss")) for r in lines] == [(5, 1.5, None), (5, None, 1.25)]
+    assert lines[0]["learning_rate"] == 1e-3 and lines[0]["max_steps"] == 20 and lines[0]["tokens_per_second"] > 0
+    assert lines[0]["eta_seconds"] is not None

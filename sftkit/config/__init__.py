@@ -12,7 +12,7 @@ keys sftkit does not take, each with its message).
 from sftkit.config.docs import commented_yaml, dump_resolved, field_docs, reference_markdown
 from sftkit.config.environment import check_environment, check_prequantized, environment_notes, machine_problems
 from sftkit.config.llamafactory import UNSUPPORTED_LLAMAFACTORY_KEYS, config_notes
-from sftkit.config.loading import load_config, validate_config
+from sftkit.config.loading import load_config, load_config_text, validate_config
 from sftkit.config.schema import GROUPS, SftConfig
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "dump_resolved",
     "field_docs",
     "load_config",
+    "load_config_text",
     "machine_problems",
     "reference_markdown",
     "validate_config",

@@ -33,7 +33,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SftConf
         ConfigError: every problem at once, each naming the file (or the `--set` option) and the key.
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    return _validated(_read_yaml(path), str(path), overrides)
+
+
+def load_config_text(text: str, source: str) -> SftConfig:
+    """Validates a config given as YAML text (the web page's editor) exactly as `load_config` would the file.
+
+    Args:
+        text: the YAML document.
+        source: the file name the error lines blame (the file the text is saved to).
+
+    Raises:
+        ConfigError: every problem at once, each line as `sftkit train` would print it for that file.
+    """
+    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: far too big for a config (limit {MAX_CONFIG_BYTES:,} bytes)")
+    return _validated(_mapping(Path(source), _parse_yaml(Path(source), text)), source, None)
+
+
+def _validated(raw: dict[str, Any], source: str, overrides: list[str] | None) -> SftConfig:
+    """Applies the `--set` overrides to the file's keys and validates them; every problem at once."""
     overridden = {}
     problems = []
     for override in overrides or []:
@@ -45,7 +64,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SftConf
         raw[key] = value
         overridden[key] = override
     try:
-        cfg = validate_config(raw, source=str(path), overridden=overridden)
+        cfg = validate_config(raw, source=source, overridden=overridden)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
@@ -107,7 +126,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: {size:,} bytes is far too big for a config (limit {MAX_CONFIG_BYTES:,}); "
                           "is this the right file?")
-    data = _parse_yaml(path, _decode(path, path.read_bytes()))
+    return _mapping(path, _parse_yaml(path, _decode(path, path.read_bytes())))
+
+
+def _mapping(path: Path, data: Any) -> dict[str, Any]:
     if data is None:
         raise ConfigError(f"{path}: the config is empty")
     if not isinstance(data, dict):

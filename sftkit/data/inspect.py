@@ -82,11 +82,14 @@ def legend(color: bool) -> str:
 def render_example(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:
     """Decodes an example run by run, marking trained runs (ANSI green, or `[[` `]]` when not `color`)."""
     start, end = (ANSI_TRAINED, ANSI_RESET) if color else PLAIN_TRAINED
-    pieces = []
-    for trained, ids in _runs(input_ids, labels):
-        text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        pieces.append(f"{start}{text}{end}" if trained else text)
-    return "".join(pieces)
+    return "".join(f"{start}{text}{end}" if trained else text
+                   for text, trained in decoded_runs(tokenizer, input_ids, labels))
+
+
+def decoded_runs(tokenizer: Any, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
+    """The example's text run by run, each with whether it is trained (the web page highlights these)."""
+    return [(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), trained)
+            for trained, ids in _runs(input_ids, labels)]
 
 
 def prepare_for_cli(cfg: SftConfig) -> tuple[Any, Any, PreparedData]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ from transformers import TrainerCallback
 
 from sftkit.data.prompts import Prompt, load_prompts
 from sftkit.model import GenerationSettings, encode_prompts, generate
+from sftkit.run_dir import PROGRESS_FILE
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -110,7 +112,9 @@ class ProgressReport(TrainerCallback):
 
     On a terminal: one bar (steps done, elapsed and ETA from tqdm) with loss, learning rate and tokens/s
     beside it. To a file or a pipe: one plain line per logging step with the same numbers and an ETA, and
-    no carriage returns or cursor escapes. Evaluations are one line each. Only the main process reports.
+    no carriage returns or cursor escapes. Evaluations are one line each. The same numbers go, one JSON
+    object a line, to `output_dir/progress.jsonl`, which `sftkit webui` draws its live curves from (the
+    trainer's own trainer_state.json is written only with a checkpoint). Only the main process reports.
     """
 
     def __init__(self, out: TextIO | None = None) -> None:
@@ -142,16 +146,19 @@ class ProgressReport(TrainerCallback):
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        if "loss" in logs:
-            numbers = self._train_numbers(state, logs)
+        record = self._record(state, logs)
+        if record is None:
+            return  # the end-of-training summary: sftkit prints its own
+        if args is not None:
+            _append_progress(args.output_dir, record)
+        if "loss" in record:
+            numbers = _train_numbers(record)
             if self.bar is not None:
                 self.bar.set_postfix_str(numbers, refresh=True)
                 return
-            line = f"step {state.global_step}/{state.max_steps}  {numbers}  eta {self._eta(state)}"
-        elif "eval_loss" in logs:
-            line = f"eval at step {state.global_step}: loss {logs['eval_loss']:.4f}"
+            line = f"step {state.global_step}/{state.max_steps}  {numbers}  eta {_clock(record['eta_seconds'])}"
         else:
-            return  # the end-of-training summary: sftkit prints its own
+            line = f"eval at step {state.global_step}: loss {record['eval_loss']:.4f}"
         if self.bar is not None:
             self.bar.write(line, file=self.out)
         else:
@@ -163,22 +170,41 @@ class ProgressReport(TrainerCallback):
             self.bar.close()
             self.bar = None
 
-    def _train_numbers(self, state: TrainerState, logs: dict[str, float]) -> str:
+    def _record(self, state: TrainerState, logs: dict[str, float]) -> dict[str, Any] | None:
+        """The numbers of one training or evaluation log; None for any other log."""
+        base = {"step": state.global_step, "max_steps": state.max_steps, "time": time.time()}
+        if "eval_loss" in logs and "loss" not in logs:
+            return {**base, "eval_loss": logs["eval_loss"]}
+        if "loss" not in logs:
+            return None
         now, tokens = time.monotonic(), state.num_input_tokens_seen
         rate = (tokens - self._last_tokens) / (now - self._last_time) if now > self._last_time else 0.0
         self._last_time, self._last_tokens = now, tokens
-        parts = [f"loss {logs['loss']:.4f}"]
-        if "learning_rate" in logs:
-            parts.append(f"lr {logs['learning_rate']:.2e}")
-        return "  ".join([*parts, f"{rate:,.0f} tok/s"])
-
-    def _eta(self, state: TrainerState) -> str:
         done = state.global_step - self._first_step
-        if done <= 0:
-            return "?"
-        left = (time.monotonic() - self._started) / done * (state.max_steps - state.global_step)
-        minutes, seconds = divmod(int(left), 60)
-        return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+        eta = (now - self._started) / done * (state.max_steps - state.global_step) if done > 0 else None
+        return {**base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                "tokens_per_second": rate, "eta_seconds": eta}
+
+
+def _train_numbers(record: dict[str, Any]) -> str:
+    parts = [f"loss {record['loss']:.4f}"]
+    if record["learning_rate"] is not None:
+        parts.append(f"lr {record['learning_rate']:.2e}")
+    return "  ".join([*parts, f"{record['tokens_per_second']:,.0f} tok/s"])
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def _append_progress(output_dir: str, record: dict[str, Any]) -> None:
+    """One JSON line, appended and flushed at once, so a reader never sees half of one (a resumed run goes on)."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, PROGRESS_FILE), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 PISSA_INIT = "pissa_init"  # the PiSSA adapter as initialised, beside the run: the final save converts against it

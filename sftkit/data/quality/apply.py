@@ -47,7 +47,7 @@ def clean_and_balance(cfg: SftConfig, conversations: Conversations, tokenizer: A
         categories = [str(v) for v in column_values(cfg, train.to_list(), cfg.balance_column, "balance_column")]
         sampled = balance(categories, cfg.balance_shares, cfg.balance_rows, cfg.seed)
         if not sampled.positions:
-            raise DataError(f"balance_shares: no training row is left at these shares; set balance_rows")
+            raise DataError("balance_shares: no training row is left at these shares; set balance_rows")
         train = train.select(sampled.positions)
         lines.append(sampled.summary_line(cfg.balance_column))
     return dataclasses.replace(conversations, train=train, eval=eval_), lines

@@ -1,0 +1,176 @@
+"""The `sftkit` command line: parse, validate, call one library function.
+
+Heavy libraries (torch, transformers, trl, datasets) are imported inside the commands so that
+`sftkit --help` answers instantly. Any `SftkitError` becomes one line per problem on stderr and exit
+code 2; nothing else is caught, so a bug still shows its traceback.
+
+Modules: `app` (the Typer apps, help formatting, shared options, config loading), `data` (`sftkit data ...`),
+`evaluation` (eval, predict, report); the rest of the commands are here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sftkit.cli import data as _data  # noqa: F401  (registers `sftkit data ...`)
+from sftkit.cli.app import ConfigArg, SetOpt, load, app, command
+from sftkit.errors import SftkitError, gather
+
+
+@command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Train into a non-empty output_dir, replacing it.")] = False,
+    resume: Annotated[Optional[str], typer.Option(
+        help="Continue from a checkpoint: 'latest' (the newest complete one in output_dir) or a path.")] = None,
+) -> None:
+    """Fine-tune a model as the config says: data -> model -> adapter -> TRL SFTTrainer -> save."""
+    cfg = load(config, set_)
+    from sftkit.training import train as run
+
+    run(cfg, overwrite=overwrite, resume=resume if resume is not None else cfg.resume)
+
+
+@command()
+def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Check the config, every dataset, the model's files (no weights loaded) and that the template can train on
+    every row."""
+    cfg = load(config, set_)
+    from sftkit.config import check_prequantized, config_notes, environment_notes, machine_problems
+    from sftkit.data import validate_setup
+
+    _, report = gather(lambda: check_prequantized(cfg), lambda: validate_setup(cfg))
+    for line in machine_problems(cfg):  # the file is right, this machine cannot run it: `train` stops on these
+        typer.echo(f"warning: {line}", err=True)
+    for line in config_notes(cfg):
+        typer.echo(f"note: {line}", err=True)
+    for note in environment_notes(cfg):  # settings this machine will not honour, that need not stop a run
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"{config}: OK ({report})")
+
+
+@command()
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="Training output_dir holding the adapter.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the merged model (default RUN_DIR/merged).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(
+        help="bf16, fp16 or fp32 (default: the dtype the base model is stored in).")] = None,
+    max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 2GB.")] = "2GB",
+    base: Annotated[Optional[str], typer.Option(help="Base model path or hub id (default: from the run's config).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Fold the LoRA adapter into the base model and export it, verified against base+adapter."""
+    from sftkit.merge import merge as run
+
+    run(run_dir, out=out, dtype=dtype, max_shard_size=max_shard_size, base=base, overwrite=overwrite)
+
+
+@command()
+def export(
+    model: Annotated[str, typer.Argument(help="Run directory (its adapter is merged in memory), merged model, or base model.")],
+    format_: Annotated[str, typer.Option("--format", help="gguf (one file for llama.cpp) or ollama (a folder: the GGUF "
+                                                          "file and a Modelfile for `ollama create`).")] = "gguf",
+    out: Annotated[Optional[Path], typer.Option(
+        help="The .gguf file (gguf) or the folder (ollama); default beside MODEL, named after it.")] = None,
+    outtype: Annotated[str, typer.Option(help="Weight type: f32, f16, bf16 or q8_0 (norms stay f32).")] = "f16",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    verify: Annotated[bool, typer.Option(
+        help="Load the file with llama.cpp (llama-cpp-python) and compare logits and 32 greedy tokens with "
+             "transformers; --no-verify skips it.")] = True,
+) -> None:
+    """Export to GGUF (llama.cpp) or Ollama, checked by llama.cpp against transformers before it is kept."""
+    from sftkit.export import export as run
+
+    run(model, fmt=format_, out=out, outtype=outtype, overwrite=overwrite, check=verify)
+
+
+@command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Answer this one prompt and exit.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    repl: Annotated[bool, typer.Option(help="Interactive conversation even when stdin is not a terminal.")] = False,
+) -> None:
+    """Talk to a model with the template it was trained on.
+
+    On a terminal: a conversation (/reset, /system TEXT, /exit; Ctrl-C stops an answer, Ctrl-D leaves).
+    Otherwise each stdin line is a prompt answered on its own, one answer per prompt.
+    """
+    from sftkit.chat import chat as run
+
+    run(model, system=system, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, seed=seed, repl=repl)
+
+
+@command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="SFTKIT_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every /v1 route.")] = None,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait for the model; more get 503.")] = 32,
+    backend: Annotated[str, typer.Option(help="transformers, or vllm (needs vllm and a CUDA GPU).")] = "transformers",
+) -> None:
+    """Serve a model with OpenAI's API: /v1/chat/completions (trained template), /v1/completions, /v1/models."""
+    from sftkit.serve import serve as run
+
+    run(model, host=host, port=port, api_key=api_key, max_queue=max_queue, backend=backend)
+
+
+@command()
+def webui(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
+    share: Annotated[bool, typer.Option(help="Also a public Gradio share link (never on by default).")] = False,
+    config_dir: Annotated[Path, typer.Option(help="Folder for the YAML configs the page runs, its logs and data "
+                                                  "statistics.")] = Path("sftkit_webui"),
+    model: Annotated[str, typer.Option(help="Model path or hub id the form starts with.")] = "",
+    dataset_dir: Annotated[str, typer.Option(help="Folder whose dataset_info.json the form lists.")] = "data",
+    output_dir: Annotated[str, typer.Option(help="output_dir the form starts with; its parent is the Runs tab's "
+                                                 "folder.")] = "runs/webui",
+) -> None:
+    """A web page (Gradio) to configure, start, watch, compare, chat with and export runs; each action shows its
+    sftkit command."""
+    from sftkit.webui import webui as run
+
+    run(host=host, port=port, share=share, config_dir=config_dir, model=model, dataset_dir=dataset_dir,
+        output_dir=output_dir)
+
+
+from sftkit.cli import evaluation as _evaluation  # noqa: E402,F401  (registers eval, predict, report after serve)
+
+
+@command()
+def keys() -> None:
+    """List every config key with its default and meaning."""
+    from sftkit.config import field_docs
+
+    current = None
+    for group, name, default, type_name, doc in field_docs():
+        if group != current:
+            current = group
+            typer.echo(f"\n[{group}]")
+        typer.echo(f"  {name} ({type_name}, default {default!r})\n      {doc}")
+
+
+def main() -> None:
+    """Console entry point: user errors become exit code 2 with one line per problem."""
+    from sftkit.quiet import quiet_known_noise
+
+    quiet_known_noise()
+    try:
+        app()
+    except SftkitError as exc:
+        for line in exc.problems or [str(exc)]:
+            typer.echo(f"error: {line}", err=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,79 @@
+"""The command line's frame: the Typer apps, help that reads like the README, the shared options, config loading.
+
+Heavy libraries are imported inside the commands so that `sftkit --help` answers instantly.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
+
+from sftkit.errors import SftkitError
+
+app = typer.Typer(
+    help="Config-driven supervised fine-tuning: `sftkit train CONFIG`, then `sftkit merge` and `sftkit chat`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Look at, measure, clean and generate the training data.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+
+class _Command(TyperCommand):
+    """Help that reads like the README: `sftkit train [OPTIONS] CONFIG`, no `<bool>` beside on/off flags.
+
+    typer 0.29 writes required arguments as `{config}` in the usage line and `<bool>` as the type of every
+    flag; neither is a value the user types.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""  # typer shows the metavar instead of the type
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+command = functools.partial(app.command, cls=_Command)
+data_command = functools.partial(data_app.command, cls=_Command)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see `sftkit keys`).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a config key, e.g. --set learning_rate=1e-4 (repeatable).")]
+
+
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace the output file if it exists.")]
+ModelConfigOpt = Annotated[Optional[Path], typer.Option(
+    help="Config whose datasets, template and masks are used (default: the run's own sftkit_config.yaml).")]
+
+
+def load(config: Path, overrides: Optional[list[str]]):  # -> SftConfig, kept light for --help
+    from sftkit.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def model_config(model: str, config: Optional[Path], overrides: Optional[list[str]]):  # -> SftConfig
+    """--config, else the config a run or merged folder records (sftkit_config.yaml)."""
+    from sftkit.run_dir import CONFIG_FILE, has_run_config
+
+    if config is None:
+        if not has_run_config(Path(model)):
+            raise SftkitError(f"--config: {model} holds no {CONFIG_FILE}, so name the config whose data to use")
+        config = Path(model) / CONFIG_FILE
+    return load(config, overrides)

@@ -1,0 +1,193 @@
+"""The web page's parts that need no browser: the form's YAML, the child processes, what a run logged, the Runs
+tab's table and diff, and the chat's messages. The page itself is driven in Chromium by test_webui_browser.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sftkit.config import dump_resolved, load_config, validate_config
+from sftkit.webui import chat, form, runs
+from sftkit.webui.jobs import Jobs, progress, summary
+
+FORM = {"model_name_or_path": "models/tiny-ernie", "template": form.OWN_TEMPLATE, "lora_rank": 8.0, "lora_alpha": 0,
+        "lora_dropout": 0.0, "lora_target": "all", "freeze_trainable_layers": 2.0, "dataset_dir": "data",
+        "dataset": ["demo_alpaca"], "cutoff_len": 256.0, "val_size": 0.1, "packing": True, "learning_rate": 1e-4,
+        "num_train_epochs": 1.0, "max_steps": 10.0, "eval_strategy": "no", "eval_steps": 0,
+        "output_dir": "runs/web"}
+
+
+# ---------------------------------------------------------------------------- form
+
+def test_the_form_writes_only_the_chosen_methods_keys_and_leaves_unset_numbers_out() -> None:
+    lora = form.to_config(FORM, "lora", "fp32")
+    assert lora["finetuning_type"] == "lora" and lora["lora_rank"] == 8 and isinstance(lora["lora_rank"], int)
+    assert "freeze_trainable_layers" not in lora and "lora_alpha" not in lora and "eval_steps" not in lora
+    assert "template" not in lora and lora["bf16"] is False  # the model's own template: no key at all
+    qlora = form.to_config(FORM, "qlora", "bf16")
+    assert qlora["finetuning_type"] == "lora" and qlora["quantization_bit"] == 4 and qlora["bf16"] is True
+    freeze = form.to_config({**FORM, "template": "chatml"}, "freeze", "fp16")
+    assert freeze["finetuning_type"] == "freeze" and freeze["freeze_trainable_layers"] == 2
+    assert not any(key.startswith("lora_") for key in freeze) and freeze["fp16"] and freeze["template"] == "chatml"
+
+
+def test_the_yaml_the_page_runs_is_a_file_train_accepts_with_the_same_values(tmp_path: Path) -> None:
+    text = form.to_yaml(form.to_config(FORM, "lora", "fp32"))
+    assert "# Peak learning rate." in text  # documented as the shipped configs are
+    path = form.config_path(text, tmp_path)
+    assert path == tmp_path / "web.yaml"
+    cfg, problems = form.check(text, path)
+    assert problems == [] and cfg is not None
+    path.write_text(text, encoding="utf-8")
+    assert load_config(path).model_dump() == cfg.model_dump()
+
+
+def test_the_editor_gets_the_clis_error_lines_all_at_once(tmp_path: Path) -> None:
+    text = form.to_yaml(form.to_config(FORM, "lora", "fp32")) + "learning_rat: 1\nwarmup_ratio: 7\n"
+    path = form.config_path(text, tmp_path)
+    path.write_text(text, encoding="utf-8")
+    _, problems = form.check(text, path)
+    with pytest.raises(Exception) as cli:
+        load_config(path)
+    assert problems == [f"error: {line}" for line in cli.value.problems] and len(problems) >= 2
+    assert all(line.startswith(f"error: {path}") for line in problems)
+    broken = "output_dir: runs/x\nlearning_rate: [\n"
+    assert form.config_path(broken, tmp_path) == tmp_path / "webui.yaml"  # not YAML: the name cannot be read
+    _, problems = form.check(broken, tmp_path / "webui.yaml")
+    assert len(problems) == 1 and "invalid YAML" in problems[0]
+
+
+def test_dataset_choices_count_each_file_and_name_a_missing_registry(bundled_data: Path, tmp_path: Path) -> None:
+    choices, note = form.dataset_choices(str(bundled_data))
+    labels = dict((value, label) for label, value in choices)
+    rows = len(json.loads((bundled_data / "demo_alpaca.json").read_text(encoding="utf-8")))
+    assert labels["demo_alpaca"] == f"demo_alpaca ({rows:,} rows)" and str(len(choices)) in note
+    choices, note = form.dataset_choices(str(tmp_path))
+    assert choices == [] and "dataset_info.json" in note
+
+
+def test_template_note_says_whose_template_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert "no chat template" in form.template_note(str(tiny_model_dir), form.OWN_TEMPLATE)
+    assert "chatml (named" in form.template_note(str(tiny_model_dir), "chatml")
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
+    assert "the model's own chat template (from" in form.template_note(str(tmp_path), form.OWN_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------- jobs
+
+def test_a_job_runs_sftkit_shows_its_command_and_reports_a_refused_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\nlearning_rate: -1\n", encoding="utf-8")
+    jobs = Jobs(tmp_path / "logs")
+    job = jobs.start("validate", "validate", str(bad))
+    assert "sftkit validate" in job.command and str(bad) in job.command
+    job.process.wait(120)
+    assert job.state() == "failed (exit code 2)"
+    assert "error:" in job.log_tail() and "learning_rate" in job.log_tail() and "Traceback" not in job.log_tail()
+
+
+def test_one_job_of_a_kind_at_a_time_and_stop_sends_the_signal(tmp_path: Path) -> None:
+    jobs = Jobs(tmp_path / "logs", program=[sys.executable, "-c",
+                                            "import signal, sys, time\n"
+                                            "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
+                                            "print('ready', flush=True)\ntime.sleep(60)"])
+    job = jobs.start("train")
+    deadline = time.monotonic() + 30
+    while "ready" not in job.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(RuntimeError, match="still running"):
+        jobs.start("train")
+    assert job.state() == "running"
+    job.stop(signal.SIGINT)
+    job.process.wait(30)
+    assert job.state() == "stopped (exit code 130)"
+    assert jobs.start("train").running()  # the kind is free again
+    jobs.get("train").stop(signal.SIGTERM)
+
+
+# ---------------------------------------------------------------------------- what a run logged
+
+def test_progress_reads_the_runs_lines_skips_a_half_written_one_and_falls_back_to_trainer_state(
+        tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 2, "loss": 3.0},
+                                                                         {"step": 2, "train_runtime": 1.0}]}))
+    assert progress(run) == [{"step": 2, "loss": 3.0}]
+    (run / "progress.jsonl").write_text(
+        '{"step": 1, "max_steps": 4, "loss": 2.0, "learning_rate": 0.001, "tokens_per_second": 900, '
+        '"eta_seconds": 30}\n{"step": 2, "max_steps": 4, "eval_loss": 1.5}\n{"step": 3, "lo', encoding="utf-8")
+    records = progress(run)
+    assert len(records) == 2
+    line = summary(records)
+    assert line.startswith("step 1/4  loss 2.0000  lr 1.00e-03  900 tok/s  eta 30s")
+    assert "eval loss 1.5000 (step 2)" in line and "(1 loss points, 1 eval points)" in line
+    assert summary([]) == "no step logged yet"
+
+
+def _fake_run(folder: Path, lr: float, losses: list[float]) -> Path:
+    folder.mkdir(parents=True)
+    dump_resolved(validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": str(folder),
+                                   "learning_rate": lr}), folder / "sftkit_config.yaml")
+    history = [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)] + [{"step": 2, "eval_loss": 0.5}]
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": len(losses), "log_history": history,
+                                                           "best_metric": 0.5, "best_global_step": 2}))
+    (folder / "metrics.json").write_text(json.dumps({"train_runtime_s": 12.5, "tokens_per_second": 1234.56}))
+    return folder
+
+
+def test_runs_tab_lists_runs_side_by_side_and_diffs_their_configs(tmp_path: Path) -> None:
+    a = _fake_run(tmp_path / "a", 1e-4, [3.0, 2.0])
+    b = _fake_run(tmp_path / "b", 2e-4, [3.0, 1.0, 0.5])
+    (tmp_path / "not-a-run").mkdir()
+    rows = {row[0]: row for row in runs.table(tmp_path)}
+    assert set(rows) == {"a", "b"}
+    assert rows["b"][1:8] == [3, 3.0, 0.5, 0.5, 2, 1234.6, 12.5]
+    diff = runs.config_diff(a, b)
+    assert "-learning_rate: 0.0001" in diff and "+learning_rate: 0.0002" in diff
+    added = [line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert "-output_dir" in diff and len(added) == 2
+    assert runs.config_diff(a, a) == "the two configs are the same"
+    points = runs.loss_points([a, b])
+    assert {(p["run"], p["kind"]) for p in points} == {("a", "train"), ("a", "eval"), ("b", "train"), ("b", "eval")}
+
+
+# ---------------------------------------------------------------------------- chat
+
+def test_chat_sends_the_system_prompt_the_turns_and_the_new_message() -> None:
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "text", "text": "hey"}]}]
+    assert chat.conversation("be brief", history, "and?") == [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hey"}, {"role": "user", "content": "and?"}]
+    assert chat.conversation(None, [], "x") == [{"role": "user", "content": "x"}]
+
+
+def test_a_handlers_user_error_reaches_the_page_as_one_toast_line_per_problem() -> None:
+    import gradio as gr
+
+    from sftkit.errors import SftkitError
+    from sftkit.webui.shown import shown_errors
+
+    @shown_errors
+    def plain() -> str:
+        raise SftkitError("a.yaml: lora_rank: must be positive", "a.yaml: dataset: required")
+
+    @shown_errors
+    def streamed():
+        yield "partial"
+        raise SftkitError("models/x: no such folder")
+
+    with pytest.raises(gr.Error) as toast:
+        plain()
+    assert toast.value.message == "error: a.yaml: lora_rank: must be positive\nerror: a.yaml: dataset: required"
+    stream = streamed()
+    assert next(stream) == "partial"
+    with pytest.raises(gr.Error, match="error: models/x: no such folder"):
+        next(stream)
+    with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as the user's mistake
+        shown_errors(lambda: 1 / 0)()
