@@ -35,18 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sftkit-bench-serve-") as tmp:
         model = args.model or str(varied_tiny_model(Path(tmp) / "tiny"))
-        server, url = start_server(model, Path(tmp) / "server.log")
+        server, url = start_server(model, Path(tmp) / "server.log", args.max_batch)
         try:
             one_request(url, args.max_tokens)  # warm-up: the first generation pays for lazy set-up
             report = load(url, args.clients, args.requests, args.max_tokens)
+            report["largest_batch"] = _health(url)["largest_batch"]
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
     report |= {"model": args.model or "tiny (std 0.3)", "clients": args.clients, "max_tokens": args.max_tokens,
+               "max_batch": args.max_batch,
                "load_average": os.getloadavg(), "cpus": os.cpu_count()}
     print(f"serve: {report['clients']} clients x {args.requests} requests, {report['requests_per_s']} req/s, "
           f"{report['tokens_per_s']} tok/s, TTFT p50 {report['ttft_p50_s']}s p95 {report['ttft_p95_s']}s, "
-          f"latency p50 {report['latency_p50_s']}s p95 {report['latency_p95_s']}s, {report['errors']} errors")
+          f"latency p50 {report['latency_p50_s']}s p95 {report['latency_p95_s']}s, {report['errors']} errors, "
+          f"batches up to {report['largest_batch']} (--max-batch {args.max_batch or 'default'})")
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 1 if report["errors"] else 0
 
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=5, help="requests per client, one after another")
     parser.add_argument("--max-tokens", type=int, default=32, help="token budget of every answer")
+    parser.add_argument("--max-batch", type=int, help="the server's --max-batch (default: its own, 1 on the CPU)")
     parser.add_argument("--out", default="bench_serve.json")
     return parser.parse_args(argv)
 
@@ -69,7 +73,7 @@ def varied_tiny_model(out: Path) -> Path:
     return build_tiny_model(out, initializer_range=0.3)
 
 
-def start_server(model: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(model: str, log: Path, max_batch: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """`sftkit serve` in a subprocess, returned once /health answers."""
     import httpx
 
@@ -77,8 +81,9 @@ def start_server(model: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    batch = ["--max-batch", str(max_batch)] if max_batch else []
     server = subprocess.Popen([sys.executable, "-m", "sftkit", "serve", model, "--port", str(port), "--max-queue",
-                               "1024"], cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                               "1024", *batch], cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and server.poll() is None:
@@ -89,6 +94,12 @@ def start_server(model: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.3)
     server.kill()
     raise SystemExit(f"sftkit serve did not come up:\n{log.read_text()[-3000:]}")
+
+
+def _health(url: str) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(f"{url}/health", timeout=10).json()
 
 
 def one_request(url: str, max_tokens: int) -> dict[str, Any]:

@@ -274,9 +274,9 @@ class GatedBackend:
     def __init__(self, backend) -> None:
         self.backend, self.gate = backend, threading.Event()
 
-    def run(self, job) -> None:
+    def run_batch(self, jobs) -> None:
         self.gate.wait(60)
-        self.backend.run(job)
+        self.backend.run_batch(jobs)
 
 
 def test_a_full_queue_answers_503_and_the_rest_are_served(backend) -> None:
@@ -315,6 +315,60 @@ def test_a_cancelled_job_stops_generating(backend) -> None:
 
     assert asyncio.run(run(False)).usage.completion_tokens == 200  # the varied model runs to the budget
     assert asyncio.run(run(True)).usage.completion_tokens < 50
+
+
+def test_queued_requests_are_answered_in_one_batch_each_as_if_alone(backend) -> None:
+    from sftkit.serve.engine import Delta, Engine, Finished, Generation, Job, Started
+
+    prompts = [("Hello there", 5, False), ("What colour is snow? Tell me in a few words.", 9, True),
+               ("2+2?", 13, False)]
+
+    async def answers(max_batch: int, gate: bool) -> tuple[list[tuple[str, str, int]], list[str], int]:
+        gated = GatedBackend(backend)
+        if not gate:
+            gated.gate.set()
+        engine = Engine(gated, 8, max_batch=max_batch)
+        engine.start()
+        loop = asyncio.get_running_loop()
+        holder = Job(Generation([{"role": "user", "content": "hold"}], None, 2, 0.0, 1.0, None, [], False), loop)
+        engine.submit(holder)
+        if gate:
+            await asyncio.to_thread(_wait, lambda: engine.generating)  # the worker is busy: the next three queue up
+        jobs = [Job(Generation([{"role": "user", "content": text}], None, budget, 0.0, 1.0, None, [], stream), loop)
+                for text, budget, stream in prompts]
+        for job in jobs:
+            engine.submit(job)
+        gated.gate.set()
+        finished, streamed = [], []
+        for job in [holder, *jobs]:
+            events = [await job.events.get()]
+            while not isinstance(events[-1], Finished):
+                events.append(await job.events.get())
+            assert isinstance(events[0], Started)
+            end = events[-1]
+            finished.append((end.text, end.finish_reason, end.usage.completion_tokens))
+            streamed.append("".join(e.text for e in events if isinstance(e, Delta)))
+        await asyncio.to_thread(engine.stop)
+        return finished[1:], streamed[1:], engine.largest_batch
+
+    together, streamed, largest = asyncio.run(answers(max_batch=4, gate=True))
+    alone, _, one = asyncio.run(answers(max_batch=1, gate=False))
+    assert largest == 3 and one == 1
+    assert together == alone  # left padding changes nothing: the same greedy tokens, finish reasons and counts
+    assert [tokens for _, _, tokens in together] == [5, 9, 13]  # each row kept its own max_tokens
+    assert streamed[1] == together[1][0] and streamed[0] == streamed[2] == ""  # only the streamed row streamed
+
+
+def test_sampling_groups_keep_seeded_requests_alone() -> None:
+    from sftkit.serve.engine import Generation, Job, sampling_groups
+
+    def job(temperature: float, seed: int | None, top_p: float = 1.0) -> Job:
+        return Job(Generation(USER, None, 4, temperature, top_p, seed, [], False), None)
+
+    greedy, greedy_seeded, warm, warm2, seeded, other = (job(0, None), job(0, 3), job(0.7, None), job(0.7, None),
+                                                         job(0.7, 1), job(0.7, None, 0.9))
+    groups = sampling_groups([greedy, warm, seeded, greedy_seeded, warm2, other])
+    assert groups == [[greedy, greedy_seeded], [warm, warm2], [seeded], [other]]
 
 
 def _wait(condition, timeout: float = 30) -> None:

@@ -191,3 +191,20 @@ def test_a_handlers_user_error_reaches_the_page_as_one_toast_line_per_problem() 
         next(stream)
     with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as the user's mistake
         shown_errors(lambda: 1 / 0)()
+
+
+def test_a_taken_port_is_one_line_before_anything_is_built(tmp_path: Path) -> None:
+    import socket
+
+    from sftkit.errors import SftkitError
+    from sftkit.webui import webui
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SftkitError, match=f"--port {port}: cannot listen on 127.0.0.1:{port}"):
+            webui(port=port, config_dir=tmp_path / "ui")
+    with pytest.raises(SftkitError, match="1 to 65535"):
+        webui(port=70000, config_dir=tmp_path / "ui")
+    assert not (tmp_path / "ui").exists()

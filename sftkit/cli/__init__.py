@@ -120,11 +120,14 @@ def serve(
         help="Require 'Authorization: Bearer KEY' on every /v1 route.")] = None,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait for the model; more get 503.")] = 32,
     backend: Annotated[str, typer.Option(help="transformers, or vllm (needs vllm and a CUDA GPU).")] = "transformers",
+    max_batch: Annotated[Optional[int], typer.Option(
+        help="Requests answered together in one batched generation (default: 8 on a CUDA GPU, 1 on the CPU).")]
+    = None,
 ) -> None:
     """Serve a model with OpenAI's API: /v1/chat/completions (trained template), /v1/completions, /v1/models."""
     from sftkit.serve import serve as run
 
-    run(model, host=host, port=port, api_key=api_key, max_queue=max_queue, backend=backend)
+    run(model, host=host, port=port, api_key=api_key, max_queue=max_queue, backend=backend, max_batch=max_batch)
 
 
 @command()

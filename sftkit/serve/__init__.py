@@ -20,7 +20,7 @@ BACKENDS = ("transformers", "vllm")
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_queue: int = 32,
-          backend: str = "transformers") -> None:
+          backend: str = "transformers", max_batch: int | None = None) -> None:
     """Serves `model` with OpenAI's chat and completion routes until SIGTERM or Ctrl-C.
 
     Args:
@@ -30,16 +30,18 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | 
         api_key: when set, requests need `Authorization: Bearer <api_key>`.
         max_queue: requests that may wait for the generation worker; more are answered 503.
         backend: transformers, or vllm (needs the vllm package and a CUDA GPU).
+        max_batch: requests answered together in one batched generation (default: 8 on a CUDA GPU, 1 on the
+            CPU, so that an answer there never depends on what else was queued).
 
     Raises:
         SftkitError: a bad option, a port in use, a backend that cannot run here, or no loadable model.
     """
     import uvicorn
 
-    check_options(host, port, max_queue, backend)
-    engine = Engine(load_backend(model, backend), max_queue)
+    check_options(host, port, max_queue, backend, max_batch)
+    engine = Engine(load_backend(model, backend), max_queue, max_batch or default_max_batch())
     app = build_app(engine, model, api_key, trained_default_system(model))
-    print(f"note: serving {model} at http://{host}:{port}/v1 ({backend}; "
+    print(f"note: serving {model} at http://{host}:{port}/v1 ({backend}, up to {engine.max_batch} requests per batch; "
           f"{'API key required' if api_key else 'no API key'})", file=sys.stderr)
     try:
         # SIGTERM or Ctrl-C: uvicorn stops listening, lets running answers finish, then re-raises the signal
@@ -48,11 +50,20 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | 
         pass
 
 
-def check_options(host: str, port: int, max_queue: int, backend: str) -> None:
+def default_max_batch() -> int:
+    """8 on a CUDA GPU (a batch costs about as much as one request there), else 1 (answers independent of the
+    queue, bit for bit)."""
+    import torch
+
+    return 8 if torch.cuda.is_available() else 1
+
+
+def check_options(host: str, port: int, max_queue: int, backend: str, max_batch: int | None = None) -> None:
     """Refuses bad options before the model loads, the port being taken included."""
     problems = [line for line in (
         f"--port {port}: must be in 1..65535" if not 0 < port < 65536 else "",
         f"--max-queue {max_queue}: must be at least 1" if max_queue < 1 else "",
+        f"--max-batch {max_batch}: must be at least 1" if max_batch is not None and max_batch < 1 else "",
         f"--backend {backend}: use one of {', '.join(BACKENDS)}" if backend not in BACKENDS else "") if line]
     if problems:
         raise SftkitError(*problems)

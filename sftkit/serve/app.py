@@ -65,7 +65,7 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "generating": engine.generating,
-                "cancelled": engine.cancelled}
+                "cancelled": engine.cancelled, "max_batch": engine.max_batch, "largest_batch": engine.largest_batch}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -5,6 +5,11 @@ raises "Already borrowed"); they put a `Job` on the queue, which answers 503 whe
 job's events: `Started` (the prompt fits), `Delta` (streamed text), then `Finished` or `Failed`. A job
 whose client went away is marked cancelled: skipped while queued, stopped at the next token while it
 generates (`ReplyWatch`, a stopping criterion).
+
+The worker takes what is queued together, up to `max_batch` jobs (`--max-batch`: 8 on a CUDA GPU, 1 on
+the CPU, so that there an answer never depends on what else was queued), and the transformers backend
+answers the jobs that sample alike in one left-padded `generate` call; each row has its own watch, budget
+and stream.
 """
 
 from __future__ import annotations
@@ -74,26 +79,30 @@ class Job:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     stopped_early: bool = False  # generation was cut short because the client left
+    answered: bool = False  # Finished or Failed was sent
 
     def send(self, event: Event) -> None:
+        self.answered = self.answered or isinstance(event, (Finished, Failed))
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
 class Backend(Protocol):
-    """A way of generating: loads the model once, then serves one job at a time on the worker thread."""
+    """A way of generating: loads the model once, then serves the worker's jobs on the worker thread."""
 
-    def run(self, job: Job) -> None:
-        """Sends `Started`, any `Delta`s and `Finished` for the job, or raises ApiError."""
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Sends `Started`, any `Delta`s and `Finished` (or `Failed`) for each job."""
 
 
 class Engine:
     """The queue and the one worker thread in front of a backend."""
 
-    def __init__(self, backend: Backend, max_queue: int) -> None:
+    def __init__(self, backend: Backend, max_queue: int, max_batch: int = 1) -> None:
         self.backend = backend
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.max_batch = max_batch
         self.generating = False
         self.cancelled = 0  # jobs dropped or stopped because their client left (shown by /health)
+        self.largest_batch = 0  # the most jobs answered together so far (shown by /health)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -128,21 +137,45 @@ class Engine:
 
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
-            if job.cancelled.is_set():
-                self.cancelled += 1
-                continue
-            self.generating = True
+            batch, stopping = self._take_more([job])
+            live = [job for job in batch if not job.cancelled.is_set()]
+            self.cancelled += len(batch) - len(live)
+            if live:
+                self._answer(live)
+            if stopping:
+                break
+
+    def _take_more(self, batch: list[Job]) -> tuple[list[Job], bool]:
+        """What else is queued now, up to max_batch jobs in all (never waiting for more); and whether the stop
+        sentinel came with them."""
+        while len(batch) < self.max_batch:
             try:
-                self.backend.run(job)
-            except ApiError as exc:
-                job.send(Failed(exc))
-            except Exception as exc:  # noqa: BLE001 - a bug: logged here, the client gets a plain 500, the server lives
-                traceback.print_exc(file=sys.stderr)
-                job.send(Failed(ApiError(500, f"internal error ({type(exc).__name__}); see the server's log",
-                                         kind="server_error")))
-            finally:
-                self.generating = False
-                self.cancelled += job.stopped_early
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    def _answer(self, jobs: list[Job]) -> None:
+        self.generating = True
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        try:
+            self.backend.run_batch(jobs)
+        except ApiError as exc:
+            for job in jobs:
+                if not job.answered:
+                    job.send(Failed(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug: logged here, the clients get a plain 500, the server lives
+            traceback.print_exc(file=sys.stderr)
+            for job in jobs:
+                if not job.answered:
+                    job.send(Failed(ApiError(500, f"internal error ({type(exc).__name__}); see the server's log",
+                                             kind="server_error")))
+        finally:
+            self.generating = False
+            self.cancelled += sum(job.stopped_early for job in jobs)
 
 
 # ---------------------------------------------------------------------------- transformers
@@ -155,23 +188,54 @@ class TransformersBackend:
         self.stop_ids = self.template.stop_token_ids(self.tokenizer)
         self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
 
-    def run(self, job: Job) -> None:
+    def run_batch(self, jobs: list[Job]) -> None:
+        """The jobs that sample alike together (greedy ones, or the same temperature and top_p); a job with its own
+        seed alone, so its answer is the one that seed gives."""
+        for group in sampling_groups(jobs):
+            self._run_together(group)
+
+    def _run_together(self, jobs: list[Job]) -> None:
         from transformers import StoppingCriteriaList, set_seed
 
-        request = job.request
-        ids, tail = prompt_ids(self.tokenizer, self.template, request)
-        budget = token_budget(len(ids), request.max_tokens, self.context)
-        job.send(Started(len(ids)))
+        watches, prompts = [], []
+        for job in jobs:
+            try:
+                ids, tail = prompt_ids(self.tokenizer, self.template, job.request)
+                budget = token_budget(len(ids), job.request.max_tokens, self.context)
+            except ApiError as exc:  # this request's own problem: the others in the batch go on
+                job.send(Failed(exc))
+                continue
+            job.send(Started(len(ids)))
+            watches.append(ReplyWatch(self.tokenizer, len(ids), tail, budget, self.stop_ids, job))
+            prompts.append(ids)
+        if not watches:
+            return
+        request = watches[0].job.request
         if request.seed is not None:
             set_seed(request.seed)
-        watch = ReplyWatch(self.tokenizer, len(ids), tail, request.stops, job)
-        settings = GenerationSettings(max_new_tokens=budget, temperature=request.temperature, top_p=request.top_p,
-                                      batch_size=1)
-        text = generate(self.model, self.tokenizer, [ids], self.stop_ids, settings,
-                        stopping_criteria=StoppingCriteriaList([watch]))[0]
-        reply, stopped = watch.finish(text)
-        ended = stopped or watch.last_id in self.stop_ids or watch.count < budget
-        job.send(Finished(reply, "stop" if ended else "length", Usage(len(ids), watch.count)))
+        settings = GenerationSettings(max_new_tokens=max(w.budget for w in watches), temperature=request.temperature,
+                                      top_p=request.top_p, batch_size=len(prompts))
+        rows = RowWatches(watches, max(len(ids) for ids in prompts))  # left padding: every row's reply starts there
+        generate(self.model, self.tokenizer, prompts, self.stop_ids, settings,
+                 stopping_criteria=StoppingCriteriaList([rows]))
+        for watch in watches:
+            reply, stopped = watch.finish()
+            ended = stopped or watch.last_id in self.stop_ids or watch.count < watch.budget
+            watch.job.send(Finished(reply, "stop" if ended else "length", Usage(watch.prompt_tokens, watch.count)))
+
+
+def sampling_groups(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs that can share one `generate` call: greedy with greedy, sampled with the same temperature and top_p;
+    a seeded job alone. In arrival order of each group's first job."""
+    groups: dict[Any, list[Job]] = {}
+    for i, job in enumerate(jobs):
+        request = job.request
+        if request.seed is not None and request.temperature > 0:
+            key: Any = ("seeded", i)
+        else:
+            key = ("greedy",) if request.temperature == 0 else ("sampled", request.temperature, request.top_p)
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
 
 
 def prompt_ids(tokenizer: Any, template: Template, request: Generation) -> tuple[list[int], str]:
@@ -213,35 +277,49 @@ def token_budget(prompt_tokens: int, max_tokens: int | None, context: int | None
 
 
 class ReplyWatch:
-    """A stopping criterion that follows the reply as it grows: stop strings, cancellation, streaming.
+    """Follows one reply as it grows: stop strings, its token budget, cancellation, streaming.
 
-    Called by `generate` after every token with all ids so far, before the next step, so a stop string
-    or a client gone away ends generation at once. Streamed text holds back what may still change: the
-    header tail while it is being generated, a half-decoded character, the start of a stop string.
+    `RowWatches` calls `step` after every token with the row's generated ids so far, before the next
+    step, so a stop string or a client gone away ends that row at once. Streamed text holds back what
+    may still change: the header tail while it is being generated, a half-decoded character, the start
+    of a stop string.
     """
 
-    def __init__(self, tokenizer: Any, prompt_tokens: int, tail: str, stops: list[str], job: Job) -> None:
-        self.tokenizer, self.prompt_tokens, self.tail, self.stops, self.job = tokenizer, prompt_tokens, tail, stops, job
-        self.count = 0
-        self.last_id: int | None = None
+    def __init__(self, tokenizer: Any, prompt_tokens: int, tail: str, budget: int, stop_ids: list[int],
+                 job: Job) -> None:
+        self.tokenizer, self.prompt_tokens, self.tail, self.job = tokenizer, prompt_tokens, tail, job
+        self.budget, self.stop_ids, self.stops = budget, stop_ids, job.request.stops
+        self.ids: list[int] = []
+        self.done = False
         self.sent = ""
-        self.follow = job.request.stream or bool(stops)
+        self.follow = job.request.stream or bool(self.stops)
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
+    @property
+    def count(self) -> int:
+        return len(self.ids)
 
-        generated = input_ids[0, self.prompt_tokens:]
-        self.count, self.last_id = len(generated), int(generated[-1])
+    @property
+    def last_id(self) -> int | None:
+        return self.ids[-1] if self.ids else None
+
+    def step(self, generated: list[int]) -> bool:
+        """Takes the row's ids so far; True once the row is done (its stop token, budget, a stop string, or
+        its client gone). A done row is not followed further: the batch pads it until every row is done."""
+        if self.done:
+            return True
+        self.ids = generated
         stop = self.job.stopped_early = self.job.cancelled.is_set()
         if self.follow and not stop:
             text = self._visible(self.tokenizer.decode(generated, skip_special_tokens=True))
             cut = first_stop(text, self.stops)
             stop = cut is not None
             self._send(text[:cut] if stop else text[:len(text) - _held(text, self.stops)])
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        self.done = stop or self.last_id in self.stop_ids or self.count >= self.budget
+        return self.done
 
-    def finish(self, text: str) -> tuple[str, bool]:
-        """The reply `generate` decoded, cut at a stop string, and whether one was found; the rest is streamed."""
+    def finish(self) -> tuple[str, bool]:
+        """The reply decoded, cut at a stop string, and whether one was found; the rest is streamed."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         reply = text.removeprefix(self.tail)  # as generate_replies does, so chat and serve answer alike
         cut = first_stop(reply, self.stops)
         reply = reply if cut is None else reply[:cut]
@@ -257,6 +335,19 @@ class ReplyWatch:
         if self.job.request.stream and len(text) > len(self.sent) and text.startswith(self.sent):
             self.job.send(Delta(text[len(self.sent):]))
             self.sent = text
+
+
+class RowWatches:
+    """The stopping criterion of a batch: each row's `ReplyWatch`, on the ids generated after the padded prompts."""
+
+    def __init__(self, watches: list[ReplyWatch], prompt_width: int) -> None:
+        self.watches, self.width = watches, prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = [watch.step(input_ids[row, self.width:].tolist()) for row, watch in enumerate(self.watches)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:

@@ -15,8 +15,8 @@ from typing import Any
 from sftkit.errors import SftkitError
 from sftkit.model import load_complete_tokenizer
 from sftkit.run_dir import has_adapter, shell_command
-from sftkit.serve.engine import Delta, Finished, Job, Started, first_stop, prompt_ids, token_budget
-from sftkit.serve.protocol import Usage
+from sftkit.serve.engine import Delta, Failed, Finished, Job, Started, first_stop, prompt_ids, token_budget
+from sftkit.serve.protocol import ApiError, Usage
 from sftkit.templates import prepare_tokenizer
 
 
@@ -39,6 +39,14 @@ class VllmBackend:
         self.stop_ids = self.template.stop_token_ids(self.tokenizer)
         self.context: int | None = getattr(config, "max_position_embeddings", None)
         self.llm = LLM(model=model, tokenizer=model, max_model_len=self.context)
+
+    def run_batch(self, jobs: list[Job]) -> None:
+        """One job after another: vLLM batches inside its own engine."""
+        for job in jobs:
+            try:
+                self.run(job)
+            except ApiError as exc:
+                job.send(Failed(exc))
 
     def run(self, job: Job) -> None:
         from vllm import SamplingParams

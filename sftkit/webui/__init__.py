@@ -11,6 +11,7 @@ logged), `runs` (past runs side by side), `chat` (side-by-side streaming chat), 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from sftkit.errors import SftkitError
@@ -36,6 +37,7 @@ def webui(host: str = "127.0.0.1", port: int = 7860, share: bool = False, config
     Raises:
         SftkitError: gradio is not installed, or the port is taken.
     """
+    _check_port(host, port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a training machine
     try:
         import gradio as gr
@@ -53,7 +55,17 @@ def webui(host: str = "127.0.0.1", port: int = 7860, share: bool = False, config
         page.queue(default_concurrency_limit=4).launch(
             server_name=host, server_port=port, share=share, allowed_paths=[str(config_dir)], quiet=True,
             footer_links=[], theme=gr.themes.Default(font=_SYSTEM_FONTS, font_mono=_MONO_FONTS))
-    except OSError as exc:
-        raise SftkitError(f"--port {port}: {exc}; choose another port") from None
     finally:
         jobs.stop_all()
+
+
+def _check_port(host: str, port: int) -> None:
+    """A taken port is named before anything is built (Gradio's own message names its environment variable)."""
+    if not 1 <= port <= 65535:
+        raise SftkitError(f"--port {port}: a TCP port is 1 to 65535")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SftkitError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); choose another "
+                              "--port, or stop what holds it") from None

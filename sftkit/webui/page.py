@@ -7,6 +7,7 @@ browser test.
 
 from __future__ import annotations
 
+import shlex
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from sftkit.atomic import write_text
-from sftkit.run_dir import shell_command
+from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, shell_command
 from sftkit.templates import TEMPLATES
 from sftkit.webui import form, runs
 from sftkit.webui.deploy_tabs import chat_tab, export_tab
@@ -321,21 +322,26 @@ def _runs_tab(settings: PageSettings) -> None:
         second = gr.Dropdown([], label="run B", elem_id="run-b")
     diff = gr.Code(language=None, label="config diff (sftkit_config.yaml, every default filled in)",
                    elem_id="runs-diff")
+    command_line = gr.Markdown(elem_id="runs-command")
     plot = gr.LinePlot(x="step", y="loss", color="run", title="loss of the chosen runs", elem_id="runs-plot")
 
-    def listed(folder: str) -> tuple[Any, Any, Any]:
+    def listed(folder: str) -> tuple[Any, Any, Any, str]:
         rows = runs.table(Path(folder))
         names = [row[0] for row in rows]
+        metrics = shlex.quote(str(Path(folder) / (names[0] if names else "RUN") / METRICS_FILE))
         return (pd.DataFrame(rows, columns=runs.COLUMNS), gr.update(choices=names, value=names[0] if names else None),
-                gr.update(choices=names, value=names[1] if len(names) > 1 else None))
+                gr.update(choices=names, value=names[1] if len(names) > 1 else None),
+                f"each row is what the run wrote, e.g. {said(f'cat {metrics}')}")
 
-    def compared(folder: str, a: str | None, b: str | None) -> tuple[str, Any]:
+    def compared(folder: str, a: str | None, b: str | None) -> tuple[str, Any, str]:
         chosen = [Path(folder) / name for name in (a, b) if name]
         points = pd.DataFrame(runs.loss_points(chosen), columns=["run", "step", "loss", "kind"])
         points = points[points["kind"] == "train"]
-        text = runs.config_diff(*chosen) if len(chosen) == 2 else "choose two runs"
-        return text, points
+        if len(chosen) != 2:
+            return "choose two runs", points, ""
+        files = [shlex.quote(str(run / CONFIG_FILE)) for run in chosen]
+        return runs.config_diff(*chosen), points, said(f"diff -u {files[0]} {files[1]}")
 
-    refresh.click(listed, root, [table, first, second])
+    refresh.click(listed, root, [table, first, second, command_line])
     for dropdown in (first, second):
-        dropdown.change(compared, [root, first, second], [diff, plot])
+        dropdown.change(compared, [root, first, second], [diff, plot, command_line])
