@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sftkit.data.masking import encode_prompt
+from sftkit.data.masking import encode_prompt, generation_tail
 
 if TYPE_CHECKING:
     from sftkit.templates import Template
@@ -47,18 +47,12 @@ def encode_prompts(tokenizer: Any, template: Template,
     """Generation ids of each prompt, and the header text each leaves for the model to generate.
 
     ERNIE's "Assistant: " keeps its space out of the prompt ids (it merges with the reply's first
-    token); the model generates it, and it is no part of the reply.
+    token); the model generates it, and it is no part of the reply. The tail is the template's
+    (`generation_tail`, the rule training's labels follow), the same for every prompt.
     """
     ids = [encode_prompt(tokenizer, template, p.messages, p.tools) for p in prompts]
-    tails = [header_tail(tokenizer, template, p.messages, p.tools, i) for p, i in zip(prompts, ids)]
-    return ids, tails
-
-
-def header_tail(tokenizer: Any, template: Template, messages: list[dict[str, str]], tools: str | None,
-                prompt_ids: list[int]) -> str:
-    """Header text that `encode_prompt` leaves for the model to generate, e.g. ERNIE's "Assistant: " space."""
-    full = tokenizer(template.generation_prompt(messages, tools), add_special_tokens=False).input_ids
-    return tokenizer.decode(full[len(prompt_ids):]) if full[:len(prompt_ids)] == prompt_ids else ""
+    tail = generation_tail(tokenizer, template)
+    return ids, [tail] * len(ids)
 
 
 def generation_config(tokenizer: Any, stop_ids: list[int], settings: GenerationSettings) -> Any:
