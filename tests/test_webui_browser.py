@@ -268,7 +268,7 @@ def test_configure_preview_train_stop_resume_compare_chat_and_merge_in_a_browser
     _tab(driver, "Runs")
     _click(driver, "runs-refresh")
     _wait(lambda: "web" in _text(driver, "runs-table"), 30, "the run in the table")
-    assert "metrics.json" in _text(driver, "runs-command")
+    _wait(lambda: "metrics.json" in _text(driver, "runs-command"), 30, "the command beside the table")
     _shot(driver, "4-runs")
 
     # Chat tab: the trained model beside the base, the same answer `sftkit chat --prompt` gives

@@ -333,12 +333,12 @@ def _runs_tab(settings: PageSettings) -> None:
                 gr.update(choices=names, value=names[1] if len(names) > 1 else None),
                 f"each row is what the run wrote, e.g. {said(f'cat {metrics}')}")
 
-    def compared(folder: str, a: str | None, b: str | None) -> tuple[str, Any, str]:
+    def compared(folder: str, a: str | None, b: str | None) -> tuple[str, Any, Any]:
         chosen = [Path(folder) / name for name in (a, b) if name]
         points = pd.DataFrame(runs.loss_points(chosen), columns=["run", "step", "loss", "kind"])
         points = points[points["kind"] == "train"]
         if len(chosen) != 2:
-            return "choose two runs", points, ""
+            return "choose two runs", points, gr.update()  # keep the table's command line
         files = [shlex.quote(str(run / CONFIG_FILE)) for run in chosen]
         return runs.config_diff(*chosen), points, said(f"diff -u {files[0]} {files[1]}")
 
