@@ -98,6 +98,8 @@ def export_tab(output_dir: str, jobs: Jobs, fields: dict[str, Any]) -> None:
     def started(kind: str, path: str, *args: str) -> str:
         if not path.strip():
             raise gr.Error("name the run directory or merged model first")
+        if path.strip().startswith("-"):  # it goes to the command as an argument: it must not read as an option
+            raise gr.Error(f"{path.strip()!r}: a folder name cannot start with '-'; write ./{path.strip()}")
         try:
             return said(jobs.start(kind, *args).command)
         except RuntimeError as exc:
