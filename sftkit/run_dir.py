@@ -255,6 +255,25 @@ def model_card(run_dir: Path, merged_to: Path | None = None) -> str:
 _EVAL_START, _EVAL_END = "<!-- sftkit:evaluation:start -->", "<!-- sftkit:evaluation:end -->"
 
 
+def progress_numbers(record: dict[str, Any]) -> str:
+    """How a training record of progress.jsonl reads, in the run's log and on the web page: "loss 2.3456  lr
+    9.52e-03  1,234 tok/s" (the numbers it has)."""
+    parts = [f"loss {record['loss']:.4f}"]
+    if record.get("learning_rate") is not None:
+        parts.append(f"lr {record['learning_rate']:.2e}")
+    if record.get("tokens_per_second") is not None:
+        parts.append(f"{record['tokens_per_second']:,.0f} tok/s")
+    return "  ".join(parts)
+
+
+def clock(seconds: float | None) -> str:
+    """An ETA as the progress line shows it: 1m20s, 45s, or ? before it can be estimated."""
+    if seconds is None:
+        return "?"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object sftkit wrote, or None when the file is missing or not one."""
     try:

@@ -46,8 +46,7 @@ def load_config_text(text: str, source: str) -> SftConfig:
     Raises:
         ConfigError: every problem at once, each line as `sftkit train` would print it for that file.
     """
-    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: far too big for a config (limit {MAX_CONFIG_BYTES:,} bytes)")
+    _check_size(Path(source), len(text.encode("utf-8")))
     return _validated(_mapping(Path(source), _parse_yaml(Path(source), text)), source, None)
 
 
@@ -122,11 +121,14 @@ def _cross_field_lines(raw: dict[str, Any], bad: set[str]) -> list[str]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    size = path.stat().st_size
+    _check_size(path, path.stat().st_size)
+    return _mapping(path, _parse_yaml(path, _decode(path, path.read_bytes())))
+
+
+def _check_size(path: Path, size: int) -> None:
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: {size:,} bytes is far too big for a config (limit {MAX_CONFIG_BYTES:,}); "
                           "is this the right file?")
-    return _mapping(path, _parse_yaml(path, _decode(path, path.read_bytes())))
 
 
 def _mapping(path: Path, data: Any) -> dict[str, Any]:

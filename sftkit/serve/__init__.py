@@ -69,6 +69,16 @@ def check_options(host: str, port: int, max_queue: int, backend: str, max_batch:
         raise SftkitError(*problems)
     if backend == "vllm":
         _check_vllm()
+    check_listening(host, port)
+
+
+def check_listening(host: str, port: int) -> None:
+    """Refuses a port this machine cannot listen on (taken, or an address it does not have), before anything loads.
+
+    Shared by `sftkit serve` and `sftkit webui`.
+    """
+    if not 0 < port < 65536:
+        raise SftkitError(f"--port {port}: must be in 1..65535")
     try:
         with socket.create_server((host, port)):
             pass
@@ -97,4 +107,4 @@ def _check_vllm() -> None:
                           "transformers")
 
 
-__all__ = ["BACKENDS", "build_app", "check_options", "load_backend", "serve"]
+__all__ = ["BACKENDS", "build_app", "check_listening", "check_options", "load_backend", "serve"]

@@ -163,16 +163,16 @@ class Engine:
         self.largest_batch = max(self.largest_batch, len(jobs))
         try:
             self.backend.run_batch(jobs)
-        except ApiError as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug (not an ApiError): logged, the clients get a plain 500
+            if isinstance(exc, ApiError):
+                error = exc
+            else:
+                traceback.print_exc(file=sys.stderr)
+                error = ApiError(500, f"internal error ({type(exc).__name__}); see the server's log",
+                                 kind="server_error")
             for job in jobs:
                 if not job.answered:
-                    job.send(Failed(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug: logged here, the clients get a plain 500, the server lives
-            traceback.print_exc(file=sys.stderr)
-            for job in jobs:
-                if not job.answered:
-                    job.send(Failed(ApiError(500, f"internal error ({type(exc).__name__}); see the server's log",
-                                             kind="server_error")))
+                    job.send(Failed(error))
         finally:
             self.generating = False
             self.cancelled += sum(job.stopped_early for job in jobs)

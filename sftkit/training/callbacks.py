@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from sftkit.data.prompts import Prompt, load_prompts
 from sftkit.model import GenerationSettings, encode_prompts, generate
-from sftkit.run_dir import PROGRESS_FILE
+from sftkit.run_dir import PROGRESS_FILE, clock, progress_numbers
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -152,11 +152,11 @@ class ProgressReport(TrainerCallback):
         if args is not None:
             _append_progress(args.output_dir, record)
         if "loss" in record:
-            numbers = _train_numbers(record)
+            numbers = progress_numbers(record)
             if self.bar is not None:
                 self.bar.set_postfix_str(numbers, refresh=True)
                 return
-            line = f"step {state.global_step}/{state.max_steps}  {numbers}  eta {_clock(record['eta_seconds'])}"
+            line = f"step {state.global_step}/{state.max_steps}  {numbers}  eta {clock(record['eta_seconds'])}"
         else:
             line = f"eval at step {state.global_step}: loss {record['eval_loss']:.4f}"
         if self.bar is not None:
@@ -184,20 +184,6 @@ class ProgressReport(TrainerCallback):
         eta = (now - self._started) / done * (state.max_steps - state.global_step) if done > 0 else None
         return {**base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
                 "tokens_per_second": rate, "eta_seconds": eta}
-
-
-def _train_numbers(record: dict[str, Any]) -> str:
-    parts = [f"loss {record['loss']:.4f}"]
-    if record["learning_rate"] is not None:
-        parts.append(f"lr {record['learning_rate']:.2e}")
-    return "  ".join([*parts, f"{record['tokens_per_second']:,.0f} tok/s"])
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
 def _append_progress(output_dir: str, record: dict[str, Any]) -> None:

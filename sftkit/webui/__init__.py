@@ -11,7 +11,6 @@ logged), `runs` (past runs side by side), `chat` (side-by-side streaming chat), 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from sftkit.errors import SftkitError
@@ -37,7 +36,9 @@ def webui(host: str = "127.0.0.1", port: int = 7860, share: bool = False, config
     Raises:
         SftkitError: gradio is not installed, or the port is taken.
     """
-    _check_port(host, port)
+    from sftkit.serve import check_listening
+
+    check_listening(host, port)  # before Gradio loads: its own message names an environment variable
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a training machine
     try:
         import gradio as gr
@@ -58,14 +59,3 @@ def webui(host: str = "127.0.0.1", port: int = 7860, share: bool = False, config
     finally:
         jobs.stop_all()
 
-
-def _check_port(host: str, port: int) -> None:
-    """A taken port is named before anything is built (Gradio's own message names its environment variable)."""
-    if not 1 <= port <= 65535:
-        raise SftkitError(f"--port {port}: a TCP port is 1 to 65535")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise SftkitError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); choose another "
-                              "--port, or stop what holds it") from None

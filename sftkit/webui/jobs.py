@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkit.run_dir import PROGRESS_FILE, TRAINER_STATE, shell_command, sftkit_program
+from sftkit.run_dir import (PROGRESS_FILE, TRAINER_STATE, clock, progress_numbers, read_json, shell_command,
+                            sftkit_program)
+from sftkit.training.lifecycle import checkpoint_state, latest_checkpoint
 
 _LOG_TAIL = 12_000  # characters of a process's log shown on the page
 
@@ -128,21 +130,20 @@ def progress(output_dir: Path) -> list[dict[str, Any]]:
     return _trainer_log(output_dir)
 
 
+def trainer_state(run: Path) -> dict[str, Any]:
+    """The run's trainer_state.json, else that of its newest complete checkpoint (a run still going); {} if none."""
+    newest = latest_checkpoint(run)
+    return read_json(run / TRAINER_STATE) or (checkpoint_state(newest) if newest else None) or {}
+
+
 def _trainer_log(output_dir: Path) -> list[dict[str, Any]]:
-    states = [output_dir / TRAINER_STATE, *sorted(output_dir.glob(f"checkpoint-*/{TRAINER_STATE}"),
-                                                  key=lambda p: int(p.parent.name.split("-")[-1]))[-1:]]
-    for state in states:
-        if state.is_file():
-            try:
-                history = json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
-            except (OSError, json.JSONDecodeError):
-                continue
-            return [entry for entry in history if "loss" in entry or "eval_loss" in entry]
-    return []
+    history = trainer_state(output_dir).get("log_history", [])
+    return [entry for entry in history if "loss" in entry or "eval_loss" in entry]
 
 
 def summary(records: list[dict[str, Any]]) -> str:
-    """One line: step, loss, eval loss, learning rate, tokens/s and ETA of the newest records."""
+    """One line: step, loss, learning rate, tokens/s and ETA of the newest records (as the run's log prints them),
+    the last eval loss, and how many points the curves hold."""
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
     if not train and not evals:
@@ -150,13 +151,8 @@ def summary(records: list[dict[str, Any]]) -> str:
     parts = []
     if train:
         last = train[-1]
-        parts.append(f"step {last['step']}/{last.get('max_steps', '?')}  loss {last['loss']:.4f}")
-        if last.get("learning_rate") is not None:
-            parts.append(f"lr {last['learning_rate']:.2e}")
-        if last.get("tokens_per_second") is not None:
-            parts.append(f"{last['tokens_per_second']:,.0f} tok/s")
-        if last.get("eta_seconds") is not None:
-            parts.append(f"eta {int(last['eta_seconds'])}s")
+        parts.append(f"step {last['step']}/{last.get('max_steps', '?')}  {progress_numbers(last)}  "
+                     f"eta {clock(last.get('eta_seconds'))}")
     if evals:
         parts.append(f"eval loss {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
     return f"{'  '.join(parts)}  ({len(train)} loss points, {len(evals)} eval points)"

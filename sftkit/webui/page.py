@@ -221,11 +221,8 @@ def _wire_config(settings: PageSettings, jobs: Jobs, fields: dict[str, Any], met
     for component in [method, precision, *inputs]:
         component.change(to_yaml, [method, precision, *inputs], run["yaml"])
 
-    def config_file(text: str) -> Path:
-        return form.config_path(text, settings.config_dir)
-
     def check(text: str) -> tuple[str, str]:
-        path = config_file(text)
+        path = form.config_path(text, settings.config_dir)
         _, problems = form.check(text, path)
         return f"config file: `{path}`", "\n".join(problems) or "OK: `sftkit train` accepts this config"
 
@@ -233,7 +230,7 @@ def _wire_config(settings: PageSettings, jobs: Jobs, fields: dict[str, Any], met
 
     def saved(text: str) -> tuple[Any, Path]:
         """The validated config and the file it was written to (only a valid config is written)."""
-        path = config_file(text)
+        path = form.config_path(text, settings.config_dir)
         cfg, problems = form.check(text, path)
         if cfg is None:
             raise gr.Error("\n".join(problems))

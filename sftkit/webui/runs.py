@@ -7,12 +7,11 @@ that is not a run is left out, and a damaged file shows as missing rather than s
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any
 
-from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, TRAINER_STATE, is_run
-from sftkit.webui.jobs import progress
+from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, is_run, read_json
+from sftkit.webui.jobs import progress, trainer_state
 
 COLUMNS = ["run", "steps", "first loss", "last loss", "best eval loss", "best step", "tokens/s", "runtime (s)",
            "checkpoints"]
@@ -36,8 +35,8 @@ def _row(run: Path) -> list[Any]:
     records = progress(run)
     train = [r["loss"] for r in records if "loss" in r]
     evals = [(r["eval_loss"], r["step"]) for r in records if "eval_loss" in r]
-    state = _json(run / TRAINER_STATE) or _json(_newest_checkpoint_state(run))
-    metrics = _json(run / METRICS_FILE)
+    state = trainer_state(run)
+    metrics = read_json(run / METRICS_FILE) or {}
     best = min(evals) if evals else (state.get("best_metric"), state.get("best_global_step"))
     steps = metrics.get("global_step") or state.get("global_step") or (records[-1]["step"] if records else None)
     return [run.name, steps, _round(metrics.get("first_train_loss", train[0] if train else None)),
@@ -68,19 +67,6 @@ def loss_points(runs: list[Path]) -> list[dict[str, Any]]:
                     rows.append({"run": run.name, "step": record["step"], "loss": record[kind],
                                  "kind": "train" if kind == "loss" else "eval"})
     return rows
-
-
-def _newest_checkpoint_state(run: Path) -> Path:
-    checkpoints = sorted(run.glob(f"checkpoint-*/{TRAINER_STATE}"), key=lambda p: int(p.parent.name.split("-")[-1]))
-    return checkpoints[-1] if checkpoints else run / TRAINER_STATE
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _round(value: Any) -> Any:
