@@ -4,7 +4,7 @@
 # and export it to GGUF with an Ollama Modelfile. A few minutes on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# llama.cpp compiles for many minutes: the demo does without it (the tests build it; see the README's Deploy)
+# llama.cpp compiles for many minutes: the demo does without it (the tests build it; see docs/deploy.md)
 SFTKIT_NO_LLAMA_CPP=${SFTKIT_NO_LLAMA_CPP:-1} bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 [ -f models/tiny-ernie/config.json ] || .venv/bin/python scripts/make_tiny_model.py models/tiny-ernie

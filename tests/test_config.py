@@ -156,12 +156,12 @@ def test_every_field_is_documented() -> None:
     assert all(info.description for info in SftConfig.model_fields.values())
 
 
-def test_readme_config_reference_is_in_sync() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_config_reference_page_is_in_sync() -> None:
+    page = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
-    assert start in readme and end in readme, "README lacks the config reference markers"
-    embedded = readme.split(start, 1)[1].split(end, 1)[0].strip()
-    assert embedded == reference_markdown(), "regenerate with: python scripts/sync_readme.py"
+    assert start in page and end in page, "docs/config.md lacks the config reference markers"
+    embedded = page.split(start, 1)[1].split(end, 1)[0].strip()
+    assert embedded == reference_markdown(), "regenerate with: python scripts/sync_config_reference.py"
 
 
 def test_commented_yaml_round_trips() -> None:

@@ -1,6 +1,6 @@
 """The config schema: one YAML file, flat keys, LLaMA-Factory's names where the setting is the same.
 
-Every field is documented exactly once, here. That text is the `sftkit keys` reference, the README's
+Every field is documented exactly once, here. That text is the `sftkit keys` reference, docs/config.md's
 config table and the comments in the shipped `configs/*.yaml` (tests keep all three in sync).
 
 Submodules: `schema` (constants, the `SftConfig` model, the cross-field checks), `loading` (load_config,

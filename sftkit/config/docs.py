@@ -1,4 +1,4 @@
-"""Documentation: the field reference, the README table, commented YAML and the resolved-config dump."""
+"""Documentation: the field reference, the docs/config.md table, commented YAML and the resolved-config dump."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _in_reference_order(fields: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def reference_markdown() -> str:
-    """The config reference table that the README embeds (a test keeps them equal)."""
+    """The config reference table that docs/config.md embeds (a test keeps them equal)."""
     out = ["| key | default | meaning |", "|---|---|---|"]
     for _group, name, default, _type, doc in field_docs():
         shown = default if isinstance(default, str) and default == "(required)" else repr(default)

@@ -8,7 +8,7 @@ from pydantic import Field
 
 
 def documented(default: Any, doc: str, group: str, **kw: Any) -> Any:
-    """A field with its documentation (`--help`, `sftkit keys`, the README); `group` orders the reference."""
+    """A field with its documentation (`--help`, `sftkit keys`, docs/config.md); `group` orders the reference."""
     return Field(default, description=doc, json_schema_extra={"group": group}, **kw)
 
 

@@ -2,7 +2,7 @@
 
 A YAML brought across from LLaMA-Factory fails on such a key with that line instead of a "did you mean"
 guess (`apollo_rank` is not a typo of `lora_rank`). The keys sftkit takes with LLaMA-Factory's meaning are
-schema fields (`sftkit keys`); the README's "Bringing a LLaMA-Factory YAML across" section tabulates both.
+schema fields (`sftkit keys`); docs/llamafactory.md tabulates both.
 Keys of transformers' TrainingArguments that LLaMA-Factory passes through get one shared line unless
 they are named here (tests compare that list with transformers').
 """
