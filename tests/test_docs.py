@@ -105,7 +105,7 @@ def test_a_documented_command_parses(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("bad", [["trian", "x.yaml"], ["train"], ["serve", "m", "--prot", "1"], ["data", "peek", "x"]])
 def test_a_mistyped_command_does_not_parse(bad: list[str]) -> None:
-    with pytest.raises(Exception) as info:  # noqa: B017  (typer's private click copy: no public UsageError)
+    with pytest.raises(Exception) as info:  # typer's private click copy: no public UsageError to name
         parse(bad)
     assert getattr(info.value, "exit_code", None) == 2 and "Traceback" not in info.value.format_message()
 

@@ -8,12 +8,13 @@ import pytest
 
 import helpers
 
-# The three templates these tests were written for; tests/test_chat_templates.py covers every template.
-TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 from sftkit.data import masking
 from sftkit.data.masking import IGNORE_INDEX, EncodedRow, encode_conversation, encode_prompt
 from sftkit.templates import get_template, prepare_tokenizer
 from sftkit.errors import DataError
+
+# The three templates these tests were written for; tests/test_chat_templates.py covers every template.
+TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 
 TOOLS = json.dumps([{"name": "get_weather", "description": "Weather for a city",
                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])
@@ -131,7 +132,7 @@ def test_system_and_user_are_masked(setup) -> None:
     row = encode_conversation(tokenizer, template, SYSTEM, None, 1024)
     assert row.input_ids == ids(tokenizer, rendered(template, SYSTEM))
     assert [span.strip() for span in trained_spans(tokenizer, row)] == [f"the answer is 4.{END[template.name]}"]
-    assert "helpful" not in tokenizer.decode([t for t, l in zip(row.input_ids, row.labels) if l != IGNORE_INDEX])
+    assert "helpful" not in tokenizer.decode([t for t, label in zip(row.input_ids, row.labels) if label != IGNORE_INDEX])
 
 
 def test_multi_turn_trains_every_reply(setup) -> None:
@@ -167,7 +168,7 @@ def test_tool_calls_trained_observations_and_tools_masked(setup) -> None:
     end = END[template.name]
     assert [s.strip() for s in trained_spans(tokenizer, row)] == [
         f"{call_text(template.name, CALL)}{end}", f"It is 21 degrees.{end}"]
-    masked = tokenizer.decode([t for t, l in zip(row.input_ids, row.labels) if l == IGNORE_INDEX])
+    masked = tokenizer.decode([t for t, label in zip(row.input_ids, row.labels) if label == IGNORE_INDEX])
     if template.name == "llama3":  # Llama 3.1: raw result in the ipython turn, schemas as indented JSON
         assert 'ipython<|end_header_id|>\n\n{"temp": 21}<|eot_id|>' in masked
         assert '"function": {\n        "name": "get_weather"' in masked

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-REPO = Path(__file__).resolve().parent.parent
-
 from sftkit.errors import SftkitError
+
+REPO = Path(__file__).resolve().parent.parent
 
 PROBE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a red fruit."},
          {"role": "assistant", "content": "An apple."}]

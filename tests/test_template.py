@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-# The three templates these tests were written for; tests/test_chat_templates.py covers every template.
-TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 from sftkit.templates import get_template, parse_tools, prepare_tokenizer
 from sftkit.errors import ConfigError, DataError
+
+# The three templates these tests were written for; tests/test_chat_templates.py covers every template.
+TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 
 TOOLS = json.dumps([{"name": "get_weather", "description": "Weather for a city, °C",
                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])

@@ -317,7 +317,7 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
 
     try:
         return pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
         raise DataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
 
 
@@ -326,7 +326,7 @@ def _read_hub(spec: DatasetSpec) -> list[SourceRow]:
 
     try:
         dataset = datasets.load_dataset(spec.hub_id, name=spec.subset, data_dir=spec.folder, split=spec.split)
-    except Exception as exc:  # offline, unknown id, bad subset/split: the hub raises many types
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad subset/split: the hub raises many types
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise DataError(f"dataset {spec.name!r}: cannot load {spec.hub_id} from the Hugging Face hub ({reason}); "
                         "check the id and network access, or download it and use file_name") from None

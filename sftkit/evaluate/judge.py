@@ -146,7 +146,7 @@ def judge_predictions(judge: Judge, questions: list[str], rows: list[dict[str, A
     per_row: list[dict[str, Any]] = []
     for question, row in zip(questions, rows):
         entry: dict[str, Any] = {"index": row["index"], "dataset": row["dataset"]}
-        for column, model in names.items():
+        for column in names:
             entry[f"grade_{column}"] = judge.grade(question, row[column])["rating"]
         if len(names) == 2:
             (first, first_model), (second, second_model) = names.items()
