@@ -23,7 +23,7 @@ keeps its 103,424-row vocabulary, so the embedding, output head and loss run at 
 
     .venv/bin/python scripts/bench.py --device cpu --out bench_results.json
 
-On a GPU (`--device cuda`) the defaults are the issue-19 set: the ERNIE shape only, cutoff_len 4096, 8 packed
+On a GPU (`--device cuda`) the defaults are the GPU set: the ERNIE shape only, cutoff_len 4096, 8 packed
 rows per step, and sftkit with each speed option on and off beside plain TRL (its defaults, and with
 flash-attention 2 where flash-attn is installed) and the bare loop (GPU_METHODS). Each run also reports
 the time of its setup phases (data, model, trainer) and, per optimizer step, forward+backward, optimizer
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def with_device_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fills the options left unset with the device's set: the CPU's, or the GPU set of issue 19."""
+    """Fills the options left unset with the device's set: the CPU's, or the GPU set."""
     gpu = args.device == "cuda"
     args.models = args.models or (GPU_DEFAULTS["models"] if gpu else "tiny,ernie")
     args.cutoff = args.cutoff or (GPU_DEFAULTS["cutoff"] if gpu else "512,4096")
@@ -295,7 +295,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def gpu_targets(runs: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 19's GPU targets: >= 2x plain TRL's tokens/s and <= 0.5x its peak memory at 4,096, MFU >= 40%,
+    """The GPU targets: >= 2x plain TRL's tokens/s and <= 0.5x its peak memory at 4,096, MFU >= 40%,
     and sftkit's default path within 10% of the bare loop."""
     checks = []
     for (model, cutoff, method), run in sorted(runs.items()):

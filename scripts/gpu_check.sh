@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19's one prepared GPU check, for an H100/H200 machine with 16 cores and no internet, in about 8 minutes:
+# The one prepared GPU check of the speed options, for an H100/H200 machine with 16 cores and no internet, in about 8 minutes:
 #   1. installs what the machine's image lacks from wheels carried in the working tree (.whl/, gitignored);
 #   2. the GPU tests of the attention kernels, Liger's patch and the memory estimate (pytest, CUDA only);
 #   3. scripts/bench.py --device cuda: ERNIE-4.5-0.3B shape (random weights), packing, bf16, cutoff 4096,

@@ -23,10 +23,6 @@ MANIFEST: dict[str, dict[str, Any]] = yaml.safe_load((EXAMPLES / "manifest.yaml"
 BASE = {"model_name_or_path": "m", "dataset": "a", "output_dir": "out"}
 
 
-class NeedsPart2(Exception):
-    """The example fails only on keys that issue 14 part 2 (the methods) adds."""
-
-
 def example(name: str, tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> Path:
     """The recorded example with its placeholders filled in, written under tmp_path."""
     text = (EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8")
@@ -38,19 +34,12 @@ def example(name: str, tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> 
     return path
 
 
-def problem_key(line: str) -> str:
-    """The key a `FILE: KEY: ...` problem line names."""
-    return line.split(": ")[1]
-
-
 def examples(kind: str) -> list[Any]:
     params = []
     for name, entry in MANIFEST.items():
         if ("refused" in entry) != (kind == "refused"):
             continue
-        reason = f"needs issue 14 part 2: {', '.join(entry.get('needs', ()))}"
-        marks = [pytest.mark.xfail(strict=True, raises=NeedsPart2, reason=reason)] if "needs" in entry else []
-        params.append(pytest.param(name, marks=marks, id=name))
+        params.append(pytest.param(name, id=name))
     return params
 
 
@@ -65,13 +54,7 @@ def test_every_recorded_example_is_in_the_manifest() -> None:
 def test_llamafactory_example_validates_as_it_is(name: str, tiny_model_dir: Path, shared_data: Path,
                                                  tmp_path: Path) -> None:
     path = example(name, tiny_model_dir, shared_data, tmp_path)
-    try:
-        cfg = load_config(path)
-    except ConfigError as exc:
-        needs = set(MANIFEST[name].get("needs", ()))
-        if needs and {problem_key(line) for line in exc.problems} <= needs:
-            raise NeedsPart2("; ".join(exc.problems)) from None
-        raise
+    cfg = load_config(path)
     assert cfg.stage == "sft" and cfg.model_name_or_path == str(tiny_model_dir)
     # what this machine lacks (deepspeed, wandb, a GPU) is a warning naming the key, not a reason to refuse the file
     assert all(line.split(": ")[0] in SftConfig.model_fields and "\n" not in line for line in machine_problems(cfg))
@@ -126,7 +109,7 @@ def test_every_refused_llamafactory_key_says_what_it_does_and_what_to_use(key: s
 
 
 def test_refused_keys_are_not_keys_sftkit_takes() -> None:
-    # a key leaves the table when it becomes a field (issue 14 part 2 moves METHOD_KEYS' into the schema)
+    # a key leaves the table when it becomes a field
     taken = set(SftConfig.model_fields)
     assert not taken & set(UNSUPPORTED_LLAMAFACTORY_KEYS) and not taken & set(TRAINING_ARGUMENTS)
     assert not set(METHOD_KEYS) & set(OTHER_KEYS) and not set(TRAINING_ARGUMENTS) & set(OTHER_KEYS)
@@ -146,8 +129,8 @@ def test_every_transformers_training_argument_is_taken_or_answered() -> None:
 @pytest.mark.parametrize("key", ["apollo_rank", "galore_target", "oft_block_size", "pure_bf16", "temperature",
                                  "local_rank", "data_seed"])
 def test_no_did_you_mean_for_a_key_that_only_shares_a_word(key: str) -> None:
-    # the rule itself, table or not (some of these are sftkit's own keys since issue 14's methods landed:
-    # against the others they must still suggest nothing)
+    # the rule itself, table or not (some of these are sftkit's own keys: against the others they must still
+    # suggest nothing)
     others = [field for field in SftConfig.model_fields if field != key]
     assert near_typo(key, others) is None
     if key not in SftConfig.model_fields:

@@ -429,30 +429,6 @@ def test_method_rules_name_the_keys_and_the_fix(keys: dict[str, Any], message: s
     assert any(message in line for line in info.value.problems), info.value.problems
 
 
-def test_llamafactory_method_keys_validate_as_written() -> None:
-    """The method keys of LLaMA-Factory's examples/extras files, as they are written there."""
-    for keys in ({"finetuning_type": "freeze", "freeze_trainable_layers": 8, "freeze_trainable_modules": "all",
-                  "use_llama_pro": True},
-                 {"finetuning_type": "full", "use_galore": True, "galore_layerwise": True, "galore_target": "all",
-                  "galore_rank": 128, "galore_scale": 2.0, "pure_bf16": True},
-                 {"finetuning_type": "full", "use_apollo": True, "apollo_layerwise": True, "apollo_target": "all",
-                  "apollo_rank": 128, "apollo_scale": 32.0, "apollo_scale_type": "channel", "pure_bf16": True},
-                 {"finetuning_type": "full", "use_badam": True, "badam_mode": "layer", "badam_switch_mode": "ascending",
-                  "badam_switch_interval": 50, "badam_verbose": 2},
-                 {"lora_rank": 8, "lora_target": "all", "pissa_init": True, "pissa_iter": 16, "pissa_convert": True},
-                 {"quantization_bit": 4, "quantization_method": "bnb", "double_quantization": False,
-                  "finetuning_type": "oft", "oft_block_size": 32, "oft_target": "all"},
-                 {"finetuning_type": "full", "use_asft_loss": True, "asft_alpha": 0.1},
-                 {"finetuning_type": "full", "mixture_of_depths": "convert", "optim": "paged_adamw_8bit",
-                  "pure_bf16": True},
-                 {"finetuning_type": "full", "fp8": True, "fp8_backend": "torchao",
-                  "fp8_enable_fsdp_float8_all_gather": True, "bf16": True},
-                 {"lora_target": "all", "loraplus_lr_ratio": 16.0},
-                 {"finetuning_type": "full", "use_muon": True}, {"finetuning_type": "full", "use_adam_mini": True},
-                 {"finetuning_type": "full", "use_dft_loss": True}, {"finetuning_type": "full", "use_eaft_loss": True}):
-        make_config(**keys)
-
-
 def test_rope_scaling_stretches_the_context(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 

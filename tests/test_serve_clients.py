@@ -1,4 +1,4 @@
-"""sftkit's own OpenAI clients against `sftkit serve`: `data generate` (issue 17) and the judge (issue 21).
+"""sftkit's own OpenAI clients against `sftkit serve`: `data generate` and the judge.
 
 The tiny model is overfit on exactly the requests each client sends (the generation prompt for one seed row,
 the judge's grading messages for one answer), so a greedy server answers them with a known JSON row and a
