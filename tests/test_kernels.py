@@ -95,3 +95,15 @@ def test_liger_kernels_give_the_same_loss_and_gradients(tiny_model_dir: Path) ->
     ref_grads = dict(ref_model.named_parameters())
     for name, param in model.named_parameters():  # the same names: the norms' weights are shared, not copied
         torch.testing.assert_close(param.grad.float(), ref_grads[name].grad.float(), rtol=5e-2, atol=5e-2, msg=name)
+
+
+def test_liger_is_applied_by_sftkit_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # kernels.py swaps the modules at load and SftkitTrainer takes the fused loss; transformers' own switch
+    # (use_liger_kernel) would patch a model type Liger knows a second time, so it stays off where Liger runs
+    from sftkit.model import Precision
+    from sftkit.training import arguments
+
+    monkeypatch.setattr(arguments, "liger_available", lambda: True)
+    cfg, cuda = make_config(enable_liger_kernel=True), Precision("float32", "cuda", "test")
+    assert arguments.use_liger_kernel(cfg, cuda)  # the trainer's fused loss is on
+    assert arguments.build_sft_config(cfg, cuda).use_liger_kernel is False

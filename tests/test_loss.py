@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from sftkit.training.loss import add_chunked_loss, chunked_cross_entropy
+from sftkit.training.loss import LossSettings, add_chunked_loss, chunked_cross_entropy, chunked_loss
 
 VOCAB_IN_USE = 500  # the tiny tokenizer's ids all lie below this
 
@@ -40,9 +41,16 @@ def _packed_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
 
 
-def _loss_and_grads(model: torch.nn.Module, batch: dict, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def chunked(model: torch.nn.Module, batch: dict, loss_chunk_size: int, loss_variant=None, **kwargs) -> Any:
+    """The model's forward with the chunked loss on, as SftkitTrainer.compute_loss calls it."""
+    with chunked_loss(model, LossSettings(loss_chunk_size, variant=loss_variant)):
+        return model(**batch, **kwargs)
+
+
+def _loss_and_grads(model: torch.nn.Module, batch: dict, loss_chunk_size: int = 0,
+                    **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
-    loss = model(**batch, **kwargs).loss
+    loss = (chunked(model, batch, loss_chunk_size, **kwargs) if loss_chunk_size else model(**batch, **kwargs)).loss
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads
@@ -90,7 +98,7 @@ def test_num_items_in_batch_divides_the_summed_loss(tiny_model_dir: Path) -> Non
     reference = _loss_and_grads(model, batch, num_items_in_batch=100)
     _assert_same(reference, _loss_and_grads(model, batch, loss_chunk_size=8, num_items_in_batch=100))
     trained = int((batch["labels"][:, 1:] != -100).sum())
-    mean = model(**batch, loss_chunk_size=8).loss
+    mean = chunked(model, batch, loss_chunk_size=8).loss
     torch.testing.assert_close(reference[0], mean.detach() * trained / 100)
 
 
@@ -101,7 +109,7 @@ def test_counts_trained_tokens_and_correct_predictions(tiny_model_dir: Path) -> 
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     labels = batch["labels"].clone()
     labels[0, 5:9] = logits[0, 4:8].argmax(-1)
-    out = model(**batch | {"labels": labels}, loss_chunk_size=3)
+    out = chunked(model, batch | {"labels": labels}, loss_chunk_size=3)
     mask = labels[:, 1:] != -100
     expected = (logits[:, :-1].argmax(-1) == labels[:, 1:])[mask].sum()
     assert out.num_trained == int(mask.sum())
@@ -111,7 +119,7 @@ def test_counts_trained_tokens_and_correct_predictions(tiny_model_dir: Path) -> 
 def test_batch_without_trained_tokens_gives_a_zero_that_backpropagates(tiny_model_dir: Path) -> None:
     model = _model(tiny_model_dir, lora=True)
     batch = _packed_batch() | {"labels": torch.full((2, 24), -100)}
-    out = model(**batch, loss_chunk_size=4)
+    out = chunked(model, batch, loss_chunk_size=4)
     out.loss.backward()
     assert out.loss.item() == 0.0 and out.num_trained == 0
 
@@ -124,6 +132,8 @@ def test_forward_is_unchanged_without_the_flag(tiny_model_dir: Path) -> None:
     patched = _model(tiny_model_dir)
     add_chunked_loss(patched)  # twice is harmless
     torch.testing.assert_close(patched(**batch).logits, plain(**batch).logits)
+    assert chunked(patched, batch, loss_chunk_size=4).num_trained > 0
+    torch.testing.assert_close(patched(**batch).logits, plain(**batch).logits)  # the block's settings end with it
     generated = patched.generate(batch["input_ids"][:1, :5], max_new_tokens=3, do_sample=False,
                                  pad_token_id=0)
     assert generated.shape == (1, 8)
@@ -185,10 +195,10 @@ def test_dft_and_eaft_equal_their_definitions(tiny_model_dir: Path, kind: str, a
     logits, targets = _shifted(model, batch)
     reference = _reference_loss(kind, alpha, logits, targets, num_items=num_items)
     ref_grads = _variant_grads(model, reference)
-    out = model(**batch, loss_chunk_size=5, loss_variant=LossVariant(kind, alpha), num_items_in_batch=num_items)
+    out = chunked(model, batch, loss_chunk_size=5, loss_variant=LossVariant(kind, alpha), num_items_in_batch=num_items)
     grads = _variant_grads(model, out.loss)
     torch.testing.assert_close(out.loss.detach(), reference.detach(), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(out.loss.detach(), model(**batch, loss_chunk_size=5).loss.detach())  # not plain CE
+    assert not torch.allclose(out.loss.detach(), chunked(model, batch, loss_chunk_size=5).loss.detach())  # not plain CE
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -204,10 +214,10 @@ def test_asft_equals_dft_plus_kl_to_the_model_without_its_adapter(tiny_model_dir
     reference = _reference_loss("asft", 0.3, logits, targets, ref_logits)
     ref_grads = _variant_grads(model, reference)
     variant = loss_variant_for("asft", 0.3, model)
-    out = model(**batch, loss_chunk_size=7, loss_variant=variant)
+    out = chunked(model, batch, loss_chunk_size=7, loss_variant=variant)
     grads = _variant_grads(model, out.loss)
     torch.testing.assert_close(out.loss.detach(), reference.detach(), rtol=1e-5, atol=1e-6)
-    dft = model(**batch, loss_chunk_size=7, loss_variant=loss_variant_for("dft", 1.0, model)).loss
+    dft = chunked(model, batch, loss_chunk_size=7, loss_variant=loss_variant_for("dft", 1.0, model)).loss
     assert out.loss.item() > dft.item()  # the KL term is there, and positive
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -220,10 +230,10 @@ def test_asft_reference_of_a_full_model_is_frozen_at_the_start(tiny_model_dir: P
     variant = loss_variant_for("asft", 1.0, model)
     assert isinstance(variant.reference, FrozenCopy)
     batch = _packed_batch(seed=7)
-    dft = model(**batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss
-    same = model(**batch, loss_chunk_size=4, loss_variant=variant).loss
+    dft = chunked(model, batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss
+    same = chunked(model, batch, loss_chunk_size=4, loss_variant=variant).loss
     torch.testing.assert_close(same, dft)  # KL(model || itself) = 0 before any update
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(1.5)
-    moved = model(**batch, loss_chunk_size=4, loss_variant=variant).loss
-    assert moved.item() > model(**batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss.item()
+    moved = chunked(model, batch, loss_chunk_size=4, loss_variant=variant).loss
+    assert moved.item() > chunked(model, batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss.item()

@@ -77,8 +77,10 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         deepspeed=cfg.deepspeed, fsdp=cfg.fsdp or None, fsdp_config=_fsdp_config(cfg), ddp_timeout=cfg.ddp_timeout,
         # every trainable parameter is used (LoRA or full), so DDP can skip its per-step unused-parameter search
         ddp_find_unused_parameters=False, log_level_replica="error",
-        # Liger's kernels (and its fused linear cross-entropy in SftkitTrainer) where a GPU and the package exist
-        use_liger_kernel=use_liger_kernel(cfg, precision),
+        # Liger is sftkit's to apply, once: its RMSNorm/SwiGLU at load (kernels.py, matched by structure, ERNIE
+        # included) and its fused cross-entropy in SftkitTrainer. transformers' own switch would patch a model
+        # type Liger knows a second time, and TRL deprecates it.
+        use_liger_kernel=False,
     )
     if cfg.fp8:  # accelerate's fp8 autocast, on the backend asked for (environment.cannot_run_here checked the GPU)
         config.mixed_precision = "fp8"
@@ -113,7 +115,8 @@ def _optim_args(settings: dict[str, Any]) -> str:
 
 
 def use_liger_kernel(cfg: SftConfig, precision: Precision) -> bool:
-    """enable_liger_kernel where it can work; otherwise a logged note and the chunked cross-entropy."""
+    """enable_liger_kernel where it can work (SftkitTrainer's loss); otherwise a logged note and the chunked
+    cross-entropy."""
     if not cfg.enable_liger_kernel:
         return False
     if precision.device == "cuda" and liger_available():

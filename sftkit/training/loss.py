@@ -5,14 +5,15 @@ vocabulary that is 1.7 GB per 4,096 tokens, several times over once softmax and 
 decoder runs once, only the positions that are trained are kept, and the output head runs on chunks of them
 under activation checkpointing, so at most one chunk's logits are alive and backward recomputes them.
 
-`add_chunked_loss(model)` patches a causal LM so `model(**batch, loss_chunk_size=n)` returns this loss.
-LLaMA-Factory's SFT loss variants are computed in the same chunks (`loss_variant=LossVariant(...)`):
+`add_chunked_loss(model)` patches a causal LM so that, inside `with chunked_loss(model, LossSettings(n))`,
+`model(**batch)` returns this loss; the call itself carries no argument a model signature lacks.
+LLaMA-Factory's SFT loss variants are computed in the same chunks (`LossSettings(n, variant=...)`):
 DFT weights each token's cross-entropy by the model's detached probability of it, EAFT by (entropy of the
 top-20 logits / 3) ^ alpha, and ASFT adds alpha x KL(reference || model) to DFT, the reference being the
 model as training began (`AdapterOff`, `FrozenCopy`). Their sums are divided like the plain loss, by the
 accumulated batch's trained tokens. The
-patch sits on the model itself, so the call goes through PEFT, DDP, FSDP or DeepSpeed wrappers unchanged;
-without `loss_chunk_size` the model's forward is the original one.
+patch and its settings sit on the model itself, so the call goes through PEFT, DDP, FSDP or DeepSpeed wrappers
+unchanged; outside `chunked_loss` the model's forward is the original one.
 
 Why not TRL's fused LM head (trl 1.16 installs one in every SFTTrainer): measured side by side on the
 ERNIE-4.5-0.3B shape (CPU, bf16, LoRA, `scripts/bench.py --methods sftkit,trl_loss`), this loss is the
@@ -24,10 +25,12 @@ instead of wrapping it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 _LOSS_KEYS = ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep", "return_dict")
 EAFT_TOP_K = 20  # EAFT's entropy is that of the renormalised top-k logits (LLaMA-Factory's k)
 EAFT_ENTROPY_SCALE = 3.0  # and is divided by 3 before the power
+# The attribute of the causal LM that holds the active LossSettings (set only inside `chunked_loss`).
+_SETTINGS_ATTR = "_sftkit_loss_settings"
 
 
 class Reference(Protocol):
@@ -264,13 +269,41 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def add_chunked_loss(model: nn.Module) -> None:
-    """Patches `model` so `model(**batch, loss_chunk_size=n)` returns a `ChunkedLossOutput`.
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss the patched forward computes inside `chunked_loss`.
 
-    `liger=True` in the same call computes the loss with Liger's fused linear cross-entropy instead (GPU,
-    plain Linear head). Without either, the forward is the model class's own, so generation and evaluation
-    are unchanged. The patch is the only wrapper: it replaces a forward set on the instance before (TRL's
-    fused head), and patching again is a no-op. For a PEFT model the inner causal LM is patched.
+    Attributes:
+        chunk_size: trained positions per output-head call.
+        liger: Liger's fused linear cross-entropy instead of the chunks (GPU, plain Linear head).
+        variant: DFT, EAFT or ASFT instead of plain cross-entropy (training only).
+    """
+
+    chunk_size: int
+    liger: bool = False
+    variant: LossVariant | None = None
+
+
+@contextlib.contextmanager
+def chunked_loss(model: nn.Module, settings: LossSettings) -> Iterator[None]:
+    """Within the block, `model(**batch)` (patched by `add_chunked_loss`) returns a `ChunkedLossOutput`."""
+    lm = causal_lm_of(model)
+    if not has_chunked_loss(lm):
+        raise RuntimeError("chunked_loss needs a model patched by add_chunked_loss")
+    previous = lm.__dict__.get(_SETTINGS_ATTR)
+    lm.__dict__[_SETTINGS_ATTR] = settings
+    try:
+        yield
+    finally:
+        lm.__dict__[_SETTINGS_ATTR] = previous
+
+
+def add_chunked_loss(model: nn.Module) -> None:
+    """Patches `model` so `model(**batch)` inside `chunked_loss` returns a `ChunkedLossOutput`.
+
+    Outside it the forward is the model class's own, so generation and evaluation are unchanged. The patch
+    is the only wrapper: it replaces a forward set on the instance before (TRL's fused head), and patching
+    again is a no-op. For a PEFT model the inner causal LM is patched.
 
     Args:
         model: a transformers causal LM, or a PEFT model around one.
@@ -280,13 +313,14 @@ def add_chunked_loss(model: nn.Module) -> None:
         return
     class_forward = type(lm).forward
 
-    # The original signature is kept: `generate` validates its keyword arguments against it.
+    # The original signature is kept, and no argument is added to it: `generate` validates its keyword
+    # arguments against it, and the settings come from `chunked_loss` instead.
     @functools.wraps(class_forward)
-    def forward(self: nn.Module, *args: Any, loss_chunk_size: int = 0, liger: bool = False,
-                loss_variant: LossVariant | None = None, **kwargs: Any) -> Any:
-        if not (loss_chunk_size or liger):
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        settings: LossSettings | None = self.__dict__.get(_SETTINGS_ATTR)
+        if settings is None or not (settings.chunk_size or settings.liger):
             return class_forward(self, *args, **kwargs)
-        return _chunked_forward(self, args, kwargs, loss_chunk_size, liger, loss_variant)
+        return _chunked_forward(self, args, kwargs, settings.chunk_size, settings.liger, settings.variant)
 
     forward.sftkit_chunked_loss = True  # type: ignore[attr-defined]
     lm.forward = types.MethodType(forward, lm)

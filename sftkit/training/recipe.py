@@ -26,7 +26,6 @@ from sftkit.training.kernels import apply_kernels
 from sftkit.training.lifecycle import (check_checkpoint_files, check_disk_space, check_resume_config, checkpoint_state,
                                        discard_partial_checkpoints, estimate_disk, resolve_resume, run_lock,
                                        save_model_atomically)
-from sftkit.training.loss import add_chunked_loss
 from sftkit.training.report import planned_updates, print_end, print_start, write_metrics
 
 if TYPE_CHECKING:
@@ -150,16 +149,15 @@ def reset_output_dir(out: Path, replace: bool) -> None:
 # ---------------------------------------------------------------------------- the model
 
 def load_model_for_training(cfg: SftConfig, tokenizer: Any, template: Template, precision: Precision) -> Any:
-    """The base model with everything training changes in it: attention, kernels, loss, adapter, stop tokens.
+    """The base model with everything training changes in it: attention, kernels, adapter, stop tokens.
 
-    The changes are made here, as the model is loaded, never inside the trainer: the trainer trains
-    the model it is given.
+    The changes are made here, as the model is loaded, never inside the trainer, with one exception: the
+    chunked loss, which SftkitTrainer installs once over the LM head TRL's SFTTrainer puts on every model.
     """
     model = load_model(cfg, tokenizer, precision)
     kernel = use_document_attention(model, cfg.flash_attn, precision.device) if cfg.packing else None
     if kernel:
         logger.info("packed rows: attention runs per packed example (%s, sftkit.training.attention)", kernel)
-    add_chunked_loss(model)
     new_tokens = template.token_ids(tokenizer) + tokenizer.convert_tokens_to_ids(cfg.new_special_tokens or [])
     model = add_adapter(model, cfg, new_tokens)
     for note in apply_kernels(model, cfg.enable_liger_kernel, cfg.torch_compile, precision.device):

@@ -22,13 +22,20 @@ from trl import SFTTrainer
 
 from sftkit.model import causal_lm_of
 from sftkit.run_dir import ADAPTER_WEIGHTS
-from sftkit.training.arguments import build_sft_config
+from sftkit.training.arguments import build_sft_config, use_liger_kernel
 from sftkit.training.attention import varlen_attention
 from sftkit.quiet import no_dataset_bars
 from sftkit.training.callbacks import PISSA_INIT, PissaInitCallback, ProgressReport, generation_samples_callback
 from sftkit.training.collator import REAL_TOKENS_KEY, PackedRowsCollator
 from sftkit.training.lifecycle import LifecycleTrainerMixin
-from sftkit.training.loss import LossVariant, add_chunked_loss, liger_available, loss_variant_for
+from sftkit.training.loss import (
+    LossSettings,
+    LossVariant,
+    add_chunked_loss,
+    chunked_loss,
+    liger_available,
+    loss_variant_for,
+)
 from sftkit.training.optimizers import build_optimizer
 
 if TYPE_CHECKING:
@@ -42,23 +49,24 @@ logger = logging.getLogger(__name__)
 class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
     """SFTTrainer whose training loss is the chunked cross-entropy (`loss_chunk_size` tokens per chunk).
 
-    The model must carry the chunked loss already (`add_chunked_loss`, applied when it is loaded).
+    The chunked loss is installed here, once (`add_chunked_loss`), not when the model is loaded:
+    SFTTrainer.__init__ (trl 1.16) always wraps the forward with TRL's fused LM head, which this trainer never
+    asks for, so the patch replaces it: one wrapper, never two stacked.
 
     Args:
         *args: passed to `trl.SFTTrainer`.
         loss_chunk_size: trained tokens per output-head call; 0 uses the model's own loss instead.
+        liger_loss: Liger's fused linear cross-entropy instead of the chunks, where the model allows it.
         **kwargs: passed to `trl.SFTTrainer`.
     """
 
     def __init__(self, *args: Any, loss_chunk_size: int, loss_variant: LossVariant | None = None,
-                 method_config: SftConfig | None = None, **kwargs: Any) -> None:
+                 method_config: SftConfig | None = None, liger_loss: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
         self.loss_variant = loss_variant  # DFT/EAFT/ASFT in training; evaluation stays plain cross-entropy
         self.method_config = method_config  # for the optimizers `optim` cannot name (LoRA+, BAdam, ...)
-        self.liger_loss = self.args.use_liger_kernel and _liger_loss_usable(self.model)
-        # SFTTrainer.__init__ (trl 1.16) always wraps the forward with TRL's fused LM head; this trainer never
-        # asks for it, so the forward installed at load replaces it again: one wrapper, never two stacked.
+        self.liger_loss = liger_loss and _liger_loss_usable(self.model)
         add_chunked_loss(self.model)
         # Per mode, since the last flush: [correct predictions, trained tokens counted, tokens seen] and the
         # summed loss of those trained tokens (evaluation's loss is their mean, not a mean of batch means).
@@ -75,8 +83,9 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         if not self.loss_chunk_size and not self.liger_loss:
             return self._model_loss(model, inputs, real_tokens, num_items_in_batch)
-        out = model(**inputs, loss_chunk_size=self.loss_chunk_size, liger=self.liger_loss,
-                    num_items_in_batch=num_items_in_batch, loss_variant=self.loss_variant if model.training else None)
+        settings = LossSettings(self.loss_chunk_size, self.liger_loss, self.loss_variant if model.training else None)
+        with chunked_loss(self.model, settings):  # self.model: the instance inside any DDP/DeepSpeed wrapper
+            out = model(**inputs, num_items_in_batch=num_items_in_batch)
         self._count(inputs, real_tokens, out.num_correct, out.num_trained, out.loss_sum)
         return self._across_devices(out.loss, num_items_in_batch)
 
@@ -162,13 +171,18 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Turns the counts gathered since the last log into `mean_token_accuracy` and `num_tokens`."""
+        """Turns the counts gathered since the last log into `mean_token_accuracy` and `num_tokens`.
+
+        They go into `logs` itself, under the names SFTTrainer logs them by (`eval_` first in evaluation);
+        TRL's own metric store stays untouched, and empty, since its compute_loss never runs.
+        """
         mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
         correct, trained = self._flush(mode)
         if trained:
-            self._metrics[mode]["mean_token_accuracy"] = [correct / trained]
+            logs[f"{prefix}mean_token_accuracy"] = correct / trained
         if mode == "train":
-            self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
+            logs["num_tokens"] = self.state.num_input_tokens_seen
         super().log(logs, start_time)
 
     def tokens_seen(self) -> int:
@@ -238,11 +252,13 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
     samples = generation_samples_callback(cfg, tokenizer, template)  # None without eval, samples or TensorBoard
     if samples is not None:
         callbacks.append(samples)
+    args = build_sft_config(cfg, precision)
     with no_dataset_bars():  # TRL packs the rows here: a pass the user did not ask to watch
-        trainer = SftkitTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
+        trainer = SftkitTrainer(model=model, args=args, train_dataset=train_rows,
                                 eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
                                 callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size, method_config=cfg,
-                                loss_variant=loss_variant_for(cfg.loss_variant, _variant_alpha(cfg), model))
+                                loss_variant=loss_variant_for(cfg.loss_variant, _variant_alpha(cfg), model),
+                                liger_loss=use_liger_kernel(cfg, precision))
     if cfg.use_badam:  # as badam's README: its callback, and clipping that handles its sparse gradients
         from badam import BAdamCallback, clip_grad_norm_old_version
 
