@@ -223,7 +223,7 @@ def trained_run(learnable_base: Path, tmp_path_factory: pytest.TempPathFactory) 
     return train(cfg)
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # these four share trained_run, a 40-step training (30-90 s on two busy cores)
 def test_one_shot_on_the_run_reproduces_the_trained_answer(trained_run: Path, monkeypatch, capsys) -> None:
     code, out, err = run_cli(["chat", str(trained_run), "--prompt", QUESTION], monkeypatch, capsys)
     assert code == 0
@@ -231,13 +231,13 @@ def test_one_shot_on_the_run_reproduces_the_trained_answer(trained_run: Path, mo
     assert "template chatml (from" in err
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_stdin_prompts_are_answered_one_by_one(trained_run: Path, monkeypatch, capsys) -> None:
     code, out, _ = run_cli(["chat", str(trained_run)], monkeypatch, capsys, stdin=f"{QUESTION}\n\n{QUESTION}\n")
     assert code == 0 and out == f"{ANSWER}\n{ANSWER}\n"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_repl_flag_streams_the_answer(trained_run: Path, monkeypatch, capsys) -> None:
     code, out, _ = run_cli(["chat", str(trained_run), "--repl"], monkeypatch, capsys,
                            stdin=f"{QUESTION}\n/reset\n/system Be brief\n/exit\n")
@@ -245,7 +245,7 @@ def test_repl_flag_streams_the_answer(trained_run: Path, monkeypatch, capsys) ->
     assert f">>> {ANSWER}\n>>> (new conversation)\n>>> (system prompt set)\n>>> " in out
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_merged_model_answers_like_the_run(trained_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     from sftkit.chat import GenerationSettings, generate_reply, load_for_inference
     from sftkit.merge import merge

@@ -461,13 +461,11 @@ def own_template_round_trip(tiny_model_dir: Path, chat_templates: Path, tmp_path
         assert "template model's own" in err
 
 
-@pytest.mark.slow
 def test_models_own_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
                                                                  monkeypatch, capsys) -> None:
     own_template_round_trip(tiny_model_dir, chat_templates, tmp_path, monkeypatch, capsys, "qwen_25")
 
 
-@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"qwen_25"}))
 def test_every_official_template_survives_train_merge_chat_and_stops(tiny_model_dir, chat_templates, tmp_path,
@@ -475,7 +473,7 @@ def test_every_official_template_survives_train_merge_chat_and_stops(tiny_model_
     own_template_round_trip(tiny_model_dir, chat_templates, tmp_path, monkeypatch, capsys, family)
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # DeepSeek's 128k-row vocabulary: a minute of training and merging on two cores
 def test_deepseek_real_tokenizer_trains_merges_and_chats(chat_templates, tmp_path, monkeypatch, capsys) -> None:
     from helpers import run_cli
 
