@@ -187,7 +187,7 @@ BAD_CHAT = [  # (body, the words the one-line message must hold)
     ({"messages": "hello"}, "messages"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content: must be a string or a list of text"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "text parts"),
-    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "user"}]}, "messages.0: content: give the message's text"),
     ({"messages": [{"role": "user", "content": LONG}]}, "maximum context length is 4096"),
     ({"max_tokens": 4090}, "maximum context length"),
     ({"max_tokens": 4090, "stream": True}, "maximum context length"),  # refused before the stream starts
@@ -204,8 +204,9 @@ BAD_CHAT = [  # (body, the words the one-line message must hold)
     ({"stop": 7}, "stop"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": ""}, "must not be empty"),
-    ({"n": 2}, "only n=1 is supported"),
-    ({"tools": [{"type": "function"}]}, "tools: unknown or unsupported parameter"),
+    ({"n": 17}, "n: must be in 1..16"),
+    ({"n": 0}, "must be in 1..16"),
+    ({"tools": [{"type": "function"}]}, "tools.0.function: Field required"),
     ({"presence_penalty": 0.5}, "penalties are not supported"),
 ]
 
@@ -225,8 +226,8 @@ def test_other_bad_requests(client) -> None:
         response = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
     cases = ((client.post, "/v1/chat/completions", {"model": "gpt-4", "messages": USER}, 404, "does not exist"),
-             (client.post, "/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt"),
-             (client.post, "/v1/completions", {"prompt": "a", "echo": True}, 400, "echo"),
+             (client.post, "/v1/completions", {"prompt": []}, 400, "prompt"),
+             (client.post, "/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "only meaningful with echo"),
              (client.post, "/v1/completions", {"prompt": LONG}, 400, "maximum context length"),
              (client.post, "/v1/embeddings", {"input": "a"}, 404, "the routes are"),
              (client.get, "/v1/chat/completions", None, 405, "Method Not Allowed"))
