@@ -65,11 +65,21 @@ def prompt_scores(model: Any, ids: list[int], top: int) -> list[Scored | None]:
 
 # ---------------------------------------------------------------------------- grammars
 
+# JSON as json.dumps writes it (what the templates train calls as): no free whitespace, which a weak model
+# would otherwise fill its whole budget with
+COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 def json_grammar(schema: dict[str, Any], tail: str) -> str:
     """A Lark grammar (llguidance's dialect) for a reply that is JSON valid against `schema`, after the header
     tail the model writes first (ERNIE's space)."""
-    body = f"%json {json.dumps(schema)}"
+    body = f"%json {json.dumps(compact(schema))}"
     return f"start: {json.dumps(tail)} reply\nreply: {body}\n" if tail else f"start: reply\nreply: {body}\n"
+
+
+def compact(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with llguidance's layout options (its `x-guidance` key) set to json.dumps' own."""
+    return {**schema, "x-guidance": COMPACT | schema.get("x-guidance", {})}
 
 
 def call_schema(tools: list[dict[str, Any]], names: list[str], key: str) -> dict[str, Any]:
@@ -88,7 +98,7 @@ def tool_call_grammar(form: str | None, tools: list[dict[str, Any]], names: list
         ApiError: a format whose calls cannot be forced here.
     """
     if form == "hermes":
-        body = f"%json {json.dumps(call_schema(tools, names, 'arguments'))}"
+        body = f"%json {json.dumps(compact(call_schema(tools, names, 'arguments')))}"
         return f'start: {json.dumps(tail + "<tool_call>" + chr(10))} call "\\n</tool_call>"\ncall: {body}\n'
     if form == "llama3":
         return json_grammar(call_schema(tools, names, "parameters"), tail)
@@ -99,9 +109,8 @@ def tool_call_grammar(form: str | None, tools: list[dict[str, Any]], names: list
 class GrammarMask:
     """Logits processor: each constrained row may only take the tokens its llguidance matcher allows."""
 
-    def __init__(self, tokenizer: Any, matchers: list[Any]) -> None:
-        self.matchers, self.started = matchers, False
-        self.vocab = len(tokenizer)
+    def __init__(self, matchers: list[Any], stop_ids: list[int]) -> None:
+        self.matchers, self.stop_ids, self.started = matchers, stop_ids, False
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import numpy as np
@@ -112,8 +121,11 @@ class GrammarMask:
                 continue
             if self.started:
                 matcher.consume_token(int(input_ids[row, -1]))
-            if matcher.is_error() or matcher.is_stopped():
-                continue  # a finished (or failed) row: the watch ends it; its padding is not followed
+            if matcher.is_error() or matcher.is_stopped():  # the reply is complete: only its end may follow
+                ended = torch.full_like(scores[row], float("-inf"))
+                ended[self.stop_ids] = scores[row, self.stop_ids]
+                scores[row] = ended
+                continue
             bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
             allowed = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
             known = min(len(bits), scores.shape[1])  # rows past the tokenizer's vocabulary stay disallowed

@@ -264,7 +264,7 @@ class TransformersBackend:
                                       temperature=1.0 if request.temperature > 0 else 0.0, batch_size=len(prompts))
         wanted = [w.job.request.logprobs for w in watches if w.job.request.logprobs is not None]
         recorder = LogprobRecorder(max(wanted)) if wanted else None
-        processors = ([recorder] if recorder else []) + ([GrammarMask(self.tokenizer, matchers)] if any(matchers)
+        processors = ([recorder] if recorder else []) + ([GrammarMask(matchers, self.stop_ids)] if any(matchers)
                                                          else []) + sampling_processors(request.temperature,
                                                                                         request.top_p)
         rows = ScoredRows(watches, max(len(ids) for ids in prompts), recorder)  # left padding: replies start there
