@@ -9,7 +9,8 @@ generates (`ReplyWatch`, a stopping criterion).
 The worker takes what is queued together, up to `max_batch` jobs (`--max-batch`: 8 on a CUDA GPU, 1 on
 the CPU, so that there an answer never depends on what else was queued), and the transformers backend
 answers the jobs that sample alike in one left-padded `generate` call; each row has its own watch, budget
-and stream.
+and stream. A request for n choices is n rows; its log-probabilities, JSON or forced-call grammar and echoed
+prompt are `sftkit.serve.decoding`'s; its tool calls are parsed from the template's format once it is done.
 """
 
 from __future__ import annotations

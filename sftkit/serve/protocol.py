@@ -1,8 +1,11 @@
 """OpenAI's HTTP API as sftkit serves it: request bodies, errors, responses and stream chunks.
 
-Request bodies are pydantic models with `extra="forbid"`: a parameter sftkit does not implement (tools,
-logprobs, penalties other than 0, ...) is refused with a 400 naming it, never silently ignored. Defaults
-are OpenAI's (temperature 1, top_p 1; 16 tokens for a completion, the rest of the context for a chat).
+Request bodies are pydantic models with `extra="forbid"`: a parameter sftkit does not implement is refused
+with a 400 naming it, never silently ignored; those clients send at a neutral value (`logit_bias: {}`,
+penalties 0, vLLM's `top_k: -1`, ...) are accepted at that value only (`NEUTRAL`). Implemented besides the
+basics: tools / tool_choice and tool messages, logprobs / top_logprobs, response_format (JSON, a schema),
+n > 1, and on completions echo, token-id prompts and several prompts (docs/serve_api.md). Defaults are
+OpenAI's (temperature 1, top_p 1; 16 tokens for a completion, the rest of the context for a chat).
 """
 
 from __future__ import annotations
