@@ -498,7 +498,7 @@ def test_openai_client_sees_auth_and_bad_requests_as_api_errors(server: Server) 
         openai_client(server, key="wrong").models.list()
     client = openai_client(server)
     model = client.models.list().data[0].id
-    for bad in ({"n": 2}, {"max_tokens": -1}, {"messages": [{"role": "robot", "content": "x"}]},
+    for bad in ({"n": 17}, {"max_tokens": -1}, {"messages": [{"role": "robot", "content": "x"}]},
                 {"messages": [{"role": "user", "content": "sea " * 5000}]}):
         with pytest.raises(openai.BadRequestError) as raised:
             client.chat.completions.create(**({"model": model, "messages": USER} | bad))
@@ -791,3 +791,22 @@ def test_each_templates_rendered_call_parses_back(tiny_tokenizer) -> None:
     assert tool_call_format(SimpleNamespace(source="{{ tool_calls }}<tool_call>")) == "hermes"
     assert tool_call_format(SimpleNamespace(source="{{ tool_calls }}[TOOL_CALLS]")) == "mistral"
     assert tool_call_format(SimpleNamespace(source="no tools")) is None
+
+
+@pytest.mark.parametrize("family", ["qwen_25", "qwen3"])
+def test_an_official_jinjas_rendered_call_parses_back(tiny_model_dir, chat_templates, family: str) -> None:
+    from test_chat_templates import family_tokenizer
+
+    from sftkit.serve.engine import Generation, template_tools
+    from sftkit.templates.tool_calls import parse_tool_calls, tool_call_format
+
+    _, template = family_tokenizer(tiny_model_dir, chat_templates, family)
+    request = Generation(USER, None, 4, 0.0, 1.0, None, [], False, tools=WEATHER, tool_choice="auto")
+    tools = template_tools(template, request)
+    assert json.loads(tools) == WEATHER  # a model's own Jinja reads OpenAI's tool objects as they come
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    segments = template.segments([*USER, {"role": "function_call", "content": json.dumps(call)}], tools)
+    assert "get_weather" in "".join(s.text for s in segments if not s.trained)  # the schema is in the prompt
+    reply = "".join(s.text for s in segments if s.trained and not s.end)
+    _, calls = parse_tool_calls(reply, tool_call_format(template))
+    assert [(c.name, c.arguments) for c in calls] == [(call["name"], call["arguments"])]

@@ -37,7 +37,7 @@ class LogprobRecorder:
     def scored(self, row: int, token: int) -> Scored:
         """The chosen token of `row` with its log-probability and the step's `top` most likely tokens."""
         values = self.last[row]
-        best = values.topk(self.top) if self.top else None
+        best = values.topk(min(self.top, values.numel())) if self.top else None
         alternatives = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
         return token, float(values[token]), alternatives
 
