@@ -187,7 +187,7 @@ BAD_CHAT = [  # (body, the words the one-line message must hold)
     ({"messages": "hello"}, "messages"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content: must be a string or a list of text"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "text parts"),
-    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "user"}]}, "messages.0: content: give the message's text"),
     ({"messages": [{"role": "user", "content": LONG}]}, "maximum context length is 4096"),
     ({"max_tokens": 4090}, "maximum context length"),
     ({"max_tokens": 4090, "stream": True}, "maximum context length"),  # refused before the stream starts
@@ -204,8 +204,9 @@ BAD_CHAT = [  # (body, the words the one-line message must hold)
     ({"stop": 7}, "stop"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": ""}, "must not be empty"),
-    ({"n": 2}, "only n=1 is supported"),
-    ({"tools": [{"type": "function"}]}, "tools: unknown or unsupported parameter"),
+    ({"n": 17}, "n: must be in 1..16"),
+    ({"n": 0}, "must be in 1..16"),
+    ({"tools": [{"type": "function"}]}, "tools.0.function: Field required"),
     ({"presence_penalty": 0.5}, "penalties are not supported"),
 ]
 
@@ -225,8 +226,8 @@ def test_other_bad_requests(client) -> None:
         response = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
     cases = ((client.post, "/v1/chat/completions", {"model": "gpt-4", "messages": USER}, 404, "does not exist"),
-             (client.post, "/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt"),
-             (client.post, "/v1/completions", {"prompt": "a", "echo": True}, 400, "echo"),
+             (client.post, "/v1/completions", {"prompt": []}, 400, "prompt"),
+             (client.post, "/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "only meaningful with echo"),
              (client.post, "/v1/completions", {"prompt": LONG}, 400, "maximum context length"),
              (client.post, "/v1/embeddings", {"input": "a"}, 404, "the routes are"),
              (client.get, "/v1/chat/completions", None, 405, "Method Not Allowed"))
@@ -497,7 +498,7 @@ def test_openai_client_sees_auth_and_bad_requests_as_api_errors(server: Server) 
         openai_client(server, key="wrong").models.list()
     client = openai_client(server)
     model = client.models.list().data[0].id
-    for bad in ({"n": 2}, {"max_tokens": -1}, {"messages": [{"role": "robot", "content": "x"}]},
+    for bad in ({"n": 17}, {"max_tokens": -1}, {"messages": [{"role": "robot", "content": "x"}]},
                 {"messages": [{"role": "user", "content": "sea " * 5000}]}):
         with pytest.raises(openai.BadRequestError) as raised:
             client.chat.completions.create(**({"model": model, "messages": USER} | bad))
@@ -571,3 +572,241 @@ def test_bench_serve_reports_throughput_and_latency(tmp_path: Path) -> None:
     assert report["errors"] == 0 and report["requests"] == 4
     for key in ("requests_per_s", "ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s", "tokens_per_s"):
         assert report[key] > 0, key
+
+
+# ---------------------------------------------------------------------------- what agents and harnesses need
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+                   "required": ["city"], "additionalProperties": False}}}]
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_neutral_values_openai_and_vllm_accept_change_nothing(client) -> None:
+    plain = chat(client, max_tokens=6).json()["choices"][0]
+    neutral = {"logprobs": False, "response_format": {"type": "text"}, "tool_choice": "none",
+               "parallel_tool_calls": True, "logit_bias": {}, "store": False, "top_k": -1, "min_p": 0,
+               "repetition_penalty": 1, "n": 1, "service_tier": "auto", "metadata": {"a": "b"}}
+    same = chat(client, max_tokens=6, tools=WEATHER, **neutral).json()["choices"][0]
+    assert same == plain  # tools with tool_choice "none" are not shown to the model (vLLM's default too)
+    for name, value in (("top_k", 5), ("logit_bias", {"1": 2}), ("repetition_penalty", 1.2), ("min_p", 0.1)):
+        error = chat(client, **{name: value}).json()["error"]
+        assert error["param"] == name and "not supported" in error["message"], error
+
+
+def _logprob_sum(content: list) -> float:
+    return sum(token["logprob"] for token in content)
+
+
+def test_chat_logprobs_are_the_models_own_distribution_streamed_too(client, backend) -> None:
+    import torch
+
+    body = chat(client, max_tokens=6, logprobs=True, top_logprobs=3).json()
+    (choice,) = body["choices"]
+    content = choice["logprobs"]["content"]
+    assert len(content) == 6 and "".join(t["token"] for t in content) == choice["message"]["content"]
+    for token in content:
+        assert len(token["top_logprobs"]) == 3 and token["bytes"] == list(token["token"].encode())
+        # greedy: the chosen token is the most likely one
+        assert token["logprob"] == pytest.approx(token["top_logprobs"][0]["logprob"])
+    # the same numbers from greedy steps of the model itself, without generate
+    from sftkit.model import encode_prompts
+
+    ids = encode_prompts(backend.tokenizer, backend.template, [SimpleNamespace(messages=USER, tools=None)])[0][0]
+    direct = []
+    with torch.inference_mode():
+        for _ in range(6):
+            logprobs = backend.model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+            ids = ids + [int(logprobs.argmax())]
+            direct.append(float(logprobs.max()))
+    assert [t["logprob"] for t in content] == pytest.approx(direct, abs=1e-4)
+    events = stream_events(chat(client, max_tokens=6, logprobs=True, top_logprobs=3, stream=True))
+    streamed = [t for e in events[:-1] for t in (e["choices"][0]["logprobs"] or {}).get("content", [])]
+    assert streamed == content
+    assert chat(client, top_logprobs=2).json()["error"]["message"] == "top_logprobs: needs logprobs: true"
+    assert "top_logprobs" in chat(client, logprobs=True, top_logprobs=21).json()["error"]["message"]
+
+
+def test_echo_and_token_id_prompts_score_the_prompt_as_lm_eval_asks(client, backend) -> None:
+    import torch
+
+    ids = backend.tokenizer("The sea is deep").input_ids
+    body = client.post("/v1/completions", json={"prompt": [ids, ids[:3]], "echo": True, "max_tokens": 0,
+                                                "logprobs": 1, "temperature": 0}).json()
+    first, second = body["choices"]
+    assert first["index"] == 0 and second["index"] == 1 and body["usage"]["completion_tokens"] == 0
+    logprobs = first["logprobs"]
+    assert first["text"] == backend.tokenizer.decode(ids) and logprobs["token_logprobs"][0] is None
+    with torch.inference_mode():
+        direct = backend.model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    expected = [float(direct[i - 1, ids[i]]) for i in range(1, len(ids))]
+    assert logprobs["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    assert second["logprobs"]["token_logprobs"][1:] == pytest.approx(expected[:2], abs=1e-4)
+    assert [len(top) for top in logprobs["top_logprobs"][1:]] == [len({t, max(top, key=top.get)}) for t, top in
+                                                                   zip(logprobs["tokens"][1:],
+                                                                       logprobs["top_logprobs"][1:])]
+    assert logprobs["text_offset"] == [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(len(ids))]
+    # echo with a generated token: the prompt's scores, then the continuation's
+    grown = client.post("/v1/completions", json={"prompt": ids, "echo": True, "max_tokens": 1, "logprobs": 1,
+                                                 "temperature": 0}).json()["choices"][0]
+    assert grown["logprobs"]["token_logprobs"][:len(ids)] == logprobs["token_logprobs"]
+    assert len(grown["logprobs"]["tokens"]) == len(ids) + 1 and grown["text"].startswith(first["text"])
+    for bad, words in (({"prompt": [len(backend.tokenizer) + 5]}, "past this model's vocabulary"),
+                       ({"prompt": [[1], []]}, "prompt"), ({"prompt": [-1]}, "prompt"),
+                       ({"prompt": ["a", "b"], "stream": True}, "cannot be streamed"),
+                       ({"prompt": "a", "logprobs": 21}, "logprobs"), ({"prompt": "a", "best_of": 2}, "best_of"),
+                       ({"prompt": "a", "suffix": "x"}, "suffix")):
+        response = client.post("/v1/completions", json=bad)
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+def test_several_choices_greedy_alike_sampled_apart(client) -> None:
+    greedy = chat(client, max_tokens=8, n=3).json()
+    texts = [c["message"]["content"] for c in greedy["choices"]]
+    assert [c["index"] for c in greedy["choices"]] == [0, 1, 2] and len(set(texts)) == 1
+    assert greedy["usage"]["completion_tokens"] == 24
+    sampled = chat(client, max_tokens=8, n=3, temperature=1.0, seed=5).json()["choices"]
+    assert len({c["message"]["content"] for c in sampled}) == 3
+    events = stream_events(chat(client, max_tokens=8, n=2, stream=True))
+    for index in (0, 1):
+        pieces = [e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"][0]["index"] == index]
+        assert "".join(pieces) == texts[0]
+    ends = [e["choices"][0] for e in events[:-1] if e["choices"][0]["finish_reason"]]
+    assert sorted(c["index"] for c in ends) == [0, 1]
+
+
+def test_json_schema_replies_are_valid_even_from_a_random_model(client) -> None:
+    import jsonschema
+
+    for seed in range(3):
+        body = chat(client, max_tokens=120, temperature=1.0, seed=seed,
+                    response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}).json()
+        choice = body["choices"][0]
+        jsonschema.validate(json.loads(choice["message"]["content"]), PERSON)
+        assert choice["finish_reason"] == "stop"
+    any_object = chat(client, max_tokens=120, response_format={"type": "json_object"}).json()
+    assert isinstance(json.loads(any_object["choices"][0]["message"]["content"]), dict)
+    for bad, words in (({"type": "json_schema"}, "give json_schema"), ({"type": "xml"}, "response_format.type"),
+                       ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+                        "cannot be enforced")):
+        response = chat(client, response_format=bad)
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+def test_a_forced_tool_call_comes_back_in_openai_shape_streamed_too(client) -> None:
+    body = chat(client, max_tokens=200, tools=WEATHER, tool_choice="required").json()
+    (choice,) = body["choices"]
+    assert choice["finish_reason"] == "tool_calls", choice
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_") and call["function"]["name"] == "get_weather"
+    assert set(json.loads(call["function"]["arguments"])) == {"city"} and choice["message"]["content"] is None
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert chat(client, max_tokens=200, tools=WEATHER, tool_choice=named).json()["choices"][0] == choice | {
+        "message": choice["message"] | {"tool_calls": [call | {"id": ANY_ID}]}}
+    events = stream_events(chat(client, max_tokens=200, tools=WEATHER, tool_choice="required", stream=True))
+    deltas = [e["choices"][0]["delta"] for e in events[1:-1]]
+    head, arguments = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    assert head["index"] == 0 and head["id"].startswith("call_") and head["function"] == {"name": "get_weather",
+                                                                                      "arguments": ""}
+    assert arguments == {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert not any(d.get("content") for d in deltas)  # the call is not streamed as text
+
+
+class _AnyId(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.startswith("call_")
+
+    __hash__ = str.__hash__
+
+
+ANY_ID = _AnyId("call_")
+
+
+def test_tool_messages_render_as_the_template_trains_them(client, backend) -> None:
+    from sftkit.model import encode_prompts
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [*USER, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    body = chat(client, max_tokens=5, tools=WEATHER, messages=messages).json()
+    normalized = [*USER, {"role": "function_call", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+                  {"role": "observation", "content": "sunny"}]
+    tools = json.dumps([WEATHER[0]["function"]])
+    prompt = encode_prompts(backend.tokenizer, backend.template, [SimpleNamespace(messages=normalized, tools=tools)])
+    assert body["usage"]["prompt_tokens"] == len(prompt[0][0])
+    assert "<tool_call>" in backend.tokenizer.decode(prompt[0][0]) and "<tool_response>" in backend.tokenizer.decode(
+        prompt[0][0])
+    for bad, words in (({"tool_choice": "required"}, "the request has no tools"),
+                       ({"tools": WEATHER, "tool_choice": {"type": "function", "function": {"name": "x"}}},
+                        "not one of the tools"),
+                       ({"tools": WEATHER * 2}, "share a name"),
+                       ({"messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
+                       ({"messages": [*USER, {"role": "assistant", "content": None}, *USER]}, "content"),
+                       ({"messages": [*USER, {"role": "assistant", "tool_calls": [
+                           call | {"function": {"name": "f", "arguments": "not json"}}]},
+                                      {"role": "tool", "tool_call_id": "1", "content": "x"}]}, "arguments must be"),
+                       ({"tools": WEATHER, "response_format": {"type": "json_object"}}, "exclude each other")):
+        response = chat(client, **bad)
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+@pytest.mark.parametrize(("form", "text", "content", "calls"), [
+    ("hermes", 'Let me look.<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>', "Let me look.",
+     [("f", {"x": 1})]),
+    ("hermes", '<tool_call>\n[{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"y": "2"}}]\n</tool_call>',
+     "", [("f", {}), ("g", {"y": "2"})]),
+    ("hermes", "<tool_call>\n{not json}\n</tool_call>", "<tool_call>\n{not json}\n</tool_call>", []),
+    ("hermes", "no call here", "no call here", []),
+    ("llama3", '{"name": "f", "parameters": {"x": "a;b"}}', "", [("f", {"x": "a;b"})]),
+    ("llama3", '{"name": "f", "parameters": {}}; {"name": "g", "parameters": {"z": 3}}', "", [("f", {}), ("g", {"z": 3})]),
+    ("llama3", '{"not": "a call"}', '{"not": "a call"}', []),
+    ("mistral", '[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}]', "", [("f", {"x": 1})]),
+    ("mistral", 'plain [TOOL_CALLS] nonsense', 'plain [TOOL_CALLS] nonsense', []),
+])
+def test_tool_calls_are_read_back_in_the_templates_format(form: str, text: str, content: str, calls: list) -> None:
+    from sftkit.templates.tool_calls import parse_tool_calls
+
+    got_content, got = parse_tool_calls(text, form)
+    assert got_content == content and [(c.name, c.arguments) for c in got] == calls
+
+
+def test_each_templates_rendered_call_parses_back(tiny_tokenizer) -> None:
+    from sftkit.templates import get_template
+    from sftkit.templates.tool_calls import parse_tool_calls, tool_call_format
+
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    for name in ("chatml", "llama3", "mistral", "qwen3"):
+        template = get_template(name)
+        form = tool_call_format(template)
+        segments = template.segments([*USER, {"role": "function_call", "content": json.dumps(call)}],
+                                     json.dumps([WEATHER[0]["function"]]))
+        reply = "".join(s.text for s in segments if s.trained and not s.end)
+        _, calls = parse_tool_calls(reply, form)
+        assert [(c.name, c.arguments) for c in calls] == [(call["name"], call["arguments"])], (name, reply)
+    # a model's own Jinja: the format its source writes
+    assert tool_call_format(SimpleNamespace(source="{{ tool_calls }}<tool_call>")) == "hermes"
+    assert tool_call_format(SimpleNamespace(source="{{ tool_calls }}[TOOL_CALLS]")) == "mistral"
+    assert tool_call_format(SimpleNamespace(source="no tools")) is None
+
+
+@pytest.mark.parametrize("family", ["qwen_25", "qwen3"])
+def test_an_official_jinjas_rendered_call_parses_back(tiny_model_dir, chat_templates, family: str) -> None:
+    from test_chat_templates import family_tokenizer
+
+    from sftkit.serve.engine import Generation, template_tools
+    from sftkit.templates.tool_calls import parse_tool_calls, tool_call_format
+
+    _, template = family_tokenizer(tiny_model_dir, chat_templates, family)
+    request = Generation(USER, None, 4, 0.0, 1.0, None, [], False, tools=WEATHER, tool_choice="auto")
+    tools = template_tools(template, request)
+    assert json.loads(tools) == WEATHER  # a model's own Jinja reads OpenAI's tool objects as they come
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    segments = template.segments([*USER, {"role": "function_call", "content": json.dumps(call)}], tools)
+    assert "get_weather" in "".join(s.text for s in segments if not s.trained)  # the schema is in the prompt
+    reply = "".join(s.text for s in segments if s.trained and not s.end)
+    _, calls = parse_tool_calls(reply, tool_call_format(template))
+    assert [(c.name, c.arguments) for c in calls] == [(call["name"], call["arguments"])]

@@ -67,12 +67,14 @@ def generation_config(tokenizer: Any, stop_ids: list[int], settings: GenerationS
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
-             settings: GenerationSettings, streamer: Any = None, stopping_criteria: Any = None) -> list[str]:
+             settings: GenerationSettings, streamer: Any = None, stopping_criteria: Any = None,
+             logits_processor: Any = None) -> list[str]:
     """Replies to token-id prompts, batched with left padding, each stopping at any of `stop_ids`.
 
     Greedy decoding touches no random state, so calling this during training leaves the run's randomness
     alone (sampling draws from torch's generator: seed it first). The model's train/eval mode is
-    restored afterwards. A `streamer` needs a batch of one prompt.
+    restored afterwards. A `streamer` needs a batch of one prompt. `logits_processor` (transformers' hook) runs
+    after the processors `settings` ask for (serve records log-probabilities and constrains replies there).
 
     Returns:
         The decoded replies (special tokens, the stop token included, removed), in prompt order.
@@ -84,21 +86,21 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: lis
         replies: list[str] = []
         for start in range(0, len(prompts), settings.batch_size):
             replies += _generate_batch(model, tokenizer, prompts[start:start + settings.batch_size], config,
-                                       streamer, stopping_criteria)
+                                       streamer, stopping_criteria, logits_processor)
         return replies
     finally:
         model.train(was_training)
 
 
 def _generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], config: Any, streamer: Any,
-                    stopping_criteria: Any) -> list[str]:
+                    stopping_criteria: Any, logits_processor: Any = None) -> list[str]:
     import torch
 
     device = next(model.parameters()).device
     batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(device)
     with torch.inference_mode():
         output = model.generate(**batch, generation_config=config, streamer=streamer,
-                                stopping_criteria=stopping_criteria)
+                                stopping_criteria=stopping_criteria, logits_processor=logits_processor)
     return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 

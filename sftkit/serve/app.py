@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sftkit.serve.engine import Delta, Engine, Failed, Finished, Generation, Job, Started
-from sftkit.serve.protocol import ApiError, ChatRequest, CompletionRequest, Reply
+from sftkit.serve.protocol import ApiError, ChatRequest, CompletionRequest, Reply, Usage, tool_calls_body
 
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.25
@@ -82,14 +82,16 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
         check_model(body.model)
         generation = Generation(body.conversation(default_system), None, body.token_budget(), body.temperature,
                                 body.top_p, body.seed, body.stops(), body.stream)
+        chat_extras(generation, body)
         return await _answer(engine, generation, Reply(True, model_id), body.include_usage(), request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         check_model(body.model)
-        generation = Generation(None, body.text(), body.max_tokens, body.temperature, body.top_p, body.seed,
-                                body.stops(), body.stream)
-        return await _answer(engine, generation, Reply(False, model_id), body.include_usage(), request)
+        generations = completion_generations(body)
+        if len(generations) > 1:
+            return await _answer_prompts(engine, generations, Reply(False, model_id), request)
+        return await _answer(engine, generations[0], Reply(False, model_id), body.include_usage(), request)
 
     return app
 
@@ -108,7 +110,8 @@ async def _answer(engine: Engine, generation: Generation, reply: Reply, include_
                                      headers={"Cache-Control": "no-cache"})
         while not isinstance(event := await _next(job, request), Finished):
             pass
-        return JSONResponse(reply.complete(event.text, event.finish_reason, event.usage))
+        return JSONResponse(reply.complete_choices(event.choices, event.usage) if event.choices
+                            else reply.complete(event.text, event.finish_reason, event.usage))
     except ClientGone:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     finally:
@@ -136,14 +139,18 @@ async def _stream(job: Job, reply: Reply, include_usage: bool) -> AsyncIterator[
 
     Starlette cancels this generator when the client disconnects; `finally` then stops the generation.
     """
+    offsets = [0] * job.request.n  # a completion's text_offset, per choice
     try:
-        yield _sse(reply.chunk(first=True))
+        for index in range(job.request.n):
+            yield _sse(reply.choice_chunk(index, first=True))
         while True:
             event = await job.events.get()
             if isinstance(event, Delta):
-                yield _sse(reply.chunk(event.text))
+                yield _sse(reply.choice_chunk(event.index, event.text, event.logprobs, offset=offsets[event.index]))
+                offsets[event.index] += sum(len(entry[0]) for entry in event.logprobs or [])
             elif isinstance(event, Finished):
-                yield _sse(reply.chunk(finish_reason=event.finish_reason))
+                for chunk in _finish_chunks(reply, event):
+                    yield _sse(chunk)
                 if include_usage:
                     yield _sse(reply.usage_chunk(event.usage))
                 break
@@ -153,6 +160,70 @@ async def _stream(job: Job, reply: Reply, include_usage: bool) -> AsyncIterator[
         yield "data: [DONE]\n\n"
     finally:
         job.cancelled.set()
+
+
+def _finish_chunks(reply: Reply, finished: Finished) -> list[dict[str, Any]]:
+    """The end of each choice's stream: its tool calls as OpenAI streams them (the first delta of a call carries
+    its index, id, type and name, the next its arguments), then its finish reason."""
+    chunks = []
+    for answer in finished.choices or [None]:
+        index = answer.index if answer else 0
+        for position, call in enumerate(tool_calls_body(answer.tool_calls) if answer and answer.tool_calls else []):
+            head = {"index": position, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            chunks.append(reply.choice_chunk(index, tool_calls=[head]))
+            chunks.append(reply.choice_chunk(index, tool_calls=[
+                {"index": position, "function": {"arguments": call["function"]["arguments"]}}]))
+        chunks.append(reply.choice_chunk(index, finish_reason=answer.finish_reason if answer else
+                                         finished.finish_reason))
+    return chunks
+
+
+def chat_extras(generation: Generation, body: ChatRequest) -> None:
+    """The agent features of a chat request onto its generation: choices, log-probs, tools, a JSON reply."""
+    generation.n = body.n
+    generation.logprobs = body.top_logprobs_wanted()
+    generation.tools, generation.tool_choice = body.tool_mode()
+    generation.reply_schema = body.reply_schema()
+
+
+def completion_generations(body: CompletionRequest) -> list[Generation]:
+    """One generation per prompt (text or token ids) of a completion request.
+
+    Raises:
+        ApiError: several prompts streamed (their chunks would interleave).
+    """
+    prompts = body.prompts()
+    if len(prompts) > 1 and body.stream:
+        raise ApiError(400, "prompt: several prompts cannot be streamed in one request; send one prompt per "
+                            "streamed request", "prompt")
+    return [Generation(None, prompt if isinstance(prompt, str) else None, body.max_tokens, body.temperature,
+                       body.top_p, body.seed, body.stops(), body.stream, n=body.n, logprobs=body.logprobs,
+                       echo=body.echo, prompt_token_ids=None if isinstance(prompt, str) else prompt)
+            for prompt in prompts]
+
+
+async def _answer_prompts(engine: Engine, generations: list[Generation], reply: Reply, request: Request) -> Response:
+    """Several prompts of one completion request, queued together; their choices numbered prompt by prompt."""
+    jobs = [Job(generation, asyncio.get_running_loop()) for generation in generations]
+    try:
+        for job in jobs:
+            engine.submit(job)
+        answers, prompt_tokens, completion_tokens = [], 0, 0
+        for job in jobs:
+            while not isinstance(event := await _next(job, request), Finished):
+                pass
+            for answer in event.choices:
+                answer.index = len(answers)
+                answers.append(answer)
+            prompt_tokens += event.usage.prompt_tokens
+            completion_tokens += event.usage.completion_tokens
+        return JSONResponse(reply.complete_choices(answers, Usage(prompt_tokens, completion_tokens)))
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        for job in jobs:
+            job.cancelled.set()
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -188,6 +259,8 @@ def validation_error(errors: Any) -> ApiError:
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'malformed')})")
+    if not where and first.get("type") == "value_error":
+        return whole_body_error(str(first.get("msg", "invalid")))
     if not where:
         return ApiError(400, "the request body must be a JSON object with the request's parameters")
     # pydantic also names the branch of a union it tried ("messages.0.content.list[TextPart]"): dropped
@@ -196,6 +269,13 @@ def validation_error(errors: Any) -> ApiError:
     if first.get("type") == "extra_forbidden":
         message = "unknown or unsupported parameter; remove it"
     return ApiError(400, f"{param}: {message}", param)
+
+
+def whole_body_error(message: str) -> ApiError:
+    """A check across parameters ("name: why"), named by the parameter its message starts with."""
+    message = message.removeprefix("Value error, ")
+    param = message.partition(":")[0]
+    return ApiError(400, message, param if re.fullmatch(r"[a-z_]+", param) else None)
 
 
 class BearerAuth:

@@ -9,12 +9,14 @@ generates (`ReplyWatch`, a stopping criterion).
 The worker takes what is queued together, up to `max_batch` jobs (`--max-batch`: 8 on a CUDA GPU, 1 on
 the CPU, so that there an answer never depends on what else was queued), and the transformers backend
 answers the jobs that sample alike in one left-padded `generate` call; each row has its own watch, budget
-and stream.
+and stream. A request for n choices is n rows; its log-probabilities, JSON or forced-call grammar and echoed
+prompt are `sftkit.serve.decoding`'s; its tool calls are parsed from the template's format once it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import sys
 import threading
@@ -25,7 +27,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sftkit.errors import SftkitError
 from sftkit.model import GenerationSettings, Loaded, encode_prompts, generate
+from sftkit.serve.decoding import (GrammarCompiler, GrammarMask, LogprobRecorder, Scored, json_grammar,
+                                   prompt_scores, sampling_processors, tool_call_grammar)
 from sftkit.serve.protocol import ApiError, Usage
+from sftkit.templates.tool_calls import ToolCall, parse_tool_calls, tool_call_format
 
 if TYPE_CHECKING:
     from sftkit.templates import Template
@@ -43,6 +48,13 @@ class Generation:
     seed: int | None
     stops: list[str]
     stream: bool
+    n: int = 1
+    logprobs: int | None = None  # alternatives per token when log-probabilities are asked for; None: none
+    echo: bool = False  # a completion that repeats (and scores) its prompt
+    prompt_token_ids: list[int] | None = None  # a completion prompt given as token ids
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool objects the prompt shows; None: no tool may be called
+    tool_choice: str = "none"  # "auto", "required" or the name of the function that must be called
+    reply_schema: dict[str, Any] | None = None  # the reply must be JSON valid against it
 
 
 @dataclass
@@ -50,9 +62,28 @@ class Started:
     prompt_tokens: int
 
 
+# A token as the client sees it: its text, its log-probability, the most likely tokens at its step
+TokenLogprob = tuple[str, float, list[tuple[str, float]]]
+
+
 @dataclass
 class Delta:
     text: str
+    index: int = 0  # the choice it belongs to (n > 1)
+    logprobs: list[TokenLogprob | None] | None = None  # its tokens' (None: a prompt's first token, echoed)
+
+
+@dataclass
+class Answer:
+    """One choice of a finished request."""
+
+    index: int
+    text: str
+    finish_reason: str
+    tokens: int
+    logprobs: list[TokenLogprob | None] | None = None
+    tool_calls: list[ToolCall] | None = None
+    prompt_chars: int = 0  # echoed prompt text at the start of `text` (the completion's text_offset base)
 
 
 @dataclass
@@ -60,6 +91,7 @@ class Finished:
     text: str
     finish_reason: str
     usage: Usage
+    choices: list[Answer] = field(default_factory=list)  # every choice, the first one's text/finish_reason above
 
 
 @dataclass
@@ -187,6 +219,8 @@ class TransformersBackend:
         self.model, self.tokenizer, self.template = loaded.model, loaded.tokenizer, loaded.template
         self.stop_ids = self.template.stop_token_ids(self.tokenizer)
         self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
+        self.grammars = GrammarCompiler(self.tokenizer, self.stop_ids)
+        self.tool_format = tool_call_format(self.template)
 
     def run_batch(self, jobs: list[Job]) -> None:
         """The jobs that sample alike together (greedy ones, or the same temperature and top_p); a job with its own
@@ -195,33 +229,106 @@ class TransformersBackend:
             self._run_together(group)
 
     def _run_together(self, jobs: list[Job]) -> None:
-        from transformers import StoppingCriteriaList, set_seed
+        from transformers import LogitsProcessorList, StoppingCriteriaList, set_seed
 
-        watches, prompts = [], []
+        watches, prompts, matchers = [], [], []
         for job in jobs:
             try:
                 ids, tail = prompt_ids(self.tokenizer, self.template, job.request)
+                if job.request.max_tokens == 0:  # echo alone: the prompt scored, nothing generated
+                    job.send(Started(len(ids)))
+                    self._send_echo_only(job, ids)
+                    continue
                 budget = token_budget(len(ids), job.request.max_tokens, self.context)
+                grammar = self._grammar(job.request, tail)
+                rows = [ReplyWatch(self.tokenizer, len(ids), tail, budget, self.stop_ids, job) for _ in
+                        range(job.request.n)]
+                row_matchers = [self.grammars.matcher(grammar) if grammar else None for _ in rows]
+                echo = self._echo(job.request, ids)
             except ApiError as exc:  # this request's own problem: the others in the batch go on
                 job.send(Failed(exc))
                 continue
             job.send(Started(len(ids)))
-            watches.append(ReplyWatch(self.tokenizer, len(ids), tail, budget, self.stop_ids, job))
-            prompts.append(ids)
+            for index, watch in enumerate(rows):
+                watch.index, watch.hold = index, job.request.tool_choice != "none"
+                watch.echo(*echo)
+            watches += rows
+            matchers += row_matchers
+            prompts += [ids] * len(rows)
         if not watches:
             return
         request = watches[0].job.request
         if request.seed is not None:
             set_seed(request.seed)
-        settings = GenerationSettings(max_new_tokens=max(w.budget for w in watches), temperature=request.temperature,
-                                      top_p=request.top_p, batch_size=len(prompts))
-        rows = RowWatches(watches, max(len(ids) for ids in prompts))  # left padding: every row's reply starts there
+        # temperature and top-p run as processors after the log-probability recorder (sampling_processors)
+        settings = GenerationSettings(max_new_tokens=max(w.budget for w in watches),
+                                      temperature=1.0 if request.temperature > 0 else 0.0, batch_size=len(prompts))
+        wanted = [w.job.request.logprobs for w in watches if w.job.request.logprobs is not None]
+        recorder = LogprobRecorder(max(wanted)) if wanted else None
+        processors = ([recorder] if recorder else []) + ([GrammarMask(matchers, self.stop_ids)] if any(matchers)
+                                                         else []) + sampling_processors(request.temperature,
+                                                                                        request.top_p)
+        rows = ScoredRows(watches, max(len(ids) for ids in prompts), recorder)  # left padding: replies start there
         generate(self.model, self.tokenizer, prompts, self.stop_ids, settings,
-                 stopping_criteria=StoppingCriteriaList([rows]))
+                 stopping_criteria=StoppingCriteriaList([rows]), logits_processor=LogitsProcessorList(processors))
+        self._send_answers(watches)
+
+    def _send_answers(self, watches: list[ReplyWatch]) -> None:
+        """Each job's choices, once all of its rows are done."""
+        by_job: dict[int, list[ReplyWatch]] = {}
         for watch in watches:
-            reply, stopped = watch.finish()
-            ended = stopped or watch.last_id in self.stop_ids or watch.count < watch.budget
-            watch.job.send(Finished(reply, "stop" if ended else "length", Usage(watch.prompt_tokens, watch.count)))
+            by_job.setdefault(id(watch.job), []).append(watch)
+        for rows in by_job.values():
+            answers = [self._answer_of(watch) for watch in rows]
+            usage = Usage(rows[0].prompt_tokens, sum(answer.tokens for answer in answers))
+            rows[0].job.send(Finished(answers[0].text, answers[0].finish_reason, usage, answers))
+
+    def _answer_of(self, watch: ReplyWatch) -> Answer:
+        reply, stopped = watch.finish()
+        ended = stopped or watch.last_id in self.stop_ids or watch.count < watch.budget
+        answer = Answer(watch.index, watch.echo_text + reply, "stop" if ended else "length", watch.count,
+                        prompt_chars=len(watch.echo_text))
+        if watch.job.request.logprobs is not None:
+            answer.logprobs = watch.echo_scores + self._token_texts(watch.scored[:watch.reply_tokens(reply)],
+                                                                    watch.job.request.logprobs)
+        if watch.hold and self.tool_format:
+            content, calls = parse_tool_calls(watch.raw_reply(), self.tool_format)
+            if calls:
+                answer.text, answer.tool_calls, answer.finish_reason = content.strip(), calls, "tool_calls"
+        watch.send_rest(answer)
+        return answer
+
+    def _grammar(self, request: Generation, tail: str) -> str | None:
+        """The grammar a reply must follow: a JSON schema's, a forced tool call's, or None."""
+        if request.reply_schema is not None:
+            return json_grammar(request.reply_schema, tail)
+        if request.tool_choice in ("none", "auto") or not request.tools:
+            return None
+        names = ([tool["function"]["name"] for tool in request.tools] if request.tool_choice == "required"
+                 else [request.tool_choice])
+        return tool_call_grammar(self.tool_format, request.tools, names, tail)
+
+    def _echo(self, request: Generation, ids: list[int]) -> tuple[str, list[TokenLogprob | None]]:
+        """The echoed prompt's text and (when asked for) its tokens' log-probabilities."""
+        if not request.echo:
+            return "", []
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        if request.logprobs is None:
+            return text, []
+        scored = prompt_scores(self.model, ids, request.logprobs)
+        first = (self.tokenizer.decode(ids[:1], skip_special_tokens=False), None, None)  # nothing precedes it
+        return text, [first] + self._token_texts(scored[1:], request.logprobs)  # type: ignore[arg-type, list-item]
+
+    def _send_echo_only(self, job: Job, ids: list[int]) -> None:
+        text, scores = self._echo(job.request, ids)
+        answers = [Answer(i, text, "length", 0, scores or None, prompt_chars=len(text)) for i in range(job.request.n)]
+        if job.request.stream:
+            for answer in answers:
+                job.send(Delta(text, answer.index, answer.logprobs))
+        job.send(Finished(text, "length", Usage(len(ids), 0), answers))
+
+    def _token_texts(self, scored: list[Scored], top: int) -> list[TokenLogprob | None]:
+        return token_logprobs(self.tokenizer, scored, top)
 
 
 def sampling_groups(jobs: list[Job]) -> list[list[Job]]:
@@ -247,16 +354,41 @@ def prompt_ids(tokenizer: Any, template: Template, request: Generation) -> tuple
     Raises:
         ApiError: an empty prompt, or a conversation the template refuses.
     """
+    if request.prompt_token_ids is not None:
+        return checked_token_ids(tokenizer, request.prompt_token_ids), ""
     if request.messages is None:
         ids = tokenizer(request.prompt).input_ids
         if not ids:
             raise ApiError(400, "prompt: empty; give some text to continue", "prompt")
         return ids, ""
     try:
-        ids, tails = encode_prompts(tokenizer, template, [SimpleNamespace(messages=request.messages, tools=None)])
+        ids, tails = encode_prompts(tokenizer, template, [SimpleNamespace(messages=request.messages,
+                                                                          tools=template_tools(template, request))])
     except SftkitError as exc:
         raise ApiError(400, f"messages: {exc}", "messages") from None
     return ids[0], tails[0]
+
+
+def checked_token_ids(tokenizer: Any, ids: list[int]) -> list[int]:
+    """A token-id prompt whose every id is in the tokenizer's vocabulary.
+
+    Raises:
+        ApiError: an id past the vocabulary.
+    """
+    if max(ids) >= len(tokenizer):
+        raise ApiError(400, f"prompt: token id {max(ids)} is past this model's vocabulary ({len(tokenizer)} "
+                            "tokens); send ids of this model's tokenizer", "prompt")
+    return ids
+
+
+def template_tools(template: Template, request: Generation) -> str | None:
+    """The request's tools as the template reads them (JSON text): a model's own Jinja takes OpenAI's tool objects
+    as they come; sftkit's named templates were trained on the function schemas (LLaMA-Factory's `tools`)."""
+    if not request.tools:
+        return None
+    own_jinja = hasattr(template, "source")
+    return json.dumps(request.tools if own_jinja else [tool["function"] for tool in request.tools],
+                      ensure_ascii=False)
 
 
 def token_budget(prompt_tokens: int, max_tokens: int | None, context: int | None) -> int:
@@ -293,6 +425,12 @@ class ReplyWatch:
         self.done = False
         self.sent = ""
         self.follow = job.request.stream or bool(self.stops)
+        self.index = 0  # the choice this row answers (n > 1)
+        self.hold = False  # tool calls may come: stream nothing until the reply is parsed (send_rest)
+        self.echo_text = ""
+        self.echo_scores: list[TokenLogprob | None] = []
+        self.scored: list[Scored] = []  # each generated token's log-probability (ScoredRows), when asked for
+        self.scores_sent = 0
 
     @property
     def count(self) -> int:
@@ -332,9 +470,49 @@ class ReplyWatch:
         return text.removeprefix(self.tail).rstrip("\ufffd")  # U+FFFD: a character's bytes still coming
 
     def _send(self, text: str) -> None:
-        if self.job.request.stream and len(text) > len(self.sent) and text.startswith(self.sent):
-            self.job.send(Delta(text[len(self.sent):]))
+        if self.job.request.stream and not self.hold and len(text) > len(self.sent) and text.startswith(self.sent):
+            # the newest token may still turn out to be the stop token: its log-probability waits
+            self.job.send(Delta(text[len(self.sent):], self.index, self._new_scores(len(self.scored) - 1)))
             self.sent = text
+
+    def echo(self, text: str, scores: list[TokenLogprob | None]) -> None:
+        """An echoed prompt: it opens the reply (streamed first)."""
+        self.echo_text, self.echo_scores = text, scores
+        if text and self.job.request.stream:
+            self.job.send(Delta(text, self.index, scores or None))
+
+    def _new_scores(self, upto: int) -> list[TokenLogprob | None] | None:
+        if self.job.request.logprobs is None or upto <= self.scores_sent:
+            return None
+        new = token_logprobs(self.tokenizer, self.scored[self.scores_sent:upto], self.job.request.logprobs)
+        self.scores_sent = upto
+        return new
+
+    def send_rest(self, answer: Answer) -> None:
+        """What a stream has not had yet: a held reply's text (or the text before its calls), the last log-probs."""
+        if not self.job.request.stream:
+            return
+        text = answer.text[answer.prompt_chars:]
+        rest = text if self.hold else text[len(self.sent):] if text.startswith(self.sent) else ""
+        scores = self._new_scores(self.reply_tokens(text) if answer.tool_calls is None else len(self.scored))
+        if rest or scores:
+            self.job.send(Delta(rest, self.index, scores))
+
+    def reply_tokens(self, reply: str) -> int:
+        """How many generated tokens make up `reply` (no stop token; none past a stop string's cut)."""
+        count = self.count - (1 if self.last_id in self.stop_ids else 0)
+        if not self.stops:
+            return count
+        want = len(self.tail) + len(reply)
+        for j in range(1, count + 1):
+            if len(self.tokenizer.decode(self.ids[:j], skip_special_tokens=True)) >= want:
+                return j
+        return count
+
+    def raw_reply(self) -> str:
+        """The reply with the control tokens it wrote (Mistral's [TOOL_CALLS] is one), its stop token left out."""
+        ids = self.ids[:-1] if self.last_id in self.stop_ids else self.ids
+        return self.tokenizer.decode(ids, skip_special_tokens=False).removeprefix(self.tail)
 
 
 class RowWatches:
@@ -348,6 +526,30 @@ class RowWatches:
 
         done = [watch.step(input_ids[row, self.width:].tolist()) for row, watch in enumerate(self.watches)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class ScoredRows(RowWatches):
+    """Row watches that first note each row's new token with its log-probability (from `LogprobRecorder`)."""
+
+    def __init__(self, watches: list[ReplyWatch], prompt_width: int, recorder: LogprobRecorder | None) -> None:
+        super().__init__(watches, prompt_width)
+        self.recorder = recorder
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        if self.recorder is not None and self.recorder.last is not None:
+            for row, watch in enumerate(self.watches):
+                if not watch.done and watch.job.request.logprobs is not None:
+                    watch.scored.append(self.recorder.scored(row, int(input_ids[row, -1])))
+        return super().__call__(input_ids, scores, **kwargs)
+
+
+def token_logprobs(tokenizer: Any, scored: list[Scored], top: int) -> list[TokenLogprob | None]:
+    """Token ids as the text each decodes to (a byte-level piece of a character may decode to U+FFFD)."""
+    def text(token: int) -> str:
+        return tokenizer.decode([token], skip_special_tokens=False)
+
+    return [(text(token), logprob, [(text(other), value) for other, value in alternatives[:top]])
+            for token, logprob, alternatives in scored]
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:
