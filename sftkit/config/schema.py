@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
+from sftkit.config.compat import COMPAT_CHECKS, CompatConfig, apply_compat
 from sftkit.config.fields import documented, split_commas
 from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
 from sftkit.config.methods import METHOD_CHECKS, MethodsConfig
@@ -34,9 +35,10 @@ GROUPS = ("model", "data", "finetuning", "training", "evaluation", "output", "di
 _field = documented
 
 
-class SftConfig(MethodsConfig, DataQualityConfig):
+class SftConfig(MethodsConfig, DataQualityConfig, CompatConfig):
     """Everything one fine-tuning run needs. Unknown keys are errors. The fine-tuning methods' and the data-quality
-    keys come from the mixins (sftkit.config.methods, sftkit.config.quality)."""
+    keys come from the mixins (sftkit.config.methods, sftkit.config.quality), LLaMA-Factory's and transformers'
+    keys taken for compatibility from sftkit.config.compat."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
 
@@ -338,6 +340,7 @@ class SftConfig(MethodsConfig, DataQualityConfig):
         """Runs every named check and reports all failures together."""
         if self.neat_packing:  # LLaMA-Factory turns packing on for neat_packing too
             self.packing = True
+        apply_compat(self)
         problems = [msg for check in _CHECKS if (msg := check(self))]
         if problems:
             raise ValueError("\n".join(problems))
@@ -503,4 +506,4 @@ def check_batch_tokens(c: SftConfig) -> str | None:
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
            check_scheduler_kwargs, check_fsdp_layers, check_save_only_model, check_batch_tokens,
-           *QUALITY_CHECKS, *METHOD_CHECKS)
+           *QUALITY_CHECKS, *METHOD_CHECKS, *COMPAT_CHECKS)

@@ -68,7 +68,8 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         load_best_model_at_end=wants_best, metric_for_best_model="eval_loss" if wants_best else None,
         greater_is_better=False if wants_best else None,
         # a curriculum's order is the data's own order (sftkit.data.quality): no shuffling
-        train_sampling_strategy="sequential" if cfg.curriculum != "none" else "random",
+        train_sampling_strategy="sequential" if cfg.curriculum != "none" else
+        "group_by_length" if cfg.group_by_length else "random",
         # logging and reproducibility
         logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to), run_name=cfg.run_name,
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=cfg.dataloader_num_workers,

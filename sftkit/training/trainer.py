@@ -50,6 +50,8 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         **kwargs: passed to `trl.SFTTrainer`.
     """
 
+    accuracy_alias = False  # also log the eval token accuracy as eval_accuracy (LLaMA-Factory's compute_accuracy)
+
     def __init__(self, *args: Any, loss_chunk_size: int, loss_variant: LossVariant | None = None,
                  method_config: SftConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -167,6 +169,8 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         correct, trained = self._flush(mode)
         if trained:
             self._metrics[mode]["mean_token_accuracy"] = [correct / trained]
+            if mode == "eval" and self.accuracy_alias:  # LLaMA-Factory's compute_accuracy logs it as eval_accuracy
+                self._metrics[mode]["accuracy"] = [correct / trained]
         if mode == "train":
             self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
         super().log(logs, start_time)
@@ -256,6 +260,7 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     if cfg.curriculum == "loss":
         trainer.train_dataset = order_by_loss(trainer, cfg.curriculum_stages, cfg.seed)
+    trainer.accuracy_alias = cfg.compute_accuracy
     return trainer
 
 
