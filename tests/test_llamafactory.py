@@ -336,3 +336,99 @@ def test_llamafactory_example_trains_as_it_is(name: str, overrides: list[str], t
     source = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert saved.per_device_train_batch_size == source["per_device_train_batch_size"]
     assert saved.lr_scheduler_type == source["lr_scheduler_type"] and saved.template == source["template"]
+
+
+# ---------------------------------------------------------------------------- LLaMA-Factory's command line
+
+def test_key_value_after_the_yaml_overrides_it_and_dotted_keys_nest(tmp_path: Path) -> None:
+    from sftkit.cli.app import split_command_line
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "fsdp_config": {"offload_params": False}}), encoding="utf-8")
+    found, overrides = split_command_line(str(path), ["learning_rate=1e-5", "fsdp_config.offload_params=true",
+                                                      "lr_scheduler_kwargs.min_lr=0", "--lora_rank=4",
+                                                      "lr_scheduler_type=cosine_with_min_lr"])
+    assert found == path
+    cfg = load_config(found, overrides)
+    assert cfg.learning_rate == 1e-5 and cfg.lora_rank == 4
+    assert cfg.fsdp_config == {"offload_params": True} and cfg.lr_scheduler_kwargs == {"min_lr": 0}
+
+
+def test_flag_form_without_a_yaml_builds_the_config_from_the_flags() -> None:
+    from sftkit.cli.app import split_command_line
+
+    found, overrides = split_command_line("--model_name_or_path", ["m", "--dataset", "a,b", "--do_train",
+                                                                  "--output_dir", "out", "--lora_rank", "4"])
+    assert found is None
+    cfg = load_config(None, overrides)
+    assert (cfg.model_name_or_path, cfg.dataset, cfg.do_train, cfg.lora_rank) == ("m", ["a", "b"], True, 4)
+
+
+def test_a_bad_override_is_blamed_as_it_was_written(tmp_path: Path, monkeypatch, capsys) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(BASE), encoding="utf-8")
+    code, _, stderr = run_cli(["validate", str(path), "learning_rate=fast"], monkeypatch, capsys)
+    assert code == 2 and stderr.startswith("error: learning_rate=fast: learning_rate: Input should be a valid number")
+    code, _, stderr = run_cli(["validate", "--model_name_or_path", "m", "--dataset", "a", "--output_dir", "o",
+                               "--cutoff_len", "0"], monkeypatch, capsys)
+    assert code == 2 and stderr.startswith("error: --cutoff_len 0: cutoff_len: Input should be greater than 0")
+    code, _, stderr = run_cli(["train", str(path), "other.yaml"], monkeypatch, capsys)
+    assert code == 2 and stderr == ("error: other.yaml: unexpected argument (one config file only); give settings as "
+                                    "key=value after the config file, as --key value without one, or as --set "
+                                    "key=value\n")
+    code, _, stderr = run_cli(["train", str(path), "fsdp_config.x.y=1", "lora_rank=2", "lora_rank.x=1"],
+                              monkeypatch, capsys)
+    assert code == 2 and "error: lora_rank.x=1: lora_rank is not a mapping, so lora_rank.x cannot be set" in stderr
+
+
+def test_llamafactory_v1_schema_is_named_in_one_line(tmp_path: Path) -> None:
+    from sftkit.config.llamafactory import V1_MESSAGE
+
+    path = tmp_path / "train_lora_sft.yaml"
+    path.write_text(yaml.safe_dump({"model": "Qwen/Qwen3-4B", "model_class": "llm", "peft_config": {"name": "lora"},
+                                    "train_dataset": "data/v1_sft_demo.yaml", "output_dir": "o",
+                                    "micro_batch_size": 1}), encoding="utf-8")
+    (line,) = pytest.raises(ConfigError, load_config, path).value.problems
+    assert line == f"{path}: model, model_class, peft_config, train_dataset, micro_batch_size: {V1_MESSAGE}"
+    assert "v0 form" in line
+
+
+# ---------------------------------------------------------------------------- keys taken for compatibility
+
+def test_llamafactory_defaults_written_out_are_accepted() -> None:
+    cfg = validate_config({**BASE, "use_v1_kernels": False, "disable_gradient_checkpointing": False,
+                           "save_safetensors": True, "include_num_input_tokens_seen": True})
+    assert cfg.gradient_checkpointing == "auto"
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "use_v1_kernels": True}).value.problems
+    assert line.startswith("<config>: use_v1_kernels: true is refused: ")
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "save_safetensors": False}).value.problems
+    assert line.startswith("<config>: save_safetensors: false is refused: sftkit saves safetensors only")
+
+
+def test_disable_gradient_checkpointing_turns_it_off_as_in_llamafactory() -> None:
+    assert validate_config({**BASE, "disable_gradient_checkpointing": True}).gradient_checkpointing is False
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "disable_gradient_checkpointing": True,
+                                                           "gradient_checkpointing": True}).value.problems
+    assert "contradicts gradient_checkpointing: true" in line
+
+
+def test_do_eval_needs_eval_data_and_group_by_length_reaches_the_sampler(tmp_path: Path) -> None:
+    from sftkit.model import Precision
+    from sftkit.training.arguments import build_sft_config
+
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "do_eval": True}).value.problems
+    assert line == "<config>: do_eval: true needs eval data; set val_size (e.g. 0.1) or eval_dataset, or remove do_eval"
+    assert validate_config({**BASE, "do_eval": True, "val_size": 0.1}).do_eval
+    fp32 = Precision("float32", "cpu", "fp32 on cpu")
+    args = build_sft_config(make_config(output_dir=tmp_path, group_by_length=True), fp32)
+    assert args.train_sampling_strategy == "group_by_length"
+    assert build_sft_config(make_config(output_dir=tmp_path), fp32).train_sampling_strategy == "random"
+
+
+def test_megatron_and_ktransformers_keys_have_a_reason() -> None:
+    from sftkit.config.llamafactory import MEGATRON_KEYS
+
+    for key in ("tensor_model_parallel_size", "export_hf_on_finish", "moe_grouped_gemm", "kt_weight_path", "use_kt"):
+        (line,) = pytest.raises(ConfigError, validate_config, {**BASE, key: 1}).value.problems
+        assert "unknown key" not in line and "remove it" in line, line
+    assert len(MEGATRON_KEYS) == 26

@@ -54,14 +54,14 @@ class CompatConfig(BaseModel):
 
     @field_validator("use_v1_kernels")
     @classmethod
-    def _false_only(cls, value: bool, info: ValidationInfo) -> bool:
+    def _compat_false_only(cls, value: bool, info: ValidationInfo) -> bool:
         if value:
             raise ValueError(FALSE_ONLY[info.field_name])
         return value
 
     @field_validator("save_safetensors")
     @classmethod
-    def _true_only(cls, value: bool, info: ValidationInfo) -> bool:
+    def _compat_true_only(cls, value: bool, info: ValidationInfo) -> bool:
         if not value:
             raise ValueError(TRUE_ONLY[info.field_name])
         return value
