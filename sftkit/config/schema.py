@@ -12,7 +12,7 @@ from sftkit.config.fields import documented, split_commas
 from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
 from sftkit.config.methods import METHOD_CHECKS, MethodsConfig
 from sftkit.config.quality import QUALITY_CHECKS, DataQualityConfig
-from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
+from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES, UNSET_HINT
 
 
 # transformers' logging integrations (report_to), plus "none" and "all"; tests compare with transformers' list.
@@ -80,8 +80,9 @@ class SftConfig(MethodsConfig, DataQualityConfig, CompatConfig):
     template: str | None = _field(
         None, "Chat template used for training and written into the saved tokenizer. Unset: the model's own "
         "(its tokenizer's chat_template). Or a built-in name (LLaMA-Factory's): chatml, qwen, qwen3, "
-        "qwen3_nothink, llama2, llama3, mistral, gemma, gemma3, phi4, deepseek3, glm4, ernie, ernie_nothink, "
-        "default, empty, alpaca, vicuna.", "data")
+        "qwen3_nothink, qwen3_5, qwen3_5_nothink, llama2, llama3, mistral, gemma, gemma2, gemma3, phi, phi4, "
+        "deepseek, deepseekr1, deepseek3, glm4, ernie, ernie_nothink, yi, smollm2, intern2, lfm2, cohere, granite3, "
+        "hunyuan, olmo, default, empty, alpaca, vicuna. A LLaMA-Factory name not built in: leave it unset.", "data")
     chat_template: str | None = _field(
         None, "A Jinja chat template to train with instead of the model's own: a .jinja file, or the template "
         "text itself.", "data")
@@ -331,7 +332,7 @@ class SftConfig(MethodsConfig, DataQualityConfig, CompatConfig):
     def _known_template(cls, value: str | None) -> str | None:
         if value is not None and value not in TEMPLATES:
             hint = f" ({TEMPLATE_HINTS[value]})" if value in TEMPLATE_HINTS else ""
-            raise ValueError(f"unknown template {value!r}{hint}; choose one of {', '.join(TEMPLATES)}")
+            raise ValueError(f"unknown template {value!r}{hint}; {UNSET_HINT}, or choose one of {', '.join(TEMPLATES)}")
         return value
 
     # ---------------------------------------------------------------- cross-field rules
