@@ -27,15 +27,28 @@ class NeedsPart2(Exception):
     """The example fails only on keys that issue 14 part 2 (the methods) adds."""
 
 
-def example(name: str, tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> Path:
-    """The recorded example with its placeholders filled in, written under tmp_path."""
-    text = (EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8")
-    for placeholder, value in {"${MODEL}": tiny_model_dir, "${DATA}": data_dir, "${DEEPSPEED}": EXAMPLES / "deepspeed",
-                               "${PRETRAINING_DATA}": EXAMPLES / "pretraining_data"}.items():
-        text = text.replace(placeholder, str(value))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+def example(name: str, tiny_model_dir: Path, data_dir: Path) -> tuple[Path, list[str]]:
+    """The recorded example, byte for byte as LLaMA-Factory has it, and the overrides that point it at this test's
+    model and data, in LLaMA-Factory's own command-line form (`train X.yaml key=value`)."""
+    return EXAMPLES / f"{name}.yaml", [f"model_name_or_path={tiny_model_dir}", f"dataset_dir={data_dir}"]
+
+
+@pytest.fixture(scope="session")
+def lf_data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LLaMA-Factory's demo data plus this test's tiny stand-ins under the names its examples use and the demo data
+    lacks or loads from the hub (asft's med and math, alpaca_zh): tests/llamafactory/data."""
+    import json
+
+    folder = tmp_path_factory.mktemp("lf-data")
+    registry = {}
+    for source in (shared_data, EXAMPLES / "data"):
+        entries = json.loads((source / "dataset_info.json").read_text(encoding="utf-8"))
+        for entry in entries.values():
+            if "file_name" in entry and not (folder / entry["file_name"]).exists():
+                (folder / entry["file_name"]).symlink_to(source / entry["file_name"])
+        registry |= entries
+    (folder / "dataset_info.json").write_text(json.dumps(registry), encoding="utf-8")
+    return folder
 
 
 def problem_key(line: str) -> str:
@@ -58,15 +71,14 @@ def examples(kind: str) -> list[Any]:
 
 def test_every_recorded_example_is_in_the_manifest() -> None:
     assert {path.stem for path in EXAMPLES.glob("*.yaml")} - {"manifest"} == set(MANIFEST)
-    assert len(MANIFEST) == 31  # 30 text-only SFT examples and the pretraining one (refused)
+    assert len(MANIFEST) == 43  # 42 text-only SFT examples (12 refused, each with its lines) and the pretraining one
 
 
 @pytest.mark.parametrize("name", examples("validates"))
-def test_llamafactory_example_validates_as_it_is(name: str, tiny_model_dir: Path, shared_data: Path,
-                                                 tmp_path: Path) -> None:
-    path = example(name, tiny_model_dir, shared_data, tmp_path)
+def test_llamafactory_example_validates_as_it_is(name: str, tiny_model_dir: Path, lf_data: Path) -> None:
+    path, overrides = example(name, tiny_model_dir, lf_data)
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, overrides)
     except ConfigError as exc:
         needs = set(MANIFEST[name].get("needs", ()))
         if needs and {problem_key(line) for line in exc.problems} <= needs:
@@ -78,11 +90,10 @@ def test_llamafactory_example_validates_as_it_is(name: str, tiny_model_dir: Path
 
 
 @pytest.mark.parametrize("name", examples("refused"))
-def test_llamafactory_example_sftkit_cannot_train_says_why(name: str, tiny_model_dir: Path, shared_data: Path,
-                                                           tmp_path: Path) -> None:
-    path = example(name, tiny_model_dir, shared_data, tmp_path)
+def test_llamafactory_example_sftkit_cannot_train_says_why(name: str, tiny_model_dir: Path, lf_data: Path) -> None:
+    path, overrides = example(name, tiny_model_dir, lf_data)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_config(path, overrides)
     expected = MANIFEST[name]["refused"]
     assert len(info.value.problems) == len(expected), info.value.problems
     for line, text in zip(info.value.problems, expected):
@@ -90,14 +101,20 @@ def test_llamafactory_example_sftkit_cannot_train_says_why(name: str, tiny_model
 
 
 def test_validate_warns_about_a_missing_package_and_train_stops_on_it(
-        tiny_model_dir: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+        tiny_model_dir: Path, lf_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import importlib.util
+
+    from sftkit.training.distributed import SHIPPED_DEEPSPEED
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
-    path = example("train_lora__qwen3_lora_sft_ds3", tiny_model_dir, shared_data, tmp_path)
+    monkeypatch.chdir(tmp_path)  # LLaMA-Factory's examples/deepspeed/ is not here: sftkit's copy is used, noted
+    path, overrides = example("train_lora__qwen3_lora_sft_ds3", tiny_model_dir, lf_data)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(["validate", str(path), "--set", "max_samples=8"], monkeypatch, capsys)
+    code, stdout, stderr = run_cli(["validate", str(path), *overrides, "max_samples=8"], monkeypatch, capsys)
+    note = ("note: deepspeed: examples/deepspeed/ds_z3_config.json is not here (LLaMA-Factory's examples folder); "
+            f"using sftkit's copy of that file, {SHIPPED_DEEPSPEED / 'ds_z3_config.json'}")
+    assert note in stderr.splitlines()
     warning = ("deepspeed: the deepspeed package is not installed; run `pip install -e .[deepspeed]` (or remove the "
                "deepspeed key)")
     assert code == 0 and f"{path}: OK (" in stdout, stderr
@@ -105,8 +122,8 @@ def test_validate_warns_about_a_missing_package_and_train_stops_on_it(
     # the example sets logging_steps, report_to and plot_loss itself: only the other differences are noted
     assert ("note: defaults that differ from LLaMA-Factory's, for the keys this file leaves unset: optim adamw_torch "
             "(LLaMA-Factory: adamw_torch_fused), gradient_checkpointing auto (LLaMA-Factory: true)") in stderr
-    code, _, stderr = run_cli(["train", str(path), "--set", f"output_dir={out}"], monkeypatch, capsys)
-    assert code == 2 and stderr == f"error: {warning}\n"
+    code, _, stderr = run_cli(["train", str(path), *overrides, f"output_dir={out}"], monkeypatch, capsys)
+    assert code == 2 and stderr.splitlines() == [note, f"error: {warning}"]
     assert not out.exists()  # stopped before anything loaded or was written
 
 
@@ -316,20 +333,19 @@ def trainable_examples() -> list[Any]:
 @pytest.mark.integration
 @pytest.mark.parametrize("name,overrides", trainable_examples())
 def test_llamafactory_example_trains_as_it_is(name: str, overrides: list[str], tiny_model_dir: Path,
-                                              shared_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+                                              lf_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Every example that validates trains 2 updates here, unless this machine cannot run it at all (an fp8 GPU, a
     package such as mixture-of-depth or wandb): then the test skips with the line `sftkit train` stops on."""
     import json
 
-    path = example(name, tiny_model_dir, shared_data, tmp_path)
-    cannot = machine_problems(load_config(path, overrides))
+    path, here = example(name, tiny_model_dir, lf_data)
+    cannot = machine_problems(load_config(path, [*here, *overrides]))
     if cannot:
         pytest.skip(f"this machine cannot run it: {'; '.join(cannot)}")
     out = tmp_path / "out"
-    # the run is cut short (2 updates on 16 rows); every other key is the example's
-    code, stdout, stderr = run_cli(["train", str(path), "--set", f"output_dir={out}", "--set", "max_steps=2",
-                                    "--set", "max_samples=16", *[arg for o in overrides for arg in ("--set", o)]],
-                                   monkeypatch, capsys)
+    # the run is cut short (2 updates on 16 rows); every other key is the example's (LLaMA-Factory's key=value form)
+    code, stdout, stderr = run_cli(["train", str(path), *here, f"output_dir={out}", "max_steps=2", "max_samples=16",
+                                    *overrides], monkeypatch, capsys)
     assert code == 0, stderr
     assert json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["global_step"] == 2
     saved = load_config(out / "sftkit_config.yaml")
@@ -432,3 +448,45 @@ def test_megatron_and_ktransformers_keys_have_a_reason() -> None:
         (line,) = pytest.raises(ConfigError, validate_config, {**BASE, key: 1}).value.problems
         assert "unknown key" not in line and "remove it" in line, line
     assert len(MEGATRON_KEYS) == 26
+
+
+# ---------------------------------------------------------------------------- LLaMA-Factory's remote data, offline
+
+def test_remote_dataset_dir_and_hub_entries_say_how_to_get_them_offline(tiny_model_dir: Path, tmp_path: Path,
+                                                                         monkeypatch, capsys) -> None:
+    """The ray example's `dataset_dir: REMOTE:llamafactory/demo_data`, and a hub entry such as LLaMA-Factory's
+    alpaca_zh, each stop `sftkit validate` with one line saying what to do."""
+    import json
+
+    path, _ = example("train_lora__qwen3_lora_sft_ray", tiny_model_dir, tmp_path)
+    code, _, stderr = run_cli(["validate", str(path), f"model_name_or_path={tiny_model_dir}"], monkeypatch, capsys)
+    assert code == 2 and stderr.splitlines() == [
+        "error: dataset_dir: REMOTE:llamafactory/demo_data is LLaMA-Factory's hub dataset folder (it downloads "
+        "llamafactory/demo_data's dataset_info.json and data from the Hugging Face hub); sftkit reads a local folder: "
+        "download it (huggingface-cli download --repo-type dataset llamafactory/demo_data --local-dir data) and set "
+        "dataset_dir: data"]
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"alpaca_zh": {"hf_hub_url": "llamafactory/alpaca_zh"}}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, stderr = run_cli(["validate", "--model_name_or_path", str(tiny_model_dir), "--dataset", "alpaca_zh",
+                               "--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")], monkeypatch, capsys)
+    assert code == 2 and stderr.splitlines() == [
+        "error: dataset 'alpaca_zh': its registry entry loads it from the Hugging Face hub (llamafactory/alpaca_zh), "
+        "and this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); download it where there is a network, "
+        "or give the entry a local file_name"]
+
+
+def test_llamafactory_deepspeed_paths_resolve_to_sftkits_copies(tmp_path: Path, monkeypatch) -> None:
+    from sftkit.training.distributed import SHIPPED_DEEPSPEED, deepspeed_file, deepspeed_note
+
+    monkeypatch.chdir(tmp_path)
+    names = {str(yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8")).get("deepspeed"))
+             for name in MANIFEST} - {"None"}
+    assert names and all(name.startswith("examples/deepspeed/") for name in names)
+    for name in names:  # every one LLaMA-Factory's examples name is shipped
+        assert deepspeed_file(name) == str(SHIPPED_DEEPSPEED / Path(name).name)
+    assert deepspeed_file("examples/deepspeed/nope.json") == "examples/deepspeed/nope.json"  # then "not found"
+    mine = tmp_path / "examples" / "deepspeed" / "ds_z3_config.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("{}")
+    assert deepspeed_file("examples/deepspeed/ds_z3_config.json") == "examples/deepspeed/ds_z3_config.json"
+    assert deepspeed_note(validate_config({**BASE, "deepspeed": "examples/deepspeed/ds_z3_config.json"})) is None

@@ -64,7 +64,9 @@ def validate(ctx: typer.Context, config: LooseConfigArg = None, set_: SetOpt = N
     _, report = gather(lambda: check_prequantized(cfg), lambda: validate_setup(cfg))
     for line in machine_problems(cfg):  # the file is right, this machine cannot run it: `train` stops on these
         typer.echo(f"warning: {line}", err=True)
-    for line in config_notes(cfg):
+    from sftkit.training.distributed import deepspeed_note
+
+    for line in [*config_notes(cfg), *filter(None, [deepspeed_note(cfg)])]:
         typer.echo(f"note: {line}", err=True)
     for note in environment_notes(cfg):  # settings this machine will not honour, that need not stop a run
         typer.echo(f"note: {note}", err=True)

@@ -88,7 +88,7 @@ OTHER_KEYS: dict[str, str] = {
                        "packing",
     **_same("LLaMA-Factory's KTransformers MoE backend; no equivalent, remove it",
             "kt_cpu_activation", "kt_weight_path", "kt_non_expert_weight_path", "kt_expert_checkpoint_path",
-            "kt_use_lora_experts", "kt_lora_expert_num", "kt_lora_expert_intermediate_size"),
+            "kt_use_lora_experts", "kt_lora_expert_num", "kt_lora_expert_intermediate_size", "kt_config"),
     # inference and export
     "infer_backend": "LLaMA-Factory's inference engine (huggingface, vllm, sglang); " + _INFERENCE,
     "infer_dtype": "LLaMA-Factory's dtype at inference; sftkit chat uses the weights' dtype, remove it",

@@ -271,6 +271,8 @@ def _describe(exc: ValidationError) -> list[tuple[str | None, str]]:
         top = str(err["loc"][0]) if err["loc"] else None
         if err["type"] == "extra_forbidden":
             lines.append((top, _unknown_key(str(err["loc"][0]))))
+        elif err["type"] == "missing" and len(err["loc"]) == 1:  # the input is the whole config: not worth quoting
+            lines.append((top, f"{key}: required; set it in the config (or as {key}=VALUE on the command line)"))
         elif key is None:  # from the cross-field validator: already one line per problem
             lines.extend((None, line) for line in err["msg"].removeprefix("Value error, ").splitlines())
         else:

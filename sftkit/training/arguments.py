@@ -75,7 +75,7 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=cfg.dataloader_num_workers,
         trust_remote_code=cfg.trust_remote_code,
         # distributed passthrough
-        deepspeed=cfg.deepspeed, fsdp=cfg.fsdp or None, fsdp_config=_fsdp_config(cfg), ddp_timeout=cfg.ddp_timeout,
+        deepspeed=deepspeed_file(cfg.deepspeed) if cfg.deepspeed else None, fsdp=cfg.fsdp or None, fsdp_config=_fsdp_config(cfg), ddp_timeout=cfg.ddp_timeout,
         # every trainable parameter is used (LoRA or full), so DDP can skip its per-step unused-parameter search
         ddp_find_unused_parameters=False, log_level_replica="error",
         # Liger's kernels (and its fused linear cross-entropy in SftkitTrainer) where a GPU and the package exist
