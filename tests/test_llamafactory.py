@@ -490,3 +490,20 @@ def test_llamafactory_deepspeed_paths_resolve_to_sftkits_copies(tmp_path: Path, 
     mine.write_text("{}")
     assert deepspeed_file("examples/deepspeed/ds_z3_config.json") == "examples/deepspeed/ds_z3_config.json"
     assert deepspeed_note(validate_config({**BASE, "deepspeed": "examples/deepspeed/ds_z3_config.json"})) is None
+
+
+def test_tool_format_replaces_a_named_templates_own(tiny_tokenizer) -> None:
+    import json
+
+    from sftkit.data.tokenizer import named_template
+
+    cfg = validate_config({**BASE, "template": "qwen", "tool_format": "mistral"})
+    call = json.dumps({"name": "f", "arguments": {"x": 1}})
+    turns = [{"role": "user", "content": "q"}, {"role": "function_call", "content": call}]
+    text = "".join(s.text for s in named_template(cfg).segments(turns, json.dumps([{"name": "f"}])))
+    assert "[AVAILABLE_TOOLS]" in text and "[TOOL_CALLS] [" in text and "<tool_call>" not in text
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "tool_format": "qwen"}).value.problems
+    assert line.startswith("<config>: tool_format: applies to a named template only")
+    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "template": "qwen", "tool_format": "glm4"}
+                            ).value.problems
+    assert "'glm4' is a LLaMA-Factory tool format sftkit cannot write" in line

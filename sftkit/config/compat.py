@@ -21,6 +21,8 @@ FALSE_ONLY = {
     "use_v1_kernels": "true is refused: LLaMA-Factory's v1 fused kernels have no sftkit equivalent; remove it (or "
                       "set enable_liger_kernel: true for fused kernels on a GPU)",
 }
+# LLaMA-Factory's tool_format names -> the tool formats sftkit's named templates write (sftkit.templates).
+TOOL_FORMAT_NAMES = {"qwen": "hermes", "llama3": "llama3", "mistral": "mistral"}
 TRUE_ONLY = {
     "save_safetensors": "false is refused: sftkit saves safetensors only (transformers 5 dropped the .bin format); "
                         "remove it",
@@ -49,6 +51,10 @@ class CompatConfig(BaseModel):
     include_num_input_tokens_seen: bool | Literal["all", "non_padding", "no"] = documented(
         "no", "transformers' token counter; sftkit always counts the tokens trained on (num_tokens in the logs, "
         "tokens_seen in metrics.json), so any value is accepted and changes nothing.", "training")
+    tool_format: str | None = documented(
+        None, "LLaMA-Factory's tool-call format for a named template, replacing the template's own: qwen (Hermes "
+        "<tool_call> JSON), llama3 (Llama 3.1 JSON calls) or mistral ([TOOL_CALLS]). Unset: the template's "
+        "own; the model's own chat template always writes tools its way.", "data")
     save_safetensors: bool = documented(
         True, "transformers' older key; sftkit always saves safetensors, so accepted as true only.", "output")
 
@@ -57,6 +63,15 @@ class CompatConfig(BaseModel):
     def _compat_false_only(cls, value: bool, info: ValidationInfo) -> bool:
         if value:
             raise ValueError(FALSE_ONLY[info.field_name])
+        return value
+
+    @field_validator("tool_format")
+    @classmethod
+    def _known_tool_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in TOOL_FORMAT_NAMES:
+            raise ValueError(f"{value!r} is a LLaMA-Factory tool format sftkit cannot write; use one of "
+                             f"{', '.join(TOOL_FORMAT_NAMES)}, or remove it and leave template unset to train with "
+                             "the model's own chat template, which writes tools its way")
         return value
 
     @field_validator("save_safetensors")
@@ -93,4 +108,11 @@ def check_group_by_length(c: SftConfig) -> str | None:
     return None
 
 
-COMPAT_CHECKS = (check_gradient_checkpointing, check_do_eval, check_group_by_length)
+def check_tool_format(c: SftConfig) -> str | None:
+    if c.tool_format and c.template is None:
+        return ("tool_format: applies to a named template only (the model's own chat template writes tools its "
+                "way); set template, or remove tool_format")
+    return None
+
+
+COMPAT_CHECKS = (check_gradient_checkpointing, check_do_eval, check_group_by_length, check_tool_format)

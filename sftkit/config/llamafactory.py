@@ -127,8 +127,6 @@ OTHER_KEYS: dict[str, str] = {
     "ignore_pad_token_for_loss": "LLaMA-Factory's padding mask in the loss; sftkit never trains on padding, remove it",
     "eval_on_each_dataset": "LLaMA-Factory evaluates each eval dataset apart; no equivalent in training (sftkit eval "
                             "RUN_DIR --dataset NAME scores one afterwards), remove it",
-    "tool_format": "LLaMA-Factory's tool-call format; sftkit's template decides it (template, or the model's own "
-                   "chat template), remove it",
     "preserve_thinking": "LLaMA-Factory keeps reasoning in earlier turns; sftkit renders what the template renders, "
                          "remove it",
     "tokenized_path": "LLaMA-Factory saves (or loads) the tokenized dataset there; sftkit caches tokenized data "
