@@ -175,6 +175,7 @@ def test_commented_yaml_round_trips() -> None:
 
 def test_a_llamafactory_template_name_we_cover_says_which_to_use() -> None:
     with pytest.raises(ConfigError, match=r"unknown template 'qwen2_vl' \(text-only training of Qwen2-VL uses qwen\); "
+                                          r"leave template unset to train in the model's own format \(its tokenizer's chat template\), or "
                                           r"choose one of chatml, ernie_nothink, llama3, qwen, "):
         validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen2_vl"})
 

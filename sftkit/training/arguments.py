@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.config.methods import GALORE_OPTIM
 from sftkit.training.loss import liger_available
+from sftkit.training.distributed import deepspeed_file
 from sftkit.training.memory import use_gradient_checkpointing
 
 if TYPE_CHECKING:
