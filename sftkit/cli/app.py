@@ -87,6 +87,9 @@ def split_command_line(config: Optional[str], extra: list[str]) -> tuple[Optiona
         SftkitError: a token that is neither the config file nor an override.
     """
     tokens = [config, *extra] if config is not None else list(extra)
+    if not tokens:
+        raise SftkitError("CONFIG: give a config file (sftkit train CONFIG [KEY=VALUE ...]), or every key as "
+                          "--key value (see --help)")
     path = None
     if tokens and not tokens[0].startswith("-") and "=" not in tokens[0]:
         path = Path(tokens.pop(0))
