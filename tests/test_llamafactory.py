@@ -507,3 +507,22 @@ def test_tool_format_replaces_a_named_templates_own(tiny_tokenizer) -> None:
     (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "template": "qwen", "tool_format": "glm4"}
                             ).value.problems
     assert "'glm4' is a LLaMA-Factory tool format sftkit cannot write" in line
+
+
+@pytest.mark.integration  # trains the tiny model 2 updates
+def test_do_eval_evaluates_after_training(tiny_model_dir: Path, bundled_data: Path, tmp_path: Path) -> None:
+    import json
+
+    from sftkit.training import train
+
+    cfg = validate_config({"model_name_or_path": str(tiny_model_dir), "dataset": "demo_alpaca",
+                           "dataset_dir": str(bundled_data), "template": "chatml", "max_samples": 8, "val_size": 4,
+                           "cutoff_len": 64, "per_device_train_batch_size": 2, "max_steps": 2, "report_to": "none",
+                           "eval_strategy": "no", "do_eval": True,
+                           "output_dir": str(tmp_path / "run")})
+    run = train(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["eval_loss"] is not None  # eval_strategy: no, so only do_eval's final evaluation gave it
+    (tmp_path / "again").mkdir()
+    off = train(cfg.model_copy(update={"do_eval": False, "output_dir": str(tmp_path / "again" / "run")}))
+    assert json.loads((off / "metrics.json").read_text())["eval_loss"] is None

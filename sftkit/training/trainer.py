@@ -244,7 +244,9 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
         callbacks.append(samples)
     with no_dataset_bars():  # TRL packs the rows here: a pass the user did not ask to watch
         trainer = SftkitTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=train_rows,
-                                eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
+                                # do_eval (LLaMA-Factory's): evaluated once after training, whatever eval_strategy says
+                                eval_dataset=eval_rows if cfg.does_eval or cfg.do_eval else None,
+                                processing_class=tokenizer,
                                 callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size, method_config=cfg,
                                 loss_variant=loss_variant_for(cfg.loss_variant, _variant_alpha(cfg), model))
     if cfg.use_badam:  # as badam's README: its callback, and clipping that handles its sparse gradients
