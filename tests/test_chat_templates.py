@@ -124,6 +124,8 @@ def check_every_row(tokenizer: Any, template: JinjaTemplate, rows: list[dict[str
     thinking = dict(v for v in getattr(template, "variables", ()) if v[0] == "enable_thinking")
     for row, got in zip(rows, encoded, strict=True):
         tools = json.loads(row["tools"]) if row["tools"] else None
+        # OpenAI's shape, as transformers writes a schema and the model templates read it (glaive's are bare)
+        tools = [t if t.get("type") == "function" else {"type": "function", "function": t} for t in tools or []] or None
         text = tokenizer.apply_chat_template(template_chat(template, row["messages"]), tools=tools, tokenize=False,
                                              **thinking)
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
@@ -751,3 +753,52 @@ def test_a_reply_the_template_rewrites_past_finding_is_refused(tiny_model_dir, c
     row = encode_conversation(tokenizer, template, TWO_TURNS, None, 4096, mask_history=True)  # the last reply only
     assert tokenizer.decode([t for t, label in zip(row.input_ids, row.labels) if label != IGNORE_INDEX]) == (
         "Fine.<|im_end|>")
+
+
+# ---------------------------------------------------------------------------- end tokens of other shapes (issue 29)
+
+def test_glm_shape_without_a_token_after_a_reply_stops_at_the_next_turns_token(tiny_tokenizer) -> None:
+    """GLM-4.5 to 4.7 write nothing after a reply (LLaMA-Factory's efficient_eos glm4_moe): the model's own template
+    then ends a reply at the next role token, and trains as the named glm4 template (the same shape) does."""
+    named = get_template("glm4").bind(tiny_tokenizer)
+    prepare_tokenizer(tiny_tokenizer, named)
+    own = JinjaTemplate.from_tokenizer(tiny_tokenizer, named.jinja(), "model's own", "glm4_7")
+    assert own.end_token == "" and own.stop_words == ("<|user|>", "<|observation|>")
+    assert own.stop_token_ids(tiny_tokenizer)[:2] == tiny_tokenizer.convert_tokens_to_ids(["<|user|>", "<|observation|>"])
+    assert encode_conversation(tiny_tokenizer, own, ONE, None, 4096) == encode_conversation(
+        tiny_tokenizer, named, ONE, None, 4096)
+
+
+def test_nemotron_shape_with_a_newline_before_the_end_token(tiny_tokenizer) -> None:
+    """Nemotron Nano v2 writes a newline between a reply and its end token: both are the reply's end (trained)."""
+    tiny_tokenizer.add_special_tokens({"additional_special_tokens": ["<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>"]})
+    source = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<SPECIAL_11>Assistant\n{{ m['content'] }}\n"
+              "<SPECIAL_12>\n{% else %}<SPECIAL_11>{{ m['role'] | capitalize }}\n{{ m['content'] }}\n{% endif %}"
+              "{% endfor %}{% if add_generation_prompt %}<SPECIAL_11>Assistant\n{% endif %}")
+    own = JinjaTemplate.from_tokenizer(tiny_tokenizer, source, "model's own", "nemotron_nano_v2")
+    assert own.end_token == "\n<SPECIAL_12>"
+    row = encode_conversation(tiny_tokenizer, own, ONE, None, 4096)
+    trained = tiny_tokenizer.decode([i for i, label in zip(row.input_ids, row.labels, strict=True)
+                                     if label != IGNORE_INDEX])
+    assert trained == "Hello there.\n<SPECIAL_12>Fine.\n<SPECIAL_12>"
+
+
+def test_own_template_gets_openai_shaped_schemas_and_mistral_style_call_ids(tiny_tokenizer) -> None:
+    """Schemas reach the template as {"type": "function", "function": ...}; a template that checks tool-call ids gets
+    9 letters and digits, the same for the same row every time, and each result the id of its call."""
+    source = ("{% for t in tools or [] %}[T]{{ t.function.name }}{% endfor %}{% for m in messages %}"
+              "{% if m.tool_calls %}{% for c in m.tool_calls %}{% if c.id | length != 9 %}"
+              "{{ raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{% endif %}"
+              "[C]{{ c.id }}:{{ c.function.name }}</s>{% endfor %}{% elif m.role == 'tool' %}[R]{{ m.tool_call_id }}:"
+              "{{ m.content }}{% elif m.role == 'assistant' %}{{ m.content }}</s>{% else %}[U]{{ m.content }}{% endif %}"
+              "{% endfor %}{% if add_generation_prompt %}[A]{% endif %}")
+    own = JinjaTemplate.from_tokenizer(tiny_tokenizer, source, "model's own", "mistral_like")
+    turns = [{"role": "user", "content": "Weather?"}, {"role": "function_call",
+                                                      "content": json.dumps({"name": "get_weather", "arguments": {}})},
+             {"role": "observation", "content": "21"}, {"role": "assistant", "content": "21 °C."}]
+    tools = json.dumps([{"name": "get_weather", "parameters": {"type": "object", "properties": {}}}])
+    text = "".join(s.text for s in own.segments(turns, tools))
+    assert text.startswith("[T]get_weather[U]Weather?[C]")
+    call_id = text.split("[C]")[1][:9]
+    assert call_id.isalnum() and len(call_id) == 9 and f"[R]{call_id}:21" in text
+    assert "".join(s.text for s in own.segments(turns, tools)) == text  # deterministic per row

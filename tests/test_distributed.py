@@ -20,7 +20,7 @@ import yaml
 
 from sftkit.config import check_environment, load_config, validate_config
 from sftkit.training.distributed import check_distributed
-from sftkit.errors import ConfigError
+from sftkit.errors import ConfigError, SftkitError
 from sftkit.model import Precision
 from sftkit.training import train
 from sftkit.training.arguments import build_sft_config
@@ -251,3 +251,77 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_saved_step(tiny_model_dir: 
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["global_step"] == 40
+
+
+# ---------------------------------------------------------------------------- sftkit train starting torchrun itself
+
+def test_force_torchrun_builds_llamafactorys_torchrun_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftkit.training.launch import torchrun_command
+
+    for name in ("LOCAL_RANK", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "FORCE_TORCHRUN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert torchrun_command(["c.yaml"]) is None  # one device or none: train in this process
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    command = torchrun_command(["c.yaml", "lr=1"])
+    assert command == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--node_rank", "0",
+                       "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "29511", "-m", "sftkit",
+                       "train", "c.yaml", "lr=1"]
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a process torchrun started never launches again
+    assert torchrun_command(["c.yaml"]) is None
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("NODE_RANK", "2")
+    with pytest.raises(SftkitError, match="NODE_RANK=2: must be below NNODES=2"):
+        torchrun_command(["c.yaml"])
+    monkeypatch.setenv("NODE_RANK", "x")
+    with pytest.raises(SftkitError, match="NODE_RANK=x: expected a whole number of at least 0"):
+        torchrun_command(["c.yaml"])
+
+
+def _force_torchrun_env(work: Path, **layout: str) -> dict[str, str]:
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "HF_DATASETS_CACHE": str(work / "cache"), "FORCE_TORCHRUN": "1", **layout}
+
+
+@pytest.mark.integration  # the command starts torchrun, which starts two processes
+def test_force_torchrun_trains_on_two_ranks_with_key_value_overrides(tiny_model_dir: Path, bundled_data: Path,
+                                                                      tmp_path: Path) -> None:
+    """LLaMA-Factory's `FORCE_TORCHRUN=1 NPROC_PER_NODE=2 llamafactory-cli train X.yaml key=value`, here."""
+    values = tiny_run_config(tiny_model_dir, bundled_data, tmp_path / "run", accumulation=1)
+    config = write_config(tmp_path, values | {"max_steps": 3, "eval_strategy": "no", "val_size": 0})
+    run = subprocess.run([sys.executable, "-m", "sftkit", "train", str(config), "max_steps=2", "save_steps=2"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env=_force_torchrun_env(tmp_path, NPROC_PER_NODE="2"), timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "starting torchrun: -m torch.distributed.run --nnodes 1 --node_rank 0 --nproc_per_node 2" in run.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 2  # the override reached both ranks
+    assert {p.name for p in (tmp_path / "run" / "checkpoint-2").glob("rng_state*")} == {"rng_state_0.pth",
+                                                                                       "rng_state_1.pth"}
+
+
+@pytest.mark.integration  # two "nodes" on loopback, one process each
+def test_two_nodes_on_loopback_train_as_one_run(tiny_model_dir: Path, bundled_data: Path, tmp_path: Path) -> None:
+    """NNODES=2, NODE_RANK=0/1, MASTER_ADDR/MASTER_PORT as LLaMA-Factory reads them: each node in its own folder
+    (its own disk), the run is saved once, by node 0."""
+    from sftkit.training.launch import free_port
+
+    port = str(free_port())
+    nodes = []
+    for rank in (0, 1):
+        work = tmp_path / f"node{rank}"
+        work.mkdir()
+        values = tiny_run_config(tiny_model_dir, bundled_data, Path("run"), accumulation=1)
+        config = write_config(work, values | {"max_steps": 2, "save_steps": 2, "eval_strategy": "no", "val_size": 0})
+        env = _force_torchrun_env(work, NNODES="2", NODE_RANK=str(rank), NPROC_PER_NODE="1",
+                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        nodes.append(subprocess.Popen([sys.executable, "-m", "sftkit", "train", str(config)], cwd=work, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    metrics = json.loads((tmp_path / "node0" / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 2
+    assert not (tmp_path / "node1" / "run" / "metrics.json").exists()

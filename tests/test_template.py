@@ -64,7 +64,8 @@ def test_template_names_match_config() -> None:
     from sftkit.templates import TEMPLATES as ALL
 
     assert tuple(get_template(name).name for name in ALL) == ALL and ALL[:3] == TEMPLATES
-    with pytest.raises(ConfigError, match="chatml, ernie_nothink, llama3, qwen.*leave template unset"):
+    with pytest.raises(ConfigError, match="leave template unset to train in the model's own format.*chatml, "
+                                          "ernie_nothink, llama3, qwen"):
         get_template("mistral7")
 
 
@@ -227,3 +228,55 @@ def test_parse_tools(tools: str | None, expected: list) -> None:
 def test_invalid_tools_are_data_errors(tools: str) -> None:
     with pytest.raises(DataError, match="tools"):
         get_template("chatml").render(SINGLE, tools)
+
+
+# ---------------------------------------------------------------------------- LLaMA-Factory's templates (issue 29)
+
+ADDED = ("qwen3_5", "qwen3_5_nothink", "yi", "smollm2", "intern2", "lfm2", "deepseek", "deepseekr1", "gemma2", "phi",
+         "cohere", "granite3", "hunyuan", "olmo")
+HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello!"}]
+# Each as LLaMA-Factory's data/template.py renders [system, user, assistant] (its format_prefix + system + user
+# slots, then the assistant slot; {bos}/{eos} for the tokenizer's tokens).
+LLAMAFACTORY_TEXT = {
+    "qwen3_5_nothink": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                       "<|im_start|>assistant\nHello!<|im_end|>\n",
+    "deepseek": "{bos}Be brief.\n\nUser: Hi\n\nAssistant:Hello!{eos}",
+    "deepseekr1": "{bos}Be brief.<｜User｜>Hi<｜Assistant｜><think>\n\n</think>\n\nHello!{eos}",
+    "phi": "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n",
+    "granite3": "<|start_of_role|>system<|end_of_role|>Be brief.<|end_of_text|>\n<|start_of_role|>user<|end_of_role|>"
+                "Hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>Hello!<|end_of_text|>\n",
+    "hunyuan": "<|startoftext|>Be brief.<|extra_4|>Hi<|extra_0|>Hello!<|eos|>",
+    "cohere": "{bos}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Be brief.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>"
+              "<|USER_TOKEN|>Hi<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello!<|END_OF_TURN_TOKEN|>",
+    "gemma2": "{bos}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n",
+    "olmo": "{eos}Be brief.<|user|>\nHi<|assistant|>\nHello!{eos}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMAFACTORY_TEXT))
+def test_added_template_renders_as_llamafactory(name: str) -> None:
+    assert text(name, HI) == LLAMAFACTORY_TEXT[name]
+
+
+@pytest.mark.parametrize("name", ADDED)
+def test_added_template_ends_replies_on_its_token_and_its_jinja_reproduces_training(tiny_tokenizer, name: str) -> None:
+    from sftkit.templates import TEMPLATES as ALL
+
+    template = get_template(name)
+    assert name in ALL and template.assistant.partition("{content}")[2].startswith(template.end_token)
+    bound = template.bind(tiny_tokenizer)  # {bos} and {eos} become the tokenizer's own tokens
+    prepare_tokenizer(tiny_tokenizer, bound)
+    assert tiny_tokenizer.apply_chat_template(MULTI, tokenize=False) == "".join(
+        piece for piece, _ in bound.render(MULTI))
+    assert tiny_tokenizer.apply_chat_template(MULTI[:-1], tokenize=False, add_generation_prompt=True) == (
+        bound.generation_prompt(MULTI[:-1]))
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "lfm2", "deepseek"])
+def test_added_template_without_a_tool_format_says_to_use_the_models_own(name: str) -> None:
+    with pytest.raises(DataError, match="tool"):
+        text(name, TOOL_TURNS, TOOLS)
+    if name != "deepseek":
+        with pytest.raises(DataError, match="leave template unset to train with the model's own chat template"):
+            text(name, TOOL_TURNS, TOOLS)

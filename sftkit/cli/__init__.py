@@ -10,43 +10,63 @@ Modules: `app` (the Typer apps, help formatting, shared options, config loading)
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from sftkit.cli import data as _data  # noqa: F401  (registers `sftkit data ...`)
-from sftkit.cli.app import ConfigArg, SetOpt, load, app, command
+from sftkit.cli.app import (LLAMAFACTORY_ARGS, LooseConfigArg, SetOpt, app, command, load,
+                            split_command_line)
 from sftkit.errors import SftkitError, gather
 
 
-@command()
+@command(context_settings=LLAMAFACTORY_ARGS)
 def train(
-    config: ConfigArg,
+    ctx: typer.Context,
+    config: LooseConfigArg = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Train into a non-empty output_dir, replacing it.")] = False,
     resume: Annotated[Optional[str], typer.Option(
         help="Continue from a checkpoint: 'latest' (the newest complete one in output_dir) or a path.")] = None,
 ) -> None:
-    """Fine-tune a model as the config says: data -> model -> adapter -> TRL SFTTrainer -> save."""
-    cfg = load(config, set_)
+    """Fine-tune a model as the config says: data -> model -> adapter -> TRL SFTTrainer -> save.
+
+    LLaMA-Factory's forms work too: `sftkit train X.yaml learning_rate=1e-5`, `sftkit train --model_name_or_path M
+    --dataset D --output_dir O`. With several GPUs (or FORCE_TORCHRUN=1) it starts torchrun itself: NNODES,
+    NODE_RANK, NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT as LLaMA-Factory reads them.
+    """
+    path, overrides = split_command_line(config, ctx.args)
+    cfg = load(path, [*overrides, *(set_ or [])])  # every problem before any process starts
+    from sftkit.training.launch import run_torchrun, torchrun_command
+
+    command_line = torchrun_command(sys.argv[2:] if sys.argv[1:2] == ["train"] else [*sys.argv[1:]])
+    if command_line is not None:
+        typer.echo(f"starting torchrun: {shlex.join(command_line[1:])}", err=True)
+        raise SystemExit(run_torchrun(command_line))
     from sftkit.training import train as run
 
     run(cfg, overwrite=overwrite, resume=resume if resume is not None else cfg.resume)
 
 
-@command()
-def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+@command(context_settings=LLAMAFACTORY_ARGS)
+def validate(ctx: typer.Context, config: LooseConfigArg = None, set_: SetOpt = None) -> None:
     """Check the config, every dataset, the model's files (no weights loaded) and that the template can train on
-    every row."""
-    cfg = load(config, set_)
+    every row. Overrides as for train: key=value after the file, or --key value without one."""
+    path, overrides = split_command_line(config, ctx.args)
+    cfg = load(path, [*overrides, *(set_ or [])])
+    config = str(path) if path is not None else "the command line"
     from sftkit.config import check_prequantized, config_notes, environment_notes, machine_problems
     from sftkit.data import validate_setup
 
     _, report = gather(lambda: check_prequantized(cfg), lambda: validate_setup(cfg))
     for line in machine_problems(cfg):  # the file is right, this machine cannot run it: `train` stops on these
         typer.echo(f"warning: {line}", err=True)
-    for line in config_notes(cfg):
+    from sftkit.training.distributed import deepspeed_note
+
+    for line in [*config_notes(cfg), *filter(None, [deepspeed_note(cfg)])]:
         typer.echo(f"note: {line}", err=True)
     for note in environment_notes(cfg):  # settings this machine will not honour, that need not stop a run
         typer.echo(f"note: {note}", err=True)

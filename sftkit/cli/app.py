@@ -62,10 +62,55 @@ ModelConfigOpt = Annotated[Optional[Path], typer.Option(
     help="Config whose datasets, template and masks are used (default: the run's own sftkit_config.yaml).")]
 
 
-def load(config: Path, overrides: Optional[list[str]]):  # -> SftConfig, kept light for --help
+# `sftkit train X.yaml key=value` and `sftkit train --key value ...` (LLaMA-Factory's command line): the tokens
+# Typer does not know reach the command as extra arguments.
+LLAMAFACTORY_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+LooseConfigArg = Annotated[Optional[str], typer.Argument(
+    help="YAML config file (see `sftkit keys`); then any key=value overrides (a.b=v sets a nested key). Without "
+         "a file, the keys as --key value (LLaMA-Factory's flag form).", metavar="CONFIG [KEY=VALUE ...]",
+    show_default=False)]
+
+
+def load(config: Optional[Path], overrides: Optional[list[Any]]):  # -> SftConfig, kept light for --help
     from sftkit.config import load_config
 
     return load_config(config, overrides or [])
+
+
+def split_command_line(config: Optional[str], extra: list[str]) -> tuple[Optional[Path], list[tuple[str, str]]]:
+    """LLaMA-Factory's `train X.yaml key=value ...` or `train --key value ...`: (the file or None, overrides).
+
+    Each override is (as the user wrote it, "key=value"); a `--key` followed by another option or by nothing is
+    a true flag (`--do_train`), as transformers' argument parser reads it.
+
+    Raises:
+        SftkitError: a token that is neither the config file nor an override.
+    """
+    tokens = [config, *extra] if config is not None else list(extra)
+    if not tokens:
+        raise SftkitError("CONFIG: give a config file (sftkit train CONFIG [KEY=VALUE ...]), or every key as "
+                          "--key value (see --help)")
+    path = None
+    if tokens and not tokens[0].startswith("-") and "=" not in tokens[0]:
+        path = Path(tokens.pop(0))
+    overrides = []
+    while tokens:
+        token = tokens.pop(0)
+        if token.startswith("--") and len(token) > 2:
+            key, sep, value = token[2:].partition("=")
+            if not sep and tokens and not tokens[0].startswith("--"):
+                value = tokens.pop(0)
+                token = f"{token} {value}"
+            elif not sep:
+                value = "true"
+            overrides.append((token, f"{key}={value}"))
+        elif "=" in token and not token.startswith("-"):
+            overrides.append((token, token))
+        else:
+            hint = " (one config file only)" if path is not None and not token.startswith("-") else ""
+            raise SftkitError(f"{token}: unexpected argument{hint}; give settings as key=value after the config "
+                              "file, as --key value without one, or as --set key=value")
+    return path, overrides
 
 
 def model_config(model: str, config: Optional[Path], overrides: Optional[list[str]]):  # -> SftConfig

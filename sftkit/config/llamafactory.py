@@ -67,9 +67,6 @@ OTHER_KEYS: dict[str, str] = {
     "shift_attn": "LLaMA-Factory's LongLoRA shift short attention (S^2-Attn); no equivalent, remove it",
     "use_unsloth_gc": "LLaMA-Factory's unsloth gradient checkpointing; use gradient_checkpointing: true",
     "moe_aux_loss_coef": "LLaMA-Factory weights mixture-of-experts router loss; no equivalent, remove it",
-    "disable_gradient_checkpointing": "LLaMA-Factory checkpoints activations unless this is true; sftkit does only "
-                                      "with gradient_checkpointing: true, so remove it (and set that to keep the "
-                                      "memory)",
     "use_reentrant_gc": "LLaMA-Factory's reentrant gradient checkpointing; sftkit always uses the non-reentrant one, "
                         "remove it",
     "upcast_layernorm": "LLaMA-Factory keeps layer norms in float32; no equivalent, remove it",
@@ -78,7 +75,6 @@ OTHER_KEYS: dict[str, str] = {
     "train_from_scratch": "LLaMA-Factory trains randomly initialised weights; no equivalent, remove it",
     "offload_folder": "LLaMA-Factory's folder for offloaded weights; no equivalent, remove it (DeepSpeed offload: "
                       "configs/deepspeed/ds_z3_offload_config.json)",
-    "use_v1_kernels": "LLaMA-Factory's v1 fused kernels; use enable_liger_kernel: true for fused kernels on a GPU",
     "use_kt": "LLaMA-Factory's KTransformers MoE backend; no equivalent, remove it",
     "hf_hub_token": "LLaMA-Factory's hub token; sftkit reads it from HF_TOKEN (or huggingface-cli login), remove it",
     "ms_hub_token": "LLaMA-Factory's ModelScope token; sftkit does not use ModelScope, remove it",
@@ -92,7 +88,7 @@ OTHER_KEYS: dict[str, str] = {
                        "packing",
     **_same("LLaMA-Factory's KTransformers MoE backend; no equivalent, remove it",
             "kt_cpu_activation", "kt_weight_path", "kt_non_expert_weight_path", "kt_expert_checkpoint_path",
-            "kt_use_lora_experts", "kt_lora_expert_num", "kt_lora_expert_intermediate_size"),
+            "kt_use_lora_experts", "kt_lora_expert_num", "kt_lora_expert_intermediate_size", "kt_config"),
     # inference and export
     "infer_backend": "LLaMA-Factory's inference engine (huggingface, vllm, sglang); " + _INFERENCE,
     "infer_dtype": "LLaMA-Factory's dtype at inference; sftkit chat uses the weights' dtype, remove it",
@@ -125,18 +121,12 @@ OTHER_KEYS: dict[str, str] = {
             "eval_num_beams", "generation_max_length", "generation_num_beams", "generation_config"),
     "do_predict": "LLaMA-Factory generates answers for eval_dataset; use sftkit predict RUN_DIR --out FILE",
     "predict_with_generate": "LLaMA-Factory generates answers at prediction; use sftkit predict RUN_DIR --out FILE",
-    "do_eval": "LLaMA-Factory evaluates with do_eval; sftkit evaluates by eval_strategy (with val_size or "
-               "eval_dataset), remove it",
-    "compute_accuracy": "LLaMA-Factory's token accuracy at evaluation; sftkit evaluates the loss (sftkit eval adds "
-                        "perplexity), remove it",
     # data
     "media_dir": "LLaMA-Factory's folder of images, videos and audio; " + _TEXT_ONLY,
     "buffer_size": "LLaMA-Factory's shuffle buffer when streaming; sftkit does not stream, remove it",
     "ignore_pad_token_for_loss": "LLaMA-Factory's padding mask in the loss; sftkit never trains on padding, remove it",
     "eval_on_each_dataset": "LLaMA-Factory evaluates each eval dataset apart; no equivalent in training (sftkit eval "
                             "RUN_DIR --dataset NAME scores one afterwards), remove it",
-    "tool_format": "LLaMA-Factory's tool-call format; sftkit's template decides it (template, or the model's own "
-                   "chat template), remove it",
     "preserve_thinking": "LLaMA-Factory keeps reasoning in earlier turns; sftkit renders what the template renders, "
                          "remove it",
     "tokenized_path": "LLaMA-Factory saves (or loads) the tokenized dataset there; sftkit caches tokenized data "
@@ -192,7 +182,34 @@ OTHER_KEYS: dict[str, str] = {
     "prediction_loss_only": "sftkit evaluates the loss only; remove it",
 }
 
-UNSUPPORTED_LLAMAFACTORY_KEYS: dict[str, str] = {**METHOD_KEYS, **OTHER_KEYS}
+# LLaMA-Factory's Megatron settings (its MegatronBridge arguments; USE_MCA reads the same names through
+# mcore_adapter): parallelism and fusions of Megatron-Core, which sftkit does not run.
+MEGATRON_KEYS: dict[str, str] = _same(
+    "LLaMA-Factory's Megatron (USE_MCA / MegatronBridge) setting; sftkit trains with transformers, sharded by "
+    "deepspeed or fsdp (no tensor, pipeline or expert parallelism): remove it",
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
+    "context_parallel_size", "virtual_pipeline_model_parallel_size", "sequence_parallel", "recompute_granularity",
+    "recompute_method", "recompute_num_layers", "account_for_embedding_in_pipeline_split",
+    "account_for_loss_in_pipeline_split", "bias_activation_fusion", "apply_rope_fusion", "masked_softmax_fusion",
+    "cross_entropy_loss_fusion", "moe_grouped_gemm", "moe_token_dispatcher_type", "calculate_per_token_loss",
+    "use_distributed_optimizer", "overlap_param_gather", "overlap_grad_reduce", "use_packed_sequences",
+    "mixed_precision", "megatron_pretrained_checkpoint", "export_hf_on_finish", "extra_config")
+
+UNSUPPORTED_LLAMAFACTORY_KEYS: dict[str, str] = {**METHOD_KEYS, **OTHER_KEYS, **MEGATRON_KEYS}
+
+# Top-level keys of LLaMA-Factory's v1 configs (USE_V1=1: nested model / peft / dataset sections) that the v0
+# schema sftkit reads never has; a file with any of them is named as v1 in one line.
+V1_KEYS = ("model", "model_class", "peft_config", "kernel_config", "dist_config", "quant_config", "init_config",
+           "optim_config", "train_dataset", "micro_batch_size", "batching_strategy", "sample_backend", "cp_size",
+           "cp_mode")
+V1_MESSAGE = ("this is LLaMA-Factory's v1 schema (USE_V1=1: model:, peft_config:, train_dataset: ...), which sftkit "
+              "does not read; write it in LLaMA-Factory's v0 form, as in its examples/train_lora/qwen3_lora_sft.yaml "
+              "(model_name_or_path, finetuning_type: lora, lora_rank, dataset, per_device_train_batch_size, ...)")
+
+
+def v1_keys(raw: dict[str, object]) -> list[str]:
+    """The keys of `raw` that only LLaMA-Factory's v1 schema has (empty for a v0 or sftkit config)."""
+    return [key for key in V1_KEYS if key in raw]
 
 # transformers' TrainingArguments (the rest of LLaMA-Factory's training arguments) that sftkit neither takes nor
 # names above; tests compare this list with transformers'.
@@ -204,7 +221,7 @@ TRAINING_ARGUMENTS = (
     "ddp_bucket_cap_mb", "ddp_static_graph", "debug", "disable_tqdm", "enable_jit_checkpoint",
     "eval_accumulation_steps", "eval_delay", "eval_do_concat_batches", "eval_on_start", "eval_use_gather_object",
     "fp16_full_eval", "full_determinism", "hub_always_push", "hub_model_id", "hub_private_repo", "hub_revision",
-    "hub_strategy", "hub_token", "ignore_data_skip", "include_for_metrics", "include_num_input_tokens_seen",
+    "hub_strategy", "hub_token", "ignore_data_skip", "include_for_metrics",
     "label_names", "label_smoothing_factor", "length_column_name", "liger_kernel_config", "log_level",
     "log_level_replica", "log_on_each_node", "logging_first_step", "logging_nan_inf_filter", "optim_args",
     "optim_target_modules", "parallelism_config", "project", "push_to_hub", "restore_callback_states_from_checkpoint",

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sftkit.config.llamafactory import unsupported_message
+from sftkit.config.llamafactory import V1_MESSAGE, unsupported_message, v1_keys
 from sftkit.config.schema import SftConfig
 from sftkit.errors import ConfigError
 
@@ -23,15 +23,26 @@ MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything this big is the w
 MAX_DEPTH = 32  # the config is flat; fsdp_config nests a level or two
 MAX_NODES = 100_000  # values after alias expansion: a "billion laughs" document stops here
 _MAX_SHOWN = 200  # characters of a bad value quoted back in an error
+COMMAND_LINE = "the command line"  # what a config given only as overrides (no YAML file) is blamed as
+
+# An override: "key=value" (blamed as `--set key=value`), or (how the user wrote it, "key=value").
+Override = str | tuple[str, str]
 
 # ---------------------------------------------------------------------------- loading
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> SftConfig:
+def load_config(path: str | Path | None, overrides: list[Override] | None = None) -> SftConfig:
     """Reads a YAML config, applies `key=value` overrides and validates it.
 
+    Args:
+        path: the YAML file; None builds the config from the overrides alone (LLaMA-Factory's flag form).
+        overrides: "key=value" (OmegaConf's dotted form, `fsdp_config.offload_params=true`, sets a nested key),
+            or (the text shown when it is blamed, "key=value").
+
     Raises:
-        ConfigError: every problem at once, each naming the file (or the `--set` option) and the key.
+        ConfigError: every problem at once, each naming the file (or the override) and the key.
     """
+    if path is None:
+        return _validated({}, COMMAND_LINE, overrides)
     path = Path(path)
     return _validated(_read_yaml(path), str(path), overrides)
 
@@ -50,18 +61,19 @@ def load_config_text(text: str, source: str) -> SftConfig:
     return _validated(_mapping(Path(source), _parse_yaml(Path(source), text)), source, None)
 
 
-def _validated(raw: dict[str, Any], source: str, overrides: list[str] | None) -> SftConfig:
-    """Applies the `--set` overrides to the file's keys and validates them; every problem at once."""
+def _validated(raw: dict[str, Any], source: str, overrides: list[Override] | None) -> SftConfig:
+    """Applies the overrides to the file's keys and validates them; every problem at once."""
     overridden = {}
     problems = []
     for override in overrides or []:
+        shown, text = override if isinstance(override, tuple) else (f"--set {override}", override)
         try:
-            key, value = _parse_override(override)
+            key, value = _parse_override(text, shown)
+            _assign(raw, key, value, shown)
         except ConfigError as exc:
             problems += exc.problems
             continue
-        raw[key] = value
-        overridden[key] = override
+        overridden[key.partition(".")[0]] = shown
     try:
         cfg = validate_config(raw, source=source, overridden=overridden)
     except ConfigError as exc:
@@ -81,8 +93,11 @@ def validate_config(raw: dict[str, Any], source: str = "<config>",
     Args:
         raw: the keys and values.
         source: what to blame for a bad key (the YAML file).
-        overridden: key -> the `--set` text that gave it; those keys are blamed on `--set` instead.
+        overridden: key -> how the override that gave it was written (`--set k=v`); those keys are blamed on
+            it instead.
     """
+    if (v1 := v1_keys(raw)) and "model_name_or_path" not in raw:
+        raise ConfigError(f"{source}: {', '.join(v1)}: {V1_MESSAGE}")
     try:
         return SftConfig.model_validate(raw)
     except ValidationError as exc:
@@ -91,7 +106,7 @@ def validate_config(raw: dict[str, Any], source: str = "<config>",
         bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
         described += [(None, line) for line in _cross_field_lines(raw, bad)
                       if line not in {text for _, text in described}]
-        lines = [f"--set {overridden[blamed]}: {line}" if (blamed := key or _mentioned_key(line, overridden))
+        lines = [f"{overridden[blamed]}: {line}" if (blamed := key or _mentioned_key(line, overridden))
                  in overridden else f"{source}: {line}" for key, line in described]
         raise ConfigError(*lines) from None
 
@@ -222,14 +237,30 @@ def _refuse_duplicate_keys(path: Path, node: yaml.MappingNode) -> None:
         first_line[key.value] = line
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def _parse_override(text: str, shown: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected key=value")
+        raise ConfigError(f"{shown.removesuffix(text)}{text!r}: expected key=value")
     try:
         return key.strip(), yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         return key.strip(), value
+
+
+def _assign(raw: dict[str, Any], key: str, value: Any, shown: str) -> None:
+    """Sets `key` in `raw`; a dotted key ("fsdp_config.offload_params") sets it inside the nested mapping, as
+    OmegaConf's command-line merge does (LLaMA-Factory's `llamafactory-cli train X.yaml a.b=1`)."""
+    *parents, last = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{shown}: {'.'.join(parents[:depth + 1])} is not a mapping, so {key} cannot be set; "
+                              f"set {'.'.join(parents[:depth + 1])}=VALUE instead")
+        node = child
+    node[last] = value
 
 
 def _describe(exc: ValidationError) -> list[tuple[str | None, str]]:
@@ -240,6 +271,8 @@ def _describe(exc: ValidationError) -> list[tuple[str | None, str]]:
         top = str(err["loc"][0]) if err["loc"] else None
         if err["type"] == "extra_forbidden":
             lines.append((top, _unknown_key(str(err["loc"][0]))))
+        elif err["type"] == "missing" and len(err["loc"]) == 1:  # the input is the whole config: not worth quoting
+            lines.append((top, f"{key}: required; set it in the config (or as {key}=VALUE on the command line)"))
         elif key is None:  # from the cross-field validator: already one line per problem
             lines.extend((None, line) for line in err["msg"].removeprefix("Value error, ").splitlines())
         else:

@@ -7,11 +7,12 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
+from sftkit.config.compat import COMPAT_CHECKS, CompatConfig, apply_compat
 from sftkit.config.fields import documented, split_commas
 from sftkit.config.llamafactory import OTHER_STAGES, REFUSED_TRUE
 from sftkit.config.methods import METHOD_CHECKS, MethodsConfig
 from sftkit.config.quality import QUALITY_CHECKS, DataQualityConfig
-from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES
+from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES, UNSET_HINT
 
 
 # transformers' logging integrations (report_to), plus "none" and "all"; tests compare with transformers' list.
@@ -34,9 +35,10 @@ GROUPS = ("model", "data", "finetuning", "training", "evaluation", "output", "di
 _field = documented
 
 
-class SftConfig(MethodsConfig, DataQualityConfig):
+class SftConfig(MethodsConfig, DataQualityConfig, CompatConfig):
     """Everything one fine-tuning run needs. Unknown keys are errors. The fine-tuning methods' and the data-quality
-    keys come from the mixins (sftkit.config.methods, sftkit.config.quality)."""
+    keys come from the mixins (sftkit.config.methods, sftkit.config.quality), LLaMA-Factory's and transformers'
+    keys taken for compatibility from sftkit.config.compat."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
 
@@ -78,8 +80,9 @@ class SftConfig(MethodsConfig, DataQualityConfig):
     template: str | None = _field(
         None, "Chat template used for training and written into the saved tokenizer. Unset: the model's own "
         "(its tokenizer's chat_template). Or a built-in name (LLaMA-Factory's): chatml, qwen, qwen3, "
-        "qwen3_nothink, llama2, llama3, mistral, gemma, gemma3, phi4, deepseek3, glm4, ernie, ernie_nothink, "
-        "default, empty, alpaca, vicuna.", "data")
+        "qwen3_nothink, qwen3_5, qwen3_5_nothink, llama2, llama3, mistral, gemma, gemma2, gemma3, phi, phi4, "
+        "deepseek, deepseekr1, deepseek3, glm4, ernie, ernie_nothink, yi, smollm2, intern2, lfm2, cohere, granite3, "
+        "hunyuan, olmo, default, empty, alpaca, vicuna. A LLaMA-Factory name not built in: leave it unset.", "data")
     chat_template: str | None = _field(
         None, "A Jinja chat template to train with instead of the model's own: a .jinja file, or the template "
         "text itself.", "data")
@@ -329,7 +332,7 @@ class SftConfig(MethodsConfig, DataQualityConfig):
     def _known_template(cls, value: str | None) -> str | None:
         if value is not None and value not in TEMPLATES:
             hint = f" ({TEMPLATE_HINTS[value]})" if value in TEMPLATE_HINTS else ""
-            raise ValueError(f"unknown template {value!r}{hint}; choose one of {', '.join(TEMPLATES)}")
+            raise ValueError(f"unknown template {value!r}{hint}; {UNSET_HINT}, or choose one of {', '.join(TEMPLATES)}")
         return value
 
     # ---------------------------------------------------------------- cross-field rules
@@ -338,6 +341,7 @@ class SftConfig(MethodsConfig, DataQualityConfig):
         """Runs every named check and reports all failures together."""
         if self.neat_packing:  # LLaMA-Factory turns packing on for neat_packing too
             self.packing = True
+        apply_compat(self)
         problems = [msg for check in _CHECKS if (msg := check(self))]
         if problems:
             raise ValueError("\n".join(problems))
@@ -503,4 +507,4 @@ def check_batch_tokens(c: SftConfig) -> str | None:
 _CHECKS = (check_val_size, check_eval_has_data, check_eval_steps, check_early_stopping, check_best_model,
            check_precision, check_interleave, check_distributed, check_one_template, check_history_flags,
            check_scheduler_kwargs, check_fsdp_layers, check_save_only_model, check_batch_tokens,
-           *QUALITY_CHECKS, *METHOD_CHECKS)
+           *QUALITY_CHECKS, *METHOD_CHECKS, *COMPAT_CHECKS)

@@ -23,7 +23,7 @@ from sftkit.data.loader import Conversations, load_conversations
 from sftkit.data.stats import DataStats, compute_stats
 from sftkit.data.model_source import model_problems
 from sftkit.data.quality.apply import clean_and_balance, order_for_curriculum
-from sftkit.data.tokenizer import base_tokenizer, resolve_template, template_origin
+from sftkit.data.tokenizer import base_tokenizer, named_template, resolve_template, template_origin
 from sftkit.errors import DataError, SftkitError, gather
 from sftkit.templates import Template, get_template
 
@@ -125,7 +125,7 @@ def validate_template(cfg: SftConfig) -> str:
     if Path(cfg.model_name_or_path).is_dir():
         template = resolve_template(cfg, base_tokenizer(cfg))
     elif cfg.template is not None:
-        template = get_template(cfg.template)
+        template = named_template(cfg)
     else:
         return "template: the model's own chat_template (read when its tokenizer loads)"
     splits = [conversations.train] + ([conversations.eval] if conversations.eval is not None else [])

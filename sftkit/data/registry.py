@@ -35,12 +35,27 @@ class JsonObject(dict):
     duplicates: tuple[str, ...] = ()
 
 
+REMOTE = "REMOTE:"  # LLaMA-Factory's dataset_dir prefix for a hub dataset repo holding the registry
+
+
+def hub_offline() -> bool:
+    """The Hugging Face libraries are told not to use the network."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def load_registry(dataset_dir: str | Path) -> dict[str, Any]:
     """Reads `dataset_dir/dataset_info.json` without checking its entries.
 
     Raises:
         DataError: the file is missing, not UTF-8, not JSON, or not a JSON object.
     """
+    if str(dataset_dir).startswith(REMOTE):
+        repo = str(dataset_dir).removeprefix(REMOTE)
+        raise DataError(f"dataset_dir: {dataset_dir} is LLaMA-Factory's hub dataset folder (it downloads {repo}'s "
+                        f"{REGISTRY_FILE} and data from the Hugging Face hub); sftkit reads a local folder: download "
+                        f"it (huggingface-cli download --repo-type dataset {repo} --local-dir data) and set "
+                        "dataset_dir: data")
     path = Path(dataset_dir) / REGISTRY_FILE
     if not path.is_file():
         raise DataError(f"{path}: not found; set dataset_dir to the folder holding {REGISTRY_FILE}")
@@ -94,13 +109,14 @@ def read_rows(spec: DatasetSpec) -> list[SourceRow]:
 
 
 def check_source(spec: DatasetSpec) -> None:
-    """A local dataset's files exist and have a supported type (nothing is read; hub datasets pass).
+    """A local dataset's files exist and have a supported type (nothing is read; hub datasets pass unless offline).
 
     Raises:
         DataError: missing file or folder, or an unsupported file type.
     """
     if spec.path is not None:
         _data_files(spec.path, spec.name)
+    _refuse_offline_hub(spec)
 
 
 # ---------------------------------------------------------------------------- registry entries
@@ -321,7 +337,17 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
 
 
+def _refuse_offline_hub(spec: DatasetSpec) -> None:
+    """A hub entry (LLaMA-Factory's registry has 89) while the libraries are offline: one line, not the network
+    error the hub would raise."""
+    if spec.hub_id is not None and hub_offline():
+        raise DataError(f"dataset {spec.name!r}: its registry entry loads it from the Hugging Face hub "
+                        f"({spec.hub_id}), and this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); "
+                        "download it where there is a network, or give the entry a local file_name")
+
+
 def _read_hub(spec: DatasetSpec) -> list[SourceRow]:
+    _refuse_offline_hub(spec)
     import datasets
 
     try:

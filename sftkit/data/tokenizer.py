@@ -8,9 +8,12 @@ with none, and neither key set, is one line naming the choices. `template_origin
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.config.compat import TOOL_FORMAT_NAMES
 from sftkit.data.model_source import resolve_model
 from sftkit.errors import ConfigError, DataError, SftkitError
 from sftkit.templates import TEMPLATES, JinjaTemplate, Template, get_template, prepare_tokenizer
@@ -74,7 +77,7 @@ def resolve_template(cfg: SftConfig, tokenizer: Any) -> Template:
         DataError: a named template needs a token (bos/eos) the tokenizer lacks.
     """
     if cfg.template is not None:
-        return get_template(cfg.template).bind(tokenizer, cfg.enable_thinking)
+        return named_template(cfg).bind(tokenizer, cfg.enable_thinking)
     if cfg.chat_template is not None:
         source, origin = _given_jinja(cfg.chat_template)
         return _jinja(tokenizer, source, "chat_template", origin, cfg.enable_thinking)
@@ -84,6 +87,14 @@ def resolve_template(cfg: SftConfig, tokenizer: Any) -> Template:
                           f"{', '.join(TEMPLATES)}, or chat_template: to a .jinja file")
     return _jinja(tokenizer, own, "model's own", f"the chat_template of {_own_file(cfg.model_name_or_path)}",
                   cfg.enable_thinking)
+
+
+def named_template(cfg: SftConfig) -> Template:
+    """The config's named template (cfg.template set), with LLaMA-Factory's tool_format in place of its own."""
+    template = get_template(cfg.template or "")
+    if cfg.tool_format:
+        template = dataclasses.replace(template, tool_format=TOOL_FORMAT_NAMES[cfg.tool_format])
+    return template
 
 
 def config_template(cfg: SftConfig) -> Template:
@@ -98,7 +109,7 @@ def run_template(cfg: SftConfig, tokenizer: Any) -> Template:
         SftkitError: the run names no template and its tokenizer has no chat_template.
     """
     if cfg.template is not None:
-        return get_template(cfg.template).bind(tokenizer, cfg.enable_thinking)
+        return named_template(cfg).bind(tokenizer, cfg.enable_thinking)
     own = _own_chat_template(tokenizer)
     if own is None:
         raise SftkitError("the run's tokenizer has no chat_template; it was not saved by sftkit train")

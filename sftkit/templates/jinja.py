@@ -34,6 +34,8 @@ from sftkit.templates.template import Segment, remove_thought
 
 _PROBE_REPLY = "sftkit probe reply 7"
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# A template that writes or checks tool-call ids (Mistral's: 9 letters and digits, or it raises)
+_READS_CALL_IDS = re.compile(r"tool_call_id|tool_call\.id|\[['\"]id['\"]\]")
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,9 @@ class JinjaTemplate:
         structure = draft._probe_text().replace("probe question", "").replace(_PROBE_REPLY, "")
         control = _longest_first(specials | {content for content in added if content in structure})
         draft = cls(name, source, origin, draft.variables, control, (), "")
-        end = draft._probe_end()
+        end, stops = draft._probe_end()
         written = tuple(t for t in control if t in draft._probe_text())
-        return cls(name, source, origin, draft.variables, control, written, end, draft._probe_arguments())
+        return cls(name, source, origin, draft.variables, control, written, end, draft._probe_arguments(), stops)
 
     # ------------------------------------------------------------------ the Template interface
 
@@ -98,6 +100,8 @@ class JinjaTemplate:
             raise DataError(problem)
         schemas = self._schemas(tools, turns)
         chat = [self._message(m) for m in messages]
+        if _READS_CALL_IDS.search(self.source):
+            chat = _with_call_ids(chat, json.dumps(messages, ensure_ascii=False, sort_keys=True))
         full = self.render(chat, schemas, add_generation_prompt)
         offset = len(messages) - len(turns)
         replies = [] if add_generation_prompt else self._replies(chat, schemas, full, offset, only_last)
@@ -181,7 +185,9 @@ class JinjaTemplate:
             raise DataError(f"the {self.name} chat template writes tool calls but never reads the tool schemas "
                             "(tools), so they would silently vanish from the prompt; describe the tools in the "
                             "system message and drop the tools column, or choose a template that lists them")
-        return schemas or None
+        # OpenAI's shape, as transformers builds schemas from Python functions and model templates expect it
+        # (gpt-oss, Gemma 4, Cohere and MiniMax read tool.function.name); a schema already wrapped stays as it is
+        return [_openai_tool(schema) for schema in schemas] if schemas else None
 
     # ------------------------------------------------------------------ what is trained
 
@@ -278,16 +284,38 @@ class JinjaTemplate:
         chat = [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": _PROBE_REPLY}]
         return self.render(chat, None, False)
 
-    def _probe_end(self) -> str:
+    def _probe_end(self) -> tuple[str, tuple[str, ...]]:
+        """(what ends a reply, further stop words). Usually the control tokens right after the reply, whitespace
+        before them included (Nemotron Nano v2 writes a newline first). A template that writes nothing after a
+        reply (GLM-4.5 to 4.7, as LLaMA-Factory's efficient_eos glm4_moe) ends it with the next turn's role
+        token: nothing is trained after the reply, and generation stops at that token."""
         after = self._probe_text().rpartition(_PROBE_REPLY)[2]
-        end = ""
+        end = after[:len(after) - len(after.lstrip(" \n"))]
+        lead = len(end)
         while token := next((t for t in self.control_tokens if after.startswith(t, len(end))), None):
             end += token
-        if not end:
-            raise DataError(f"the {self.name} chat template writes no end-of-turn token right after a reply "
-                            f"({after[:30]!r} follows it), so a model trained on it would never stop; set template: "
-                            "to a named one")
-        return end
+        if len(end) > lead:
+            return end, ()
+        if not after.strip() and (stops := self._next_turn_tokens()):
+            return "", stops
+        raise DataError(f"the {self.name} chat template writes no end-of-turn token right after a reply "
+                        f"({after[:30]!r} follows it), so a model trained on it would never stop; set template: "
+                        "to a named one")
+
+    def _next_turn_tokens(self) -> tuple[str, ...]:
+        """The control tokens that open the turn after a reply (the user's; a tool result's where the template
+        has one), when they follow the reply with nothing but whitespace between."""
+        chat = [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": _PROBE_REPLY},
+                {"role": "user", "content": "probe again"}]
+        try:
+            after = self.render(chat, None, False).partition(_PROBE_REPLY)[2].lstrip(" \n")
+        except DataError:
+            return ()
+        first = next((t for t in self.control_tokens if after.startswith(t)), None)
+        if first is None:
+            return ()
+        tool = first.replace("user", "observation")
+        return (first, tool) if tool != first and tool in self.control_tokens else (first,)
 
     def _probe_arguments(self) -> bool:
         """Whether the template concatenates tool-call arguments as text (DeepSeek) rather than a dict."""
@@ -363,3 +391,39 @@ def _control_regex(tokens: tuple[str, ...]) -> re.Pattern[str]:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _openai_tool(schema: dict[str, Any]) -> dict[str, Any]:
+    """`{"type": "function", "function": schema}` unless the schema is already in that shape."""
+    if schema.get("type") == "function" and isinstance(schema.get("function"), dict):
+        return schema
+    return {"type": "function", "function": schema}
+
+
+def tool_call_id(row_key: str, k: int) -> str:
+    """The k-th tool call's id in a conversation: 9 letters and digits (Mistral's templates refuse others), the same
+    for the same row on every run and every process (a hash of the conversation, not a random draw)."""
+    import hashlib
+
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    number = int.from_bytes(hashlib.sha256(f"{k}:{row_key}".encode()).digest()[:8], "big")
+    return "".join(alphabet[(number // len(alphabet) ** i) % len(alphabet)] for i in range(9))
+
+
+def _with_call_ids(chat: list[dict[str, Any]], row_key: str) -> list[dict[str, Any]]:
+    """Gives every tool call an id and every tool result the id of the call it answers (the oldest one not yet
+    answered), as OpenAI-style templates that write or check them need."""
+    waiting: list[str] = []
+    out, k = [], 0
+    for message in chat:
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                calls.append({**call, "id": tool_call_id(row_key, k)})
+                waiting.append(calls[-1]["id"])
+                k += 1
+            message = {**message, "tool_calls": calls}
+        elif message["role"] == "tool":
+            message = {**message, "tool_call_id": waiting.pop(0) if waiting else tool_call_id(row_key, k)}
+        out.append(message)
+    return out

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.config.methods import GALORE_OPTIM
 from sftkit.training.loss import liger_available
+from sftkit.training.distributed import deepspeed_file
 from sftkit.training.memory import use_gradient_checkpointing
 
 if TYPE_CHECKING:
@@ -68,13 +69,14 @@ def build_sft_config(cfg: SftConfig, precision: Precision) -> SFTConfig:
         load_best_model_at_end=wants_best, metric_for_best_model="eval_loss" if wants_best else None,
         greater_is_better=False if wants_best else None,
         # a curriculum's order is the data's own order (sftkit.data.quality): no shuffling
-        train_sampling_strategy="sequential" if cfg.curriculum != "none" else "random",
+        train_sampling_strategy="sequential" if cfg.curriculum != "none" else
+        "group_by_length" if cfg.group_by_length else "random",
         # logging and reproducibility
         logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to), run_name=cfg.run_name,
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=cfg.dataloader_num_workers,
         trust_remote_code=cfg.trust_remote_code,
         # distributed passthrough
-        deepspeed=cfg.deepspeed, fsdp=cfg.fsdp or None, fsdp_config=_fsdp_config(cfg), ddp_timeout=cfg.ddp_timeout,
+        deepspeed=deepspeed_file(cfg.deepspeed) if cfg.deepspeed else None, fsdp=cfg.fsdp or None, fsdp_config=_fsdp_config(cfg), ddp_timeout=cfg.ddp_timeout,
         # every trainable parameter is used (LoRA or full), so DDP can skip its per-step unused-parameter search
         ddp_find_unused_parameters=False, log_level_replica="error",
         # Liger is sftkit's to apply, once: its RMSNorm/SwiGLU at load (kernels.py, matched by structure, ERNIE

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,29 @@ if TYPE_CHECKING:
     from sftkit.config import SftConfig
     from sftkit.data import PreparedData
     from sftkit.templates import Template
+
+
+# sftkit's copies of LLaMA-Factory's DeepSpeed configs (its examples/deepspeed/), beside the package in a checkout.
+SHIPPED_DEEPSPEED = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+LLAMAFACTORY_DEEPSPEED = "examples/deepspeed/"
+
+
+def deepspeed_file(path: str) -> str:
+    """The DeepSpeed JSON to use for the `deepspeed` key: the path itself, or, when LLaMA-Factory's
+    `examples/deepspeed/NAME.json` is not there (a YAML brought across), sftkit's copy of that file."""
+    name = path.replace("\\", "/").removeprefix("./")
+    if Path(path).is_file() or not name.startswith(LLAMAFACTORY_DEEPSPEED):
+        return path
+    ours = SHIPPED_DEEPSPEED / name.removeprefix(LLAMAFACTORY_DEEPSPEED)
+    return str(ours) if ours.is_file() else path
+
+
+def deepspeed_note(cfg: SftConfig) -> str | None:
+    """One line when the `deepspeed` key is read from sftkit's copy of LLaMA-Factory's file, else None."""
+    if not cfg.deepspeed or deepspeed_file(cfg.deepspeed) == cfg.deepspeed:
+        return None
+    return (f"deepspeed: {cfg.deepspeed} is not here (LLaMA-Factory's examples folder); using sftkit's copy of that "
+            f"file, {deepspeed_file(cfg.deepspeed)}")
 
 
 def check_distributed(cfg: SftConfig) -> None:
@@ -36,7 +60,10 @@ def check_distributed(cfg: SftConfig) -> None:
     problems = []
     if cfg.deepspeed:
         # the package itself is checked with the other packages (sftkit.config.environment)
-        problems.append(_json_file_problem("deepspeed", cfg.deepspeed, "use one of configs/deepspeed/*.json"))
+        problems.append(_json_file_problem("deepspeed", deepspeed_file(cfg.deepspeed),
+                                           "use one of configs/deepspeed/*.json"))
+        if (note := deepspeed_note(cfg)) and process_rank() == 0:
+            print(f"note: {note}", file=sys.stderr)
     if isinstance(cfg.fsdp_config, str):
         problems.append(_json_file_problem("fsdp_config", cfg.fsdp_config, "give a JSON file or a YAML mapping"))
     if cfg.fsdp_config and not cfg.fsdp:

@@ -91,6 +91,8 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.run_guard.raise_if_stopped()  # interrupted, or the loss became NaN
         save_run(trainer, out)
+        if cfg.do_eval:  # LLaMA-Factory's do_eval: one more evaluation after the last update
+            trainer.evaluate()
         tokens_before = int((resumed or {}).get("num_input_tokens_seen") or 0)
         metrics = write_metrics(trainer, result, cfg, tokenizer, template, data, out, main, tokens_before)
     if main:

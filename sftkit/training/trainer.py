@@ -60,6 +60,8 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         **kwargs: passed to `trl.SFTTrainer`.
     """
 
+    accuracy_alias = False  # also log the eval token accuracy as eval_accuracy (LLaMA-Factory's compute_accuracy)
+
     def __init__(self, *args: Any, loss_chunk_size: int, loss_variant: LossVariant | None = None,
                  method_config: SftConfig | None = None, liger_loss: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -181,6 +183,8 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         correct, trained = self._flush(mode)
         if trained:
             logs[f"{prefix}mean_token_accuracy"] = correct / trained
+            if mode == "eval" and self.accuracy_alias:  # LLaMA-Factory's compute_accuracy logs it as eval_accuracy
+                logs["eval_accuracy"] = correct / trained
         if mode == "train":
             logs["num_tokens"] = self.state.num_input_tokens_seen
         super().log(logs, start_time)
@@ -255,7 +259,9 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
     args = build_sft_config(cfg, precision)
     with no_dataset_bars():  # TRL packs the rows here: a pass the user did not ask to watch
         trainer = SftkitTrainer(model=model, args=args, train_dataset=train_rows,
-                                eval_dataset=eval_rows if cfg.does_eval else None, processing_class=tokenizer,
+                                # do_eval (LLaMA-Factory's): evaluated once after training, whatever eval_strategy says
+                                eval_dataset=eval_rows if cfg.does_eval or cfg.do_eval else None,
+                                processing_class=tokenizer,
                                 callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size, method_config=cfg,
                                 loss_variant=loss_variant_for(cfg.loss_variant, _variant_alpha(cfg), model),
                                 liger_loss=use_liger_kernel(cfg, precision))
@@ -272,6 +278,7 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     if cfg.curriculum == "loss":
         trainer.train_dataset = order_by_loss(trainer, cfg.curriculum_stages, cfg.seed)
+    trainer.accuracy_alias = cfg.compute_accuracy
     return trainer
 
 
