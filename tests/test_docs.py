@@ -49,6 +49,8 @@ def sftkit_argv(line: str) -> list[str] | None:
         words = shlex.split(line, comments=True)
     except ValueError:
         return None
+    if words and words[-1] == "&":  # started in the background: the shell's word, not sftkit's
+        words = words[:-1]
     for i, word in enumerate(words):
         if word == "sftkit" and i > 0 and words[i - 1] == "-m":
             return words[i + 1:]
