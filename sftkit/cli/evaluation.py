@@ -129,8 +129,10 @@ def report(
 ) -> None:
     """The release checklist: pass / fail / not measured per line, with the numbers; written into the run."""
     from sftkit.evaluate import release_report
+    from sftkit.run_dir import check_writable_into, not_a_run
 
     if not run_dir.is_dir():
         raise SftkitError(f"RUN_DIR {run_dir}: no such directory; point at the output_dir of an `sftkit train` run")
+    check_writable_into(run_dir, "the release checklist", not_a_run)  # a base model's folder and card stay its own
     judge = _judge(judge_url, judge_model, judge_key_env, judge_cache)
     release_report(run_dir, model_config(str(run_dir), config, set_), judge=judge, max_new_tokens=max_new_tokens)
