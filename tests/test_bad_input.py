@@ -355,3 +355,177 @@ def test_file_name_resolves_inside_dataset_dir_unless_absolute(workdir: Path) ->
     cfg = validate_config({"model_name_or_path": "m", "dataset": "abs", "dataset_dir": str(registry),
                            "output_dir": "o"})
     assert validate_data(cfg) == "1 dataset, 4 rows"
+
+
+# ---------------------------------------------------------------------------- round two: what sftkit writes
+# Every command that writes or replaces a file or folder follows one rule (run_dir: check_new_output,
+# check_new_folder, check_writable_into): what it did not write is never replaced or truncated, and the place
+# is checked before any slow work. Each case: one `error:` line, exit 2, every byte of the foreign file kept.
+
+def one_error(code: int, err: str, *words: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert all(word in errors[0] for word in words), errors[0]
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+ALPACA = [{"instruction": f"Task {i}", "input": "", "output": f"Answer {i}"} for i in range(3)]
+
+
+def test_generate_never_truncates_a_file_it_did_not_write(tmp_path: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(row) + "\n" for row in ALPACA))
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text('{"text": "my own rows"}\n{"text": "and more"}')  # another layout, no final newline
+    url = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]  # nothing listens: no request may be needed
+    for out, words in ((seeds, ["is also an input"]), (foreign, ["line 1 is not a row", "choose a new --out"]),
+                       (tmp_path / "notes.jsonl" / "x.jsonl", ["is a file"])):
+        before = snapshot(tmp_path)
+        code, _, err = run_cli(["data", "generate", str(seeds), "--out", str(out), *url], monkeypatch, capsys)
+        one_error(code, err, *words)
+        assert snapshot(tmp_path) == before
+
+
+def test_generate_keeps_a_registry_name_that_names_another_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(row) + "\n" for row in ALPACA))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"gen": {"file_name": "curated.json"}}))
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(["data", "generate", str(seeds), "--out", str(tmp_path / "gen.jsonl"), "--base-url",
+                            "http://127.0.0.1:9/v1", "--model", "m"], monkeypatch, capsys)
+    one_error(code, err, "'gen' names another file (curated.json)", "--name")
+    assert snapshot(tmp_path) == before
+
+
+def test_generate_resumes_its_own_rows_and_keeps_a_complete_last_row(tmp_path: Path) -> None:
+    from sftkit.data.quality.generate import check_out, resume_rows
+
+    out = tmp_path / "gen.jsonl"
+    out.write_text(json.dumps(ALPACA[0]) + "\n" + json.dumps(ALPACA[1]))  # the last row lacks only its newline
+    check_out(tmp_path / "seeds.jsonl", out, "gen")
+    assert len(resume_rows(out)) == 2 and out.read_text().endswith("}")  # nothing truncated
+    out.write_text(json.dumps(ALPACA[0]) + "\n" + '{"instruction": "cut sh')  # a killed run's half line
+    assert len(resume_rows(out)) == 1 and out.read_text() == json.dumps(ALPACA[0]) + "\n"
+
+
+def test_ollama_overwrite_needs_a_folder_sftkit_exported(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    from helpers import run_cli
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "llama-3-8b.Q4_K_M.gguf").write_bytes(b"GGUF my model")
+    (models / "mistral.gguf").write_bytes(b"GGUF another")
+    other = tmp_path / "theirs"
+    other.mkdir()
+    (other / "model.gguf").write_bytes(b"GGUF")
+    (other / "Modelfile").write_text("FROM ./model.gguf\n")  # a Modelfile, not sftkit's
+    for folder in (models, other):
+        before = snapshot(folder)
+        code, _, err = run_cli(["export", str(tiny_model_dir), "--format", "ollama", "--no-verify", "--out",
+                                str(folder), "--overwrite"], monkeypatch, capsys)
+        one_error(code, err, "not an Ollama export", "no Modelfile written by `sftkit export`", "will not delete")
+        assert snapshot(folder) == before
+
+
+def test_report_and_cards_stay_out_of_a_base_model_folder(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    from helpers import run_cli
+
+    from sftkit.errors import SftkitError
+    from sftkit.run_dir import update_card_evaluation
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "README.md").write_text("# The model's own card\n")
+    before = snapshot(base)
+    code, _, err = run_cli(["report", str(base)], monkeypatch, capsys)
+    one_error(code, err, "holds no sftkit_config.yaml", "does not write the release checklist")
+    with pytest.raises(SftkitError, match="not a folder sftkit wrote"):
+        update_card_evaluation(base)
+    assert snapshot(base) == before
+
+
+def test_atomic_files_keep_the_umask_mode(tmp_path: Path) -> None:
+    from sftkit.atomic import write_json, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "card.md", "x")
+        os.umask(0o007)
+        write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o660
+
+
+def rating_sheet(tmp_path: Path) -> Path:
+    from sftkit.evaluate.ratings import write_sheet
+
+    sheet = tmp_path / "sheet.csv"
+    write_sheet(sheet, ["p0", "p1"], {"m1": ["a0", "a1"], "m2": ["b0", "b1"]})
+    return sheet
+
+
+def filled(sheet: Path, rows: list[int]) -> str:
+    import csv
+
+    with sheet.open(newline="") as handle:
+        original = list(csv.DictReader(handle))
+    lines = [",".join(original[0])]
+    for i in rows:
+        row = original[i] | {f"{d}_{s}": "4" for d in ("helpfulness", "accuracy", "clarity", "safety")
+                             for s in "ab"} | {"preferred": "a", "rater": "ann"}
+        lines.append(",".join(f'"{v}"' for v in row.values()))
+    return "\n".join(lines) + "\n"
+
+
+def test_ratings_refuse_a_pasted_duplicate_row_and_a_windows_1252_sheet(tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    from helpers import run_cli
+
+    sheet = rating_sheet(tmp_path)
+    dup = tmp_path / "dup.csv"
+    dup.write_text(filled(sheet, [0, 1, 0]))
+    code, _, err = run_cli(["eval", "--ratings", str(dup), "--key", str(tmp_path / "sheet.key.json")], monkeypatch,
+                           capsys)
+    one_error(code, err, "dup.csv row 3", "already rated id '0' (", "row 1)")
+    cp1252 = tmp_path / "cp1252.csv"
+    cp1252.write_bytes(filled(sheet, [0]).replace('"p0"', '"caf\u00e9 \u2013 p0"').encode("cp1252"))
+    code, _, err = run_cli(["eval", "--ratings", str(cp1252), "--key", str(tmp_path / "sheet.key.json")],
+                           monkeypatch, capsys)
+    one_error(code, err, "not UTF-8", "Windows-1252", "CSV UTF-8")
+    assert not list(tmp_path.glob("*.summary.json"))
+
+
+def test_ratings_read_a_cell_past_csvs_default_limit(tmp_path: Path) -> None:
+    from sftkit.evaluate.ratings import read_ratings
+
+    sheet = rating_sheet(tmp_path)
+    big = tmp_path / "big.csv"
+    big.write_text(filled(sheet, [0]).replace('"a0"', '"' + "x" * 200_000 + '"'))  # the data readers' limit
+    assert read_ratings([big], key=tmp_path / "sheet.key.json")["ratings"] == 1
+
+
+@pytest.mark.parametrize("command", ["clean", "stats"])
+def test_data_clean_and_stats_refuse_a_bad_out_before_the_work(command: str, bundled_data: Path, tmp_path: Path,
+                                                               monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": "no/such-model", "dataset": "alpaca_en_demo",
+                                      "dataset_dir": str(bundled_data), "template": "chatml", "output_dir": "o"}))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    code, _, err = run_cli(["data", command, str(config), "--out", str(blocker / "out")], monkeypatch, capsys)
+    one_error(code, err, "is a file, so", "cannot be created under it")  # before the model's tokenizer loads
+    assert blocker.read_text() == "mine"

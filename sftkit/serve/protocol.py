@@ -12,9 +12,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sftkit.templates import role_order_problem
+
+# Limits on what a client sends, checked before any work (OpenAI allows 4 stop sequences; a seed seeds numpy too,
+# whose seeds are 32-bit).
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+MAX_SEED = 2**32 - 1
 
 # OpenAI's "developer" role is its newer name for the system prompt.
 ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -37,6 +43,49 @@ class ApiError(Exception):
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_unicode(cls, value: Any) -> Any:
+        where = surrogate_at(value)
+        if where is not None:
+            # JSON's "\\ud800" escapes decode to half a character, which no tokenizer encodes
+            raise ValueError(f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), which is "
+                             "not text; send valid Unicode")
+        return value
+
+
+def surrogate_at(value: Any, where: str = "") -> str | None:
+    """The path of the first string in a JSON value that holds a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        path = f"{where}.{key}".lstrip(".")
+        found = surrogate_at(key, path) if isinstance(key, str) else None
+        found = found if found is not None else surrogate_at(item, path)
+        if found is not None:
+            return found
+    return None
+
+
+def list_or_one(value: Any, noun: str, most: int) -> Any:
+    """A string, or a list of 1..`most` strings, the limit named in the message (pydantic's union of the two shapes
+    would report "should be a valid string")."""
+    if isinstance(value, list):
+        if not 1 <= len(value) <= most:
+            allowed = f"exactly one {noun}" if most == 1 else f"1 to {most} {noun}s"
+            raise ValueError(f"a string or a list of {allowed} (got a list of {len(value)})")
+        bad = next((i for i, item in enumerate(value) if not isinstance(item, str)), None)
+        if bad is not None:
+            raise ValueError(f"item {bad} of the list must be a string")
+    elif value is not None and not isinstance(value, str):
+        raise ValueError(f"must be a string or a list of strings (a {noun})")
+    return value
 
 
 class TextPart(_Body):
@@ -77,8 +126,8 @@ class _Sampling(_Body):
     model: str | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    stop: str | list[str] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -107,11 +156,23 @@ class _Sampling(_Body):
             raise ValueError("only n=1 is supported (one choice per request); send several requests")
         return value
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _non_empty_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if value == "" or (isinstance(value, list) and "" in value):
-            raise ValueError("a stop sequence must not be empty")
+    def _bounded_stops(cls, value: Any) -> Any:
+        # every stop is searched for after each token: their count and length bound that work
+        list_or_one(value, "stop sequence", MAX_STOPS)
+        for stop in [value] if isinstance(value, str) else value or []:
+            if stop == "":
+                raise ValueError("a stop sequence must not be empty")
+            if len(stop) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop sequence has at most {MAX_STOP_CHARS} characters (got {len(stop):,})")
+        return value
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_range(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"must be a whole number in 0..{MAX_SEED} (got {value})")
         return value
 
     def stops(self) -> list[str]:
@@ -155,9 +216,14 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """POST /v1/completions: raw text continued, no chat template."""
 
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: str | list[str]
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
     echo: Literal[False] = False
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> Any:
+        return list_or_one(value, "prompt", 1)
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

@@ -211,7 +211,7 @@ def registry_entry(out: Path, name: str) -> dict[str, Any]:
     entry = registry.get(name)
     if entry is not None and (not isinstance(entry, dict) or entry.get("file_name") != out.name):
         raise DataError(f"{registry_path}: the entry {name!r} names another file "
-                        f"({entry.get('file_name') if isinstance(entry, dict) else entry!r}), and configs naming it "
+                        f"({entry.get('file_name') if isinstance(entry, dict) else entry}), and configs naming it "
                         "would train on the generated rows; pass another --name")
     return registry
 
