@@ -529,3 +529,180 @@ def test_data_clean_and_stats_refuse_a_bad_out_before_the_work(command: str, bun
     code, _, err = run_cli(["data", command, str(config), "--out", str(blocker / "out")], monkeypatch, capsys)
     one_error(code, err, "is a file, so", "cannot be created under it")  # before the model's tokenizer loads
     assert blocker.read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------- round two: the server
+# A hostile request gets a 4xx naming the limit, and the next request is answered at once.
+
+@pytest.fixture(scope="module")
+def serve_client(tiny_model_dir: Path):
+    from fastapi.testclient import TestClient
+
+    from sftkit.model import load_for_inference
+    from sftkit.serve import build_app
+    from sftkit.serve.engine import Engine, TransformersBackend
+
+    backend = TransformersBackend(load_for_inference(str(tiny_model_dir)))
+    with TestClient(build_app(Engine(backend, 4), "tiny", max_body_bytes=200_000),
+                    raise_server_exceptions=False) as client:
+        yield client
+
+
+HI = [{"role": "user", "content": "Hi"}]
+HOSTILE_REQUESTS = [
+    ({"messages": [{"role": "user", "content": "x" * 150_000}]}, 400, "characters, more than"),  # no rendering
+    ({"messages": HI, "stop": "y" * 400_000}, 413, "larger than this server's limit"),
+    ({"messages": HI, "stop": "y" * 5_000}, 400, "at most 256 characters"),
+    ({"messages": HI, "stop": ["a", "b", "c", "d", "e"]}, 400, "1 to 4 stop sequences (got a list of 5)"),
+    ({"messages": HI, "stop": ["a", 7]}, 400, "item 1 of the list must be a string"),
+    ({"messages": HI, "seed": 2**32}, 400, "seed: must be a whole number in 0..4294967295"),
+    ({"messages": HI, "seed": -1}, 400, "seed: must be a whole number in 0..4294967295"),
+    ({"messages": [{"role": "user", "content": "a\ud800b"}]}, 400, "lone surrogate"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, 400, "lone surrogate"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), HOSTILE_REQUESTS, ids=[w for _, _, w in HOSTILE_REQUESTS])
+def test_hostile_requests_get_a_4xx_and_the_next_one_is_answered(serve_client, body: dict, status: int,
+                                                                  words: str) -> None:
+    import time
+
+    raw = json.dumps({"max_tokens": 2, "temperature": 0} | body).encode()  # json keeps \ud800 as an escape
+    response = serve_client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == status and words in response.json()["error"]["message"], response.text
+    start = time.perf_counter()
+    assert serve_client.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2}).status_code == 200
+    assert time.perf_counter() - start < 10
+
+
+def test_completion_list_limits_are_named(serve_client) -> None:
+    for body, words in (({"prompt": ["a", "b"]}, "exactly one prompt (got a list of 2)"),
+                        ({"prompt": "\ud800"}, "prompt: holds a lone surrogate"),
+                        ({"prompt": 5}, "prompt: must be a string")):
+        response = serve_client.post("/v1/completions", content=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+def test_stop_matching_looks_at_a_bounded_window() -> None:
+    from sftkit.serve.engine import _held, first_stop
+
+    text = "a" * 1_000_000 + "STOP"
+    assert first_stop(text, ["STOP"], start=len(text) - 300) == 1_000_000
+    assert _held("a" * 1_000_000 + "ST", ["STOP", "x" * 256]) == 2
+
+
+def test_empty_api_key_fails_closed(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    for key in ("", "  "):
+        code, _, err = run_cli(["serve", str(tiny_model_dir), "--api-key", key], monkeypatch, capsys)
+        one_error(code, err, "--api-key is empty", "leave out --api-key")
+        assert "note: template" not in err  # before the model loads
+
+
+def test_the_port_is_held_from_the_check_to_the_server(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    from sftkit.serve import hold_listening
+
+    held = hold_listening("127.0.0.1", 0)
+    try:
+        port = str(held.getsockname()[1])
+        code, _, err = run_cli(["serve", str(tiny_model_dir), "--port", port], monkeypatch, capsys)
+        one_error(code, err, f"--port {port}: cannot listen there")
+    finally:
+        held.close()
+
+
+def test_a_half_sent_body_times_out_and_an_oversized_one_is_refused_unread() -> None:
+    import asyncio
+
+    from sftkit.serve.app import BodyLimit
+
+    async def app(scope, receive, send) -> None:  # never reached by these requests
+        raise AssertionError("the app saw the request")
+
+    async def run(messages: list[dict], headers: list) -> list[dict]:
+        sent: list[dict] = []
+        queue: asyncio.Queue = asyncio.Queue()
+        for message in messages:
+            queue.put_nowait(message)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        limit = BodyLimit(app, max_bytes=100, timeout=0.2)
+        await asyncio.wait_for(limit({"type": "http", "headers": headers}, queue.get, send), 5)
+        return sent
+
+    stalled = asyncio.run(run([{"type": "http.request", "body": b"{", "more_body": True}], []))
+    assert stalled[0]["status"] == 408
+    declared = asyncio.run(run([], [(b"content-length", b"1000000")]))
+    assert declared[0]["status"] == 413
+
+
+# ---------------------------------------------------------------------------- round two: endpoints
+# An endpoint's answer is checked for its shape before anything uses or caches it; a slow one is named while
+# sftkit waits, and given up on after --timeout.
+
+def odd_endpoint_app(content: Any, delay: float = 0.0) -> Any:
+    import asyncio
+
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def complete(body: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(delay)
+        choices = [] if content == "no choices" else [{"index": 0, "finish_reason": "stop",
+                                                       "message": {"role": "assistant", "content": content}}]
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": choices}
+
+    return app
+
+
+@pytest.mark.parametrize("content", ["no choices", 7, None, ["[[8]]"]])
+def test_a_judge_answer_without_text_is_one_line_and_not_cached(content: Any, tmp_path: Path) -> None:
+    from test_judge import serve
+
+    from sftkit.errors import SftkitError
+    from sftkit.evaluate.judge import Judge
+
+    for url in serve(odd_endpoint_app(content)):
+        cache = tmp_path / "cache.jsonl"
+        with pytest.raises(SftkitError, match="the judge's answer has no text") as raised:
+            Judge(url, "m", cache).grade("Q?", "A.")
+        assert "\n" not in str(raised.value)
+        assert not cache.exists() or cache.read_text() == ""
+
+
+def test_generate_counts_an_answer_without_text_as_malformed(tmp_path: Path) -> None:
+    from test_judge import serve
+
+    from sftkit.data.quality.generate import GenerateSettings, generate
+    from sftkit.errors import SftkitError
+
+    for url in serve(odd_endpoint_app(7)):
+        settings = GenerateSettings(base_url=url, model="m", rows=1, attempts=1, backoff=0.0, max_retries=0)
+        with pytest.raises(SftkitError, match="no text"):
+            generate(ALPACA, tmp_path / "gen.jsonl", settings)
+
+
+def test_a_silent_endpoint_is_named_while_waiting_and_given_up_on(tmp_path: Path, monkeypatch, capsys) -> None:
+    import time
+
+    from test_judge import serve
+
+    from sftkit.data.quality import endpoint
+    from sftkit.errors import SftkitError
+    from sftkit.evaluate.judge import Judge
+
+    monkeypatch.setattr(endpoint, "WAIT_LINE_S", 0.2)
+    for url in serve(odd_endpoint_app("[[8]]", delay=4)):
+        start = time.perf_counter()
+        with pytest.raises(SftkitError, match=r"no answer within --judge-timeout 0.6 s \(2 tries\)"):
+            Judge(url, "m", tmp_path / "cache.jsonl", timeout=0.6).grade("Q?", "A.")
+        assert time.perf_counter() - start < 10
+    assert "waiting for the endpoint" in capsys.readouterr().err

@@ -198,6 +198,8 @@ def validation_error(errors: Any) -> ApiError:
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'malformed')})")
+    if not where and first.get("type") == "value_error":  # a check of the whole body: its message names the place
+        return ApiError(400, str(first.get("msg", "invalid")).removeprefix("Value error, "))
     if not where:
         return ApiError(400, "the request body must be a JSON object with the request's parameters")
     # pydantic also names the branch of a union it tried ("messages.0.content.list[TextPart]"): dropped

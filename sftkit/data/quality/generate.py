@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.atomic import write_json
-from sftkit.data.quality.endpoint import ask_json, make_client
+from sftkit.data.quality.endpoint import DEFAULT_TIMEOUT_S, ask_json, make_client
 from sftkit.data.registry import get_spec, read_rows
 from sftkit.data.spec import REGISTRY_FILE
 from sftkit.errors import DataError, SftkitError
@@ -50,6 +50,7 @@ class GenerateSettings:
     attempts: int = 3  # answers asked for per row before counting it failed
     backoff: float = 1.0  # seconds before the second answer; doubles after each
     max_retries: int = 3  # the client's own retries of transport errors (connection, 429, 5xx)
+    timeout: float = DEFAULT_TIMEOUT_S  # seconds one request may take (--timeout)
     seed: int = 0
 
 
@@ -100,7 +101,8 @@ def generate(seeds: list[dict[str, str]], out: Path, settings: GenerateSettings,
     result = GenerateResult(rows=len(existing), added=0, resumed_from=len(existing))
     scorer = _rouge()
     pool = [row["instruction"] for row in [*seeds, *existing]]
-    client = make_client(settings.base_url, settings.api_key_env, max_retries=settings.max_retries)
+    client = make_client(settings.base_url, settings.api_key_env, max_retries=settings.max_retries,
+                         timeout=settings.timeout)
     rng = random.Random(f"{settings.seed}:{len(existing)}")  # a resumed run does not replay the same prompts
     failures_in_a_row = 0
     out.parent.mkdir(parents=True, exist_ok=True)
