@@ -706,3 +706,50 @@ def test_a_silent_endpoint_is_named_while_waiting_and_given_up_on(tmp_path: Path
             Judge(url, "m", tmp_path / "cache.jsonl", timeout=0.6).grade("Q?", "A.")
         assert time.perf_counter() - start < 10
     assert "waiting for the endpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- round two: the same text everywhere
+
+def test_a_task_yaml_that_does_not_parse_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("lm_eval")
+    from sftkit.errors import SftkitError
+    from sftkit.evaluate.benchmarks import task_plan
+
+    (tmp_path / "fine.yaml").write_text("task: fine_task\ndataset_path: json\noutput_type: multiple_choice\n")
+    (tmp_path / "mine.yaml").write_text("task: my_task\n  dataset_path: [unclosed\n")
+    with pytest.raises(SftkitError, match=r"mine.yaml: lm-eval cannot read this task YAML .*--tasks my_task"):
+        task_plan(["my_task"], tmp_path, "auto")
+
+
+def test_rendering_budget_stops_nested_loops_and_spares_real_templates() -> None:
+    import time
+
+    from sftkit.templates.jinja import RenderBudgetExceeded, render_budget
+
+    import jinja2
+
+    loops = jinja2.Environment().from_string("{% for a in range(10**5) %}{% for b in range(10**5) %}{% endfor %}"
+                                             "{% endfor %}")
+    start = time.perf_counter()
+    with pytest.raises(RenderBudgetExceeded, match="more than 100,000 steps"), render_budget(steps=100_000):
+        loops.render()
+    assert time.perf_counter() - start < 5
+    with pytest.raises(RenderBudgetExceeded, match="more than 0.2 s"), render_budget(seconds=0.2):
+        loops.render()
+    chat = jinja2.Environment().from_string("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    with render_budget(steps=100_000):  # a thousand messages are far inside the budget
+        assert chat.render(messages=[{"role": "user", "content": "hi"}] * 1000).count("user: hi") == 1000
+    assert sys.gettrace() is None  # the tracer is gone afterwards
+
+
+@pytest.mark.integration
+def test_benchmarks_on_a_lora_run_are_one_line(tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    pytest.importorskip("lm_eval")
+    from helpers import run_cli
+    from test_merge import make_lora_run
+
+    run = make_lora_run(tiny_model_dir, tmp_path / "run")
+    code, _, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc", "--limit", "2"], monkeypatch, capsys)
+    if code == 0:
+        return  # the harness scores the run as it is (the run is merged in memory): nothing to refuse
+    one_error(code, err, "--tasks")

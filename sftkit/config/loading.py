@@ -226,10 +226,22 @@ def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key=value")
+    key = key.strip()
+    if not value.strip():
+        return key, None
+    loader = yaml.SafeLoader(value)
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else None
+        node = loader.get_single_node()
+        if node is None:
+            return key, None
+        _check_tree(Path(f"--set {key}"), node)  # the same guard as the file: depth, alias expansion, duplicates
+        return key, loader.construct_document(node)
     except yaml.YAMLError:
-        return key.strip(), value
+        return key, value
+    except RecursionError:
+        raise ConfigError(f"--set {key}: nested too deeply (limit {MAX_DEPTH} levels)") from None
+    finally:
+        loader.dispose()
 
 
 def _describe(exc: ValidationError) -> list[tuple[str | None, str]]:
