@@ -229,8 +229,9 @@ def _parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not value.strip():
         return key, None
-    loader = yaml.SafeLoader(value)
+    loader = None
     try:
+        loader = yaml.SafeLoader(value)  # reads the first characters already: may raise too
         node = loader.get_single_node()
         if node is None:
             return key, None
@@ -241,7 +242,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
     except RecursionError:
         raise ConfigError(f"--set {key}: nested too deeply (limit {MAX_DEPTH} levels)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _describe(exc: ValidationError) -> list[tuple[str | None, str]]:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sftkit.errors import SftkitError
 from sftkit.serve.engine import Delta, Engine, Failed, Finished, Generation, Job, Started
-from sftkit.serve.protocol import ApiError, ChatRequest, CompletionRequest, Reply
+from sftkit.serve.protocol import ApiError, ChatRequest, CompletionRequest, Reply, surrogate_at
 
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.25
@@ -33,6 +33,7 @@ DISCONNECT_POLL_S = 0.25
 MAX_BODY_BYTES = 4 * 2**20
 BODY_READ_TIMEOUT_S = 30.0
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict"}
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class ClientGone(Exception):
@@ -241,6 +242,12 @@ class BodyLimit:
         if status:
             await self._refuse(status, scope, receive, send)
             return
+        where = lone_surrogate_in(body)
+        if where is not None:  # pydantic itself fails on such a string (a key, say), so it is refused here
+            error = ApiError(400, f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), "
+                                  "which is not text; send valid Unicode", where or None)
+            await JSONResponse(error.body(), 400)(scope, receive, send)
+            return
         await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, receive: Receive) -> tuple[bytes, int | None]:
@@ -267,6 +274,17 @@ class BodyLimit:
                    f"the request body did not arrive within {self.timeout:g} seconds of its previous part")
         error = ApiError(status, message, code="request_too_large" if status == 413 else "request_timeout")
         await JSONResponse(error.body(), status, headers={"Connection": "close"})(scope, receive, send)
+
+
+def lone_surrogate_in(body: bytes) -> str | None:
+    """Where a JSON body holds a lone surrogate escape ("\\ud800"), or None; the body is parsed only when it holds
+    a surrogate escape at all (paired ones, an emoji written as two escapes, are fine)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        return surrogate_at(json.loads(body))
+    except ValueError:
+        return None  # not JSON: the route's own validation says so
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -31,12 +31,19 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  kind: str = "invalid_request_error") -> None:
+        message, param = _printable(message), _printable(param) if param is not None else None
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
     def body(self) -> dict[str, Any]:
         """The JSON body OpenAI's clients parse into their APIError."""
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def _printable(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate a client sent (in a key it names, say) written as its escape, so
+    the error's JSON can be encoded."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---------------------------------------------------------------------------- request bodies
