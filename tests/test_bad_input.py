@@ -724,9 +724,9 @@ def test_a_task_yaml_that_does_not_parse_is_named(tmp_path: Path) -> None:
 def test_rendering_budget_stops_nested_loops_and_spares_real_templates() -> None:
     import time
 
-    from sftkit.templates.jinja import RenderBudgetExceeded, render_budget
-
     import jinja2
+
+    from sftkit.templates.jinja import RenderBudgetExceeded, render_budget
 
     loops = jinja2.Environment().from_string("{% for a in range(10**5) %}{% for b in range(10**5) %}{% endfor %}"
                                              "{% endfor %}")
