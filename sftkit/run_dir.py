@@ -145,42 +145,99 @@ def torch_file_problem(path: Path) -> str | None:
     return None
 
 
-def check_new_output(path: Path, overwrite: bool, option: str = "--out") -> None:
-    """The one rule for files sftkit writes (eval, predict, data export): an existing file is replaced only with
-    --overwrite, and a folder never. Defaults go to the working directory, never into a model or run folder.
+# ---------------------------------------------------------------------------- what sftkit writes
+# The one rule for every file and folder a command writes or replaces, checked before any slow work: the place
+# must be writable (no file in the way, no read-only folder), it must not be one of the command's inputs, and
+# something already there is replaced only with --overwrite and only when it is what sftkit wrote (`wrote_it`
+# recognises its marker: a run config, a Modelfile header, its own rows). Files are written atomically and keep
+# the permissions the umask gives (atomic.py).
+
+Recognizer = Callable[[Path], "str | None"]  # None: sftkit wrote it; else why it is not sftkit's
+
+
+def check_new_output(path: Path, overwrite: bool, option: str = "--out", inputs: tuple[Path, ...] = (),
+                     wrote_it: Recognizer | None = None, kind: str = "an output sftkit wrote") -> None:
+    """The rule (above) for a file: an existing one is replaced only with --overwrite (and, given `wrote_it`,
+    only when it recognises the file), a folder never. Defaults go to the working directory, never into a model
+    or run folder.
 
     Raises:
-        SftkitError: `path` is a folder or cannot be written, or exists without `overwrite`.
+        SftkitError: `path` is a folder, cannot be written, is one of `inputs`, or exists and may not be replaced.
     """
-    problem = place_problem(path, "file")  # a folder, or a place this user cannot write
+    problem = place_problem(path, "file") or _input_problem(path, inputs, "file")
     if problem:
         raise SftkitError(f"{option} {problem}")
-    if path.exists() and not overwrite:
-        raise SftkitError(f"{option} {path}: already exists; pass --overwrite to replace it or choose another {option}")
+    if path.exists():
+        _check_replaceable(path, overwrite, option, wrote_it, kind)
 
 
-def check_new_folder(out: Path, source: Path, source_name: str, overwrite: bool,
-                     foreign: Callable[[Path], str | None], kind: str) -> None:
-    """The rule for folders sftkit writes from a model (merge, export): never the source or a folder holding it;
+def check_new_folder(out: Path, source: Path | None, source_name: str, overwrite: bool,
+                     foreign: Recognizer, kind: str, option: str = "--out") -> None:
+    """The rule (above) for a folder (merge, export, data clean/stats): never the source or a folder holding it;
     an existing non-empty one only with --overwrite, and only when it holds nothing but a `kind` (`foreign` says
     why not), since --overwrite deletes it.
 
     Raises:
-        SftkitError: any of these, naming --out.
+        SftkitError: any of these, naming `option`.
     """
-    resolved = out.resolve()
-    if source.is_dir() and (resolved == source.resolve() or resolved in source.resolve().parents):
-        raise SftkitError(f"--out {out}: would replace {source_name}; choose another folder")
+    if source is not None and source.is_dir() and _inside(out, source):
+        raise SftkitError(f"{option} {out}: would replace {source_name}; choose another folder")
     problem = place_problem(out, "dir")
     if problem:
-        raise SftkitError(f"--out {out}: {problem}")
+        raise SftkitError(f"{option} {out}: {problem}")
     if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise SftkitError(f"--out {out}: already exists; pass --overwrite to replace it or choose another --out")
-        why = foreign(out)
-        if why:
-            raise SftkitError(f"--out {out}: not {kind} ({why}), so --overwrite will not delete it; choose another "
-                              "--out")
+        _check_replaceable(out, overwrite, option, foreign, kind)
+
+
+def check_writable_into(folder: Path, what: str, wrote_it: Recognizer) -> None:
+    """Refuses writing `what` into a folder sftkit did not make (`wrote_it` says why not): a base model's
+    folder keeps its own README card and files.
+
+    Raises:
+        SftkitError: naming the folder and why.
+    """
+    why = wrote_it(folder)
+    if why:
+        raise SftkitError(f"{folder}: {why}, so sftkit does not write {what} into it; point at a run or merged "
+                          "folder `sftkit train` or `sftkit merge` wrote")
+    problem = place_problem(folder, "dir")
+    if problem:
+        raise SftkitError(f"{folder}: {problem}")
+
+
+def not_a_run(folder: Path) -> str | None:
+    """None for a folder sftkit wrote (a run, a merged model: its config is recorded there); else why not."""
+    return None if has_run_config(folder) else f"it holds no {CONFIG_FILE} (not a folder sftkit wrote)"
+
+
+def _check_replaceable(path: Path, overwrite: bool, option: str, wrote_it: Recognizer | None, kind: str) -> None:
+    if not overwrite:
+        raise SftkitError(f"{option} {path}: already exists; pass --overwrite to replace it or choose another {option}")
+    why = wrote_it(path) if wrote_it is not None else None
+    if why:
+        raise SftkitError(f"{option} {path}: not {kind} ({why}), so --overwrite will not "
+                          f"{'delete' if path.is_dir() else 'replace'} it; choose another {option}")
+
+
+def _input_problem(path: Path, inputs: tuple[Path, ...], kind: str) -> str | None:
+    for source in inputs:
+        clash = _inside(path, source) if kind == "dir" else _same(path, source)
+        if source.exists() and clash:
+            return f"{path} is also an input of this command ({source}); write to another path"
+    return None
+
+
+def _same(path: Path, other: Path) -> bool:
+    try:
+        return path.exists() and other.exists() and path.samefile(other)
+    except OSError:
+        return path.resolve() == other.resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or a folder holding it (replacing `path` would delete `folder`)."""
+    resolved, held = path.resolve(), folder.resolve()
+    return resolved == held or resolved in held.parents
 
 
 def read_run_config(run_dir: Path, base: str | None = None) -> SftConfig:
@@ -312,7 +369,9 @@ def _cell(text: str) -> str:
 
 
 def update_card_evaluation(folder: Path) -> None:
-    """Rewrites the evaluation section of `folder`'s model card (appending it when the card has none)."""
+    """Rewrites the evaluation section of `folder`'s model card (appending it when the card has none); only in a
+    folder sftkit wrote, never a base model's own card."""
+    check_writable_into(folder, "an evaluation section of the model card", not_a_run)
     card = folder / MODEL_CARD
     text = card.read_text(encoding="utf-8") if card.is_file() else f"# {folder.resolve().name}\n"
     section = "\n".join(evaluation_section(folder))

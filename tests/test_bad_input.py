@@ -355,3 +355,401 @@ def test_file_name_resolves_inside_dataset_dir_unless_absolute(workdir: Path) ->
     cfg = validate_config({"model_name_or_path": "m", "dataset": "abs", "dataset_dir": str(registry),
                            "output_dir": "o"})
     assert validate_data(cfg) == "1 dataset, 4 rows"
+
+
+# ---------------------------------------------------------------------------- round two: what sftkit writes
+# Every command that writes or replaces a file or folder follows one rule (run_dir: check_new_output,
+# check_new_folder, check_writable_into): what it did not write is never replaced or truncated, and the place
+# is checked before any slow work. Each case: one `error:` line, exit 2, every byte of the foreign file kept.
+
+def one_error(code: int, err: str, *words: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert all(word in errors[0] for word in words), errors[0]
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+ALPACA = [{"instruction": f"Task {i}", "input": "", "output": f"Answer {i}"} for i in range(3)]
+
+
+def test_generate_never_truncates_a_file_it_did_not_write(tmp_path: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(row) + "\n" for row in ALPACA))
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text('{"text": "my own rows"}\n{"text": "and more"}')  # another layout, no final newline
+    url = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]  # nothing listens: no request may be needed
+    for out, words in ((seeds, ["is also an input"]), (foreign, ["line 1 is not a row", "choose a new --out"]),
+                       (tmp_path / "notes.jsonl" / "x.jsonl", ["is a file"])):
+        before = snapshot(tmp_path)
+        code, _, err = run_cli(["data", "generate", str(seeds), "--out", str(out), *url], monkeypatch, capsys)
+        one_error(code, err, *words)
+        assert snapshot(tmp_path) == before
+
+
+def test_generate_keeps_a_registry_name_that_names_another_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(row) + "\n" for row in ALPACA))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"gen": {"file_name": "curated.json"}}))
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(["data", "generate", str(seeds), "--out", str(tmp_path / "gen.jsonl"), "--base-url",
+                            "http://127.0.0.1:9/v1", "--model", "m"], monkeypatch, capsys)
+    one_error(code, err, "'gen' names another file (curated.json)", "--name")
+    assert snapshot(tmp_path) == before
+
+
+def test_generate_resumes_its_own_rows_and_keeps_a_complete_last_row(tmp_path: Path) -> None:
+    from sftkit.data.quality.generate import check_out, resume_rows
+
+    out = tmp_path / "gen.jsonl"
+    out.write_text(json.dumps(ALPACA[0]) + "\n" + json.dumps(ALPACA[1]))  # the last row lacks only its newline
+    check_out(tmp_path / "seeds.jsonl", out, "gen")
+    assert len(resume_rows(out)) == 2 and out.read_text().endswith("}")  # nothing truncated
+    out.write_text(json.dumps(ALPACA[0]) + "\n" + '{"instruction": "cut sh')  # a killed run's half line
+    assert len(resume_rows(out)) == 1 and out.read_text() == json.dumps(ALPACA[0]) + "\n"
+
+
+def test_ollama_overwrite_needs_a_folder_sftkit_exported(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    from helpers import run_cli
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "llama-3-8b.Q4_K_M.gguf").write_bytes(b"GGUF my model")
+    (models / "mistral.gguf").write_bytes(b"GGUF another")
+    other = tmp_path / "theirs"
+    other.mkdir()
+    (other / "model.gguf").write_bytes(b"GGUF")
+    (other / "Modelfile").write_text("FROM ./model.gguf\n")  # a Modelfile, not sftkit's
+    for folder in (models, other):
+        before = snapshot(folder)
+        code, _, err = run_cli(["export", str(tiny_model_dir), "--format", "ollama", "--no-verify", "--out",
+                                str(folder), "--overwrite"], monkeypatch, capsys)
+        one_error(code, err, "not an Ollama export", "no Modelfile written by `sftkit export`", "will not delete")
+        assert snapshot(folder) == before
+
+
+def test_report_and_cards_stay_out_of_a_base_model_folder(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    from helpers import run_cli
+
+    from sftkit.errors import SftkitError
+    from sftkit.run_dir import update_card_evaluation
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "README.md").write_text("# The model's own card\n")
+    before = snapshot(base)
+    code, _, err = run_cli(["report", str(base)], monkeypatch, capsys)
+    one_error(code, err, "holds no sftkit_config.yaml", "does not write the release checklist")
+    with pytest.raises(SftkitError, match="not a folder sftkit wrote"):
+        update_card_evaluation(base)
+    assert snapshot(base) == before
+
+
+def test_atomic_files_keep_the_umask_mode(tmp_path: Path) -> None:
+    from sftkit.atomic import write_json, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "card.md", "x")
+        os.umask(0o007)
+        write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o660
+
+
+def rating_sheet(tmp_path: Path) -> Path:
+    from sftkit.evaluate.ratings import write_sheet
+
+    sheet = tmp_path / "sheet.csv"
+    write_sheet(sheet, ["p0", "p1"], {"m1": ["a0", "a1"], "m2": ["b0", "b1"]})
+    return sheet
+
+
+def filled(sheet: Path, rows: list[int]) -> str:
+    import csv
+
+    with sheet.open(newline="") as handle:
+        original = list(csv.DictReader(handle))
+    lines = [",".join(original[0])]
+    for i in rows:
+        row = original[i] | {f"{d}_{s}": "4" for d in ("helpfulness", "accuracy", "clarity", "safety")
+                             for s in "ab"} | {"preferred": "a", "rater": "ann"}
+        lines.append(",".join(f'"{v}"' for v in row.values()))
+    return "\n".join(lines) + "\n"
+
+
+def test_ratings_refuse_a_pasted_duplicate_row_and_a_windows_1252_sheet(tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    from helpers import run_cli
+
+    sheet = rating_sheet(tmp_path)
+    dup = tmp_path / "dup.csv"
+    dup.write_text(filled(sheet, [0, 1, 0]))
+    code, _, err = run_cli(["eval", "--ratings", str(dup), "--key", str(tmp_path / "sheet.key.json")], monkeypatch,
+                           capsys)
+    one_error(code, err, "dup.csv row 3", "already rated id '0' (", "row 1)")
+    cp1252 = tmp_path / "cp1252.csv"
+    cp1252.write_bytes(filled(sheet, [0]).replace('"p0"', '"caf\u00e9 \u2013 p0"').encode("cp1252"))
+    code, _, err = run_cli(["eval", "--ratings", str(cp1252), "--key", str(tmp_path / "sheet.key.json")],
+                           monkeypatch, capsys)
+    one_error(code, err, "not UTF-8", "Windows-1252", "CSV UTF-8")
+    assert not list(tmp_path.glob("*.summary.json"))
+
+
+def test_ratings_read_a_cell_past_csvs_default_limit(tmp_path: Path) -> None:
+    from sftkit.evaluate.ratings import read_ratings
+
+    sheet = rating_sheet(tmp_path)
+    big = tmp_path / "big.csv"
+    big.write_text(filled(sheet, [0]).replace('"a0"', '"' + "x" * 200_000 + '"'))  # the data readers' limit
+    assert read_ratings([big], key=tmp_path / "sheet.key.json")["ratings"] == 1
+
+
+@pytest.mark.parametrize("command", ["clean", "stats"])
+def test_data_clean_and_stats_refuse_a_bad_out_before_the_work(command: str, bundled_data: Path, tmp_path: Path,
+                                                               monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": "no/such-model", "dataset": "alpaca_en_demo",
+                                      "dataset_dir": str(bundled_data), "template": "chatml", "output_dir": "o"}))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    code, _, err = run_cli(["data", command, str(config), "--out", str(blocker / "out")], monkeypatch, capsys)
+    one_error(code, err, "is a file, so", "cannot be created under it")  # before the model's tokenizer loads
+    assert blocker.read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------- round two: the server
+# A hostile request gets a 4xx naming the limit, and the next request is answered at once.
+
+@pytest.fixture(scope="module")
+def serve_client(tiny_model_dir: Path):
+    from fastapi.testclient import TestClient
+
+    from sftkit.model import load_for_inference
+    from sftkit.serve import build_app
+    from sftkit.serve.engine import Engine, TransformersBackend
+
+    backend = TransformersBackend(load_for_inference(str(tiny_model_dir)))
+    with TestClient(build_app(Engine(backend, 4), "tiny", max_body_bytes=200_000),
+                    raise_server_exceptions=False) as client:
+        yield client
+
+
+HI = [{"role": "user", "content": "Hi"}]
+HOSTILE_REQUESTS = [
+    ({"messages": [{"role": "user", "content": "x" * 150_000}]}, 400, "characters, more than"),  # no rendering
+    ({"messages": HI, "stop": "y" * 400_000}, 413, "larger than this server's limit"),
+    ({"messages": HI, "stop": "y" * 5_000}, 400, "at most 256 characters"),
+    ({"messages": HI, "stop": ["a", "b", "c", "d", "e"]}, 400, "1 to 4 stop sequences (got a list of 5)"),
+    ({"messages": HI, "stop": ["a", 7]}, 400, "item 1 of the list must be a string"),
+    ({"messages": HI, "seed": 2**32}, 400, "seed: must be a whole number in 0..4294967295"),
+    ({"messages": HI, "seed": -1}, 400, "seed: must be a whole number in 0..4294967295"),
+    ({"messages": [{"role": "user", "content": "a\ud800b"}]}, 400, "lone surrogate"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, 400, "lone surrogate"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), HOSTILE_REQUESTS, ids=[w for _, _, w in HOSTILE_REQUESTS])
+def test_hostile_requests_get_a_4xx_and_the_next_one_is_answered(serve_client, body: dict, status: int,
+                                                                  words: str) -> None:
+    import time
+
+    raw = json.dumps({"max_tokens": 2, "temperature": 0} | body).encode()  # json keeps \ud800 as an escape
+    response = serve_client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == status and words in response.json()["error"]["message"], response.text
+    start = time.perf_counter()
+    assert serve_client.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2}).status_code == 200
+    assert time.perf_counter() - start < 10
+
+
+def test_completion_list_limits_are_named(serve_client) -> None:
+    for body, words in (({"prompt": ["a", "b"]}, "exactly one prompt (got a list of 2)"),
+                        ({"prompt": "\ud800"}, "prompt: holds a lone surrogate"),
+                        ({"prompt": 5}, "prompt: must be a string")):
+        response = serve_client.post("/v1/completions", content=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+def test_stop_matching_looks_at_a_bounded_window() -> None:
+    from sftkit.serve.engine import _held, first_stop
+
+    text = "a" * 1_000_000 + "STOP"
+    assert first_stop(text, ["STOP"], start=len(text) - 300) == 1_000_000
+    assert _held("a" * 1_000_000 + "ST", ["STOP", "x" * 256]) == 2
+
+
+def test_empty_api_key_fails_closed(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    for key in ("", "  "):
+        code, _, err = run_cli(["serve", str(tiny_model_dir), "--api-key", key], monkeypatch, capsys)
+        one_error(code, err, "--api-key is empty", "leave out --api-key")
+        assert "note: template" not in err  # before the model loads
+
+
+def test_the_port_is_held_from_the_check_to_the_server(tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    from helpers import run_cli
+
+    from sftkit.serve import hold_listening
+
+    held = hold_listening("127.0.0.1", 0)
+    try:
+        port = str(held.getsockname()[1])
+        code, _, err = run_cli(["serve", str(tiny_model_dir), "--port", port], monkeypatch, capsys)
+        one_error(code, err, f"--port {port}: cannot listen there")
+    finally:
+        held.close()
+
+
+def test_a_half_sent_body_times_out_and_an_oversized_one_is_refused_unread() -> None:
+    import asyncio
+
+    from sftkit.serve.app import BodyLimit
+
+    async def app(scope, receive, send) -> None:  # never reached by these requests
+        raise AssertionError("the app saw the request")
+
+    async def run(messages: list[dict], headers: list) -> list[dict]:
+        sent: list[dict] = []
+        queue: asyncio.Queue = asyncio.Queue()
+        for message in messages:
+            queue.put_nowait(message)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        limit = BodyLimit(app, max_bytes=100, timeout=0.2)
+        await asyncio.wait_for(limit({"type": "http", "headers": headers}, queue.get, send), 5)
+        return sent
+
+    stalled = asyncio.run(run([{"type": "http.request", "body": b"{", "more_body": True}], []))
+    assert stalled[0]["status"] == 408
+    declared = asyncio.run(run([], [(b"content-length", b"1000000")]))
+    assert declared[0]["status"] == 413
+
+
+# ---------------------------------------------------------------------------- round two: endpoints
+# An endpoint's answer is checked for its shape before anything uses or caches it; a slow one is named while
+# sftkit waits, and given up on after --timeout.
+
+def odd_endpoint_app(content: Any, delay: float = 0.0) -> Any:
+    import asyncio
+
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def complete(body: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(delay)
+        choices = [] if content == "no choices" else [{"index": 0, "finish_reason": "stop",
+                                                       "message": {"role": "assistant", "content": content}}]
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": choices}
+
+    return app
+
+
+@pytest.mark.parametrize("content", ["no choices", 7, None, ["[[8]]"]])
+def test_a_judge_answer_without_text_is_one_line_and_not_cached(content: Any, tmp_path: Path) -> None:
+    from test_judge import serve
+
+    from sftkit.errors import SftkitError
+    from sftkit.evaluate.judge import Judge
+
+    for url in serve(odd_endpoint_app(content)):
+        cache = tmp_path / "cache.jsonl"
+        with pytest.raises(SftkitError, match="the judge's answer has no text") as raised:
+            Judge(url, "m", cache).grade("Q?", "A.")
+        assert "\n" not in str(raised.value)
+        assert not cache.exists() or cache.read_text() == ""
+
+
+def test_generate_counts_an_answer_without_text_as_malformed(tmp_path: Path) -> None:
+    from test_judge import serve
+
+    from sftkit.data.quality.generate import GenerateSettings, generate
+    from sftkit.errors import SftkitError
+
+    for url in serve(odd_endpoint_app(7)):
+        settings = GenerateSettings(base_url=url, model="m", rows=1, attempts=1, backoff=0.0, max_retries=0)
+        with pytest.raises(SftkitError, match="no text"):
+            generate(ALPACA, tmp_path / "gen.jsonl", settings)
+
+
+def test_a_silent_endpoint_is_named_while_waiting_and_given_up_on(tmp_path: Path, monkeypatch, capsys) -> None:
+    import time
+
+    from test_judge import serve
+
+    from sftkit.data.quality import endpoint
+    from sftkit.errors import SftkitError
+    from sftkit.evaluate.judge import Judge
+
+    monkeypatch.setattr(endpoint, "WAIT_LINE_S", 0.2)
+    for url in serve(odd_endpoint_app("[[8]]", delay=4)):
+        start = time.perf_counter()
+        with pytest.raises(SftkitError, match=r"no answer within --judge-timeout 0.6 s \(2 tries\)"):
+            Judge(url, "m", tmp_path / "cache.jsonl", timeout=0.6).grade("Q?", "A.")
+        assert time.perf_counter() - start < 10
+    assert "waiting for the endpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- round two: the same text everywhere
+
+def test_a_task_yaml_that_does_not_parse_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("lm_eval")
+    from sftkit.errors import SftkitError
+    from sftkit.evaluate.benchmarks import task_plan
+
+    (tmp_path / "fine.yaml").write_text("task: fine_task\ndataset_path: json\noutput_type: multiple_choice\n")
+    (tmp_path / "mine.yaml").write_text("task: my_task\n  dataset_path: [unclosed\n")
+    with pytest.raises(SftkitError, match=r"mine.yaml: lm-eval cannot read this task YAML .*--tasks my_task"):
+        task_plan(["my_task"], tmp_path, "auto")
+
+
+def test_rendering_budget_stops_nested_loops_and_spares_real_templates() -> None:
+    import time
+
+    import jinja2
+
+    from sftkit.templates.jinja import RenderBudgetExceeded, render_budget
+
+    loops = jinja2.Environment().from_string("{% for a in range(10**5) %}{% for b in range(10**5) %}{% endfor %}"
+                                             "{% endfor %}")
+    start = time.perf_counter()
+    with pytest.raises(RenderBudgetExceeded, match="more than 100,000 steps"), render_budget(steps=100_000):
+        loops.render()
+    assert time.perf_counter() - start < 5
+    with pytest.raises(RenderBudgetExceeded, match="more than 0.2 s"), render_budget(seconds=0.2):
+        loops.render()
+    chat = jinja2.Environment().from_string("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    with render_budget(steps=100_000):  # a thousand messages are far inside the budget
+        assert chat.render(messages=[{"role": "user", "content": "hi"}] * 1000).count("user: hi") == 1000
+    assert sys.gettrace() is None  # the tracer is gone afterwards
+
+
+@pytest.mark.integration
+def test_benchmarks_on_a_lora_run_are_one_line(tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    pytest.importorskip("lm_eval")
+    from helpers import run_cli
+    from test_merge import make_lora_run
+
+    run = make_lora_run(tiny_model_dir, tmp_path / "run")
+    code, _, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc", "--limit", "2"], monkeypatch, capsys)
+    if code == 0:
+        return  # the harness scores the run as it is (the run is merged in memory): nothing to refuse
+    one_error(code, err, "--tasks")

@@ -113,3 +113,77 @@ def test_dataset_readers_never_crash(suffix: str, data: st.DataObject) -> None:
             validate_data(cfg)
         except SftkitError as exc:
             assert_user_error(exc)
+
+
+# ---------------------------------------------------------------------------- round two: the newer readers
+
+YAML_VALUE = b"[&a [x, y], *a, {k: *a}, 'q', 1e3]"
+
+
+@settings(FUZZ, max_examples=150)
+@given(value=mutated(YAML_VALUE))
+def test_set_values_get_the_files_guard(value: bytes) -> None:
+    from sftkit.config import load_config
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "cfg.yaml"
+        path.write_bytes(CONFIG)
+        try:
+            load_config(path, [f"lora_target={value.decode('utf-8', 'replace')}"])
+        except SftkitError as exc:
+            assert_user_error(exc)
+
+
+SHEET = (b"id,prompt,response_a,response_b,helpfulness_a,accuracy_a,clarity_a,safety_a,helpfulness_b,accuracy_b,"
+         b"clarity_b,safety_b,preferred,rater,notes\n0,p,\"a\nb\",c,4,4,4,4,3,3,3,3,a,ann,\n1,q,x,y,,,,,5,5,5,5,b,,\n")
+
+
+@settings(FUZZ, max_examples=150)
+@given(sheet=mutated(SHEET))
+def test_rating_sheets_never_crash(sheet: bytes) -> None:
+    from sftkit.evaluate.ratings import read_ratings
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "filled.csv"
+        path.write_bytes(sheet)
+        key = {"sheet": "s.csv", "seed": 0, "models": ["m1", "m2"],
+               "rows": {"0": {"a": "m1", "b": "m2"}, "1": {"a": "m2", "b": "m1"}}}
+        (Path(folder) / "filled.key.json").write_text(json.dumps(key))
+        try:
+            read_ratings([path])
+        except SftkitError as exc:
+            assert_user_error(exc)
+
+
+class _NoModel:
+    """A backend that is never reached: every fuzzed body is checked before generation, or answered 503."""
+
+    def run_batch(self, jobs) -> None:
+        from sftkit.serve.engine import Failed
+        from sftkit.serve.protocol import ApiError
+
+        for job in jobs:
+            job.send(Failed(ApiError(503, "no model in this test", kind="server_error")))
+
+
+BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b"], "seed": 3,
+                   "max_tokens": 2, "temperature": 0}).encode()
+
+
+@pytest.fixture(scope="module")
+def bare_client():
+    from fastapi.testclient import TestClient
+
+    from sftkit.serve import build_app
+    from sftkit.serve.engine import Engine
+
+    with TestClient(build_app(Engine(_NoModel(), 4), "tiny"), raise_server_exceptions=False) as client:
+        yield client
+
+
+@settings(FUZZ, max_examples=200)
+@given(body=mutated(BODY))
+def test_request_bodies_never_get_a_500(bare_client, body: bytes) -> None:
+    response = bare_client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (400, 404, 413, 422, 503), response.text[:300]
+    assert response.json()["error"]["message"]

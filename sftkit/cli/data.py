@@ -68,16 +68,20 @@ def data_generate(
     attempts: Annotated[int, typer.Option(help="Answers asked for per row when one is malformed.")] = 3,
     backoff: Annotated[float, typer.Option(help="Seconds before asking again; doubles each time.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the example sampling.")] = 0,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds one request may take before it is tried again; a line says when the endpoint is slow.")] = 60.0,
 ) -> None:
     """Self-instruct: new Alpaca rows from seed examples via an OpenAI-compatible endpoint, with its registry entry."""
     from sftkit.data.quality.commands import generate_rows
     from sftkit.data.quality.generate import GenerateSettings
 
-    if n < 1 or attempts < 1 or backoff < 0 or not 0 < rouge_threshold <= 1:
-        raise SftkitError("-n and --attempts must be at least 1, --backoff at least 0, --rouge-threshold in (0, 1]")
+    if n < 1 or attempts < 1 or backoff < 0 or not 0 < rouge_threshold <= 1 or not timeout > 0:
+        raise SftkitError("-n and --attempts must be at least 1, --backoff at least 0, --rouge-threshold in (0, 1], "
+                          "--timeout more than 0")
     generate_rows(seeds, out, GenerateSettings(base_url=base_url, model=model, api_key_env=api_key_env, rows=n,
                                                temperature=temperature, rouge_threshold=rouge_threshold,
-                                               attempts=attempts, backoff=backoff, seed=seed), name)
+                                               attempts=attempts, backoff=backoff, seed=seed,
+                                               timeout=timeout), name)
 
 
 @data_command("export")

@@ -19,16 +19,21 @@ JudgeModelOpt = Annotated[Optional[str], typer.Option(help="The judge's model na
 JudgeKeyOpt = Annotated[str, typer.Option(help="Environment variable holding the judge endpoint's API key.")]
 JudgeCacheOpt = Annotated[Optional[Path], typer.Option(
     help="JSONL cache of the judge's verdicts (default: judge_cache.jsonl in the working directory).")]
+JudgeTimeoutOpt = Annotated[float, typer.Option(
+    help="Seconds one judge request may take (tried twice); a line says when the endpoint is slow.")]
 
 
-def _judge(url: Optional[str], model: Optional[str], key_env: str, cache: Optional[Path]):  # -> Judge | None
+def _judge(url: Optional[str], model: Optional[str], key_env: str, cache: Optional[Path],
+           timeout: float = 60.0):  # -> Judge | None
     if url is None and model is None:
         return None
     if url is None or model is None:
         raise SftkitError("--judge-url and --judge-model: give both to use a judge (or neither)")
     from sftkit.evaluate import Judge
 
-    return Judge(url, model, cache or Path("judge_cache.jsonl"), key_env)
+    if not timeout > 0:
+        raise SftkitError(f"--judge-timeout {timeout}: must be more than 0 seconds")
+    return Judge(url, model, cache or Path("judge_cache.jsonl"), key_env, timeout)
 
 
 @command("eval")
@@ -103,6 +108,7 @@ def predict(
     judge_model: JudgeModelOpt = None,
     judge_key_env: JudgeKeyOpt = "OPENAI_API_KEY",
     judge_cache: JudgeCacheOpt = None,
+    judge_timeout: JudgeTimeoutOpt = 60.0,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -110,7 +116,7 @@ def predict(
     judge on request."""
     from sftkit.evaluate import predict as run
 
-    judge = _judge(judge_url, judge_model, judge_key_env, judge_cache)
+    judge = _judge(judge_url, judge_model, judge_key_env, judge_cache, judge_timeout)
     run(model, model_config(model, config, set_), out=out, n=n, split=split, compare=compare,
         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size, overwrite=overwrite,
         sheet=sheet, judge=judge)
@@ -125,12 +131,15 @@ def report(
     judge_model: JudgeModelOpt = None,
     judge_key_env: JudgeKeyOpt = "OPENAI_API_KEY",
     judge_cache: JudgeCacheOpt = None,
+    judge_timeout: JudgeTimeoutOpt = 60.0,
     set_: SetOpt = None,
 ) -> None:
     """The release checklist: pass / fail / not measured per line, with the numbers; written into the run."""
     from sftkit.evaluate import release_report
+    from sftkit.run_dir import check_writable_into, not_a_run
 
     if not run_dir.is_dir():
         raise SftkitError(f"RUN_DIR {run_dir}: no such directory; point at the output_dir of an `sftkit train` run")
-    judge = _judge(judge_url, judge_model, judge_key_env, judge_cache)
+    check_writable_into(run_dir, "the release checklist", not_a_run)  # a base model's folder and card stay its own
+    judge = _judge(judge_url, judge_model, judge_key_env, judge_cache, judge_timeout)
     release_report(run_dir, model_config(str(run_dir), config, set_), judge=judge, max_new_tokens=max_new_tokens)

@@ -241,10 +241,24 @@ def _parse_override(text: str, shown: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{shown.removesuffix(text)}{text!r}: expected key=value")
+    key = key.strip()
+    if not value.strip():
+        return key, None
+    loader = None
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else None
+        loader = yaml.SafeLoader(value)  # reads the first characters already: may raise too
+        node = loader.get_single_node()
+        if node is None:
+            return key, None
+        _check_tree(Path(f"--set {key}"), node)  # the same guard as the file: depth, alias expansion, duplicates
+        return key, loader.construct_document(node)
     except yaml.YAMLError:
-        return key.strip(), value
+        return key, value
+    except RecursionError:
+        raise ConfigError(f"--set {key}: nested too deeply (limit {MAX_DEPTH} levels)") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _assign(raw: dict[str, Any], key: str, value: Any, shown: str) -> None:

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,14 +315,31 @@ def _refuse_single_object(path: Path, text: str) -> None:
                         "or JSON Lines (one row object per line)")
 
 
+def csv_reader(text: str) -> csv.DictReader:
+    """The one CSV reader of sftkit's inputs (datasets, rating sheets): cells as strings, any cell length the text
+    can hold (csv refuses cells over 128k characters by default; none can be longer than the file itself)."""
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))
+    return csv.DictReader(io.StringIO(text, newline=""))
+
+
+def csv_rows(reader: csv.DictReader, source: str) -> Iterator[dict[str, str]]:
+    """The reader's rows; a malformed file (a NUL byte, a cell past the limit) as one line naming where.
+
+    Raises:
+        DataError: naming `source` and the line.
+    """
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise DataError(f"{source}:{reader.line_num}: not readable as CSV ({exc}); fix the file or save it "
+                        "again from the spreadsheet") from None
+
+
 def _read_csv(path: Path) -> list[SourceRow]:
     """CSV through the csv module: every cell stays a string (pyarrow would turn "2" into a number)."""
-    text = _read_text(path)
-    # csv refuses cells over 128k characters by default; no cell can be longer than the file itself
-    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv_reader(_read_text(path))
     rows = []
-    for row in reader:
+    for row in csv_rows(reader, str(path)):
         # DictReader's line_num is the line where the row ended (rows may span lines).
         rows.append(SourceRow(str(path), len(rows), {k: v for k, v in row.items() if k is not None},
                               reader.line_num))

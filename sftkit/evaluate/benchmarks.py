@@ -107,6 +107,8 @@ def task_plan(tasks: list[str], include_path: Path | None, chat: str) -> tuple[A
         raise SftkitError(f"--include-path {include_path}: no such folder; point at a folder of lm-eval task YAMLs")
     manager = TaskManager(include_path=[str(p) for p in paths], include_defaults=False)
     missing = [name for name in tasks if name not in manager.all_tasks]
+    if missing and include_path is not None:
+        _check_task_yamls(include_path, missing[0])
     if missing and _offline():
         raise SftkitError(f"--tasks {missing[0]}: not a local task, and lm-eval's own tasks download their data from "
                           "the Hugging Face hub, which HF_HUB_OFFLINE=1 turns off; run with the hub reachable, or use "
@@ -119,6 +121,24 @@ def task_plan(tasks: list[str], include_path: Path | None, chat: str) -> tuple[A
             hint = f"did you mean {close[0]}?" if close else "`lm-eval ls tasks` lists them"
             raise SftkitError(f"--tasks {unknown[0]}: no such lm-eval task, group or tag; {hint}")
     return manager, {name for name in tasks if _is_chat_task(manager.task_index[name].cfg or {}, chat)}
+
+
+def _check_task_yamls(include_path: Path, name: str) -> None:
+    """Names a task YAML of `include_path` that lm-eval cannot read: its index skips such a file without a word,
+    and the task it defines would be reported as unknown.
+
+    Raises:
+        SftkitError: naming the file, the problem and the task looked for.
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for path in sorted(include_path.rglob("*.yaml")):
+        try:
+            load_yaml(path, resolve_func=False, recursive=False)
+        except Exception as exc:  # noqa: BLE001 - whatever the harness's loader raises, the file is unreadable
+            problem = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise SftkitError(f"--include-path {path}: lm-eval cannot read this task YAML ({problem}), so "
+                              f"--tasks {name} may be the task it defines; fix the file") from None
 
 
 def local_tasks(manager: Any) -> list[str]:
@@ -154,8 +174,9 @@ def score_model(model: str, cfg: SftConfig, manager: Any, tasks: list[str], chat
         names = [name for name in tasks if (name in chat_tasks) == templated]
         if not names:
             continue
+        harness_model = harness_lm(model, loaded, batch_size, templated)
         try:
-            results = simple_evaluate(model=templated_lm(loaded, batch_size, templated), tasks=names,
+            results = simple_evaluate(model=harness_model, tasks=names,
                                       task_manager=manager, limit=limit, apply_chat_template=templated,
                                       log_samples=False, bootstrap_iters=0, verbosity=None)
         except ConnectionError as exc:  # a hub dataset that cannot be fetched (offline, or not in the cache)
@@ -222,6 +243,20 @@ def scores_table(scores: dict[str, Any]) -> str:
                 line += f" {other:>8.4f} {value - other:>+8.4f}" if other is not None else ""
             lines.append(line)
     return "\n".join(lines)
+
+
+def harness_lm(model: str, loaded: Loaded, batch_size: int, templated: bool) -> Any:
+    """`templated_lm`, its refusal of a model it cannot wrap (a LoRA run's PEFT model: its tied weights are not
+    found) as one line.
+
+    Raises:
+        SftkitError: naming the model and the way round it.
+    """
+    try:
+        return templated_lm(loaded, batch_size, templated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise SftkitError(f"--tasks: lm-eval cannot wrap {model} ({(str(exc).splitlines() or [''])[0][:200]}); "
+                          f"merge it first (sftkit merge {model} --out DIR) and score DIR") from None
 
 
 def templated_lm(loaded: Loaded, batch_size: int, templated: bool) -> Any:

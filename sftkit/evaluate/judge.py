@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftkit.data.quality.endpoint import DEFAULT_TIMEOUT_S, complete_chat, make_client
 from sftkit.errors import SftkitError
 
 GRADE_SYSTEM = (
@@ -45,6 +45,7 @@ class Judge:
     model: str
     cache: Path
     api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = DEFAULT_TIMEOUT_S  # seconds per request (--timeout)
     _cached: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _client: Any = field(default=None, init=False, repr=False)
 
@@ -100,20 +101,20 @@ class Judge:
         return self._cached[key]
 
     def _complete(self, messages: list[dict[str, str]]) -> str:
-        import openai
-
         if self._client is None:
             # local servers take any key; a hosted one reads it from the environment, never from a file
-            self._client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "none",
-                                         max_retries=1, timeout=120)
+            self._client = make_client(self.base_url, self.api_key_env, max_retries=1, timeout=self.timeout)
         try:
-            reply = self._client.chat.completions.create(model=self.model, messages=messages, temperature=0,
-                                                         max_tokens=512)
-        except openai.APIError as exc:
-            raise SftkitError(f"--judge-url {self.base_url}: the judge endpoint failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]}); check the URL, --judge-model and "
-                              f"${self.api_key_env}") from None
-        return reply.choices[0].message.content or ""
+            text = complete_chat(self._client, self.model, messages, "--judge-timeout", temperature=0,
+                                 max_tokens=512)
+        except SftkitError as exc:
+            reason = str(exc).removeprefix(f"{self._client.base_url}: ")
+            raise SftkitError(f"--judge-url {self.base_url}: the judge endpoint failed ({reason}); check the URL, "
+                              f"--judge-model and ${self.api_key_env}") from None
+        if text is None:  # refused before it is used or cached: the next run asks again
+            raise SftkitError(f"--judge-url {self.base_url}: the judge's answer has no text (choices[0].message.content "
+                              "is missing or not a string); check --judge-model and the server")
+        return text
 
 
 def _read_cache(path: Path) -> dict[str, str]:
@@ -124,7 +125,8 @@ def _read_cache(path: Path) -> dict[str, str]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             entry = json.loads(line)
-            cached[entry["key"]] = entry["text"]
+            if isinstance(entry["key"], str) and isinstance(entry["text"], str):  # an older run's bad answer: asked again
+                cached[entry["key"]] = entry["text"]
         except (ValueError, KeyError, TypeError):
             continue
     return cached

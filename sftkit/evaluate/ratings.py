@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.atomic import write_json, write_text
+from sftkit.data.registry import csv_reader, csv_rows
 from sftkit.errors import SftkitError
 from sftkit.run_dir import HUMAN_EVAL_FILE, check_new_output, has_run_config, update_card_evaluation
 
@@ -153,7 +154,7 @@ def read_ratings(sheets: list[Path], key: Path | None = None, out: Path | None =
     check_new_output(out, overwrite)
     key = key or key_path(sheets[0])
     order = _read_key(key)
-    ratings = [rating for sheet in sheets for rating in _read_sheet(sheet, order["rows"])]
+    ratings = _no_repeats([rating for sheet in sheets for rating in _read_sheet(sheet, order["rows"])])
     summary = summarize(ratings, order["models"])
     summary.update(sheets=[str(s) for s in sheets], key=str(key))
     write_json(out, summary)
@@ -186,14 +187,18 @@ def _read_sheet(sheet: Path, order: dict[str, dict[str, str]]) -> list[dict[str,
         text = sheet.read_text(encoding="utf-8-sig")  # spreadsheets save a byte-order mark
     except OSError as exc:
         raise SftkitError(f"--ratings {sheet}: cannot read it ({exc.strerror}); name a filled rating sheet") from None
-    reader = csv.DictReader(io.StringIO(text))
+    except UnicodeDecodeError as exc:
+        raise SftkitError(f"--ratings {sheet}: not UTF-8 text (byte {exc.start}, 0x{exc.object[exc.start]:02x}; "
+                          "a spreadsheet saved it as Windows-1252 or another code page?); save it again as "
+                          "\"CSV UTF-8\"") from None
+    reader = csv_reader(text)
     missing = [f for f in ("id", "preferred", *(f"{d}_{s}" for s in SIDES for d in DIMENSIONS))
                if f not in (reader.fieldnames or [])]
     if missing:
         raise SftkitError(f"{sheet}: no {missing[0]!r} column; fill in the sheet `sftkit predict --sheet` wrote, "
                           "keeping its header")
     ratings = []
-    for number, row in enumerate(reader, start=1):  # prompts span several lines, so rows are counted, not lines
+    for number, row in enumerate(csv_rows(reader, str(sheet)), start=1):  # prompts span lines: rows are counted
         where = f"{sheet} row {number}"
         if row["id"] not in order:
             raise SftkitError(f"{where}: id {row['id']!r} is not in the key; use the key written with this sheet")
@@ -204,7 +209,25 @@ def _read_sheet(sheet: Path, order: dict[str, dict[str, str]]) -> list[dict[str,
         if preferred and preferred not in PREFERENCES:
             raise SftkitError(f"{where}, column preferred: {preferred!r}; write a, b or tie (or leave it blank)")
         ratings.append({"rater": (row.get("rater") or "").strip() or sheet.name, "id": row["id"], "scores": scores,
-                        "preferred": models.get(preferred, preferred) if preferred else None})
+                        "preferred": models.get(preferred, preferred) if preferred else None, "where": where})
+    return ratings
+
+
+def _no_repeats(ratings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Refuses a row a rater rated twice (a pasted duplicate would count again in the means and win rates).
+
+    Raises:
+        SftkitError: naming both rows.
+    """
+    first: dict[tuple[str, str], str] = {}
+    for rating in ratings:
+        key = (rating["rater"], rating["id"])
+        if key in first:
+            raise SftkitError(f"{rating['where']}: rater {key[0]!r} already rated id {key[1]!r} ({first[key]}); keep "
+                              "one of the two rows, or give the second rater their own name in the rater column")
+        first[key] = rating.pop("where")
+    for rating in ratings:
+        rating.pop("where", None)
     return ratings
 
 

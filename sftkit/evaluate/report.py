@@ -20,8 +20,8 @@ from sftkit.data import plural
 from sftkit.data.prompts import load_prompts
 from sftkit.evaluate.perplexity import data_config, load_model
 from sftkit.model import GenerationSettings, generate_replies
-from sftkit.run_dir import (BENCHMARKS_FILE, HUMAN_EVAL_FILE, METRICS_FILE, RELEASE_REPORT_FILE, has_adapter, read_json,
-                            shell_command, update_card_evaluation)
+from sftkit.run_dir import (BENCHMARKS_FILE, HUMAN_EVAL_FILE, METRICS_FILE, RELEASE_REPORT_FILE, check_writable_into,
+                            has_adapter, not_a_run, read_json, shell_command, update_card_evaluation)
 from sftkit.training.report import LOW_END_TOKEN_ACCURACY
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ def release_report(run: Path, cfg: SftConfig, judge: Judge | None = None, max_ne
     Returns:
         The checklist lines, in the guide's order.
     """
+    check_writable_into(run, "the release checklist", not_a_run)
     metrics = read_json(run / METRICS_FILE)
     samples = sample_answers(str(run), cfg, max_new_tokens)
     checks = [loss_gap(metrics, cfg.release_max_loss_gap), end_tokens(metrics), diversity(metrics),

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sftkit.errors import SftkitError
 from sftkit.templates import Template
 
 MODELFILE = "Modelfile"
+HEADER = "# Written by `sftkit export`"  # the Modelfile's first line: the marker of a folder sftkit exported
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,15 @@ class Pieces:
         if generation_prompt and messages[-1]["role"] != "assistant":
             out.append(self.header)
         return "".join(out)
+
+
+def is_ollama_modelfile(path: Path) -> bool:
+    """A Modelfile `sftkit export` wrote (its first line is sftkit's header)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.readline(len(HEADER) + 1).decode("utf-8", "replace").startswith(HEADER)
+    except OSError:
+        return False
 
 
 def template_problem(template: Any) -> str | None:
@@ -74,7 +85,7 @@ def modelfile(template: Template, gguf_name: str, stop_tokens: list[str], defaul
     if problem:
         raise SftkitError(f"--format ollama: {problem}")
     pieces = _pieces(template)
-    lines = [f"# Written by `sftkit export` from {source} (template {template.name}).",
+    lines = [f"{HEADER} from {source} (template {template.name}).",
              f"# ollama create NAME -f {MODELFILE}", f"FROM ./{gguf_name}", "",
              f'TEMPLATE """{_quoted(go_template(pieces), "TEMPLATE")}"""']
     if default_system:

@@ -16,7 +16,7 @@ from sftkit.atomic import discard_stale_staging, staged_dir, staged_file, write_
 from sftkit.data.model_source import resolve_model
 from sftkit.errors import SftkitError
 from sftkit.export.gguf_file import OUTTYPES, architecture_of, write_gguf
-from sftkit.export.ollama import MODELFILE, modelfile, template_problem
+from sftkit.export.ollama import MODELFILE, is_ollama_modelfile, modelfile, template_problem
 from sftkit.export.verify import Report, llama_cpp_available, verify
 from sftkit.merge import merge_in_memory
 from sftkit.model import Loaded, load_for_inference
@@ -120,9 +120,15 @@ def _resolve_out(model: str, name: str, fmt: str, out: str | Path | None, outtyp
 
 
 def _not_an_ollama_export(folder: Path) -> str | None:
+    """None for a folder `export --format ollama` wrote: its Modelfile carries sftkit's header, and nothing but
+    GGUF files lie beside it (a models folder of one's own holds *.gguf too, and --overwrite deletes them all)."""
     foreign = [entry.name for entry in sorted(folder.iterdir())
                if entry.is_dir() or (entry.name != MODELFILE and entry.suffix != ".gguf")]
-    return f"it holds {foreign[0]}" if foreign else None
+    if foreign:
+        return f"it holds {foreign[0]}"
+    if not is_ollama_modelfile(folder / MODELFILE):
+        return f"it has no {MODELFILE} written by `sftkit export`"
+    return None
 
 
 # ---------------------------------------------------------------------------- loading

@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib.util
 import socket
 import sys
+from typing import Any
 
 from sftkit.errors import SftkitError
 from sftkit.model import load_for_inference, trained_default_system
-from sftkit.serve.app import build_app
+from sftkit.serve.app import build_app, check_api_key
 from sftkit.serve.engine import Backend, Engine, TransformersBackend
 
 BACKENDS = ("transformers", "vllm")
+GRACEFUL_SHUTDOWN_S = 30  # after SIGTERM: the most seconds running answers get before they are cancelled
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_queue: int = 32,
@@ -36,16 +38,30 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | 
     Raises:
         SftkitError: a bad option, a port in use, a backend that cannot run here, or no loadable model.
     """
+    if api_key is not None:
+        check_api_key(api_key)
+    check_options(host, port, max_queue, backend, max_batch)
+    # held from the check to uvicorn: a second server started meanwhile finds the port taken, not uvicorn's error
+    listener = hold_listening(host, port)
+    try:
+        engine = Engine(load_backend(model, backend), max_queue, max_batch or default_max_batch())
+        app = build_app(engine, model, api_key, trained_default_system(model))
+        print(f"note: serving {model} at http://{host}:{port}/v1 ({backend}, up to {engine.max_batch} requests per "
+              f"batch; {'API key required' if api_key else 'no API key'})", file=sys.stderr)
+        run_server(app, listener)
+    finally:
+        listener.close()
+
+
+def run_server(app: Any, listener: socket.socket) -> None:
+    """uvicorn on the socket already bound. SIGTERM or Ctrl-C: it stops listening, lets running answers finish
+    for at most GRACEFUL_SHUTDOWN_S seconds (then cancels them), and re-raises the signal."""
     import uvicorn
 
-    check_options(host, port, max_queue, backend, max_batch)
-    engine = Engine(load_backend(model, backend), max_queue, max_batch or default_max_batch())
-    app = build_app(engine, model, api_key, trained_default_system(model))
-    print(f"note: serving {model} at http://{host}:{port}/v1 ({backend}, up to {engine.max_batch} requests per batch; "
-          f"{'API key required' if api_key else 'no API key'})", file=sys.stderr)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                            timeout_keep_alive=5)
     try:
-        # SIGTERM or Ctrl-C: uvicorn stops listening, lets running answers finish, then re-raises the signal
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:  # Ctrl-C after that graceful shutdown: not an error
         pass
 
@@ -85,6 +101,23 @@ def check_listening(host: str, port: int) -> None:
     except OSError as exc:
         raise SftkitError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); pick another "
                           "--port, or stop what is using it") from None
+
+
+def hold_listening(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, for uvicorn to serve on (`check_listening`'s refusal when it cannot).
+
+    Raises:
+        SftkitError: the port is taken, or the address is not this machine's.
+    """
+    try:
+        return socket.create_server((host, port), family=_family(host), backlog=2048)
+    except OSError as exc:
+        raise SftkitError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); pick another "
+                          "--port, or stop what is using it") from None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def load_backend(model: str, backend: str) -> Backend:

@@ -22,12 +22,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sftkit.errors import SftkitError
 from sftkit.serve.engine import Delta, Engine, Failed, Finished, Generation, Job, Started
-from sftkit.serve.protocol import ApiError, ChatRequest, CompletionRequest, Reply, Usage, tool_calls_body
+from sftkit.serve.protocol import ApiError, ChatRequest, CompletionRequest, Reply, Usage, surrogate_at, tool_calls_body
 
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.25
+# A request body is read whole before any handler runs: at most this many bytes, each part arriving within
+# BODY_READ_TIMEOUT_S, so a client cannot hold memory or the server's shutdown with a body it never finishes.
+MAX_BODY_BYTES = 4 * 2**20
+BODY_READ_TIMEOUT_S = 30.0
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict"}
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class ClientGone(Exception):
@@ -35,7 +41,7 @@ class ClientGone(Exception):
 
 
 def build_app(engine: Engine, model_id: str, api_key: str | None = None,
-              default_system: str | None = None) -> FastAPI:
+              default_system: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The OpenAI-compatible app serving `engine` under the name `model_id`.
 
     Args:
@@ -43,6 +49,10 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
         model_id: the name /v1/models lists; a request naming another model gets 404.
         api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
         default_system: system prompt for conversations without one (the run's default_system).
+        max_body_bytes: larger request bodies are answered 413 before they are read whole.
+
+    Raises:
+        SftkitError: an empty `api_key` (an unset variable in `--api-key "$KEY"`): the server would be open.
     """
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -52,8 +62,9 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
 
     app = FastAPI(title="sftkit serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
-    if api_key:
-        app.add_middleware(BearerAuth, key=api_key)
+    if api_key is not None:
+        app.add_middleware(BearerAuth, key=check_api_key(api_key))
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=BODY_READ_TIMEOUT_S)  # outermost: before auth
     _add_error_handlers(app)
     created = int(time.time())
 
@@ -276,6 +287,96 @@ def whole_body_error(message: str) -> ApiError:
     message = message.removeprefix("Value error, ")
     param = message.partition(":")[0]
     return ApiError(400, message, param if re.fullmatch(r"[a-z_]+", param) else None)
+
+
+def check_api_key(api_key: str) -> str:
+    """The key, refused when it is empty or blank: `--api-key "$KEY"` with KEY unset must not start an open server.
+
+    Raises:
+        SftkitError: naming the option and the fix.
+    """
+    if not api_key.strip():
+        raise SftkitError("--api-key is empty (an unset variable in --api-key \"$KEY\"?), which would leave the "
+                          "server open; give the key, or leave out --api-key (and SFTKIT_API_KEY) to serve without one")
+    return api_key
+
+
+class BodyLimit:
+    """Reads each HTTP request's body before the app sees it: 413 past `max_bytes` (a Content-Length saying so is
+    refused unread), 408 when a part takes longer than `timeout` seconds to arrive."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(413, scope, receive, send)
+            return
+        body, status = await self._read(receive)
+        if status:
+            await self._refuse(status, scope, receive, send)
+            return
+        where = lone_surrogate_in(body)
+        if where is not None:  # pydantic itself fails on such a string (a key, say), so it is refused here
+            error = ApiError(400, f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), "
+                                  "which is not text; send valid Unicode", where or None)
+            await JSONResponse(error.body(), 400)(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes, int | None]:
+        parts, size = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                return b"", 408
+            if message["type"] == "http.disconnect":
+                return b"", 499
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_bytes:
+                return b"", 413
+            if not message.get("more_body", False):
+                return b"".join(parts), None
+
+    async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send) -> None:
+        if status == 499:
+            return  # the client is gone: nobody reads an answer
+        message = (f"the request body is larger than this server's limit of {self.max_bytes:,} bytes; send a "
+                   "shorter request" if status == 413 else
+                   f"the request body did not arrive within {self.timeout:g} seconds of its previous part")
+        error = ApiError(status, message, code="request_too_large" if status == 413 else "request_timeout")
+        await JSONResponse(error.body(), status, headers={"Connection": "close"})(scope, receive, send)
+
+
+def lone_surrogate_in(body: bytes) -> str | None:
+    """Where a JSON body holds a lone surrogate escape ("\\ud800"), or None; the body is parsed only when it holds
+    a surrogate escape at all (paired ones, an emoji written as two escapes, are fine)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        return surrogate_at(json.loads(body))
+    except ValueError:
+        return None  # not JSON: the route's own validation says so
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read once, then the connection's own messages (a disconnect)."""
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 class BearerAuth:

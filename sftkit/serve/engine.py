@@ -221,6 +221,7 @@ class TransformersBackend:
         self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.grammars = GrammarCompiler(self.tokenizer, self.stop_ids)
         self.tool_format = tool_call_format(self.template)
+        self.char_limit = prompt_char_limit(self.tokenizer, self.context)
 
     def run_batch(self, jobs: list[Job]) -> None:
         """The jobs that sample alike together (greedy ones, or the same temperature and top_p); a job with its own
@@ -234,6 +235,7 @@ class TransformersBackend:
         watches, prompts, matchers = [], [], []
         for job in jobs:
             try:
+                check_prompt_chars(job.request, self.char_limit, self.context)  # before rendering a huge prompt
                 ids, tail = prompt_ids(self.tokenizer, self.template, job.request)
                 if job.request.max_tokens == 0:  # echo alone: the prompt scored, nothing generated
                     job.send(Started(len(ids)))
@@ -356,16 +358,20 @@ def prompt_ids(tokenizer: Any, template: Template, request: Generation) -> tuple
     """
     if request.prompt_token_ids is not None:
         return checked_token_ids(tokenizer, request.prompt_token_ids), ""
-    if request.messages is None:
-        ids = tokenizer(request.prompt).input_ids
-        if not ids:
-            raise ApiError(400, "prompt: empty; give some text to continue", "prompt")
-        return ids, ""
+    param = "prompt" if request.messages is None else "messages"
     try:
+        if request.messages is None:
+            ids = tokenizer(request.prompt).input_ids
+            if not ids:
+                raise ApiError(400, "prompt: empty; give some text to continue", "prompt")
+            return ids, ""
         ids, tails = encode_prompts(tokenizer, template, [SimpleNamespace(messages=request.messages,
                                                                           tools=template_tools(template, request))])
     except SftkitError as exc:
         raise ApiError(400, f"messages: {exc}", "messages") from None
+    except (TypeError, ValueError, UnicodeError, OverflowError) as exc:  # text the tokenizer cannot encode
+        raise ApiError(400, f"{param}: the tokenizer cannot encode this text ({type(exc).__name__}); send plain "
+                            "Unicode text", param) from None
     return ids[0], tails[0]
 
 
@@ -389,6 +395,33 @@ def template_tools(template: Template, request: Generation) -> str | None:
     own_jinja = hasattr(template, "source")
     return json.dumps(request.tools if own_jinja else [tool["function"] for tool in request.tools],
                       ensure_ascii=False)
+
+
+def prompt_char_limit(tokenizer: Any, context: int | None) -> int | None:
+    """The most characters a prompt that fits the context can have: `context` tokens of the vocabulary's longest
+    token. A longer one is refused before it is rendered and tokenized (which takes seconds per megabyte, on
+    the one generation worker)."""
+    if context is None:
+        return None
+    try:
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return context * max(longest, 1)
+
+
+def check_prompt_chars(request: Generation, limit: int | None, context: int | None) -> None:
+    """Refuses a prompt with more characters than any prompt that fits the context (`prompt_char_limit`).
+
+    Raises:
+        ApiError: 400 context_length_exceeded, naming both numbers.
+    """
+    chars = len(request.prompt or "") + sum(len(str(m.get("content") or "")) for m in request.messages or [])
+    if limit is not None and chars > limit:
+        param = "prompt" if request.messages is None else "messages"
+        raise ApiError(400, f"this model's maximum context length is {context} tokens, and the prompt has {chars:,} "
+                            f"characters, more than {context} tokens can hold ({limit:,}); shorten the prompt",
+                       param, "context_length_exceeded")
 
 
 def token_budget(prompt_tokens: int, max_tokens: int | None, context: int | None) -> int:
@@ -431,6 +464,8 @@ class ReplyWatch:
         self.echo_scores: list[TokenLogprob | None] = []
         self.scored: list[Scored] = []  # each generated token's log-probability (ScoredRows), when asked for
         self.scores_sent = 0
+        self.longest_stop = max((len(stop) for stop in self.stops), default=0)
+        self.checked = 0  # characters of the visible text already searched for stop strings
 
     @property
     def count(self) -> int:
@@ -449,7 +484,10 @@ class ReplyWatch:
         stop = self.job.stopped_early = self.job.cancelled.is_set()
         if self.follow and not stop:
             text = self._visible(self.tokenizer.decode(generated, skip_special_tokens=True))
-            cut = first_stop(text, self.stops)
+            # only the new text and a stop's length before it can hold a stop not found yet (a few characters
+            # more: decoding the next token may change the last character)
+            cut = first_stop(text, self.stops, max(0, min(self.checked, len(text)) - self.longest_stop - 4))
+            self.checked = len(text)
             stop = cut is not None
             self._send(text[:cut] if stop else text[:len(text) - _held(text, self.stops)])
         self.done = stop or self.last_id in self.stop_ids or self.count >= self.budget
@@ -552,12 +590,15 @@ def token_logprobs(tokenizer: Any, scored: list[Scored], top: int) -> list[Token
             for token, logprob, alternatives in scored]
 
 
-def first_stop(text: str, stops: list[str]) -> int | None:
-    """Where the earliest stop string starts in `text`, or None."""
-    found = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+def first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
+    """Where the earliest stop string starts in `text` (searched from `start`), or None."""
+    found = [i for i in (text.find(stop, start) for stop in stops) if i >= 0]
     return min(found) if found else None
 
 
 def _held(text: str, stops: list[str]) -> int:
     """Length of the longest end of `text` that a stop string starts with (not sent until it is decided)."""
-    return max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+    if not stops:
+        return 0
+    tail = text[-max(len(stop) for stop in stops):]  # a bounded window, not the whole reply
+    return max((k for stop in stops for k in range(1, len(stop)) if tail.endswith(stop[:k])), default=0)

@@ -20,6 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sftkit.templates import role_order_problem
 
+# Limits on what a client sends, checked before any work (OpenAI allows 4 stop sequences; a seed seeds numpy too,
+# whose seeds are 32-bit).
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+MAX_SEED = 2**32 - 1
+
 # OpenAI's "developer" role is its newer name for the system prompt.
 ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
               "tool": "observation"}
@@ -33,6 +39,7 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  kind: str = "invalid_request_error") -> None:
+        message, param = _printable(message), _printable(param) if param is not None else None
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -41,10 +48,59 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+def _printable(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate a client sent (in a key it names, say) written as its escape, so
+    the error's JSON can be encoded."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 # ---------------------------------------------------------------------------- request bodies
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_unicode(cls, value: Any) -> Any:
+        where = surrogate_at(value)
+        if where is not None:
+            # JSON's "\\ud800" escapes decode to half a character, which no tokenizer encodes
+            raise ValueError(f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), which is "
+                             "not text; send valid Unicode")
+        return value
+
+
+def surrogate_at(value: Any, where: str = "") -> str | None:
+    """The path of the first string in a JSON value that holds a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        path = f"{where}.{key}".lstrip(".")
+        found = surrogate_at(key, path) if isinstance(key, str) else None
+        found = found if found is not None else surrogate_at(item, path)
+        if found is not None:
+            return found
+    return None
+
+
+def list_or_one(value: Any, noun: str, most: int) -> Any:
+    """A string, or a list of 1..`most` strings, the limit named in the message (pydantic's union of the two shapes
+    would report "should be a valid string")."""
+    if isinstance(value, list):
+        if not 1 <= len(value) <= most:
+            allowed = f"exactly one {noun}" if most == 1 else f"1 to {most} {noun}s"
+            raise ValueError(f"a string or a list of {allowed} (got a list of {len(value)})")
+        bad = next((i for i, item in enumerate(value) if not isinstance(item, str)), None)
+        if bad is not None:
+            raise ValueError(f"item {bad} of the list must be a string")
+    elif value is not None and not isinstance(value, str):
+        raise ValueError(f"must be a string or a list of strings (a {noun})")
+    return value
 
 
 class TextPart(_Body):
@@ -106,8 +162,8 @@ class _Sampling(_Body):
     model: str | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    stop: str | list[str] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -148,11 +204,23 @@ class _Sampling(_Body):
             raise ValueError(f"must be in 1..{MAX_CHOICES} (choices per request)")
         return value
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _non_empty_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if value == "" or (isinstance(value, list) and "" in value):
-            raise ValueError("a stop sequence must not be empty")
+    def _bounded_stops(cls, value: Any) -> Any:
+        # every stop is searched for after each token: their count and length bound that work
+        list_or_one(value, "stop sequence", MAX_STOPS)
+        for stop in [value] if isinstance(value, str) else value or []:
+            if stop == "":
+                raise ValueError("a stop sequence must not be empty")
+            if len(stop) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop sequence has at most {MAX_STOP_CHARS} characters (got {len(stop):,})")
+        return value
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_range(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"must be a whole number in 0..{MAX_SEED} (got {value})")
         return value
 
     def stops(self) -> list[str]:

@@ -25,6 +25,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,10 +146,17 @@ class JinjaTemplate:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
-            rendered, spans = render_jinja_template([chat], tools=tools, chat_template=self.source,
-                                                    return_assistant_tokens_mask=track,
-                                                    add_generation_prompt=add_generation_prompt,
-                                                    **dict(self.variables))
+            with render_budget():
+                rendered, spans = render_jinja_template([chat], tools=tools, chat_template=self.source,
+                                                        return_assistant_tokens_mask=track,
+                                                        add_generation_prompt=add_generation_prompt,
+                                                        **dict(self.variables))
+        except RenderBudgetExceeded as exc:
+            raise DataError(f"the {self.name} chat template did not finish rendering one conversation ({exc}; "
+                            "loops nested in loops?); fix the template or use another") from None
+        except RecursionError:
+            raise DataError(f"the {self.name} chat template recurses without end (a macro calling itself?); fix the "
+                            "template or use another") from None
         except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
             raise DataError(f"the {self.name} chat template cannot render this conversation ({_first_line(exc)})"
                             ) from None
@@ -328,6 +339,53 @@ class JinjaTemplate:
         except DataError:
             return True
         return False
+
+
+# ---------------------------------------------------------------------------- a budget on rendering
+# A chat template is code from the model's files (or a config); a few nested loops run for hours. Jinja has no
+# step limit, so the template's own compiled code is counted while it renders (its frames are named
+# "<template>"; other code is not traced), and stopped past RENDER_STEPS lines or RENDER_SECONDS.
+RENDER_STEPS = 5_000_000  # lines of the compiled template: a real template runs some tens per message
+RENDER_SECONDS = 20.0
+_CHECK_EVERY = 4096  # steps between looks at the clock
+_TEMPLATE_FILE = "<template>"
+
+
+class RenderBudgetExceeded(Exception):
+    """A template rendering ran past its step or time budget."""
+
+
+@contextmanager
+def render_budget(steps: int | None = None, seconds: float | None = None) -> Iterator[None]:
+    """Stops a rendering in this thread past `steps` template lines or `seconds` (raising RenderBudgetExceeded).
+    Off where a tracer already runs (a debugger, coverage): replacing it would break it."""
+    if sys.gettrace() is not None:
+        yield
+        return
+    limit = RENDER_STEPS if steps is None else steps
+    budget = RENDER_SECONDS if seconds is None else seconds
+    deadline = time.monotonic() + budget
+    count = 0
+
+    def line(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+            if count % _CHECK_EVERY == 0 or count > limit:
+                if count > limit:
+                    raise RenderBudgetExceeded(f"more than {limit:,} steps")
+                if time.monotonic() > deadline:
+                    raise RenderBudgetExceeded(f"more than {budget:g} s")
+        return line
+
+    def call(frame: Any, event: str, arg: Any) -> Any:
+        return line if frame.f_code.co_filename == _TEMPLATE_FILE else None
+
+    sys.settrace(call)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
 
 
 def _cut(full: str, replies: list[tuple[int, int, int, int]], contents: list[tuple[int, int]],

@@ -19,7 +19,7 @@ from sftkit.data.pipeline import judge_cache
 from sftkit.data.quality.clean import CleanResult, Removal, clean_rows
 from sftkit.data.registry import load_registry, read_rows
 from sftkit.data.spec import REGISTRY_FILE
-from sftkit.errors import SftkitError
+from sftkit.run_dir import check_new_folder
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -30,21 +30,18 @@ _SOURCE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "subset", "split", "fo
 
 
 def check_clean_out(cfg: SftConfig, out: Path, overwrite: bool) -> None:
-    """--out must be a new folder (or, with --overwrite, an earlier `data clean` output), never dataset_dir.
+    """--out must be a new folder (or, with --overwrite, an earlier `data clean` output), never dataset_dir or a
+    folder holding it; a place under a file or in a read-only folder is refused before the work.
 
     Raises:
         SftkitError: naming the folder and the fix.
     """
-    if out.resolve() == Path(cfg.dataset_dir).resolve():
-        raise SftkitError(f"--out {out}: is the config's dataset_dir; write the cleaned data to a new folder")
-    if out.exists() and not out.is_dir():
-        raise SftkitError(f"--out {out}: is a file; name a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / REPORT_FILE).is_file():
-            raise SftkitError(f"--out {out}: not empty and holds no {REPORT_FILE}, so it is left alone; choose a new "
-                              "folder")
-        if not overwrite:
-            raise SftkitError(f"--out {out}: holds an earlier clean; pass --overwrite to replace it")
+    check_new_folder(out, Path(cfg.dataset_dir), f"the config's dataset_dir {cfg.dataset_dir}", overwrite,
+                     _not_cleaned, "an earlier `sftkit data clean` output")
+
+
+def _not_cleaned(out: Path) -> str | None:
+    return None if (out / REPORT_FILE).is_file() else f"it holds no {REPORT_FILE}"
 
 
 def clean_datasets(cfg: SftConfig, out: Path, tokenizer: Any = None) -> dict[str, Any]:

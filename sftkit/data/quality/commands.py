@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 
 from sftkit.data.inspect import prepare_for_cli
 from sftkit.data.quality import cleaned, report
-from sftkit.data.quality.generate import GenerateSettings, generate, read_seeds
+from sftkit.data.quality.generate import (
+    GenerateSettings,
+    check_out,
+    generate,
+    read_seeds,
+)
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -40,6 +45,7 @@ def clean(cfg: SftConfig, out: Path, overwrite: bool = False) -> dict:
 
 def generate_rows(seeds: Path, out: Path, settings: GenerateSettings, name: str | None = None) -> None:
     """Self-instruct rows from the seed file into `out` (resuming it), with the registry entry; prints the summary."""
+    check_out(seeds, out, name or out.stem)
     result = generate(read_seeds(seeds), out, settings, name)
     print(result.summary_line(out))
     print(f"registered as {name or out.stem!r} in {out.parent / 'dataset_info.json'}")

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.atomic import write_json
-from sftkit.data.quality.endpoint import ask_json, make_client
+from sftkit.data.quality.endpoint import DEFAULT_TIMEOUT_S, ask_json, make_client
 from sftkit.data.registry import get_spec, read_rows
 from sftkit.data.spec import REGISTRY_FILE
 from sftkit.errors import DataError, SftkitError
+from sftkit.run_dir import check_new_output
 
 FIELDS = ("instruction", "input", "output")
 PROMPT = """You write training data for an instruction-following assistant.
@@ -49,6 +50,7 @@ class GenerateSettings:
     attempts: int = 3  # answers asked for per row before counting it failed
     backoff: float = 1.0  # seconds before the second answer; doubles after each
     max_retries: int = 3  # the client's own retries of transport errors (connection, 429, 5xx)
+    timeout: float = DEFAULT_TIMEOUT_S  # seconds one request may take (--timeout)
     seed: int = 0
 
 
@@ -94,15 +96,19 @@ def generate(seeds: list[dict[str, str]], out: Path, settings: GenerateSettings,
     Raises:
         SftkitError: the endpoint cannot be reached, or too many answers in a row are unusable.
     """
+    registry_entry(out, name or out.stem)  # refused before any request
     existing = resume_rows(out)
     result = GenerateResult(rows=len(existing), added=0, resumed_from=len(existing))
     scorer = _rouge()
     pool = [row["instruction"] for row in [*seeds, *existing]]
-    client = make_client(settings.base_url, settings.api_key_env, max_retries=settings.max_retries)
+    client = make_client(settings.base_url, settings.api_key_env, max_retries=settings.max_retries,
+                         timeout=settings.timeout)
     rng = random.Random(f"{settings.seed}:{len(existing)}")  # a resumed run does not replay the same prompts
     failures_in_a_row = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as f:
+        if existing and not _ends_a_line(out):
+            f.write("\n")  # a complete last row without its newline: the next row starts a line of its own
         while result.rows < settings.rows:
             examples = rng.sample(seeds, min(settings.examples_per_prompt, len(seeds)))
             row, problems = ask_json(client, settings.model, _prompt(examples), _valid_row, settings.temperature,
@@ -131,40 +137,93 @@ def generate(seeds: list[dict[str, str]], out: Path, settings: GenerateSettings,
     return result
 
 
-def resume_rows(out: Path) -> list[dict[str, str]]:
-    """The rows an earlier run wrote to `out`; a last line a killed run cut short is removed from the file."""
+def check_out(seeds: Path, out: Path, name: str) -> None:
+    """Before any request: `out` can be written, is not the seeds file, holds nothing but rows an earlier run
+    wrote (it is appended to, and a cut-short last line removed), and the registry beside it does not give
+    `name` to another file.
+
+    Raises:
+        SftkitError: naming --out (or the registry entry) and the fix.
+    """
+    check_new_output(out, True, inputs=(seeds,))
+    resume_rows(out, dry_run=True)
+    registry_entry(out, name)
+
+
+def resume_rows(out: Path, dry_run: bool = False) -> list[dict[str, str]]:
+    """The rows an earlier run wrote to `out`; a last line a killed run cut short is removed from the file
+    (not with `dry_run`).
+
+    Raises:
+        DataError: a line that is not a row `generate` writes: the file is someone else's, left as it is.
+    """
     if not out.is_file():
         return []
     rows, good_bytes = [], 0
     with out.open("rb") as f:
-        for raw in f:
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                break
-            if not raw.endswith(b"\n") or not isinstance(value, dict) or _valid_row(value) is not None:
-                break
-            rows.append({key: str(value.get(key) or "") for key in FIELDS})
+        for number, raw in enumerate(f, start=1):
+            row = _own_row(raw)
+            if row is None and not raw.endswith(b"\n") and raw.lstrip().startswith(b'{"instruction"'):
+                break  # the last row, cut short by a killed run
+            if row is None:
+                raise DataError(f"--out {out}: line {number} is not a row `sftkit data generate` writes, so the file "
+                                "is not ours to append to or truncate; choose a new --out")
+            rows.append(row)
             good_bytes += len(raw)
-    if good_bytes != out.stat().st_size:
+    if good_bytes != out.stat().st_size and not dry_run:
         with out.open("r+b") as f:
             f.truncate(good_bytes)
     return rows
 
 
-def write_registry_entry(out: Path, name: str) -> None:
-    """Adds (or updates) `name` -> `out` in `dataset_info.json` beside it, keeping the other entries."""
+def _own_row(raw: bytes) -> dict[str, str] | None:
+    """The row of a JSONL line as `generate` writes it (exactly instruction, input and output), else None."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or set(value) != set(FIELDS):
+        return None
+    if _valid_row(value) is not None:
+        return None
+    return {key: value[key] for key in FIELDS}
+
+
+def _ends_a_line(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def registry_entry(out: Path, name: str) -> dict[str, Any]:
+    """The registry beside `out` (empty when there is none), checked to leave `name` to `out`.
+
+    Raises:
+        DataError: the registry is not a JSON object, or `name` names another file there.
+    """
     registry_path = out.parent / REGISTRY_FILE
     registry: dict[str, Any] = {}
     if registry_path.is_file():
         try:
             registry = json.loads(registry_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{registry_path}: not valid JSON ({exc}); fix or remove it") from None
         if not isinstance(registry, dict):
             raise DataError(f"{registry_path}: expected a JSON object; fix or remove it")
-    registry[name] = {"file_name": out.name}
-    write_json(registry_path, registry)
+    entry = registry.get(name)
+    if entry is not None and (not isinstance(entry, dict) or entry.get("file_name") != out.name):
+        raise DataError(f"{registry_path}: the entry {name!r} names another file "
+                        f"({entry.get('file_name') if isinstance(entry, dict) else entry}), and configs naming it "
+                        "would train on the generated rows; pass another --name")
+    return registry
+
+
+def write_registry_entry(out: Path, name: str) -> None:
+    """Adds `name` -> `out` to `dataset_info.json` beside it, keeping the other entries (and its own, if there)."""
+    registry = registry_entry(out, name)
+    if name not in registry:
+        registry[name] = {"file_name": out.name}
+        write_json(out.parent / REGISTRY_FILE, registry)
 
 
 def _prompt(examples: list[dict[str, str]]) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from sftkit.atomic import staged_dir, write_json
 from sftkit.data.quality.clean import find_duplicates
 from sftkit.data.quality.text import language, prompt_text, replies
-from sftkit.errors import SftkitError
+from sftkit.run_dir import check_new_folder
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -24,19 +24,17 @@ _SUMMED = ("rows", "tokens", "trained_tokens", "prompt_tokens", "truncated", "tu
 
 
 def check_stats_out(out: Path, overwrite: bool) -> None:
-    """An existing --out is replaced only with --overwrite, and only when it holds statistics sftkit wrote.
+    """An existing --out is replaced only with --overwrite, and only when it holds statistics sftkit wrote; a place
+    under a file or in a read-only folder is refused before the work (the one rule, run_dir.check_new_folder).
 
     Raises:
         SftkitError: naming the folder and the fix.
     """
-    if out.exists() and not out.is_dir():
-        raise SftkitError(f"--out {out}: is a file; name a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / STATS_FILE).is_file():
-            raise SftkitError(f"--out {out}: not empty and holds no {STATS_FILE}, so it is left alone; choose a new "
-                              "folder")
-        if not overwrite:
-            raise SftkitError(f"--out {out}: already holds statistics; pass --overwrite to replace them")
+    check_new_folder(out, None, "", overwrite, _not_stats, "statistics `sftkit data stats` wrote")
+
+
+def _not_stats(out: Path) -> str | None:
+    return None if (out / STATS_FILE).is_file() else f"it holds no {STATS_FILE}"
 
 
 def write_data_stats(cfg: SftConfig, data: PreparedData, out: Path) -> dict[str, Any]:
