@@ -576,7 +576,8 @@ def test_hostile_requests_get_a_4xx_and_the_next_one_is_answered(serve_client, b
 
 
 def test_completion_list_limits_are_named(serve_client) -> None:
-    for body, words in (({"prompt": ["a", "b"]}, "exactly one prompt (got a list of 2)"),
+    for body, words in (({"prompt": ["a"] * 65}, "a list of 1 to 64 prompts (got a list of 65)"),
+                        ({"prompt": []}, "a list of 1 to 64 prompts (got a list of 0)"),
                         ({"prompt": "\ud800"}, "prompt: holds a lone surrogate"),
                         ({"prompt": 5}, "prompt: must be a string")):
         response = serve_client.post("/v1/completions", content=json.dumps(body).encode(),

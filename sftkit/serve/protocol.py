@@ -353,6 +353,18 @@ class CompletionRequest(_Sampling):
     best_of: Literal[1] | None = None
     suffix: None = None
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _named_prompt_limits(cls, value: Any) -> Any:
+        # pydantic's union of the four prompt shapes would answer any of these with "should be a valid string"
+        token_ids = isinstance(value, list) and value and all(type(item) is int for item in value)
+        if isinstance(value, list) and not token_ids and not 1 <= len(value) <= MAX_PROMPTS:
+            raise ValueError(f"a string, a list of token ids, or a list of 1 to {MAX_PROMPTS} prompts (got a list "
+                             f"of {len(value)})")
+        if not isinstance(value, str | list):
+            raise ValueError("must be a string, a list of token ids, or a list of prompts")
+        return value
+
     @model_validator(mode="after")
     def _zero_tokens_with_echo(self) -> CompletionRequest:
         if self.max_tokens == 0 and not self.echo:
