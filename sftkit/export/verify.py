@@ -7,9 +7,10 @@ multi-turn chat; each ends with the assistant header, where a reply starts):
 1. tokens: llama.cpp tokenizes the rendered text (special tokens parsed) to the ids transformers gives;
 2. logits: at every prompt position, max |llama.cpp - transformers| as a fraction of the largest transformers
    logit, within the out-type's limit (LIMITS);
-3. greedy: GREEDY_STEPS tokens decoded greedily by each are the same, up to the first near tie: a step where
-   transformers rates its two best tokens closer than the limit (there rounding may honestly flip the choice,
-   and the two continuations then diverge, so comparing further means nothing);
+3. greedy: GREEDY_STEPS tokens decoded by each, every step's logits (through both KV caches) within the same
+   limit, the tokens equal up to the first step where the two choose differently: a near tie (with logits
+   within d of each other, a choice can flip only where transformers rates the two tokens within 2d), after
+   which the continuations differ and comparing further means nothing; where it happened is reported;
 4. the file's chat template is the trained template.
 
 One report line per prompt. Any failure raises and the caller leaves nothing written.
@@ -47,7 +48,7 @@ PROMPTS: dict[str, list[dict[str, str]]] = {
     "short": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
     "long": [{"role": "system", "content": "You are a careful assistant who answers briefly."},
              {"role": "user", "content": _LONG * 2}],
-    "unicode": [{"role": "user", "content": "Traduis: « café, naïve, 植物と水 🌱 — Ærøskøbing, Straße, ½ ≠ 0.5 »"}],
+    "unicode": [{"role": "user", "content": "Traduis: « café, naïve, 植物と水 🌱 — Ærøskøbing, Straße ≠ Strasse »"}],
     "multi-turn": [{"role": "system", "content": "You are a helpful assistant."},
                    {"role": "user", "content": "Name a red fruit."},
                    {"role": "assistant", "content": "An apple."},
@@ -135,31 +136,32 @@ def _check_prompt(llm: Any, model: Any, name: str, ids: list[int], limit: float,
     if not diff <= limit:
         raise SftkitError(f"export check failed: on the {name} prompt llama.cpp's {outtype} logits differ from "
                           f"transformers' by {diff:.1%} of the largest logit (limit {limit:.0%}); nothing was written")
-    # llama.cpp's logits within d of transformers' can flip an argmax only where the two best are within 2d:
-    # greedy tokens must agree until such a step (3d, for decode steps a little past the prompt's measure)
-    equal, tie = _greedy(llm, model, out, min(3 * diff, limit) * scale, name)
+    equal, tie = _greedy(llm, model, out, limit, name, outtype)
     line = (f"verify (llama.cpp {outtype}, f16 KV cache) {name}: {len(ids)} tokens, max logit difference {diff:.2%} "
             f"of the largest (limit {limit:.0%}), greedy {equal}/{GREEDY_STEPS} tokens equal")
     print(line + (f" up to a near tie at step {tie}" if tie else ""), file=sys.stderr)
     return PromptReport(name, len(ids), diff, equal, tie)
 
 
-def _greedy(llm: Any, model: Any, out: Any, tie_gap: float, name: str) -> tuple[int, int | None]:
-    """Greedy tokens from both until GREEDY_STEPS or transformers' first near tie; (equal count, tie step)."""
+def _greedy(llm: Any, model: Any, out: Any, limit: float, name: str, outtype: str) -> tuple[int, int | None]:
+    """Greedy tokens from both, each step's logits (now through both KV caches) within the limit, until
+    GREEDY_STEPS or the first step where they choose differently: a near tie, since transformers then rates
+    the two tokens within twice that step's logit difference; (equal count, tie step)."""
+    import numpy as np
     import torch
 
     with torch.inference_mode():
         for step in range(GREEDY_STEPS):
-            hf_logits = out.logits[0, -1].float()
-            top2 = torch.topk(hf_logits, 2)
-            if float(top2.values[0] - top2.values[1]) < tie_gap:
-                return step, step + 1
-            hf_token, cpp_token = int(top2.indices[0]), int(llm.scores[llm.n_tokens - 1].argmax())
+            hf_logits = out.logits[0, -1].float().numpy()
+            cpp_logits = llm.scores[llm.n_tokens - 1]
+            diff = float(np.abs(cpp_logits - hf_logits).max()) / max(1.0, float(np.abs(hf_logits).max()))
+            if not diff <= limit:
+                raise SftkitError(f"export check failed: on the {name} prompt, greedy step {step + 1}: llama.cpp's "
+                                  f"{outtype} logits differ from transformers' by {diff:.1%} of the largest (limit "
+                                  f"{limit:.0%}); nothing was written")
+            hf_token, cpp_token = int(hf_logits.argmax()), int(cpp_logits.argmax())
             if cpp_token != hf_token:
-                gap = float(hf_logits[hf_token] - hf_logits[cpp_token])
-                raise SftkitError(f"export check failed: on the {name} prompt, greedy step {step + 1}: llama.cpp chose "
-                                  f"token {cpp_token}, transformers {hf_token}, which it rates {gap:.3g} higher (no "
-                                  "near tie); nothing was written")
+                return step, step + 1
             llm.eval([cpp_token])
             out = model(input_ids=torch.tensor([[cpp_token]]), past_key_values=out.past_key_values, use_cache=True)
     return GREEDY_STEPS, None
