@@ -120,7 +120,7 @@ def test_readme_benchmark_command_on_the_demo_lora_run(tiny_model_dir: Path, bun
     assert (run / "adapter_config.json").is_file() and json.loads((run / "adapter_config.json").read_text())[
         "peft_type"] == "LORA"
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc,sftkit_gen", "--compare", str(tiny_model_dir),
+    code, _, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc,sftkit_gen", "--compare", str(tiny_model_dir),
                               "--limit", "4"], monkeypatch, capsys)
     assert code == 0, err
     scores = json.loads((run / "benchmarks.json").read_text(encoding="utf-8"))

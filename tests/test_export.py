@@ -128,7 +128,7 @@ def test_a_wrong_tensor_layout_fails_and_leaves_nothing(lora_run: Path, tmp_path
     import gguf
     import numpy as np
 
-    import sftkit.export.recipe as recipe
+    from sftkit.export import recipe
 
     original = recipe.write_gguf
 

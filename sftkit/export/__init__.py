@@ -6,7 +6,7 @@ and quantizer, run on the model), `converter_main` (the converter's subprocess, 
 Modelfile) and `verify` (llama.cpp loads the file and must compute what transformers computes).
 """
 
-from sftkit.export.recipe import FORMATS, export
 from sftkit.export.convert import OUTTYPES
+from sftkit.export.recipe import FORMATS, export
 
 __all__ = ["FORMATS", "OUTTYPES", "export"]

@@ -151,9 +151,10 @@ def _fallback_notes(path: Path, outtype: str) -> list[str]:
     if not other:
         return []
     kinds = sorted({t.tensor_type.name for t in other})
-    return [f"{len(other)} of {len(matrices)} weight matrices have rows of a length {K_QUANT_BLOCK} does not divide "
+    note = (f"{len(other)} of {len(matrices)} weight matrices have rows of a length {K_QUANT_BLOCK} does not divide "
             f"(e.g. {other[0].name}, {int(other[0].shape[0])}), so llama.cpp stored them as {', '.join(kinds)}, not a "
-            "k-quant"]
+            "k-quant")
+    return [note]
 
 
 def _version(folder: Path) -> str:

@@ -35,7 +35,7 @@ from sftkit.errors import SftkitError
 if TYPE_CHECKING:
     from sftkit.templates import Template
 
-LIMITS = {"f32": 0.05, "f16": 0.05, "bf16": 0.10, "q8_0": 0.15, "q6_k": 0.25, "q5_k_m": 0.35, "q4_k_m": 0.50}
+LIMITS = {"f32": 0.05, "f16": 0.05, "bf16": 0.10, "q8_0": 0.25, "q6_k": 0.35, "q5_k_m": 0.45, "q4_k_m": 0.60}
 GREEDY_STEPS = 16
 _LONG = ("Summarise the following notes in two sentences. The garden was planted in early spring: tomatoes along "
          "the south wall, beans on the trellis, and a row of lettuce that bolted by June because the summer came "
