@@ -21,13 +21,7 @@ from sftkit.export.ollama import MODELFILE, modelfile, template_problem
 from sftkit.export.verify import Report, llama_cpp_available, verify
 from sftkit.merge import merge_in_memory
 from sftkit.model import Loaded, load_for_inference
-from sftkit.run_dir import (
-    check_new_folder,
-    check_new_output,
-    has_adapter,
-    has_run_config,
-    read_run_config,
-)
+from sftkit.run_dir import check_new_folder, check_new_output, has_adapter, has_run_config, read_run_config
 
 FORMATS = ("gguf", "ollama")
 LLAMA_CPP_HINT = "run scripts/setup.sh (it builds llama-cpp-python: pip install 'sftkit[gguf]')"
