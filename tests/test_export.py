@@ -18,9 +18,18 @@ from test_merge import assert_one_error, make_lora_run
 
 from sftkit.errors import SftkitError
 
+def _converter_missing() -> bool:
+    from sftkit.export.convert import llama_cpp_dir
+
+    return not (llama_cpp_dir() / "convert_hf_to_gguf.py").is_file()
+
+
+# scripts/setup.sh installs both: llama-cpp-python, and llama.cpp's converter from the same version's source
+needs_converter = pytest.mark.skipif(_converter_missing(), reason="llama.cpp's convert_hf_to_gguf.py is not in "
+                                     ".venv/share/sftkit/llama.cpp (scripts/setup.sh extracts it)")
 needs_llama_cpp = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed (pip install 'sftkit[gguf]'); the GGUF checks need llama.cpp")
+    __import__("importlib").util.find_spec("llama_cpp") is None or _converter_missing(),
+    reason="llama-cpp-python or llama.cpp's converter is missing (scripts/setup.sh); the GGUF checks need llama.cpp")
 
 AWKWARD = ["Hello world", "  two  spaces and a\ttab\n\nnew lines", "café, naïve, 植物 and 🌱",
            "<|im_start|>user\nHi<|im_end|>\n", "3.14 and 42, '' \"quotes\" {braces}"]
@@ -257,6 +266,7 @@ def test_ollama_pieces_reproduce_every_plain_named_template() -> None:
     assert "rewrites earlier turns" in template_problem(get_template("qwen3"))
 
 
+@needs_converter
 def test_ollama_refuses_a_run_trained_on_a_jinja_template(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
                                                           capsys) -> None:
     run = make_lora_run(tiny_model_dir, tmp_path / "run")
@@ -270,6 +280,7 @@ def test_ollama_refuses_a_run_trained_on_a_jinja_template(tiny_model_dir: Path, 
 
 # ---------------------------------------------------------------------------- bad arguments fail before any work
 
+@needs_converter
 @pytest.mark.parametrize("args, words", [
     (["--format", "onnx"], ["--format 'onnx'", "gguf, ollama"]),
     (["--outtype", "q4_k"], ["--outtype 'q4_k'", "f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k"]),
@@ -280,6 +291,7 @@ def test_cli_refuses_bad_arguments(lora_run: Path, monkeypatch, capsys, args: li
     assert_one_error(code, err, *words)
 
 
+@needs_converter
 def test_cli_refuses_an_existing_out_without_overwrite(lora_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     out = tmp_path / "x.gguf"
     out.write_bytes(b"mine")
@@ -288,6 +300,7 @@ def test_cli_refuses_an_existing_out_without_overwrite(lora_run: Path, tmp_path:
     assert out.read_bytes() == b"mine"
 
 
+@needs_converter
 def test_cli_refuses_an_architecture_llama_cpp_cannot_convert(tmp_path: Path, monkeypatch, capsys) -> None:
     """Only config.json is read: no weights exist, and the error names the architecture and the converter."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["SomeNewForCausalLM"],
@@ -296,6 +309,7 @@ def test_cli_refuses_an_architecture_llama_cpp_cannot_convert(tmp_path: Path, mo
     assert_one_error(code, err, "architecture SomeNewForCausalLM", "convert_hf_to_gguf.py has no model class")
 
 
+@needs_converter
 def test_the_converter_knows_the_architectures_the_issue_names() -> None:
     from sftkit.export.convert import check_converter, supported_architectures
 
@@ -321,6 +335,7 @@ def test_cli_without_llama_cpp_says_how_to_get_it_or_skip(lora_run: Path, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_converter
 def test_no_verify_writes_a_readable_gguf_with_the_trained_template(lora_run: Path, tmp_path: Path) -> None:
     """Unchecked, the file is still complete: gguf's own reader finds ERNIE's metadata, the vocabulary (sftkit's,
     since the converter's hash table does not know the tiny tokenizer's pre-tokenizer), the end-of-turn id and the
@@ -345,6 +360,7 @@ def test_no_verify_writes_a_readable_gguf_with_the_trained_template(lora_run: Pa
     assert names["blk.0.attn_q.weight"] == "BF16" and names["blk.0.attn_norm.weight"] == "F32"
 
 
+@needs_converter
 def test_stale_staging_of_a_killed_export_is_removed(lora_run: Path, tmp_path: Path) -> None:
     from sftkit.export import export
 
