@@ -116,8 +116,11 @@ def _run_converter(hf: Path, out: Path, outtype: str, name: str, settings: Path)
                str(hf), "--outfile", str(out), "--outtype", outtype, "--model-name", name]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     for line in result.stderr.splitlines():
-        if line.startswith("sftkit:"):
+        if line.startswith("sftkit: "):
             print(f"export: {line.removeprefix('sftkit: ')}", file=sys.stderr)
+    own = [line.removeprefix("sftkit-error: ") for line in result.stderr.splitlines() if line.startswith("sftkit-error:")]
+    if own:
+        raise SftkitError(f"{own[-1]}; nothing was written")
     if result.returncode != 0:
         tail = " | ".join(line.strip() for line in result.stderr.strip().splitlines()[-3:])
         raise SftkitError(f"llama.cpp's convert_hf_to_gguf.py failed on {hf.name} ({tail}); nothing was written")

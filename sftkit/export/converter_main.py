@@ -81,4 +81,10 @@ def _replace(writer: Any, key: str, add: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception as exc:  # sftkit's own one-line errors (SftkitError) reach the parent as they are
+        if type(exc).__module__.startswith("sftkit."):
+            print(f"sftkit-error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
