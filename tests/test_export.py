@@ -468,3 +468,20 @@ def test_smollm2_exports_as_q4_k_m_with_its_own_template(smollm2_folder: Path, t
     assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
     eot = fields["tokenizer.ggml.eot_token_id"].contents()
     assert fields["tokenizer.ggml.tokens"].contents()[eot] == "<|im_end|>"
+
+
+def test_byte_level_pre_tokenizers_map_to_llama_cpp_names_or_none() -> None:
+    """GPT-2's ByteLevel and Qwen2's split are written under llama.cpp's names; a split llama.cpp has no name
+    for (here: Qwen2's regex with one alternative dropped) is refused rather than written as the nearest one."""
+    from sftkit.export.vocab import NAMED_SPLITS, _byte_level_pre
+
+    level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
+    qwen2 = next(regex for regex, name in NAMED_SPLITS.items() if name == "qwen2")
+
+    def split(regex: str) -> dict:
+        return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+    assert _byte_level_pre([{"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]) == "gpt-2"
+    assert _byte_level_pre([split(qwen2), level]) == "qwen2"
+    assert _byte_level_pre([split(qwen2.replace("|\\p{N}", "")), level]) is None
+    assert _byte_level_pre([split(qwen2), {**level, "add_prefix_space": True}]) is None
