@@ -27,4 +27,21 @@ if [ -z "${SFTKIT_NO_LLAMA_CPP:-}" ] && ! .venv/bin/python -c "import llama_cpp"
   # --no-cache-dir: a wheel pip cached from another build (say -march=native) must not stand in for this one
   CMAKE_ARGS="${CMAKE_ARGS:-$portable}" .venv/bin/pip install --disable-pip-version-check --no-cache-dir -e ".[gguf]"
 fi
+# llama.cpp's own HF -> GGUF converter (convert_hf_to_gguf.py, its conversion/ package and gguf-py), which `sftkit
+# export` runs as a subprocess: taken from the llama-cpp-python source of the version installed above, so the
+# converter writes exactly what that llama.cpp reads. One sdist download (~75 MB), once; skipped when present.
+if [ -z "${SFTKIT_NO_LLAMA_CPP:-}" ] && .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  dest=.venv/share/sftkit/llama.cpp
+  version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))")
+  if [ "$(cat "$dest/VERSION" 2>/dev/null)" != "$version" ]; then
+    echo "setup: extracting llama.cpp's convert_hf_to_gguf.py and gguf-py (llama-cpp-python $version) into $dest"
+    tmp=$(mktemp -d)
+    .venv/bin/pip download --disable-pip-version-check -q --no-binary :all: --no-deps -d "$tmp" "llama-cpp-python==$version"
+    tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
+      '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/gguf/*' '*/vendor/llama.cpp/LICENSE'
+    rm -rf "$dest" && mkdir -p "$(dirname "$dest")"
+    mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$dest" && echo "$version" > "$dest/VERSION"
+    rm -rf "$tmp"
+  fi
+fi
 echo "setup: done"

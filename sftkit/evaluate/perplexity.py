@@ -109,12 +109,20 @@ def data_config(cfg: SftConfig, split: str, dataset: str | None) -> SftConfig:
 def load_model(model: str, cfg: SftConfig) -> Loaded:
     """Loads `model` for inference, in eval mode on the best device.
 
-    An sftkit run or merged directory speaks its own template (`sftkit.model.load_for_inference`).
+    An sftkit run or merged directory speaks its own template (`sftkit.model.load_for_inference`); a LoRA
+    run's adapter is folded into its base in memory.
     Anything else is a base model, loaded as training starts from it (`sftkit.model`, seeded with
     `cfg.seed`: the config's template tokens added, embeddings grown), so it is measured on exactly
     the rows, masks and prompts its fine-tunes were.
     """
-    if has_run_config(Path(model)) or has_adapter(Path(model)):
+    if has_adapter(Path(model)):
+        loaded = load_for_inference(model)
+        # The adapter folded in memory: lm-eval's HFLM (and anything else that calls tie_weights()) meets a plain
+        # transformers model, not PEFT's wrapped embeddings (a run that added its template's tokens trains
+        # them through a wrapper), and the scores are the merged model's, which `sftkit merge` would save.
+        loaded.model = loaded.model.merge_and_unload()
+        return loaded
+    if has_run_config(Path(model)):
         return load_for_inference(model)
     return _load_base(cfg.model_copy(update={"model_name_or_path": model}))
 

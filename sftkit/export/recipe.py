@@ -10,12 +10,13 @@ place are checked before any weights load.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 from sftkit.atomic import discard_stale_staging, staged_dir, staged_file, write_text
 from sftkit.data.model_source import resolve_model
 from sftkit.errors import SftkitError
-from sftkit.export.gguf_file import OUTTYPES, architecture_of, write_gguf
+from sftkit.export.convert import OUTTYPES, check_architecture, check_converter, write_gguf
 from sftkit.export.ollama import MODELFILE, is_ollama_modelfile, modelfile, template_problem
 from sftkit.export.verify import Report, llama_cpp_available, verify
 from sftkit.merge import merge_in_memory
@@ -23,7 +24,7 @@ from sftkit.model import Loaded, load_for_inference
 from sftkit.run_dir import check_new_folder, check_new_output, has_adapter, has_run_config, read_run_config
 
 FORMATS = ("gguf", "ollama")
-LLAMA_CPP_HINT = "pip install 'sftkit[gguf]' (it builds llama-cpp-python) or pass --no-verify to skip the check"
+LLAMA_CPP_HINT = "run scripts/setup.sh (it builds llama-cpp-python: pip install 'sftkit[gguf]')"
 
 
 def export(model: str, fmt: str = "gguf", out: str | Path | None = None, outtype: str = "f16",
@@ -34,7 +35,7 @@ def export(model: str, fmt: str = "gguf", out: str | Path | None = None, outtype
         model: run directory, merged model directory, or base model path / hub id.
         fmt: gguf or ollama.
         out: the .gguf file (gguf) or the folder (ollama); default beside MODEL, named after it and `outtype`.
-        outtype: f32, f16, bf16 or q8_0: the type of the weight matrices (norms stay f32).
+        outtype: f32, f16, bf16 (llama.cpp's converter), or q8_0, q6_k, q5_k_m, q4_k_m (its quantizer, from f32).
         overwrite: replace an existing `out` (for ollama, only a folder an earlier export wrote).
         check: load the file with llama.cpp and compare logits and greedy tokens with transformers.
 
@@ -42,8 +43,8 @@ def export(model: str, fmt: str = "gguf", out: str | Path | None = None, outtype
         The path written.
 
     Raises:
-        SftkitError: bad arguments, an architecture the exporter does not map, an output place that cannot be
-            used, or an export that llama.cpp loads differently from transformers (then nothing is written).
+        SftkitError: bad arguments, an architecture llama.cpp's converter does not know, an output place that
+            cannot be used, or an export that llama.cpp loads differently from transformers (then nothing is written).
     """
     _check_arguments(fmt, outtype, check)
     name = _check_model(model, fmt)
@@ -66,7 +67,10 @@ def export(model: str, fmt: str = "gguf", out: str | Path | None = None, outtype
 
 
 def _write_checked(path: Path, loaded: Loaded, outtype: str, name: str, check: bool) -> Report | None:
-    write_gguf(path, loaded.model, loaded.tokenizer, loaded.template, outtype, name)
+    # the HF folder and f32 file the converter and quantizer work from: beside the output (same disk), removed
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.work-", dir=path.parent) as work:
+        for note in write_gguf(path, loaded, outtype, name, Path(work)):
+            print(f"export: {note}", file=sys.stderr)
     return verify(path, loaded.model, loaded.tokenizer, loaded.template, outtype) if check else None
 
 
@@ -77,8 +81,11 @@ def _check_arguments(fmt: str, outtype: str, check: bool) -> None:
         raise SftkitError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if outtype not in OUTTYPES:
         raise SftkitError(f"--outtype {outtype!r}: use one of {', '.join(OUTTYPES)}")
-    if check and not llama_cpp_available():
-        raise SftkitError(f"llama_cpp is not installed, so the export cannot be checked with llama.cpp; {LLAMA_CPP_HINT}")
+    if (check or outtype not in ("f32", "f16", "bf16")) and not llama_cpp_available():
+        why = "the export cannot be checked with llama.cpp" if check else f"llama.cpp's quantizer makes {outtype}"
+        raise SftkitError(f"llama_cpp is not installed, so {why}; {LLAMA_CPP_HINT}"
+                          + (" or pass --no-verify to skip the check" if check else ""))
+    check_converter()
 
 
 def _check_model(model: str, fmt: str) -> str:
@@ -100,7 +107,7 @@ def _check_model(model: str, fmt: str) -> str:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
     except (OSError, ValueError) as exc:
         raise SftkitError(f"{source}: cannot read its config.json ({str(exc).splitlines()[0]})") from None
-    architecture_of(config)
+    check_architecture(config)
     return (path.resolve().name if path.is_dir() else model.replace("/", "-")) or "model"
 
 
@@ -158,9 +165,8 @@ def _default_system(model: str, loaded: Loaded) -> str | None:
 def _summary(model: str, name: str, out: Path, fmt: str, outtype: str, gguf_name: str, report: Report | None) -> None:
     gguf_path = out if fmt == "gguf" else out / gguf_name
     size = gguf_path.stat().st_size / 1e6
-    checked = (f"checked by llama.cpp: {report.prompt_tokens} prompt tokens, max logit difference "
-               f"{report.max_logit_diff:.3g}, {report.greedy_steps} greedy tokens equal" if report else
-               "NOT checked (--no-verify)")
+    checked = (f"checked by llama.cpp on {len(report.prompts)} prompts with an f16 KV cache: max logit difference "
+               f"{report.worst:.2%} of the largest (limit {report.limit:.0%})" if report else "NOT checked (--no-verify)")
     print(f"exported {model} to {out} ({outtype}, {size:.1f} MB; {checked})")
     print(f"next: llama-cli -m {gguf_path} -cnv" if fmt == "gguf" else
           f"next: ollama create {name} -f {out / MODELFILE}", file=sys.stderr)

@@ -107,18 +107,40 @@ def write_vocab(writer: Any, vocab: GgufVocab) -> None:
 def _byte_level_vocab(tokenizer: Any, spec: dict[str, Any], n_vocab: int) -> GgufVocab:
     import gguf
 
-    byte_level = _pre_tokenizers(spec.get("pre_tokenizer"))
-    if len(byte_level) != 1 or byte_level[0].get("add_prefix_space") or not byte_level[0].get("use_regex", True):
-        # Only GPT-2's own split (one ByteLevel step with its regex) is llama.cpp's `gpt-2`; others need
-        # their own pre-tokenizer name, which llama.cpp keys on a hash of the tokenization of a test text.
+    pre = _byte_level_pre(_pre_tokenizers(spec.get("pre_tokenizer")))
+    if pre is None:
+        # llama.cpp's pre-tokenizers are named regexes; the converter recognises a tokenizer's by a hash of
+        # its tokenization of a test text, which a retrained (tiny or extended) vocabulary never matches
         raise SftkitError(f"tokenizer: byte-level BPE with pre-tokenizer {_describe(spec.get('pre_tokenizer'))}; "
-                          "only GPT-2's (ByteLevel, its regex, no prefix space) is written as llama.cpp's gpt-2")
+                          "sftkit writes GPT-2's (ByteLevel, its regex) and Qwen2's split as llama.cpp's gpt-2 and "
+                          "qwen2")
     tokens, types = _padded(n_vocab), [int(gguf.TokenType.UNUSED)] * n_vocab
     added = tokenizer.added_tokens_decoder
     for token, index in tokenizer.get_vocab().items():
         tokens[index] = token
         types[index] = int(_added_type(added[index]) if index in added else gguf.TokenType.NORMAL)
-    return GgufVocab("gpt2", "gpt-2", tokens, types)
+    return GgufVocab("gpt2", pre, tokens, types)
+
+
+# The split regexes llama.cpp implements under a pre-tokenizer name (its llama-vocab.cpp), as tokenizer.json
+# writes them before a regex-free ByteLevel step.
+NAMED_SPLITS = {
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+    "\\s+(?!\\S)|\\s+": "qwen2",
+}
+
+
+def _byte_level_pre(steps: list[dict[str, Any]]) -> str | None:
+    """llama.cpp's pre-tokenizer name for these steps: GPT-2's (one ByteLevel with its regex) or a named split."""
+    if len(steps) == 1 and not steps[0].get("add_prefix_space") and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel":
+        split, level = steps
+        regex = (split.get("pattern") or {}).get("Regex")
+        if split.get("behavior") == "Isolated" and not split.get("invert") and not level.get("add_prefix_space") \
+                and not level.get("use_regex", True):
+            return NAMED_SPLITS.get(regex)
+    return None
 
 
 def _sentencepiece_vocab(tokenizer: Any, spec: dict[str, Any], n_vocab: int) -> GgufVocab:

@@ -81,7 +81,7 @@ def export_tab(output_dir: str, jobs: Jobs, fields: dict[str, Any]) -> None:
         overwrite = gr.Checkbox(False, label="--overwrite", elem_id="export-overwrite")
         verify = gr.Checkbox(True, label="check the GGUF file with llama.cpp (off: --no-verify)",
                              elem_id="export-verify")
-        outtype = gr.Dropdown(["f16", "bf16", "f32", "q8_0"], value="f16", label="GGUF weight type",
+        outtype = gr.Dropdown(["f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q4_k_m"], value="f16", label="GGUF weight type",
                               elem_id="export-outtype")
         port = gr.Number(value=8000, precision=0, label="serve port", elem_id="serve-port")
     with gr.Row():
