@@ -105,7 +105,7 @@ def test_a_documented_command_parses(argv: list[str]) -> None:
         load_config(REPO / config, list(params.get("set_") or []))
 
 
-@pytest.mark.parametrize("bad", [["trian", "x.yaml"], ["train"], ["serve", "m", "--prot", "1"], ["data", "peek", "x"]])
+@pytest.mark.parametrize("bad", [["trian", "x.yaml"], ["merge"], ["serve", "m", "--prot", "1"], ["data", "peek", "x"]])
 def test_a_mistyped_command_does_not_parse(bad: list[str]) -> None:
     with pytest.raises(Exception) as info:  # typer's private click copy: no public UsageError to name
         parse(bad)
