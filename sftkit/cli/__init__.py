@@ -139,8 +139,9 @@ def webui(
                                                   "statistics.")] = Path("sftkit_webui"),
     model: Annotated[str, typer.Option(help="Model path or hub id the form starts with.")] = "",
     dataset_dir: Annotated[str, typer.Option(help="Folder whose dataset_info.json the form lists.")] = "data",
-    output_dir: Annotated[str, typer.Option(help="output_dir the form starts with; its parent is the Runs tab's "
-                                                 "folder.")] = "runs/webui",
+    output_dir: Annotated[str, typer.Option(help="The first run's output_dir (default: runs/train_<date-time>; each "
+                                                 "Start gets a fresh folder beside it); its parent is the Runs "
+                                                 "tab's folder.")] = "",
 ) -> None:
     """A web page (Gradio) to configure, start, watch, compare, chat with and export runs; each action shows its
     sftkit command."""
