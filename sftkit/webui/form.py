@@ -125,6 +125,12 @@ def with_output_dir(text: str, output_dir: str) -> str:
     return merged if merged is not None else text
 
 
+def datasets_of(text: str) -> list[str]:
+    """The dataset names the editor's YAML trains on ([] when it names none or does not parse)."""
+    parsed = from_yaml(text)
+    return list(parsed[0]["dataset"]) if parsed is not None else []
+
+
 def output_dir_of(text: str) -> str:
     import yaml
 

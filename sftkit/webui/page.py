@@ -344,8 +344,14 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
     def one_field(key: str, extra: list[Any], also: Any) -> None:
         """The field's only listener: the editor, plus what else shows this field."""
         def changed(text: str, method: str, precision: str, *values: Any) -> list[Any]:
-            return [*from_form(text, method, precision, list(values)), *also(dict(zip(keys, values)), method)]
-        fields[key].input(changed, inputs, [*editor, *extra])
+            by_key = dict(zip(keys, values))
+            if key == "dataset_dir" and not by_key["dataset"]:
+                # while a folder is typed its partial names list no datasets: the YAML keeps the ticked ones
+                by_key["dataset"] = form.datasets_of(text)
+            return [*from_form(text, method, precision, list(by_key.values())), *also(by_key, method)]
+        # always_last: while a request is out, only the newest keystroke waits (Gradio's default for .input,
+        # "once", drops the keys typed meanwhile)
+        fields[key].input(changed, inputs, [*editor, *extra], trigger_mode="always_last")
 
     nothing = lambda values, method: []  # noqa: E731 - the fields that show nowhere else
     key_model = "model_name_or_path"
@@ -365,8 +371,9 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
     def method_changed(text: str, method: str, precision: str, *values: Any) -> list[Any]:
         return [*from_form(text, method, precision, list(values)), *_rows(method)]
 
-    setup.method.input(method_changed, inputs, [*editor, *setup.rows.values()])
-    setup.precision.input(lambda text, m, p, *v: from_form(text, m, p, list(v)), inputs, editor)
+    setup.method.input(method_changed, inputs, [*editor, *setup.rows.values()], trigger_mode="always_last")
+    setup.precision.input(lambda text, m, p, *v: from_form(text, m, p, list(v)), inputs, editor,
+                          trigger_mode="always_last")
 
     def preset_chosen(name: str, text: str, method: str, precision: str, *values: Any) -> list[Any]:
         path, template = form.presets().get(name, ("", None))
@@ -379,7 +386,8 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
     setup.fields["preset"].input(preset_chosen, [setup.fields["preset"], *inputs],
                                  [*editor, fields["model_name_or_path"], fields["template"], setup.template_note,
                                   chat_base])
-    run["yaml"].input(from_editor, run["yaml"], [run["path"], run["problems"], setup.problems, *shown_form])
+    run["yaml"].input(from_editor, run["yaml"], [run["path"], run["problems"], setup.problems, *shown_form],
+                      trigger_mode="always_last")
 
     def starting_yaml() -> str:
         values = {**form.defaults(), "model_name_or_path": settings.model, "dataset_dir": settings.dataset_dir,
@@ -447,7 +455,7 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
 
     @shown_errors
     def train(text: str, overwrite: bool, resume: bool, count: str, stage: str) -> list[Any]:
-        job = jobs.get("train")
+        job, editor_text = jobs.get("train"), text
         if resume and job is not None and job.config is not None and job.config.is_file():
             text = job.config.read_text(encoding="utf-8")  # Resume continues the page's last run, not the form
         cfg, path = saved(text)
@@ -463,8 +471,10 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
         except RuntimeError as exc:
             raise gr.Error(str(exc)) from None
         job.output_dir, job.config = out, path  # what the Run tab watches, whatever the editor holds next
-        # the next Start trains into a folder of its own, shown in the form and the YAML before it starts
-        following = form.with_output_dir(text, form.fresh_output_dir(str(out.parent)))
+        # the next Start trains into a folder of its own, shown in the form and the YAML before it starts (a
+        # Resume continues a run: the form's next folder stays as it was)
+        following = editor_text if resume and form.output_dir_of(editor_text) != str(out) else \
+            form.with_output_dir(editor_text, form.fresh_output_dir(str(out.parent)))
         remember(following)
         return [f"{said(job.command)}: writes the run to `{out}` (config `{path}`, log `{job.log}`)",
                 following, *checked(following), form.output_dir_of(following), gr.Timer(active=True), None]
