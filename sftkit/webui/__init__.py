@@ -47,10 +47,10 @@ def webui(host: str = "127.0.0.1", port: int = 7860, share: bool = False, config
 
     check_listening(host, port)  # before Gradio loads: its own message names an environment variable
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a training machine
-    try:
-        import gradio as gr
-    except ImportError:
-        raise SftkitError("sftkit webui needs gradio: pip install 'sftkit[webui]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise SftkitError("sftkit webui needs gradio: pip install 'sftkit[webui]'")
     from sftkit.webui.jobs import Jobs
     from sftkit.webui.page import PageSettings, build
 
@@ -64,7 +64,7 @@ def webui(host: str = "127.0.0.1", port: int = 7860, share: bool = False, config
         jobs.stop_all()
 
 
-def _serve(page: "gr.Blocks", host: str, port: int, share: bool, config_dir: Path) -> None:
+def _serve(page: gr.Blocks, host: str, port: int, share: bool, config_dir: Path) -> None:
     """The page behind its guard (Host, Origin, per-launch token), on uvicorn; with --share also a Gradio share
     link, which the same token guards."""
     import gradio as gr
@@ -85,7 +85,7 @@ def _serve(page: "gr.Blocks", host: str, port: int, share: bool, config_dir: Pat
     server.run()
 
 
-def _share_link(host: str, port: int, access: "Access") -> str:
+def _share_link(host: str, port: int, access: Access) -> str:
     """A Gradio share tunnel to the local port; its host joins the addresses the guard accepts (over https)."""
     import secrets
     from urllib.parse import urlsplit

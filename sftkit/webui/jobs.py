@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkit.run_dir import (PROGRESS_FILE, TRAINER_STATE, clock, progress_numbers, read_json, shell_command,
-                            sftkit_program)
+from sftkit.run_dir import (
+    PROGRESS_FILE,
+    TRAINER_STATE,
+    clock,
+    progress_numbers,
+    read_json,
+    sftkit_program,
+    shell_command,
+)
 from sftkit.training.lifecycle import checkpoint_state, latest_checkpoint
 
 _LOG_TAIL = 12_000  # characters of a process's log shown on the page

@@ -149,7 +149,7 @@ def _setup_tab(settings: PageSettings, docs: dict[str, str], labelled: list[tupl
             fields[key] = number(key)
         fields["packing"] = labelled_as(gr.Checkbox(value=defaults["packing"], label=words.label("packing"),
                                                     info=docs["packing"], elem_id="packing"), "packing")
-    for row in (form.TRAIN_KEYS[:6], form.TRAIN_KEYS[6:-1]):
+    for row in (form.TRAIN_KEYS[:4], form.TRAIN_KEYS[4:8], form.TRAIN_KEYS[8:-1]):  # 4 a row: no label cut off
         with gr.Row():
             for key in row:
                 fields[key] = (labelled_as(gr.Dropdown(_choices(key), value=defaults[key], label=words.label(key),
@@ -353,7 +353,9 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
         # "once", drops the keys typed meanwhile)
         fields[key].input(changed, inputs, [*editor, *extra], trigger_mode="always_last")
 
-    nothing = lambda values, method: []  # noqa: E731 - the fields that show nowhere else
+    def nothing(values: dict[str, Any], method: str) -> list[Any]:  # the fields that show nowhere else
+        return []
+
     key_model = "model_name_or_path"
     for key in keys:
         if key == "model_name_or_path":

@@ -12,7 +12,9 @@ from typing import Any
 
 
 def _figure(width: float) -> Any:
-    from matplotlib.figure import Figure  # no pyplot: handlers run in threads, and nothing is shown on screen
+    from matplotlib.figure import (
+        Figure,  # no pyplot: handlers run in threads, and nothing is shown on screen
+    )
 
     return Figure(figsize=(width, 3.2), dpi=90, layout="constrained")
 
