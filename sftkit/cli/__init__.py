@@ -134,7 +134,8 @@ def serve(
 def webui(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
-    share: Annotated[bool, typer.Option(help="Also a public Gradio share link (never on by default).")] = False,
+    share: Annotated[bool, typer.Option(help="Also a public Gradio share link, which needs the same per-launch "
+                                          "token (never on by default).")] = False,
     config_dir: Annotated[Path, typer.Option(help="Folder for the YAML configs the page runs, its logs and data "
                                                   "statistics.")] = Path("sftkit_webui"),
     model: Annotated[str, typer.Option(help="Model path or hub id the form starts with.")] = "",
