@@ -397,3 +397,18 @@ def test_presets_fill_the_real_models_files() -> None:
     if spec is not None:
         path, template = found["SmolLM2-135M-Instruct (GGUF)"]
         assert Path(path).is_file() and path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and template is None
+
+
+def test_a_checkpoint_is_read_with_its_runs_config(tmp_path: Path) -> None:
+    from sftkit.run_dir import read_run_config
+
+    run = _fake_run(tmp_path / "run", 3e-4, [2.0])
+    (run / "checkpoint-2").mkdir()
+    assert read_run_config(run / "checkpoint-2").learning_rate == 3e-4
+    assert str(run / "checkpoint-2") in chat_choices(tmp_path)
+
+
+def chat_choices(root: Path) -> list[str]:
+    from sftkit.webui.deploy_tabs import model_choices
+
+    return model_choices(str(root))

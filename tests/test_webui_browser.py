@@ -395,8 +395,16 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     assert "error:" in _text(driver, "chat-right") and "error:" not in _text(driver, "chat-left")
     assert driver.find_elements(By.CSS_SELECTOR, "#chat-left .message.bot, #chat-left [data-testid=bot]")
     _shot(driver, "5-chat")
+    # one of the first run's checkpoints, chosen from the list, answers too
+    _click(driver, "chat-clear")
+    _type(driver, "chat-base", "")
+    _choose(driver, "chat-trained", "runs/web/checkpoint-3")
+    _type(driver, "chat-message", "Hi")
+    _click(driver, "chat-send")
+    _wait(lambda: "checkpoint-3" in _line(driver, "chat-command"), 240, "the checkpoint's answer")
+    assert "error:" not in _text(driver, "chat-left"), _text(driver, "chat-left")
     _click(driver, "chat-unload")
-    _wait(lambda: "unloaded 1 model" in _text(driver, "chat-command"), 30, "the model unloaded")
+    _wait(lambda: "unloaded 2 models" in _text(driver, "chat-command"), 30, "the models unloaded")
 
     # Evaluate & Predict: `sftkit eval` scores the run and its result file is shown
     _tab(driver, "Evaluate & Predict")
