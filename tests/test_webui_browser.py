@@ -415,6 +415,12 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     assert "loss" in _text(driver, "eval-result") and "sftkit eval" in _line(driver, "eval-command")
     assert "writes " in _line(driver, "eval-command") and ".json" in _line(driver, "eval-command")
     _shot(driver, "6-eval")
+    _type(driver, "predict-n", "2")
+    _type(driver, "predict-max-new-tokens", "4")
+    _click(driver, "predict-button")
+    _wait(lambda: "sftkit predict" in _line(driver, "eval-state") and "finished" in _text(driver, "eval-state"),
+          240, "the predictions")
+    assert "prompt" in _text(driver, "eval-result") and ".jsonl" in _line(driver, "eval-command")
 
     # Export: merge into the output folder given
     _tab(driver, "Export")
