@@ -241,12 +241,15 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def read_run_config(run_dir: Path, base: str | None = None) -> SftConfig:
-    """The run's resolved config (sftkit_config.yaml), with `base` replacing model_name_or_path.
+    """The run's resolved config (sftkit_config.yaml; a checkpoint-N folder: its run's), with `base` replacing
+    model_name_or_path.
 
     Raises:
         SftkitError: the folder records no config.
     """
     path = run_dir / CONFIG_FILE
+    if not path.is_file() and run_dir.name.startswith("checkpoint-"):
+        path = run_dir.parent / CONFIG_FILE  # a checkpoint was made with its run's config
     if not path.is_file():
         raise SftkitError(f"{run_dir}: no {CONFIG_FILE}; point at the output_dir of an `sftkit train` run")
     cfg = load_config(path)

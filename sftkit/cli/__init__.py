@@ -155,13 +155,15 @@ def serve(
 def webui(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
-    share: Annotated[bool, typer.Option(help="Also a public Gradio share link (never on by default).")] = False,
+    share: Annotated[bool, typer.Option(help="Also a public Gradio share link, which needs the same per-launch "
+                                          "token (never on by default).")] = False,
     config_dir: Annotated[Path, typer.Option(help="Folder for the YAML configs the page runs, its logs and data "
                                                   "statistics.")] = Path("sftkit_webui"),
     model: Annotated[str, typer.Option(help="Model path or hub id the form starts with.")] = "",
     dataset_dir: Annotated[str, typer.Option(help="Folder whose dataset_info.json the form lists.")] = "data",
-    output_dir: Annotated[str, typer.Option(help="output_dir the form starts with; its parent is the Runs tab's "
-                                                 "folder.")] = "runs/webui",
+    output_dir: Annotated[str, typer.Option(help="The first run's output_dir (default: runs/train_<date-time>; each "
+                                                 "Start gets a fresh folder beside it); its parent is the Runs "
+                                                 "tab's folder.")] = "",
 ) -> None:
     """A web page (Gradio) to configure, start, watch, compare, chat with and export runs; each action shows its
     sftkit command."""

@@ -32,6 +32,30 @@ def model_for(path: str) -> Loaded:
         return _loaded[key]
 
 
+def unload() -> str:
+    """Frees every model the Chat tab loaded (the next run trains with that memory back)."""
+    import gc
+
+    with _loading:
+        count = len(_loaded)
+        _loaded.clear()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    return f"unloaded {count} model{'s' if count != 1 else ''}; the next message loads again"
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the pane shows it: its first line (an SftkitError names the path itself)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def default_system(path: str) -> str | None:
     """The run's default_system, which training gave every row without one (chat uses it too)."""
     return trained_default_system(path)

@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkit.run_dir import (PROGRESS_FILE, TRAINER_STATE, clock, progress_numbers, read_json, shell_command,
-                            sftkit_program)
+from sftkit.run_dir import (
+    PROGRESS_FILE,
+    TRAINER_STATE,
+    clock,
+    progress_numbers,
+    read_json,
+    sftkit_program,
+    shell_command,
+)
 from sftkit.training.lifecycle import checkpoint_state, latest_checkpoint
 
 _LOG_TAIL = 12_000  # characters of a process's log shown on the page
@@ -36,10 +43,16 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     output_dir: Path | None = None  # a training job's run directory, whose progress the page draws
     config: Path | None = None  # and the YAML file it runs
+    launcher: list[str] | None = None  # torchrun's words before `sftkit`, for a multi-GPU run
 
     @property
     def command(self) -> str:
         """The line a user pastes into a shell to do the same."""
+        if self.launcher:  # python -m torch.distributed.run ARGS -m sftkit: torchrun's own line
+            import shlex
+
+            return f"cd {shlex.quote(str(Path.cwd()))} && " + shlex.join(
+                ["torchrun", *self.launcher[3:-2], "-m", "sftkit", *self.args])
         return shell_command(*self.args)
 
     def running(self) -> bool:
@@ -60,12 +73,15 @@ class Job:
             self.stopping = True
             os.killpg(self.process.pid, sig)
 
-    def log_tail(self) -> str:
+    def log_tail(self, lines: int = 12) -> str:
+        """The newest `lines` lines of the log (a box of that height shows the newest, not the oldest); a
+        progress bar's carriage-return updates count as lines of their own."""
         if not self.log.is_file():
             return ""
         with self.log.open("rb") as handle:
             handle.seek(max(0, self.log.stat().st_size - _LOG_TAIL))
-            return handle.read().decode("utf-8", errors="replace")
+            text = handle.read().decode("utf-8", errors="replace")
+        return "\n".join(text.replace("\r", "\n").rstrip("\n").splitlines()[-lines:])
 
 
 @dataclass
@@ -78,8 +94,13 @@ class Jobs:
     jobs: dict[str, Job] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, kind: str, *args: str) -> Job:
+    def start(self, kind: str, *args: str, program: list[str] | None = None) -> Job:
         """Starts `sftkit ARGS` as the page's `kind` job, its output to LOG_DIR/KIND.log.
+
+        Args:
+            kind: train, validate, export, serve or eval (one of each at a time).
+            args: the sftkit command's words.
+            program: the words that start sftkit instead of the page's own (a torchrun launch).
 
         Raises:
             RuntimeError: the page's job of this kind is still running (the page shows the message).
@@ -92,10 +113,10 @@ class Jobs:
             log = self.log_dir / f"{kind}.log"
             with log.open("wb") as out:
                 # a session of its own: the page's Ctrl-C and a closed browser do not reach the run
-                process = subprocess.Popen([*self.program, *args], stdout=out, stderr=subprocess.STDOUT,
+                process = subprocess.Popen([*(program or self.program), *args], stdout=out, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True,
                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            job = self.jobs[kind] = Job(list(args), log, process)
+            job = self.jobs[kind] = Job(list(args), log, process, launcher=program)
             return job
 
     def get(self, kind: str) -> Job | None:
