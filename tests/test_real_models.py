@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -57,28 +55,21 @@ def gemma() -> Path:
     return path
 
 
-def _config(tmp: Path, model: Path, **keys: object) -> Path:
-    config = {"model_name_or_path": str(model), "dataset": "identity_quill", "dataset_dir": str(REPO / "data"),
-              "max_samples": 16, "cutoff_len": 128, "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32,
-              "lora_target": "all", "per_device_train_batch_size": 4, "learning_rate": 2e-3, "max_steps": 8,
-              "warmup_steps": 1, "lr_scheduler_type": "cosine", "logging_steps": 1, "save_strategy": "no",
-              "report_to": "none", "output_dir": str(tmp / "run"), **keys}
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="session")
 def identity_run(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
-    """(the config, the run) of a short identity run on the SmolLM2 GGUF, and the base's answers before it."""
+    """(the config, the run, the base's answers before it): the real demo's run (configs/smollm2_identity.yaml,
+    20 updates of 4 short rows) on the installed SmolLM2 GGUF."""
     from sftkit.config import load_config
     from sftkit.training import train
 
     demo = _demo()
-    config = _config(tmp_path_factory.mktemp("identity"), smollm2)
-    cfg = load_config(config)
+    tmp = tmp_path_factory.mktemp("identity")
+    config = tmp / "config.yaml"
+    keys = yaml.safe_load((REPO / "configs" / "smollm2_identity.yaml").read_text(encoding="utf-8"))
+    keys.update(model_name_or_path=str(smollm2), dataset_dir=str(REPO / "data"), output_dir=str(tmp / "run"))
+    config.write_text(yaml.safe_dump(keys), encoding="utf-8")
     before = demo.answers(str(smollm2), demo.IDENTITY + demo.GENERAL)
-    return config, train(cfg), before
+    return config, train(load_config(config)), before
 
 
 # ---------------------------------------------------------------------------- the label rule
@@ -179,3 +170,14 @@ def test_identity_answers_change_and_general_answers_are_kept(identity_run, caps
 # Measured on this 2-core machine (8 updates): see docs/real_models.md; the thresholds keep a margin below them.
 IDENTITY_AFTER_AT_LEAST = 0.5
 GENERAL_LOSS_AT_MOST = 0.25
+
+
+@pytest.mark.parametrize("config, model", [("smollm2_identity.yaml", "smollm2"), ("gemma3_alpaca_lora.yaml", "gemma")])
+def test_the_shipped_real_model_configs_validate_with_the_installed_files(config: str, model: str, request, shared_data,
+                                                                         monkeypatch, capsys) -> None:
+    # tests/test_configs.py checks their keys; here the model (read from its GGUF header) and every row's template
+    path = request.getfixturevalue(model)
+    code, out, err = run_cli(["validate", str(REPO / "configs" / config), "--set", f"model_name_or_path={path}",
+                              "--set", f"dataset_dir={REPO / 'data' if model == 'smollm2' else shared_data}"],
+                             monkeypatch, capsys)
+    assert code == 0 and f"GGUF {'llama (Q4_1)' if model == 'smollm2' else 'gemma3 (Q4_K_M)'}" in out, err
