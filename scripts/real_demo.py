@@ -19,6 +19,10 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sftkit.config import SftConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME, AUTHOR = "Quill", "Northwind Labs"
@@ -52,12 +56,17 @@ def identity_rows(source: Path, name: str = NAME, author: str = AUTHOR) -> list[
             for row in rows]
 
 
-def answers(model: str, questions: list[tuple[str, str]], max_new_tokens: int = 48) -> list[str]:
-    """Greedy answers of `model` (a .gguf, a run or a merged folder) to each question, with its own template."""
+def answers(model: str, questions: list[tuple[str, str]], cfg: SftConfig | None = None,
+            max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers of `model` (a .gguf, a run or a merged folder) to each question, with the template the run
+    trains with when `cfg` is given (so the base is asked exactly as the trained model is), else its own."""
+    from sftkit.data.tokenizer import load_tokenizer_and_template
     from sftkit.model.generation import GenerationSettings, generate_replies
     from sftkit.model.inference import load_for_inference
 
     loaded = load_for_inference(model)
+    if cfg is not None:
+        loaded.tokenizer, loaded.template = load_tokenizer_and_template(cfg)
     prompts = [SimpleNamespace(messages=[{"role": "user", "content": q}], tools=None) for q, _ in questions]
     return [reply.strip() for reply in generate_replies(loaded.model, loaded.tokenizer, loaded.template, prompts,
                                                         GenerationSettings(max_new_tokens=max_new_tokens))]
@@ -90,7 +99,7 @@ def main() -> int:
         raise SystemExit(f"these demo questions are in the training set: {leaked}")
     questions = IDENTITY + GENERAL
     started = time.monotonic()
-    before = answers(cfg.model_name_or_path, questions)
+    before = answers(cfg.model_name_or_path, questions, cfg)
     trained_at = time.monotonic()
     run = train(cfg, overwrite=True)
     after = answers(str(run), questions)

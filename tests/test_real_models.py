@@ -68,8 +68,9 @@ def identity_run(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
     keys = yaml.safe_load((REPO / "configs" / "smollm2_identity.yaml").read_text(encoding="utf-8"))
     keys.update(model_name_or_path=str(smollm2), dataset_dir=str(REPO / "data"), output_dir=str(tmp / "run"))
     config.write_text(yaml.safe_dump(keys), encoding="utf-8")
-    before = demo.answers(str(smollm2), demo.IDENTITY + demo.GENERAL)
-    return config, train(load_config(config)), before
+    cfg = load_config(config)
+    before = demo.answers(str(smollm2), demo.IDENTITY + demo.GENERAL, cfg)
+    return config, train(cfg), before
 
 
 # ---------------------------------------------------------------------------- the label rule
