@@ -1,4 +1,4 @@
-"""A real model learns a new identity: SmolLM2-135M-Instruct becomes "Quill, by Northwind Labs" (a few minutes, 2 cores).
+"""A real model learns a new identity: SmolLM2-135M-Instruct becomes "Quill, by Northwind Labs" (minutes, 2 cores).
 
     python scripts/real_demo.py            # fetches the model if needed, trains configs/smollm2_identity.yaml
 
@@ -106,7 +106,8 @@ def main() -> int:
     report = {"model": cfg.model_name_or_path, "run": str(run), "train_seconds": round(time.monotonic() - trained_at),
               "total_seconds": round(time.monotonic() - started), "questions": []}
     for kind, group, offset in (("identity", IDENTITY, 0), ("general", GENERAL, len(IDENTITY))):
-        print(f"\n=== {kind} questions ({'held out: not in the training set' if kind == 'identity' else 'the base model answers these right'})")
+        about = "held out: not in the training set" if kind == "identity" else "the base model answers these right"
+        print(f"\n=== {kind} questions ({about})")
         b, a = before[offset:offset + len(group)], after[offset:offset + len(group)]
         for (question, pattern), old, new in zip(group, b, a):
             print(f"Q: {question}\n  before: {old}\n  after:  {new}")

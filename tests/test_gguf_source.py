@@ -31,17 +31,16 @@ def _permuted(weight, heads: int):  # llama.cpp's rotary layout for q and k, whi
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     """(path of a tiny llama GGUF, the transformers model it was written from, its tokenizer)."""
     import gguf
     import numpy as np
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from sftkit.export.vocab import add_special_vocab, build_vocab, write_vocab
-    from sftkit.tiny import build_tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the session's tiny byte-level BPE
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,

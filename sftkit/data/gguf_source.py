@@ -64,7 +64,8 @@ def gguf_file(name: str) -> Path | None:
         return None
     files = sorted(p for p in path.glob("*.gguf") if p.is_file())
     if len(files) > 1:
-        raise SftkitError(f"model {name}: the folder holds {len(files)} .gguf files ({', '.join(p.name for p in files[:4])}"
+        shown = ", ".join(p.name for p in files[:4])
+        raise SftkitError(f"model {name}: the folder holds {len(files)} .gguf files ({shown}"
                           "), so which one is the model is unclear; give the .gguf file's path instead")
     return files[0] if files else None
 
@@ -81,8 +82,9 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> GgufInfo:
     try:
         reader = GGUFReader(path)
     except (ValueError, KeyError, IndexError, OSError, TypeError) as exc:
-        raise SftkitError(f"model {path}: the GGUF file cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                          "): truncated or damaged; download or copy it again") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SftkitError(f"model {path}: the GGUF file cannot be read ({reason}): truncated or damaged; download "
+                          "or copy it again") from None
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size or not reader.tensors:
         raise SftkitError(f"model {path}: the GGUF file is {size:,} bytes but its tensors need {end:,}: truncated; "
@@ -91,11 +93,12 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> GgufInfo:
     tensor_types = dict(Counter(t.tensor_type.name for t in reader.tensors).most_common())
     file_type = _field(reader, "general.file_type")
     try:
-        quantization = LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_") if file_type is not None else None
-    except ValueError:
-        quantization = None
+        named = LlamaFileType(int(file_type)) if file_type is not None else None
+    except ValueError:  # a file type newer than this gguf package: the tensor types say it instead
+        named = None
+    quantization = named.name.removeprefix("MOSTLY_").removeprefix("ALL_") if named is not None else None
     template = _field(reader, "tokenizer.chat_template")
-    return GgufInfo(file, architecture, quantization or "+".join(tensor_types),  tensor_types,
+    return GgufInfo(file, architecture, quantization or "+".join(tensor_types), tensor_types,
                     list(_field(reader, "tokenizer.ggml.tokens") or []), str(template) if template else None)
 
 
@@ -116,9 +119,9 @@ def read_gguf(path: Path) -> GgufInfo:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     if info.architecture not in GGUF_CONFIG_MAPPING:
+        known = ", ".join(sorted(key for key in GGUF_CONFIG_MAPPING if key not in ("general", "tokenizer")))
         raise SftkitError(f"model {path}: GGUF architecture {info.architecture!r} is not one transformers can "
-                          f"de-quantize (it reads {', '.join(sorted(k for k in GGUF_CONFIG_MAPPING if k not in ('general', 'tokenizer')))}); "
-                          "use the model's transformers folder instead")
+                          f"de-quantize (it reads {known}); use the model's transformers folder instead")
     return info
 
 
@@ -175,13 +178,22 @@ def dequantized_folder(path: Path) -> Path:
     folder = cache_folder(path)
     print(f"note: de-quantizing {info.line} once into {folder} (float32; later runs read it from there)",
           file=sys.stderr, flush=True)
-    with staged_dir(folder) as staging:
-        _write_folder(info, staging)
-        # last, so a folder holding it is complete (the rename below is atomic as well)
-        write_json(staging / PROVENANCE, {"format": CACHE_FORMAT, "source": str(path.resolve()), "sha256": file_sha256(path),
-                                          "quantization": info.quantization, "tensor_types": info.tensor_types,
-                                          "architecture": info.architecture})
+    try:
+        with staged_dir(folder) as staging:
+            _write_folder(info, staging)
+            if cached_folder(path) is not None:  # another process finished first: keep its folder, which may be in use
+                raise _BuiltElsewhere
+            # last, so a folder holding it is complete (the rename below is atomic as well)
+            write_json(staging / PROVENANCE, {"format": CACHE_FORMAT, "source": str(path.resolve()),
+                                              "sha256": file_sha256(path), "quantization": info.quantization,
+                                              "tensor_types": info.tensor_types, "architecture": info.architecture})
+    except _BuiltElsewhere:
+        pass
     return folder
+
+
+class _BuiltElsewhere(Exception):
+    """Ends a de-quantization whose cache folder another process completed meanwhile (its staging is deleted)."""
 
 
 def weights_origin(name: str) -> str | None:
