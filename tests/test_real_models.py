@@ -173,7 +173,8 @@ def test_identity_answers_change_and_general_answers_are_kept(identity_run, caps
     assert general_before >= 0.75 and general_after >= general_before - GENERAL_LOSS_AT_MOST, after[n:]
 
 
-# Measured on this 2-core machine (8 updates): see docs/real_models.md; the thresholds keep a margin below them.
+# PROVISIONAL, not yet measured: this session's machine (load 12-18 on 2 cores) could not finish the demo's run.
+# Replace them with the figures `python scripts/real_demo.py` prints (docs/real_models.md), less a margin.
 IDENTITY_AFTER_AT_LEAST = 0.5
 GENERAL_LOSS_AT_MOST = 0.25
 
