@@ -166,3 +166,11 @@ def test_a_cache_folder_of_an_older_format_is_built_again(tiny_gguf, cache: Path
     assert cached_folder(path) is None
     assert dequantized_folder(path) == folder and cached_folder(path) == folder
     assert read_gguf(path).architecture == "llama"
+
+
+def test_an_unwritable_cache_is_one_line_naming_sftkit_cache(tiny_gguf, tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    monkeypatch.setenv("SFTKIT_CACHE", str(blocker))  # a file where the cache folder should be
+    with pytest.raises(SftkitError, match="cannot be cached .* set SFTKIT_CACHE to a writable folder"):
+        dequantized_folder(tiny_gguf[0])

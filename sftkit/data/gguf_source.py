@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftkit.atomic import staged_dir, write_json
+from sftkit.atomic import place_problem, staged_dir, write_json
 from sftkit.errors import SftkitError
 
 MAGIC = b"GGUF"
@@ -169,13 +169,18 @@ def dequantized_folder(path: Path) -> Path:
     """The transformers folder holding the GGUF file at `path` de-quantized (built the first time, ~20-60 s).
 
     Raises:
-        SftkitError: the file is no complete GGUF of an architecture transformers reads.
+        SftkitError: the file is no complete GGUF of an architecture transformers reads, or the cache folder
+            cannot be written.
     """
     info = read_gguf(path)
     folder = cached_folder(path)
     if folder is not None:
         return folder
     folder = cache_folder(path)
+    problem = place_problem(folder, "dir")
+    if problem:
+        raise SftkitError(f"model {path}: the de-quantized copy cannot be cached ({problem}); set SFTKIT_CACHE to a "
+                          "writable folder")
     print(f"note: de-quantizing {info.line} once into {folder} (float32; later runs read it from there)",
           file=sys.stderr, flush=True)
     try:
