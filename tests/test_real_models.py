@@ -157,7 +157,8 @@ def test_eval_tasks_scores_the_base_gguf_and_the_run(identity_run, smollm2, monk
     assert code == 0, err
     scores = json.loads(out.read_text(encoding="utf-8"))
     tuned, base = scores["tasks"]["sftkit_mc"], scores["compare"]["tasks"]["sftkit_mc"]
-    assert 0 <= tuned["acc"] <= 1 and base["acc"] >= 0.5  # the real base knows most of these facts
+    assert tuned["n"] == base["n"] == 8 and 0 <= tuned["acc"] <= 1 and 0 <= base["acc"] <= 1
+    assert scores["deltas"]["sftkit_mc"]["acc"] == pytest.approx(tuned["acc"] - base["acc"])
 
 
 @pytest.mark.integration
