@@ -139,8 +139,9 @@ def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answe
         answers[str(model)] = out.strip()
     server = Server(run / "merged", run, "--max-new-tokens", "16")
     try:
+        served = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]["id"]
         reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
-            "model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0})
+            "model": served, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0})
         assert reply.status_code == 200, server.output()
         answers["serve"] = reply.json()["choices"][0]["message"]["content"].strip()
     finally:
