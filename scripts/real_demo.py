@@ -4,7 +4,7 @@
 
 Before and after LoRA training on LLaMA-Factory's `identity` set (data/identity_quill.json: its {{name}} and
 {{author}} filled in), it asks questions that are NOT in the training set (paraphrases) and general
-questions the base model answers right, greedily, and prints each answer and a one-line score of each kind:
+questions (the base gets 6 of the 8 right), greedily, and prints each answer and a one-line score of each kind:
 identity, the share of answers naming the new name (or author, for who-made-you questions); general, the
 share still holding the expected word. The model is the Q4_1 GGUF de-quantized: real learning on real
 weights, not the quality of the unquantized release. The figures go to OUTPUT_DIR/real_demo.json.
@@ -106,7 +106,7 @@ def main() -> int:
     report = {"model": cfg.model_name_or_path, "run": str(run), "train_seconds": round(time.monotonic() - trained_at),
               "total_seconds": round(time.monotonic() - started), "questions": []}
     for kind, group, offset in (("identity", IDENTITY, 0), ("general", GENERAL, len(IDENTITY))):
-        about = "held out: not in the training set" if kind == "identity" else "the base model answers these right"
+        about = "held out: not in the training set" if kind == "identity" else "what the base knew: forgetting"
         print(f"\n=== {kind} questions ({about})")
         b, a = before[offset:offset + len(group)], after[offset:offset + len(group)]
         for (question, pattern), old, new in zip(group, b, a):
