@@ -14,7 +14,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --disable-pip-version-check "torch==${SFTKIT_TORCH_VERSION:-2.13.0}"
 fi
 echo "setup: installing sftkit and its dependencies into .venv (quick when already there)"
-.venv/bin/pip install --disable-pip-version-check -e ".[dev,eval,methods,webui]"
+.venv/bin/pip install --disable-pip-version-check -e ".[dev,eval,methods,webui,real]"
 # llama.cpp (llama-cpp-python), which `sftkit export` and its tests check GGUF files with, has no CPU wheel on PyPI:
 # pip compiles it from source once: measured 14 CPU-minutes (70 minutes' wall time on a two-core machine shared by
 # several builds); SFTKIT_NO_LLAMA_CPP=1 skips it, and the tests that need it then skip, saying so. Not for the build machine's CPU (-march=native): a virtual machine may report

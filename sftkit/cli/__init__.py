@@ -5,6 +5,7 @@ Heavy libraries (torch, transformers, trl, datasets) are imported inside the com
 code 2; nothing else is caught, so a bug still shows its traceback.
 
 Modules: `app` (the Typer apps, help formatting, shared options, config loading), `data` (`sftkit data ...`),
+`models` (`sftkit models fetch|path`),
 `evaluation` (eval, predict, report); the rest of the commands are here.
 """
 
@@ -18,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from sftkit.cli import data as _data  # noqa: F401  (registers `sftkit data ...`)
+from sftkit.cli import models as _models  # noqa: F401  (registers `sftkit models ...`)
 from sftkit.cli.app import (LLAMAFACTORY_ARGS, LooseConfigArg, SetOpt, app, command, load,
                             split_command_line)
 from sftkit.errors import SftkitError, gather

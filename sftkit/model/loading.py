@@ -55,7 +55,7 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
         kwargs["trust_remote_code"] = True
     if cfg.rope_scaling:
         kwargs["config"] = scaled_rope_config(cfg, source)
-    check_weights(Path(cfg.model_name_or_path), DAMAGED_MODEL_FIX)
+    check_weights(Path(source), DAMAGED_MODEL_FIX)
     try:
         model = _from_pretrained(cfg, source, kwargs)
     except ImportError as exc:
@@ -144,7 +144,8 @@ def check_context_length(cfg: SftConfig) -> None:
     from transformers import AutoConfig
 
     try:
-        context = getattr(AutoConfig.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code),
+        context = getattr(AutoConfig.from_pretrained(resolve_model(cfg.model_name_or_path),
+                                                     trust_remote_code=cfg.trust_remote_code),
                           "max_position_embeddings", None)
     except Exception:  # noqa: BLE001 - any failure here is reported, better worded, by the model loading
         return

@@ -30,6 +30,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sftkit.data.model_source import resolve_model
+
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
     from sftkit.model import Precision
@@ -126,6 +128,7 @@ def model_shape(cfg: SftConfig) -> Shape | None:
     from transformers import AutoConfig
 
     try:
-        return Shape.of(AutoConfig.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code))
+        return Shape.of(AutoConfig.from_pretrained(resolve_model(cfg.model_name_or_path),
+                                                   trust_remote_code=cfg.trust_remote_code))
     except Exception:  # noqa: BLE001 - an unreadable config is reported, better worded, by the model loading
         return None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import write_json
 from sftkit.data import plural
+from sftkit.data.gguf_source import weights_origin
 from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_CARD, shell_command, template_name
 from sftkit.training.loss import perplexity
 from sftkit.training.overfitting import overfitting_signs
@@ -38,6 +39,7 @@ def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats:
     planned = planned_updates(trainer, sequences)
     lines = [
         f"sftkit train: {cfg.model_name_or_path} ({_method(cfg)}), template {template_name(cfg)}",
+        *([f"  weights: {origin}"] if (origin := weights_origin(cfg.model_name_or_path)) else []),
         f"  parameters: {params.line()}",
         *(f"  {line}" for line in stats.summary_lines()),
         f"  training sequences: {sequences:,}" + (f" (packed to {cfg.cutoff_len} tokens)" if cfg.packing else ""),
