@@ -129,7 +129,14 @@ def cheap(argv: list[str]) -> bool:
         return True
     configs = [word for word in argv if word.endswith(".yaml")]
     command = tuple(argv[:2]) if argv[:1] == ["data"] else tuple(argv[:1])
-    return command in RUN_FOR_REAL and bool(configs) and all((REPO / word).is_file() for word in configs)
+    return (command in RUN_FOR_REAL and bool(configs) and all((REPO / word).is_file() for word in configs)
+            and not any(real_model_config(REPO / word) for word in configs))
+
+
+def real_model_config(path: Path) -> bool:
+    """A config of a real model (a .gguf from `sftkit models fetch`, LLaMA-Factory's data in ../shared): validated
+    against the installed files by tests/test_real_models.py, not in the tiny model's demo layout."""
+    return ".gguf" in path.read_text(encoding="utf-8")
 
 
 CHEAP = [(label, argv) for label, argv in COMMANDS if cheap(argv)]
