@@ -24,6 +24,7 @@ class Launch:
     config_file: Path
     env: dict[str, str] = field(default_factory=dict)
     dropped_keys: list[str] = field(default_factory=list)
+    added_keys: list[str] = field(default_factory=list)
 
 
 def write_yaml(path: Path, config: dict[str, Any]) -> Path:

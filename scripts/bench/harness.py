@@ -13,12 +13,12 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from bench import axolotl_run, llamafactory_run, sftkit_run, trl_run
 
-CONTESTANTS: dict[str, ModuleType] = {m.NAME: m for m in (sftkit_run, llamafactory_run, trl_run, axolotl_run)}
+CONTESTANTS: dict[str, Any] = {m.NAME: m for m in (sftkit_run, llamafactory_run, trl_run, axolotl_run)}
+DIAGNOSTICS: dict[str, Any] = {sftkit_run.Checkpointed.NAME: sftkit_run.Checkpointed}  # named on request only
 PROBE = Path(__file__).resolve().parent / "probe.py"
 POLL_S = 0.2
 RUN_LIMIT_S = 1200
@@ -45,7 +45,7 @@ def run_contestant(name: str, config: dict[str, Any], run_dir: Path) -> dict[str
     """Runs one contestant on one workload's config and returns its measurements (or why it could not run)."""
     import psutil
 
-    module = CONTESTANTS[name]
+    module = CONTESTANTS.get(name) or DIAGNOSTICS[name]
     result: dict[str, Any] = {"contestant": name}
     reason = module.available()
     if reason:
@@ -62,7 +62,7 @@ def run_contestant(name: str, config: dict[str, Any], run_dir: Path) -> dict[str
     command = [launch.python, str(PROBE), str(probe_out), launch.entry, *launch.args]
     result |= {"command": " ".join([Path(launch.python).parent.parent.name + "/bin/python", "probe.py", "OUT",
                                      launch.entry, *launch.args]), "config_file": str(launch.config_file),
-               "dropped_keys": launch.dropped_keys}
+               "dropped_keys": launch.dropped_keys, "added_keys": launch.added_keys}
     with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err:
         start = time.time()
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=run_dir)

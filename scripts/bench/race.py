@@ -31,6 +31,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-data-stage", action="store_true")
     parser.add_argument("--out", default=None, help="JSON path (default docs/bench/<date>-race/race.json)")
     parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md as it is")
+    parser.add_argument("--report", default=None, metavar="JSON",
+                        help="only render a race's JSON again (table, targets, docs/benchmarks.md)")
     return parser.parse_args(argv)
 
 
@@ -40,6 +42,8 @@ def log(started: float, text: str) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    if args.report:
+        return render(Path(args.report), doc=not args.no_doc)
     started = time.time()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out) if args.out else REPO / "docs" / "bench" / f"{stamp}-race" / "race.json"
@@ -74,12 +78,13 @@ def main(argv: list[str]) -> int:
                 log(started, f"  {one_line(run)}")
                 save(out, result)
             turn += 1
-    for name in names:
-        adapters = {r["contestant"]: r["adapter"] for r in report.best_runs(result).values()
-                    if r["workload"] == name and r.get("adapter")}
-        log(started, f"eval {name}: {', '.join(adapters)}")
-        result["eval"][name] = evaluate(configs[name], adapters, work / f"eval-{name}")
-        save(out, result)
+            if round_ == args.rounds - 1:  # scored as soon as its last round ends: a cut-short race keeps it
+                adapters = {r["contestant"]: r["adapter"] for r in report.best_runs(result).values()
+                            if r["workload"] == name and r.get("adapter")}
+                log(started, f"eval {name}: {', '.join(adapters)}")
+                result["eval"][name] = evaluate(configs[name], adapters, work / f"eval-{name}")
+                result["targets"] = report.check_targets(result)
+                save(out, result)
     if not args.skip_data_stage and "llamafactory" in contestants:
         result["data_stage"] = data_stage(configs[names[0]], work / "datastage", started)
     result["meta"]["load_average_end"] = os.getloadavg()
@@ -92,6 +97,20 @@ def main(argv: list[str]) -> int:
         report.write_section(REPO / "docs" / "benchmarks.md", text)
     print(text)
     print(f"\nwrote {out}", file=sys.stderr)
+    return 0
+
+
+def render(path: Path, doc: bool = True) -> int:
+    """The table and targets of a race's JSON (a cut-short race included), beside it and in the doc."""
+    result = json.loads(path.read_text(encoding="utf-8"))
+    result["meta"].setdefault("wall_s", sum(r.get("wall_s", 0) for r in result["runs"]))
+    result["targets"] = report.check_targets(result)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    text = report.markdown(result)
+    path.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    if doc:
+        report.write_section(REPO / "docs" / "benchmarks.md", text)
+    print(text)
     return 0
 
 

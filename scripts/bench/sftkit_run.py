@@ -20,3 +20,18 @@ def launch(config: dict[str, Any], run_dir: Path) -> Launch:
     cfg = write_yaml(run_dir / "config.yaml", config)
     return Launch(python=sys.executable, entry="sftkit.cli:main", args=["train", str(cfg), "--overwrite"],
                   adapter_dir=Path(config["output_dir"]), config_file=cfg, env={"PYTHONPATH": str(REPO)})
+
+
+class Checkpointed:
+    """sftkit with `gradient_checkpointing: true` (LLaMA-Factory's and TRL's default) instead of its `auto`:
+    a diagnostic row that tells the memory of recomputation from the rest (`--contestants ...,sftkit_gc`)."""
+
+    NAME = "sftkit_gc"
+
+    @staticmethod
+    def available() -> str | None:
+        return None
+
+    @staticmethod
+    def launch(config: dict[str, Any], run_dir: Path) -> Launch:
+        return launch(config | {"gradient_checkpointing": True}, run_dir)

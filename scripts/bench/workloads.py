@@ -95,7 +95,10 @@ TRL_KEYS = {"cutoff_len": "max_length", "lora_rank": "lora_r", "lora_alpha": "lo
             "lora_dropout": "lora_dropout", "packing": "packing"}
 SAME_KEYS = ("model_name_or_path", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
              "lr_scheduler_type", "warmup_steps", "bf16", "seed", "logging_steps", "save_strategy", "report_to",
-             "output_dir", "max_steps", "overwrite_output_dir")
+             "output_dir", "max_steps")
+# the one key a CPU run adds for the tools whose transformers arguments refuse bf16 on a CPU without it
+# (sftkit picks the device itself and refuses the key)
+CPU_KEYS = {"use_cpu": True}
 
 
 def to_trl(config: dict[str, Any], dataset_path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -106,6 +109,7 @@ def to_trl(config: dict[str, Any], dataset_path: Path) -> tuple[dict[str, Any], 
         out["use_peft"] = True
         out["lora_target_modules"] = "all-linear" if config.get("lora_target") == "all" else \
             config["lora_target"].split(",")
+    out |= CPU_KEYS
     out["dataset_name"] = str(dataset_path)  # the same train rows as prompt/completion turns (to_trl_rows)
     out["dataset_num_proc"] = config.get("preprocessing_num_workers")
     if config.get("template") == "chatml":  # the model's own template would add a default system prompt
