@@ -195,3 +195,16 @@ def test_the_markdown_has_every_contestant_and_the_failure_reason(tmp_path: Path
     written = doc.read_text()
     assert "kept" in written and "second" in written and "first" not in written
     assert written.count(report.BEGIN) == 1
+
+
+@pytest.mark.integration  # a fresh interpreter importing transformers
+def test_the_probe_runs_a_module_as_a_script_and_records_its_exit(tmp_path: Path) -> None:
+    """`-m:module` (how `trl sft`'s script runs inside the probe): sys.argv as the script sees it, exit kept."""
+    (tmp_path / "fake_tool.py").write_text("import sys\nprint('ARGS', sys.argv[1:])\nraise SystemExit(3)\n")
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench" / "probe.py"), str(out), "-m:fake_tool",
+                           "--config", "x.yaml"], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 3 and "ARGS ['--config', 'x.yaml']" in proc.stdout, proc.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["exit"] == 3 and record["steps"] == [] and record["end"] >= record["start"]

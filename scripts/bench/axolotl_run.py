@@ -20,6 +20,7 @@ def launch(config: dict[str, Any], run_dir: Path) -> Launch:
     data = write_jsonl(run_dir / "data" / "train.jsonl", workloads.to_messages_rows(rows))
     translated, dropped = workloads.to_axolotl(config, data)
     cfg = write_yaml(run_dir / "config.yml", translated)
-    return Launch(python=str(venv_python("axolotl")), entry="axolotl.cli.main:main", args=["train", str(cfg)],
+    # --launcher python: in this process (its default, accelerate launch, trains in a child the probe cannot see)
+    return Launch(python=str(venv_python("axolotl")), entry="axolotl.cli.main:main", args=["train", str(cfg), "--launcher", "python"],
                   adapter_dir=Path(config["output_dir"]), config_file=cfg, dropped_keys=dropped,
                   env={"AXOLOTL_DO_NOT_TRACK": "1"})

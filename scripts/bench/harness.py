@@ -58,7 +58,8 @@ def run_contestant(name: str, config: dict[str, Any], run_dir: Path) -> dict[str
     env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
             "HF_HOME": str(run_dir / "hf-home"), "HF_DATASETS_CACHE": str(run_dir / "hf-datasets"),
             "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS,
-            "WANDB_DISABLED": "true", "PYTHONWARNINGS": "ignore", **launch.env}
+            "WANDB_DISABLED": "true", "PYTHONWARNINGS": "ignore",
+            "PATH": f"{Path(launch.python).parent}{os.pathsep}{os.environ.get('PATH', '')}", **launch.env}
     command = [launch.python, str(PROBE), str(probe_out), launch.entry, *launch.args]
     result |= {"command": " ".join([Path(launch.python).parent.parent.name + "/bin/python", "probe.py", "OUT",
                                      launch.entry, *launch.args]), "config_file": str(launch.config_file),

@@ -1,6 +1,6 @@
 """Runs one contestant's own command inside this process and records what the race measures, the same way
 for every contestant: `python probe.py OUT.json ENTRY [ARGS...]` (ENTRY is `module:function` of a console
-script, e.g. `llamafactory.cli:main`).
+script, e.g. `llamafactory.cli:main`, or `-m:module` for a module run as a script).
 
 It patches two transformers methods before the command starts, so every tool built on transformers' Trainer
 is measured by this one counter: `Trainer.training_step` (each optimizer micro-step's start and end time, its
@@ -72,12 +72,18 @@ def install() -> None:
 def main() -> int:
     out, entry, *args = sys.argv[1:]
     install()
-    module, function = entry.split(":")
-    sys.argv = [module.split(".")[0], *args]
     code = 0
     try:
-        result = getattr(importlib.import_module(module), function)()
-        code = result if isinstance(result, int) else 0
+        if entry.startswith("-m:"):  # a module run as a script (`python -m`), in this process
+            import runpy
+
+            sys.argv = [entry[3:], *args]
+            runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
+        else:
+            module, function = entry.split(":")
+            sys.argv = [module.split(".")[0], *args]
+            result = getattr(importlib.import_module(module), function)()
+            code = result if isinstance(result, int) else 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:

@@ -1,4 +1,4 @@
-"""TRL 1.16's own `trl sft --config X.yaml`: the workload's YAML translated by workloads.to_trl, the train rows
+"""TRL 1.16's own `trl sft --config X.yaml` (its script, trl/scripts/sft.py): the workload's YAML translated by workloads.to_trl, the train rows
 as conversational prompt/completion JSON lines (TRL then trains on the answers only, as LLaMA-Factory does)."""
 
 from __future__ import annotations
@@ -22,5 +22,7 @@ def launch(config: dict[str, Any], run_dir: Path) -> Launch:
     write_jsonl(data / "train.jsonl", workloads.to_trl_rows(rows))
     translated, dropped = workloads.to_trl(config, data)
     cfg = write_yaml(run_dir / "config.yaml", translated)
-    return Launch(python=str(venv_python("trl")), entry="trl.cli:main", args=["sft", "--config", str(cfg)],
+    # `trl sft` is `accelerate launch trl/scripts/sft.py`: in a child process the probe cannot see, so the
+    # script is run as it is in the probe's own process (one process, as accelerate starts on one CPU)
+    return Launch(python=str(venv_python("trl")), entry="-m:trl.scripts.sft", args=["--config", str(cfg)],
                   adapter_dir=Path(config["output_dir"]), config_file=cfg, dropped_keys=dropped)
