@@ -153,6 +153,7 @@ def evaluate(config: dict[str, Any], adapters: dict[str, str], work: Path) -> di
             "template": config["template"], "cutoff_len": config["cutoff_len"], "adapters": adapters}
     (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=str(REPO / "scripts"), HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS=harness.THREADS, MKL_NUM_THREADS=harness.THREADS,
                TRANSFORMERS_VERBOSITY="error")
     proc = subprocess.run([sys.executable, "-m", "bench.evaluator", str(work / "spec.json"), str(work / "eval.json")],
                           env=env, capture_output=True, text=True, cwd=REPO / "scripts")
@@ -183,7 +184,8 @@ def data_stage(config: dict[str, Any], work: Path, started: float) -> dict[str, 
             python = sys.executable if tool == "sftkit" else str(models.PEERS / "lf" / "bin" / "python")
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(work / f"cache-{tool}-{workers}"),
-                "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+                "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": harness.THREADS}
             if tool == "sftkit":
                 env["PYTHONPATH"] = str(REPO)
             proc = subprocess.run([python, str(Path(__file__).parent / "datastage.py"), tool, str(path)], env=env,
