@@ -62,7 +62,7 @@ def answers(model: Any, tokenizer: Any, questions: list[str], template: str | No
     return out
 
 
-def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
+def evaluate(spec: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -76,7 +76,9 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     template = (data_dir / "chatml.jinja").read_text(encoding="utf-8") if spec["template"] == "chatml" else None
     held = workloads.rows(data_dir, spec["dataset"], "_heldout")
     encoded = [encode(tokenizer, workloads.messages(row), template, spec["cutoff_len"]) for row in held]
-    questions = [row["instruction"] for row in workloads.rows(data_dir, "identity", "_heldout")][:ANSWER_QUESTIONS] \
+    # held-out identity questions whose answer names the model (not the greetings the set also holds)
+    questions = [row["instruction"] for row in workloads.rows(data_dir, "identity", "_heldout")
+                 if workloads.IDENTITY["name"] in row["output"]][:ANSWER_QUESTIONS] \
         if "identity" in spec["dataset"].split(",") else []
     results: dict[str, Any] = {"rows": len(held), "questions": questions, "scores": {}}
     for name, adapter in [("base", None), *spec["adapters"].items()]:
@@ -94,9 +96,11 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
         entry["seconds"] = round(time.perf_counter() - start, 1)
         results["scores"][name] = entry
         print(name, entry, file=sys.stderr, flush=True)
+        if out is not None:  # after each model: a scoring stopped for time keeps what it finished
+            out.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
 if __name__ == "__main__":
     spec_path, out_path = sys.argv[1:3]
-    Path(out_path).write_text(json.dumps(evaluate(json.loads(Path(spec_path).read_text())), indent=2) + "\n")
+    evaluate(json.loads(Path(spec_path).read_text()), Path(out_path))
