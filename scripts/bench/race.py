@@ -179,6 +179,8 @@ def data_stage(config: dict[str, Any], work: Path, started: float) -> dict[str, 
             cfg.pop("max_steps", None)
             if tool == "sftkit":
                 cfg.pop("stage"), cfg.pop("do_train")
+            else:  # as in the race: its transformers refuses bf16 on a CPU without use_cpu
+                cfg |= workloads.CPU_KEYS
             path = work / f"{tool}-{workers}.json"
             path.write_text(json.dumps(cfg), encoding="utf-8")
             python = sys.executable if tool == "sftkit" else str(models.PEERS / "lf" / "bin" / "python")
