@@ -30,6 +30,12 @@ the time of its setup phases (data, model, trainer) and, per optimizer step, for
 and the rest, measured between the trainer's callbacks with the device synchronised.
 
     python scripts/bench.py --device cuda --out bench_results_gpu.json
+
+The race (issue 26, the `bench/` package beside this file): sftkit against LLaMA-Factory 0.9.5, `trl sft` and
+axolotl, each from its own virtual environment under /work/peers, on the same YAML and the same real models:
+
+    python scripts/bench.py setup      # the peers' venvs, from the package index (scripts/bench_setup.sh)
+    python scripts/bench.py race       # the interleaved run: docs/bench/<date>-race/ and docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -80,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         import bench_serve
 
         return bench_serve.main([arg for arg in argv if arg != "--serve"])
+    if argv[:1] == ["race"]:  # issue 26: sftkit against LLaMA-Factory, `trl sft` and axolotl (scripts/bench/)
+        from bench import race
+
+        return race.main(argv[1:])
+    if argv[:1] == ["setup"]:  # the race's peer virtual environments under /work/peers
+        return subprocess.call(["bash", str(REPO / "scripts" / "bench_setup.sh"), *argv[1:]])
     args = parse_args(argv)
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     if args.worker:
