@@ -138,7 +138,7 @@ def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answe
         code, out, err = run_cli(["chat", str(model), "--prompt", prompt, "--max-new-tokens", "16"], monkeypatch, capsys)
         assert code == 0, err
         answers[str(model)] = out.strip()
-    server = Server(run / "merged", run, "--max-new-tokens", "16")
+    server = Server(run / "merged", run)
     try:
         served = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]["id"]
         reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
