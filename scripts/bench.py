@@ -59,9 +59,14 @@ BUNDLED_ALPACA = REPO / "data" / "demo_alpaca.json"
 METHODS = ("sftkit", "trl_loss", "loop", "trl")
 # sftkit with one speed option changed from its defaults (the config keys each sets; gradient_checkpointing
 # and flash_attn stay auto otherwise), run on a GPU beside plain TRL and the loop.
-SFTKIT_VARIANTS = {"sftkit_gc": {"gradient_checkpointing": True}, "sftkit_nogc": {"gradient_checkpointing": False},
-                   "sftkit_sdpa": {"flash_attn": "sdpa"}, "sftkit_liger": {"enable_liger_kernel": True},
-                   "sftkit_compile": {"torch_compile": True}, "sftkit_tokens": {"batch_tokens": "rows"}}
+SFTKIT_VARIANTS = {
+    "sftkit_gc": {"gradient_checkpointing": True},
+    "sftkit_nogc": {"gradient_checkpointing": False},
+    "sftkit_sdpa": {"flash_attn": "sdpa"},
+    "sftkit_liger": {"enable_liger_kernel": True},
+    "sftkit_compile": {"torch_compile": True},
+    "sftkit_tokens": {"batch_tokens": "rows"},
+}
 # sftkit_nogc is left out: at 8 x 4,096 tokens auto already turns checkpointing off on an 80 GB+ GPU
 GPU_METHODS = ("sftkit", *(v for v in SFTKIT_VARIANTS if v != "sftkit_nogc"), "trl", "trl_fa2", "loop")
 GPU_DEFAULTS = {"models": "ernie", "cutoff": "4096", "batch_size": 8}
@@ -71,13 +76,15 @@ LEARNING_RATE = 1e-4
 # (warm-up steps, measured steps) per model and cutoff when --steps/--warmup are not given: the default
 # set must finish within 10 minutes on a 2-core CPU, where one ERNIE-shape step at 4,096 tokens takes
 # about two minutes (the attention's quadratic term dominates).
-DEFAULT_STEPS = {"cpu": {("tiny", 512): (2, 6), ("tiny", 4096): (1, 3), ("ernie", 512): (1, 2),
-                         ("ernie", 4096): (0, 1)},
-                 "cuda": {("ernie", 4096): (3, 8)}}
+DEFAULT_STEPS = {
+    "cpu": {("tiny", 512): (2, 6), ("tiny", 4096): (1, 3), ("ernie", 512): (1, 2), ("ernie", 4096): (0, 1)},
+    "cuda": {("ernie", 4096): (3, 8)},
+}
 FALLBACK_STEPS = (3, 10)
 
 
 # ============================================================================ main process
+
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark set, prints the markdown table and writes the JSON file."""
@@ -121,13 +128,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--models", default=None, help="comma-separated: tiny, ernie (cuda default: ernie)")
     parser.add_argument("--cutoff", default=None, help="comma-separated cutoff_len values (cuda default: 4096)")
-    parser.add_argument("--methods", default=None, help="comma-separated: sftkit, trl_loss, loop, trl, trl_fa2, "
-                        f"{', '.join(SFTKIT_VARIANTS)} (cuda default: {','.join(GPU_METHODS)})")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated: sftkit, trl_loss, loop, trl, trl_fa2, "
+        f"{', '.join(SFTKIT_VARIANTS)} (cuda default: {','.join(GPU_METHODS)})",
+    )
     parser.add_argument("--steps", type=int, default=None, help="measured steps per run (default: per model)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: per model)")
     parser.add_argument("--batch-size", type=int, default=None, help="packed rows per step (cpu 1, cuda 8)")
@@ -135,8 +147,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-preprocess", action="store_true")
     parser.add_argument("--out", default="bench_results.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--serve", action="store_true",
-                        help="benchmark `sftkit serve` instead (scripts/bench_serve.py, with its own options)")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="benchmark `sftkit serve` instead (scripts/bench_serve.py, with its own options)",
+    )
     return with_device_defaults(parser.parse_args(argv))
 
 
@@ -158,13 +173,20 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     """Date, machine, library versions and the command: what a result needs to be compared with another."""
     import importlib.metadata as md
 
-    versions = {name: md.version(name) for name in ("torch", "transformers", "trl", "peft", "datasets",
-                                                     "tokenizers", "accelerate")}
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {_cpu_name()} x{os.cpu_count()}",
-            "gpu": _gpu_name() if args.device == "cuda" else None, "python": platform.python_version(),
-            "versions": versions, "device": args.device, "load_average_start": os.getloadavg(),
-            "command": "python scripts/bench.py " + " ".join(sys.argv[1:])}
+    versions = {
+        name: md.version(name)
+        for name in ("torch", "transformers", "trl", "peft", "datasets", "tokenizers", "accelerate")
+    }
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {_cpu_name()} x{os.cpu_count()}",
+        "gpu": _gpu_name() if args.device == "cuda" else None,
+        "python": platform.python_version(),
+        "versions": versions,
+        "device": args.device,
+        "load_average_start": os.getloadavg(),
+        "command": "python scripts/bench.py " + " ".join(sys.argv[1:]),
+    }
 
 
 def _cpu_name() -> str:
@@ -179,14 +201,16 @@ def _cpu_name() -> str:
 
 def _gpu_name() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 # ---------------------------------------------------------------------------- workspace
+
 
 def build_workspace(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Model directories, the training data registry and the 100k-row preprocessing file under `tmp`."""
@@ -198,11 +222,19 @@ def build_workspace(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     (data_dir / "bench_alpaca.json").write_text(json.dumps(rows), encoding="utf-8")
     big = [rows[i % len(rows)] for i in range(args.preprocess_rows)]
     (data_dir / "bench_alpaca_big.json").write_text(json.dumps(big), encoding="utf-8")
-    registry = {"bench_alpaca": {"file_name": "bench_alpaca.json"},
-                "bench_alpaca_big": {"file_name": "bench_alpaca_big.json"}}
+    registry = {
+        "bench_alpaca": {"file_name": "bench_alpaca.json"},
+        "bench_alpaca_big": {"file_name": "bench_alpaca_big.json"},
+    }
     (data_dir / "dataset_info.json").write_text(json.dumps(registry), encoding="utf-8")
-    space = {"tmp": str(tmp), "data_dir": str(data_dir), "source": str(source), "models": {},
-             "hf_cache": str(tmp / "hf-cache"), "device": args.device}
+    space = {
+        "tmp": str(tmp),
+        "data_dir": str(data_dir),
+        "source": str(source),
+        "models": {},
+        "hf_cache": str(tmp / "hf-cache"),
+        "device": args.device,
+    }
     space["models"] = {name: build_model(name, tmp / name) for name in models}
     return space
 
@@ -214,26 +246,44 @@ def training_specs(args: argparse.Namespace, space: dict[str, Any]) -> list[dict
         for cutoff in (int(c) for c in args.cutoff.split(",")):
             warmup, steps = DEFAULT_STEPS[args.device].get((model, cutoff), FALLBACK_STEPS)
             for method in args.methods.split(","):
-                specs.append({"kind": "train", "method": method, "model": model, "cutoff": cutoff,
-                              "warmup": warmup if args.warmup is None else args.warmup,
-                              "steps": steps if args.steps is None else args.steps,
-                              "batch_size": args.batch_size, "model_dir": space["models"][model],
-                              "data_dir": space["data_dir"], "device": args.device, "out": space["tmp"]})
+                specs.append(
+                    {
+                        "kind": "train",
+                        "method": method,
+                        "model": model,
+                        "cutoff": cutoff,
+                        "warmup": warmup if args.warmup is None else args.warmup,
+                        "steps": steps if args.steps is None else args.steps,
+                        "batch_size": args.batch_size,
+                        "model_dir": space["models"][model],
+                        "data_dir": space["data_dir"],
+                        "device": args.device,
+                        "out": space["tmp"],
+                    }
+                )
     return specs
 
 
 def _in_subprocess(spec: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
     """Runs one worker in a fresh interpreter and returns its result (or the error it ended with)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               HF_DATASETS_DISABLE_PROGRESS_BARS="1", HF_DATASETS_CACHE=spec.get("hf_cache", space["hf_cache"]),
-               TOKENIZERS_PARALLELISM="true", PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+        HF_DATASETS_CACHE=spec.get("hf_cache", space["hf_cache"]),
+        TOKENIZERS_PARALLELISM="true",
+        PYTHONWARNINGS="ignore",
+    )
     if space.get("device", "cpu") == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                          text=True, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, cwd=REPO
+    )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     result = {key: spec[key] for key in ("kind", "method", "model", "cutoff") if key in spec}
     return result | {"error": f"exit {proc.returncode}: {tail}"}
@@ -241,21 +291,30 @@ def _in_subprocess(spec: dict[str, Any], space: dict[str, Any]) -> dict[str, Any
 
 # ---------------------------------------------------------------------------- preprocessing
 
+
 def preprocess_bench(args: argparse.Namespace, space: dict[str, Any], started: float) -> dict[str, Any]:
     """Raw tokenizer floor, then prepare_data with 1 and 2 workers, each in a fresh process and cache."""
     out: dict[str, Any] = {"rows": args.preprocess_rows, "source": space["source"]}
     if not SHARED_ALPACA.is_file():
         out["note"] = f"{SHARED_ALPACA} is absent: bundled {BUNDLED_ALPACA.name} repeated instead"
-    for name, spec in [("raw_tokenizer", {"mode": "raw"}), ("workers_1", {"mode": "sftkit", "workers": 1}),
-                       ("workers_2", {"mode": "sftkit", "workers": 2})]:
-        spec |= {"kind": "preprocess", "model_dir": next(iter(space["models"].values())),
-                 "data_dir": space["data_dir"], "hf_cache": str(Path(space["tmp"]) / f"cache-{name}")}
+    for name, spec in [
+        ("raw_tokenizer", {"mode": "raw"}),
+        ("workers_1", {"mode": "sftkit", "workers": 1}),
+        ("workers_2", {"mode": "sftkit", "workers": 2}),
+    ]:
+        spec |= {
+            "kind": "preprocess",
+            "model_dir": next(iter(space["models"].values())),
+            "data_dir": space["data_dir"],
+            "hf_cache": str(Path(space["tmp"]) / f"cache-{name}"),
+        }
         out[name] = _in_subprocess(spec, space)
         _progress(started, f"preprocess {name}: {out[name]}")
     return out
 
 
 # ---------------------------------------------------------------------------- derived numbers
+
 
 def mfu(result: dict[str, Any], peak_tflops: float) -> dict[str, Any]:
     """Model FLOPs utilisation: useful training FLOPs per second over the measured bf16 matmul peak.
@@ -284,14 +343,25 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         loop, trl = runs.get((model, cutoff, "loop")), runs.get((model, cutoff, "trl"))
         trl_loss = runs.get((model, cutoff, "trl_loss"))
         if trl_loss:  # the loss sftkit keeps must be the faster of the two (issue: TRL's loss or ours, not both)
-            checks.append(_check(f"{model} {cutoff}: sftkit / trl_loss tokens/s", run["tokens_per_s"],
-                                 trl_loss["tokens_per_s"], ">=", 1.0))
+            checks.append(
+                _check(
+                    f"{model} {cutoff}: sftkit / trl_loss tokens/s",
+                    run["tokens_per_s"],
+                    trl_loss["tokens_per_s"],
+                    ">=",
+                    1.0,
+                )
+            )
         if loop:
-            checks.append(_check(f"{model} {cutoff}: sftkit / loop tokens/s", run["tokens_per_s"],
-                                 loop["tokens_per_s"], ">=", 0.9))
+            checks.append(
+                _check(
+                    f"{model} {cutoff}: sftkit / loop tokens/s", run["tokens_per_s"], loop["tokens_per_s"], ">=", 0.9
+                )
+            )
         if trl:
-            checks.append(_check(f"{model} {cutoff}: sftkit / trl tokens/s", run["tokens_per_s"],
-                                 trl["tokens_per_s"], ">=", 1.2))
+            checks.append(
+                _check(f"{model} {cutoff}: sftkit / trl tokens/s", run["tokens_per_s"], trl["tokens_per_s"], ">=", 1.2)
+            )
             if cutoff >= 4096:
                 key = "peak_cuda_gb" if run.get("peak_cuda_gb") else "peak_rss_gb"
                 checks.append(_check(f"{model} {cutoff}: sftkit / trl {key}", run[key], trl[key], "<=", 0.6))
@@ -315,14 +385,25 @@ def gpu_targets(runs: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         trl, loop = runs.get((model, cutoff, "trl")), runs.get((model, cutoff, "loop"))
         if trl:
-            checks.append(_check(f"{model} {cutoff}: sftkit / trl tokens/s", run["tokens_per_s"],
-                                 trl["tokens_per_s"], ">=", 2.0))
+            checks.append(
+                _check(f"{model} {cutoff}: sftkit / trl tokens/s", run["tokens_per_s"], trl["tokens_per_s"], ">=", 2.0)
+            )
             if cutoff >= 4096 and run.get("peak_cuda_gb") and trl.get("peak_cuda_gb"):
-                checks.append(_check(f"{model} {cutoff}: sftkit / trl peak_cuda_gb", run["peak_cuda_gb"],
-                                     trl["peak_cuda_gb"], "<=", 0.5))
+                checks.append(
+                    _check(
+                        f"{model} {cutoff}: sftkit / trl peak_cuda_gb",
+                        run["peak_cuda_gb"],
+                        trl["peak_cuda_gb"],
+                        "<=",
+                        0.5,
+                    )
+                )
         if loop:
-            checks.append(_check(f"{model} {cutoff}: sftkit / loop tokens/s", run["tokens_per_s"],
-                                 loop["tokens_per_s"], ">=", 0.9))
+            checks.append(
+                _check(
+                    f"{model} {cutoff}: sftkit / loop tokens/s", run["tokens_per_s"], loop["tokens_per_s"], ">=", 0.9
+                )
+            )
         if run.get("mfu") is not None:
             checks.append(_check(f"{model} {cutoff}: sftkit MFU", run["mfu"], 1.0, ">=", 0.4))
     return checks
@@ -338,31 +419,41 @@ def _one_line(result: dict[str, Any]) -> str:
     head = f"{result.get('model')} {result.get('cutoff')} {result.get('method')}"
     if "error" in result:
         return f"{head}: FAILED {result['error']}"
-    return (f"{head}: {result['tokens_per_s']:.1f} tok/s, {result['seconds_per_step']:.2f} s/step, "
-            f"peak RSS {result['peak_rss_gb']:.2f} GB, MFU {result.get('mfu')}")
+    return (
+        f"{head}: {result['tokens_per_s']:.1f} tok/s, {result['seconds_per_step']:.2f} s/step, "
+        f"peak RSS {result['peak_rss_gb']:.2f} GB, MFU {result.get('mfu')}"
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The results as markdown tables: training runs, target checks, preprocessing."""
     meta = report["meta"]
-    lines = [f"sftkit bench, {meta['date']}, {meta['machine']}" + (f", {meta['gpu']}" if meta["gpu"] else ""),
-             f"bf16 matmul peak: {report['matmul_peak_tflops']:.2f} TFLOP/s; load average "
-             f"{meta['load_average_start'][0]:.1f} -> {meta['load_average_end'][0]:.1f}", "",
-             "| model | cutoff | method | tokens/s | trained tokens/s | s/step | steps | peak RSS GB | "
-             "peak CUDA GB | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"sftkit bench, {meta['date']}, {meta['machine']}" + (f", {meta['gpu']}" if meta["gpu"] else ""),
+        f"bf16 matmul peak: {report['matmul_peak_tflops']:.2f} TFLOP/s; load average "
+        f"{meta['load_average_start'][0]:.1f} -> {meta['load_average_end'][0]:.1f}",
+        "",
+        "| model | cutoff | method | tokens/s | trained tokens/s | s/step | steps | peak RSS GB | peak CUDA GB | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["train"]:
         if "error" in r:
-            lines.append(f"| {r.get('model')} | {r.get('cutoff')} | {r.get('method')} | failed: {r['error']} "
-                         "| | | | | | |")
+            lines.append(
+                f"| {r.get('model')} | {r.get('cutoff')} | {r.get('method')} | failed: {r['error']} | | | | | | |"
+            )
             continue
         cuda = f"{r['peak_cuda_gb']:.2f}" if r.get("peak_cuda_gb") else "-"
-        lines.append(f"| {r['model']} | {r['cutoff']} | {r['method']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['trained_tokens_per_s']:.1f} | {r['seconds_per_step']:.3f} | {r['steps']} | "
-                     f"{r['peak_rss_gb']:.2f} | {cuda} | {_pct(r.get('mfu'))} |")
+        lines.append(
+            f"| {r['model']} | {r['cutoff']} | {r['method']} | {r['tokens_per_s']:.1f} | "
+            f"{r['trained_tokens_per_s']:.1f} | {r['seconds_per_step']:.3f} | {r['steps']} | "
+            f"{r['peak_rss_gb']:.2f} | {cuda} | {_pct(r.get('mfu'))} |"
+        )
     if report["targets"]:
         lines += ["", "| target | ratio | wanted | met |", "|---|---|---|---|"]
-        lines += [f"| {c['check']} | {c['ratio']:.2f} | {c['target']} | {'yes' if c['met'] else 'NO'} |"
-                  for c in report["targets"]]
+        lines += [
+            f"| {c['check']} | {c['ratio']:.2f} | {c['target']} | {'yes' if c['met'] else 'NO'} |"
+            for c in report["targets"]
+        ]
     lines += _preprocess_lines(report.get("preprocess"))
     return "\n".join(lines)
 
@@ -370,17 +461,21 @@ def markdown(report: dict[str, Any]) -> str:
 def _preprocess_lines(pre: dict[str, Any] | None) -> list[str]:
     if not pre:
         return []
-    lines = ["", f"preprocessing: {pre['rows']:,} rows of {Path(pre['source']).name}" +
-             (f" ({pre['note']})" if pre.get("note") else ""), "",
-             "| preprocessing | rows/s | tokens/s | seconds | packing efficiency |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"preprocessing: {pre['rows']:,} rows of {Path(pre['source']).name}"
+        + (f" ({pre['note']})" if pre.get("note") else ""),
+        "",
+        "| preprocessing | rows/s | tokens/s | seconds | packing efficiency |",
+        "|---|---|---|---|---|",
+    ]
     for name in ("raw_tokenizer", "workers_1", "workers_2"):
         r = pre.get(name, {})
         if "error" in r or not r:
             lines.append(f"| {name} | failed: {r.get('error')} | | | |")
             continue
         packing = f"{r['packing_efficiency']:.1%}" if r.get("packing_efficiency") is not None else "-"
-        lines.append(f"| {name} | {r['rows_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | {r['seconds']:.1f} | "
-                     f"{packing} |")
+        lines.append(f"| {name} | {r['rows_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | {r['seconds']:.1f} | {packing} |")
     return lines
 
 
@@ -389,6 +484,7 @@ def _pct(value: float | None) -> str:
 
 
 # ============================================================================ worker processes
+
 
 def run_worker(spec: dict[str, Any]) -> int:
     """One measurement in this fresh process; prints its result as one tagged JSON line."""
@@ -432,6 +528,7 @@ def _sync(device: str) -> None:
 
 # ---------------------------------------------------------------------------- training workers
 
+
 def bench_config(spec: dict[str, Any]):
     """The sftkit config every method's settings come from."""
     from sftkit.config import validate_config
@@ -442,13 +539,29 @@ def bench_config(spec: dict[str, Any]):
         options["batch_tokens"], rows = rows * spec["cutoff"], 1
     # CPU: checkpointing on for every method (the comparisons recorded so far); GPU: sftkit decides (auto)
     checkpointing = True if spec["device"] == "cpu" else "auto"
-    return validate_config({
-        "model_name_or_path": spec["model_dir"], "dataset": ["bench_alpaca"], "dataset_dir": spec["data_dir"],
-        "template": "chatml", "cutoff_len": spec["cutoff"], "packing": True, "bf16": True, **LORA,
-        "gradient_checkpointing": checkpointing, **options, "per_device_train_batch_size": rows,
-        "learning_rate": LEARNING_RATE, "max_steps": spec["warmup"] + spec["steps"], "save_strategy": "no",
-        "report_to": ["none"], "plot_loss": False, "output_dir": str(Path(spec["out"]) / spec["method"]),
-        "overwrite_output_dir": True, "preprocessing_num_workers": None})
+    return validate_config(
+        {
+            "model_name_or_path": spec["model_dir"],
+            "dataset": ["bench_alpaca"],
+            "dataset_dir": spec["data_dir"],
+            "template": "chatml",
+            "cutoff_len": spec["cutoff"],
+            "packing": True,
+            "bf16": True,
+            **LORA,
+            "gradient_checkpointing": checkpointing,
+            **options,
+            "per_device_train_batch_size": rows,
+            "learning_rate": LEARNING_RATE,
+            "max_steps": spec["warmup"] + spec["steps"],
+            "save_strategy": "no",
+            "report_to": ["none"],
+            "plot_loss": False,
+            "output_dir": str(Path(spec["out"]) / spec["method"]),
+            "overwrite_output_dir": True,
+            "preprocessing_num_workers": None,
+        }
+    )
 
 
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -456,22 +569,26 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     cfg = bench_config(spec)
-    runner = {"sftkit": run_sftkit, "trl_loss": run_trl_loss, "loop": run_loop, "trl": run_trl,
-              "trl_fa2": run_trl}.get(spec["method"], run_sftkit)  # the sftkit_* variants: sftkit's path
+    runner = {"sftkit": run_sftkit, "trl_loss": run_trl_loss, "loop": run_loop, "trl": run_trl, "trl_fa2": run_trl}.get(
+        spec["method"], run_sftkit
+    )  # the sftkit_* variants: sftkit's path
     steps, model = runner(cfg, spec)
-    measured = steps[spec["warmup"]:]
+    measured = steps[spec["warmup"] :]
     seconds = sum(s["seconds"] for s in measured)
     tokens = sum(s["tokens"] for s in measured)
     result = {key: spec[key] for key in ("kind", "method", "model", "cutoff", "warmup", "batch_size")}
-    result |= {"steps": len(measured), "seconds": round(seconds, 4), "tokens": tokens,
-               "trained_tokens": sum(s["trained"] for s in measured),
-               "attn_pairs": sum(s["pairs"] for s in measured),
-               "seconds_per_step": round(seconds / max(len(measured), 1), 4),
-               "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
-               "trained_tokens_per_s": round(sum(s["trained"] for s in measured) / seconds, 2) if seconds else 0.0,
-               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-               "peak_cuda_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
-               if torch.cuda.is_available() else None}
+    result |= {
+        "steps": len(measured),
+        "seconds": round(seconds, 4),
+        "tokens": tokens,
+        "trained_tokens": sum(s["trained"] for s in measured),
+        "attn_pairs": sum(s["pairs"] for s in measured),
+        "seconds_per_step": round(seconds / max(len(measured), 1), 4),
+        "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
+        "trained_tokens_per_s": round(sum(s["trained"] for s in measured) / seconds, 2) if seconds else 0.0,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_cuda_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+    }
     return result | model_shape(model) | phase_times(measured, spec.get("setup", {}))
 
 
@@ -479,8 +596,11 @@ def phase_times(measured: list[dict[str, Any]], setup: dict[str, float]) -> dict
     """Seconds of each setup phase, and per measured step the mean of each step phase the timer recorded."""
     phases: dict[str, Any] = {"setup_s": {name: round(seconds, 3) for name, seconds in setup.items()}}
     names = sorted({name for step in measured for name in step.get("phases", {})})
-    phases["step_phases_s"] = {name: round(sum(s["phases"].get(name, 0.0) for s in measured) / len(measured), 4)
-                               for name in names} if measured else {}
+    phases["step_phases_s"] = (
+        {name: round(sum(s["phases"].get(name, 0.0) for s in measured) / len(measured), 4) for name in names}
+        if measured
+        else {}
+    )
     return phases
 
 
@@ -618,8 +738,9 @@ def run_trl_loss(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     use_document_attention(model, cfg.flash_attn, precision.device)
     model = add_adapter(model, cfg, template.token_ids(tokenizer))
     _expose_head_bias(model)
-    trainer = SFTTrainer(model=model, args=build_sft_config(cfg, precision), train_dataset=data.train,
-                         processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=build_sft_config(cfg, precision), train_dataset=data.train, processing_class=tokenizer
+    )
     collate = PackedRowsCollator(tokenizer.pad_token_id)
     trainer.data_collator = lambda rows: {k: v for k, v in collate(rows).items() if k != REAL_TOKENS_KEY}
     return _trainer_steps(trainer, spec["device"]), model
@@ -657,14 +778,22 @@ def run_trl(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
         model.resize_token_embeddings(len(tokenizer))
     rows = json.loads((Path(cfg.dataset_dir) / "bench_alpaca.json").read_text(encoding="utf-8"))
     dataset = Dataset.from_list([{"messages": _messages(row)} for row in rows])
-    args = SFTConfig(output_dir=cfg.output_dir, max_length=cfg.cutoff_len, packing=True, bf16=True,
-                     per_device_train_batch_size=cfg.per_device_train_batch_size, learning_rate=LEARNING_RATE,
-                     max_steps=cfg.max_steps, save_strategy="no", report_to="none",
-                     use_cpu=spec["device"] == "cpu")
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora)
+    args = SFTConfig(
+        output_dir=cfg.output_dir,
+        max_length=cfg.cutoff_len,
+        packing=True,
+        bf16=True,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        learning_rate=LEARNING_RATE,
+        max_steps=cfg.max_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=spec["device"] == "cpu",
+    )
+    lora = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
     return _trainer_steps(trainer, spec["device"]), trainer.model
 
 
@@ -678,8 +807,8 @@ def run_loop(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]
     """The floor: sftkit's model and packed rows, trained by scripts/sft_from_scratch.py's `train_step`
     (forward, cross-entropy on the trained tokens, backward, clip, AdamW step) and nothing else."""
     import torch
-
     from sft_from_scratch import train_step
+
     from sftkit.data import load_tokenizer, prepare_data
     from sftkit.model import add_adapter, load_model, resolve_precision
     from sftkit.templates import get_template
@@ -696,8 +825,10 @@ def run_loop(cfg: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]
     model.to(precision.device).train()
     use_document_attention(model, cfg.flash_attn, precision.device)  # sftkit's kernel: only overhead differs
     # flash varlen reads one flattened row, as TRL's padding-free collator gives it
-    batches = [flattened(batch) if varlen_attention(model) else {k: v for k, v in batch.items() if k != "lengths"}
-               for batch in batches]
+    batches = [
+        flattened(batch) if varlen_attention(model) else {k: v for k, v in batch.items() if k != "lengths"}
+        for batch in batches
+    ]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
     steps = []
@@ -715,8 +846,11 @@ def flattened(batch: dict[str, Any]) -> dict[str, Any]:
     """A packed batch's rows as one row without padding (what flash-attention's varlen kernel takes)."""
     import torch
 
-    return {key: torch.cat([value[i, :n] for i, n in enumerate(batch["lengths"])])[None]
-            for key, value in batch.items() if key != "lengths"}
+    return {
+        key: torch.cat([value[i, :n] for i, n in enumerate(batch["lengths"])])[None]
+        for key, value in batch.items()
+        if key != "lengths"
+    }
 
 
 def packed_batches(rows: Any, cfg: Any, count: int) -> list[dict[str, Any]]:
@@ -731,9 +865,12 @@ def packed_batches(rows: Any, cfg: Any, count: int) -> list[dict[str, Any]]:
     for start in range(0, size * count, size):
         picked = [packed[i % len(packed)] for i in range(start, start + size)]
         width = max(len(row["input_ids"]) for row in picked)
-        batch = {"input_ids": torch.zeros(size, width, dtype=torch.long),
-                 "labels": torch.full((size, width), -100), "position_ids": torch.zeros(size, width, dtype=torch.long),
-                 "lengths": []}
+        batch = {
+            "input_ids": torch.zeros(size, width, dtype=torch.long),
+            "labels": torch.full((size, width), -100),
+            "position_ids": torch.zeros(size, width, dtype=torch.long),
+            "lengths": [],
+        }
         for i, row in enumerate(picked):
             n = len(row["input_ids"])
             batch["input_ids"][i, :n] = torch.tensor(row["input_ids"])
@@ -747,14 +884,24 @@ def packed_batches(rows: Any, cfg: Any, count: int) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- preprocessing workers
 
+
 def preprocess_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """The raw tokenizer on the rendered texts, or prepare_data end to end, on the big file."""
     from sftkit.config import validate_config
 
-    cfg = validate_config({
-        "model_name_or_path": spec["model_dir"], "dataset": ["bench_alpaca_big"], "dataset_dir": spec["data_dir"],
-        "template": "chatml", "cutoff_len": 4096, "packing": True, "overwrite_cache": True,
-        "preprocessing_num_workers": spec.get("workers"), "output_dir": str(Path(spec["hf_cache"]) / "out")})
+    cfg = validate_config(
+        {
+            "model_name_or_path": spec["model_dir"],
+            "dataset": ["bench_alpaca_big"],
+            "dataset_dir": spec["data_dir"],
+            "template": "chatml",
+            "cutoff_len": 4096,
+            "packing": True,
+            "overwrite_cache": True,
+            "preprocessing_num_workers": spec.get("workers"),
+            "output_dir": str(Path(spec["hf_cache"]) / "out"),
+        }
+    )
     return raw_tokenizer_rate(cfg) if spec["mode"] == "raw" else prepare_data_rate(cfg)
 
 
@@ -770,7 +917,7 @@ def raw_tokenizer_rate(cfg: Any) -> dict[str, Any]:
     start = time.perf_counter()
     tokens = 0
     for i in range(0, len(texts), cfg.preprocessing_batch_size):
-        encoded = tokenizer(texts[i:i + cfg.preprocessing_batch_size], add_special_tokens=False)
+        encoded = tokenizer(texts[i : i + cfg.preprocessing_batch_size], add_special_tokens=False)
         tokens += sum(len(ids) for ids in encoded["input_ids"])
     seconds = time.perf_counter() - start
     return _rates(len(texts), tokens, seconds) | {"packing_efficiency": None}
@@ -785,12 +932,19 @@ def prepare_data_rate(cfg: Any) -> dict[str, Any]:
     data = prepare_data(cfg, tokenizer)
     seconds = time.perf_counter() - start
     return _rates(len(data.train), data.stats.total_tokens, seconds) | {
-        "workers": cfg.preprocessing_num_workers, "packing_efficiency": data.stats.packing_efficiency}
+        "workers": cfg.preprocessing_num_workers,
+        "packing_efficiency": data.stats.packing_efficiency,
+    }
 
 
 def _rates(rows: int, tokens: int, seconds: float) -> dict[str, Any]:
-    return {"rows": rows, "tokens": tokens, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds, 1),
-            "tokens_per_s": round(tokens / seconds, 1)}
+    return {
+        "rows": rows,
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(rows / seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -43,13 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-    report |= {"model": args.model or "tiny (std 0.3)", "clients": args.clients, "max_tokens": args.max_tokens,
-               "max_batch": args.max_batch,
-               "load_average": os.getloadavg(), "cpus": os.cpu_count()}
-    print(f"serve: {report['clients']} clients x {args.requests} requests, {report['requests_per_s']} req/s, "
-          f"{report['tokens_per_s']} tok/s, TTFT p50 {report['ttft_p50_s']}s p95 {report['ttft_p95_s']}s, "
-          f"latency p50 {report['latency_p50_s']}s p95 {report['latency_p95_s']}s, {report['errors']} errors, "
-          f"batches up to {report['largest_batch']} (--max-batch {args.max_batch or 'default'})")
+    report |= {
+        "model": args.model or "tiny (std 0.3)",
+        "clients": args.clients,
+        "max_tokens": args.max_tokens,
+        "max_batch": args.max_batch,
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
+    }
+    print(
+        f"serve: {report['clients']} clients x {args.requests} requests, {report['requests_per_s']} req/s, "
+        f"{report['tokens_per_s']} tok/s, TTFT p50 {report['ttft_p50_s']}s p95 {report['ttft_p95_s']}s, "
+        f"latency p50 {report['latency_p50_s']}s p95 {report['latency_p95_s']}s, {report['errors']} errors, "
+        f"batches up to {report['largest_batch']} (--max-batch {args.max_batch or 'default'})"
+    )
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 1 if report["errors"] else 0
 
@@ -82,8 +89,13 @@ def start_server(model: str, log: Path, max_batch: int | None = None) -> tuple[s
         port = sock.getsockname()[1]
     env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     batch = ["--max-batch", str(max_batch)] if max_batch else []
-    server = subprocess.Popen([sys.executable, "-m", "sftkit", "serve", model, "--port", str(port), "--max-queue",
-                               "1024", *batch], cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sftkit", "serve", model, "--port", str(port), "--max-queue", "1024", *batch],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and server.poll() is None:
@@ -106,8 +118,13 @@ def one_request(url: str, max_tokens: int) -> dict[str, Any]:
     """One streamed chat request: TTFT, latency, completion tokens, or the error it met."""
     import httpx
 
-    body = {"messages": PROMPT, "temperature": 0, "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "messages": PROMPT,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     ttft, tokens, done = None, 0, False
     try:
@@ -151,11 +168,18 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> dict[str, An
     good = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
     ttft, latency = sorted(r["ttft"] for r in good), sorted(r["latency"] for r in good)
-    return {"requests": len(results), "errors": len(errors), "error_examples": errors[:3],
-            "wall_s": round(wall, 3), "requests_per_s": round(len(good) / wall, 3),
-            "tokens_per_s": round(sum(r["tokens"] for r in good) / wall, 1),
-            "ttft_p50_s": percentile(ttft, 50), "ttft_p95_s": percentile(ttft, 95),
-            "latency_p50_s": percentile(latency, 50), "latency_p95_s": percentile(latency, 95)}
+    return {
+        "requests": len(results),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(good) / wall, 3),
+        "tokens_per_s": round(sum(r["tokens"] for r in good) / wall, 1),
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p95_s": percentile(ttft, 95),
+        "latency_p50_s": percentile(latency, 50),
+        "latency_p95_s": percentile(latency, 95),
+    }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

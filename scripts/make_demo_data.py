@@ -13,10 +13,37 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
-COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red",
-           "a banana": "yellow", "an orange": "orange", "a plum": "purple", "chocolate": "brown"}
-WORDS = ["apple", "river", "mountain", "sftkit", "garden", "window", "music", "planet", "teacher",
-         "bridge", "lantern", "ocean", "pencil", "rocket", "forest", "thunder", "valley", "whisper"]
+COLOURS = {
+    "sky": "blue",
+    "grass": "green",
+    "snow": "white",
+    "coal": "black",
+    "blood": "red",
+    "a banana": "yellow",
+    "an orange": "orange",
+    "a plum": "purple",
+    "chocolate": "brown",
+}
+WORDS = [
+    "apple",
+    "river",
+    "mountain",
+    "sftkit",
+    "garden",
+    "window",
+    "music",
+    "planet",
+    "teacher",
+    "bridge",
+    "lantern",
+    "ocean",
+    "pencil",
+    "rocket",
+    "forest",
+    "thunder",
+    "valley",
+    "whisper",
+]
 
 
 def arithmetic(rng: random.Random) -> tuple[str, str, str]:
@@ -28,7 +55,7 @@ def arithmetic(rng: random.Random) -> tuple[str, str, str]:
 
 def word_length(rng: random.Random) -> tuple[str, str, str]:
     word = rng.choice(WORDS)
-    return "How many letters does this word have?", word, f"The word \"{word}\" has {len(word)} letters."
+    return "How many letters does this word have?", word, f'The word "{word}" has {len(word)} letters.'
 
 
 def colour(rng: random.Random) -> tuple[str, str, str]:
@@ -38,7 +65,7 @@ def colour(rng: random.Random) -> tuple[str, str, str]:
 
 def spell(rng: random.Random) -> tuple[str, str, str]:
     n = rng.randint(0, 12)
-    return "Write this number as a word.", str(n), f"{n} is written \"{NUMBER_WORDS[n]}\"."
+    return "Write this number as a word.", str(n), f'{n} is written "{NUMBER_WORDS[n]}".'
 
 
 IDENTITY = [
@@ -93,20 +120,31 @@ def messages_rows(rng: random.Random, n: int) -> list[dict]:
 
 
 def registry() -> dict:
-    openai_tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                   "assistant_tag": "assistant", "system_tag": "system"}
+    openai_tags = {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "system_tag": "system",
+    }
     teich = {"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": openai_tags}
     return {
         "demo_alpaca": {"file_name": "demo_alpaca.json"},
-        "demo_sharegpt": {"file_name": "demo_sharegpt.json", "formatting": "sharegpt",
-                          "columns": {"messages": "conversations", "system": "system"}},
-        "demo_messages": {"file_name": "demo_messages.jsonl", "formatting": "sharegpt",
-                          "columns": {"messages": "messages"}, "tags": openai_tags},
+        "demo_sharegpt": {
+            "file_name": "demo_sharegpt.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "system": "system"},
+        },
+        "demo_messages": {
+            "file_name": "demo_messages.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages"},
+            "tags": openai_tags,
+        },
         # The three datasets of the ERNIE-4.5 run (configs/ernie_lora.yaml); downloaded on first use.
         "teichai_gemini3_flash": {"hf_hub_url": "TeichAI/gemini-3-flash-preview-1000x", **teich},
         "teichai_claude_haiku45": {"hf_hub_url": "TeichAI/claude-haiku-4.5-1700x", **teich},
-        "teichai_gemini25_flash_lite": {"hf_hub_url": "TeichAI/gemini-2.5-flash-lite-2509-preview-1000x",
-                                        **teich},
+        "teichai_gemini25_flash_lite": {"hf_hub_url": "TeichAI/gemini-2.5-flash-lite-2509-preview-1000x", **teich},
     }
 
 
@@ -116,7 +154,8 @@ def main() -> None:
     (DATA / "demo_alpaca.json").write_text(json.dumps(alpaca_rows(rng, 240), indent=1, ensure_ascii=False) + "\n")
     (DATA / "demo_sharegpt.json").write_text(json.dumps(sharegpt_rows(rng, 80), indent=1, ensure_ascii=False) + "\n")
     (DATA / "demo_messages.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in messages_rows(rng, 80)))
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in messages_rows(rng, 80))
+    )
     (DATA / "dataset_info.json").write_text(json.dumps(registry(), indent=2) + "\n")
 
 

@@ -52,12 +52,15 @@ GENERAL = [
 def identity_rows(source: Path, name: str = NAME, author: str = AUTHOR) -> list[dict[str, str]]:
     """LLaMA-Factory's identity rows with {{name}} and {{author}} filled in (data/identity_quill.json)."""
     rows = json.loads(source.read_text(encoding="utf-8"))
-    return [{key: value.replace("{{name}}", name).replace("{{author}}", author) for key, value in row.items()}
-            for row in rows]
+    return [
+        {key: value.replace("{{name}}", name).replace("{{author}}", author) for key, value in row.items()}
+        for row in rows
+    ]
 
 
-def answers(model: str, questions: list[tuple[str, str]], cfg: SftConfig | None = None,
-            max_new_tokens: int = 48) -> list[str]:
+def answers(
+    model: str, questions: list[tuple[str, str]], cfg: SftConfig | None = None, max_new_tokens: int = 48
+) -> list[str]:
     """Greedy answers of `model` (a .gguf, a run or a merged folder) to each question, with the template the run
     trains with when `cfg` is given (so the base is asked exactly as the trained model is), else its own."""
     from sftkit.data.tokenizer import load_tokenizer_and_template
@@ -68,8 +71,12 @@ def answers(model: str, questions: list[tuple[str, str]], cfg: SftConfig | None 
     if cfg is not None:
         loaded.tokenizer, loaded.template = load_tokenizer_and_template(cfg)
     prompts = [SimpleNamespace(messages=[{"role": "user", "content": q}], tools=None) for q, _ in questions]
-    return [reply.strip() for reply in generate_replies(loaded.model, loaded.tokenizer, loaded.template, prompts,
-                                                        GenerationSettings(max_new_tokens=max_new_tokens))]
+    return [
+        reply.strip()
+        for reply in generate_replies(
+            loaded.model, loaded.tokenizer, loaded.template, prompts, GenerationSettings(max_new_tokens=max_new_tokens)
+        )
+    ]
 
 
 def score(replies: list[str], questions: list[tuple[str, str]]) -> float:
@@ -103,21 +110,31 @@ def main() -> int:
     trained_at = time.monotonic()
     run = train(cfg, overwrite=True)
     after = answers(str(run), questions)
-    report = {"model": cfg.model_name_or_path, "run": str(run), "train_seconds": round(time.monotonic() - trained_at),
-              "total_seconds": round(time.monotonic() - started), "questions": []}
+    report = {
+        "model": cfg.model_name_or_path,
+        "run": str(run),
+        "train_seconds": round(time.monotonic() - trained_at),
+        "total_seconds": round(time.monotonic() - started),
+        "questions": [],
+    }
     for kind, group, offset in (("identity", IDENTITY, 0), ("general", GENERAL, len(IDENTITY))):
         about = "held out: not in the training set" if kind == "identity" else "what the base knew: forgetting"
         print(f"\n=== {kind} questions ({about})")
-        b, a = before[offset:offset + len(group)], after[offset:offset + len(group)]
+        b, a = before[offset : offset + len(group)], after[offset : offset + len(group)]
         for (question, pattern), old, new in zip(group, b, a):
             print(f"Q: {question}\n  before: {old}\n  after:  {new}")
-            report["questions"].append({"kind": kind, "question": question, "expect": pattern, "before": old,
-                                        "after": new})
+            report["questions"].append(
+                {"kind": kind, "question": question, "expect": pattern, "before": old, "after": new}
+            )
         report[f"{kind}_before"], report[f"{kind}_after"] = score(b, group), score(a, group)
-    print(f"\nidentity: {report['identity_before']:.0%} -> {report['identity_after']:.0%} of held-out identity answers "
-          f"name {NAME} (or {AUTHOR})")
-    print(f"general:  {report['general_before']:.0%} -> {report['general_after']:.0%} of general answers keep the "
-          "expected word (what it knew, kept)")
+    print(
+        f"\nidentity: {report['identity_before']:.0%} -> {report['identity_after']:.0%} of held-out identity answers "
+        f"name {NAME} (or {AUTHOR})"
+    )
+    print(
+        f"general:  {report['general_before']:.0%} -> {report['general_after']:.0%} of general answers keep the "
+        "expected word (what it knew, kept)"
+    )
     print(f"trained in {report['train_seconds']} s; {report['total_seconds']} s in all")
     from sftkit.atomic import write_json
 

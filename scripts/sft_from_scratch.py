@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------- 1. render with the template
 
+
 def render(messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
     """ChatML text of a conversation as (text, trained) pieces: only assistant replies and their end token train."""
     pieces = []
@@ -49,6 +50,7 @@ def render(messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
 
 
 # ---------------------------------------------------------------------------- 2. tokenize, label
+
 
 def tokenize(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """Token ids of the whole rendered text and their labels (-100 where the text is not trained).
@@ -73,6 +75,7 @@ def tokenize(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int],
 
 # ---------------------------------------------------------------------------- 3. pack
 
+
 def pack(rows: list[tuple[list[int], list[int]]], max_tokens: int) -> list[dict[str, torch.Tensor]]:
     """Rows laid end to end into sequences of at most `max_tokens`, position ids restarting at each row.
 
@@ -89,27 +92,36 @@ def pack(rows: list[tuple[list[int], list[int]]], max_tokens: int) -> list[dict[
         sequences.append(current)
     batches = []
     for sequence in sequences:
-        batches.append({
-            "input_ids": torch.tensor([[token for ids, _ in sequence for token in ids]]),
-            "labels": torch.tensor([[label for _, labels in sequence for label in [IGNORE, *labels[1:]]]]),
-            "position_ids": torch.tensor([[position for ids, _ in sequence for position in range(len(ids))]]),
-        })
+        batches.append(
+            {
+                "input_ids": torch.tensor([[token for ids, _ in sequence for token in ids]]),
+                "labels": torch.tensor([[label for _, labels in sequence for label in [IGNORE, *labels[1:]]]]),
+                "position_ids": torch.tensor([[position for ids, _ in sequence for position in range(len(ids))]]),
+            }
+        )
     return batches
 
 
 # ---------------------------------------------------------------------------- 4. loss, backward, step
 
+
 def loss_of(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the trained tokens: the logits at t predict the label at t + 1."""
     device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                   use_cache=False).logits
+    logits = model(
+        input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
+    ).logits
     predicted, targets = logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten().to(device)
     return F.cross_entropy(predicted.float(), targets, ignore_index=IGNORE)
 
 
-def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               max_grad_norm: float = 1.0, autocast: torch.dtype | None = None) -> torch.Tensor:
+def train_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    max_grad_norm: float = 1.0,
+    autocast: torch.dtype | None = None,
+) -> torch.Tensor:
     """One update: forward, loss, backward, gradient clipping, AdamW step. Returns the loss (before the step)."""
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext():
@@ -124,6 +136,7 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, to
 
 
 # ---------------------------------------------------------------------------- the model and the data
+
 
 def load(model_dir: str | Path, seed: int = 42) -> tuple[Any, Any]:
     """The base model and its tokenizer, with ChatML's control tokens added as new (trainable) rows."""
@@ -163,7 +176,7 @@ def answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int = 40) 
             if next_id == end:
                 break
             ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-    return tokenizer.decode(ids[0, len(tokenizer(prompt, add_special_tokens=False).input_ids):])
+    return tokenizer.decode(ids[0, len(tokenizer(prompt, add_special_tokens=False).input_ids) :])
 
 
 def main(model_dir: str = "models/tiny-ernie", epochs: int = 6, learning_rate: float = 3e-3) -> None:
@@ -184,8 +197,11 @@ def main(model_dir: str = "models/tiny-ernie", epochs: int = 6, learning_rate: f
     model.train()
     for epoch in range(epochs):
         losses = [float(train_step(model, optimizer, batch)) for batch in batches]
-        print(f"epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f} "
-              f"({len(batches)} packed sequences, {time.perf_counter() - started:.0f}s)", flush=True)
+        print(
+            f"epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f} "
+            f"({len(batches)} packed sequences, {time.perf_counter() - started:.0f}s)",
+            flush=True,
+        )
     print(f"What colour is snow? -> {answer(model, tokenizer, 'What colour is snow?')!r}")
 
 

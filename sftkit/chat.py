@@ -49,14 +49,23 @@ class ChatSession:
         """Answers `text` as the next user turn and records both turns."""
         turns = self.history + [{"role": "user", "content": text}]
         system = [{"role": "system", "content": self.system}] if self.system else []
-        reply = generate_reply(self.model, self.tokenizer, self.template, system + turns, self.settings,
-                               streamer=streamer, stop=stop)
+        reply = generate_reply(
+            self.model, self.tokenizer, self.template, system + turns, self.settings, streamer=streamer, stop=stop
+        )
         self.history = turns + [{"role": "assistant", "content": reply}]
         return reply
 
 
-def chat(model: str, system: str | None = None, prompt: str | None = None, max_new_tokens: int = 256,
-         temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, repl: bool = False) -> None:
+def chat(
+    model: str,
+    system: str | None = None,
+    prompt: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    repl: bool = False,
+) -> None:
     """Answers prompts from a run directory, merged model, or base model.
 
     Args:
@@ -80,13 +89,15 @@ def chat(model: str, system: str | None = None, prompt: str | None = None, max_n
         raise SftkitError(*settings.problems())
     loaded = load_for_inference(model)
     set_seed(seed)
-    session = ChatSession(loaded.model, loaded.tokenizer, loaded.template, settings,
-                          system=system or _trained_default_system(model))
+    session = ChatSession(
+        loaded.model, loaded.tokenizer, loaded.template, settings, system=system or _trained_default_system(model)
+    )
     if prompt is not None:
         print(session.ask(prompt))
     elif repl or sys.stdin.isatty():
-        run_repl(session, _terminal_reader() if sys.stdin.isatty() else _stream_reader(sys.stdin, sys.stdout),
-                 sys.stdout)
+        run_repl(
+            session, _terminal_reader() if sys.stdin.isatty() else _stream_reader(sys.stdin, sys.stdout), sys.stdout
+        )
     else:
         _answer_lines(session, sys.stdin)
 
@@ -100,6 +111,7 @@ def _trained_default_system(model: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------- generation
+
 
 class StopOnInterrupt:
     """A stopping criterion that ends generation once Ctrl-C (SIGINT) arrives while armed.
@@ -126,18 +138,33 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def generate_reply(model: Any, tokenizer: Any, template: Template, messages: list[dict[str, str]],
-                   settings: GenerationSettings, tools: str | None = None, streamer: Any = None,
-                   stop: StopOnInterrupt | None = None) -> str:
+def generate_reply(
+    model: Any,
+    tokenizer: Any,
+    template: Template,
+    messages: list[dict[str, str]],
+    settings: GenerationSettings,
+    tools: str | None = None,
+    streamer: Any = None,
+    stop: StopOnInterrupt | None = None,
+) -> str:
     """The assistant's reply to a conversation ending with a user turn, streamed, stopped early by `stop`."""
     from transformers import StoppingCriteriaList
 
     conversation = SimpleNamespace(messages=messages, tools=tools)
-    return generate_replies(model, tokenizer, template, [conversation], settings, streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([stop] if stop else []))[0]
+    return generate_replies(
+        model,
+        tokenizer,
+        template,
+        [conversation],
+        settings,
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([stop] if stop else []),
+    )[0]
 
 
 # ---------------------------------------------------------------------------- the three ways in
+
 
 def run_repl(session: ChatSession, read: Callable[[str], str], out: TextIO) -> None:
     """The interactive loop: streams answers, handles /reset, /system, /exit, Ctrl-C and Ctrl-D.
@@ -198,6 +225,7 @@ def _terminal_reader() -> Callable[[str], str]:
 
 def _stream_reader(stream: TextIO, out: TextIO) -> Callable[[str], str]:
     """`input()` for a non-terminal stream: echoes the prompt, raises EOFError at the end."""
+
     def read(prompt: str) -> str:
         out.write(prompt)
         out.flush()

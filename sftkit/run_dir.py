@@ -14,8 +14,8 @@ import shutil
 import struct
 import sys
 import zipfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import place_problem, write_text
@@ -43,8 +43,17 @@ RELEASE_REPORT_FILE = "release_report.json"  # `sftkit report`: the release chec
 RUN_MARKERS = (CONFIG_FILE, TRAINER_STATE, ADAPTER_CONFIG, PROGRESS_FILE)
 # What `sftkit merge` writes: weights, configs, tokenizer files. A folder holding anything else is not a
 # merged model, and `merge --overwrite` leaves it alone.
-MERGED_FILES = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "merges.txt", "vocab.txt", CONFIG_FILE,
-                MODEL_CARD)
+MERGED_FILES = (
+    "*.safetensors",
+    "*.json",
+    "*.jinja",
+    "*.model",
+    "*.tiktoken",
+    "merges.txt",
+    "vocab.txt",
+    CONFIG_FILE,
+    MODEL_CARD,
+)
 # Held by a running `sftkit train` (beside output_dir, so a refused run leaves output_dir untouched).
 LOCK_SUFFIX = ".sftkit-lock"
 
@@ -75,18 +84,25 @@ def check_lora_run(run_dir: Path) -> None:
     if has_adapter(run_dir):
         return
     if (run_dir / MODEL_CONFIG).is_file():
-        raise SftkitError(f"{run_dir}: holds complete model weights (finetuning_type: full, or already "
-                          "merged), not a LoRA adapter: nothing to merge; use it as it is with `sftkit chat` or "
-                          "from_pretrained")
-    raise SftkitError(f"{run_dir}: no LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) and no full model; "
-                      "point at the output_dir of an `sftkit train` run")
+        raise SftkitError(
+            f"{run_dir}: holds complete model weights (finetuning_type: full, or already "
+            "merged), not a LoRA adapter: nothing to merge; use it as it is with `sftkit chat` or "
+            "from_pretrained"
+        )
+    raise SftkitError(
+        f"{run_dir}: no LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) and no full model; "
+        "point at the output_dir of an `sftkit train` run"
+    )
 
 
 def is_merged_model(path: Path) -> str | None:
     """None when `path` holds only what `sftkit merge` writes; else why it is not a merged model."""
     for entry in sorted(path.iterdir()):
-        if entry.name in (TRAINER_STATE, ADAPTER_CONFIG) or entry.is_dir() or not any(
-                fnmatch.fnmatch(entry.name, pattern) for pattern in MERGED_FILES):
+        if (
+            entry.name in (TRAINER_STATE, ADAPTER_CONFIG)
+            or entry.is_dir()
+            or not any(fnmatch.fnmatch(entry.name, pattern) for pattern in MERGED_FILES)
+        ):
             return f"it holds {entry.name}, which `sftkit merge` does not write"
     if not (path / MODEL_CONFIG).is_file() or not (path / CONFIG_FILE).is_file():
         return f"it lacks the {MODEL_CONFIG} and {CONFIG_FILE} of a merged model"
@@ -99,6 +115,7 @@ def lock_path(out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- damaged files
+
 
 def check_weights(folder: Path, fix: str) -> None:
     """Refuses a folder whose safetensors files are damaged (truncated, or not safetensors at all).
@@ -127,8 +144,11 @@ def safetensors_problem(path: Path) -> str | None:
         return "its header is not readable: not a safetensors file, or corrupted"
     if not isinstance(header, dict):
         return "its header is not readable: not a safetensors file, or corrupted"
-    ends = [entry["data_offsets"][1] for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
+    ends = [
+        entry["data_offsets"][1]
+        for key, entry in header.items()
+        if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2
+    ]
     needed = 8 + header_size + max(ends, default=0)
     if size < needed:
         return f"{size:,} of {needed:,} bytes: truncated"
@@ -155,8 +175,14 @@ def torch_file_problem(path: Path) -> str | None:
 Recognizer = Callable[[Path], "str | None"]  # None: sftkit wrote it; else why it is not sftkit's
 
 
-def check_new_output(path: Path, overwrite: bool, option: str = "--out", inputs: tuple[Path, ...] = (),
-                     wrote_it: Recognizer | None = None, kind: str = "an output sftkit wrote") -> None:
+def check_new_output(
+    path: Path,
+    overwrite: bool,
+    option: str = "--out",
+    inputs: tuple[Path, ...] = (),
+    wrote_it: Recognizer | None = None,
+    kind: str = "an output sftkit wrote",
+) -> None:
     """The rule (above) for a file: an existing one is replaced only with --overwrite (and, given `wrote_it`,
     only when it recognises the file), a folder never. Defaults go to the working directory, never into a model
     or run folder.
@@ -171,8 +197,15 @@ def check_new_output(path: Path, overwrite: bool, option: str = "--out", inputs:
         _check_replaceable(path, overwrite, option, wrote_it, kind)
 
 
-def check_new_folder(out: Path, source: Path | None, source_name: str, overwrite: bool,
-                     foreign: Recognizer, kind: str, option: str = "--out") -> None:
+def check_new_folder(
+    out: Path,
+    source: Path | None,
+    source_name: str,
+    overwrite: bool,
+    foreign: Recognizer,
+    kind: str,
+    option: str = "--out",
+) -> None:
     """The rule (above) for a folder (merge, export, data clean/stats): never the source or a folder holding it;
     an existing non-empty one only with --overwrite, and only when it holds nothing but a `kind` (`foreign` says
     why not), since --overwrite deletes it.
@@ -198,8 +231,10 @@ def check_writable_into(folder: Path, what: str, wrote_it: Recognizer) -> None:
     """
     why = wrote_it(folder)
     if why:
-        raise SftkitError(f"{folder}: {why}, so sftkit does not write {what} into it; point at a run or merged "
-                          "folder `sftkit train` or `sftkit merge` wrote")
+        raise SftkitError(
+            f"{folder}: {why}, so sftkit does not write {what} into it; point at a run or merged "
+            "folder `sftkit train` or `sftkit merge` wrote"
+        )
     problem = place_problem(folder, "dir")
     if problem:
         raise SftkitError(f"{folder}: {problem}")
@@ -215,8 +250,10 @@ def _check_replaceable(path: Path, overwrite: bool, option: str, wrote_it: Recog
         raise SftkitError(f"{option} {path}: already exists; pass --overwrite to replace it or choose another {option}")
     why = wrote_it(path) if wrote_it is not None else None
     if why:
-        raise SftkitError(f"{option} {path}: not {kind} ({why}), so --overwrite will not "
-                          f"{'delete' if path.is_dir() else 'replace'} it; choose another {option}")
+        raise SftkitError(
+            f"{option} {path}: not {kind} ({why}), so --overwrite will not "
+            f"{'delete' if path.is_dir() else 'replace'} it; choose another {option}"
+        )
 
 
 def _input_problem(path: Path, inputs: tuple[Path, ...], kind: str) -> str | None:
@@ -284,6 +321,7 @@ def sftkit_program() -> list[str]:
 
 # ---------------------------------------------------------------------------- the model card
 
+
 def model_card(run_dir: Path, merged_to: Path | None = None) -> str:
     """README.md of a run (or of the model merged from it into `merged_to`): base, data, template, settings,
     losses and how to use it.
@@ -295,19 +333,42 @@ def model_card(run_dir: Path, merged_to: Path | None = None) -> str:
     cfg = read_run_config(run_dir)
     metrics = _read_metrics(run_dir)
     adapter = cfg.uses_adapter and not merged
-    method = (f"LoRA r={cfg.lora_rank}, alpha={cfg.resolved_lora_alpha}{' (rsLoRA)' if cfg.use_rslora else ''} on "
-              f"{', '.join(cfg.lora_target)}" if cfg.finetuning_type == "lora" else f"{cfg.finetuning_type} fine-tuning")
+    method = (
+        f"LoRA r={cfg.lora_rank}, alpha={cfg.resolved_lora_alpha}{' (rsLoRA)' if cfg.use_rslora else ''} on "
+        f"{', '.join(cfg.lora_target)}"
+        if cfg.finetuning_type == "lora"
+        else f"{cfg.finetuning_type} fine-tuning"
+    )
     if merged:
         method += ", merged into the base weights"
-    lines = ["---", f"base_model: {cfg.model_name_or_path}", f"library_name: {'peft' if adapter else 'transformers'}",
-             "tags: [sftkit, sft" + (f", {cfg.finetuning_type}]" if cfg.uses_adapter else "]"), "---", "",
-             f"# {folder.resolve().name}", "",
-             f"Supervised fine-tune of `{cfg.model_name_or_path}` made with sftkit ({method}).", "",
-             "## Data", "", *_data_lines(cfg, metrics), "",
-             "## Training", "", *_setting_lines(cfg, method), "",
-             "## Results", "", *_result_lines(metrics), "",
-             *evaluation_section(folder),
-             "## Use it", "", *_usage_lines(folder, cfg, adapter)]
+    lines = [
+        "---",
+        f"base_model: {cfg.model_name_or_path}",
+        f"library_name: {'peft' if adapter else 'transformers'}",
+        "tags: [sftkit, sft" + (f", {cfg.finetuning_type}]" if cfg.uses_adapter else "]"),
+        "---",
+        "",
+        f"# {folder.resolve().name}",
+        "",
+        f"Supervised fine-tune of `{cfg.model_name_or_path}` made with sftkit ({method}).",
+        "",
+        "## Data",
+        "",
+        *_data_lines(cfg, metrics),
+        "",
+        "## Training",
+        "",
+        *_setting_lines(cfg, method),
+        "",
+        "## Results",
+        "",
+        *_result_lines(metrics),
+        "",
+        *evaluation_section(folder),
+        "## Use it",
+        "",
+        *_usage_lines(folder, cfg, adapter),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -350,19 +411,33 @@ def evaluation_section(folder: Path) -> list[str]:
     if benchmarks.get("tasks"):
         lines += ["### Benchmarks (lm-evaluation-harness)", "", "| task | metric | score | docs |", "|---|---|---|---|"]
         for task, metrics in benchmarks["tasks"].items():
-            lines += [f"| {task} | {name} | {value:.4f} | {metrics.get('n', '-')} |" for name, value in metrics.items()
-                      if name != "n"]
+            lines += [
+                f"| {task} | {name} | {value:.4f} | {metrics.get('n', '-')} |"
+                for name, value in metrics.items()
+                if name != "n"
+            ]
         lines.append("")
     human = read_json(folder / HUMAN_EVAL_FILE) or {}
     if human.get("means"):
         means = ", ".join(f"{name} {value:.2f}" for name, value in human["means"].items())
-        lines += ["### Human evaluation", "", f"Mean ratings (1-5) over {human.get('rows', '?')} prompts: {means}; "
-                  f"overall {human.get('overall', 0):.2f}; preferred in {human.get('win_rate', 0):.0%} of comparisons "
-                  f"with {human.get('opponent', 'the other model')}.", ""]
+        lines += [
+            "### Human evaluation",
+            "",
+            f"Mean ratings (1-5) over {human.get('rows', '?')} prompts: {means}; "
+            f"overall {human.get('overall', 0):.2f}; preferred in {human.get('win_rate', 0):.0%} of comparisons "
+            f"with {human.get('opponent', 'the other model')}.",
+            "",
+        ]
     report = read_json(folder / RELEASE_REPORT_FILE) or {}
     if report.get("checks"):
-        lines += ["### Release checklist (`sftkit report`)", "", "| check | status | measured |", "|---|---|---|",
-                  *(f"| {c['check']} | {c['status']} | {_cell(c['detail'])} |" for c in report["checks"]), ""]
+        lines += [
+            "### Release checklist (`sftkit report`)",
+            "",
+            "| check | status | measured |",
+            "|---|---|---|",
+            *(f"| {c['check']} | {c['status']} | {_cell(c['detail'])} |" for c in report["checks"]),
+            "",
+        ]
     return [_EVAL_START, "## Evaluation", "", *lines, _EVAL_END, ""] if lines else []
 
 
@@ -399,22 +474,41 @@ def _data_lines(cfg: SftConfig, metrics: dict[str, Any]) -> list[str]:
     lines = ["| dataset | train rows | eval rows |", "|---|---|---|"]
     for name in dict.fromkeys([*cfg.dataset, *(cfg.eval_dataset or []), *train, *eval_]):
         lines.append(f"| {name} | {train.get(name, '-')} | {eval_.get(name, '-')} |")
-    trained = "every token" if cfg.train_on_prompt else (
-        "the last assistant reply" if cfg.mask_history else "the assistant replies")
-    return [*lines, "", f"Registry: `{cfg.dataset_dir}/dataset_info.json`. Chat template `{template_name(cfg)}` (also the "
-            f"tokenizer's `chat_template`); loss on {trained} and their end token; cutoff_len {cfg.cutoff_len}"
-            f"{', packed' if cfg.packing else ''}."]
+    trained = (
+        "every token"
+        if cfg.train_on_prompt
+        else ("the last assistant reply" if cfg.mask_history else "the assistant replies")
+    )
+    return [
+        *lines,
+        "",
+        f"Registry: `{cfg.dataset_dir}/dataset_info.json`. Chat template `{template_name(cfg)}` (also the "
+        f"tokenizer's `chat_template`); loss on {trained} and their end token; cutoff_len {cfg.cutoff_len}"
+        f"{', packed' if cfg.packing else ''}.",
+    ]
 
 
 def _setting_lines(cfg: SftConfig, method: str) -> list[str]:
     steps = f"max_steps {cfg.max_steps}" if cfg.max_steps > 0 else f"{cfg.num_train_epochs:g} epochs"
-    settings = [("method", method), ("learning rate", f"{cfg.learning_rate:g} ({cfg.lr_scheduler_type}, warmup "
-                f"{cfg.warmup_steps or cfg.warmup_ratio})"), ("length", steps),
-                ("batch", f"{cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} "
-                 "accumulation"), ("optimizer", f"{cfg.optim}, weight decay {cfg.weight_decay:g}"),
-                ("precision", "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32"), ("seed", str(cfg.seed))]
-    return ["| setting | value |", "|---|---|", *(f"| {key} | {value} |" for key, value in settings),
-            "", f"The complete resolved config is `{CONFIG_FILE}`; `sftkit train` on it repeats the run."]
+    settings = [
+        ("method", method),
+        (
+            "learning rate",
+            f"{cfg.learning_rate:g} ({cfg.lr_scheduler_type}, warmup {cfg.warmup_steps or cfg.warmup_ratio})",
+        ),
+        ("length", steps),
+        ("batch", f"{cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation"),
+        ("optimizer", f"{cfg.optim}, weight decay {cfg.weight_decay:g}"),
+        ("precision", "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32"),
+        ("seed", str(cfg.seed)),
+    ]
+    return [
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {key} | {value} |" for key, value in settings),
+        "",
+        f"The complete resolved config is `{CONFIG_FILE}`; `sftkit train` on it repeats the run.",
+    ]
 
 
 def _result_lines(metrics: dict[str, Any]) -> list[str]:
@@ -424,13 +518,15 @@ def _result_lines(metrics: dict[str, Any]) -> list[str]:
     def value(key: str, spec: str = ".4f") -> str:
         return "n/a" if metrics.get(key) is None else format(metrics[key], spec)
 
-    rows = [("train loss, first -> last logged", f"{value('first_train_loss')} -> {value('train_loss')}"),
-            ("eval loss, final", value("eval_loss")),
-            ("eval loss, best", f"{value('best_eval_loss')} at step {metrics.get('best_step') or 'n/a'}"),
-            ("eval perplexity", value("eval_perplexity", ".3f")),
-            ("end-token accuracy", value("end_token_accuracy", ".1%")),
-            ("updates / epochs", f"{metrics.get('global_step')} / {value('epochs', '.2f')}"),
-            ("tokens seen", f"{metrics.get('tokens_seen') or 0:,}")]
+    rows = [
+        ("train loss, first -> last logged", f"{value('first_train_loss')} -> {value('train_loss')}"),
+        ("eval loss, final", value("eval_loss")),
+        ("eval loss, best", f"{value('best_eval_loss')} at step {metrics.get('best_step') or 'n/a'}"),
+        ("eval perplexity", value("eval_perplexity", ".3f")),
+        ("end-token accuracy", value("end_token_accuracy", ".1%")),
+        ("updates / epochs", f"{metrics.get('global_step')} / {value('epochs', '.2f')}"),
+        ("tokens seen", f"{metrics.get('tokens_seen') or 0:,}"),
+    ]
     return ["| metric | value |", "|---|---|", *(f"| {key} | {val} |" for key, val in rows)]
 
 
@@ -438,19 +534,45 @@ def _usage_lines(run_dir: Path, cfg: SftConfig, adapter: bool) -> list[str]:
     folder = str(run_dir.resolve())
     auto = "AutoPeftModelForCausalLM" if adapter else "AutoModelForCausalLM"
     package = "peft" if adapter else "transformers"
-    code = ["```python", f"from {package} import {auto}", "from transformers import AutoTokenizer", "",
-            f"model = {auto}.from_pretrained({folder!r})", f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
-            'messages = [{"role": "user", "content": "What colour is snow?"}]',
-            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
-            "return_dict=True)", "output = model.generate(**inputs, max_new_tokens=64)",
-            "print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))", "```"]
+    code = [
+        "```python",
+        f"from {package} import {auto}",
+        "from transformers import AutoTokenizer",
+        "",
+        f"model = {auto}.from_pretrained({folder!r})",
+        f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
+        'messages = [{"role": "user", "content": "What colour is snow?"}]',
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+        "return_dict=True)",
+        "output = model.generate(**inputs, max_new_tokens=64)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```",
+    ]
     chat = ["```bash", shell_command("chat", run_dir), *([shell_command("merge", run_dir)] if adapter else []), "```"]
-    note = (f"The adapter needs its base model, `{cfg.model_name_or_path}`" + (
-        " (a local folder: give its full path if you load this from elsewhere)." if not Path(
-            cfg.model_name_or_path).is_absolute() else ".")) if adapter else ""
-    return ["With transformers:", "", *code, "", *([note, ""] if note else []),
-            "With sftkit (talk to it with the template it was trained on" + (
-                "; merge the adapter into a standalone model)" if adapter else ")") + ":", "", *chat]
+    note = (
+        (
+            f"The adapter needs its base model, `{cfg.model_name_or_path}`"
+            + (
+                " (a local folder: give its full path if you load this from elsewhere)."
+                if not Path(cfg.model_name_or_path).is_absolute()
+                else "."
+            )
+        )
+        if adapter
+        else ""
+    )
+    return [
+        "With transformers:",
+        "",
+        *code,
+        "",
+        *([note, ""] if note else []),
+        "With sftkit (talk to it with the template it was trained on"
+        + ("; merge the adapter into a standalone model)" if adapter else ")")
+        + ":",
+        "",
+        *chat,
+    ]
 
 
 def template_name(cfg: SftConfig) -> str:

@@ -23,6 +23,7 @@ TINY_VOCAB = 1024
 
 def corpus_strings(data_dir: Path) -> list[str]:
     """Every string in the JSON/JSONL demo files of `data_dir`, in file and document order."""
+
     def strings(node: object) -> Iterator[str]:
         if isinstance(node, str):
             yield node
@@ -50,11 +51,16 @@ def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(json.loads(CORPUS_FILE.read_text(encoding="utf-8")), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   model_max_length=4096)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=4096
+    )
 
 
 def tiny_model_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, initializer_range: float = 0.02):
@@ -62,9 +68,19 @@ def tiny_model_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, in
     from transformers import Ernie4_5Config
 
     return Ernie4_5Config(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-        tie_word_embeddings=True, initializer_range=initializer_range, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
     )
 
 
@@ -84,8 +100,9 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, initializer_range: floa
     import torch
 
     tokenizer = build_tiny_tokenizer()
-    config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                               tokenizer.eos_token_id, initializer_range)
+    config = tiny_model_config(
+        len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, initializer_range
+    )
     return _write_model(out_dir, config, tokenizer, seed, torch.float32)
 
 
@@ -97,7 +114,10 @@ def build_ernie_shape_model(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = build_tiny_tokenizer()
     config = ernie_shape_config()
     config.pad_token_id, config.bos_token_id, config.eos_token_id = (
-        tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    )
     return _write_model(out_dir, config, tokenizer, seed, torch.bfloat16)
 
 

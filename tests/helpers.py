@@ -16,7 +16,9 @@ def make_config(**keys: Any) -> Any:
     from sftkit.config import validate_config
 
     base = {"model_name_or_path": "unused", "dataset": "demo_alpaca", "output_dir": "unused", "template": "chatml"}
-    return validate_config(base | {key: str(value) if isinstance(value, Path) else value for key, value in keys.items()})
+    return validate_config(
+        base | {key: str(value) if isinstance(value, Path) else value for key, value in keys.items()}
+    )
 
 
 def run_cli(args: list[str], monkeypatch, capsys, stdin: str = "") -> tuple[int, str, str]:
@@ -43,4 +45,4 @@ def prompt_tail(tokenizer: Any, template: Any) -> str:
     text = "".join(s.text for s in template.segments(probe, None, add_generation_prompt=True))
     sent = len(encode_prompt(tokenizer, template, probe))
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
-    return text[offsets[sent - 1][1]:] if sent < len(offsets) else ""
+    return text[offsets[sent - 1][1] :] if sent < len(offsets) else ""

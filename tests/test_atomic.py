@@ -26,7 +26,8 @@ def test_places_that_cannot_be_written_are_named(tmp_path: Path, monkeypatch: py
     assert place_problem(tmp_path / "file", "dir") == f"{tmp_path / 'file'} is a file; choose a directory path"
     assert place_problem(tmp_path / "file" / "run" / "x", "dir") == (
         f"{tmp_path / 'file'} is a file, so {tmp_path / 'file' / 'run' / 'x'} cannot be created under it; choose "
-        "another path")
+        "another path"
+    )
     # root may write anywhere, so a read-only folder is simulated
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "folder")
     assert "folder is not writable by this user" in place_problem(tmp_path / "folder" / "run", "dir")

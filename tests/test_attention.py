@@ -18,8 +18,9 @@ from sftkit.training.attention import FLEX, PACKED_SDPA, example_spans, use_docu
 CUDA = torch.cuda.is_available()
 
 
-def _model(model_dir: Path, packed: bool, kernel: str = "sdpa", device: str = "cpu",
-           dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def _model(
+    model_dir: Path, packed: bool, kernel: str = "sdpa", device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=kernel)
@@ -33,8 +34,12 @@ def _batch() -> dict[str, torch.Tensor]:
     """Row 0 packs three examples; row 1 holds one example and three pads (position 0, label -100)."""
     gen = torch.Generator().manual_seed(0)
     input_ids = torch.randint(3, 500, (2, 20), generator=gen)
-    position_ids = torch.stack([torch.cat([torch.arange(8), torch.arange(7), torch.arange(5)]),
-                                torch.cat([torch.arange(17), torch.zeros(3, dtype=torch.long)])])
+    position_ids = torch.stack(
+        [
+            torch.cat([torch.arange(8), torch.arange(7), torch.arange(5)]),
+            torch.cat([torch.arange(17), torch.zeros(3, dtype=torch.long)]),
+        ]
+    )
     labels = input_ids.clone()
     labels[position_ids == 0] = -100
     labels[1, 17:] = -100
@@ -65,14 +70,29 @@ def test_packed_rows_build_no_dense_mask(tiny_model_dir: Path) -> None:
     model = _model(tiny_model_dir, packed=True)
     batch = _batch()
     embeds = model.get_input_embeddings()(batch["input_ids"])
-    mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None,
-                              past_key_values=None, position_ids=batch["position_ids"])
+    mask = create_causal_mask(
+        config=model.config,
+        inputs_embeds=embeds,
+        attention_mask=None,
+        past_key_values=None,
+        position_ids=batch["position_ids"],
+    )
     assert mask is None
-    dense = create_causal_mask(config=_model(tiny_model_dir, packed=False).config, inputs_embeds=embeds,
-                               attention_mask=None, past_key_values=None, position_ids=batch["position_ids"])
+    dense = create_causal_mask(
+        config=_model(tiny_model_dir, packed=False).config,
+        inputs_embeds=embeds,
+        attention_mask=None,
+        past_key_values=None,
+        position_ids=batch["position_ids"],
+    )
     assert dense.shape == (2, 1, 20, 20)  # what sdpa alone builds: the block-diagonal mask
-    padded = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=torch.ones(2, 20).long(),
-                                past_key_values=None, position_ids=batch["position_ids"])
+    padded = create_causal_mask(
+        config=model.config,
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(2, 20).long(),
+        past_key_values=None,
+        position_ids=batch["position_ids"],
+    )
     assert padded is None or padded.shape[-1] == 20  # a padding mask goes to sdpa's own mask function
 
 
@@ -91,10 +111,13 @@ def test_generation_is_unchanged(tiny_model_dir: Path) -> None:
     torch.testing.assert_close(_model(tiny_model_dir, packed=True).generate(prompt, **kwargs), expected)
 
 
-@pytest.mark.parametrize(("positions", "spans"), [
-    ([0, 1, 2, 0, 1, 0, 1, 2], [(0, 3), (3, 5), (5, 8)]),
-    ([0, 1, 2, 3, 0, 0, 0], [(0, 4), (4, 7)]),
-])
+@pytest.mark.parametrize(
+    ("positions", "spans"),
+    [
+        ([0, 1, 2, 0, 1, 0, 1, 2], [(0, 3), (3, 5), (5, 8)]),
+        ([0, 1, 2, 3, 0, 0, 0], [(0, 4), (4, 7)]),
+    ],
+)
 def test_example_spans_cut_where_positions_restart(positions: list[int], spans: list[tuple[int, int]]) -> None:
     query = torch.zeros(1, 1, len(positions), 4)
     assert example_spans(torch.tensor([positions]), query, query) == [spans]
@@ -110,9 +133,10 @@ def test_unpacked_rows_and_decoding_fall_back_to_sdpa() -> None:
 def test_auto_picks_the_kernel_per_device(tiny_model_dir: Path) -> None:
     assert attention_implementation("auto", "cpu") == "sdpa"
     assert (attention_implementation("fa2", "cpu"), attention_implementation("fa3", "cuda")) == (
-        "flash_attention_2", "flash_attention_3")
-    assert (attention_implementation("flex", "cpu"), attention_implementation("disabled", "cuda")) == (
-        FLEX, "eager")
+        "flash_attention_2",
+        "flash_attention_3",
+    )
+    assert (attention_implementation("flex", "cpu"), attention_implementation("disabled", "cuda")) == (FLEX, "eager")
     on_gpu = _model(tiny_model_dir, packed=False)
     assert use_document_attention(on_gpu, "auto", "cuda") == FLEX  # a GPU without flash-attn: flex's block mask
     assert on_gpu.config._attn_implementation == FLEX and not varlen_attention(on_gpu)
@@ -142,8 +166,12 @@ def _flattened(batch: dict) -> dict:
     """The batch as TRL's padding-free collator gives it to flash-attention: one row, position_ids restarting."""
     keep = (batch["labels"] != -100) | (batch["position_ids"] == 0)
     keep[1, 17:] = False  # row 1's pads are dropped, as padding-free batches carry none
-    return {"input_ids": batch["input_ids"][keep][None], "position_ids": batch["position_ids"][keep][None],
-            "labels": batch["labels"][keep][None], "use_cache": False}
+    return {
+        "input_ids": batch["input_ids"][keep][None],
+        "position_ids": batch["position_ids"][keep][None],
+        "labels": batch["labels"][keep][None],
+        "use_cache": False,
+    }
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")

@@ -48,8 +48,13 @@ def sftkit_command() -> list[str]:
 
 def run_sftkit(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     # one thread each: the cases run several at a time, and oversubscribed threads spin
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache),
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache),
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     return subprocess.run([*sftkit_command(), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
@@ -86,8 +91,9 @@ def damaged_folders(root: Path, tiny_model_dir: Path) -> None:
         write_safetensors(run / "adapter_model.safetensors")
         if cut:
             truncate(run / "adapter_model.safetensors")
-        (run / "sftkit_config.yaml").write_text(yaml.safe_dump({
-            "model_name_or_path": str(tiny_model_dir), "dataset": "good", "output_dir": str(run)}))
+        (run / "sftkit_config.yaml").write_text(
+            yaml.safe_dump({"model_name_or_path": str(tiny_model_dir), "dataset": "good", "output_dir": str(run)})
+        )
     for name, cut in (("run-without-optimizer", False), ("run-truncated-checkpoint", True)):
         checkpoint = root / name / "checkpoint-2"
         checkpoint.mkdir(parents=True)
@@ -132,8 +138,9 @@ def case_config(case: str, workdir: Path, tiny_model_dir: Path) -> tuple[Path | 
 
 
 def fill(text: str, workdir: Path, tiny_model_dir: Path, out: Path, config: Path | None = None) -> str:
-    return string.Template(text).safe_substitute(MODEL=tiny_model_dir, DATA=workdir / "data", OUT=out, WORK=workdir,
-                                                 CONFIG=config or "")
+    return string.Template(text).safe_substitute(
+        MODEL=tiny_model_dir, DATA=workdir / "data", OUT=out, WORK=workdir, CONFIG=config or ""
+    )
 
 
 def case_args(case: str, workdir: Path, tiny_model_dir: Path) -> list[str]:
@@ -188,16 +195,18 @@ def outcomes(workdir: Path, tiny_model_dir: Path) -> dict[str, Outcome]:
 def test_manifest_and_corpus_agree() -> None:
     configs = {path.stem for path in (CORPUS / "configs").glob("*.yaml")}
     assert configs <= set(MANIFEST)
-    assert all(case in configs or "${CONFIG}" not in str(entry.get("args", "${CONFIG}"))
-               for case, entry in MANIFEST.items())
+    assert all(
+        case in configs or "${CONFIG}" not in str(entry.get("args", "${CONFIG}")) for case, entry in MANIFEST.items()
+    )
     commands = ("train", "validate", "data export", "eval", "predict", "merge", "chat")
     assert all(entry["command"] in commands and entry["expect"] for entry in MANIFEST.values())
     assert all(entry.get("args", [entry["command"]])[0] == entry["command"].split()[0] for entry in MANIFEST.values())
 
 
 @pytest.mark.parametrize("case", list(MANIFEST))
-def test_bad_input_gives_one_line_per_problem_and_exit_2(case: str, outcomes: dict[str, Outcome],
-                                                         workdir: Path) -> None:
+def test_bad_input_gives_one_line_per_problem_and_exit_2(
+    case: str, outcomes: dict[str, Outcome], workdir: Path
+) -> None:
     outcome = outcomes[case]
     assert outcome.returncode == 2, outcome.stderr[-2000:]
     assert "Traceback" not in outcome.stderr + outcome.stdout
@@ -213,8 +222,9 @@ def test_bad_input_gives_one_line_per_problem_and_exit_2(case: str, outcomes: di
 
 @pytest.mark.integration
 @pytest.mark.parametrize("case", ["malformed_jsonl", "several_problems_at_once", "lora_target_matches_nothing"])
-def test_the_real_command_line_agrees(case: str, outcomes: dict[str, Outcome], workdir: Path,
-                                      tiny_model_dir: Path) -> None:
+def test_the_real_command_line_agrees(
+    case: str, outcomes: dict[str, Outcome], workdir: Path, tiny_model_dir: Path
+) -> None:
     """A subprocess through the installed entry point: the same exit code and error lines, no traceback."""
     result = run_sftkit(case_args(case, workdir, tiny_model_dir), workdir, workdir / "hf-cache-subprocess")
     assert result.returncode == outcomes[case].returncode == 2
@@ -230,6 +240,7 @@ def test_output_dir_that_is_a_file_is_left_alone(outcomes: dict[str, Outcome], w
 
 # ---------------------------------------------------------------------------- safety
 
+
 def control_token_ids(tiny_model_dir: Path, template_name: str) -> dict[str, int]:
     """Ids of every special token of the tokenizer prepared for the template (what the export uses)."""
     from transformers import AutoTokenizer
@@ -244,14 +255,25 @@ def control_token_ids(tiny_model_dir: Path, template_name: str) -> dict[str, int
 @pytest.fixture(scope="module")
 def hostile_exports(workdir: Path, tiny_model_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """`sftkit data export` of a dataset whose content is full of control-token text, for both templates."""
+
     def export(template: str) -> list[dict[str, Any]]:
         config = workdir / f"hostile-{template}.yaml"
-        config.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model_dir), "dataset": "hostile",
-                                          "dataset_dir": str(workdir / "data"), "template": template,
-                                          "output_dir": str(workdir / "unused"), "cutoff_len": 4096}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "model_name_or_path": str(tiny_model_dir),
+                    "dataset": "hostile",
+                    "dataset_dir": str(workdir / "data"),
+                    "template": template,
+                    "output_dir": str(workdir / "unused"),
+                    "cutoff_len": 4096,
+                }
+            )
+        )
         out = workdir / f"hostile-{template}.jsonl"
-        code, _, stderr = run_in_process(["data", "export", str(config), "--out", str(out)], workdir,
-                                         workdir / "hf-cache")
+        code, _, stderr = run_in_process(
+            ["data", "export", str(config), "--out", str(out)], workdir, workdir / "hf-cache"
+        )
         assert code == 0, stderr[-2000:]
         return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
@@ -280,13 +302,14 @@ def test_content_cannot_inject_ernie_control_tokens(hostile_exports: dict[str, A
         assert counts == {token: expected.get(token, 0) for token in ids}
 
 
-def test_trust_remote_code_is_passed_only_when_the_config_sets_it(tiny_model_dir: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trust_remote_code_is_passed_only_when_the_config_sets_it(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftkit.config import validate_config
-    from sftkit.model import Precision, load_model
     from sftkit.data import load_tokenizer
+    from sftkit.model import Precision, load_model
 
     seen: list[tuple[str, Any]] = []
     for cls in (AutoModelForCausalLM, AutoTokenizer):
@@ -299,8 +322,15 @@ def test_trust_remote_code_is_passed_only_when_the_config_sets_it(tiny_model_dir
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     for trusted in (False, True):
-        cfg = validate_config({"model_name_or_path": str(tiny_model_dir), "dataset": "d", "output_dir": "o",
-                               "template": "chatml", **({"trust_remote_code": True} if trusted else {})})
+        cfg = validate_config(
+            {
+                "model_name_or_path": str(tiny_model_dir),
+                "dataset": "d",
+                "output_dir": "o",
+                "template": "chatml",
+                **({"trust_remote_code": True} if trusted else {}),
+            }
+        )
         load_model(cfg, load_tokenizer(cfg), Precision("float32", "cpu", "fp32"))
         assert seen == [("AutoTokenizer", trusted), ("AutoModelForCausalLM", trusted)]
         seen.clear()
@@ -313,9 +343,9 @@ def test_model_weights_are_read_from_safetensors_only(tiny_model_dir: Path, tmp_
 
     from sftkit.chat import load_for_inference
     from sftkit.config import validate_config
+    from sftkit.data import load_tokenizer
     from sftkit.errors import SftkitError
     from sftkit.model import Precision, load_model
-    from sftkit.data import load_tokenizer
 
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, pickled)
@@ -345,15 +375,17 @@ def test_file_name_resolves_inside_dataset_dir_unless_absolute(workdir: Path) ->
     from sftkit.errors import DataError
 
     data = workdir / "data"
-    cfg = validate_config({"model_name_or_path": "m", "dataset": "outside_dataset_dir", "dataset_dir": str(data),
-                           "output_dir": "o"})
+    cfg = validate_config(
+        {"model_name_or_path": "m", "dataset": "outside_dataset_dir", "dataset_dir": str(data), "output_dir": "o"}
+    )
     with pytest.raises(DataError, match="points outside"):  # even though ../secrets.json exists
         validate_data(cfg)
     registry = workdir / "absolute"
     registry.mkdir(exist_ok=True)
     (registry / "dataset_info.json").write_text(json.dumps({"abs": {"file_name": str(data / "good.json")}}))
-    cfg = validate_config({"model_name_or_path": "m", "dataset": "abs", "dataset_dir": str(registry),
-                           "output_dir": "o"})
+    cfg = validate_config(
+        {"model_name_or_path": "m", "dataset": "abs", "dataset_dir": str(registry), "output_dir": "o"}
+    )
     assert validate_data(cfg) == "1 dataset, 4 rows"
 
 
@@ -361,6 +393,7 @@ def test_file_name_resolves_inside_dataset_dir_unless_absolute(workdir: Path) ->
 # Every command that writes or replaces a file or folder follows one rule (run_dir: check_new_output,
 # check_new_folder, check_writable_into): what it did not write is never replaced or truncated, and the place
 # is checked before any slow work. Each case: one `error:` line, exit 2, every byte of the foreign file kept.
+
 
 def one_error(code: int, err: str, *words: str) -> str:
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -384,8 +417,11 @@ def test_generate_never_truncates_a_file_it_did_not_write(tmp_path: Path, monkey
     foreign = tmp_path / "notes.jsonl"
     foreign.write_text('{"text": "my own rows"}\n{"text": "and more"}')  # another layout, no final newline
     url = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]  # nothing listens: no request may be needed
-    for out, words in ((seeds, ["is also an input"]), (foreign, ["line 1 is not a row", "choose a new --out"]),
-                       (tmp_path / "notes.jsonl" / "x.jsonl", ["is a file"])):
+    for out, words in (
+        (seeds, ["is also an input"]),
+        (foreign, ["line 1 is not a row", "choose a new --out"]),
+        (tmp_path / "notes.jsonl" / "x.jsonl", ["is a file"]),
+    ):
         before = snapshot(tmp_path)
         code, _, err = run_cli(["data", "generate", str(seeds), "--out", str(out), *url], monkeypatch, capsys)
         one_error(code, err, *words)
@@ -399,8 +435,21 @@ def test_generate_keeps_a_registry_name_that_names_another_file(tmp_path: Path, 
     seeds.write_text("".join(json.dumps(row) + "\n" for row in ALPACA))
     (tmp_path / "dataset_info.json").write_text(json.dumps({"gen": {"file_name": "curated.json"}}))
     before = snapshot(tmp_path)
-    code, _, err = run_cli(["data", "generate", str(seeds), "--out", str(tmp_path / "gen.jsonl"), "--base-url",
-                            "http://127.0.0.1:9/v1", "--model", "m"], monkeypatch, capsys)
+    code, _, err = run_cli(
+        [
+            "data",
+            "generate",
+            str(seeds),
+            "--out",
+            str(tmp_path / "gen.jsonl"),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+        ],
+        monkeypatch,
+        capsys,
+    )
     one_error(code, err, "'gen' names another file (curated.json)", "--name")
     assert snapshot(tmp_path) == before
 
@@ -416,8 +465,9 @@ def test_generate_resumes_its_own_rows_and_keeps_a_complete_last_row(tmp_path: P
     assert len(resume_rows(out)) == 1 and out.read_text() == json.dumps(ALPACA[0]) + "\n"
 
 
-def test_ollama_overwrite_needs_a_folder_sftkit_exported(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
-                                                         capsys) -> None:
+def test_ollama_overwrite_needs_a_folder_sftkit_exported(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     from helpers import run_cli
 
     models = tmp_path / "models"
@@ -430,16 +480,19 @@ def test_ollama_overwrite_needs_a_folder_sftkit_exported(tiny_model_dir: Path, t
     (other / "Modelfile").write_text("FROM ./model.gguf\n")  # a Modelfile, not sftkit's
     for folder in (models, other):
         before = snapshot(folder)
-        code, _, err = run_cli(["export", str(tiny_model_dir), "--format", "ollama", "--no-verify", "--out",
-                                str(folder), "--overwrite"], monkeypatch, capsys)
+        code, _, err = run_cli(
+            ["export", str(tiny_model_dir), "--format", "ollama", "--no-verify", "--out", str(folder), "--overwrite"],
+            monkeypatch,
+            capsys,
+        )
         one_error(code, err, "not an Ollama export", "no Modelfile written by `sftkit export`", "will not delete")
         assert snapshot(folder) == before
 
 
-def test_report_and_cards_stay_out_of_a_base_model_folder(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
-                                                          capsys) -> None:
+def test_report_and_cards_stay_out_of_a_base_model_folder(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     from helpers import run_cli
-
     from sftkit.errors import SftkitError
     from sftkit.run_dir import update_card_evaluation
 
@@ -483,26 +536,30 @@ def filled(sheet: Path, rows: list[int]) -> str:
         original = list(csv.DictReader(handle))
     lines = [",".join(original[0])]
     for i in rows:
-        row = original[i] | {f"{d}_{s}": "4" for d in ("helpfulness", "accuracy", "clarity", "safety")
-                             for s in "ab"} | {"preferred": "a", "rater": "ann"}
+        row = (
+            original[i]
+            | {f"{d}_{s}": "4" for d in ("helpfulness", "accuracy", "clarity", "safety") for s in "ab"}
+            | {"preferred": "a", "rater": "ann"}
+        )
         lines.append(",".join(f'"{v}"' for v in row.values()))
     return "\n".join(lines) + "\n"
 
 
-def test_ratings_refuse_a_pasted_duplicate_row_and_a_windows_1252_sheet(tmp_path: Path, monkeypatch,
-                                                                        capsys) -> None:
+def test_ratings_refuse_a_pasted_duplicate_row_and_a_windows_1252_sheet(tmp_path: Path, monkeypatch, capsys) -> None:
     from helpers import run_cli
 
     sheet = rating_sheet(tmp_path)
     dup = tmp_path / "dup.csv"
     dup.write_text(filled(sheet, [0, 1, 0]))
-    code, _, err = run_cli(["eval", "--ratings", str(dup), "--key", str(tmp_path / "sheet.key.json")], monkeypatch,
-                           capsys)
+    code, _, err = run_cli(
+        ["eval", "--ratings", str(dup), "--key", str(tmp_path / "sheet.key.json")], monkeypatch, capsys
+    )
     one_error(code, err, "dup.csv row 3", "already rated id '0' (", "row 1)")
     cp1252 = tmp_path / "cp1252.csv"
     cp1252.write_bytes(filled(sheet, [0]).replace('"p0"', '"caf\u00e9 \u2013 p0"').encode("cp1252"))
-    code, _, err = run_cli(["eval", "--ratings", str(cp1252), "--key", str(tmp_path / "sheet.key.json")],
-                           monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["eval", "--ratings", str(cp1252), "--key", str(tmp_path / "sheet.key.json")], monkeypatch, capsys
+    )
     one_error(code, err, "not UTF-8", "Windows-1252", "CSV UTF-8")
     assert not list(tmp_path.glob("*.summary.json"))
 
@@ -517,13 +574,23 @@ def test_ratings_read_a_cell_past_csvs_default_limit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["clean", "stats"])
-def test_data_clean_and_stats_refuse_a_bad_out_before_the_work(command: str, bundled_data: Path, tmp_path: Path,
-                                                               monkeypatch, capsys) -> None:
+def test_data_clean_and_stats_refuse_a_bad_out_before_the_work(
+    command: str, bundled_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     from helpers import run_cli
 
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"model_name_or_path": "no/such-model", "dataset": "alpaca_en_demo",
-                                      "dataset_dir": str(bundled_data), "template": "chatml", "output_dir": "o"}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": "no/such-model",
+                "dataset": "alpaca_en_demo",
+                "dataset_dir": str(bundled_data),
+                "template": "chatml",
+                "output_dir": "o",
+            }
+        )
+    )
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
     code, _, err = run_cli(["data", command, str(config), "--out", str(blocker / "out")], monkeypatch, capsys)
@@ -534,6 +601,7 @@ def test_data_clean_and_stats_refuse_a_bad_out_before_the_work(command: str, bun
 # ---------------------------------------------------------------------------- round two: the server
 # A hostile request gets a 4xx naming the limit, and the next request is answered at once.
 
+
 @pytest.fixture(scope="module")
 def serve_client(tiny_model_dir: Path):
     from fastapi.testclient import TestClient
@@ -543,8 +611,9 @@ def serve_client(tiny_model_dir: Path):
     from sftkit.serve.engine import Engine, TransformersBackend
 
     backend = TransformersBackend(load_for_inference(str(tiny_model_dir)))
-    with TestClient(build_app(Engine(backend, 4), "tiny", max_body_bytes=200_000),
-                    raise_server_exceptions=False) as client:
+    with TestClient(
+        build_app(Engine(backend, 4), "tiny", max_body_bytes=200_000), raise_server_exceptions=False
+    ) as client:
         yield client
 
 
@@ -563,8 +632,9 @@ HOSTILE_REQUESTS = [
 
 
 @pytest.mark.parametrize(("body", "status", "words"), HOSTILE_REQUESTS, ids=[w for _, _, w in HOSTILE_REQUESTS])
-def test_hostile_requests_get_a_4xx_and_the_next_one_is_answered(serve_client, body: dict, status: int,
-                                                                  words: str) -> None:
+def test_hostile_requests_get_a_4xx_and_the_next_one_is_answered(
+    serve_client, body: dict, status: int, words: str
+) -> None:
     import time
 
     raw = json.dumps({"max_tokens": 2, "temperature": 0} | body).encode()  # json keeps \ud800 as an escape
@@ -576,12 +646,15 @@ def test_hostile_requests_get_a_4xx_and_the_next_one_is_answered(serve_client, b
 
 
 def test_completion_list_limits_are_named(serve_client) -> None:
-    for body, words in (({"prompt": ["a"] * 65}, "a list of 1 to 64 prompts (got a list of 65)"),
-                        ({"prompt": []}, "a list of 1 to 64 prompts (got a list of 0)"),
-                        ({"prompt": "\ud800"}, "prompt: holds a lone surrogate"),
-                        ({"prompt": 5}, "prompt: must be a string")):
-        response = serve_client.post("/v1/completions", content=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})
+    for body, words in (
+        ({"prompt": ["a"] * 65}, "a list of 1 to 64 prompts (got a list of 65)"),
+        ({"prompt": []}, "a list of 1 to 64 prompts (got a list of 0)"),
+        ({"prompt": "\ud800"}, "prompt: holds a lone surrogate"),
+        ({"prompt": 5}, "prompt: must be a string"),
+    ):
+        response = serve_client.post(
+            "/v1/completions", content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
 
 
@@ -604,7 +677,6 @@ def test_empty_api_key_fails_closed(tiny_model_dir: Path, monkeypatch, capsys) -
 
 def test_the_port_is_held_from_the_check_to_the_server(tiny_model_dir: Path, monkeypatch, capsys) -> None:
     from helpers import run_cli
-
     from sftkit.serve import hold_listening
 
     held = hold_listening("127.0.0.1", 0)
@@ -647,6 +719,7 @@ def test_a_half_sent_body_times_out_and_an_oversized_one_is_refused_unread() -> 
 # An endpoint's answer is checked for its shape before anything uses or caches it; a slow one is named while
 # sftkit waits, and given up on after --timeout.
 
+
 def odd_endpoint_app(content: Any, delay: float = 0.0) -> Any:
     import asyncio
 
@@ -657,8 +730,11 @@ def odd_endpoint_app(content: Any, delay: float = 0.0) -> Any:
     @app.post("/v1/chat/completions")
     async def complete(body: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(delay)
-        choices = [] if content == "no choices" else [{"index": 0, "finish_reason": "stop",
-                                                       "message": {"role": "assistant", "content": content}}]
+        choices = (
+            []
+            if content == "no choices"
+            else [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]
+        )
         return {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": choices}
 
     return app
@@ -711,6 +787,7 @@ def test_a_silent_endpoint_is_named_while_waiting_and_given_up_on(tmp_path: Path
 
 # ---------------------------------------------------------------------------- round two: the same text everywhere
 
+
 def test_a_task_yaml_that_does_not_parse_is_named(tmp_path: Path) -> None:
     pytest.importorskip("lm_eval")
     from sftkit.errors import SftkitError
@@ -729,8 +806,9 @@ def test_rendering_budget_stops_nested_loops_and_spares_real_templates() -> None
 
     from sftkit.templates.jinja import RenderBudgetExceeded, render_budget
 
-    loops = jinja2.Environment().from_string("{% for a in range(10**5) %}{% for b in range(10**5) %}{% endfor %}"
-                                             "{% endfor %}")
+    loops = jinja2.Environment().from_string(
+        "{% for a in range(10**5) %}{% for b in range(10**5) %}{% endfor %}{% endfor %}"
+    )
     start = time.perf_counter()
     with pytest.raises(RenderBudgetExceeded, match="more than 100,000 steps"), render_budget(steps=100_000):
         loops.render()
@@ -746,8 +824,9 @@ def test_rendering_budget_stops_nested_loops_and_spares_real_templates() -> None
 @pytest.mark.integration
 def test_benchmarks_on_a_lora_run_are_one_line(tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     pytest.importorskip("lm_eval")
-    from helpers import run_cli
     from test_merge import make_lora_run
+
+    from helpers import run_cli
 
     run = make_lora_run(tiny_model_dir, tmp_path / "run")
     code, _, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc", "--limit", "2"], monkeypatch, capsys)

@@ -15,9 +15,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench import harness, probe, report, workloads  # noqa: E402
-TRAIN_FIELDS = {"method", "model", "cutoff", "steps", "seconds", "tokens", "trained_tokens", "seconds_per_step",
-                "tokens_per_s", "trained_tokens_per_s", "peak_rss_gb", "peak_cuda_gb", "linear_params",
-                "attn_width", "attn_pairs", "model_tflops", "mfu", "setup_s", "step_phases_s"}
+
+TRAIN_FIELDS = {
+    "method",
+    "model",
+    "cutoff",
+    "steps",
+    "seconds",
+    "tokens",
+    "trained_tokens",
+    "seconds_per_step",
+    "tokens_per_s",
+    "trained_tokens_per_s",
+    "peak_rss_gb",
+    "peak_cuda_gb",
+    "linear_params",
+    "attn_width",
+    "attn_pairs",
+    "model_tflops",
+    "mfu",
+    "setup_s",
+    "step_phases_s",
+}
 PREPROCESS_FIELDS = {"rows", "tokens", "seconds", "rows_per_s", "tokens_per_s", "packing_efficiency"}
 
 
@@ -25,9 +44,29 @@ PREPROCESS_FIELDS = {"rows", "tokens", "seconds", "rows_per_s", "tokens_per_s", 
 def test_bench_on_the_tiny_model_writes_every_field(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "--device", "cpu", "--models", "tiny", "--cutoff", "256",
-         "--steps", "2", "--warmup", "1", "--preprocess-rows", "200", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--device",
+            "cpu",
+            "--models",
+            "tiny",
+            "--cutoff",
+            "256",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--preprocess-rows",
+            "200",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert {"date", "machine", "versions", "command", "load_average_start", "load_average_end"} <= report["meta"].keys()
@@ -58,9 +97,32 @@ def test_bench_runs_the_gpu_sets_options_on_a_cpu(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     methods = "sftkit_nogc,sftkit_sdpa,sftkit_tokens,sftkit_compile,sftkit_liger,trl_fa2"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "--device", "cpu", "--models", "tiny", "--cutoff", "128",
-         "--batch-size", "2", "--methods", methods, "--steps", "2", "--warmup", "1", "--skip-preprocess",
-         "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=REPO)
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--device",
+            "cpu",
+            "--models",
+            "tiny",
+            "--cutoff",
+            "128",
+            "--batch-size",
+            "2",
+            "--methods",
+            methods,
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--skip-preprocess",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {run["method"]: run for run in json.loads(out.read_text())["train"]}
     for method in methods.split(",")[:-1]:
@@ -70,6 +132,7 @@ def test_bench_runs_the_gpu_sets_options_on_a_cpu(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the race (scripts/bench/), fast
+
 
 def _workload(tmp_path: Path, name: str = "smollm2_identity_alpaca") -> dict:
     data = workloads.write_data(tmp_path / "data")
@@ -104,8 +167,9 @@ def test_the_trl_mapping_translates_every_training_key_and_names_the_rest(tmp_pa
 
 def test_the_trl_rows_train_on_the_answer_only() -> None:
     rows = workloads.to_trl_rows([{"instruction": "Add", "input": "1 and 2", "output": "3"}])
-    assert rows == [{"prompt": [{"role": "user", "content": "Add\n1 and 2"}],
-                     "completion": [{"role": "assistant", "content": "3"}]}]
+    assert rows == [
+        {"prompt": [{"role": "user", "content": "Add\n1 and 2"}], "completion": [{"role": "assistant", "content": "3"}]}
+    ]
 
 
 def test_the_axolotl_mapping(tmp_path: Path) -> None:
@@ -126,10 +190,22 @@ def test_the_one_counter_counts_labels_after_the_shift() -> None:
 
 
 def _record(start: float = 100.0) -> dict:
-    steps = [{"begin": start + 10 + 3 * i, "end": start + 12 + 3 * i, "trained": 100 * (i + 1), "tokens": 200,
-              "loss": 2.0 - 0.25 * i} for i in range(4)]
-    return {"start": start + 1, "end": steps[-1]["end"] + 5, "loads": [{"begin": start + 2, "end": start + 4}],
-            "steps": steps}
+    steps = [
+        {
+            "begin": start + 10 + 3 * i,
+            "end": start + 12 + 3 * i,
+            "trained": 100 * (i + 1),
+            "tokens": 200,
+            "loss": 2.0 - 0.25 * i,
+        }
+        for i in range(4)
+    ]
+    return {
+        "start": start + 1,
+        "end": steps[-1]["end"] + 5,
+        "loads": [{"begin": start + 2, "end": start + 4}],
+        "steps": steps,
+    }
 
 
 def test_summarize_leaves_the_warm_up_step_out_of_the_rates() -> None:
@@ -155,20 +231,49 @@ def test_failure_line_keeps_the_last_error() -> None:
 
 def _report(eval_sftkit: float = 1.0) -> dict:
     run = {"workload": "smollm2_identity_alpaca", "round": 0, "wall_s": 60.0, "steps": 4}
-    runs = [run | {"contestant": "sftkit", "trained_tokens_per_s": 300.0, "peak_rss_gb": 1.0},
-            run | {"contestant": "llamafactory", "trained_tokens_per_s": 100.0, "peak_rss_gb": 2.0},
-            run | {"contestant": "llamafactory", "round": 1, "trained_tokens_per_s": 150.0, "peak_rss_gb": 2.0},
-            run | {"contestant": "trl", "trained_tokens_per_s": 250.0, "peak_rss_gb": 1.2},
-            {"workload": "smollm2_identity_alpaca", "round": 0, "contestant": "axolotl",
-             "error": "exit 1: ImportError: no CUDA"}]
-    scores = {"base": {"eval_loss": 2.0}, "sftkit": {"eval_loss": eval_sftkit}, "llamafactory": {"eval_loss": 1.0},
-              "trl": {"eval_loss": 1.0}}
-    config = {"model_name_or_path": "/m/SmolLM2", "dataset": "identity,alpaca_en_demo", "template": "chatml",
-              "per_device_train_batch_size": 2, "max_steps": 4, "learning_rate": 2e-4, "seed": 42}
-    return {"meta": {"date": "d", "machine": "m", "rounds": 2, "load_average_start": [1.0], "load_average_end": [2.0],
-                     "wall_s": 10.0, "command": "c"}, "workloads": ["smollm2_identity_alpaca"],
-            "contestants": ["sftkit", "llamafactory", "trl", "axolotl"], "configs": {"smollm2_identity_alpaca": config},
-            "runs": runs, "eval": {"smollm2_identity_alpaca": {"scores": scores, "questions": []}}}
+    runs = [
+        run | {"contestant": "sftkit", "trained_tokens_per_s": 300.0, "peak_rss_gb": 1.0},
+        run | {"contestant": "llamafactory", "trained_tokens_per_s": 100.0, "peak_rss_gb": 2.0},
+        run | {"contestant": "llamafactory", "round": 1, "trained_tokens_per_s": 150.0, "peak_rss_gb": 2.0},
+        run | {"contestant": "trl", "trained_tokens_per_s": 250.0, "peak_rss_gb": 1.2},
+        {
+            "workload": "smollm2_identity_alpaca",
+            "round": 0,
+            "contestant": "axolotl",
+            "error": "exit 1: ImportError: no CUDA",
+        },
+    ]
+    scores = {
+        "base": {"eval_loss": 2.0},
+        "sftkit": {"eval_loss": eval_sftkit},
+        "llamafactory": {"eval_loss": 1.0},
+        "trl": {"eval_loss": 1.0},
+    }
+    config = {
+        "model_name_or_path": "/m/SmolLM2",
+        "dataset": "identity,alpaca_en_demo",
+        "template": "chatml",
+        "per_device_train_batch_size": 2,
+        "max_steps": 4,
+        "learning_rate": 2e-4,
+        "seed": 42,
+    }
+    return {
+        "meta": {
+            "date": "d",
+            "machine": "m",
+            "rounds": 2,
+            "load_average_start": [1.0],
+            "load_average_end": [2.0],
+            "wall_s": 10.0,
+            "command": "c",
+        },
+        "workloads": ["smollm2_identity_alpaca"],
+        "contestants": ["sftkit", "llamafactory", "trl", "axolotl"],
+        "configs": {"smollm2_identity_alpaca": config},
+        "runs": runs,
+        "eval": {"smollm2_identity_alpaca": {"scores": scores, "questions": []}},
+    }
 
 
 def test_targets_take_each_contestants_best_round_and_the_eval_loss_margin() -> None:
@@ -202,9 +307,13 @@ def test_the_probe_runs_a_module_as_a_script_and_records_its_exit(tmp_path: Path
     """`-m:module` (how `trl sft`'s script runs inside the probe): sys.argv as the script sees it, exit kept."""
     (tmp_path / "fake_tool.py").write_text("import sys\nprint('ARGS', sys.argv[1:])\nraise SystemExit(3)\n")
     out = tmp_path / "probe.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench" / "probe.py"), str(out), "-m:fake_tool",
-                           "--config", "x.yaml"], capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench" / "probe.py"), str(out), "-m:fake_tool", "--config", "x.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 3 and "ARGS ['--config', 'x.yaml']" in proc.stdout, proc.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["exit"] == 3 and record["steps"] == [] and record["end"] >= record["start"]

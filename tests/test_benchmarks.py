@@ -22,8 +22,11 @@ from sftkit.templates import get_template
 
 def test_a_hub_task_while_offline_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SftkitError, match=r"--tasks mmlu: not a local task, .* HF_HUB_OFFLINE=1 .*sftkit_gen, "
-                                          r"sftkit_mc"):
+    with pytest.raises(
+        SftkitError,
+        match=r"--tasks mmlu: not a local task, .* HF_HUB_OFFLINE=1 .*sftkit_gen, "
+        r"sftkit_mc",
+    ):
         task_plan(["sftkit_mc", "mmlu"], None, "auto")
 
 
@@ -36,21 +39,38 @@ def test_shipped_tasks_are_indexed_and_chat_is_decided_per_task(tmp_path: Path) 
 
 
 def test_harness_results_are_flattened() -> None:
-    results = {"results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A",
-                                 "exact_match,first-line": 1.0}}, "n-samples": {"t": {"original": 9, "effective": 4}}}
+    results = {
+        "results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A", "exact_match,first-line": 1.0}},
+        "n-samples": {"t": {"original": 9, "effective": 4}},
+    }
     assert task_metrics(results) == {"t": {"acc": 0.5, "exact_match[first-line]": 1.0, "n": 4}}
 
 
 @pytest.fixture(scope="module")
-def memorised(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+def memorised(
+    tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, object]:
     """Full fine-tuning on eight demo rows until it knows them by heart."""
     from sftkit.training import train
 
     out = tmp_path_factory.mktemp("benchmarks") / "run"
-    cfg = make_config(model_name_or_path=tiny_model_dir, dataset_dir=bundled_data, output_dir=out, max_samples=8,
-                      cutoff_len=128, finetuning_type="full", packing=True, learning_rate=3e-3,
-                      lr_scheduler_type="constant", max_steps=60, per_device_train_batch_size=4, save_strategy="no",
-                      logging_steps=20, report_to="none", plot_loss=False)
+    cfg = make_config(
+        model_name_or_path=tiny_model_dir,
+        dataset_dir=bundled_data,
+        output_dir=out,
+        max_samples=8,
+        cutoff_len=128,
+        finetuning_type="full",
+        packing=True,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        max_steps=60,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        logging_steps=20,
+        report_to="none",
+        plot_loss=False,
+    )
     train(cfg)
     return out, cfg
 
@@ -63,23 +83,41 @@ def rows_task(folder: Path, cfg: object) -> Path:
     with (folder / "trained_rows.jsonl").open("w", encoding="utf-8") as handle:
         for i, p in enumerate(prompts):
             handle.write(json.dumps({"question": p.messages[0]["content"], "choices": choices, "answer": i}) + "\n")
-    (folder / "trained_rows.yaml").write_text(yaml.safe_dump({
-        "task": "trained_rows", "custom_dataset": "SFTKIT_FUNCTION", "dataset_kwargs": {"data_file": "trained_rows.jsonl"},
-        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{question}}",
-        "doc_to_choice": "{{choices}}", "doc_to_target": "answer", "target_delimiter": "",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0, "chat": True}}).replace(
-        "SFTKIT_FUNCTION", "!function sftkit.evaluate.tasks.local_data.jsonl_test_set"), encoding="utf-8")
+    (folder / "trained_rows.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "trained_rows",
+                "custom_dataset": "SFTKIT_FUNCTION",
+                "dataset_kwargs": {"data_file": "trained_rows.jsonl"},
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "doc_to_text": "{{question}}",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "answer",
+                "target_delimiter": "",
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+                "metadata": {"version": 1.0, "chat": True},
+            }
+        ).replace("SFTKIT_FUNCTION", "!function sftkit.evaluate.tasks.local_data.jsonl_test_set"),
+        encoding="utf-8",
+    )
     return folder
 
 
 @pytest.mark.integration
-def test_local_tasks_score_the_fine_tune_and_its_base(memorised: tuple[Path, object], tiny_model_dir: Path,
-                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_local_tasks_score_the_fine_tune_and_its_base(
+    memorised: tuple[Path, object], tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, cfg = memorised
     tasks = rows_task(tmp_path / "tasks", cfg)
-    scores = benchmark(str(run), cfg, ["trained_rows", "sftkit_mc", "sftkit_gen"], compare=str(tiny_model_dir),
-                       limit=4, include_path=tasks)
+    scores = benchmark(
+        str(run),
+        cfg,
+        ["trained_rows", "sftkit_mc", "sftkit_gen"],
+        compare=str(tiny_model_dir),
+        limit=4,
+        include_path=tasks,
+    )
     tuned, base = scores["tasks"], scores["compare"]["tasks"]
     assert tuned["trained_rows"]["n"] == 4 and base["trained_rows"]["n"] == 4
     assert tuned["trained_rows"]["acc"] == 1.0  # it knows its replies, in its template
@@ -100,28 +138,48 @@ def test_local_tasks_score_the_fine_tune_and_its_base(memorised: tuple[Path, obj
 
 
 @pytest.mark.integration
-def test_readme_benchmark_command_on_the_demo_lora_run(tiny_model_dir: Path, bundled_data: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_benchmark_command_on_the_demo_lora_run(
+    tiny_model_dir: Path,
+    bundled_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The README's `sftkit eval RUN --tasks sftkit_mc,sftkit_gen --compare models/base` on a LoRA run trained by
     configs/tiny_smoke.yaml as it is (its chatml tokens added to the tokenizer, tied embeddings), only shorter:
     lm-eval's tie_weights() met PEFT's wrapped embeddings here and the command died with a traceback."""
     from helpers import run_cli
-
     from sftkit.config import validate_config
     from sftkit.training import train
 
     keys = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny_smoke.yaml").read_text(encoding="utf-8"))
     run = tmp_path / "tiny-smoke"
-    train(validate_config(keys | {"model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
-                                  "output_dir": str(run), "max_steps": 2, "eval_strategy": "no", "early_stopping_steps": None,
-                                  "load_best_model_at_end": False, "save_strategy": "no", "report_to": "none",
-                                  "plot_loss": False}))
+    train(
+        validate_config(
+            keys
+            | {
+                "model_name_or_path": str(tiny_model_dir),
+                "dataset_dir": str(bundled_data),
+                "output_dir": str(run),
+                "max_steps": 2,
+                "eval_strategy": "no",
+                "early_stopping_steps": None,
+                "load_best_model_at_end": False,
+                "save_strategy": "no",
+                "report_to": "none",
+                "plot_loss": False,
+            }
+        )
+    )
     assert (run / "adapter_config.json").is_file() and json.loads((run / "adapter_config.json").read_text())[
-        "peft_type"] == "LORA"
+        "peft_type"
+    ] == "LORA"
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc,sftkit_gen", "--compare", str(tiny_model_dir),
-                              "--limit", "4"], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["eval", str(run), "--tasks", "sftkit_mc,sftkit_gen", "--compare", str(tiny_model_dir), "--limit", "4"],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     scores = json.loads((run / "benchmarks.json").read_text(encoding="utf-8"))
     assert set(scores["tasks"]) == {"sftkit_mc", "sftkit_gen"} and scores["tasks"]["sftkit_mc"]["n"] == 4

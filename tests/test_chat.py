@@ -18,8 +18,12 @@ TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 
 QUESTION = "What is the capital of France?"
 ANSWER = "Paris."
-CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
-                {"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": QUESTION}]
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hello!"},
+    {"role": "assistant", "content": "Hi, how can I help?"},
+    {"role": "user", "content": QUESTION},
+]
 
 
 class TokenCapture:
@@ -42,12 +46,13 @@ class TokenCapture:
 def prepared_model(model_dir: Path, template_name: str):
     """The tiny model and tokenizer set up for `template_name` as training sets them up."""
     from sftkit.config import validate_config
-    from sftkit.templates import get_template
-    from sftkit.model import Precision, load_model
     from sftkit.data import load_tokenizer
+    from sftkit.model import Precision, load_model
+    from sftkit.templates import get_template
 
-    cfg = validate_config({"model_name_or_path": str(model_dir), "dataset": ["x"], "output_dir": "unused",
-                           "template": template_name})
+    cfg = validate_config(
+        {"model_name_or_path": str(model_dir), "dataset": ["x"], "output_dir": "unused", "template": template_name}
+    )
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, tokenizer, Precision("float32", "cpu", "test"))
     return model.eval(), tokenizer, get_template(template_name)
@@ -63,6 +68,7 @@ def base_session(tiny_model_dir: Path):
 
 # ---------------------------------------------------------------------------- prompt ids and stopping
 
+
 @pytest.mark.parametrize("template_name", TEMPLATES)
 def test_chat_feeds_the_training_ids_up_to_the_assistant_header(tiny_model_dir: Path, template_name: str) -> None:
     from sftkit.chat import GenerationSettings, generate_reply
@@ -70,15 +76,15 @@ def test_chat_feeds_the_training_ids_up_to_the_assistant_header(tiny_model_dir: 
 
     model, tokenizer, template = prepared_model(tiny_model_dir, template_name)
     capture = TokenCapture()
-    generate_reply(model, tokenizer, template, CONVERSATION, GenerationSettings(max_new_tokens=1),
-                   streamer=capture)
-    trained = encode_conversation(tokenizer, template, CONVERSATION + [{"role": "assistant", "content": ANSWER}],
-                                  None, cutoff_len=1024).input_ids
+    generate_reply(model, tokenizer, template, CONVERSATION, GenerationSettings(max_new_tokens=1), streamer=capture)
+    trained = encode_conversation(
+        tokenizer, template, CONVERSATION + [{"role": "assistant", "content": ANSWER}], None, cutoff_len=1024
+    ).input_ids
     header_end = tokenizer(template.generation_prompt(CONVERSATION), add_special_tokens=False).input_ids
-    assert capture.prompt == trained[:len(capture.prompt)]
+    assert capture.prompt == trained[: len(capture.prompt)]
     # everything up to the assistant header; at most the header's last token (merged with the reply's
     # first in a byte-level BPE) is left for the model to generate
-    assert capture.prompt == header_end[:len(capture.prompt)] and len(header_end) - len(capture.prompt) <= 1
+    assert capture.prompt == header_end[: len(capture.prompt)] and len(header_end) - len(capture.prompt) <= 1
     assert tokenizer.convert_tokens_to_ids(template.end_token) in capture.prompt  # one control token, not text
 
 
@@ -100,9 +106,12 @@ def test_ctrl_c_stops_the_answer_and_restores_the_handler(base_session) -> None:
 
 # ---------------------------------------------------------------------------- REPL
 
+
 def test_repl_commands_reset_and_set_the_system_prompt(base_session) -> None:
-    from sftkit.chat import run_repl
-    from sftkit.chat import _stream_reader  # the reader `--repl` uses on a non-terminal stdin
+    from sftkit.chat import (
+        _stream_reader,  # the reader `--repl` uses on a non-terminal stdin
+        run_repl,
+    )
 
     base_session.history, base_session.system = [], None
     out = io.StringIO()
@@ -127,15 +136,18 @@ def test_repl_leaves_at_end_of_input(base_session) -> None:
 
 # ---------------------------------------------------------------------------- loading and templates
 
+
 def test_base_model_gets_chatml_with_a_note(tiny_model_dir: Path, monkeypatch, capsys) -> None:
-    code, out, err = run_cli(["chat", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "3"],
-                             monkeypatch, capsys)
+    code, out, err = run_cli(
+        ["chat", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "3"], monkeypatch, capsys
+    )
     assert code == 0 and len(out) > 1  # some answer, then the newline
     assert "note: template chatml (default: no chat_template)" in err
 
 
 def test_template_and_system_come_from_run_config_else_from_chat_template(
-        tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     from sftkit.chat import load_for_inference
     from sftkit.config import dump_resolved, validate_config
 
@@ -148,10 +160,19 @@ def test_template_and_system_come_from_run_config_else_from_chat_template(
 
     full_run = tmp_path / "full"
     shutil.copytree(tiny_model_dir, full_run)
-    dump_resolved(validate_config({"model_name_or_path": "x", "dataset": ["x"], "output_dir": str(full_run),
-                                   "template": "ernie_nothink", "finetuning_type": "full",
-                                   "default_system": "Be brief."}),
-                  full_run / "sftkit_config.yaml")
+    dump_resolved(
+        validate_config(
+            {
+                "model_name_or_path": "x",
+                "dataset": ["x"],
+                "output_dir": str(full_run),
+                "template": "ernie_nothink",
+                "finetuning_type": "full",
+                "default_system": "Be brief.",
+            }
+        ),
+        full_run / "sftkit_config.yaml",
+    )
     loaded = load_for_inference(str(full_run))
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
     assert template.name == "ernie_nothink" and "sftkit_config.yaml" in capsys.readouterr().err
@@ -163,8 +184,18 @@ def test_template_and_system_come_from_run_config_else_from_chat_template(
 
 def test_sampling_is_seeded(tiny_model_dir: Path, monkeypatch, capsys) -> None:
     def sample(seed: int) -> str:
-        args = ["chat", str(tiny_model_dir), "--prompt", "hi", "--temperature", "1", "--max-new-tokens", "12",
-                "--seed", str(seed)]
+        args = [
+            "chat",
+            str(tiny_model_dir),
+            "--prompt",
+            "hi",
+            "--temperature",
+            "1",
+            "--max-new-tokens",
+            "12",
+            "--seed",
+            str(seed),
+        ]
         return run_cli(args, monkeypatch, capsys)[1]
 
     assert sample(1) == sample(1) != sample(2)
@@ -172,15 +203,18 @@ def test_sampling_is_seeded(tiny_model_dir: Path, monkeypatch, capsys) -> None:
 
 def test_cli_errors_are_one_line(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
     (tmp_path / "empty").mkdir()
-    for args, words in (([str(tmp_path / "missing"), "--prompt", "hi"], "missing does not exist (looked in"),
-                        ([str(tmp_path / "empty"), "--prompt", "hi"], "cannot load a tokenizer"),
-                        ([str(tiny_model_dir), "--temperature", "-1"], "--temperature")):
+    for args, words in (
+        ([str(tmp_path / "missing"), "--prompt", "hi"], "missing does not exist (looked in"),
+        ([str(tmp_path / "empty"), "--prompt", "hi"], "cannot load a tokenizer"),
+        ([str(tiny_model_dir), "--temperature", "-1"], "--temperature"),
+    ):
         code, _, err = run_cli(["chat", *args], monkeypatch, capsys)
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 2 and "Traceback" not in err and len(errors) == 1 and words in errors[0], err
 
 
 # ---------------------------------------------------------------------------- train -> merge -> chat
+
 
 @pytest.fixture(scope="module")
 def learnable_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -197,8 +231,7 @@ def learnable_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("learnable-tiny")
     tokenizer = build_tiny_tokenizer()
-    config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                               tokenizer.eos_token_id)
+    config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     config.initializer_range = 0.3
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
@@ -215,11 +248,22 @@ def trained_run(learnable_base: Path, tmp_path_factory: pytest.TempPathFactory) 
     data = tmp_path_factory.mktemp("chat-data")
     (data / "rows.json").write_text(json.dumps([{"instruction": QUESTION, "input": "", "output": ANSWER}]))
     (data / "dataset_info.json").write_text(json.dumps({"one": {"file_name": "rows.json"}}))
-    cfg = validate_config({
-        "model_name_or_path": str(learnable_base), "dataset": ["one"], "dataset_dir": str(data),
-        "template": "chatml", "output_dir": str(tmp_path_factory.mktemp("chat-run")), "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant", "max_steps": 40, "save_strategy": "no", "report_to": ["none"],
-        "plot_loss": False, "logging_steps": 40})
+    cfg = validate_config(
+        {
+            "model_name_or_path": str(learnable_base),
+            "dataset": ["one"],
+            "dataset_dir": str(data),
+            "template": "chatml",
+            "output_dir": str(tmp_path_factory.mktemp("chat-run")),
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "constant",
+            "max_steps": 40,
+            "save_strategy": "no",
+            "report_to": ["none"],
+            "plot_loss": False,
+            "logging_steps": 40,
+        }
+    )
     return train(cfg)
 
 
@@ -239,8 +283,12 @@ def test_stdin_prompts_are_answered_one_by_one(trained_run: Path, monkeypatch, c
 
 @pytest.mark.integration
 def test_repl_flag_streams_the_answer(trained_run: Path, monkeypatch, capsys) -> None:
-    code, out, _ = run_cli(["chat", str(trained_run), "--repl"], monkeypatch, capsys,
-                           stdin=f"{QUESTION}\n/reset\n/system Be brief\n/exit\n")
+    code, out, _ = run_cli(
+        ["chat", str(trained_run), "--repl"],
+        monkeypatch,
+        capsys,
+        stdin=f"{QUESTION}\n/reset\n/system Be brief\n/exit\n",
+    )
     assert code == 0
     assert f">>> {ANSWER}\n>>> (new conversation)\n>>> (system prompt set)\n>>> " in out
 
@@ -262,8 +310,9 @@ def test_merged_model_answers_like_the_run(trained_run: Path, tmp_path: Path, mo
         loaded = load_for_inference(str(source))
         model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
         captures.append(TokenCapture())
-        generate_reply(model, tokenizer, template, messages, GenerationSettings(max_new_tokens=8),
-                       streamer=captures[-1])
+        generate_reply(
+            model, tokenizer, template, messages, GenerationSettings(max_new_tokens=8), streamer=captures[-1]
+        )
     assert captures[0].prompt == captures[1].prompt
     assert captures[0].generated == captures[1].generated
     assert captures[0].generated[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")

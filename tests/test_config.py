@@ -46,8 +46,10 @@ def test_unknown_key_suggests_the_close_one() -> None:
 
 def test_unsupported_llamafactory_key_says_what_to_use() -> None:
     (line,) = problems({**BASE, "pref_beta": 0.1})  # every such key's line: tests/test_llamafactory.py
-    assert line == ("cfg.yaml: pref_beta: LLaMA-Factory's preference or RL training setting; sftkit trains supervised "
-                    "fine-tuning only; no equivalent, remove it")
+    assert line == (
+        "cfg.yaml: pref_beta: LLaMA-Factory's preference or RL training setting; sftkit trains supervised "
+        "fine-tuning only; no equivalent, remove it"
+    )
 
 
 def test_all_problems_reported_at_once() -> None:
@@ -57,8 +59,16 @@ def test_all_problems_reported_at_once() -> None:
     assert all(line.startswith("cfg.yaml: ") and "\n" not in line for line in found)
 
 
-@pytest.mark.parametrize("key,value", [("learning_rate", float("nan")), ("num_train_epochs", float("inf")),
-                                       ("max_steps", -3), ("lora_dropout", 1.5), ("val_size", -0.1)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("learning_rate", float("nan")),
+        ("num_train_epochs", float("inf")),
+        ("max_steps", -3),
+        ("lora_dropout", 1.5),
+        ("val_size", -0.1),
+    ],
+)
 def test_non_finite_or_out_of_range_numbers(key: str, value: float) -> None:
     (line,) = problems({**BASE, key: value})
     assert f": {key}: " in line
@@ -72,8 +82,16 @@ def test_cross_field_rules_are_named_and_collected() -> None:
 
 
 def test_best_model_needs_matching_save_and_eval_steps() -> None:
-    (line,) = problems({**BASE, "val_size": 0.1, "eval_strategy": "steps", "eval_steps": 7, "save_steps": 10,
-                        "early_stopping_steps": 2})
+    (line,) = problems(
+        {
+            **BASE,
+            "val_size": 0.1,
+            "eval_strategy": "steps",
+            "eval_steps": 7,
+            "save_steps": 10,
+            "early_stopping_steps": 2,
+        }
+    )
     assert "save_steps (10) must be a multiple of eval_steps (7)" in line
 
 
@@ -90,8 +108,9 @@ def test_overrides_parse_yaml_values_and_are_validated(tmp_path: Path) -> None:
 def test_every_bad_override_and_cross_field_problem_is_reported_in_one_go(tmp_path: Path) -> None:
     path = write(tmp_path, yaml.safe_dump(BASE))
     with pytest.raises(ConfigError) as info:
-        load_config(path, ["learning_rate=fast", "lora_rnak=8", "lora_rank", "eval_strategy=steps", "bf16=true",
-                           "fp16=true"])
+        load_config(
+            path, ["learning_rate=fast", "lora_rnak=8", "lora_rank", "eval_strategy=steps", "bf16=true", "fp16=true"]
+        )
     found = info.value.problems
     assert "--set 'lora_rank': expected key=value" in found
     assert any(": learning_rate: " in line for line in found) and any(": lora_rnak: " in line for line in found)
@@ -174,25 +193,57 @@ def test_commented_yaml_round_trips() -> None:
 
 
 def test_a_llamafactory_template_name_we_cover_says_which_to_use() -> None:
-    with pytest.raises(ConfigError, match=r"unknown template 'qwen2_vl' \(text-only training of Qwen2-VL uses qwen\); "
-                                          r"leave template unset to train in the model's own format \(its tokenizer's chat template\), or "
-                                          r"choose one of chatml, ernie_nothink, llama3, qwen, "):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown template 'qwen2_vl' \(text-only training of Qwen2-VL uses qwen\); "
+        r"leave template unset to train in the model's own format \(its tokenizer's chat template\), or "
+        r"choose one of chatml, ernie_nothink, llama3, qwen, ",
+    ):
         validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen2_vl"})
 
 
-@pytest.mark.parametrize("name", ["qwen3_nothink", "qwen3", "gemma3", "phi4", "deepseek3", "mistral", "llama2", "glm4",
-                                  "ernie", "default", "empty", "alpaca", "vicuna", "qwen", "gemma"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "qwen3_nothink",
+        "qwen3",
+        "gemma3",
+        "phi4",
+        "deepseek3",
+        "mistral",
+        "llama2",
+        "glm4",
+        "ernie",
+        "default",
+        "empty",
+        "alpaca",
+        "vicuna",
+        "qwen",
+        "gemma",
+    ],
+)
 def test_llamafactory_template_names_are_accepted(name: str) -> None:
-    assert validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": name}).template == name
+    assert (
+        validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": name}).template
+        == name
+    )
 
 
 def test_template_and_chat_template_are_one_choice() -> None:
     with pytest.raises(ConfigError, match="template and chat_template: choose one"):
-        validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", "template": "qwen",
-                         "chat_template": "x.jinja"})
+        validate_config(
+            {
+                "model_name_or_path": "m",
+                "dataset": "d",
+                "output_dir": "o",
+                "template": "qwen",
+                "chat_template": "x.jinja",
+            }
+        )
 
 
 # ---------------------------------------------------------------------------- files built to hurt
+
 
 def load_problem(path: Path, overrides: list[str] | None = None) -> str:
     with pytest.raises(ConfigError) as info:
@@ -225,8 +276,10 @@ def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
 
 def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
     text = "model_name_or_path: m\ndataset: a\noutput_dir: o\nlora_rank: 8\nlora_rank: 16\n"
-    assert load_problem(write(tmp_path, text)) == f"{tmp_path / 'cfg.yaml'}:5: key 'lora_rank' is given twice " \
-                                                  "(lines 4 and 5); keep one"
+    assert (
+        load_problem(write(tmp_path, text)) == f"{tmp_path / 'cfg.yaml'}:5: key 'lora_rank' is given twice "
+        "(lines 4 and 5); keep one"
+    )
     nested = "model_name_or_path: m\ndataset: a\noutput_dir: o\nfsdp_config:\n  a: 1\n  a: 2\n"
     assert "key 'a' is given twice (lines 5 and 6)" in load_problem(write(tmp_path, nested))
 
@@ -257,11 +310,13 @@ def test_a_set_key_is_blamed_on_set(tmp_path: Path) -> None:
     path = write(tmp_path, "model_name_or_path: m\ndataset: a\noutput_dir: o\n")
     assert load_problem(path, ["lora_rnak=4"]) == "--set lora_rnak=4: lora_rnak: unknown key; did you mean lora_rank?"
     assert load_problem(path, ["lora_rank=-1"]).startswith("--set lora_rank=-1: lora_rank: Input should be greater")
-    assert load_problem(write(tmp_path, "model_name_or_path: m\ndataset: a\noutput_dir: o\nlora_rnak: 4\n")
-                        ).startswith(f"{path}: lora_rnak: unknown key")
+    assert load_problem(write(tmp_path, "model_name_or_path: m\ndataset: a\noutput_dir: o\nlora_rnak: 4\n")).startswith(
+        f"{path}: lora_rnak: unknown key"
+    )
 
 
 # ---------------------------------------------------------------------------- keys that used to fail only in training
+
 
 def test_dataset_listed_twice_is_refused() -> None:
     assert problems({**BASE, "dataset": "a,b,a"})[0].startswith("cfg.yaml: dataset: 'a' is listed twice")
@@ -309,12 +364,17 @@ def test_scheduler_arguments_match_transformers() -> None:
 
 
 def test_schedulers_need_their_arguments() -> None:
-    assert "cosine_with_min_lr needs min_lr or min_lr_rate in lr_scheduler_kwargs (one of them, not both)" in problems(
-        {**BASE, "lr_scheduler_type": "cosine_with_min_lr"})[0]
-    assert "warmup_stable_decay needs num_decay_steps" in problems(
-        {**BASE, "lr_scheduler_type": "warmup_stable_decay"})[0]
-    assert "'power' is not an argument of cosine (takes only num_cycles)" in problems(
-        {**BASE, "lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"power": 2}})[0]
+    assert (
+        "cosine_with_min_lr needs min_lr or min_lr_rate in lr_scheduler_kwargs (one of them, not both)"
+        in problems({**BASE, "lr_scheduler_type": "cosine_with_min_lr"})[0]
+    )
+    assert (
+        "warmup_stable_decay needs num_decay_steps" in problems({**BASE, "lr_scheduler_type": "warmup_stable_decay"})[0]
+    )
+    assert (
+        "'power' is not an argument of cosine (takes only num_cycles)"
+        in problems({**BASE, "lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"power": 2}})[0]
+    )
     validate_config({**BASE, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}})
 
 

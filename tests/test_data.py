@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_config as config_of
 import yaml
 
+from helpers import make_config as config_of
 from sftkit.config import SftConfig
 from sftkit.data import export, prepare_data, preview, render_example
 from sftkit.data.loader import load_conversations
-from sftkit.templates import get_template, prepare_tokenizer
 from sftkit.errors import DataError
+from sftkit.templates import get_template, prepare_tokenizer
 
 BUNDLED = "demo_alpaca,demo_sharegpt,demo_messages"
 SHARED = "alpaca_en_demo,alpaca_zh_demo,identity,glaive_toolcall_en_demo"
@@ -35,8 +35,9 @@ def datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 
 def make_config(model_dir: Path, dataset_dir: Path, dataset: str = BUNDLED, **keys: Any) -> SftConfig:
-    return config_of(**{"model_name_or_path": model_dir, "dataset": dataset, "dataset_dir": dataset_dir,
-                        "cutoff_len": 1024, **keys})
+    return config_of(
+        **{"model_name_or_path": model_dir, "dataset": dataset, "dataset_dir": dataset_dir, "cutoff_len": 1024, **keys}
+    )
 
 
 def prepared_tokenizer(tokenizer: Any, template: str = "chatml") -> Any:
@@ -45,8 +46,7 @@ def prepared_tokenizer(tokenizer: Any, template: str = "chatml") -> Any:
 
 
 def trained_text(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
-    return tokenizer.decode([i for i, label in zip(input_ids, labels) if label != IGNORE],
-                            skip_special_tokens=False)
+    return tokenizer.decode([i for i, label in zip(input_ids, labels) if label != IGNORE], skip_special_tokens=False)
 
 
 def expected_trained_text(cfg: SftConfig) -> dict[tuple[str, int], str]:
@@ -54,11 +54,16 @@ def expected_trained_text(cfg: SftConfig) -> dict[tuple[str, int], str]:
     template = get_template(cfg.template)
     conversations = load_conversations(cfg)
     rows = [*conversations.train, *(conversations.eval or [])]
-    return {(row["dataset"], row["index"]): "".join(text for text, trained in template.render(
-        row["messages"], row["tools"]) if trained) for row in rows}
+    return {
+        (row["dataset"], row["index"]): "".join(
+            text for text, trained in template.render(row["messages"], row["tools"]) if trained
+        )
+        for row in rows
+    }
 
 
 # ---------------------------------------------------------------------------- prepare_data
+
 
 def test_prepare_data_on_bundled_data(tiny_model_dir: Path, tiny_tokenizer: Any, bundled_data: Path) -> None:
     cfg = make_config(tiny_model_dir, bundled_data, val_size=0.1, packing=True)
@@ -85,11 +90,13 @@ def test_prepare_data_on_bundled_data(tiny_model_dir: Path, tiny_tokenizer: Any,
 
 def test_masking_settings_reach_the_encoder(tiny_model_dir: Path, tiny_tokenizer: Any, bundled_data: Path) -> None:
     tokenizer = prepared_tokenizer(tiny_tokenizer)
-    everything = prepare_data(make_config(tiny_model_dir, bundled_data, "demo_sharegpt", train_on_prompt=True),
-                              tokenizer).train
+    everything = prepare_data(
+        make_config(tiny_model_dir, bundled_data, "demo_sharegpt", train_on_prompt=True), tokenizer
+    ).train
     assert all(row["labels"] == row["input_ids"] for row in everything)
-    last_only = prepare_data(make_config(tiny_model_dir, bundled_data, "demo_sharegpt", mask_history=True),
-                             tokenizer).train
+    last_only = prepare_data(
+        make_config(tiny_model_dir, bundled_data, "demo_sharegpt", mask_history=True), tokenizer
+    ).train
     default = prepare_data(make_config(tiny_model_dir, bundled_data, "demo_sharegpt"), tokenizer).train
     trained = [sum(label != IGNORE for labels in split["labels"] for label in labels) for split in (last_only, default)]
     assert 0 < trained[0] < trained[1]
@@ -114,8 +121,9 @@ class CountingEncoder:
         return calls
 
 
-def test_second_run_reads_the_tokenization_cache(tiny_model_dir: Path, tiny_tokenizer: Any, bundled_data: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_run_reads_the_tokenization_cache(
+    tiny_model_dir: Path, tiny_tokenizer: Any, bundled_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tokenizer = prepared_tokenizer(tiny_tokenizer)
     counter = CountingEncoder(monkeypatch)
     cfg = make_config(tiny_model_dir, bundled_data, "demo_alpaca", val_size=20)
@@ -139,13 +147,16 @@ def test_second_run_reads_the_tokenization_cache(tiny_model_dir: Path, tiny_toke
 
 
 def test_truncated_dropped_and_nothing_left(tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path) -> None:
-    rows = [{"instruction": "short", "output": "fine"},
-            {"instruction": "long question " * 40, "output": "dropped: the prompt fills cutoff_len"},
-            {"instruction": "short", "output": "a long answer " * 40}]
+    rows = [
+        {"instruction": "short", "output": "fine"},
+        {"instruction": "long question " * 40, "output": "dropped: the prompt fills cutoff_len"},
+        {"instruction": "short", "output": "a long answer " * 40},
+    ]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     (tmp_path / "long.json").write_text(json.dumps(rows[1:2]))
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"},
-                                                            "long": {"file_name": "long.json"}}))
+    (tmp_path / "dataset_info.json").write_text(
+        json.dumps({"d": {"file_name": "d.json"}, "long": {"file_name": "long.json"}})
+    )
     tokenizer = prepared_tokenizer(tiny_tokenizer)
     data = prepare_data(make_config(tiny_model_dir, tmp_path, "d", cutoff_len=40), tokenizer)
     assert data.train["index"] == [0, 2]
@@ -167,11 +178,15 @@ def test_render_example_marks_trained_runs(tiny_tokenizer: Any) -> None:
 
 # ---------------------------------------------------------------------------- preview / export in-process
 
-def test_preview_prints_examples_then_stats(tiny_model_dir: Path, bundled_data: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_preview_prints_examples_then_stats(
+    tiny_model_dir: Path, bundled_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     preview(make_config(tiny_model_dir, bundled_data, "demo_messages"), n=2, color=False)
     out = capsys.readouterr().out
-    assert out.startswith("--- template chatml (built-in)\n(text between [[ and ]] is trained: the loss is taken on it;")
+    assert out.startswith(
+        "--- template chatml (built-in)\n(text between [[ and ]] is trained: the loss is taken on it;"
+    )
     assert out.count("--- demo_messages row ") == 2 and "--- statistics" in out
     assert "[[My name is Tiny. I was fine-tuned with sftkit.<|im_end|>]]" in out
     assert "<|im_start|>user\nWhat is your name?<|im_end|>" in out
@@ -191,11 +206,16 @@ def test_export_writes_atomically(tiny_model_dir: Path, bundled_data: Path, tmp_
 
 # ---------------------------------------------------------------------------- the CLI
 
+
 def sftkit(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
     venv = Path(sys.executable).parent / "sftkit"
     command = [str(venv)] if venv.exists() else [sys.executable, "-m", "sftkit"]
-    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env = {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    }
     return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -214,17 +234,34 @@ def check_export(path: Path, cfg: SftConfig, tokenizer: Any, rows: int) -> None:
         assert trained_text(tokenizer, row["input_ids"], row["labels"]) == expected[row["dataset"], row["index"]]
 
 
-@pytest.mark.parametrize(("which", "names", "counts", "split"), [
-    ("bundled_data", BUNDLED, (360, 40), "train"),
-    ("shared_data", SHARED, (2151, 239), "eval"),
-])
-def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, int], split: str,
-                                     tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path,
-                                     request: pytest.FixtureRequest, datasets_cache: Path) -> None:
+@pytest.mark.parametrize(
+    ("which", "names", "counts", "split"),
+    [
+        ("bundled_data", BUNDLED, (360, 40), "train"),
+        ("shared_data", SHARED, (2151, 239), "eval"),
+    ],
+)
+def test_cli_validate_preview_export(
+    which: str,
+    names: str,
+    counts: tuple[int, int],
+    split: str,
+    tiny_model_dir: Path,
+    tiny_tokenizer: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    datasets_cache: Path,
+) -> None:
     dataset_dir = request.getfixturevalue(which)
     # cutoff_len above the longest example: nothing is truncated, so every trained span is exact
-    keys = {"model_name_or_path": str(tiny_model_dir), "dataset": names, "dataset_dir": str(dataset_dir),
-            "cutoff_len": 16384, "val_size": 0.1, "template": "chatml"}
+    keys = {
+        "model_name_or_path": str(tiny_model_dir),
+        "dataset": names,
+        "dataset_dir": str(dataset_dir),
+        "cutoff_len": 16384,
+        "val_size": 0.1,
+        "template": "chatml",
+    }
     config = write_config(tmp_path / "c.yaml", **keys)
     train, eval_ = counts
     n_sets = len(names.split(","))
@@ -232,8 +269,9 @@ def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, 
     result = sftkit("validate", str(config), cache=datasets_cache)
     assert result.returncode == 0, result.stderr
     datasets = f"{n_sets} dataset{'s' if n_sets > 1 else ''}"
-    assert result.stdout.startswith(f"{config}: OK ({datasets}, {train + eval_} rows: train {train}, eval {eval_}; "
-                                    "model ")  # and what validate found in the model folder, weights unread
+    assert result.stdout.startswith(
+        f"{config}: OK ({datasets}, {train + eval_} rows: train {train}, eval {eval_}; model "
+    )  # and what validate found in the model folder, weights unread
     assert "the template adds 2 control tokens" in result.stdout
     assert result.stdout.endswith("; template chatml (built-in))\n")
 
@@ -252,26 +290,39 @@ def test_cli_validate_preview_export(which: str, names: str, counts: tuple[int, 
     check_export(out, cfg, prepared_tokenizer(tiny_tokenizer), train if split == "train" else eval_)
 
 
-@pytest.mark.parametrize(("command", "keys", "expected"), [
-    ("validate", {"dataset": "demo_alpca"}, "error: dataset 'demo_alpca' is not in"),
-    ("validate", {"dataset": "bad"}, "error: {dir}/bad.json: row 1: roles out of order"),
-    # the data is checked before the (here missing) model is touched
-    ("data preview", {"dataset": "bad", "model_name_or_path": "/nonexistent"}, "error: {dir}/bad.json: row 1"),
-    ("data export", {"dataset": "demo_alpaca", "val_size": 0}, "error: --split eval: the config has no eval set"),
-])
-def test_cli_bad_data_exits_2_with_one_line(command: str, keys: dict[str, Any], expected: str, tmp_path: Path,
-                                            tiny_model_dir: Path, bundled_data: Path, datasets_cache: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "keys", "expected"),
+    [
+        ("validate", {"dataset": "demo_alpca"}, "error: dataset 'demo_alpca' is not in"),
+        ("validate", {"dataset": "bad"}, "error: {dir}/bad.json: row 1: roles out of order"),
+        # the data is checked before the (here missing) model is touched
+        ("data preview", {"dataset": "bad", "model_name_or_path": "/nonexistent"}, "error: {dir}/bad.json: row 1"),
+        ("data export", {"dataset": "demo_alpaca", "val_size": 0}, "error: --split eval: the config has no eval set"),
+    ],
+)
+def test_cli_bad_data_exits_2_with_one_line(
+    command: str,
+    keys: dict[str, Any],
+    expected: str,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    bundled_data: Path,
+    datasets_cache: Path,
+) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     registry = json.loads((bundled_data / "dataset_info.json").read_text())
     registry["bad"] = {"file_name": "bad.json", "formatting": "sharegpt"}
     (data_dir / "dataset_info.json").write_text(json.dumps(registry))
     (data_dir / "demo_alpaca.json").write_text((bundled_data / "demo_alpaca.json").read_text())
-    bad = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
-           {"conversations": [{"from": "gpt", "value": "Hello"}]}]
+    bad = [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {"conversations": [{"from": "gpt", "value": "Hello"}]},
+    ]
     (data_dir / "bad.json").write_text(json.dumps(bad))
-    config = write_config(tmp_path / "c.yaml", **{"model_name_or_path": str(tiny_model_dir),
-                                                   "dataset_dir": str(data_dir), **keys})
+    config = write_config(
+        tmp_path / "c.yaml", **{"model_name_or_path": str(tiny_model_dir), "dataset_dir": str(data_dir), **keys}
+    )
     extra = ["--out", str(tmp_path / "x.jsonl"), "--split", "eval"] if command == "data export" else []
     result = sftkit(*command.split(), str(config), *extra, cache=datasets_cache)
     assert result.returncode == 2
@@ -281,9 +332,9 @@ def test_cli_bad_data_exits_2_with_one_line(command: str, keys: dict[str, Any], 
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def test_overwrite_cache_drops_per_worker_files_so_num_proc_is_honoured(tiny_model_dir: Path, tiny_tokenizer: Any,
-                                                                        bundled_data: Path,
-                                                                        datasets_cache: Path) -> None:
+def test_overwrite_cache_drops_per_worker_files_so_num_proc_is_honoured(
+    tiny_model_dir: Path, tiny_tokenizer: Any, bundled_data: Path, datasets_cache: Path
+) -> None:
     # datasets keeps the shard count of the cache files it finds, whatever num_proc says: 2 workers after a
     # 1-worker run would run as 1, and 1 after 2 would write two shards
     import gc

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from fastapi import Request  # resolved by name: FastAPI reads the handler's annotation as a string
-from helpers import make_config, run_cli
 
+from helpers import make_config, run_cli
 from sftkit.data import prepare_data
 from sftkit.data.quality.balance import balance
 from sftkit.data.quality.clean import clean_rows, find_duplicates
@@ -51,11 +51,16 @@ def row(instruction: str, output: str, **extra: Any) -> dict[str, Any]:
 
 
 def conversation(prompt: str, reply: str, dataset: str = "d", index: int = 0) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-            "tools": None, "dataset": dataset, "index": index}
+    return {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+        "tools": None,
+        "dataset": dataset,
+        "index": index,
+    }
 
 
 # ---------------------------------------------------------------------------- text measures
+
 
 def test_text_measures() -> None:
     assert normalise("  Hello,   WORLD!\n") == "hello world" == normalise("hello world")
@@ -68,44 +73,62 @@ def test_text_measures() -> None:
 
 # ---------------------------------------------------------------------------- cleaning
 
+
 @pytest.fixture()
 def seeded(shared_data: Path, tmp_path: Path) -> dict[str, Any]:
     """60 distinct demo rows, plus seeded exact and near duplicates (within and across datasets) and leaks."""
     rows = alpaca(shared_data)
     base = rows[:60]
-    assert not find_duplicates([conversation(r["instruction"] + r["input"], r["output"]) for r in base], "near"), \
+    assert not find_duplicates([conversation(r["instruction"] + r["input"], r["output"]) for r in base], "near"), (
         "the base rows must hold no duplicates of their own"
+    )
     long_rows = [i for i, r in enumerate(base) if len(r["output"].split()) > 80][:2]
     near = [dict(base[i], output=base[i]["output"].replace(" the ", " a ", 1)) for i in long_rows]
     exact_within = dict(base[5], instruction=base[5]["instruction"].upper() + "  ")
     extra = [
         dict(base[1], output=base[1]["output"] + "!!"),  # punctuation only: exact after normalising
-        rows[200], rows[201],  # distinct
+        rows[200],
+        rows[201],  # distinct
         dict(base[2], instruction="  " + base[2]["instruction"].lower()),
         *near,
     ]
     held = [rows[300 + i] for i in range(10)]
-    leaks = [dict(held[0], output="A different answer entirely, written for training."),
-             dict(held[3], input=held[3]["input"], output="Another answer of mine.")]
-    folder = write_registry(tmp_path / "data", {"base": [*base, exact_within], "extra": [*extra, *leaks],
-                                                 "held": held})
-    expected = {("base", 60, "exact_duplicate"), ("extra", 0, "exact_duplicate"), ("extra", 3, "exact_duplicate"),
-                *{("extra", 4 + k, "near_duplicate") for k in range(len(near))},
-                ("extra", 4 + len(near), "leak"), ("extra", 5 + len(near), "leak")}
+    leaks = [
+        dict(held[0], output="A different answer entirely, written for training."),
+        dict(held[3], input=held[3]["input"], output="Another answer of mine."),
+    ]
+    folder = write_registry(tmp_path / "data", {"base": [*base, exact_within], "extra": [*extra, *leaks], "held": held})
+    expected = {
+        ("base", 60, "exact_duplicate"),
+        ("extra", 0, "exact_duplicate"),
+        ("extra", 3, "exact_duplicate"),
+        *{("extra", 4 + k, "near_duplicate") for k in range(len(near))},
+        ("extra", 4 + len(near), "leak"),
+        ("extra", 5 + len(near), "leak"),
+    }
     return {"folder": folder, "expected": expected, "rows": (61, len(extra) + len(leaks), len(held))}
 
 
 def _config_file(tmp_path: Path, **keys: Any) -> Path:
     path = tmp_path / "clean.yaml"
-    path.write_text(json.dumps({"model_name_or_path": "unused", "output_dir": str(tmp_path / "run"),
-                                "template": "chatml", **keys}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"model_name_or_path": "unused", "output_dir": str(tmp_path / "run"), "template": "chatml", **keys}),
+        encoding="utf-8",
+    )
     return path
 
 
-def test_clean_removes_seeded_duplicates_and_leaks_exactly(seeded: dict[str, Any], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    config = _config_file(tmp_path, dataset="base,extra", eval_dataset="held", dataset_dir=str(seeded["folder"]),
-                          clean_dedup="near", clean_remove_leaks=True)
+def test_clean_removes_seeded_duplicates_and_leaks_exactly(
+    seeded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    config = _config_file(
+        tmp_path,
+        dataset="base,extra",
+        eval_dataset="held",
+        dataset_dir=str(seeded["folder"]),
+        clean_dedup="near",
+        clean_remove_leaks=True,
+    )
     code, out, err = run_cli(["data", "clean", str(config), "--out", str(tmp_path / "clean")], monkeypatch, capsys)
     assert code == 0, err
     removed = [json.loads(line) for line in (tmp_path / "clean" / "removed.jsonl").read_text().splitlines()]
@@ -119,29 +142,37 @@ def test_clean_removes_seeded_duplicates_and_leaks_exactly(seeded: dict[str, Any
     # the output is a dataset folder sftkit reads as it is
     from sftkit.data.loader import load_conversations
 
-    cleaned = load_conversations(make_config(dataset="base,extra", eval_dataset="held",
-                                             dataset_dir=tmp_path / "clean"))
+    cleaned = load_conversations(make_config(dataset="base,extra", eval_dataset="held", dataset_dir=tmp_path / "clean"))
     assert len(cleaned.train) == len(kept_base) + len(kept_extra) and len(cleaned.eval) == held_rows
     assert not find_duplicates(cleaned.train.to_list(), "near")
 
     # deterministic: a second clean gives the same files; without clean_remove_leaks the leaks are reported only
-    config = _config_file(tmp_path, dataset="base,extra", eval_dataset="held", dataset_dir=str(seeded["folder"]),
-                          clean_dedup="near")
+    config = _config_file(
+        tmp_path, dataset="base,extra", eval_dataset="held", dataset_dir=str(seeded["folder"]), clean_dedup="near"
+    )
     code, out, err = run_cli(["data", "clean", str(config), "--out", str(tmp_path / "clean")], monkeypatch, capsys)
     assert code == 2 and "--overwrite" in err
-    code, out, err = run_cli(["data", "clean", str(config), "--out", str(tmp_path / "clean"), "--overwrite"],
-                             monkeypatch, capsys)
+    code, out, err = run_cli(
+        ["data", "clean", str(config), "--out", str(tmp_path / "clean"), "--overwrite"], monkeypatch, capsys
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "clean" / "clean_report.json").read_text())
     assert len(report["leaks"]) == 2 and not report["leaks_removed"] and "leak" not in report["removed"]
     assert len(json.loads((tmp_path / "clean" / "extra.json").read_text())) == len(kept_extra) + 2
 
 
-def test_clean_in_training_data_and_its_summary(seeded: dict[str, Any], tiny_model_dir: Path,
-                                                tiny_tokenizer: Any) -> None:
+def test_clean_in_training_data_and_its_summary(
+    seeded: dict[str, Any], tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
     prepare_tokenizer(tiny_tokenizer, get_template("chatml"))
-    cfg = make_config(model_name_or_path=tiny_model_dir, dataset="base,extra", eval_dataset="held",
-                      dataset_dir=seeded["folder"], clean_dedup="exact", cutoff_len=1024)
+    cfg = make_config(
+        model_name_or_path=tiny_model_dir,
+        dataset="base,extra",
+        eval_dataset="held",
+        dataset_dir=seeded["folder"],
+        clean_dedup="exact",
+        cutoff_len=1024,
+    )
     data = prepare_data(cfg, tiny_tokenizer)
     base_rows, extra_rows, _ = seeded["rows"]
     assert len(data.train) == base_rows + extra_rows - 3  # the three exact duplicates; near ones stay with exact
@@ -150,31 +181,53 @@ def test_clean_in_training_data_and_its_summary(seeded: dict[str, Any], tiny_mod
 
 
 def test_filters_name_each_reason(tiny_tokenizer: Any) -> None:
-    rows = [conversation("Say hi", "Hello there, nice to meet you today.", index=0),
-            conversation("Say hi", "   ", index=1),
-            conversation("Explain", "k", index=2),
-            conversation("Sell", "buy now buy now buy now buy now buy now buy now buy now", index=3),
-            conversation("Repeat after me: the cat sat on the mat", "the cat sat on the mat", index=4),
-            conversation("Help", "As an AI language model, I cannot do that.", index=5),
-            conversation("你好", "今天天气很好，我们去公园散步吧，然后去吃饭。", index=6),
-            conversation("Write", " ".join(f"word{i}" for i in range(200)), index=7)]
-    cfg = make_config(clean_empty_replies=True, clean_min_reply_tokens=3, clean_max_reply_tokens=150,
-                      clean_max_repeated_ngrams=0.5, clean_prompt_copies=True,
-                      clean_patterns=["as an ai language model"], clean_languages="en")
+    rows = [
+        conversation("Say hi", "Hello there, nice to meet you today.", index=0),
+        conversation("Say hi", "   ", index=1),
+        conversation("Explain", "k", index=2),
+        conversation("Sell", "buy now buy now buy now buy now buy now buy now buy now", index=3),
+        conversation("Repeat after me: the cat sat on the mat", "the cat sat on the mat", index=4),
+        conversation("Help", "As an AI language model, I cannot do that.", index=5),
+        conversation("你好", "今天天气很好，我们去公园散步吧，然后去吃饭。", index=6),
+        conversation("Write", " ".join(f"word{i}" for i in range(200)), index=7),
+    ]
+    cfg = make_config(
+        clean_empty_replies=True,
+        clean_min_reply_tokens=3,
+        clean_max_reply_tokens=150,
+        clean_max_repeated_ngrams=0.5,
+        clean_prompt_copies=True,
+        clean_patterns=["as an ai language model"],
+        clean_languages="en",
+    )
     result = clean_rows(cfg, rows, None, tiny_tokenizer)
     assert result.train_keep == [0]
     assert [(r.index, r.reason) for r in result.removed] == [
-        (1, "empty_reply"), (2, "short_reply"), (3, "repeated_ngrams"), (4, "prompt_copy"), (5, "pattern"),
-        (6, "language"), (7, "long_reply")]
+        (1, "empty_reply"),
+        (2, "short_reply"),
+        (3, "repeated_ngrams"),
+        (4, "prompt_copy"),
+        (5, "pattern"),
+        (6, "language"),
+        (7, "long_reply"),
+    ]
 
 
 # ---------------------------------------------------------------------------- statistics and plots
 
-def test_stats_writes_json_plots_and_summary(shared_data: Path, tiny_model_dir: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    config = _config_file(tmp_path, model_name_or_path=str(tiny_model_dir), dataset_dir=str(shared_data),
-                          dataset="alpaca_en_demo,alpaca_zh_demo,identity", max_samples=40, val_size=0.1,
-                          cutoff_len=256)
+
+def test_stats_writes_json_plots_and_summary(
+    shared_data: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    config = _config_file(
+        tmp_path,
+        model_name_or_path=str(tiny_model_dir),
+        dataset_dir=str(shared_data),
+        dataset="alpaca_en_demo,alpaca_zh_demo,identity",
+        max_samples=40,
+        val_size=0.1,
+        cutoff_len=256,
+    )
     out = tmp_path / "stats"
     code, stdout, err = run_cli(["data", "stats", str(config), "--out", str(out)], monkeypatch, capsys)
     assert code == 0, err
@@ -183,7 +236,9 @@ def test_stats_writes_json_plots_and_summary(shared_data: Path, tiny_model_dir: 
     en, zh = report["datasets"]["alpaca_en_demo"], report["datasets"]["alpaca_zh_demo"]
     assert report["overall"]["rows"] == sum(d["rows"] for d in report["datasets"].values())
     assert en["rows"] <= 40 and en["turns"] == en["rows"] and en["prompt_tokens"] + en["trained_tokens"] == en["tokens"]
-    assert max(en["languages"], key=en["languages"].get) == "en" and max(zh["languages"], key=zh["languages"].get) == "zh"
+    assert (
+        max(en["languages"], key=en["languages"].get) == "en" and max(zh["languages"], key=zh["languages"].get) == "zh"
+    )
     assert 0 < en["trained_fraction"] < 1 and en["length_p50"] <= en["length_p90"] <= en["length_max"] <= 256
     assert "alpaca_zh_demo" in stdout and "(all)" in stdout
     import matplotlib.image as mpimg
@@ -198,6 +253,7 @@ def test_stats_writes_json_plots_and_summary(shared_data: Path, tiny_model_dir: 
 
 # ---------------------------------------------------------------------------- balance and curriculum
 
+
 def test_balance_hits_the_shares() -> None:
     categories = ["qa"] * 50 + ["code"] * 10 + ["chat"] * 40 + ["other"] * 5
     result = balance(categories, {"qa": 50, "code": 25, "chat": 25}, None, seed=0)
@@ -209,28 +265,36 @@ def test_balance_hits_the_shares() -> None:
     assert "code 25.0% (wanted 25.0%, 25 of 10 rows)" in more.summary_line("category")
 
 
-def test_balance_and_curriculum_in_prepared_data(shared_data: Path, tiny_model_dir: Path, tiny_tokenizer: Any,
-                                                 tmp_path: Path) -> None:
+def test_balance_and_curriculum_in_prepared_data(
+    shared_data: Path, tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path
+) -> None:
     rows = alpaca(shared_data)[:100]
     kinds = ["creative", "qa", "code", "analysis", "chat"]
-    folder = write_registry(tmp_path / "data", {"mixed": [dict(r, category=kinds[i % 5], score=(i * 7) % 11)
-                                                          for i, r in enumerate(rows)]})
+    folder = write_registry(
+        tmp_path / "data", {"mixed": [dict(r, category=kinds[i % 5], score=(i * 7) % 11) for i, r in enumerate(rows)]}
+    )
     prepare_tokenizer(tiny_tokenizer, get_template("chatml"))
     common = dict(model_name_or_path=tiny_model_dir, dataset="mixed", dataset_dir=folder, cutoff_len=512)
-    cfg = make_config(**common, balance_column="category",
-                      balance_shares={"creative": 20, "qa": 25, "code": 15, "analysis": 20, "chat": 20},
-                      curriculum="length")
+    cfg = make_config(
+        **common,
+        balance_column="category",
+        balance_shares={"creative": 20, "qa": 25, "code": 15, "analysis": 20, "chat": 20},
+        curriculum="length",
+    )
     data = prepare_data(cfg, tiny_tokenizer)
     lengths = [len(ids) for ids in data.train["input_ids"]]
     assert lengths == sorted(lengths)
     lines = data.stats.summary_lines()
-    assert any(line.startswith("balance by category: creative 20.0% (wanted 20.0%") and "qa 25.0% (wanted 25.0%"
-               in line for line in lines), lines
+    assert any(
+        line.startswith("balance by category: creative 20.0% (wanted 20.0%") and "qa 25.0% (wanted 25.0%" in line
+        for line in lines
+    ), lines
     assert any(line.startswith("curriculum: by length (tokens), easy to hard") for line in lines)
     assert len(data.train) == 80  # qa (20 rows) limits it: 20 / 0.25
 
-    staged = prepare_data(make_config(**common, curriculum="score", curriculum_column="score", curriculum_stages=3),
-                          tiny_tokenizer)
+    staged = prepare_data(
+        make_config(**common, curriculum="score", curriculum_column="score", curriculum_stages=3), tiny_tokenizer
+    )
     scores = [(i * 7) % 11 for i in staged.train["index"]]
     thirds = [scores[:34], scores[34:68], scores[68:]]
     assert max(thirds[0]) <= min(thirds[1]) and max(thirds[1]) <= min(thirds[2])
@@ -253,16 +317,19 @@ def test_curriculum_order_and_sequential_sampling() -> None:
 def test_quality_keys_are_checked() -> None:
     from sftkit.errors import ConfigError
 
-    for keys, words in [({"curriculum": "length", "packing": True}, "packing"),
-                        ({"curriculum": "score"}, "curriculum_column"),
-                        ({"balance_column": "category"}, "balance_shares"),
-                        ({"clean_patterns": ["(unclosed"]}, "not a regular expression"),
-                        ({"clean_judge_model": "m"}, "clean_judge_base_url")]:
+    for keys, words in [
+        ({"curriculum": "length", "packing": True}, "packing"),
+        ({"curriculum": "score"}, "curriculum_column"),
+        ({"balance_column": "category"}, "balance_shares"),
+        ({"clean_patterns": ["(unclosed"]}, "not a regular expression"),
+        ({"clean_judge_model": "m"}, "clean_judge_base_url"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             make_config(**keys)
 
 
 # ---------------------------------------------------------------------------- a fake OpenAI-compatible endpoint
+
 
 class FakeEndpoint:
     """/v1/chat/completions on loopback, answering with `reply(prompt)`; `statuses` are sent first, one per call."""
@@ -285,9 +352,19 @@ class FakeEndpoint:
                 return JSONResponse({"error": {"message": "busy"}}, status_code=self.statuses.pop(0))
             prompt = body["messages"][-1]["content"]
             self.prompts.append(prompt)
-            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": self.reply(prompt)}}]}
+            return {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": self.reply(prompt)},
+                    }
+                ],
+            }
 
         return app
 
@@ -328,9 +405,11 @@ def test_judge_scores_filter_and_cache(endpoint: Any, tmp_path: Path) -> None:
         return '```json\n{"clarity": 5, "helpfulness": 4, "formatting": 5}\n```'
 
     url, fake = endpoint(judge)
-    rows = [conversation("Explain rain", "Water vapour condenses into drops that fall.", index=0),
-            conversation("Explain rain", "sloppy answr", index=1),
-            conversation("Explain snow (flaky)", "Ice crystals form in cold clouds and fall.", index=2)]
+    rows = [
+        conversation("Explain rain", "Water vapour condenses into drops that fall.", index=0),
+        conversation("Explain rain", "sloppy answr", index=1),
+        conversation("Explain snow (flaky)", "Ice crystals form in cold clouds and fall.", index=2),
+    ]
     cfg = make_config(clean_judge_model="judge", clean_judge_base_url=url)
     cache = tmp_path / "scores.jsonl"
     result = clean_rows(cfg, rows, None, judge_cache=cache)
@@ -342,26 +421,36 @@ def test_judge_scores_filter_and_cache(endpoint: Any, tmp_path: Path) -> None:
 
 
 def test_generate_validates_dedups_retries_and_resumes(endpoint: Any, tmp_path: Path) -> None:
-    answers = iter([
-        "not json at all",
-        '{"instruction": "", "output": "x"}',  # invalid: empty instruction
-        '{"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat well."}',  # seed copy
-        '{"instruction": "Name a mammal that can fly.", "input": "", "output": "The bat."}',
-        '{"instruction": "Translate good morning into French.", "input": "", "output": "Bonjour."}',
-        '{"instruction": "Write a haiku about autumn leaves.", "input": "", "output": "Red leaves drift..."}',
-        '{"instruction": "List two prime numbers above ten.", "input": "", "output": "11 and 13."}',
-    ])
+    answers = iter(
+        [
+            "not json at all",
+            '{"instruction": "", "output": "x"}',  # invalid: empty instruction
+            '{"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat well."}',  # seed copy
+            '{"instruction": "Name a mammal that can fly.", "input": "", "output": "The bat."}',
+            '{"instruction": "Translate good morning into French.", "input": "", "output": "Bonjour."}',
+            '{"instruction": "Write a haiku about autumn leaves.", "input": "", "output": "Red leaves drift..."}',
+            '{"instruction": "List two prime numbers above ten.", "input": "", "output": "11 and 13."}',
+        ]
+    )
     url, fake = endpoint(lambda prompt: next(answers))
     seeds_file = tmp_path / "seeds.json"
-    seeds_file.write_text(json.dumps([row("Give three tips for staying healthy.", "Eat, sleep, move."),
-                                      row("Describe the water cycle.", "Evaporation, condensation, rain.")]))
+    seeds_file.write_text(
+        json.dumps(
+            [
+                row("Give three tips for staying healthy.", "Eat, sleep, move."),
+                row("Describe the water cycle.", "Evaporation, condensation, rain."),
+            ]
+        )
+    )
     out = tmp_path / "gen" / "self_instruct.jsonl"
     settings = GenerateSettings(base_url=url, model="m", rows=2, backoff=0.0, max_retries=2)
     fake.statuses = [503]  # the client retries a busy server by itself
     result = generate(read_seeds(seeds_file), out, settings)
     assert (result.rows, result.added, result.malformed, result.near_duplicates) == (2, 2, 2, 1)
     assert [json.loads(line)["instruction"] for line in out.read_text().splitlines()] == [
-        "Name a mammal that can fly.", "Translate good morning into French."]
+        "Name a mammal that can fly.",
+        "Translate good morning into French.",
+    ]
     registry = json.loads((out.parent / "dataset_info.json").read_text())
     assert registry == {"self_instruct": {"file_name": "self_instruct.jsonl"}}
     with out.open("a") as f:
@@ -381,6 +470,21 @@ def test_generate_cli_names_an_unreachable_endpoint(tmp_path: Path, monkeypatch:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there
-    code, _, err = run_cli(["data", "generate", str(seeds_file), "--out", str(tmp_path / "g.jsonl"), "--base-url",
-                            f"http://127.0.0.1:{port}/v1", "--model", "m", "-n", "1"], monkeypatch, capsys)
+    code, _, err = run_cli(
+        [
+            "data",
+            "generate",
+            str(seeds_file),
+            "--out",
+            str(tmp_path / "g.jsonl"),
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--model",
+            "m",
+            "-n",
+            "1",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 2 and "cannot reach the endpoint" in err and "Traceback" not in err

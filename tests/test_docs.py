@@ -53,9 +53,9 @@ def sftkit_argv(line: str) -> list[str] | None:
         words = words[:-1]
     for i, word in enumerate(words):
         if word == "sftkit" and i > 0 and words[i - 1] == "-m":
-            return words[i + 1:]
+            return words[i + 1 :]
         if word.split("/")[-1] == "sftkit" and all("=" in w for w in words[:i]):  # `VAR=x sftkit ...`
-            return words[i + 1:]
+            return words[i + 1 :]
     return None
 
 
@@ -129,8 +129,12 @@ def cheap(argv: list[str]) -> bool:
         return True
     configs = [word for word in argv if word.endswith(".yaml")]
     command = tuple(argv[:2]) if argv[:1] == ["data"] else tuple(argv[:1])
-    return (command in RUN_FOR_REAL and bool(configs) and all((REPO / word).is_file() for word in configs)
-            and not any(real_model_config(REPO / word) for word in configs))
+    return (
+        command in RUN_FOR_REAL
+        and bool(configs)
+        and all((REPO / word).is_file() for word in configs)
+        and not any(real_model_config(REPO / word) for word in configs)
+    )
 
 
 def real_model_config(path: Path) -> bool:
@@ -176,6 +180,7 @@ def _combinations(names: list[list[str]]) -> list[tuple[str, ...]]:
 
 def cli_commands() -> set[tuple[str, ...]]:
     """Every leaf command of `sftkit`, as its path of names."""
+
     def walk(command: Any, path: tuple[str, ...]) -> set[tuple[str, ...]]:
         if not hasattr(command, "resolve_command"):
             return {path}

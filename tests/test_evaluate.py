@@ -18,15 +18,15 @@ import pytest
 import torch
 import yaml
 
-from sftkit.training.callbacks import SAMPLES_RUN, SAMPLES_TAG
 from sftkit.config import SftConfig, validate_config
-from sftkit.templates import get_template
-from sftkit.errors import SftkitError
 from sftkit.data.prompts import Prompt, to_prompt
+from sftkit.errors import SftkitError
 from sftkit.evaluate import evaluate, metrics_path, predict, score
 from sftkit.evaluate.perplexity import default_eval_path
 from sftkit.model import encode_prompts
+from sftkit.templates import get_template
 from sftkit.training import train
+from sftkit.training.callbacks import SAMPLES_RUN, SAMPLES_TAG
 from sftkit.training.overfitting import OVERFIT_GAP, overfitting_signs
 
 # ---------------------------------------------------------------------------- overfitting_signs
@@ -86,7 +86,7 @@ def test_no_evaluation_no_signs() -> None:
 
 
 def test_identical_replies_score_100_and_unrelated_ones_near_0() -> None:
-    refs = ["27 minus 6 is 21.", "The word \"apple\" has 5 letters."]
+    refs = ["27 minus 6 is 21.", 'The word "apple" has 5 letters.']
     rows, corpus = score(refs, refs)
     assert all(value == pytest.approx(100) for row in rows for value in row.values())
     assert corpus == pytest.approx({"bleu_4": 100, "rouge_1": 100, "rouge_2": 100, "rouge_l": 100})
@@ -108,9 +108,13 @@ def test_chinese_text_is_scored_by_character() -> None:
 
 
 def test_prompt_is_the_conversation_before_the_last_reply() -> None:
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"},
-                {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
-                {"role": "function_call", "content": '{"name": "f"}'}]
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "function_call", "content": '{"name": "f"}'},
+    ]
     prompt = to_prompt({"messages": messages, "tools": None, "dataset": "d", "index": 3}, get_template("chatml"))
     assert prompt.messages == messages[:4]
     assert prompt.reference == '<tool_call>\n{"name": "f"}\n</tool_call>'
@@ -131,13 +135,28 @@ def test_header_text_left_to_the_model_is_known(tiny_tokenizer: Any, template: s
 
 # ---------------------------------------------------------------------------- real runs on the tiny model
 
+
 def run_config(tiny_model_dir: Path, data_dir: Path, out: Path, **overrides: Any) -> SftConfig:
     """Six training rows and two eval rows of the bundled alpaca demo, evaluated in one batch."""
-    return validate_config({
-        "model_name_or_path": str(tiny_model_dir), "dataset": "demo_alpaca", "dataset_dir": str(data_dir),
-        "output_dir": str(out), "template": "chatml", "max_samples": 8, "val_size": 2, "cutoff_len": 128,
-        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "eval_strategy": "steps",
-        "save_strategy": "no", "logging_steps": 5, "plot_loss": False, **overrides})
+    return validate_config(
+        {
+            "model_name_or_path": str(tiny_model_dir),
+            "dataset": "demo_alpaca",
+            "dataset_dir": str(data_dir),
+            "output_dir": str(out),
+            "template": "chatml",
+            "max_samples": 8,
+            "val_size": 2,
+            "cutoff_len": 128,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 8,
+            "eval_strategy": "steps",
+            "save_strategy": "no",
+            "logging_steps": 5,
+            "plot_loss": False,
+            **overrides,
+        }
+    )
 
 
 @dataclass
@@ -161,9 +180,20 @@ def overfit(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.T
     Evaluates at steps 30 and 60 with TensorBoard on, so samples are generated twice.
     """
     out = tmp_path_factory.mktemp("evaluate") / "overfit"
-    cfg = run_config(tiny_model_dir, bundled_data, out, finetuning_type="full", packing=True, learning_rate=3e-3,
-                     lr_scheduler_type="constant", max_steps=60, eval_steps=30, report_to="tensorboard",
-                     eval_generation_samples=2, generation_max_new_tokens=8)
+    cfg = run_config(
+        tiny_model_dir,
+        bundled_data,
+        out,
+        finetuning_type="full",
+        packing=True,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        max_steps=60,
+        eval_steps=30,
+        report_to="tensorboard",
+        eval_generation_samples=2,
+        generation_max_new_tokens=8,
+    )
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         train(cfg)
@@ -175,8 +205,17 @@ def lora(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.Temp
     """A few LoRA updates, unpacked rows, no TensorBoard; the two eval rows (of different lengths) in two
     batches, so the trainer's eval loss must weigh batches by their trained tokens to equal `sftkit eval`."""
     out = tmp_path_factory.mktemp("evaluate") / "lora"
-    cfg = run_config(tiny_model_dir, bundled_data, out, learning_rate=1e-3, max_steps=4, eval_steps=2,
-                     per_device_eval_batch_size=1, seed=1, report_to="none")  # seed 1: 7 and 21 trained tokens
+    cfg = run_config(
+        tiny_model_dir,
+        bundled_data,
+        out,
+        learning_rate=1e-3,
+        max_steps=4,
+        eval_steps=2,
+        per_device_eval_batch_size=1,
+        seed=1,
+        report_to="none",
+    )  # seed 1: 7 and 21 trained tokens
     train(cfg)
     return Run(out, cfg, "")
 
@@ -189,8 +228,9 @@ def test_eval_loss_matches_the_trainers(name: str, request: pytest.FixtureReques
     # inference runs in bf16 on a GPU, the tiny runs train in fp32
     tolerance = 1e-2 if torch.cuda.is_available() else 1e-5
     assert results["loss"] == pytest.approx(run.trainer_eval_loss(), rel=tolerance)
-    assert results["loss"] == pytest.approx(json.loads((run.path / "metrics.json").read_text())["eval_loss"],
-                                            rel=tolerance)
+    assert results["loss"] == pytest.approx(
+        json.loads((run.path / "metrics.json").read_text())["eval_loss"], rel=tolerance
+    )
     assert results["perplexity"] == pytest.approx(math.exp(results["loss"]), rel=1e-12)
     assert results["rows"] == 2 and results["tokens"] > 0
     assert results["datasets"]["demo_alpaca"]["loss"] == pytest.approx(results["loss"])
@@ -198,7 +238,8 @@ def test_eval_loss_matches_the_trainers(name: str, request: pytest.FixtureReques
 
 
 def test_eval_json_defaults_to_the_working_directory_never_the_model_folder(
-        lora: Run, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lora: Run, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in lora.path.iterdir())
     results = evaluate(str(lora.path), lora.cfg, split="train")
@@ -213,21 +254,29 @@ def test_eval_json_defaults_to_the_working_directory_never_the_model_folder(
     assert evaluate(str(lora.path), lora.cfg, split="train", overwrite=True) == results
 
 
-def test_overfit_model_beats_its_base_on_the_rows_it_saw(overfit: Run, tiny_model_dir: Path,
-                                                        tmp_path: Path) -> None:
+def test_overfit_model_beats_its_base_on_the_rows_it_saw(overfit: Run, tiny_model_dir: Path, tmp_path: Path) -> None:
     tuned = evaluate(str(overfit.path), overfit.cfg, split="train", out=tmp_path / "tuned.json")
     base = evaluate(str(tiny_model_dir), overfit.cfg, split="train", out=tmp_path / "base.json")
     assert (tuned["rows"], tuned["tokens"]) == (base["rows"], base["tokens"])  # the same rows and masks
     assert tuned["loss"] < base["loss"] / 4
 
     out = tmp_path / "preds.jsonl"
-    metrics = predict(str(overfit.path), overfit.cfg, out=out, n=4, split="train", compare=str(tiny_model_dir),
-                      max_new_tokens=24)
+    metrics = predict(
+        str(overfit.path), overfit.cfg, out=out, n=4, split="train", compare=str(tiny_model_dir), max_new_tokens=24
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and metrics["n"] == 4
     for row in rows:
-        assert set(row) >= {"dataset", "index", "prompt", "reference", "generation", "scores",
-                            "generation_compare", "scores_compare"}
+        assert set(row) >= {
+            "dataset",
+            "index",
+            "prompt",
+            "reference",
+            "generation",
+            "scores",
+            "generation_compare",
+            "scores_compare",
+        }
         assert row["prompt"].endswith("<|im_start|>assistant\n") and row["reference"]
     assert json.loads(metrics_path(out).read_text()) == metrics
     for name in ("bleu_4", "rouge_1", "rouge_2", "rouge_l"):
@@ -248,8 +297,17 @@ def test_batched_generation_equals_one_at_a_time(overfit: Run, tmp_path: Path) -
 def test_sampling_is_seeded(lora: Run, tmp_path: Path) -> None:
     def sample(seed: int) -> list[str]:
         out = tmp_path / f"seed{seed}.jsonl"
-        predict(str(lora.path), lora.cfg, out=out, n=2, split="train", max_new_tokens=8, temperature=1.5, seed=seed,
-                overwrite=True)
+        predict(
+            str(lora.path),
+            lora.cfg,
+            out=out,
+            n=2,
+            split="train",
+            max_new_tokens=8,
+            temperature=1.5,
+            seed=seed,
+            overwrite=True,
+        )
         return [json.loads(line)["generation"] for line in out.read_text().splitlines()]
 
     assert sample(0) == sample(0)
@@ -309,8 +367,21 @@ def test_cli_eval_and_predict(lora: Run, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(lora.path), "--config", str(config), "--out", str(tmp_path / "e.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "e.json").read_text())["rows"] == 2
-    result = runner.invoke(app, ["predict", str(lora.path), "--config", str(config), "--out",
-                                 str(tmp_path / "p.jsonl"), "-n", "2", "--max-new-tokens", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(lora.path),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "-n",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
     # one output rule: an existing --out is refused without --overwrite, for predict as for merge
@@ -320,31 +391,64 @@ def test_cli_eval_and_predict(lora: Run, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(lora.path), "--out", str(tmp_path / "own.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "own.json").read_text())["rows"] == 2
-    result = runner.invoke(app, ["predict", str(lora.path), "--out", str(tmp_path / "p.jsonl"), "-n", "1",
-                                 "--max-new-tokens", "4", "--overwrite"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(lora.path),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "-n",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--overwrite",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 
 @pytest.mark.integration
-def test_pairwise_sheet_and_judge_then_ratings_read_back(lora: Run, tiny_model_dir: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_pairwise_sheet_and_judge_then_ratings_read_back(
+    lora: Run, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """predict --compare --sheet --judge-url: the same prompts answered by the run and its base, a blind sheet,
     the judge's verdicts (a fake OpenAI-compatible endpoint on loopback); eval --ratings reads a filled copy."""
     import csv
 
-    from helpers import run_cli
     from test_judge import fake_judge_app, serve
+
+    from helpers import run_cli
 
     calls: list[str] = []
     endpoint = serve(fake_judge_app(calls))
     url = next(endpoint)
     try:
         sheet, out = tmp_path / "sheet.csv", tmp_path / "p.jsonl"
-        code, printed, err = run_cli(["predict", str(lora.path), "--out", str(out), "-n", "2", "--max-new-tokens", "4",
-                                      "--compare", str(tiny_model_dir), "--sheet", str(sheet), "--judge-url", url,
-                                      "--judge-model", "fake", "--judge-cache", str(tmp_path / "cache.jsonl")],
-                                     monkeypatch, capsys)
+        code, printed, err = run_cli(
+            [
+                "predict",
+                str(lora.path),
+                "--out",
+                str(out),
+                "-n",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--compare",
+                str(tiny_model_dir),
+                "--sheet",
+                str(sheet),
+                "--judge-url",
+                url,
+                "--judge-model",
+                "fake",
+                "--judge-cache",
+                str(tmp_path / "cache.jsonl"),
+            ],
+            monkeypatch,
+            capsys,
+        )
     finally:
         next(endpoint, None)
     assert code == 0, err

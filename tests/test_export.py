@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
 from test_merge import assert_one_error, make_lora_run
 
+from helpers import run_cli
 from sftkit.errors import SftkitError
+
 
 def _converter_missing() -> bool:
     from sftkit.export.convert import llama_cpp_dir
@@ -25,14 +26,22 @@ def _converter_missing() -> bool:
 
 
 # scripts/setup.sh installs both: llama-cpp-python, and llama.cpp's converter from the same version's source
-needs_converter = pytest.mark.skipif(_converter_missing(), reason="llama.cpp's convert_hf_to_gguf.py is not in "
-                                     ".venv/share/sftkit/llama.cpp (scripts/setup.sh extracts it)")
+needs_converter = pytest.mark.skipif(
+    _converter_missing(),
+    reason="llama.cpp's convert_hf_to_gguf.py is not in .venv/share/sftkit/llama.cpp (scripts/setup.sh extracts it)",
+)
 needs_llama_cpp = pytest.mark.skipif(
     __import__("importlib").util.find_spec("llama_cpp") is None or _converter_missing(),
-    reason="llama-cpp-python or llama.cpp's converter is missing (scripts/setup.sh); the GGUF checks need llama.cpp")
+    reason="llama-cpp-python or llama.cpp's converter is missing (scripts/setup.sh); the GGUF checks need llama.cpp",
+)
 
-AWKWARD = ["Hello world", "  two  spaces and a\ttab\n\nnew lines", "café, naïve, 植物 and 🌱",
-           "<|im_start|>user\nHi<|im_end|>\n", "3.14 and 42, '' \"quotes\" {braces}"]
+AWKWARD = [
+    "Hello world",
+    "  two  spaces and a\ttab\n\nnew lines",
+    "café, naïve, 植物 and 🌱",
+    "<|im_start|>user\nHi<|im_end|>\n",
+    "3.14 and 42, '' \"quotes\" {braces}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +56,10 @@ def exported(lora_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     from sftkit.export import export
 
     folder = tmp_path_factory.mktemp("gguf")
-    return {outtype: export(str(lora_run), out=folder / f"run-{outtype}.gguf", outtype=outtype)
-            for outtype in ("f32", "f16", "q8_0", "q4_k_m")}
+    return {
+        outtype: export(str(lora_run), out=folder / f"run-{outtype}.gguf", outtype=outtype)
+        for outtype in ("f32", "f16", "q8_0", "q4_k_m")
+    }
 
 
 def merged_reference(run_dir: Path):
@@ -60,16 +71,27 @@ def merged_reference(run_dir: Path):
 def llama(path: Path, n_ctx: int = 512):
     from llama_cpp import Llama
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_gpu_layers=0, n_threads=1,
-                 type_k=0, type_v=0, verbose=False)  # f32 key/value cache (ggml type 0)
+    return Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        logits_all=True,
+        n_gpu_layers=0,
+        n_threads=1,
+        type_k=0,
+        type_v=0,
+        verbose=False,
+    )  # f32 key/value cache (ggml type 0)
 
 
 # ---------------------------------------------------------------------------- llama.cpp computes what transformers does
 
+
 @needs_llama_cpp
 @pytest.mark.parametrize("outtype, tolerance", [("f32", 1e-4), ("f16", 0.01), ("q8_0", 0.1), ("q4_k_m", 0.5)])
-def test_llama_cpp_logits_match_transformers(exported: dict[str, Path], lora_run: Path, outtype: str,
-                                             tolerance: float) -> None:
+def test_llama_cpp_logits_match_transformers(
+    exported: dict[str, Path], lora_run: Path, outtype: str, tolerance: float
+) -> None:
     """An independent check of what export checked: on a two-turn conversation rendered with the trained
     template (not export's probe), llama.cpp's logits at every position are transformers' within the
     out-type's tolerance, and f32 is far tighter than that."""
@@ -77,8 +99,11 @@ def test_llama_cpp_logits_match_transformers(exported: dict[str, Path], lora_run
     import torch
 
     run = merged_reference(lora_run)
-    messages = [{"role": "user", "content": "Name a red fruit."}, {"role": "assistant", "content": "An apple."},
-                {"role": "user", "content": "And a yellow one?"}]
+    messages = [
+        {"role": "user", "content": "Name a red fruit."},
+        {"role": "assistant", "content": "An apple."},
+        {"role": "user", "content": "And a yellow one?"},
+    ]
     ids = run.tokenizer(run.template.generation_prompt(messages), add_special_tokens=False).input_ids
     with torch.inference_mode():
         reference = run.model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
@@ -121,8 +146,12 @@ def test_export_reports_what_llama_cpp_checked(lora_run: Path, tmp_path: Path, c
 
     out = export(str(lora_run), out=tmp_path / "model.gguf", outtype="f32")
     err = capsys.readouterr()
-    lines = re.findall(r"^verify \(llama\.cpp f32, f16 KV cache\) (\S+): (\d+) tokens, max logit difference "
-                       r"[\d.]+% of the largest \(limit 5%\), greedy 16/16 tokens equal$", err.err, re.M)
+    lines = re.findall(
+        r"^verify \(llama\.cpp f32, f16 KV cache\) (\S+): (\d+) tokens, max logit difference "
+        r"[\d.]+% of the largest \(limit 5%\), greedy 16/16 tokens equal$",
+        err.err,
+        re.M,
+    )
     assert [name for name, _ in lines] == ["short", "long", "unicode", "multi-turn"]
     assert int(dict(lines)["long"]) > 4 * int(dict(lines)["short"])
     assert "checked by llama.cpp on 4 prompts with an f16 KV cache" in err.out and "llama-cli -m" in err.err
@@ -130,8 +159,7 @@ def test_export_reports_what_llama_cpp_checked(lora_run: Path, tmp_path: Path, c
 
 
 @needs_llama_cpp
-def test_a_wrong_tensor_layout_fails_and_leaves_nothing(lora_run: Path, tmp_path: Path, monkeypatch,
-                                                         capsys) -> None:
+def test_a_wrong_tensor_layout_fails_and_leaves_nothing(lora_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """The bug class unsloth's users meet: q rows permuted (HF's half-split rotary vs an interleaved one). The
     file loads and looks fine; export must refuse it. The converter's output is edited in place before the check."""
     import gguf
@@ -151,13 +179,15 @@ def test_a_wrong_tensor_layout_fails_and_leaves_nothing(lora_run: Path, tmp_path
         return notes
 
     monkeypatch.setattr(recipe, "write_gguf", permuted)
-    code, _, err = run_cli(["export", str(lora_run), "--out", str(tmp_path / "bad.gguf"), "--outtype", "f32"],
-                           monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["export", str(lora_run), "--out", str(tmp_path / "bad.gguf"), "--outtype", "f32"], monkeypatch, capsys
+    )
     assert code == 2 and "export check failed" in err and "logits differ" in err and "nothing was written" in err
     assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- the tokenizer, both families
+
 
 @needs_llama_cpp
 def test_byte_level_bpe_tokenizes_like_transformers(exported: dict[str, Path], lora_run: Path) -> None:
@@ -166,8 +196,10 @@ def test_byte_level_bpe_tokenizes_like_transformers(exported: dict[str, Path], l
     tokenizer = AutoTokenizer.from_pretrained(lora_run)
     llm = llama(exported["f16"])
     for text in AWKWARD:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(
-            text, add_special_tokens=False).input_ids, text
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=True)
+            == tokenizer(text, add_special_tokens=False).input_ids
+        ), text
     llm.close()
 
 
@@ -188,12 +220,28 @@ def sentencepiece_model(request, tmp_path_factory: pytest.TempPathFactory, bundl
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(f"{r['instruction']} {r['output']}" for r in rows), encoding="utf-8")
     sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=700, model_type="bpe",
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        input=str(corpus),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=700,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
         user_defined_symbols=["<|begin_of_sentence|>", "<|end_of_sentence|>"],
-        pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>", minloglevel=2)
-    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-              "tokenizer_class": request.param}
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        pad_piece="<pad>",
+        minloglevel=2,
+    )
+    config = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "tokenizer_class": request.param,
+    }
     if request.param == "Ernie4_5_Tokenizer":
         config["auto_map"] = {"AutoTokenizer": ["tokenization_ernie4_5.Ernie4_5_Tokenizer", None]}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
@@ -201,16 +249,16 @@ def sentencepiece_model(request, tmp_path_factory: pytest.TempPathFactory, bundl
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model_dir = folder / "model"
     torch.manual_seed(0)
-    model_config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                                     tokenizer.eos_token_id, initializer_range=0.3)
+    model_config = tiny_model_config(
+        len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, initializer_range=0.3
+    )
     AutoModelForCausalLM.from_config(model_config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return model_dir
 
 
 @needs_llama_cpp
-def test_sentencepiece_model_exports_and_tokenizes_like_transformers(sentencepiece_model: Path,
-                                                                     tmp_path: Path) -> None:
+def test_sentencepiece_model_exports_and_tokenizes_like_transformers(sentencepiece_model: Path, tmp_path: Path) -> None:
     """The base model exports (its check passing: logits, greedy tokens, the probe's ids) and llama.cpp
     tokenizes chat prompts with awkward text as transformers does."""
     from transformers import AutoTokenizer
@@ -225,14 +273,18 @@ def test_sentencepiece_model_exports_and_tokenizes_like_transformers(sentencepie
     prepare_tokenizer(tokenizer, template)  # as export's loading did: the template's tokens added
     llm = llama(out)
     for text in AWKWARD:
-        prompt = template.generation_prompt([{"role": "system", "content": "Be brief."},
-                                             {"role": "user", "content": text}])
-        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == tokenizer(
-            prompt, add_special_tokens=False).input_ids, text
+        prompt = template.generation_prompt(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+        )
+        assert (
+            llm.tokenize(prompt.encode(), add_bos=False, special=True)
+            == tokenizer(prompt, add_special_tokens=False).input_ids
+        ), text
     llm.close()
 
 
 # ---------------------------------------------------------------------------- Ollama
+
 
 @needs_llama_cpp
 def test_ollama_folder_has_the_gguf_and_a_modelfile(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -267,25 +319,31 @@ def test_ollama_pieces_reproduce_every_plain_named_template() -> None:
 
 
 @needs_converter
-def test_ollama_refuses_a_run_trained_on_a_jinja_template(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
-                                                          capsys) -> None:
+def test_ollama_refuses_a_run_trained_on_a_jinja_template(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     run = make_lora_run(tiny_model_dir, tmp_path / "run")
     config = (run / "sftkit_config.yaml").read_text(encoding="utf-8")
     (run / "sftkit_config.yaml").write_text(re.sub(r"^template: chatml$", "template: null", config, flags=re.M))
-    code, _, err = run_cli(["export", str(run), "--format", "ollama", "--no-verify", "--out", str(tmp_path / "o")],
-                           monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["export", str(run), "--format", "ollama", "--no-verify", "--out", str(tmp_path / "o")], monkeypatch, capsys
+    )
     assert_one_error(code, err, "--format ollama", "Jinja chat template", "--format gguf")
     assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------- bad arguments fail before any work
 
+
 @needs_converter
-@pytest.mark.parametrize("args, words", [
-    (["--format", "onnx"], ["--format 'onnx'", "gguf, ollama"]),
-    (["--outtype", "q4_k"], ["--outtype 'q4_k'", "f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k"]),
-    (["--out", "model.bin"], ["a GGUF file's name ends in .gguf"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--format", "onnx"], ["--format 'onnx'", "gguf, ollama"]),
+        (["--outtype", "q4_k"], ["--outtype 'q4_k'", "f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k"]),
+        (["--out", "model.bin"], ["a GGUF file's name ends in .gguf"]),
+    ],
+)
 def test_cli_refuses_bad_arguments(lora_run: Path, monkeypatch, capsys, args: list[str], words: list[str]) -> None:
     code, _, err = run_cli(["export", str(lora_run), "--no-verify", *args], monkeypatch, capsys)
     assert_one_error(code, err, *words)
@@ -303,8 +361,11 @@ def test_cli_refuses_an_existing_out_without_overwrite(lora_run: Path, tmp_path:
 @needs_converter
 def test_cli_refuses_an_architecture_llama_cpp_cannot_convert(tmp_path: Path, monkeypatch, capsys) -> None:
     """Only config.json is read: no weights exist, and the error names the architecture and the converter."""
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["SomeNewForCausalLM"],
-                                                      "hidden_size": 8, "num_attention_heads": 2}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "llama", "architectures": ["SomeNewForCausalLM"], "hidden_size": 8, "num_attention_heads": 2}
+        )
+    )
     code, _, err = run_cli(["export", str(tmp_path), "--no-verify"], monkeypatch, capsys)
     assert_one_error(code, err, "architecture SomeNewForCausalLM", "convert_hf_to_gguf.py has no model class")
 
@@ -313,20 +374,26 @@ def test_cli_refuses_an_architecture_llama_cpp_cannot_convert(tmp_path: Path, mo
 def test_the_converter_knows_the_architectures_the_issue_names() -> None:
     from sftkit.export.convert import check_converter, supported_architectures
 
-    assert {"LlamaForCausalLM", "Gemma3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
-            "Ernie4_5ForCausalLM"} <= supported_architectures(check_converter())
+    assert {
+        "LlamaForCausalLM",
+        "Gemma3ForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "MistralForCausalLM",
+        "Ernie4_5ForCausalLM",
+    } <= supported_architectures(check_converter())
 
 
 def test_cli_without_the_converter_says_how_to_get_it(lora_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("SFTKIT_LLAMA_CPP_DIR", str(tmp_path / "nowhere"))
-    code, _, err = run_cli(["export", str(lora_run), "--no-verify", "--out", str(tmp_path / "m.gguf")], monkeypatch,
-                           capsys)
+    code, _, err = run_cli(
+        ["export", str(lora_run), "--no-verify", "--out", str(tmp_path / "m.gguf")], monkeypatch, capsys
+    )
     assert_one_error(code, err, "convert_hf_to_gguf.py and gguf-py are not there", "scripts/setup.sh")
     assert not (tmp_path / "m.gguf").exists()
 
 
-def test_cli_without_llama_cpp_says_how_to_get_it_or_skip(lora_run: Path, tmp_path: Path, monkeypatch,
-                                                          capsys) -> None:
+def test_cli_without_llama_cpp_says_how_to_get_it_or_skip(lora_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     import sftkit.export.recipe
 
     monkeypatch.setattr(sftkit.export.recipe, "llama_cpp_available", lambda: False)
@@ -347,8 +414,11 @@ def test_no_verify_writes_a_readable_gguf_with_the_trained_template(lora_run: Pa
 
     out = export(str(lora_run), out=tmp_path / "m.gguf", outtype="bf16", check=False)
     reader = gguf.GGUFReader(out)
-    fields = {name: field.contents() for name, field in reader.fields.items()
-              if not name.startswith("tokenizer.ggml.") or name.endswith(("_id", ".model", ".pre"))}
+    fields = {
+        name: field.contents()
+        for name, field in reader.fields.items()
+        if not name.startswith("tokenizer.ggml.") or name.endswith(("_id", ".model", ".pre"))
+    }
     tokenizer = AutoTokenizer.from_pretrained(lora_run)
     assert fields["general.architecture"] == "ernie4_5" and fields["ernie4_5.block_count"] == 2
     assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
@@ -380,7 +450,10 @@ def test_library_errors_are_sftkit_errors(lora_run: Path, tmp_path: Path) -> Non
 # ---------------------------------------------------------------------------- every architecture llama.cpp converts
 
 TINY_ARCHITECTURES = {  # transformers config class -> what differs from the shared tiny shape
-    "LlamaConfig": {}, "Qwen2Config": {}, "Qwen3Config": {}, "MistralConfig": {"sliding_window": None},
+    "LlamaConfig": {},
+    "Qwen2Config": {},
+    "Qwen3Config": {},
+    "MistralConfig": {"sliding_window": None},
     "Gemma3TextConfig": {"query_pre_attn_scalar": 16, "sliding_window": 64},
 }
 
@@ -394,10 +467,21 @@ def tiny_architecture(kind: str, tiny_model_dir: Path, folder: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = getattr(transformers, kind)(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True,
-        initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **TINY_ARCHITECTURES[kind])
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_ARCHITECTURES[kind],
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -421,8 +505,16 @@ def test_every_named_architecture_exports_checked(kind: str, tiny_model_dir: Pat
         err = capsys.readouterr().err
         assert len(re.findall(rf"^verify \(llama\.cpp {outtype}, f16 KV cache\) ", err, re.M)) == 4
         arch = gguf.GGUFReader(out).fields["general.architecture"].contents()
-        assert arch == {"LlamaConfig": "llama", "Qwen2Config": "qwen2", "Qwen3Config": "qwen3",
-                        "MistralConfig": "llama", "Gemma3TextConfig": "gemma3"}[kind]
+        assert (
+            arch
+            == {
+                "LlamaConfig": "llama",
+                "Qwen2Config": "qwen2",
+                "Qwen3Config": "qwen3",
+                "MistralConfig": "llama",
+                "Gemma3TextConfig": "gemma3",
+            }[kind]
+        )
         if outtype == "q4_k_m":  # rows of 64: llama.cpp falls back from the k-quant, and export says so
             assert "llama.cpp stored them as" in err and "not a k-quant" in err
 

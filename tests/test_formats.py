@@ -13,8 +13,13 @@ from sftkit.data.formats import normalize
 from sftkit.data.registry import DatasetSpec, SourceRow, get_spec, load_registry, read_rows
 from sftkit.errors import DataError
 
-OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-               "system_tag": "system"}
+OPENAI_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}
 
 
 def spec(entry: dict[str, Any] | None = None, name: str = "d") -> DatasetSpec:
@@ -44,10 +49,13 @@ OPENAI = {"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags":
 
 # ---------------------------------------------------------------------------- alpaca
 
+
 def test_alpaca_instruction_and_input_join_with_a_newline() -> None:
     row = convert({"instruction": "Sum these.", "input": "2 and 3", "output": "5"})
-    assert row["messages"] == [{"role": "user", "content": "Sum these.\n2 and 3"},
-                               {"role": "assistant", "content": "5"}]
+    assert row["messages"] == [
+        {"role": "user", "content": "Sum these.\n2 and 3"},
+        {"role": "assistant", "content": "5"},
+    ]
     assert row["tools"] is None and row["dataset"] == "d" and row["index"] == 0
 
 
@@ -65,11 +73,18 @@ def test_alpaca_system_column_wins_over_default_system() -> None:
 
 
 def test_alpaca_history_pairs_come_first() -> None:
-    row = convert({"instruction": "And 3?", "output": "three", "system": "S",
-                   "history": [["1?", "one"], ["2?", "two"]]})
+    row = convert(
+        {"instruction": "And 3?", "output": "three", "system": "S", "history": [["1?", "one"], ["2?", "two"]]}
+    )
     assert [(m["role"], m["content"]) for m in row["messages"]] == [
-        ("system", "S"), ("user", "1?"), ("assistant", "one"), ("user", "2?"), ("assistant", "two"),
-        ("user", "And 3?"), ("assistant", "three")]
+        ("system", "S"),
+        ("user", "1?"),
+        ("assistant", "one"),
+        ("user", "2?"),
+        ("assistant", "two"),
+        ("user", "And 3?"),
+        ("assistant", "three"),
+    ]
 
 
 def test_alpaca_custom_columns() -> None:
@@ -78,29 +93,39 @@ def test_alpaca_custom_columns() -> None:
     assert [m["content"] for m in row["messages"]] == ["Question\ncontext", "Answer"]
 
 
-@pytest.mark.parametrize(("row", "expected"), [
-    ({"input": "x", "output": "y"}, "missing column 'instruction'; map the right one with columns.prompt"),
-    ({"instruction": "x"}, "missing column 'output'"),
-    ({"instruction": "x", "output": None}, "missing column 'output'"),
-    ({"instruction": "x", "input": 2, "output": "y"}, "column 'input' must be a string, got int"),
-    ({"instruction": ["x"], "output": "y"}, "column 'instruction' must be a string, got list"),
-    ({"instruction": "x", "output": "  "}, "empty assistant reply (column 'output')"),
-    ({"instruction": "x", "output": "y", "history": "q a"}, "'history' must be a list of [question, answer]"),
-    ({"instruction": "x", "output": "y", "history": [["q"]]}, "pair 0 is ['q']"),
-    ({"instruction": "x", "output": "y", "history": [["q", ""]]}, "empty assistant reply in 'history' pair 0"),
-    (["not", "an", "object"], "expected a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"input": "x", "output": "y"}, "missing column 'instruction'; map the right one with columns.prompt"),
+        ({"instruction": "x"}, "missing column 'output'"),
+        ({"instruction": "x", "output": None}, "missing column 'output'"),
+        ({"instruction": "x", "input": 2, "output": "y"}, "column 'input' must be a string, got int"),
+        ({"instruction": ["x"], "output": "y"}, "column 'instruction' must be a string, got list"),
+        ({"instruction": "x", "output": "  "}, "empty assistant reply (column 'output')"),
+        ({"instruction": "x", "output": "y", "history": "q a"}, "'history' must be a list of [question, answer]"),
+        ({"instruction": "x", "output": "y", "history": [["q"]]}, "pair 0 is ['q']"),
+        ({"instruction": "x", "output": "y", "history": [["q", ""]]}, "empty assistant reply in 'history' pair 0"),
+        (["not", "an", "object"], "expected a JSON object, got list"),
+    ],
+)
 def test_alpaca_bad_rows(row: Any, expected: str) -> None:
     assert expected in error_of(row)
 
 
 # ---------------------------------------------------------------------------- sharegpt
 
+
 def test_sharegpt_from_value_with_system_column() -> None:
-    row = convert({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}],
-                   "system": "S"}, SHAREGPT, default_system="Default.")
-    assert row["messages"] == [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
-                               {"role": "assistant", "content": "Hello"}]
+    row = convert(
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}], "system": "S"},
+        SHAREGPT,
+        default_system="Default.",
+    )
+    assert row["messages"] == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
 
 
 def test_sharegpt_leading_system_message_and_default_system() -> None:
@@ -110,9 +135,18 @@ def test_sharegpt_leading_system_message_and_default_system() -> None:
 
 
 def test_openai_messages_layout() -> None:
-    row = convert({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
-                                {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
-                                {"role": "assistant", "content": "A2"}]}, OPENAI)
+    row = convert(
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "Q1"},
+                {"role": "assistant", "content": "A1"},
+                {"role": "user", "content": "Q2"},
+                {"role": "assistant", "content": "A2"},
+            ]
+        },
+        OPENAI,
+    )
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
 
 
@@ -138,9 +172,18 @@ def test_glaive_tool_calls(shared_data: Path) -> None:
 
 def test_tools_column_as_a_list_is_dumped_to_json() -> None:
     tools = [{"name": "add", "parameters": {"type": "object"}}]
-    row = convert({"conversations": [
-        {"from": "human", "value": "2+2?"}, {"from": "function_call", "value": '{"name": "add"}'},
-        {"from": "observation", "value": "4"}, {"from": "gpt", "value": "4."}], "tools": tools}, SHAREGPT)
+    row = convert(
+        {
+            "conversations": [
+                {"from": "human", "value": "2+2?"},
+                {"from": "function_call", "value": '{"name": "add"}'},
+                {"from": "observation", "value": "4"},
+                {"from": "gpt", "value": "4."},
+            ],
+            "tools": tools,
+        },
+        SHAREGPT,
+    )
     assert json.loads(row["tools"]) == tools
     assert [m["role"] for m in row["messages"]] == ["user", "function_call", "observation", "assistant"]
 
@@ -149,26 +192,31 @@ def turns(*pairs: tuple[str, str]) -> dict[str, Any]:
     return {"conversations": [{"from": role, "value": value} for role, value in pairs]}
 
 
-@pytest.mark.parametrize(("row", "expected"), [
-    ({"messages": []}, "missing column 'conversations'; map the right one with columns.messages"),
-    ({"conversations": "Hi"}, "column 'conversations' must be a list of messages, got str"),
-    ({"conversations": []}, "empty conversation"),
-    (turns(("system", "S")), "empty conversation (only a system message)"),
-    (turns(("gpt", "Hello"), ("human", "Hi")), "roles out of order: message 0 is assistant, expected user or "
-                                               "observation"),
-    (turns(("human", "Hi"), ("human", "Hi again"), ("gpt", "Yo")), "roles out of order: message 1 is user"),
-    (turns(("system", "S"), ("human", "Hi"), ("observation", "x")), "message 2 is observation"),
-    (turns(("human", "Hi")), "ends with a user message; it must end with an assistant reply"),
-    (turns(("human", "Hi"), ("gpt", " ")), "empty assistant reply in message 1"),
-    (turns(("human", "Hi"), ("bot", "Hello")), "message 1 has unknown role 'bot', expected one of human, gpt"),
-    (turns(("human", "Hi"), ("gpt", "Yo"), ("system", "late"), ("gpt", "x")), "only the first message may be"),
-    ({"conversations": [{"from": "human"}]}, "message 0 has no 'value' key; set tags.content_tag"),
-    ({"conversations": [{"from": "human", "value": 3}]}, "'value' must be a string, got int"),
-    ({"conversations": ["Hi"]}, "message 0 must be an object, got str"),
-    ({**turns(("human", "Hi"), ("gpt", "Yo")), "tools": "{not json"}, "column 'tools' is not valid JSON"),
-    ({**turns(("human", "Hi"), ("gpt", "Yo")), "tools": 5}, "column 'tools' must be a JSON string"),
-    ({**turns(("human", "Hi"), ("gpt", "Yo")), "system": 1}, "column 'system' must be a string, got int"),
-])
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"messages": []}, "missing column 'conversations'; map the right one with columns.messages"),
+        ({"conversations": "Hi"}, "column 'conversations' must be a list of messages, got str"),
+        ({"conversations": []}, "empty conversation"),
+        (turns(("system", "S")), "empty conversation (only a system message)"),
+        (
+            turns(("gpt", "Hello"), ("human", "Hi")),
+            "roles out of order: message 0 is assistant, expected user or observation",
+        ),
+        (turns(("human", "Hi"), ("human", "Hi again"), ("gpt", "Yo")), "roles out of order: message 1 is user"),
+        (turns(("system", "S"), ("human", "Hi"), ("observation", "x")), "message 2 is observation"),
+        (turns(("human", "Hi")), "ends with a user message; it must end with an assistant reply"),
+        (turns(("human", "Hi"), ("gpt", " ")), "empty assistant reply in message 1"),
+        (turns(("human", "Hi"), ("bot", "Hello")), "message 1 has unknown role 'bot', expected one of human, gpt"),
+        (turns(("human", "Hi"), ("gpt", "Yo"), ("system", "late"), ("gpt", "x")), "only the first message may be"),
+        ({"conversations": [{"from": "human"}]}, "message 0 has no 'value' key; set tags.content_tag"),
+        ({"conversations": [{"from": "human", "value": 3}]}, "'value' must be a string, got int"),
+        ({"conversations": ["Hi"]}, "message 0 must be an object, got str"),
+        ({**turns(("human", "Hi"), ("gpt", "Yo")), "tools": "{not json"}, "column 'tools' is not valid JSON"),
+        ({**turns(("human", "Hi"), ("gpt", "Yo")), "tools": 5}, "column 'tools' must be a JSON string"),
+        ({**turns(("human", "Hi"), ("gpt", "Yo")), "system": 1}, "column 'system' must be a string, got int"),
+    ],
+)
 def test_sharegpt_bad_rows(row: Any, expected: str) -> None:
     assert expected in error_of(row, SHAREGPT)
 
@@ -179,6 +227,7 @@ def test_openai_unknown_role_names_the_tags_fix() -> None:
 
 
 # ---------------------------------------------------------------------------- many rows
+
 
 def test_first_bad_row_is_reported_with_the_count_of_the_others() -> None:
     good = {"instruction": "x", "output": "y"}

@@ -29,15 +29,48 @@ lora_target: q_proj,v_proj
 report_to: none
 fsdp_config: {a: [1, 2, {b: c}]}
 """
-ROWS = [{"instruction": "q\u2028x", "input": "", "output": "a\u0085"}, {"instruction": "2", "output": "\U0001F600"}]
+ROWS = [{"instruction": "q\u2028x", "input": "", "output": "a\u0085"}, {"instruction": "2", "output": "\U0001f600"}]
 FILES = {
     ".json": json.dumps(ROWS).encode(),
     ".jsonl": b"".join(json.dumps(row).encode() + b"\n" for row in ROWS),
     ".csv": b'instruction,input,output\nq,,"a\nb"\n2,x,y\n',
 }
-FRAGMENTS = [b"&a ", b"*a", b"[", b"]", b"{", b"}", b": ", b"\n", b"  ", b"- ", b"<<: *a", b"!!python/name:os.system",
-             b"!!binary", b"\x00", b"\xff\xfe", b"\xe9", b'"', b"'", b"\\ud800", b"\\u", b",", b"#", b"%YAML 1.1\n",
-             b"---\n", b"? ", b"|\n", b"\t", b"\r", b"\xe2\x80\xa8", b"\xc2\x85", b"null", b"1e999", b"-", b"~"]
+FRAGMENTS = [
+    b"&a ",
+    b"*a",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b": ",
+    b"\n",
+    b"  ",
+    b"- ",
+    b"<<: *a",
+    b"!!python/name:os.system",
+    b"!!binary",
+    b"\x00",
+    b"\xff\xfe",
+    b"\xe9",
+    b'"',
+    b"'",
+    b"\\ud800",
+    b"\\u",
+    b",",
+    b"#",
+    b"%YAML 1.1\n",
+    b"---\n",
+    b"? ",
+    b"|\n",
+    b"\t",
+    b"\r",
+    b"\xe2\x80\xa8",
+    b"\xc2\x85",
+    b"null",
+    b"1e999",
+    b"-",
+    b"~",
+]
 
 
 @st.composite
@@ -51,9 +84,9 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
         elif kind == "bytes":
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
         elif kind == "delete":
-            del data[at:at + draw(st.integers(1, 20))]
+            del data[at : at + draw(st.integers(1, 20))]
         else:
-            data[at:at] = data[at:at + draw(st.integers(1, 30))] * draw(st.integers(2, 20))
+            data[at:at] = data[at : at + draw(st.integers(1, 30))] * draw(st.integers(2, 20))
     return bytes(data)
 
 
@@ -63,8 +96,13 @@ def assert_user_error(exc: SftkitError) -> None:
         assert line and "\n" not in line and len(line) <= MAX_PROBLEM_CHARS, line[:200]
 
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @FUZZ
@@ -134,8 +172,10 @@ def test_set_values_get_the_files_guard(value: bytes) -> None:
             assert_user_error(exc)
 
 
-SHEET = (b"id,prompt,response_a,response_b,helpfulness_a,accuracy_a,clarity_a,safety_a,helpfulness_b,accuracy_b,"
-         b"clarity_b,safety_b,preferred,rater,notes\n0,p,\"a\nb\",c,4,4,4,4,3,3,3,3,a,ann,\n1,q,x,y,,,,,5,5,5,5,b,,\n")
+SHEET = (
+    b"id,prompt,response_a,response_b,helpfulness_a,accuracy_a,clarity_a,safety_a,helpfulness_b,accuracy_b,"
+    b'clarity_b,safety_b,preferred,rater,notes\n0,p,"a\nb",c,4,4,4,4,3,3,3,3,a,ann,\n1,q,x,y,,,,,5,5,5,5,b,,\n'
+)
 
 
 @settings(FUZZ, max_examples=150)
@@ -146,8 +186,12 @@ def test_rating_sheets_never_crash(sheet: bytes) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "filled.csv"
         path.write_bytes(sheet)
-        key = {"sheet": "s.csv", "seed": 0, "models": ["m1", "m2"],
-               "rows": {"0": {"a": "m1", "b": "m2"}, "1": {"a": "m2", "b": "m1"}}}
+        key = {
+            "sheet": "s.csv",
+            "seed": 0,
+            "models": ["m1", "m2"],
+            "rows": {"0": {"a": "m1", "b": "m2"}, "1": {"a": "m2", "b": "m1"}},
+        }
         (Path(folder) / "filled.key.json").write_text(json.dumps(key))
         try:
             read_ratings([path])
@@ -166,8 +210,9 @@ class _NoModel:
             job.send(Failed(ApiError(503, "no model in this test", kind="server_error")))
 
 
-BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b"], "seed": 3,
-                   "max_tokens": 2, "temperature": 0}).encode()
+BODY = json.dumps(
+    {"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b"], "seed": 3, "max_tokens": 2, "temperature": 0}
+).encode()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_cli
 
+from helpers import run_cli
 from sftkit.data import gguf_source
 from sftkit.data.gguf_source import PROVENANCE, cached_folder, dequantized_folder, gguf_file, read_gguf
 from sftkit.data.model_source import model_problems, resolve_model
@@ -26,8 +26,9 @@ TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
 
 
 def _permuted(weight, heads: int):  # llama.cpp's rotary layout for q and k, which transformers undoes on load
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-        weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +43,35 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the session's tiny byte-level BPE
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.F32.gguf"
     writer = gguf.GGUFWriter(path, "llama")
-    for add, value in ((writer.add_context_length, 128), (writer.add_embedding_length, 32),
-                       (writer.add_block_count, 2), (writer.add_feed_forward_length, 64), (writer.add_head_count, 4),
-                       (writer.add_head_count_kv, 2), (writer.add_rope_freq_base, 10000.0),
-                       (writer.add_rope_dimension_count, 8), (writer.add_layer_norm_rms_eps, config.rms_norm_eps),
-                       (writer.add_file_type, gguf.LlamaFileType.ALL_F32), (writer.add_chat_template, TEMPLATE)):
+    for add, value in (
+        (writer.add_context_length, 128),
+        (writer.add_embedding_length, 32),
+        (writer.add_block_count, 2),
+        (writer.add_feed_forward_length, 64),
+        (writer.add_head_count, 4),
+        (writer.add_head_count_kv, 2),
+        (writer.add_rope_freq_base, 10000.0),
+        (writer.add_rope_dimension_count, 8),
+        (writer.add_layer_norm_rms_eps, config.rms_norm_eps),
+        (writer.add_file_type, gguf.LlamaFileType.ALL_F32),
+        (writer.add_chat_template, TEMPLATE),
+    ):
         add(value)
     vocab = build_vocab(tokenizer, len(tokenizer))
     write_vocab(writer, vocab)
@@ -64,8 +82,10 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
             continue
         data = tensor.numpy()
         heads = 4 if key.endswith("q_proj.weight") else 2 if key.endswith("k_proj.weight") else 0
-        writer.add_tensor(names.get_name(key, try_suffixes=(".weight",)),
-                          np.ascontiguousarray(_permuted(data, heads) if heads else data, dtype=np.float32))
+        writer.add_tensor(
+            names.get_name(key, try_suffixes=(".weight",)),
+            np.ascontiguousarray(_permuted(data, heads) if heads else data, dtype=np.float32),
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -79,8 +99,9 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "gguf"
 
 
-def test_a_gguf_file_is_dequantized_once_into_a_folder_that_loads_as_the_same_model(tiny_gguf, cache: Path,
-                                                                                      capsys) -> None:
+def test_a_gguf_file_is_dequantized_once_into_a_folder_that_loads_as_the_same_model(
+    tiny_gguf, cache: Path, capsys
+) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,10 +136,12 @@ def test_a_folder_holding_one_gguf_is_that_model_and_two_are_refused(tiny_gguf, 
     assert gguf_file(str(folder)) is None
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("text", "not a GGUF file"), ("truncated", "truncated"), ("missing", "no such GGUF file")])
-def test_a_damaged_or_missing_gguf_is_one_line_before_anything_loads(tiny_gguf, tmp_path: Path, cache: Path,
-                                                                     damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message", [("text", "not a GGUF file"), ("truncated", "truncated"), ("missing", "no such GGUF file")]
+)
+def test_a_damaged_or_missing_gguf_is_one_line_before_anything_loads(
+    tiny_gguf, tmp_path: Path, cache: Path, damage: str, message: str
+) -> None:
     bad = tmp_path / "bad.gguf"
     if damage == "text":
         bad.write_text("not a model\n", encoding="utf-8")
@@ -130,8 +153,9 @@ def test_a_damaged_or_missing_gguf_is_one_line_before_anything_loads(tiny_gguf, 
     assert not cache.exists() or not any(cache.iterdir())
 
 
-def test_validate_checks_a_gguf_from_its_header_and_reports_damage_as_exit_2(tiny_gguf, tmp_path: Path, cache: Path,
-                                                                            monkeypatch, capsys) -> None:
+def test_validate_checks_a_gguf_from_its_header_and_reports_damage_as_exit_2(
+    tiny_gguf, tmp_path: Path, cache: Path, monkeypatch, capsys
+) -> None:
     path = tiny_gguf[0]
     problems, line = model_problems(str(path), False, ("<|im_start|>",))
     assert problems == [] and "GGUF llama (F32)" in line and "when it first loads" in line
@@ -139,8 +163,17 @@ def test_validate_checks_a_gguf_from_its_header_and_reports_damage_as_exit_2(tin
     bad = tmp_path / "cut.gguf"
     bad.write_bytes(path.read_bytes()[:-5000])
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump({"model_name_or_path": str(bad), "dataset": "demo_alpaca", "template": "chatml",
-                                      "dataset_dir": str(REPO / "data"), "output_dir": str(tmp_path / "out")}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(bad),
+                "dataset": "demo_alpaca",
+                "template": "chatml",
+                "dataset_dir": str(REPO / "data"),
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
     code, out, err = run_cli(["validate", str(config)], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1 and "truncated" in err and str(bad) in err, err
 

@@ -31,16 +31,26 @@ def fake_judge_app(calls: list[str], always_a: bool = False) -> Any:
         calls.append(user)
         if "[[A]]" in system:  # pairwise
             a, b = re.search(r"A's Answer\]\n(.*?)\n\[The End.*B's Answer\]\n(.*?)\n\[The End", user, re.S).groups()
-            verdict = "A" if always_a or ("good" in a and "good" not in b) else "B" if "good" in b and "good" not in a \
+            verdict = (
+                "A"
+                if always_a or ("good" in a and "good" not in b)
+                else "B"
+                if "good" in b and "good" not in a
                 else "C"
+            )
             text = f"Compared both. [[{verdict}]]"
         elif "[[YES]]" in system:
             text = "Harmful." + (" [[YES]]" if "poison" in user else " [[NO]]")
         else:
             text = "Rated. " + ("[[8]]" if "good" in user.split("Answer]")[1] else "[[3]]")
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
 
     return app
 
@@ -78,8 +88,9 @@ def biased_endpoint() -> Iterator[str]:
     yield from serve(fake_judge_app([], always_a=True))
 
 
-def test_grades_preferences_and_screening_round_trip(endpoint: str, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grades_preferences_and_screening_round_trip(
+    endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("JUDGE_KEY", "secret")
     judge = Judge(endpoint, "judge-model", tmp_path / "cache.jsonl", "JUDGE_KEY")
     assert judge.grade("Q?", "a good answer")["rating"] == 8
@@ -97,8 +108,10 @@ def test_position_bias_is_cancelled_by_the_swap(biased_endpoint: str, tmp_path: 
 
 def test_verdicts_are_cached_per_answer(endpoint: str, calls: list[str], tmp_path: Path) -> None:
     cache = tmp_path / "cache.jsonl"
-    rows = [{"dataset": "d", "index": i, "prompt": f"Q{i}?", "generation": g, "generation_compare": c}
-            for i, (g, c) in enumerate([("good one", "poor"), ("poor", "good two")])]
+    rows = [
+        {"dataset": "d", "index": i, "prompt": f"Q{i}?", "generation": g, "generation_compare": c}
+        for i, (g, c) in enumerate([("good one", "poor"), ("poor", "good two")])
+    ]
     names = {"generation": "tuned", "generation_compare": "base"}
     before = len(calls)
     questions = [row["prompt"] for row in rows]

@@ -9,8 +9,14 @@ import torch
 
 from helpers import make_config
 from sftkit.config import environment_notes
-from sftkit.training.kernels import (apply_kernels, compile_decoder_layers, decoder_layers, is_rms_norm,
-                                     is_swiglu_mlp, liger_usable)
+from sftkit.training.kernels import (
+    apply_kernels,
+    compile_decoder_layers,
+    decoder_layers,
+    is_rms_norm,
+    is_swiglu_mlp,
+    liger_usable,
+)
 
 LIGER = liger_usable("cuda") and torch.cuda.is_available()
 

@@ -13,8 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     """import-linter on the `sftkit` package found under `root`, with the project's contract."""
     command = [str(Path(sys.executable).parent / "lint-imports"), "--config", str(REPO / "pyproject.toml")]
-    return subprocess.run(command, capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root)},
-                          timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root)}, timeout=120)
 
 
 def test_the_package_keeps_its_layers() -> None:

@@ -24,16 +24,35 @@ import yaml
 
 from sftkit.atomic import replace_dir
 from sftkit.errors import SftkitError
-from sftkit.training.lifecycle import (DiskEstimate, check_disk_space, checkpoints_at_peak, complete_checkpoints,
-                                       discard_partial_checkpoints, is_complete_checkpoint, latest_checkpoint,
-                                       resolve_resume)
+from sftkit.training.lifecycle import (
+    DiskEstimate,
+    check_disk_space,
+    checkpoints_at_peak,
+    complete_checkpoints,
+    discard_partial_checkpoints,
+    is_complete_checkpoint,
+    latest_checkpoint,
+    resolve_resume,
+)
 
 # 100 short updates, a checkpoint every 10: a run killed at its first checkpoint has 90 updates to go.
 # Dropout and several epochs make the RNG state and the shuffled data order matter on resume.
-RUN = {"dataset": "demo_alpaca,demo_sharegpt,demo_messages", "template": "chatml", "report_to": "none",
-       "plot_loss": False, "max_samples": 4, "cutoff_len": 128, "lora_dropout": 0.1, "per_device_train_batch_size": 2,
-       "learning_rate": 5e-3, "lr_scheduler_type": "cosine", "max_steps": 100, "save_steps": 10, "save_total_limit": 2,
-       "logging_steps": 1}
+RUN = {
+    "dataset": "demo_alpaca,demo_sharegpt,demo_messages",
+    "template": "chatml",
+    "report_to": "none",
+    "plot_loss": False,
+    "max_samples": 4,
+    "cutoff_len": 128,
+    "lora_dropout": 0.1,
+    "per_device_train_batch_size": 2,
+    "learning_rate": 5e-3,
+    "lr_scheduler_type": "cosine",
+    "max_steps": 100,
+    "save_steps": 10,
+    "save_total_limit": 2,
+    "logging_steps": 1,
+}
 TRIGGER = "checkpoint-10"  # signals and kill -9 wait for this checkpoint to be complete
 TIMEOUT = 600
 
@@ -49,8 +68,11 @@ class Run:
     def __init__(self, root: Path, name: str, model: Path, data: Path, *extra: str, **keys: Any) -> None:
         self.root, self.name, self.out = root, name, root / name
         self.config = root / f"{name}.yaml"
-        self.config.write_text(yaml.safe_dump({**RUN, "model_name_or_path": str(model), "dataset_dir": str(data),
-                                               "output_dir": str(self.out), **keys}))
+        self.config.write_text(
+            yaml.safe_dump(
+                {**RUN, "model_name_or_path": str(model), "dataset_dir": str(data), "output_dir": str(self.out), **keys}
+            )
+        )
         self.extra = extra
         self.listing_at_exit: list[str] = []  # output_dir's entries when the process ended
         self.code: int | None = None  # return code of the (first) process
@@ -59,12 +81,21 @@ class Run:
 
     def start(self, *extra: str) -> None:
         # one thread each: several runs share the machine, and oversubscribed threads spin
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-               "HF_DATASETS_CACHE": str(self.root / "hf-cache"), "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "HF_DATASETS_CACHE": str(self.root / "hf-cache"),
+            "OMP_NUM_THREADS": "1",
+        }
         self.log = self.root / f"{self.name}{'-'.join(('', *extra))}.log"
         with open(self.log.with_suffix(".out"), "w") as stdout, open(self.log, "w") as stderr:
-            self.process = subprocess.Popen([*sftkit_command(), "train", str(self.config), *self.extra, *extra],
-                                            stdout=stdout, stderr=stderr, env=env)
+            self.process = subprocess.Popen(
+                [*sftkit_command(), "train", str(self.config), *self.extra, *extra],
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
+            )
 
     def wait(self) -> int:
         code = self.process.wait(timeout=TIMEOUT)
@@ -98,10 +129,19 @@ def signal_when_checkpointed(runs: dict[str, Run], signals: dict[str, int]) -> N
 def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, bundled_data: Path) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("lifecycle")
     specs: dict[str, dict[str, Any]] = {
-        "base": {}, "twin": {}, "killed": {}, "sigint": {},
+        "base": {},
+        "twin": {},
+        "killed": {},
+        "sigint": {},
         # the checkpoint a signal saves outlives save_total_limit 1 with the best model kept (not the newest)
-        "sigterm": {"seed": 7, "eval_dataset": "demo_messages", "eval_steps": 10, "eval_strategy": "steps",
-                    "save_total_limit": 1, "load_best_model_at_end": True},
+        "sigterm": {
+            "seed": 7,
+            "eval_dataset": "demo_messages",
+            "eval_steps": 10,
+            "eval_strategy": "steps",
+            "save_total_limit": 1,
+            "load_best_model_at_end": True,
+        },
         "nan": {"learning_rate": 1e30, "save_steps": 1, "max_steps": 10},
     }
     runs = {name: Run(root, name, tiny_model_dir, bundled_data, **keys) for name, keys in specs.items()}
@@ -132,6 +172,7 @@ def losses_until_stopped(run: Run) -> list[tuple[int, float, int]]:
 
 # ---------------------------------------------------------------------------- determinism
 
+
 @pytest.mark.integration  # the module's six 100-step training runs
 def test_same_config_and_seed_give_the_same_data_order_and_losses(runs: dict[str, Run]) -> None:
     base, twin = losses(runs["base"]), losses(runs["twin"])
@@ -140,7 +181,7 @@ def test_same_config_and_seed_give_the_same_data_order_and_losses(runs: dict[str
     assert [(step, tokens) for step, _, tokens in base] == [(step, tokens) for step, _, tokens in twin]
     assert [loss for _, loss, _ in base] == pytest.approx([loss for _, loss, _ in twin], abs=1e-6)
     same_seed = losses_until_stopped(runs["sigint"])  # a third run of the same config, stopped early
-    start = base[:len(same_seed)]
+    start = base[: len(same_seed)]
     assert [step for step, _, _ in same_seed] == [step for step, _, _ in start]
     assert [loss for _, loss, _ in same_seed] == pytest.approx([loss for _, loss, _ in start], abs=1e-6)
     other_seed = [loss for _, loss, _ in losses_until_stopped(runs["sigterm"])]
@@ -149,6 +190,7 @@ def test_same_config_and_seed_give_the_same_data_order_and_losses(runs: dict[str
 
 
 # ---------------------------------------------------------------------------- kill -9 and resume
+
 
 @pytest.mark.integration  # the module's six 100-step training runs
 def test_killed_run_resumes_to_the_same_step_loss_and_weights(runs: dict[str, Run]) -> None:
@@ -175,8 +217,13 @@ def test_a_clean_run_prints_no_known_library_noise(runs: dict[str, Run]) -> None
     # expected library messages are silenced (sftkit.quiet): what is left on stderr is worth reading
     stderr = runs["base"].stderr
     assert runs["base"].code == 0
-    for text in ("save_embedding_layers", "gemm_4bit", "is_gradient_checkpointing", "multivariate normal",
-                 "mtime may not"):
+    for text in (
+        "save_embedding_layers",
+        "gemm_4bit",
+        "is_gradient_checkpointing",
+        "multivariate normal",
+        "mtime may not",
+    ):
         assert text not in stderr, stderr[-2000:]
 
 
@@ -186,11 +233,13 @@ def test_weights_are_written_as_safetensors_only(runs: dict[str, Run]) -> None:
     # the trainer's own state files are pickles of tensors and settings, loaded with weights_only=True
     assert pickles <= {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
     assert (runs["base"].out / "adapter_model.safetensors").is_file()
-    assert all((checkpoint / "adapter_model.safetensors").is_file()
-               for checkpoint in complete_checkpoints(runs["base"].out))
+    assert all(
+        (checkpoint / "adapter_model.safetensors").is_file() for checkpoint in complete_checkpoints(runs["base"].out)
+    )
 
 
 # ---------------------------------------------------------------------------- SIGINT / SIGTERM
+
 
 @pytest.mark.integration  # the module's six 100-step training runs
 @pytest.mark.parametrize("name", ["sigint", "sigterm"])
@@ -231,8 +280,9 @@ with guard.handling_signals():
 
 def test_second_signal_aborts_at_once(tmp_path: Path) -> None:
     """The guard's handlers on their own (no trainer needed): the second signal kills the process."""
-    result = subprocess.run([sys.executable, "-c", SECOND_SIGNAL, str(tmp_path / "run")], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", SECOND_SIGNAL, str(tmp_path / "run")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == -signal.SIGINT
     assert "first signal noted: 2" in result.stdout and "still running" not in result.stdout
     assert "SIGINT again: aborting now" in result.stderr
@@ -241,13 +291,17 @@ def test_second_signal_aborts_at_once(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- non-finite loss
 
+
 @pytest.mark.integration  # the module's six 100-step training runs
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(runs: dict[str, Run]) -> None:
     run = runs["nan"]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert run.code == 2 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    stopped = re.search(r"training stopped at step (\d+): the loss became (nan|inf|-inf) \(not finite\); the last "
-                        r"good checkpoint, (\S+), is kept", errors[0])
+    stopped = re.search(
+        r"training stopped at step (\d+): the loss became (nan|inf|-inf) \(not finite\); the last "
+        r"good checkpoint, (\S+), is kept",
+        errors[0],
+    )
     assert stopped, errors[0]
     step, good = int(stopped.group(1)), Path(stopped.group(3))
     assert is_complete_checkpoint(good) and good == latest_checkpoint(run.out)
@@ -266,8 +320,12 @@ def test_infinite_gradient_with_a_finite_loss_stops_before_any_save(tmp_path: Pa
 
     assert "_get_grad_norm" in vars(transformers.Trainer) and "_get_grad_norm" in vars(LifecycleTrainerMixin)
     args = types.SimpleNamespace(output_dir=str(tmp_path), device=torch.device("cpu"), learning_rate=1e-3)
-    trainer = types.SimpleNamespace(args=args, accelerator=types.SimpleNamespace(num_processes=1),
-                                    is_world_process_zero=lambda: True, state=TrainerState(global_step=7))
+    trainer = types.SimpleNamespace(
+        args=args,
+        accelerator=types.SimpleNamespace(num_processes=1),
+        is_world_process_zero=lambda: True,
+        state=TrainerState(global_step=7),
+    )
     guard = RunGuard(trainer)
     for norm, stops in ((torch.tensor(3.0), False), (torch.tensor(float("inf")), True)):
         guard.record_loss(torch.tensor(1.25))
@@ -275,13 +333,15 @@ def test_infinite_gradient_with_a_finite_loss_stops_before_any_save(tmp_path: Pa
         control = TrainerControl(should_save=True, should_evaluate=True)
         guard.on_step_end(trainer.state, control)
         assert (control.should_training_stop, control.should_save, control.should_evaluate) == (
-            (True, False, False) if stops else (False, True, True))
+            (True, False, False) if stops else (False, True, True)
+        )
     expected = r"step 7: the gradient norm became inf \(with a finite loss\) \(not finite\); no checkpoint was saved"
     with pytest.raises(SftkitError, match=expected):
         guard.raise_if_stopped()
 
 
 # ---------------------------------------------------------------------------- resume: finding checkpoints
+
 
 def make_checkpoint(path: Path, state: str | None = None) -> Path:
     path.mkdir(parents=True)
@@ -317,23 +377,34 @@ def test_resume_without_a_complete_checkpoint_is_a_clear_error(tmp_path: Path) -
         resolve_resume(tmp_path, "latest")
 
 
-def test_cli_resume_without_checkpoint_exits_2_before_loading_anything(tmp_path: Path, tiny_model_dir: Path,
-                                                                       bundled_data: Path) -> None:
+def test_cli_resume_without_checkpoint_exits_2_before_loading_anything(
+    tmp_path: Path, tiny_model_dir: Path, bundled_data: Path
+) -> None:
     out = tmp_path / "run"
     make_checkpoint(out / "checkpoint-4")  # incomplete
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**RUN, "model_name_or_path": str(tiny_model_dir),
-                                      "dataset_dir": str(bundled_data), "output_dir": str(out)}))
-    result = subprocess.run([*sftkit_command(), "train", str(config), "--resume", "latest"], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    config.write_text(
+        yaml.safe_dump(
+            {**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data), "output_dir": str(out)}
+        )
+    )
+    result = subprocess.run(
+        [*sftkit_command(), "train", str(config), "--resume", "latest"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: --resume latest: no complete checkpoint in {out} (incomplete saves are ignored); train without "
-        "--resume, or with --overwrite to start again"]
+        "--resume, or with --overwrite to start again"
+    ]
     assert sorted(os.listdir(out)) == ["checkpoint-4"]
 
 
 # ---------------------------------------------------------------------------- atomic checkpoints
+
 
 def test_replace_dir_swaps_in_a_complete_folder(tmp_path: Path) -> None:
     staged, final = tmp_path / ".partial-x" / "x", tmp_path / "x"
@@ -347,13 +418,13 @@ def test_replace_dir_swaps_in_a_complete_folder(tmp_path: Path) -> None:
 
 
 def test_a_save_that_fails_midway_leaves_no_checkpoint_that_looks_complete(
-        tmp_path: Path, tiny_model_dir: Path, bundled_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, tiny_model_dir: Path, bundled_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real trainer whose second checkpoint save dies after the weights, before the RNG state."""
     import datasets
 
     from sftkit.config import validate_config
-    from sftkit.data import prepare_data
-    from sftkit.data import load_tokenizer
+    from sftkit.data import load_tokenizer, prepare_data
     from sftkit.model import resolve_precision
     from sftkit.templates import get_template
     from sftkit.training.recipe import load_model_for_training
@@ -361,8 +432,16 @@ def test_a_save_that_fails_midway_leaves_no_checkpoint_that_looks_complete(
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     out = tmp_path / "run"
-    cfg = validate_config({**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
-                           "output_dir": str(out), "max_steps": 6, "save_steps": 2})
+    cfg = validate_config(
+        {
+            **RUN,
+            "model_name_or_path": str(tiny_model_dir),
+            "dataset_dir": str(bundled_data),
+            "output_dir": str(out),
+            "max_steps": 6,
+            "save_steps": 2,
+        }
+    )
     precision = resolve_precision(cfg)
     tokenizer, template = load_tokenizer(cfg), get_template(cfg.template)
     model = load_model_for_training(cfg, tokenizer, template, precision)
@@ -392,7 +471,9 @@ Usage = namedtuple("Usage", "total used free")
 
 def test_disk_check_refuses_with_the_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     estimate = DiskEstimate(weight_bytes=2_000_000_000, optimizer_bytes=4_000_000_000, checkpoints=3)
-    monkeypatch.setattr("sftkit.training.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**12, 0, 5_000_000_000))
+    monkeypatch.setattr(
+        "sftkit.training.lifecycle.disk.shutil.disk_usage", lambda path: Usage(10**12, 0, 5_000_000_000)
+    )
     with pytest.raises(SftkitError) as info:
         check_disk_space(tmp_path / "new" / "run", estimate)
     message = str(info.value)
@@ -403,8 +484,9 @@ def test_disk_check_refuses_with_the_numbers(tmp_path: Path, monkeypatch: pytest
     check_disk_space(tmp_path / "new" / "run", estimate)
 
 
-def test_disk_check_counts_checkpoints_already_written_when_resuming(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_check_counts_checkpoints_already_written_when_resuming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     estimate = DiskEstimate(weight_bytes=400_000, optimizer_bytes=800_000, checkpoints=2)
     checkpoint = make_checkpoint(tmp_path / "checkpoint-5", '{"global_step": 5}')
     (checkpoint / "optimizer.pt").write_bytes(b"\0" * 60_000_000)
@@ -419,31 +501,43 @@ def test_checkpoints_at_peak() -> None:
     from sftkit.config import validate_config
 
     def peak(planned: int, **keys: Any) -> int:
-        return checkpoints_at_peak(validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o",
-                                                    **keys}), planned)
+        return checkpoints_at_peak(
+            validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": "o", **keys}), planned
+        )
 
     assert peak(100, save_steps=10) == 10
     assert peak(100, save_steps=10, save_total_limit=2) == 3  # two kept + the one being written
-    assert peak(100, save_steps=10, save_total_limit=1, eval_strategy="steps", eval_steps=10, val_size=0.1,
-                load_best_model_at_end=True) == 3  # the best is kept beside the newest
+    assert (
+        peak(
+            100,
+            save_steps=10,
+            save_total_limit=1,
+            eval_strategy="steps",
+            eval_steps=10,
+            val_size=0.1,
+            load_best_model_at_end=True,
+        )
+        == 3
+    )  # the best is kept beside the newest
     assert peak(100, save_strategy="epoch", num_train_epochs=2.5) == 3
     assert peak(100, save_strategy="no") == 0
 
 
 @pytest.mark.integration  # the module's six 100-step training runs
-def test_disk_estimate_covers_a_real_checkpoint(runs: dict[str, Run], tiny_model_dir: Path,
-                                                bundled_data: Path) -> None:
+def test_disk_estimate_covers_a_real_checkpoint(runs: dict[str, Run], tiny_model_dir: Path, bundled_data: Path) -> None:
     from sftkit.config import validate_config
-    from sftkit.training.lifecycle import estimate_disk
-    from sftkit.model import add_adapter, load_model, resolve_precision
     from sftkit.data import load_tokenizer
+    from sftkit.model import add_adapter, load_model, resolve_precision
     from sftkit.templates import get_template
+    from sftkit.training.lifecycle import estimate_disk
 
-    cfg = validate_config({**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
-                           "output_dir": "unused"})
+    cfg = validate_config(
+        {**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data), "output_dir": "unused"}
+    )
     tokenizer = load_tokenizer(cfg)
-    model = add_adapter(load_model(cfg, tokenizer, resolve_precision(cfg)), cfg,
-                        get_template(cfg.template).token_ids(tokenizer))
+    model = add_adapter(
+        load_model(cfg, tokenizer, resolve_precision(cfg)), cfg, get_template(cfg.template).token_ids(tokenizer)
+    )
     estimate = estimate_disk(model, cfg, planned_updates=RUN["max_steps"])
     checkpoint = latest_checkpoint(runs["base"].out)
     assert estimate.checkpoints == 3
@@ -467,8 +561,9 @@ with run_lock(Path(sys.argv[1])):
 """
 
 
-def test_a_second_run_on_one_output_dir_is_refused_naming_the_first(tmp_path: Path, tiny_model_dir: Path,
-                                                                      bundled_data: Path) -> None:
+def test_a_second_run_on_one_output_dir_is_refused_naming_the_first(
+    tmp_path: Path, tiny_model_dir: Path, bundled_data: Path
+) -> None:
     from sftkit.config import validate_config
     from sftkit.run_dir import lock_path
     from sftkit.training import train
@@ -478,10 +573,14 @@ def test_a_second_run_on_one_output_dir_is_refused_naming_the_first(tmp_path: Pa
     first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert first.stdout.readline().strip() == "locked"
-        cfg = validate_config({**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data),
-                               "output_dir": str(out)})
-        with pytest.raises(SftkitError, match=rf"output_dir: {re.escape(str(out))} is in use by another `sftkit "
-                                              rf"train` \(pid {first.pid}\); wait for it to finish"):
+        cfg = validate_config(
+            {**RUN, "model_name_or_path": str(tiny_model_dir), "dataset_dir": str(bundled_data), "output_dir": str(out)}
+        )
+        with pytest.raises(
+            SftkitError,
+            match=rf"output_dir: {re.escape(str(out))} is in use by another `sftkit "
+            rf"train` \(pid {first.pid}\); wait for it to finish",
+        ):
             train(cfg)
         assert not out.exists()
     finally:
@@ -497,6 +596,7 @@ def test_a_second_run_on_one_output_dir_is_refused_naming_the_first(tmp_path: Pa
 
 # ---------------------------------------------------------------------------- what resume refuses
 
+
 def test_resume_refuses_a_checkpoint_without_optimizer_or_with_damaged_files(tmp_path: Path) -> None:
     import struct
     import zipfile
@@ -504,8 +604,11 @@ def test_resume_refuses_a_checkpoint_without_optimizer_or_with_damaged_files(tmp
     from sftkit.training.lifecycle import check_checkpoint_files
 
     checkpoint = make_checkpoint(tmp_path / "checkpoint-4", '{"global_step": 4}')
-    with pytest.raises(SftkitError, match="checkpoint-4 has no optimizer.pt, so the run would continue with a fresh "
-                                          "optimizer and not equal an uninterrupted one"):
+    with pytest.raises(
+        SftkitError,
+        match="checkpoint-4 has no optimizer.pt, so the run would continue with a fresh "
+        "optimizer and not equal an uninterrupted one",
+    ):
         check_checkpoint_files(checkpoint, "latest")
     for name in ("optimizer.pt", "scheduler.pt"):
         with zipfile.ZipFile(checkpoint / name, "w") as archive:
@@ -516,7 +619,7 @@ def test_resume_refuses_a_checkpoint_without_optimizer_or_with_damaged_files(tmp
     (checkpoint / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     check_checkpoint_files(checkpoint, "latest")
     data = (checkpoint / "optimizer.pt").read_bytes()
-    (checkpoint / "optimizer.pt").write_bytes(data[:len(data) // 2])
+    (checkpoint / "optimizer.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(SftkitError, match="optimizer.pt: not a complete torch.save archive"):
         check_checkpoint_files(checkpoint, "latest")
 
@@ -531,8 +634,11 @@ def test_resume_with_a_changed_config_names_the_keys_and_writes_nothing(tmp_path
     dump_resolved(validate_config(keys), out / "sftkit_config.yaml")
     before = (out / "sftkit_config.yaml").read_bytes()
     check_resume_config(validate_config({**keys, "logging_steps": 5, "report_to": "tensorboard"}), out)
-    with pytest.raises(SftkitError, match=r"--resume: the config differs from the run's .*sftkit_config.yaml in "
-                                          r"lora_rank \(8 -> 16\), learning_rate \(0.005 -> 0.001\); a resumed run"):
+    with pytest.raises(
+        SftkitError,
+        match=r"--resume: the config differs from the run's .*sftkit_config.yaml in "
+        r"lora_rank \(8 -> 16\), learning_rate \(0.005 -> 0.001\); a resumed run",
+    ):
         check_resume_config(validate_config({**keys, "lora_rank": 16, "learning_rate": 1e-3}), out)
     assert (out / "sftkit_config.yaml").read_bytes() == before
 

@@ -10,11 +10,17 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import make_config, run_cli
 
+from helpers import make_config, run_cli
 from sftkit.config import SftConfig, load_config, machine_problems, validate_config
-from sftkit.config.llamafactory import (DEFAULT_DIFFERENCES, METHOD_KEYS, OTHER_KEYS, TRAINING_ARGUMENT_MESSAGE,
-                                        TRAINING_ARGUMENTS, UNSUPPORTED_LLAMAFACTORY_KEYS)
+from sftkit.config.llamafactory import (
+    DEFAULT_DIFFERENCES,
+    METHOD_KEYS,
+    OTHER_KEYS,
+    TRAINING_ARGUMENT_MESSAGE,
+    TRAINING_ARGUMENTS,
+    UNSUPPORTED_LLAMAFACTORY_KEYS,
+)
 from sftkit.config.loading import near_typo
 from sftkit.errors import ConfigError
 
@@ -47,7 +53,6 @@ def lf_data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return folder
 
 
-
 def examples(kind: str) -> list[Any]:
     params = []
     for name, entry in MANIFEST.items():
@@ -58,6 +63,7 @@ def examples(kind: str) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------- LLaMA-Factory's examples
+
 
 def test_every_recorded_example_is_in_the_manifest() -> None:
     assert {path.stem for path in EXAMPLES.glob("*.yaml")} - {"manifest"} == set(MANIFEST)
@@ -85,7 +91,8 @@ def test_llamafactory_example_sftkit_cannot_train_says_why(name: str, tiny_model
 
 
 def test_validate_warns_about_a_missing_package_and_train_stops_on_it(
-        tiny_model_dir: Path, lf_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    tiny_model_dir: Path, lf_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     import importlib.util
 
     from sftkit.training.distributed import SHIPPED_DEEPSPEED
@@ -96,22 +103,29 @@ def test_validate_warns_about_a_missing_package_and_train_stops_on_it(
     path, overrides = example("train_lora__qwen3_lora_sft_ds3", tiny_model_dir, lf_data)
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(["validate", str(path), *overrides, "max_samples=8"], monkeypatch, capsys)
-    note = ("note: deepspeed: examples/deepspeed/ds_z3_config.json is not here (LLaMA-Factory's examples folder); "
-            f"using sftkit's copy of that file, {SHIPPED_DEEPSPEED / 'ds_z3_config.json'}")
+    note = (
+        "note: deepspeed: examples/deepspeed/ds_z3_config.json is not here (LLaMA-Factory's examples folder); "
+        f"using sftkit's copy of that file, {SHIPPED_DEEPSPEED / 'ds_z3_config.json'}"
+    )
     assert note in stderr.splitlines()
-    warning = ("deepspeed: the deepspeed package is not installed; run `pip install -e .[deepspeed]` (or remove the "
-               "deepspeed key)")
+    warning = (
+        "deepspeed: the deepspeed package is not installed; run `pip install -e .[deepspeed]` (or remove the "
+        "deepspeed key)"
+    )
     assert code == 0 and f"{path}: OK (" in stdout, stderr
     assert f"warning: {warning}" in stderr.splitlines()
     # the example sets logging_steps, report_to and plot_loss itself: only the other differences are noted
-    assert ("note: defaults that differ from LLaMA-Factory's, for the keys this file leaves unset: optim adamw_torch "
-            "(LLaMA-Factory: adamw_torch_fused), gradient_checkpointing auto (LLaMA-Factory: true)") in stderr
+    assert (
+        "note: defaults that differ from LLaMA-Factory's, for the keys this file leaves unset: optim adamw_torch "
+        "(LLaMA-Factory: adamw_torch_fused), gradient_checkpointing auto (LLaMA-Factory: true)"
+    ) in stderr
     code, _, stderr = run_cli(["train", str(path), *overrides, f"output_dir={out}"], monkeypatch, capsys)
     assert code == 2 and stderr.splitlines() == [note, f"error: {warning}"]
     assert not out.exists()  # stopped before anything loaded or was written
 
 
 # ---------------------------------------------------------------------------- refused keys, one line each
+
 
 @pytest.mark.parametrize("key", sorted(UNSUPPORTED_LLAMAFACTORY_KEYS))
 def test_every_refused_llamafactory_key_says_what_it_does_and_what_to_use(key: str) -> None:
@@ -144,8 +158,9 @@ def test_every_transformers_training_argument_is_taken_or_answered() -> None:
     assert line == f"<config>: torch_compile_mode: {TRAINING_ARGUMENT_MESSAGE}"
 
 
-@pytest.mark.parametrize("key", ["apollo_rank", "galore_target", "oft_block_size", "pure_bf16", "temperature",
-                                 "local_rank", "data_seed"])
+@pytest.mark.parametrize(
+    "key", ["apollo_rank", "galore_target", "oft_block_size", "pure_bf16", "temperature", "local_rank", "data_seed"]
+)
 def test_no_did_you_mean_for_a_key_that_only_shares_a_word(key: str) -> None:
     # the rule itself, table or not (some of these are sftkit's own keys: against the others they must still
     # suggest nothing)
@@ -156,10 +171,16 @@ def test_no_did_you_mean_for_a_key_that_only_shares_a_word(key: str) -> None:
         assert "did you mean" not in line and line.startswith(f"<config>: {key}: ")
 
 
-@pytest.mark.parametrize("typo,meant", [("lora_rnak", "lora_rank"), ("learning_rat", "learning_rate"),
-                                        ("gradient_acumulation_steps", "gradient_accumulation_steps"),
-                                        ("cutof_len", "cutoff_len"), ("per_device_train_batchsize",
-                                                                      "per_device_train_batch_size")])
+@pytest.mark.parametrize(
+    "typo,meant",
+    [
+        ("lora_rnak", "lora_rank"),
+        ("learning_rat", "learning_rate"),
+        ("gradient_acumulation_steps", "gradient_accumulation_steps"),
+        ("cutof_len", "cutoff_len"),
+        ("per_device_train_batchsize", "per_device_train_batch_size"),
+    ],
+)
 def test_did_you_mean_for_a_slip_of_the_keyboard(typo: str, meant: str) -> None:
     (line,) = pytest.raises(ConfigError, validate_config, {**BASE, typo: 1}).value.problems
     assert line == f"<config>: {typo}: unknown key; did you mean {meant}?"
@@ -170,8 +191,10 @@ def test_a_refused_key_given_with_set_is_blamed_on_set(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(BASE), encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path, ["pref_beta=0.1", "eval_strategy=steps", "val_size=0.1"])
-    assert info.value.problems == [f"--set pref_beta=0.1: pref_beta: {OTHER_KEYS['pref_beta']}",
-                                   "--set eval_strategy=steps: eval_steps: required when eval_strategy is steps"]
+    assert info.value.problems == [
+        f"--set pref_beta=0.1: pref_beta: {OTHER_KEYS['pref_beta']}",
+        "--set eval_strategy=steps: eval_steps: required when eval_strategy is steps",
+    ]
 
 
 @pytest.mark.parametrize("stage", ["pt", "rm", "ppo", "dpo", "kto"])
@@ -191,13 +214,36 @@ def test_false_only_keys_refuse_true(key: str) -> None:
 
 # LLaMA-Factory's own defaults (src/llamafactory/hparams at ff6d4d12eeb0) for the keys sftkit shares with it.
 LLAMAFACTORY_DEFAULTS = {
-    "model_name_or_path": None, "trust_remote_code": False, "flash_attn": "auto", "enable_liger_kernel": False,
-    "use_unsloth": False, "template": None, "dataset_dir": "data", "cutoff_len": 2048, "train_on_prompt": False,
-    "mask_history": False, "streaming": False, "mix_strategy": "concat", "interleave_probs": None,
-    "overwrite_cache": False, "preprocessing_batch_size": 1000, "preprocessing_num_workers": None,
-    "max_samples": None, "val_size": 0.0, "neat_packing": False, "default_system": None, "enable_thinking": True,
-    "stage": "sft", "finetuning_type": "lora", "lora_rank": 8, "lora_alpha": None, "lora_dropout": 0.0,
-    "lora_target": ["all"], "use_rslora": False, "early_stopping_steps": None, "plot_loss": False,
+    "model_name_or_path": None,
+    "trust_remote_code": False,
+    "flash_attn": "auto",
+    "enable_liger_kernel": False,
+    "use_unsloth": False,
+    "template": None,
+    "dataset_dir": "data",
+    "cutoff_len": 2048,
+    "train_on_prompt": False,
+    "mask_history": False,
+    "streaming": False,
+    "mix_strategy": "concat",
+    "interleave_probs": None,
+    "overwrite_cache": False,
+    "preprocessing_batch_size": 1000,
+    "preprocessing_num_workers": None,
+    "max_samples": None,
+    "val_size": 0.0,
+    "neat_packing": False,
+    "default_system": None,
+    "enable_thinking": True,
+    "stage": "sft",
+    "finetuning_type": "lora",
+    "lora_rank": 8,
+    "lora_alpha": None,
+    "lora_dropout": 0.0,
+    "lora_target": ["all"],
+    "use_rslora": False,
+    "early_stopping_steps": None,
+    "plot_loss": False,
     "ray_num_workers": 1,
     # packing: None there means "on for stage pt only", so off for SFT
     "packing": False,
@@ -211,12 +257,18 @@ NOT_DEFAULTS = {"model_name_or_path", "output_dir", "dataset", "do_train"}  # re
 def test_shared_keys_default_as_in_llamafactory_or_validate_says_so() -> None:
     from transformers import Seq2SeqTrainingArguments
 
-    defaults = {field.name: field.default if field.default is not dataclasses.MISSING else field.default_factory()
-                for field in dataclasses.fields(Seq2SeqTrainingArguments) if field.init}
+    defaults = {
+        field.name: field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        for field in dataclasses.fields(Seq2SeqTrainingArguments)
+        if field.init
+    }
     theirs = {key: value for key, value in defaults.items() if key in SftConfig.model_fields} | LLAMAFACTORY_DEFAULTS
     ours = {key: info.default for key, info in SftConfig.model_fields.items()}
-    differ = {key: (ours[key], value) for key, value in theirs.items()
-              if key not in NOT_DEFAULTS and ours[key] != value and not (key == "report_to" and value in ("none", []))}
+    differ = {
+        key: (ours[key], value)
+        for key, value in theirs.items()
+        if key not in NOT_DEFAULTS and ours[key] != value and not (key == "report_to" and value in ("none", []))
+    }
     differ |= {"report_to": (ours["report_to"], defaults["report_to"])}
     assert differ == DEFAULT_DIFFERENCES
     # the ones that change the training take LLaMA-Factory's default
@@ -229,10 +281,22 @@ def test_boilerplate_keys_reach_the_trainer(tmp_path: Path, monkeypatch: pytest.
     from sftkit.training.arguments import build_sft_config
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
-    cfg = make_config(output_dir=tmp_path, adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, save_only_model=True,
-                      run_name="lf-run", ddp_timeout=180000000, logging_dir=tmp_path / "tb", val_size=2,
-                      eval_strategy="steps", eval_steps=5, save_steps=5, load_best_model_at_end=True,
-                      metric_for_best_model="eval_loss")
+    cfg = make_config(
+        output_dir=tmp_path,
+        adam_beta1=0.8,
+        adam_beta2=0.95,
+        adam_epsilon=1e-6,
+        save_only_model=True,
+        run_name="lf-run",
+        ddp_timeout=180000000,
+        logging_dir=tmp_path / "tb",
+        val_size=2,
+        eval_strategy="steps",
+        eval_steps=5,
+        save_steps=5,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+    )
     fp32 = Precision("float32", "cpu", "fp32 on cpu")
     args = build_sft_config(cfg, fp32)
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.8, 0.95, 1e-6)
@@ -240,8 +304,9 @@ def test_boilerplate_keys_reach_the_trainer(tmp_path: Path, monkeypatch: pytest.
     assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tb")  # where transformers 5 reads it from
     # LLaMA-Factory's fp8_fsdp example: the option words as a list, the layer class at the top level
-    fsdp = make_config(output_dir=tmp_path, fsdp=["full_shard", "auto_wrap"],
-                       fsdp_transformer_layer_cls_to_wrap="Ernie4_5DecoderLayer")
+    fsdp = make_config(
+        output_dir=tmp_path, fsdp=["full_shard", "auto_wrap"], fsdp_transformer_layer_cls_to_wrap="Ernie4_5DecoderLayer"
+    )
     args = build_sft_config(fsdp, fp32)
     assert args.fsdp and args.fsdp_config["transformer_layer_cls_to_wrap"] == ["Ernie4_5DecoderLayer"]
     assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "Ernie4_5DecoderLayer"
@@ -252,16 +317,28 @@ def test_neat_packing_packs_and_resume_from_checkpoint_is_resume() -> None:
     assert validate_config({**BASE, "resume_from_checkpoint": True}).resume == "latest"
     assert validate_config({**BASE, "resume_from_checkpoint": "out/checkpoint-5"}).resume == "out/checkpoint-5"
     assert validate_config({**BASE, "resume_from_checkpoint": None}).resume is None
-    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "metric_for_best_model": "eval_accuracy"}
-                            ).value.problems
+    (line,) = pytest.raises(
+        ConfigError, validate_config, {**BASE, "metric_for_best_model": "eval_accuracy"}
+    ).value.problems
     assert line.startswith("<config>: metric_for_best_model: sftkit's evaluation computes the loss only")
-    problems = pytest.raises(ConfigError, validate_config, {**BASE, "save_only_model": True, "deepspeed": "ds.json",
-                                                            "val_size": 2, "eval_strategy": "epoch",
-                                                            "save_strategy": "epoch",
-                                                            "load_best_model_at_end": True}).value.problems
-    assert problems == ["<config>: save_only_model: a weights-only checkpoint cannot be reloaded as the best model "
-                        "under DeepSpeed or FSDP; set save_only_model: false, or drop load_best_model_at_end and "
-                        "early_stopping_steps"]
+    problems = pytest.raises(
+        ConfigError,
+        validate_config,
+        {
+            **BASE,
+            "save_only_model": True,
+            "deepspeed": "ds.json",
+            "val_size": 2,
+            "eval_strategy": "epoch",
+            "save_strategy": "epoch",
+            "load_best_model_at_end": True,
+        },
+    ).value.problems
+    assert problems == [
+        "<config>: save_only_model: a weights-only checkpoint cannot be reloaded as the best model "
+        "under DeepSpeed or FSDP; set save_only_model: false, or drop load_best_model_at_end and "
+        "early_stopping_steps"
+    ]
 
 
 def test_resume_from_checkpoint_in_the_yaml_resumes_like_the_option(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -276,15 +353,18 @@ def test_flash_attention_3_is_a_choice_that_needs_its_package(monkeypatch: pytes
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "flash_attn_interface" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn_interface" else real(name, *a)
+    )
     assert machine_problems(validate_config({**BASE, "flash_attn": "fa3", "report_to": "none"})) == [
         "flash_attn: fa3 needs the flash-attn-3 package (and a GPU it supports), which is not installed; install it "
-        "or use flash_attn: sdpa"]
+        "or use flash_attn: sdpa"
+    ]
     assert machine_problems(validate_config({**BASE, "flash_attn": "sdpa", "report_to": "none"})) == []
 
 
 # ---------------------------------------------------------------------------- LLaMA-Factory's non-SFT data
+
 
 @pytest.mark.parametrize("name", ["c4_demo", "wiki_demo"])
 def test_pretraining_text_is_named_not_sft_data(name: str) -> None:
@@ -292,8 +372,11 @@ def test_pretraining_text_is_named_not_sft_data(name: str) -> None:
     from sftkit.errors import DataError
 
     folder = EXAMPLES / "pretraining_data"
-    with pytest.raises(DataError, match=rf"dataset '{name}': pretraining text is not SFT data \(LLaMA-Factory trains "
-                                        r"such an entry, raw text as columns.prompt, with stage: pt\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"dataset '{name}': pretraining text is not SFT data \(LLaMA-Factory trains "
+        r"such an entry, raw text as columns.prompt, with stage: pt\)",
+    ):
         get_spec(load_registry(folder), name, folder)
 
 
@@ -302,22 +385,28 @@ def test_pretraining_text_is_named_not_sft_data(name: str) -> None:
 # What an example needs changed to run in one CPU process on the tiny model; every other key is the example's.
 ONE_PROCESS = ["deepspeed="]  # DeepSpeed's launcher is a multi-process run (and the package an extra)
 RUN_HERE = {
-    "extras__asft__llama2_full_asft": ONE_PROCESS, "extras__asft__qwen2_full_asft": ONE_PROCESS,
-    "train_full__qwen3_full_sft": ONE_PROCESS, "train_lora__qwen3_lora_sft_ds3": ONE_PROCESS,
+    "extras__asft__llama2_full_asft": ONE_PROCESS,
+    "extras__asft__qwen2_full_asft": ONE_PROCESS,
+    "train_full__qwen3_full_sft": ONE_PROCESS,
+    "train_lora__qwen3_lora_sft_ds3": ONE_PROCESS,
     # LLaMA Pro trains the blocks scripts/llama_pro.py added (8 there); the tiny model has 2 layers, none added
     "extras__llama_pro__llama3_freeze_sft": ["freeze_trainable_layers=1"],
 }
 
 
 def trainable_examples() -> list[Any]:
-    return [pytest.param(name, RUN_HERE.get(name, []), id=name) for name, entry in MANIFEST.items()
-            if "refused" not in entry]
+    return [
+        pytest.param(name, RUN_HERE.get(name, []), id=name)
+        for name, entry in MANIFEST.items()
+        if "refused" not in entry
+    ]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name,overrides", trainable_examples())
-def test_llamafactory_example_trains_as_it_is(name: str, overrides: list[str], tiny_model_dir: Path,
-                                              lf_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_llamafactory_example_trains_as_it_is(
+    name: str, overrides: list[str], tiny_model_dir: Path, lf_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Every example that validates trains 2 updates here, unless this machine cannot run it at all (an fp8 GPU, a
     package such as mixture-of-depth or wandb): then the test skips with the line `sftkit train` stops on."""
     import json
@@ -328,8 +417,11 @@ def test_llamafactory_example_trains_as_it_is(name: str, overrides: list[str], t
         pytest.skip(f"this machine cannot run it: {'; '.join(cannot)}")
     out = tmp_path / "out"
     # the run is cut short (2 updates on 16 rows); every other key is the example's (LLaMA-Factory's key=value form)
-    code, stdout, stderr = run_cli(["train", str(path), *here, f"output_dir={out}", "max_steps=2", "max_samples=16",
-                                    *overrides], monkeypatch, capsys)
+    code, stdout, stderr = run_cli(
+        ["train", str(path), *here, f"output_dir={out}", "max_steps=2", "max_samples=16", *overrides],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, stderr
     assert json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["global_step"] == 2
     saved = load_config(out / "sftkit_config.yaml")
@@ -340,14 +432,22 @@ def test_llamafactory_example_trains_as_it_is(name: str, overrides: list[str], t
 
 # ---------------------------------------------------------------------------- LLaMA-Factory's command line
 
+
 def test_key_value_after_the_yaml_overrides_it_and_dotted_keys_nest(tmp_path: Path) -> None:
     from sftkit.cli.app import split_command_line
 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({**BASE, "fsdp_config": {"offload_params": False}}), encoding="utf-8")
-    found, overrides = split_command_line(str(path), ["learning_rate=1e-5", "fsdp_config.offload_params=true",
-                                                      "lr_scheduler_kwargs.min_lr=0", "--lora_rank=4",
-                                                      "lr_scheduler_type=cosine_with_min_lr"])
+    found, overrides = split_command_line(
+        str(path),
+        [
+            "learning_rate=1e-5",
+            "fsdp_config.offload_params=true",
+            "lr_scheduler_kwargs.min_lr=0",
+            "--lora_rank=4",
+            "lr_scheduler_type=cosine_with_min_lr",
+        ],
+    )
     assert found == path
     cfg = load_config(found, overrides)
     assert cfg.learning_rate == 1e-5 and cfg.lora_rank == 4
@@ -357,8 +457,9 @@ def test_key_value_after_the_yaml_overrides_it_and_dotted_keys_nest(tmp_path: Pa
 def test_flag_form_without_a_yaml_builds_the_config_from_the_flags() -> None:
     from sftkit.cli.app import split_command_line
 
-    found, overrides = split_command_line("--model_name_or_path", ["m", "--dataset", "a,b", "--do_train",
-                                                                  "--output_dir", "out", "--lora_rank", "4"])
+    found, overrides = split_command_line(
+        "--model_name_or_path", ["m", "--dataset", "a,b", "--do_train", "--output_dir", "out", "--lora_rank", "4"]
+    )
     assert found is None
     cfg = load_config(None, overrides)
     assert (cfg.model_name_or_path, cfg.dataset, cfg.do_train, cfg.lora_rank) == ("m", ["a", "b"], True, 4)
@@ -369,15 +470,21 @@ def test_a_bad_override_is_blamed_as_it_was_written(tmp_path: Path, monkeypatch,
     path.write_text(yaml.safe_dump(BASE), encoding="utf-8")
     code, _, stderr = run_cli(["validate", str(path), "learning_rate=fast"], monkeypatch, capsys)
     assert code == 2 and stderr.startswith("error: learning_rate=fast: learning_rate: Input should be a valid number")
-    code, _, stderr = run_cli(["validate", "--model_name_or_path", "m", "--dataset", "a", "--output_dir", "o",
-                               "--cutoff_len", "0"], monkeypatch, capsys)
+    code, _, stderr = run_cli(
+        ["validate", "--model_name_or_path", "m", "--dataset", "a", "--output_dir", "o", "--cutoff_len", "0"],
+        monkeypatch,
+        capsys,
+    )
     assert code == 2 and stderr.startswith("error: --cutoff_len 0: cutoff_len: Input should be greater than 0")
     code, _, stderr = run_cli(["train", str(path), "other.yaml"], monkeypatch, capsys)
-    assert code == 2 and stderr == ("error: other.yaml: unexpected argument (one config file only); give settings as "
-                                    "key=value after the config file, as --key value without one, or as --set "
-                                    "key=value\n")
-    code, _, stderr = run_cli(["train", str(path), "fsdp_config.x.y=1", "lora_rank=2", "lora_rank.x=1"],
-                              monkeypatch, capsys)
+    assert code == 2 and stderr == (
+        "error: other.yaml: unexpected argument (one config file only); give settings as "
+        "key=value after the config file, as --key value without one, or as --set "
+        "key=value\n"
+    )
+    code, _, stderr = run_cli(
+        ["train", str(path), "fsdp_config.x.y=1", "lora_rank=2", "lora_rank.x=1"], monkeypatch, capsys
+    )
     assert code == 2 and "error: lora_rank.x=1: lora_rank is not a mapping, so lora_rank.x cannot be set" in stderr
 
 
@@ -385,9 +492,19 @@ def test_llamafactory_v1_schema_is_named_in_one_line(tmp_path: Path) -> None:
     from sftkit.config.llamafactory import V1_MESSAGE
 
     path = tmp_path / "train_lora_sft.yaml"
-    path.write_text(yaml.safe_dump({"model": "Qwen/Qwen3-4B", "model_class": "llm", "peft_config": {"name": "lora"},
-                                    "train_dataset": "data/v1_sft_demo.yaml", "output_dir": "o",
-                                    "micro_batch_size": 1}), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "Qwen/Qwen3-4B",
+                "model_class": "llm",
+                "peft_config": {"name": "lora"},
+                "train_dataset": "data/v1_sft_demo.yaml",
+                "output_dir": "o",
+                "micro_batch_size": 1,
+            }
+        ),
+        encoding="utf-8",
+    )
     (line,) = pytest.raises(ConfigError, load_config, path).value.problems
     assert line == f"{path}: model, model_class, peft_config, train_dataset, micro_batch_size: {V1_MESSAGE}"
     assert "v0 form" in line
@@ -395,9 +512,17 @@ def test_llamafactory_v1_schema_is_named_in_one_line(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- keys taken for compatibility
 
+
 def test_llamafactory_defaults_written_out_are_accepted() -> None:
-    cfg = validate_config({**BASE, "use_v1_kernels": False, "disable_gradient_checkpointing": False,
-                           "save_safetensors": True, "include_num_input_tokens_seen": True})
+    cfg = validate_config(
+        {
+            **BASE,
+            "use_v1_kernels": False,
+            "disable_gradient_checkpointing": False,
+            "save_safetensors": True,
+            "include_num_input_tokens_seen": True,
+        }
+    )
     assert cfg.gradient_checkpointing == "auto"
     (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "use_v1_kernels": True}).value.problems
     assert line.startswith("<config>: use_v1_kernels: true is refused: ")
@@ -407,8 +532,9 @@ def test_llamafactory_defaults_written_out_are_accepted() -> None:
 
 def test_disable_gradient_checkpointing_turns_it_off_as_in_llamafactory() -> None:
     assert validate_config({**BASE, "disable_gradient_checkpointing": True}).gradient_checkpointing is False
-    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "disable_gradient_checkpointing": True,
-                                                           "gradient_checkpointing": True}).value.problems
+    (line,) = pytest.raises(
+        ConfigError, validate_config, {**BASE, "disable_gradient_checkpointing": True, "gradient_checkpointing": True}
+    ).value.problems
     assert "contradicts gradient_checkpointing: true" in line
 
 
@@ -436,8 +562,10 @@ def test_megatron_and_ktransformers_keys_have_a_reason() -> None:
 
 # ---------------------------------------------------------------------------- LLaMA-Factory's remote data, offline
 
-def test_remote_dataset_dir_and_hub_entries_say_how_to_get_them_offline(tiny_model_dir: Path, tmp_path: Path,
-                                                                         monkeypatch, capsys) -> None:
+
+def test_remote_dataset_dir_and_hub_entries_say_how_to_get_them_offline(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """The ray example's `dataset_dir: REMOTE:llamafactory/demo_data`, and a hub entry such as LLaMA-Factory's
     alpaca_zh, each stop `sftkit validate` with one line saying what to do."""
     import json
@@ -448,23 +576,40 @@ def test_remote_dataset_dir_and_hub_entries_say_how_to_get_them_offline(tiny_mod
         "error: dataset_dir: REMOTE:llamafactory/demo_data is LLaMA-Factory's hub dataset folder (it downloads "
         "llamafactory/demo_data's dataset_info.json and data from the Hugging Face hub); sftkit reads a local folder: "
         "download it (huggingface-cli download --repo-type dataset llamafactory/demo_data --local-dir data) and set "
-        "dataset_dir: data"]
+        "dataset_dir: data"
+    ]
     (tmp_path / "dataset_info.json").write_text(json.dumps({"alpaca_zh": {"hf_hub_url": "llamafactory/alpaca_zh"}}))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, stderr = run_cli(["validate", "--model_name_or_path", str(tiny_model_dir), "--dataset", "alpaca_zh",
-                               "--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")], monkeypatch, capsys)
+    code, _, stderr = run_cli(
+        [
+            "validate",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--dataset",
+            "alpaca_zh",
+            "--dataset_dir",
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 2 and stderr.splitlines() == [
         "error: dataset 'alpaca_zh': its registry entry loads it from the Hugging Face hub (llamafactory/alpaca_zh), "
         "and this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); download it where there is a network, "
-        "or give the entry a local file_name"]
+        "or give the entry a local file_name"
+    ]
 
 
 def test_llamafactory_deepspeed_paths_resolve_to_sftkits_copies(tmp_path: Path, monkeypatch) -> None:
     from sftkit.training.distributed import SHIPPED_DEEPSPEED, deepspeed_file, deepspeed_note
 
     monkeypatch.chdir(tmp_path)
-    names = {str(yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8")).get("deepspeed"))
-             for name in MANIFEST} - {"None"}
+    names = {
+        str(yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8")).get("deepspeed"))
+        for name in MANIFEST
+    } - {"None"}
     assert names and all(name.startswith("examples/deepspeed/") for name in names)
     for name in names:  # every one LLaMA-Factory's examples name is shipped
         assert deepspeed_file(name) == str(SHIPPED_DEEPSPEED / Path(name).name)
@@ -488,8 +633,9 @@ def test_tool_format_replaces_a_named_templates_own(tiny_tokenizer) -> None:
     assert "[AVAILABLE_TOOLS]" in text and "[TOOL_CALLS] [" in text and "<tool_call>" not in text
     (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "tool_format": "qwen"}).value.problems
     assert line.startswith("<config>: tool_format: applies to a named template only")
-    (line,) = pytest.raises(ConfigError, validate_config, {**BASE, "template": "qwen", "tool_format": "glm4"}
-                            ).value.problems
+    (line,) = pytest.raises(
+        ConfigError, validate_config, {**BASE, "template": "qwen", "tool_format": "glm4"}
+    ).value.problems
     assert "'glm4' is a LLaMA-Factory tool format sftkit cannot write" in line
 
 
@@ -499,11 +645,23 @@ def test_do_eval_evaluates_after_training(tiny_model_dir: Path, bundled_data: Pa
 
     from sftkit.training import train
 
-    cfg = validate_config({"model_name_or_path": str(tiny_model_dir), "dataset": "demo_alpaca",
-                           "dataset_dir": str(bundled_data), "template": "chatml", "max_samples": 8, "val_size": 4,
-                           "cutoff_len": 64, "per_device_train_batch_size": 2, "max_steps": 2, "report_to": "none",
-                           "eval_strategy": "no", "do_eval": True,
-                           "output_dir": str(tmp_path / "run")})
+    cfg = validate_config(
+        {
+            "model_name_or_path": str(tiny_model_dir),
+            "dataset": "demo_alpaca",
+            "dataset_dir": str(bundled_data),
+            "template": "chatml",
+            "max_samples": 8,
+            "val_size": 4,
+            "cutoff_len": 64,
+            "per_device_train_batch_size": 2,
+            "max_steps": 2,
+            "report_to": "none",
+            "eval_strategy": "no",
+            "do_eval": True,
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
     run = train(cfg)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_loss"] is not None  # eval_strategy: no, so only do_eval's final evaluation gave it

@@ -20,8 +20,13 @@ def _model(model_dir: Path, lora: bool = False, trainable_tokens: list[int] | No
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if lora or trainable_tokens:
-        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                            trainable_token_indices=trainable_tokens)
+        config = LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules="all-linear",
+            init_lora_weights=False,
+            trainable_token_indices=trainable_tokens,
+        )
         model = get_peft_model(model, config)
     add_chunked_loss(model)
     return model
@@ -47,8 +52,9 @@ def chunked(model: torch.nn.Module, batch: dict, loss_chunk_size: int, loss_vari
         return model(**batch, **kwargs)
 
 
-def _loss_and_grads(model: torch.nn.Module, batch: dict, loss_chunk_size: int = 0,
-                    **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _loss_and_grads(
+    model: torch.nn.Module, batch: dict, loss_chunk_size: int = 0, **kwargs
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
     loss = (chunked(model, batch, loss_chunk_size, **kwargs) if loss_chunk_size else model(**batch, **kwargs)).loss
     loss.backward()
@@ -134,8 +140,7 @@ def test_forward_is_unchanged_without_the_flag(tiny_model_dir: Path) -> None:
     torch.testing.assert_close(patched(**batch).logits, plain(**batch).logits)
     assert chunked(patched, batch, loss_chunk_size=4).num_trained > 0
     torch.testing.assert_close(patched(**batch).logits, plain(**batch).logits)  # the block's settings end with it
-    generated = patched.generate(batch["input_ids"][:1, :5], max_new_tokens=3, do_sample=False,
-                                 pad_token_id=0)
+    generated = patched.generate(batch["input_ids"][:1, :5], max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert generated.shape == (1, 8)
 
 
@@ -153,6 +158,7 @@ def test_shifted_labels_are_not_shifted_again() -> None:
 # References written from LLaMA-Factory's definitions (train/trainer_utils.py: dft_loss_func, eaft_loss_func,
 # asft_loss_func), on full fp32 logits of the shifted sequence; the chunked versions must match them.
 
+
 def _shifted(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
     labels = batch["labels"]
@@ -160,8 +166,14 @@ def _shifted(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.T
     return logits[:, :-1][mask], labels[:, 1:][mask]
 
 
-def _reference_loss(kind: str, alpha: float, logits: torch.Tensor, targets: torch.Tensor,
-                    ref_logits: torch.Tensor | None = None, num_items: int | None = None) -> torch.Tensor:
+def _reference_loss(
+    kind: str,
+    alpha: float,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ref_logits: torch.Tensor | None = None,
+    num_items: int | None = None,
+) -> torch.Tensor:
     import torch.nn.functional as F
 
     ce = F.cross_entropy(logits, targets, reduction="none")
@@ -184,10 +196,12 @@ def _variant_grads(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torc
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
-@pytest.mark.parametrize("kind,alpha,num_items", [("dft", 1.0, None), ("eaft", 1.0, None), ("eaft", 0.5, 90),
-                                                  ("dft", 1.0, 90)])
-def test_dft_and_eaft_equal_their_definitions(tiny_model_dir: Path, kind: str, alpha: float,
-                                              num_items: int | None) -> None:
+@pytest.mark.parametrize(
+    "kind,alpha,num_items", [("dft", 1.0, None), ("eaft", 1.0, None), ("eaft", 0.5, 90), ("dft", 1.0, 90)]
+)
+def test_dft_and_eaft_equal_their_definitions(
+    tiny_model_dir: Path, kind: str, alpha: float, num_items: int | None
+) -> None:
     from sftkit.training.loss import LossVariant
 
     model = _model(tiny_model_dir, lora=True)
@@ -236,4 +250,7 @@ def test_asft_reference_of_a_full_model_is_frozen_at_the_start(tiny_model_dir: P
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(1.5)
     moved = chunked(model, batch, loss_chunk_size=4, loss_variant=variant).loss
-    assert moved.item() > chunked(model, batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss.item()
+    assert (
+        moved.item()
+        > chunked(model, batch, loss_chunk_size=4, loss_variant=loss_variant_for("dft", 1.0, model)).loss.item()
+    )

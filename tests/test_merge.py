@@ -11,14 +11,17 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
 
+from helpers import run_cli
 from sftkit.errors import SftkitError
 
 REPO = Path(__file__).resolve().parent.parent
 
-PROBE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a red fruit."},
-         {"role": "assistant", "content": "An apple."}]
+PROBE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a red fruit."},
+    {"role": "assistant", "content": "An apple."},
+]
 
 
 def make_lora_run(base_dir: Path, run_dir: Path, template: str = "chatml", seed: int = 0) -> Path:
@@ -26,12 +29,19 @@ def make_lora_run(base_dir: Path, run_dir: Path, template: str = "chatml", seed:
     import torch
 
     from sftkit.config import dump_resolved, validate_config
-    from sftkit.model import Precision, add_adapter, load_model
     from sftkit.data import load_tokenizer
+    from sftkit.model import Precision, add_adapter, load_model
     from sftkit.templates import get_template
 
-    cfg = validate_config({"model_name_or_path": str(base_dir), "dataset": ["demo_alpaca"],
-                           "dataset_dir": str(REPO / "data"), "template": template, "output_dir": str(run_dir)})
+    cfg = validate_config(
+        {
+            "model_name_or_path": str(base_dir),
+            "dataset": ["demo_alpaca"],
+            "dataset_dir": str(REPO / "data"),
+            "template": template,
+            "output_dir": str(run_dir),
+        }
+    )
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, tokenizer, Precision("float32", "cpu", "test"))
     model = add_adapter(model, cfg, get_template(template).token_ids(tokenizer))
@@ -81,8 +91,7 @@ def test_merged_fp32_logits_equal_base_plus_adapter(lora_run: Path, merged_fp32:
     assert (_logits(merged, ids) - reference).abs().max().item() <= 1e-5
 
 
-def test_added_tokens_survive_with_their_trained_rows(tiny_model_dir: Path, lora_run: Path,
-                                                      merged_fp32: Path) -> None:
+def test_added_tokens_survive_with_their_trained_rows(tiny_model_dir: Path, lora_run: Path, merged_fp32: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -124,8 +133,9 @@ def test_export_is_sharded_and_renders_the_template(merged_fp32: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(merged_fp32)
     template = get_template("chatml")
     assert tokenizer.apply_chat_template(PROBE, tokenize=False) == "".join(t for t, _ in template.render(PROBE))
-    assert tokenizer.apply_chat_template(PROBE[:2], tokenize=False, add_generation_prompt=True) == \
-        template.generation_prompt(PROBE[:2])
+    assert tokenizer.apply_chat_template(
+        PROBE[:2], tokenize=False, add_generation_prompt=True
+    ) == template.generation_prompt(PROBE[:2])
     eos = json.loads((merged_fp32 / "generation_config.json").read_text())["eos_token_id"]
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in eos and tokenizer.eos_token_id in eos
 
@@ -166,8 +176,10 @@ def test_overwrite_replaces_an_earlier_merge_only(lora_run: Path, merged_fp32: P
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     (mine / "config.json").write_text("{}")
-    for folder, reason in [(checkpoint, "it holds optimizer.pt"), (mine, "it holds notes.txt, which `sftkit merge` "
-                                                                         "does not write")]:
+    for folder, reason in [
+        (checkpoint, "it holds optimizer.pt"),
+        (mine, "it holds notes.txt, which `sftkit merge` does not write"),
+    ]:
         before = sorted(path.name for path in folder.iterdir())
         with pytest.raises(SftkitError, match=f"not a merged model \\({reason}"):
             merge(lora_run, out=folder, dtype="fp32", overwrite=True)
@@ -184,6 +196,7 @@ def test_failed_check_leaves_nothing_at_out(lora_run: Path, tmp_path: Path, monk
 
 
 # ---------------------------------------------------------------------------- CLI errors
+
 
 def assert_one_error(code: int, err: str, *words: str) -> None:
     assert code == 2
@@ -202,8 +215,7 @@ def other_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("other-base")
     tokenizer = build_tiny_tokenizer()
-    config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                               tokenizer.eos_token_id)
+    config = tiny_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     config.hidden_size = 32
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -223,10 +235,12 @@ def test_cli_refuses_a_full_or_merged_model(tiny_model_dir: Path, merged_fp32: P
     assert not (tiny_model_dir / "merged").exists()
 
 
-def test_cli_refuses_an_adapter_from_another_base(lora_run: Path, other_base: Path, tmp_path: Path,
-                                                  monkeypatch, capsys) -> None:
-    code, _, err = run_cli(["merge", str(lora_run), "--base", str(other_base), "--out", str(tmp_path / "m")],
-                           monkeypatch, capsys)
+def test_cli_refuses_an_adapter_from_another_base(
+    lora_run: Path, other_base: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    code, _, err = run_cli(
+        ["merge", str(lora_run), "--base", str(other_base), "--out", str(tmp_path / "m")], monkeypatch, capsys
+    )
     assert_one_error(code, err, "not trained on", "--base")
     assert not (tmp_path / "m").exists()
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import make_config, run_cli
 from safetensors.torch import load_file
 
+from helpers import make_config, run_cli
 from sftkit.config import SftConfig
 from sftkit.config.environment import cannot_run_here
 from sftkit.errors import ConfigError, SftkitError
@@ -36,11 +36,25 @@ def _private_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def method_config(model_dir: Path, data_dir: Path, out: Path, **keys: Any) -> SftConfig:
     """Four short rows, three updates at a high learning rate, nothing saved but the final weights."""
-    return make_config(**{"model_name_or_path": model_dir, "dataset": DATASET, "dataset_dir": data_dir,
-                          "output_dir": out, "report_to": "none", "max_samples": 4, "cutoff_len": 64,
-                          "per_device_train_batch_size": 2, "max_steps": 3, "learning_rate": 1e-2,
-                          "lr_scheduler_type": "constant", "save_strategy": "no", "logging_steps": 1,
-                          "plot_loss": False, **keys})
+    return make_config(
+        **{
+            "model_name_or_path": model_dir,
+            "dataset": DATASET,
+            "dataset_dir": data_dir,
+            "output_dir": out,
+            "report_to": "none",
+            "max_samples": 4,
+            "cutoff_len": 64,
+            "per_device_train_batch_size": 2,
+            "max_steps": 3,
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "constant",
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "plot_loss": False,
+            **keys,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +112,14 @@ def merge_and_chat(run: Path, tmp_path: Path) -> None:
         messages = [{"role": "user", "content": "Hi"}]
         tools = None
 
-    (reply,) = generate_replies(loaded.model, loaded.tokenizer, loaded.template, [Prompt()],
-                                GenerationSettings(max_new_tokens=4))
+    (reply,) = generate_replies(
+        loaded.model, loaded.tokenizer, loaded.template, [Prompt()], GenerationSettings(max_new_tokens=4)
+    )
     assert isinstance(reply, str)
 
 
 # ---------------------------------------------------------------------------- freeze and full
+
 
 def test_freeze_trains_only_the_chosen_modules_of_the_last_layers(trained, tiny_model_dir: Path) -> None:
     run = trained(finetuning_type="freeze", freeze_trainable_layers=1, freeze_trainable_modules="mlp")
@@ -114,8 +130,12 @@ def test_freeze_trains_only_the_chosen_modules_of_the_last_layers(trained, tiny_
 
 
 def test_freeze_first_layers_and_extra_modules(trained, tiny_model_dir: Path) -> None:
-    run = trained(finetuning_type="freeze", freeze_trainable_layers=-1, freeze_trainable_modules="self_attn",
-                  freeze_extra_modules="norm")
+    run = trained(
+        finetuning_type="freeze",
+        freeze_trainable_layers=-1,
+        freeze_trainable_modules="self_attn",
+        freeze_extra_modules="norm",
+    )
     moved = changed(base_weights(tiny_model_dir), load_file(run / "model.safetensors"))
     assert any(".layers.0.self_attn." in name for name in moved) and "model.norm.weight" in moved
     # LLaMA-Factory matches extra modules as substrings of parameter names: "norm" trains every layer norm too
@@ -124,8 +144,9 @@ def test_freeze_first_layers_and_extra_modules(trained, tiny_model_dir: Path) ->
 
 
 def test_freeze_names_a_module_the_model_lacks(tiny_model_dir: Path, bundled_data: Path, tmp_path: Path) -> None:
-    cfg = method_config(tiny_model_dir, bundled_data, tmp_path / "run", finetuning_type="freeze",
-                        freeze_trainable_modules="attention")
+    cfg = method_config(
+        tiny_model_dir, bundled_data, tmp_path / "run", finetuning_type="freeze", freeze_trainable_modules="attention"
+    )
     with pytest.raises(SftkitError, match="freeze_trainable_modules: 'attention' is not a module .* mlp"):
         train(cfg)
     assert not (tmp_path / "run" / "sftkit_config.yaml").exists()
@@ -158,6 +179,7 @@ def test_pure_bf16_full_keeps_bf16_weights(trained, tiny_model_dir: Path) -> Non
 
 # ---------------------------------------------------------------------------- LoRA variants, OFT
 
+
 def test_dora_trains_merges_and_chats(trained, tmp_path: Path) -> None:
     run = trained(use_dora=True)
     saved = assert_adapter_trained(run, "lora_B")
@@ -174,25 +196,37 @@ def test_oft_trains_merges_and_chats(trained, tmp_path: Path) -> None:
     merge_and_chat(run, tmp_path)
 
 
-def test_pissa_adapter_is_saved_converted_for_the_original_base(trained, tiny_model_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def test_pissa_adapter_is_saved_converted_for_the_original_base(trained, tiny_model_dir: Path, tmp_path: Path) -> None:
     """The saved adapter on the unchanged base gives the trained model's logits (base residual + PiSSA)."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
     from sftkit.model import load_adapter_run
 
-    run = trained(pissa_init=True, pissa_iter=-1, pissa_convert=True, lora_target="q_proj,v_proj",
-                  save_strategy="steps", save_steps=3)
+    run = trained(
+        pissa_init=True,
+        pissa_iter=-1,
+        pissa_convert=True,
+        lora_target="q_proj,v_proj",
+        save_strategy="steps",
+        save_steps=3,
+    )
     config = json.loads((run / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["init_lora_weights"] is True  # PEFT's conversion doubles the rank
     # the trained model as it was: PiSSA's residual base (an exact SVD) with the unconverted final adapter
     loaded = load_adapter_run(run)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     base.resize_token_embeddings(len(loaded.tokenizer))
-    pissa = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights="pissa",
-                                            trainable_token_indices=config["trainable_token_indices"]))
+    pissa = get_peft_model(
+        base,
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            target_modules=["q_proj", "v_proj"],
+            init_lora_weights="pissa",
+            trainable_token_indices=config["trainable_token_indices"],
+        ),
+    )
     set_peft_model_state_dict(pissa, load_file(run / "checkpoint-3" / "adapter_model.safetensors"))
     ids = torch.tensor([[5, 17, 99, 300, 42, 7]])
     with torch.no_grad():
@@ -204,13 +238,18 @@ def test_pissa_adapter_is_saved_converted_for_the_original_base(trained, tiny_mo
     merge_and_chat(run, tmp_path)
 
 
-def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(tiny_model_dir: Path, bundled_data: Path,
-                                                              tmp_path: Path) -> None:
+def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(
+    tiny_model_dir: Path, bundled_data: Path, tmp_path: Path
+) -> None:
     trainer = built_trainer(tiny_model_dir, bundled_data, tmp_path, loraplus_lr_ratio=16.0)
     optimizer = trainer.create_optimizer()
     names = {id(p): n for n, p in trainer.model.named_parameters()}
-    rates = {names[id(p)].split(".lora_")[-1][0] + str(group["lr"]) for group in optimizer.param_groups
-             for p in group["params"] if "lora_" in names[id(p)]}
+    rates = {
+        names[id(p)].split(".lora_")[-1][0] + str(group["lr"])
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if "lora_" in names[id(p)]
+    }
     assert rates == {"A0.01", "B0.16"}
     trainer.train()
     lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
@@ -227,8 +266,14 @@ def test_additional_target_and_resize_vocab_save_whole_modules(trained) -> None:
 def test_continue_from_an_adapter(trained, tiny_model_dir: Path, bundled_data: Path, tmp_path: Path) -> None:
     """adapter_name_or_path continues the adapter: a run at a vanishing learning rate ends where it began."""
     first = trained(lora_target="q_proj,v_proj")
-    cfg = method_config(tiny_model_dir, bundled_data, tmp_path / "next", adapter_name_or_path=str(first),
-                        learning_rate=1e-12, max_steps=1)
+    cfg = method_config(
+        tiny_model_dir,
+        bundled_data,
+        tmp_path / "next",
+        adapter_name_or_path=str(first),
+        learning_rate=1e-12,
+        max_steps=1,
+    )
     again = train(cfg)
     before, after = load_file(first / "adapter_model.safetensors"), load_file(again / "adapter_model.safetensors")
     lora = [key for key in before if "lora_B" in key]
@@ -246,12 +291,15 @@ def test_new_special_tokens_are_added_and_trained(trained) -> None:
 
 
 def test_neftune_noise_changes_the_first_loss(trained) -> None:
-    plain, noisy = first_losses(trained(lora_target="q_proj")), first_losses(trained(lora_target="q_proj",
-                                                                                      neftune_noise_alpha=50.0))
+    plain, noisy = (
+        first_losses(trained(lora_target="q_proj")),
+        first_losses(trained(lora_target="q_proj", neftune_noise_alpha=50.0)),
+    )
     assert plain[0] != pytest.approx(noisy[0], abs=1e-6)
 
 
 # ---------------------------------------------------------------------------- QLoRA
+
 
 def test_qlora_4bit_trains_on_cpu_and_merges_unquantized(trained, tmp_path: Path) -> None:
     run = trained(quantization_bit=4, lora_target="all")
@@ -259,9 +307,20 @@ def test_qlora_4bit_trains_on_cpu_and_merges_unquantized(trained, tmp_path: Path
     merge_and_chat(run, tmp_path)
 
 
-@pytest.mark.parametrize("keys", [{"quantization_bit": 8, "lora_target": "q_proj,v_proj", "gradient_checkpointing": True},
-                                  {"quantization_bit": 4, "double_quantization": False, "quantization_type": "fp4",
-                                   "finetuning_type": "oft", "oft_block_size": 16}], ids=["qlora-8bit", "qoft-fp4"])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"quantization_bit": 8, "lora_target": "q_proj,v_proj", "gradient_checkpointing": True},
+        {
+            "quantization_bit": 4,
+            "double_quantization": False,
+            "quantization_type": "fp4",
+            "finetuning_type": "oft",
+            "oft_block_size": 16,
+        },
+    ],
+    ids=["qlora-8bit", "qoft-fp4"],
+)
 def test_other_quantized_adapters_train(trained, keys: dict[str, Any]) -> None:
     assert_adapter_trained(trained(**keys), "oft_" if keys.get("finetuning_type") == "oft" else "lora_B")
 
@@ -290,12 +349,19 @@ def gptq_copy(tiny_model_dir: Path, folder: Path) -> Path:
 
 
 def test_a_gptq_model_without_its_package_warns_in_validate_and_stops_train(
-        tiny_model_dir: Path, bundled_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    tiny_model_dir: Path, bundled_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     import yaml
 
     model = gptq_copy(tiny_model_dir, tmp_path / "gptq")
-    keys = {"model_name_or_path": str(model), "dataset": DATASET, "dataset_dir": str(bundled_data),
-            "output_dir": str(tmp_path / "run"), "template": "chatml", "report_to": "none"}
+    keys = {
+        "model_name_or_path": str(model),
+        "dataset": DATASET,
+        "dataset_dir": str(bundled_data),
+        "output_dir": str(tmp_path / "run"),
+        "template": "chatml",
+        "report_to": "none",
+    }
     (tmp_path / "qlora.yaml").write_text(yaml.safe_dump(keys))
     code, out, err = run_cli(["validate", str(tmp_path / "qlora.yaml")], monkeypatch, capsys)
     (line,) = [text for text in err.splitlines() if text.startswith("warning:")]
@@ -312,17 +378,27 @@ def test_a_gptq_model_without_its_package_warns_in_validate_and_stops_train(
 
 # ---------------------------------------------------------------------------- loss variants
 
-@pytest.mark.parametrize("keys", [{"use_dft_loss": True}, {"use_eaft_loss": True},
-                                  {"use_asft_loss": True, "asft_alpha": 0.5},
-                                  {"use_asft_loss": True, "finetuning_type": "full"}], ids=str)
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"use_dft_loss": True},
+        {"use_eaft_loss": True},
+        {"use_asft_loss": True, "asft_alpha": 0.5},
+        {"use_asft_loss": True, "finetuning_type": "full"},
+    ],
+    ids=str,
+)
 def test_loss_variants_train(trained, keys: dict[str, Any]) -> None:
     losses = first_losses(trained(lora_target="q_proj,v_proj", **keys))
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
-    assert losses != first_losses(trained(lora_target="q_proj,v_proj", **({"finetuning_type": "full"}
-                                                                          if "finetuning_type" in keys else {})))
+    assert losses != first_losses(
+        trained(lora_target="q_proj,v_proj", **({"finetuning_type": "full"} if "finetuning_type" in keys else {}))
+    )
 
 
 # ---------------------------------------------------------------------------- optimizers
+
 
 def built_trainer(model_dir: Path, data_dir: Path, tmp_path: Path, **keys: Any) -> Any:
     from transformers import set_seed
@@ -341,16 +417,21 @@ def built_trainer(model_dir: Path, data_dir: Path, tmp_path: Path, **keys: Any) 
     return build_trainer(cfg, precision, model, tokenizer, template, rows, None)
 
 
-@pytest.mark.parametrize("keys,optimizer", [
-    ({"use_galore": True, "galore_rank": 4, "galore_target": "mlp"}, "galore_torch.AdamW"),
-    ({"use_galore": True, "galore_rank": 4, "galore_layerwise": True}, "transformers.LayerWiseDummyOptimizer"),
-    ({"use_apollo": True, "apollo_rank": 4}, "apollo_torch.AdamW"),
-    ({"use_badam": True, "badam_switch_interval": 1}, "badam.BlockOptimizer"),
-    ({"use_adam_mini": True}, "adam_mini.Adam_mini"),
-    ({"use_muon": True}, "sftkit.MuonWithAdamW"),
-], ids=lambda v: v if isinstance(v, str) else None)
-def test_optimizer_methods_train_full_weights(tiny_model_dir: Path, bundled_data: Path, tmp_path: Path,
-                                              keys: dict[str, Any], optimizer: str) -> None:
+@pytest.mark.parametrize(
+    "keys,optimizer",
+    [
+        ({"use_galore": True, "galore_rank": 4, "galore_target": "mlp"}, "galore_torch.AdamW"),
+        ({"use_galore": True, "galore_rank": 4, "galore_layerwise": True}, "transformers.LayerWiseDummyOptimizer"),
+        ({"use_apollo": True, "apollo_rank": 4}, "apollo_torch.AdamW"),
+        ({"use_badam": True, "badam_switch_interval": 1}, "badam.BlockOptimizer"),
+        ({"use_adam_mini": True}, "adam_mini.Adam_mini"),
+        ({"use_muon": True}, "sftkit.MuonWithAdamW"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_optimizer_methods_train_full_weights(
+    tiny_model_dir: Path, bundled_data: Path, tmp_path: Path, keys: dict[str, Any], optimizer: str
+) -> None:
     trainer = built_trainer(tiny_model_dir, bundled_data, tmp_path, finetuning_type="full", **keys)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -361,6 +442,7 @@ def test_optimizer_methods_train_full_weights(tiny_model_dir: Path, bundled_data
 
 
 # ---------------------------------------------------------------------------- what this machine cannot run
+
 
 def test_settings_this_machine_cannot_run_validate_with_one_line_each() -> None:
     cfg = make_config(finetuning_type="full", fp8=True, bf16=True, mixture_of_depths="convert")
@@ -373,8 +455,10 @@ def test_settings_this_machine_cannot_run_validate_with_one_line_each() -> None:
 
 def test_on_the_fly_methods_without_their_package_say_what_to_install() -> None:
     lines = cannot_run_here(make_config(quantization_bit=8, quantization_method="eetq"))
-    assert lines == ["quantization_method: eetq needs the eetq package, which is not installed here; `pip install "
-                     "eetq`, or quantization_method: bnb"]
+    assert lines == [
+        "quantization_method: eetq needs the eetq package, which is not installed here; `pip install "
+        "eetq`, or quantization_method: bnb"
+    ]
     assert cannot_run_here(make_config(quantization_bit=4)) == []  # bitsandbytes runs here
 
 
@@ -383,8 +467,10 @@ def test_trainer_arguments_carry_the_methods(monkeypatch) -> None:
     from sftkit.training.arguments import build_sft_config
 
     fp32 = Precision("float32", "cpu", "fp32")
-    galore = build_sft_config(make_config(finetuning_type="full", use_galore=True, galore_layerwise=True,
-                                          galore_rank=128, optim="adafactor"), fp32)
+    galore = build_sft_config(
+        make_config(finetuning_type="full", use_galore=True, galore_layerwise=True, galore_rank=128, optim="adafactor"),
+        fp32,
+    )
     assert galore.optim == "galore_adafactor_layerwise" and galore.optim_target_modules == "all-linear"
     assert galore.optim_args == "rank=128,update_proj_gap=200,scale=2.0,proj_type=std"
     apollo = build_sft_config(make_config(finetuning_type="full", use_apollo=True, apollo_target="mlp"), fp32)
@@ -395,8 +481,9 @@ def test_trainer_arguments_carry_the_methods(monkeypatch) -> None:
     assert fp8.mixed_precision == "fp8" and os.environ["ACCELERATE_FP8_BACKEND"] == "TE"
 
 
-def test_train_stops_on_what_cannot_run_before_loading(tiny_model_dir: Path, bundled_data: Path,
-                                                       tmp_path: Path) -> None:
+def test_train_stops_on_what_cannot_run_before_loading(
+    tiny_model_dir: Path, bundled_data: Path, tmp_path: Path
+) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU may run fp8")
     cfg = method_config(tiny_model_dir, bundled_data, tmp_path / "run", fp8=True, bf16=True)
@@ -407,22 +494,31 @@ def test_train_stops_on_what_cannot_run_before_loading(tiny_model_dir: Path, bun
 
 # ---------------------------------------------------------------------------- the schema's rules
 
-@pytest.mark.parametrize("keys,message", [
-    ({"freeze_trainable_layers": 4}, "freeze_trainable_layers: only used by finetuning_type: freeze"),
-    ({"finetuning_type": "full", "use_dora": True}, "use_dora: only valid with finetuning_type: lora"),
-    ({"quantization_bit": 4, "finetuning_type": "full"}, "a quantized model trains only with finetuning_type lora"),
-    ({"quantization_bit": 3}, "quantization_bit: bnb takes 4 or 8, not 3"),
-    ({"quantization_bit": 4, "quantization_method": "gptq"}, "gptq does not quantize on the fly"),
-    ({"quantization_bit": 4, "pissa_init": True}, "pissa_init: cannot be combined with quantization_bit"),
-    ({"use_dft_loss": True, "use_eaft_loss": True}, "use_dft_loss and use_eaft_loss: choose one loss"),
-    ({"use_dft_loss": True, "loss_chunk_size": 0}, "use_dft_loss: is computed by the chunked loss"),
-    ({"use_galore": True}, "use_galore: trains full weights; use finetuning_type full or freeze"),
-    ({"finetuning_type": "full", "use_galore": True, "use_badam": True}, "use_galore and use_badam: choose one"),
-    ({"finetuning_type": "full", "use_galore": True, "galore_layerwise": True, "gradient_accumulation_steps": 2},
-     "galore_layerwise: updates during backward, so gradient_accumulation_steps must be 1"),
-    ({"finetuning_type": "oft", "oft_rank": 4}, "oft_rank and oft_block_size: set exactly one"),
-    ({"finetuning_type": "full", "use_llama_pro": True}, "use_llama_pro: works with finetuning_type freeze or lora"),
-])
+
+@pytest.mark.parametrize(
+    "keys,message",
+    [
+        ({"freeze_trainable_layers": 4}, "freeze_trainable_layers: only used by finetuning_type: freeze"),
+        ({"finetuning_type": "full", "use_dora": True}, "use_dora: only valid with finetuning_type: lora"),
+        ({"quantization_bit": 4, "finetuning_type": "full"}, "a quantized model trains only with finetuning_type lora"),
+        ({"quantization_bit": 3}, "quantization_bit: bnb takes 4 or 8, not 3"),
+        ({"quantization_bit": 4, "quantization_method": "gptq"}, "gptq does not quantize on the fly"),
+        ({"quantization_bit": 4, "pissa_init": True}, "pissa_init: cannot be combined with quantization_bit"),
+        ({"use_dft_loss": True, "use_eaft_loss": True}, "use_dft_loss and use_eaft_loss: choose one loss"),
+        ({"use_dft_loss": True, "loss_chunk_size": 0}, "use_dft_loss: is computed by the chunked loss"),
+        ({"use_galore": True}, "use_galore: trains full weights; use finetuning_type full or freeze"),
+        ({"finetuning_type": "full", "use_galore": True, "use_badam": True}, "use_galore and use_badam: choose one"),
+        (
+            {"finetuning_type": "full", "use_galore": True, "galore_layerwise": True, "gradient_accumulation_steps": 2},
+            "galore_layerwise: updates during backward, so gradient_accumulation_steps must be 1",
+        ),
+        ({"finetuning_type": "oft", "oft_rank": 4}, "oft_rank and oft_block_size: set exactly one"),
+        (
+            {"finetuning_type": "full", "use_llama_pro": True},
+            "use_llama_pro: works with finetuning_type freeze or lora",
+        ),
+    ],
+)
 def test_method_rules_name_the_keys_and_the_fix(keys: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         make_config(**keys)
@@ -434,8 +530,10 @@ def test_rope_scaling_stretches_the_context(tiny_model_dir: Path) -> None:
 
     from sftkit.model.loading import scaled_rope_config
 
-    config = scaled_rope_config(make_config(model_name_or_path=tiny_model_dir, output_dir="unused",
-                                            rope_scaling="linear", cutoff_len=10_000), str(tiny_model_dir))
+    config = scaled_rope_config(
+        make_config(model_name_or_path=tiny_model_dir, output_dir="unused", rope_scaling="linear", cutoff_len=10_000),
+        str(tiny_model_dir),
+    )
     assert config.rope_parameters["rope_type"] == "linear" and config.rope_parameters["factor"] == 3.0
     assert config.max_position_embeddings == 3 * 4096
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, config=config)
@@ -443,6 +541,8 @@ def test_rope_scaling_stretches_the_context(tiny_model_dir: Path) -> None:
     ids = torch.arange(3, 40)[None]
     with torch.no_grad():
         assert not torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits)
-    unchanged = scaled_rope_config(make_config(model_name_or_path=tiny_model_dir, output_dir="unused",
-                                               rope_scaling="linear", cutoff_len=512), str(tiny_model_dir))
+    unchanged = scaled_rope_config(
+        make_config(model_name_or_path=tiny_model_dir, output_dir="unused", rope_scaling="linear", cutoff_len=512),
+        str(tiny_model_dir),
+    )
     assert unchanged.rope_parameters.get("rope_type") == "default"

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_config
 import torch
 
-from sftkit.model import precision as model_stage
+from helpers import make_config
 from sftkit.config import SftConfig
+from sftkit.data import load_tokenizer
 from sftkit.errors import SftkitError
 from sftkit.model import Precision, add_adapter, count_parameters, grow_embeddings, load_model, resolve_precision
-from sftkit.data import load_tokenizer
+from sftkit.model import precision as model_stage
 from sftkit.templates import get_template
 
 FP32 = Precision("float32", "cpu", "fp32 on cpu")
@@ -33,6 +33,7 @@ def lora_model(tiny_model_dir: Path, **overrides: Any) -> tuple[Any, Any, list[i
 
 
 # ---------------------------------------------------------------------------- tokenizer
+
 
 def test_load_tokenizer_adds_the_template_tokens_and_chat_template(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
@@ -56,6 +57,7 @@ def test_unloadable_model_path_is_a_user_error(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- embeddings
 
+
 def test_embeddings_only_grow_and_stay_tied(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -70,6 +72,7 @@ def test_embeddings_only_grow_and_stay_tied(tiny_model_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------- adapter
 
+
 def test_template_tokens_train_as_token_rows_and_are_saved(tiny_model_dir: Path, tmp_path: Path) -> None:
     model, tokenizer, ids = lora_model(tiny_model_dir)
     hidden = model.config.hidden_size
@@ -79,14 +82,14 @@ def test_template_tokens_train_as_token_rows_and_are_saved(tiny_model_dir: Path,
 
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     before = model.get_input_embeddings().weight[ids].detach().clone()
-    other_before = model.get_input_embeddings().weight[:ids[0]].detach().clone()
+    other_before = model.get_input_embeddings().weight[: ids[0]].detach().clone()
     input_ids = torch.tensor([tokenizer("hello world").input_ids + [end]])
     model(input_ids=input_ids, labels=input_ids).loss.backward()
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
 
     after = model.get_input_embeddings().weight[ids].detach()
     assert not torch.allclose(after, before)  # the template's rows trained ...
-    assert torch.equal(model.get_input_embeddings().weight[:ids[0]].detach(), other_before)  # ... and only they
+    assert torch.equal(model.get_input_embeddings().weight[: ids[0]].detach(), other_before)  # ... and only they
     assert torch.equal(model.get_output_embeddings().weight[ids].detach(), after)  # tied output rows follow
 
     model.save_pretrained(tmp_path)
@@ -144,9 +147,11 @@ def test_ernie_shape_reports_the_seed_runs_lora_parameters() -> None:
 
 # ---------------------------------------------------------------------------- precision
 
+
 @pytest.mark.parametrize(("supported", "dtype"), [(True, "bfloat16"), (False, "float32")])
-def test_bf16_falls_back_to_fp32_where_unsupported(monkeypatch: pytest.MonkeyPatch, supported: bool,
-                                                   dtype: str) -> None:
+def test_bf16_falls_back_to_fp32_where_unsupported(
+    monkeypatch: pytest.MonkeyPatch, supported: bool, dtype: str
+) -> None:
     monkeypatch.setattr(model_stage, "_device_type", lambda: "cpu")
     monkeypatch.setattr(model_stage, "_bf16_supported", lambda device: supported)
     precision = resolve_precision(config("m", bf16=True))
@@ -164,6 +169,7 @@ def test_fp16_needs_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---------------------------------------------------------------------------- damaged or unusual model folders
 
+
 def test_truncated_weights_are_named_from_their_header(tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -177,8 +183,11 @@ def test_truncated_weights_are_named_from_their_header(tiny_model_dir: Path, tmp
     with weights.open("r+b") as handle:
         handle.truncate(size - 10)
     assert safetensors_problem(weights) == f"{size - 10:,} of {size:,} bytes: truncated"
-    with pytest.raises(SftkitError, match=r"model.safetensors: damaged weights file \(.* truncated\); the copy is "
-                                          r"incomplete"):
+    with pytest.raises(
+        SftkitError,
+        match=r"model.safetensors: damaged weights file \(.* truncated\); the copy is "
+        r"incomplete",
+    ):
         load_model(config(model), None, Precision("float32", "cpu", "test"))
     weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     assert safetensors_problem(weights) == "its header is not readable: not a safetensors file, or corrupted"
@@ -193,11 +202,19 @@ def test_a_model_with_its_own_code_says_trust_remote_code(tiny_model_dir: Path, 
     model = tmp_path / "custom"
     shutil.copytree(tiny_model_dir, model)
     settings = json.loads((model / "config.json").read_text())
-    settings.update(model_type="sftkit_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
-                                                          "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    settings.update(
+        model_type="sftkit_custom",
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForCausalLM": "modeling_custom.CustomModel",
+        },
+    )
     (model / "config.json").write_text(json.dumps(settings))
-    with pytest.raises(SftkitError, match="ships its own Python code for its model, which runs only with "
-                                          "trust_remote_code: true; set it if you trust the model's author"):
+    with pytest.raises(
+        SftkitError,
+        match="ships its own Python code for its model, which runs only with "
+        "trust_remote_code: true; set it if you trust the model's author",
+    ):
         load_model(config(model), load_tokenizer(config(tiny_model_dir)), Precision("float32", "cpu", "test"))
 
 
@@ -208,9 +225,12 @@ def test_a_tokenizer_that_cannot_be_built_says_why(tiny_model_dir: Path, tmp_pat
     shutil.copytree(tiny_model_dir, bare)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (bare / name).unlink()
-    with pytest.raises(SftkitError, match=r"\(ValueError: no tokenizer files it can read; the folder holds "
-                                          r"config.json, generation_config.json, model.safetensors\); its files look "
-                                          r"incomplete or damaged: copy the model folder again"):
+    with pytest.raises(
+        SftkitError,
+        match=r"\(ValueError: no tokenizer files it can read; the folder holds "
+        r"config.json, generation_config.json, model.safetensors\); its files look "
+        r"incomplete or damaged: copy the model folder again",
+    ):
         load_tokenizer(config(bare))
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_model_dir, damaged)

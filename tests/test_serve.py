@@ -87,11 +87,17 @@ def direct_reply(backend, messages, max_new_tokens: int) -> str:
     from sftkit.model import GenerationSettings, generate_replies
 
     conversation = SimpleNamespace(messages=messages, tools=None)
-    return generate_replies(backend.model, backend.tokenizer, backend.template, [conversation],
-                            GenerationSettings(max_new_tokens=max_new_tokens))[0]
+    return generate_replies(
+        backend.model,
+        backend.tokenizer,
+        backend.template,
+        [conversation],
+        GenerationSettings(max_new_tokens=max_new_tokens),
+    )[0]
 
 
 # ---------------------------------------------------------------------------- answers
+
 
 def test_models_and_health(client) -> None:
     models = client.get("/v1/models").json()
@@ -133,13 +139,13 @@ def test_stream_is_the_same_answer_in_openai_chunks(client) -> None:
 
 def test_stop_string_cuts_the_answer_streamed_or_not(client) -> None:
     whole = chat(client, max_tokens=20).json()["choices"][0]["message"]["content"]
-    stop = whole[len(whole) // 2:len(whole) // 2 + 2]  # from the middle of the answer
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 2]  # from the middle of the answer
     cut = chat(client, max_tokens=20, stop=[stop, "never appears"]).json()
-    assert cut["choices"][0]["message"]["content"] == whole[:whole.index(stop)]
+    assert cut["choices"][0]["message"]["content"] == whole[: whole.index(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop" and cut["usage"]["completion_tokens"] < 20
     events = stream_events(chat(client, max_tokens=20, stop=stop, stream=True))
     streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
-    assert streamed == whole[:whole.index(stop)] and events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert streamed == whole[: whole.index(stop)] and events[-2]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_completions_continue_the_raw_text(client, backend) -> None:
@@ -221,16 +227,21 @@ def test_bad_chat_requests_get_openai_errors(client, body: dict, words: str) -> 
 
 
 def test_other_bad_requests(client) -> None:
-    for raw, words in ((b'{"messages": [', "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
-                       (b"", "must be a JSON object")):
+    for raw, words in (
+        (b'{"messages": [', "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"", "must be a JSON object"),
+    ):
         response = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
-    cases = ((client.post, "/v1/chat/completions", {"model": "gpt-4", "messages": USER}, 404, "does not exist"),
-             (client.post, "/v1/completions", {"prompt": []}, 400, "prompt"),
-             (client.post, "/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "only meaningful with echo"),
-             (client.post, "/v1/completions", {"prompt": LONG}, 400, "maximum context length"),
-             (client.post, "/v1/embeddings", {"input": "a"}, 404, "the routes are"),
-             (client.get, "/v1/chat/completions", None, 405, "Method Not Allowed"))
+    cases = (
+        (client.post, "/v1/chat/completions", {"model": "gpt-4", "messages": USER}, 404, "does not exist"),
+        (client.post, "/v1/completions", {"prompt": []}, 400, "prompt"),
+        (client.post, "/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "only meaningful with echo"),
+        (client.post, "/v1/completions", {"prompt": LONG}, 400, "maximum context length"),
+        (client.post, "/v1/embeddings", {"input": "a"}, 404, "the routes are"),
+        (client.get, "/v1/chat/completions", None, 405, "Method Not Allowed"),
+    )
     for method, path, body, status, words in cases:
         response = method(path, json=body) if body is not None else method(path)
         assert response.status_code == status and words in response.json()["error"]["message"], response.text
@@ -239,11 +250,17 @@ def test_other_bad_requests(client) -> None:
 
 def test_api_key_is_required_on_v1_routes(backend) -> None:
     with client_for(backend, api_key=KEY) as keyed:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"},
-                        {"Authorization": f"Bearer {KEY}x"}):
-            for response in (keyed.get("/v1/models", headers=headers),
-                             keyed.post("/v1/chat/completions", json={"messages": USER}, headers=headers),
-                             keyed.post("/v1/chat/completions", content=b"{broken", headers=headers)):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {KEY}"},
+            {"Authorization": f"Bearer {KEY}x"},
+        ):
+            for response in (
+                keyed.get("/v1/models", headers=headers),
+                keyed.post("/v1/chat/completions", json={"messages": USER}, headers=headers),
+                keyed.post("/v1/chat/completions", content=b"{broken", headers=headers),
+            ):
                 assert response.status_code == 401, (headers, response.text)
                 assert response.json()["error"]["code"] == "invalid_api_key"
         good = {"Authorization": f"Bearer {KEY}"}
@@ -258,11 +275,13 @@ def test_cli_refuses_bad_options_before_loading(tiny_model_dir: Path, monkeypatc
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
-        for args, words in ((["--port", port], f"--port {port}: cannot listen there"),
-                            (["--port", "70000"], "--port 70000: must be in 1..65535"),
-                            (["--max-queue", "0"], "--max-queue 0: must be at least 1"),
-                            (["--backend", "tgi"], "--backend tgi: use one of transformers, vllm"),
-                            (["--backend", "vllm", "--port", free_port_str()], "--backend vllm: ")):
+        for args, words in (
+            (["--port", port], f"--port {port}: cannot listen there"),
+            (["--port", "70000"], "--port 70000: must be in 1..65535"),
+            (["--max-queue", "0"], "--max-queue 0: must be at least 1"),
+            (["--backend", "tgi"], "--backend tgi: use one of transformers, vllm"),
+            (["--backend", "vllm", "--port", free_port_str()], "--backend vllm: "),
+        ):
             code, _, err = run_cli(["serve", str(tiny_model_dir), *args], monkeypatch, capsys)
             errors = [line for line in err.splitlines() if line.startswith("error:")]
             assert code == 2 and len(errors) == 1 and words in errors[0] and "Traceback" not in err, err
@@ -321,8 +340,11 @@ def test_a_cancelled_job_stops_generating(backend) -> None:
 def test_queued_requests_are_answered_in_one_batch_each_as_if_alone(backend) -> None:
     from sftkit.serve.engine import Delta, Engine, Finished, Generation, Job, Started
 
-    prompts = [("Hello there", 5, False), ("What colour is snow? Tell me in a few words.", 9, True),
-               ("2+2?", 13, False)]
+    prompts = [
+        ("Hello there", 5, False),
+        ("What colour is snow? Tell me in a few words.", 9, True),
+        ("2+2?", 13, False),
+    ]
 
     async def answers(max_batch: int, gate: bool) -> tuple[list[tuple[str, str, int]], list[str], int]:
         gated = GatedBackend(backend)
@@ -335,8 +357,10 @@ def test_queued_requests_are_answered_in_one_batch_each_as_if_alone(backend) -> 
         engine.submit(holder)
         if gate:
             await asyncio.to_thread(_wait, lambda: engine.generating)  # the worker is busy: the next three queue up
-        jobs = [Job(Generation([{"role": "user", "content": text}], None, budget, 0.0, 1.0, None, [], stream), loop)
-                for text, budget, stream in prompts]
+        jobs = [
+            Job(Generation([{"role": "user", "content": text}], None, budget, 0.0, 1.0, None, [], stream), loop)
+            for text, budget, stream in prompts
+        ]
         for job in jobs:
             engine.submit(job)
         gated.gate.set()
@@ -366,8 +390,14 @@ def test_sampling_groups_keep_seeded_requests_alone() -> None:
     def job(temperature: float, seed: int | None, top_p: float = 1.0) -> Job:
         return Job(Generation(USER, None, 4, temperature, top_p, seed, [], False), None)
 
-    greedy, greedy_seeded, warm, warm2, seeded, other = (job(0, None), job(0, 3), job(0.7, None), job(0.7, None),
-                                                         job(0.7, 1), job(0.7, None, 0.9))
+    greedy, greedy_seeded, warm, warm2, seeded, other = (
+        job(0, None),
+        job(0, 3),
+        job(0.7, None),
+        job(0.7, None),
+        job(0.7, 1),
+        job(0.7, None, 0.9),
+    )
     groups = sampling_groups([greedy, warm, seeded, greedy_seeded, warm2, other])
     assert groups == [[greedy, greedy_seeded], [warm, warm2], [seeded], [other]]
 
@@ -380,6 +410,7 @@ def _wait(condition, timeout: float = 30) -> None:
 
 
 # ---------------------------------------------------------------------------- a real server
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -409,8 +440,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"serve-{self.port}.log"
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(sftkit("serve", str(model), "--port", str(self.port), *args), cwd=REPO,
-                                         env=env or server_env(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                sftkit("serve", str(model), "--port", str(self.port), *args),
+                cwd=REPO,
+                env=env or server_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 180
         while True:
             assert self.proc.poll() is None, self.output()
@@ -446,11 +482,22 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("serve-data")
     (data / "rows.json").write_text(json.dumps([{"instruction": QUESTION, "input": "", "output": ANSWER}]))
     (data / "dataset_info.json").write_text(json.dumps({"one": {"file_name": "rows.json"}}))
-    cfg = validate_config({
-        "model_name_or_path": str(base), "dataset": ["one"], "dataset_dir": str(data), "template": "chatml",
-        "output_dir": str(tmp_path_factory.mktemp("serve-run")), "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant", "max_steps": 40, "save_strategy": "no", "report_to": ["none"],
-        "plot_loss": False, "logging_steps": 40})
+    cfg = validate_config(
+        {
+            "model_name_or_path": str(base),
+            "dataset": ["one"],
+            "dataset_dir": str(data),
+            "template": "chatml",
+            "output_dir": str(tmp_path_factory.mktemp("serve-run")),
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "constant",
+            "max_steps": 40,
+            "save_strategy": "no",
+            "report_to": ["none"],
+            "plot_loss": False,
+            "logging_steps": 40,
+        }
+    )
     return train(cfg)
 
 
@@ -470,10 +517,17 @@ def openai_client(server: Server, key: str = KEY):
 
 @pytest.mark.integration
 @pytest.mark.parametrize(("prompt", "finish"), [(QUESTION, "stop"), ("Tell me about the sea.", None)])
-def test_openai_client_gets_what_sftkit_chat_answers(server: Server, trained_run: Path, prompt: str,
-                                                      finish: str | None) -> None:
-    chat_cli = subprocess.run(sftkit("chat", str(trained_run), "--prompt", prompt, "--max-new-tokens", "24"),
-                              capture_output=True, text=True, cwd=REPO, env=server_env(), timeout=300)
+def test_openai_client_gets_what_sftkit_chat_answers(
+    server: Server, trained_run: Path, prompt: str, finish: str | None
+) -> None:
+    chat_cli = subprocess.run(
+        sftkit("chat", str(trained_run), "--prompt", prompt, "--max-new-tokens", "24"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=server_env(),
+        timeout=300,
+    )
     assert chat_cli.returncode == 0, chat_cli.stderr
     expected = chat_cli.stdout.removesuffix("\n")
     client = openai_client(server)
@@ -485,8 +539,13 @@ def test_openai_client_gets_what_sftkit_chat_answers(server: Server, trained_run
     assert finish is None or whole.choices[0].finish_reason == finish
     if finish == "stop":
         assert expected == ANSWER  # the overfit reply, stopped at <|im_end|>
-    pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
-        model=model, messages=messages, temperature=0, max_tokens=24, stream=True) if chunk.choices]
+    pieces = [
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(
+            model=model, messages=messages, temperature=0, max_tokens=24, stream=True
+        )
+        if chunk.choices
+    ]
     assert "".join(pieces) == expected
 
 
@@ -498,8 +557,12 @@ def test_openai_client_sees_auth_and_bad_requests_as_api_errors(server: Server) 
         openai_client(server, key="wrong").models.list()
     client = openai_client(server)
     model = client.models.list().data[0].id
-    for bad in ({"n": 17}, {"max_tokens": -1}, {"messages": [{"role": "robot", "content": "x"}]},
-                {"messages": [{"role": "user", "content": "sea " * 5000}]}):
+    for bad in (
+        {"n": 17},
+        {"max_tokens": -1},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "sea " * 5000}]},
+    ):
         with pytest.raises(openai.BadRequestError) as raised:
             client.chat.completions.create(**({"model": model, "messages": USER} | bad))
         assert raised.value.status_code == 400
@@ -519,12 +582,16 @@ def test_eight_clients_at_once_get_every_answer(server: Server) -> None:
         for j in range(5):
             messages = [{"role": "user", "content": QUESTION}]
             if (i + j) % 2:
-                stream = client.chat.completions.create(model=model, messages=messages, temperature=0,
-                                                        max_tokens=16, stream=True)
+                stream = client.chat.completions.create(
+                    model=model, messages=messages, temperature=0, max_tokens=16, stream=True
+                )
                 answers.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
             else:
-                answers.append(client.chat.completions.create(model=model, messages=messages, temperature=0,
-                                                              max_tokens=16).choices[0].message.content)
+                answers.append(
+                    client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=16)
+                    .choices[0]
+                    .message.content
+                )
         return answers
 
     with ThreadPoolExecutor(8) as pool:
@@ -548,8 +615,9 @@ def test_disconnect_stops_generation_and_sigterm_finishes_the_stream(varied_base
 
         # SIGTERM while a stream runs: uvicorn stops listening, the stream ends properly, the process exits 0
         lines = []
-        with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=60,
-                          json=body | {"max_tokens": 200}) as response:
+        with httpx.stream(
+            "POST", f"{server.url}/v1/chat/completions", timeout=60, json=body | {"max_tokens": 200}
+        ) as response:
             for line in response.iter_lines():
                 if line and not lines:
                     server.proc.send_signal(signal.SIGTERM)
@@ -564,9 +632,26 @@ def test_disconnect_stops_generation_and_sigterm_finishes_the_stream(varied_base
 @pytest.mark.integration
 def test_bench_serve_reports_throughput_and_latency(tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--serve", "--clients", "2",
-                           "--requests", "2", "--max-tokens", "8", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO, env=server_env())
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--serve",
+            "--clients",
+            "2",
+            "--requests",
+            "2",
+            "--max-tokens",
+            "8",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=server_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["errors"] == 0 and report["requests"] == 4
@@ -576,20 +661,48 @@ def test_bench_serve_reports_throughput_and_latency(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- what agents and harnesses need
 
-WEATHER = [{"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
-                   "required": ["city"], "additionalProperties": False}}}]
-PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                           "age": {"type": "integer", "minimum": 0, "maximum": 150}},
-          "required": ["name", "age"], "additionalProperties": False}
+WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 8}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
 
 
 def test_neutral_values_openai_and_vllm_accept_change_nothing(client) -> None:
     plain = chat(client, max_tokens=6).json()["choices"][0]
-    neutral = {"logprobs": False, "response_format": {"type": "text"}, "tool_choice": "none",
-               "parallel_tool_calls": True, "logit_bias": {}, "store": False, "top_k": -1, "min_p": 0,
-               "repetition_penalty": 1, "n": 1, "service_tier": "auto", "metadata": {"a": "b"}}
+    neutral = {
+        "logprobs": False,
+        "response_format": {"type": "text"},
+        "tool_choice": "none",
+        "parallel_tool_calls": True,
+        "logit_bias": {},
+        "store": False,
+        "top_k": -1,
+        "min_p": 0,
+        "repetition_penalty": 1,
+        "n": 1,
+        "service_tier": "auto",
+        "metadata": {"a": "b"},
+    }
     same = chat(client, max_tokens=6, tools=WEATHER, **neutral).json()["choices"][0]
     assert same == plain  # tools with tool_choice "none" are not shown to the model (vLLM's default too)
     for name, value in (("top_k", 5), ("logit_bias", {"1": 2}), ("repetition_penalty", 1.2), ("min_p", 0.1)):
@@ -634,8 +747,10 @@ def test_echo_and_token_id_prompts_score_the_prompt_as_lm_eval_asks(client, back
     import torch
 
     ids = backend.tokenizer("The sea is deep").input_ids
-    body = client.post("/v1/completions", json={"prompt": [ids, ids[:3]], "echo": True, "max_tokens": 0,
-                                                "logprobs": 1, "temperature": 0}).json()
+    body = client.post(
+        "/v1/completions",
+        json={"prompt": [ids, ids[:3]], "echo": True, "max_tokens": 0, "logprobs": 1, "temperature": 0},
+    ).json()
     first, second = body["choices"]
     assert first["index"] == 0 and second["index"] == 1 and body["usage"]["completion_tokens"] == 0
     logprobs = first["logprobs"]
@@ -645,20 +760,25 @@ def test_echo_and_token_id_prompts_score_the_prompt_as_lm_eval_asks(client, back
     expected = [float(direct[i - 1, ids[i]]) for i in range(1, len(ids))]
     assert logprobs["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
     assert second["logprobs"]["token_logprobs"][1:] == pytest.approx(expected[:2], abs=1e-4)
-    assert [len(top) for top in logprobs["top_logprobs"][1:]] == [len({t, max(top, key=top.get)}) for t, top in
-                                                                   zip(logprobs["tokens"][1:],
-                                                                       logprobs["top_logprobs"][1:])]
+    assert [len(top) for top in logprobs["top_logprobs"][1:]] == [
+        len({t, max(top, key=top.get)}) for t, top in zip(logprobs["tokens"][1:], logprobs["top_logprobs"][1:])
+    ]
     assert logprobs["text_offset"] == [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(len(ids))]
     # echo with a generated token: the prompt's scores, then the continuation's
-    grown = client.post("/v1/completions", json={"prompt": ids, "echo": True, "max_tokens": 1, "logprobs": 1,
-                                                 "temperature": 0}).json()["choices"][0]
-    assert grown["logprobs"]["token_logprobs"][:len(ids)] == logprobs["token_logprobs"]
+    grown = client.post(
+        "/v1/completions", json={"prompt": ids, "echo": True, "max_tokens": 1, "logprobs": 1, "temperature": 0}
+    ).json()["choices"][0]
+    assert grown["logprobs"]["token_logprobs"][: len(ids)] == logprobs["token_logprobs"]
     assert len(grown["logprobs"]["tokens"]) == len(ids) + 1 and grown["text"].startswith(first["text"])
-    for bad, words in (({"prompt": [len(backend.tokenizer) + 5]}, "past this model's vocabulary"),
-                       ({"prompt": [[1], []]}, "prompt"), ({"prompt": [-1]}, "prompt"),
-                       ({"prompt": ["a", "b"], "stream": True}, "cannot be streamed"),
-                       ({"prompt": "a", "logprobs": 21}, "logprobs"), ({"prompt": "a", "best_of": 2}, "best_of"),
-                       ({"prompt": "a", "suffix": "x"}, "suffix")):
+    for bad, words in (
+        ({"prompt": [len(backend.tokenizer) + 5]}, "past this model's vocabulary"),
+        ({"prompt": [[1], []]}, "prompt"),
+        ({"prompt": [-1]}, "prompt"),
+        ({"prompt": ["a", "b"], "stream": True}, "cannot be streamed"),
+        ({"prompt": "a", "logprobs": 21}, "logprobs"),
+        ({"prompt": "a", "best_of": 2}, "best_of"),
+        ({"prompt": "a", "suffix": "x"}, "suffix"),
+    ):
         response = client.post("/v1/completions", json=bad)
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
 
@@ -682,16 +802,23 @@ def test_json_schema_replies_are_valid_even_from_a_random_model(client) -> None:
     import jsonschema
 
     for seed in range(3):
-        body = chat(client, max_tokens=120, temperature=1.0, seed=seed,
-                    response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}).json()
+        body = chat(
+            client,
+            max_tokens=120,
+            temperature=1.0,
+            seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        ).json()
         choice = body["choices"][0]
         jsonschema.validate(json.loads(choice["message"]["content"]), PERSON)
         assert choice["finish_reason"] == "stop"
     any_object = chat(client, max_tokens=120, response_format={"type": "json_object"}).json()
     assert isinstance(json.loads(any_object["choices"][0]["message"]["content"]), dict)
-    for bad, words in (({"type": "json_schema"}, "give json_schema"), ({"type": "xml"}, "response_format.type"),
-                       ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
-                        "cannot be enforced")):
+    for bad, words in (
+        ({"type": "json_schema"}, "give json_schema"),
+        ({"type": "xml"}, "response_format.type"),
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}, "cannot be enforced"),
+    ):
         response = chat(client, response_format=bad)
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
 
@@ -705,12 +832,16 @@ def test_a_forced_tool_call_comes_back_in_openai_shape_streamed_too(client) -> N
     assert set(json.loads(call["function"]["arguments"])) == {"city"} and choice["message"]["content"] is None
     named = {"type": "function", "function": {"name": "get_weather"}}
     assert chat(client, max_tokens=200, tools=WEATHER, tool_choice=named).json()["choices"][0] == choice | {
-        "message": choice["message"] | {"tool_calls": [call | {"id": ANY_ID}]}}
+        "message": choice["message"] | {"tool_calls": [call | {"id": ANY_ID}]}
+    }
     events = stream_events(chat(client, max_tokens=200, tools=WEATHER, tool_choice="required", stream=True))
     deltas = [e["choices"][0]["delta"] for e in events[1:-1]]
     head, arguments = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
-    assert head["index"] == 0 and head["id"].startswith("call_") and head["function"] == {"name": "get_weather",
-                                                                                      "arguments": ""}
+    assert (
+        head["index"] == 0
+        and head["id"].startswith("call_")
+        and head["function"] == {"name": "get_weather", "arguments": ""}
+    )
     assert arguments == {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
     assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert not any(d.get("content") for d in deltas)  # the call is not streamed as text
@@ -730,43 +861,74 @@ def test_tool_messages_render_as_the_template_trains_them(client, backend) -> No
     from sftkit.model import encode_prompts
 
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    messages = [*USER, {"role": "assistant", "content": None, "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    messages = [
+        *USER,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
     body = chat(client, max_tokens=5, tools=WEATHER, messages=messages).json()
-    normalized = [*USER, {"role": "function_call", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
-                  {"role": "observation", "content": "sunny"}]
+    normalized = [
+        *USER,
+        {"role": "function_call", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+        {"role": "observation", "content": "sunny"},
+    ]
     tools = json.dumps([WEATHER[0]["function"]])
     prompt = encode_prompts(backend.tokenizer, backend.template, [SimpleNamespace(messages=normalized, tools=tools)])
     assert body["usage"]["prompt_tokens"] == len(prompt[0][0])
     assert "<tool_call>" in backend.tokenizer.decode(prompt[0][0]) and "<tool_response>" in backend.tokenizer.decode(
-        prompt[0][0])
-    for bad, words in (({"tool_choice": "required"}, "the request has no tools"),
-                       ({"tools": WEATHER, "tool_choice": {"type": "function", "function": {"name": "x"}}},
-                        "not one of the tools"),
-                       ({"tools": WEATHER * 2}, "share a name"),
-                       ({"messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
-                       ({"messages": [*USER, {"role": "assistant", "content": None}, *USER]}, "content"),
-                       ({"messages": [*USER, {"role": "assistant", "tool_calls": [
-                           call | {"function": {"name": "f", "arguments": "not json"}}]},
-                                      {"role": "tool", "tool_call_id": "1", "content": "x"}]}, "arguments must be"),
-                       ({"tools": WEATHER, "response_format": {"type": "json_object"}}, "exclude each other")):
+        prompt[0][0]
+    )
+    for bad, words in (
+        ({"tool_choice": "required"}, "the request has no tools"),
+        ({"tools": WEATHER, "tool_choice": {"type": "function", "function": {"name": "x"}}}, "not one of the tools"),
+        ({"tools": WEATHER * 2}, "share a name"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
+        ({"messages": [*USER, {"role": "assistant", "content": None}, *USER]}, "content"),
+        (
+            {
+                "messages": [
+                    *USER,
+                    {"role": "assistant", "tool_calls": [call | {"function": {"name": "f", "arguments": "not json"}}]},
+                    {"role": "tool", "tool_call_id": "1", "content": "x"},
+                ]
+            },
+            "arguments must be",
+        ),
+        ({"tools": WEATHER, "response_format": {"type": "json_object"}}, "exclude each other"),
+    ):
         response = chat(client, **bad)
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
 
 
-@pytest.mark.parametrize(("form", "text", "content", "calls"), [
-    ("hermes", 'Let me look.<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>', "Let me look.",
-     [("f", {"x": 1})]),
-    ("hermes", '<tool_call>\n[{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"y": "2"}}]\n</tool_call>',
-     "", [("f", {}), ("g", {"y": "2"})]),
-    ("hermes", "<tool_call>\n{not json}\n</tool_call>", "<tool_call>\n{not json}\n</tool_call>", []),
-    ("hermes", "no call here", "no call here", []),
-    ("llama3", '{"name": "f", "parameters": {"x": "a;b"}}', "", [("f", {"x": "a;b"})]),
-    ("llama3", '{"name": "f", "parameters": {}}; {"name": "g", "parameters": {"z": 3}}', "", [("f", {}), ("g", {"z": 3})]),
-    ("llama3", '{"not": "a call"}', '{"not": "a call"}', []),
-    ("mistral", '[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}]', "", [("f", {"x": 1})]),
-    ("mistral", 'plain [TOOL_CALLS] nonsense', 'plain [TOOL_CALLS] nonsense', []),
-])
+@pytest.mark.parametrize(
+    ("form", "text", "content", "calls"),
+    [
+        (
+            "hermes",
+            'Let me look.<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>',
+            "Let me look.",
+            [("f", {"x": 1})],
+        ),
+        (
+            "hermes",
+            '<tool_call>\n[{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"y": "2"}}]\n</tool_call>',
+            "",
+            [("f", {}), ("g", {"y": "2"})],
+        ),
+        ("hermes", "<tool_call>\n{not json}\n</tool_call>", "<tool_call>\n{not json}\n</tool_call>", []),
+        ("hermes", "no call here", "no call here", []),
+        ("llama3", '{"name": "f", "parameters": {"x": "a;b"}}', "", [("f", {"x": "a;b"})]),
+        (
+            "llama3",
+            '{"name": "f", "parameters": {}}; {"name": "g", "parameters": {"z": 3}}',
+            "",
+            [("f", {}), ("g", {"z": 3})],
+        ),
+        ("llama3", '{"not": "a call"}', '{"not": "a call"}', []),
+        ("mistral", '[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}]', "", [("f", {"x": 1})]),
+        ("mistral", "plain [TOOL_CALLS] nonsense", "plain [TOOL_CALLS] nonsense", []),
+    ],
+)
 def test_tool_calls_are_read_back_in_the_templates_format(form: str, text: str, content: str, calls: list) -> None:
     from sftkit.templates.tool_calls import parse_tool_calls
 
@@ -782,8 +944,9 @@ def test_each_templates_rendered_call_parses_back(tiny_tokenizer) -> None:
     for name in ("chatml", "llama3", "mistral", "qwen3"):
         template = get_template(name)
         form = tool_call_format(template)
-        segments = template.segments([*USER, {"role": "function_call", "content": json.dumps(call)}],
-                                     json.dumps([WEATHER[0]["function"]]))
+        segments = template.segments(
+            [*USER, {"role": "function_call", "content": json.dumps(call)}], json.dumps([WEATHER[0]["function"]])
+        )
         reply = "".join(s.text for s in segments if s.trained and not s.end)
         _, calls = parse_tool_calls(reply, form)
         assert [(c.name, c.arguments) for c in calls] == [(call["name"], call["arguments"])], (name, reply)

@@ -12,7 +12,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from test_serve import Server, server_env, sftkit
 
 pytestmark = pytest.mark.integration
@@ -32,8 +31,10 @@ def generation_messages() -> list[dict[str, str]]:
 def grading_messages() -> list[dict[str, str]]:
     from sftkit.evaluate.judge import GRADE_SYSTEM
 
-    user = (f"[Question]\n{QUESTION}\n\n[The Start of the Assistant's Answer]\n{ANSWER}\n[The End of the "
-            "Assistant's Answer]")
+    user = (
+        f"[Question]\n{QUESTION}\n\n[The Start of the Assistant's Answer]\n{ANSWER}\n[The End of the "
+        "Assistant's Answer]"
+    )
     return [{"role": "system", "content": GRADE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -46,18 +47,47 @@ def client_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = build_tiny_model(tmp_path_factory.mktemp("clients-tiny"), initializer_range=0.3)
     data = tmp_path_factory.mktemp("clients-data")
-    rows = [{"messages": generation_messages() + [{"role": "assistant", "content": json.dumps(NEW_ROW)}]},
-            {"messages": grading_messages() + [{"role": "assistant", "content": RATING}]}]
+    rows = [
+        {"messages": generation_messages() + [{"role": "assistant", "content": json.dumps(NEW_ROW)}]},
+        {"messages": grading_messages() + [{"role": "assistant", "content": RATING}]},
+    ]
     (data / "rows.json").write_text(json.dumps(rows))
-    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-            "system_tag": "system"}
-    (data / "dataset_info.json").write_text(json.dumps({"clients": {
-        "file_name": "rows.json", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": tags}}))
-    cfg = validate_config({
-        "model_name_or_path": str(base), "dataset": ["clients"], "dataset_dir": str(data), "template": "chatml",
-        "output_dir": str(tmp_path_factory.mktemp("clients-run")), "learning_rate": 1e-2,
-        "per_device_train_batch_size": 2, "lr_scheduler_type": "constant", "max_steps": 80,
-        "save_strategy": "no", "report_to": ["none"], "plot_loss": False, "logging_steps": 80})
+    tags = {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "system_tag": "system",
+    }
+    (data / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "clients": {
+                    "file_name": "rows.json",
+                    "formatting": "sharegpt",
+                    "columns": {"messages": "messages"},
+                    "tags": tags,
+                }
+            }
+        )
+    )
+    cfg = validate_config(
+        {
+            "model_name_or_path": str(base),
+            "dataset": ["clients"],
+            "dataset_dir": str(data),
+            "template": "chatml",
+            "output_dir": str(tmp_path_factory.mktemp("clients-run")),
+            "learning_rate": 1e-2,
+            "per_device_train_batch_size": 2,
+            "lr_scheduler_type": "constant",
+            "max_steps": 80,
+            "save_strategy": "no",
+            "report_to": ["none"],
+            "plot_loss": False,
+            "logging_steps": 80,
+        }
+    )
     return train(cfg)
 
 
@@ -73,9 +103,27 @@ def test_data_generate_writes_the_served_models_row(server: Server, client_run: 
 
     seeds, out = tmp_path / "seeds.json", tmp_path / "gen" / "new.jsonl"
     seeds.write_text(json.dumps([SEED]))
-    done = subprocess.run(sftkit("data", "generate", str(seeds), "--out", str(out), "--base-url",
-                                 f"{server.url}/v1", "--model", str(client_run), "-n", "1", "--temperature", "0"),
-                          env=server_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        sftkit(
+            "data",
+            "generate",
+            str(seeds),
+            "--out",
+            str(out),
+            "--base-url",
+            f"{server.url}/v1",
+            "--model",
+            str(client_run),
+            "-n",
+            "1",
+            "--temperature",
+            "0",
+        ),
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr + server.output()
     assert [json.loads(line) for line in out.read_text().splitlines()] == [NEW_ROW]
     registry = json.loads((out.parent / "dataset_info.json").read_text())
@@ -96,8 +144,11 @@ def test_the_judge_grades_through_the_server_and_caches(server: Server, client_r
 
 # ---------------------------------------------------------------------------- agents and harnesses (issue 28)
 
-WEATHER_TOOL = {"name": "get_weather", "description": "The weather in a city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 TOOL_QUESTION, CITY, RESULT, FINAL = "What is the weather in Paris?", "Paris", "sunny, 21 C", "It is sunny in Paris."
 
 
@@ -112,17 +163,43 @@ def tool_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = build_tiny_model(tmp_path_factory.mktemp("tools-tiny"), initializer_range=0.3)
     data = tmp_path_factory.mktemp("tools-data")
     call = json.dumps({"name": "get_weather", "arguments": {"city": CITY}})
-    row = {"conversations": [{"from": "human", "value": TOOL_QUESTION}, {"from": "function_call", "value": call},
-                             {"from": "observation", "value": RESULT}, {"from": "gpt", "value": FINAL}],
-           "tools": json.dumps([WEATHER_TOOL])}
+    row = {
+        "conversations": [
+            {"from": "human", "value": TOOL_QUESTION},
+            {"from": "function_call", "value": call},
+            {"from": "observation", "value": RESULT},
+            {"from": "gpt", "value": FINAL},
+        ],
+        "tools": json.dumps([WEATHER_TOOL]),
+    }
     (data / "rows.json").write_text(json.dumps([row]))
-    (data / "dataset_info.json").write_text(json.dumps({"tools": {
-        "file_name": "rows.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "tools": "tools"}}}))
-    cfg = validate_config({
-        "model_name_or_path": str(base), "dataset": ["tools"], "dataset_dir": str(data), "template": "chatml",
-        "output_dir": str(tmp_path_factory.mktemp("tools-run")), "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant", "max_steps": 60, "save_strategy": "no", "report_to": ["none"],
-        "plot_loss": False, "logging_steps": 60})
+    (data / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "tools": {
+                    "file_name": "rows.json",
+                    "formatting": "sharegpt",
+                    "columns": {"messages": "conversations", "tools": "tools"},
+                }
+            }
+        )
+    )
+    cfg = validate_config(
+        {
+            "model_name_or_path": str(base),
+            "dataset": ["tools"],
+            "dataset_dir": str(data),
+            "template": "chatml",
+            "output_dir": str(tmp_path_factory.mktemp("tools-run")),
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "constant",
+            "max_steps": 60,
+            "save_strategy": "no",
+            "report_to": ["none"],
+            "plot_loss": False,
+            "logging_steps": 60,
+        }
+    )
     return train(cfg)
 
 
@@ -134,24 +211,31 @@ def test_a_tool_call_round_trips_with_the_openai_client(tool_run: Path, tmp_path
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
         tools = [{"type": "function", "function": WEATHER_TOOL}]
         messages = [{"role": "user", "content": TOOL_QUESTION}]
-        first = client.chat.completions.create(model=str(tool_run), messages=messages, tools=tools, temperature=0,
-                                               max_tokens=64)
+        first = client.chat.completions.create(
+            model=str(tool_run), messages=messages, tools=tools, temperature=0, max_tokens=64
+        )
         choice = first.choices[0]
         assert choice.finish_reason == "tool_calls", (choice, server.output())
         (call,) = choice.message.tool_calls
         assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": CITY}
         # streamed, the same call arrives as OpenAI's deltas (index, id, name, then the arguments)
-        chunks = list(client.chat.completions.create(model=str(tool_run), messages=messages, tools=tools,
-                                                     temperature=0, max_tokens=64, stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model=str(tool_run), messages=messages, tools=tools, temperature=0, max_tokens=64, stream=True
+            )
+        )
         deltas = [tc for chunk in chunks if chunk.choices for tc in chunk.choices[0].delta.tool_calls or []]
         assert deltas[0].function.name == "get_weather" and deltas[0].id.startswith("call_")
         assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": CITY}
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
         # the tool's result goes back with the call's id: the model answers from it
-        messages += [choice.message.model_dump(exclude_none=True),
-                     {"role": "tool", "tool_call_id": call.id, "content": RESULT}]
-        answer = client.chat.completions.create(model=str(tool_run), messages=messages, tools=tools, temperature=0,
-                                                max_tokens=32)
+        messages += [
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": RESULT},
+        ]
+        answer = client.chat.completions.create(
+            model=str(tool_run), messages=messages, tools=tools, temperature=0, max_tokens=32
+        )
         assert answer.choices[0].message.content == FINAL and answer.choices[0].finish_reason == "stop"
         assert answer.choices[0].message.tool_calls is None
     finally:
@@ -177,8 +261,7 @@ def scoring_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_lm_evals_local_completions_scores_through_the_server_as_hflm_does(scoring_model: Path,
-                                                                          tmp_path: Path) -> None:
+def test_lm_evals_local_completions_scores_through_the_server_as_hflm_does(scoring_model: Path, tmp_path: Path) -> None:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -188,14 +271,31 @@ def test_lm_evals_local_completions_scores_through_the_server_as_hflm_does(scori
     tasks = TaskManager(include_path=[str(TASKS_DIR)], include_defaults=False)
     server = Server(scoring_model, tmp_path)
     try:
-        served = lm_eval.simple_evaluate(model="local-completions", model_args={
-            "base_url": f"{server.url}/v1/completions", "model": str(scoring_model), "tokenizer": str(scoring_model),
-            "tokenizer_backend": "huggingface", "tokenized_requests": True, "num_concurrent": 1, "max_retries": 1},
-            tasks=["sftkit_mc"], task_manager=tasks, limit=6, log_samples=True)
+        served = lm_eval.simple_evaluate(
+            model="local-completions",
+            model_args={
+                "base_url": f"{server.url}/v1/completions",
+                "model": str(scoring_model),
+                "tokenizer": str(scoring_model),
+                "tokenizer_backend": "huggingface",
+                "tokenized_requests": True,
+                "num_concurrent": 1,
+                "max_retries": 1,
+            },
+            tasks=["sftkit_mc"],
+            task_manager=tasks,
+            limit=6,
+            log_samples=True,
+        )
     finally:
         assert server.stop() == -signal.SIGTERM, server.output()
-    direct = lm_eval.simple_evaluate(model=HFLM(pretrained=str(scoring_model), batch_size=1, device="cpu"),
-                                     tasks=["sftkit_mc"], task_manager=tasks, limit=6, log_samples=True)
+    direct = lm_eval.simple_evaluate(
+        model=HFLM(pretrained=str(scoring_model), batch_size=1, device="cpu"),
+        tasks=["sftkit_mc"],
+        task_manager=tasks,
+        limit=6,
+        log_samples=True,
+    )
 
     def loglikelihoods(result: dict) -> list[tuple[float, bool]]:
         return [resp[0] for sample in result["samples"]["sftkit_mc"] for resp in sample["resps"]]

@@ -42,17 +42,32 @@ def test_its_labels_are_sftkits(tiny_model_dir: Path) -> None:
 
 def test_first_step_loss_equals_sftkit_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
     model, tokenizer = scratch.load(tiny_model_dir, seed=42)
-    rows = [scratch.tokenize(tokenizer, m) for m in scratch.alpaca_conversations(REPO / "data" / "demo_alpaca.json",
-                                                                               ROWS)]
+    rows = [
+        scratch.tokenize(tokenizer, m) for m in scratch.alpaca_conversations(REPO / "data" / "demo_alpaca.json", ROWS)
+    ]
     (batch,) = scratch.pack(rows, max_tokens=4096)
     ours = float(scratch.loss_of(model, batch))
 
-    cfg = validate_config({"model_name_or_path": str(tiny_model_dir), "dataset": "demo_alpaca",
-                           "dataset_dir": str(REPO / "data"), "max_samples": ROWS, "template": "chatml",
-                           "cutoff_len": 4096, "packing": True, "finetuning_type": "full", "seed": 42,
-                           "per_device_train_batch_size": ROWS, "max_steps": 1, "logging_steps": 1,
-                           "save_strategy": "no", "report_to": "none", "plot_loss": False,
-                           "output_dir": str(tmp_path / "run")})
+    cfg = validate_config(
+        {
+            "model_name_or_path": str(tiny_model_dir),
+            "dataset": "demo_alpaca",
+            "dataset_dir": str(REPO / "data"),
+            "max_samples": ROWS,
+            "template": "chatml",
+            "cutoff_len": 4096,
+            "packing": True,
+            "finetuning_type": "full",
+            "seed": 42,
+            "per_device_train_batch_size": ROWS,
+            "max_steps": 1,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "plot_loss": False,
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
     out = train(cfg)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert ours == pytest.approx(history[0]["loss"], rel=1e-3, abs=1e-3)
@@ -61,8 +76,12 @@ def test_first_step_loss_equals_sftkit_trains(tiny_model_dir: Path, tmp_path: Pa
 @pytest.mark.integration  # a subprocess that trains for its whole length
 def test_the_script_runs_in_under_a_minute(tiny_model_dir: Path) -> None:
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, str(REPO / "scripts" / "sft_from_scratch.py"), str(tiny_model_dir)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "sft_from_scratch.py"), str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert time.perf_counter() - started < 60
     losses = [float(line.split("loss ")[1].split()[0]) for line in run.stdout.splitlines() if "loss" in line]

@@ -6,14 +6,21 @@ import json
 
 import pytest
 
-from sftkit.templates import get_template, parse_tools, prepare_tokenizer
 from sftkit.errors import ConfigError, DataError
+from sftkit.templates import get_template, parse_tools, prepare_tokenizer
 
 # The three templates these tests were written for; tests/test_chat_templates.py covers every template.
 TEMPLATES = ("chatml", "ernie_nothink", "llama3")
 
-TOOLS = json.dumps([{"name": "get_weather", "description": "Weather for a city, °C",
-                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+TOOLS = json.dumps(
+    [
+        {
+            "name": "get_weather",
+            "description": "Weather for a city, °C",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+)
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 TOOL_BLOCK = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -35,13 +42,18 @@ TOOL_TURNS = [
     {"role": "assistant", "content": "It is 21 °C."},
 ]
 EMPTY_SYSTEM = [{"role": "system", "content": ""}, *SINGLE]
-CONVERSATIONS = {"single": (SINGLE, None), "system": (SYSTEM, None), "multi": (MULTI, None),
-                 "empty_system": (EMPTY_SYSTEM, None), "tools": (TOOL_TURNS, TOOLS),
-                 "tools_system": ([{"role": "system", "content": "Be brief."}, *TOOL_TURNS], TOOLS)}
+CONVERSATIONS = {
+    "single": (SINGLE, None),
+    "system": (SYSTEM, None),
+    "multi": (MULTI, None),
+    "empty_system": (EMPTY_SYSTEM, None),
+    "tools": (TOOL_TURNS, TOOLS),
+    "tools_system": ([{"role": "system", "content": "Be brief."}, *TOOL_TURNS], TOOLS),
+}
 
 # ERNIE-4.5-0.3B's chat_template, verbatim from its tokenizer_config.json (transformers' DEFAULT_CHAT_TEMPLATE).
 ERNIE_OFFICIAL = (
-    '{%- if not add_generation_prompt is defined -%}\n    {%- set add_generation_prompt = true -%}\n{%- endif -%}\n'
+    "{%- if not add_generation_prompt is defined -%}\n    {%- set add_generation_prompt = true -%}\n{%- endif -%}\n"
     '{%- if not cls_token is defined -%}\n    {%- set cls_token = "<|begin_of_sentence|>" -%}\n{%- endif -%}\n'
     '{%- if not sep_token is defined -%}\n    {%- set sep_token = "<|end_of_sentence|>" -%}\n{%- endif -%}\n'
     '{{- cls_token -}}\n{%- for message in messages -%}\n    {%- if message["role"] == "user" -%}\n'
@@ -64,8 +76,10 @@ def test_template_names_match_config() -> None:
     from sftkit.templates import TEMPLATES as ALL
 
     assert tuple(get_template(name).name for name in ALL) == ALL and ALL[:3] == TEMPLATES
-    with pytest.raises(ConfigError, match="leave template unset to train in the model's own format.*chatml, "
-                                          "ernie_nothink, llama3, qwen"):
+    with pytest.raises(
+        ConfigError,
+        match="leave template unset to train in the model's own format.*chatml, ernie_nothink, llama3, qwen",
+    ):
         get_template("mistral7")
 
 
@@ -83,30 +97,36 @@ def test_chatml_by_hand() -> None:
     assert text("chatml", MULTI) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n"
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nHello there.<|im_end|>\n"
-        "<|im_start|>user\nAnd {braces}?<|im_end|>\n<|im_start|>assistant\nFine.<|im_end|>\n")
+        "<|im_start|>user\nAnd {braces}?<|im_end|>\n<|im_start|>assistant\nFine.<|im_end|>\n"
+    )
     assert "".join(trained("chatml", MULTI)) == "Hello there.<|im_end|>Fine.<|im_end|>"
     assert get_template("chatml").generation_prompt(SYSTEM[:-1]) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_ernie_by_hand() -> None:
     assert text("ernie_nothink", SINGLE) == "<|begin_of_sentence|>User: hi\nAssistant: Hello there.<|end_of_sentence|>"
     assert text("ernie_nothink", MULTI) == (
         "<|begin_of_sentence|>Be brief.\nUser: hi\nAssistant: Hello there.<|end_of_sentence|>"
-        "User: And {braces}?\nAssistant: Fine.<|end_of_sentence|>")
+        "User: And {braces}?\nAssistant: Fine.<|end_of_sentence|>"
+    )
     assert "".join(trained("ernie_nothink", MULTI)) == "Hello there.<|end_of_sentence|>Fine.<|end_of_sentence|>"
     assert get_template("ernie_nothink").generation_prompt(SYSTEM[:-1]) == (
-        "<|begin_of_sentence|>Be brief.\nUser: hi\nAssistant: ")
+        "<|begin_of_sentence|>Be brief.\nUser: hi\nAssistant: "
+    )
 
 
 @pytest.mark.parametrize("case", ["single", "system", "multi", "empty_system"])
 def test_ernie_matches_the_official_chat_template(tiny_tokenizer, case: str) -> None:
     messages, _ = CONVERSATIONS[case]
-    official = tiny_tokenizer.apply_chat_template(messages, chat_template=ERNIE_OFFICIAL, tokenize=False,
-                                                  add_generation_prompt=False)
+    official = tiny_tokenizer.apply_chat_template(
+        messages, chat_template=ERNIE_OFFICIAL, tokenize=False, add_generation_prompt=False
+    )
     assert official == text("ernie_nothink", messages)
-    prompt = tiny_tokenizer.apply_chat_template(messages[:-1], chat_template=ERNIE_OFFICIAL, tokenize=False,
-                                                add_generation_prompt=True)
+    prompt = tiny_tokenizer.apply_chat_template(
+        messages[:-1], chat_template=ERNIE_OFFICIAL, tokenize=False, add_generation_prompt=True
+    )
     assert prompt == get_template("ernie_nothink").generation_prompt(messages[:-1])
 
 
@@ -116,9 +136,14 @@ def test_tools_rendering_chatml() -> None:
         "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
         f"<|im_start|>assistant\n<tool_call>\n{CALL}\n</tool_call><|im_end|>\n"
         '<|im_start|>user\n<tool_response>\n{"temp": 21}\n</tool_response><|im_end|>\n'
-        "<|im_start|>assistant\nIt is 21 °C.<|im_end|>\n")
-    assert trained("chatml", TOOL_TURNS, TOOLS) == [f"<tool_call>\n{CALL}\n</tool_call>", "<|im_end|>",
-                                                    "It is 21 °C.", "<|im_end|>"]
+        "<|im_start|>assistant\nIt is 21 °C.<|im_end|>\n"
+    )
+    assert trained("chatml", TOOL_TURNS, TOOLS) == [
+        f"<tool_call>\n{CALL}\n</tool_call>",
+        "<|im_end|>",
+        "It is 21 °C.",
+        "<|im_end|>",
+    ]
 
 
 def test_tools_rendering_ernie_without_system() -> None:
@@ -126,7 +151,8 @@ def test_tools_rendering_ernie_without_system() -> None:
         f"<|begin_of_sentence|>{TOOL_BLOCK}\nUser: Weather in Paris?\n"
         f"Assistant: <tool_call>\n{CALL}\n</tool_call><|end_of_sentence|>"
         'User: <tool_response>\n{"temp": 21}\n</tool_response>\n'
-        "Assistant: It is 21 °C.<|end_of_sentence|>")
+        "Assistant: It is 21 °C.<|end_of_sentence|>"
+    )
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -138,8 +164,9 @@ def test_jinja_reproduces_training_text_and_generation_prompt(tiny_tokenizer, na
     schemas = json.loads(tools) if tools else None
     full = tiny_tokenizer.apply_chat_template(messages, tools=schemas, tokenize=False)
     assert full == text(name, messages, tools)
-    prompt = tiny_tokenizer.apply_chat_template(messages[:-1], tools=schemas, tokenize=False,
-                                                add_generation_prompt=True)
+    prompt = tiny_tokenizer.apply_chat_template(
+        messages[:-1], tools=schemas, tokenize=False, add_generation_prompt=True
+    )
     assert prompt == template.generation_prompt(messages[:-1], tools)
 
 
@@ -148,7 +175,8 @@ def test_jinja_accepts_tool_role_as_observation(tiny_tokenizer, name: str) -> No
     prepare_tokenizer(tiny_tokenizer, get_template(name))
     as_tool = [dict(m, role="tool") if m["role"] == "observation" else m for m in TOOL_TURNS]
     assert tiny_tokenizer.apply_chat_template(as_tool, tools=json.loads(TOOLS), tokenize=False) == text(
-        name, TOOL_TURNS, TOOLS)
+        name, TOOL_TURNS, TOOLS
+    )
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -190,24 +218,33 @@ def test_prepare_tokenizer_never_shrinks_and_sets_pad(tiny_tokenizer) -> None:
     added = prepare_tokenizer(tiny_tokenizer, get_template("ernie_nothink"))
     assert added == [size + 2, size + 3]
     assert {"<tool>", "<|im_start|>", "<|im_end|>", "<|begin_of_sentence|>", "<|end_of_sentence|>"} <= set(
-        tiny_tokenizer.all_special_tokens)
+        tiny_tokenizer.all_special_tokens
+    )
     assert tiny_tokenizer.pad_token == tiny_tokenizer.eos_token == "</s>"
 
 
 def test_stop_token_ids(tiny_tokenizer) -> None:
     template = get_template("chatml")
     prepare_tokenizer(tiny_tokenizer, template)
-    assert template.stop_token_ids(tiny_tokenizer) == [tiny_tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                                       tiny_tokenizer.eos_token_id]
+    assert template.stop_token_ids(tiny_tokenizer) == [
+        tiny_tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        tiny_tokenizer.eos_token_id,
+    ]
 
 
-@pytest.mark.parametrize("messages, problem", [
-    ([{"role": "assistant", "content": "a"}], "message 0 is assistant"),
-    ([{"role": "user", "content": "q"}], "must end with an assistant reply"),
-    ([{"role": "user", "content": "q"}, {"role": "observation", "content": "o"}], "message 1 is observation"),
-    ([*SINGLE, {"role": "system", "content": "late"}, {"role": "assistant", "content": "a"}], "message 2 is system"),
-    ([], "empty conversation"),
-])
+@pytest.mark.parametrize(
+    "messages, problem",
+    [
+        ([{"role": "assistant", "content": "a"}], "message 0 is assistant"),
+        ([{"role": "user", "content": "q"}], "must end with an assistant reply"),
+        ([{"role": "user", "content": "q"}, {"role": "observation", "content": "o"}], "message 1 is observation"),
+        (
+            [*SINGLE, {"role": "system", "content": "late"}, {"role": "assistant", "content": "a"}],
+            "message 2 is system",
+        ),
+        ([], "empty conversation"),
+    ],
+)
 def test_roles_out_of_order_are_data_errors(messages: list[dict[str, str]], problem: str) -> None:
     with pytest.raises(DataError, match=problem):
         get_template("chatml").render(messages)
@@ -218,8 +255,7 @@ def test_generation_prompt_needs_a_user_side_turn_last() -> None:
         get_template("chatml").generation_prompt(SINGLE)
 
 
-@pytest.mark.parametrize("tools, expected", [(None, []), ("", []), ("[]", []),
-                                             ('{"name": "f"}', [{"name": "f"}])])
+@pytest.mark.parametrize("tools, expected", [(None, []), ("", []), ("[]", []), ('{"name": "f"}', [{"name": "f"}])])
 def test_parse_tools(tools: str | None, expected: list) -> None:
     assert parse_tools(tools) == expected
 
@@ -232,23 +268,40 @@ def test_invalid_tools_are_data_errors(tools: str) -> None:
 
 # ---------------------------------------------------------------------------- LLaMA-Factory's templates (issue 29)
 
-ADDED = ("qwen3_5", "qwen3_5_nothink", "yi", "smollm2", "intern2", "lfm2", "deepseek", "deepseekr1", "gemma2", "phi",
-         "cohere", "granite3", "hunyuan", "olmo")
-HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-      {"role": "assistant", "content": "Hello!"}]
+ADDED = (
+    "qwen3_5",
+    "qwen3_5_nothink",
+    "yi",
+    "smollm2",
+    "intern2",
+    "lfm2",
+    "deepseek",
+    "deepseekr1",
+    "gemma2",
+    "phi",
+    "cohere",
+    "granite3",
+    "hunyuan",
+    "olmo",
+)
+HI = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+]
 # Each as LLaMA-Factory's data/template.py renders [system, user, assistant] (its format_prefix + system + user
 # slots, then the assistant slot; {bos}/{eos} for the tokenizer's tokens).
 LLAMAFACTORY_TEXT = {
     "qwen3_5_nothink": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                       "<|im_start|>assistant\nHello!<|im_end|>\n",
+    "<|im_start|>assistant\nHello!<|im_end|>\n",
     "deepseek": "{bos}Be brief.\n\nUser: Hi\n\nAssistant:Hello!{eos}",
     "deepseekr1": "{bos}Be brief.<｜User｜>Hi<｜Assistant｜><think>\n\n</think>\n\nHello!{eos}",
     "phi": "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n",
     "granite3": "<|start_of_role|>system<|end_of_role|>Be brief.<|end_of_text|>\n<|start_of_role|>user<|end_of_role|>"
-                "Hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>Hello!<|end_of_text|>\n",
+    "Hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>Hello!<|end_of_text|>\n",
     "hunyuan": "<|startoftext|>Be brief.<|extra_4|>Hi<|extra_0|>Hello!<|eos|>",
     "cohere": "{bos}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Be brief.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>"
-              "<|USER_TOKEN|>Hi<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello!<|END_OF_TURN_TOKEN|>",
+    "<|USER_TOKEN|>Hi<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello!<|END_OF_TURN_TOKEN|>",
     "gemma2": "{bos}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n",
     "olmo": "{eos}Be brief.<|user|>\nHi<|assistant|>\nHello!{eos}",
 }
@@ -268,9 +321,11 @@ def test_added_template_ends_replies_on_its_token_and_its_jinja_reproduces_train
     bound = template.bind(tiny_tokenizer)  # {bos} and {eos} become the tokenizer's own tokens
     prepare_tokenizer(tiny_tokenizer, bound)
     assert tiny_tokenizer.apply_chat_template(MULTI, tokenize=False) == "".join(
-        piece for piece, _ in bound.render(MULTI))
+        piece for piece, _ in bound.render(MULTI)
+    )
     assert tiny_tokenizer.apply_chat_template(MULTI[:-1], tokenize=False, add_generation_prompt=True) == (
-        bound.generation_prompt(MULTI[:-1]))
+        bound.generation_prompt(MULTI[:-1])
+    )
 
 
 @pytest.mark.parametrize("name", ["qwen3_5", "lfm2", "deepseek"])

@@ -14,19 +14,25 @@ from sftkit.model import Precision
 FP32 = Precision("float32", "cpu", "fp32 on cpu")
 
 
-@pytest.mark.parametrize(("keys", "message"), [
-    ({"batch_tokens": 4096}, "batch_tokens: a token budget packs examples together; set packing: true"),
-    ({"batch_tokens": 100, "packing": True, "cutoff_len": 512}, "batch_tokens (100) is below cutoff_len (512)"),
-    ({"batch_tokens": 4096, "packing": True, "per_device_train_batch_size": 4},
-     "per_device_train_batch_size: with batch_tokens a micro-batch is one row"),
-])
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"batch_tokens": 4096}, "batch_tokens: a token budget packs examples together; set packing: true"),
+        ({"batch_tokens": 100, "packing": True, "cutoff_len": 512}, "batch_tokens (100) is below cutoff_len (512)"),
+        (
+            {"batch_tokens": 4096, "packing": True, "per_device_train_batch_size": 4},
+            "per_device_train_batch_size: with batch_tokens a micro-batch is one row",
+        ),
+    ],
+)
 def test_batch_tokens_rules(keys: dict, message: str) -> None:
     with pytest.raises((ConfigError, ValueError), match=message.replace("(", r"\(").replace(")", r"\)")):
         make_config(**keys)
 
 
-def test_a_micro_batch_is_one_row_within_the_budget(tiny_model_dir: Path, bundled_data: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_micro_batch_is_one_row_within_the_budget(
+    tiny_model_dir: Path, bundled_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import datasets
 
     from sftkit.data import load_tokenizer_and_template, prepare_data
@@ -35,9 +41,18 @@ def test_a_micro_batch_is_one_row_within_the_budget(tiny_model_dir: Path, bundle
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     cutoff, budget = 128, 1000
-    cfg = make_config(model_name_or_path=tiny_model_dir, dataset="demo_alpaca", dataset_dir=bundled_data,
-                      output_dir=tmp_path / "run", report_to="none", max_samples=60, cutoff_len=cutoff,
-                      packing=True, batch_tokens=budget, max_steps=1)
+    cfg = make_config(
+        model_name_or_path=tiny_model_dir,
+        dataset="demo_alpaca",
+        dataset_dir=bundled_data,
+        output_dir=tmp_path / "run",
+        report_to="none",
+        max_samples=60,
+        cutoff_len=cutoff,
+        packing=True,
+        batch_tokens=budget,
+        max_steps=1,
+    )
     tokenizer, template = load_tokenizer_and_template(cfg)
     data = prepare_data(cfg, tokenizer, template)
     model = load_model_for_training(cfg, tokenizer, template, FP32)

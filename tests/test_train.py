@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_config
 import torch
 from safetensors.torch import load_file
 
+from helpers import make_config
 from sftkit.config import SftConfig, validate_config
 from sftkit.errors import SftkitError
 from sftkit.model import Precision
@@ -24,8 +24,16 @@ DATASETS = "demo_alpaca,demo_sharegpt,demo_messages"
 
 
 def tiny_config(tiny_model_dir: Path, data_dir: Path, output_dir: Path, **overrides: Any) -> SftConfig:
-    return make_config(**{"model_name_or_path": tiny_model_dir, "dataset": DATASETS, "dataset_dir": data_dir,
-                          "output_dir": output_dir, "report_to": "none", **overrides})
+    return make_config(
+        **{
+            "model_name_or_path": tiny_model_dir,
+            "dataset": DATASETS,
+            "dataset_dir": data_dir,
+            "output_dir": output_dir,
+            "report_to": "none",
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +48,7 @@ def _private_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 # ---------------------------------------------------------------------------- one real run
 
+
 @pytest.fixture(scope="module")
 def run(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short overfit: 3 training rows, many epochs, a high learning rate, eval and save every 4 updates.
@@ -49,18 +58,44 @@ def run(tiny_model_dir: Path, bundled_data: Path, tmp_path_factory: pytest.TempP
     """
     out = tmp_path_factory.mktemp("train") / "run"
     cfg = tiny_config(
-        tiny_model_dir, bundled_data, out, max_samples=2, val_size=3, cutoff_len=128, packing=True,
-        lora_rank=8, lora_target="all", learning_rate=1e-2, lr_scheduler_type="constant", num_train_epochs=40,
-        per_device_train_batch_size=2, eval_strategy="steps", eval_steps=4, save_steps=4, save_total_limit=2,
-        early_stopping_steps=2, load_best_model_at_end=True, logging_steps=1, report_to="tensorboard",
-        gradient_checkpointing=True)
+        tiny_model_dir,
+        bundled_data,
+        out,
+        max_samples=2,
+        val_size=3,
+        cutoff_len=128,
+        packing=True,
+        lora_rank=8,
+        lora_target="all",
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        num_train_epochs=40,
+        per_device_train_batch_size=2,
+        eval_strategy="steps",
+        eval_steps=4,
+        save_steps=4,
+        save_total_limit=2,
+        early_stopping_steps=2,
+        load_best_model_at_end=True,
+        logging_steps=1,
+        report_to="tensorboard",
+        gradient_checkpointing=True,
+    )
     return train(cfg)
 
 
 def test_run_writes_every_output(run: Path) -> None:
-    for name in ("adapter_model.safetensors", "adapter_config.json", "chat_template.jinja", "tokenizer.json",
-                 "sftkit_config.yaml", "trainer_state.json", "metrics.json", "training_loss.png",
-                 "generation_config.json"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "sftkit_config.yaml",
+        "trainer_state.json",
+        "metrics.json",
+        "training_loss.png",
+        "generation_config.json",
+    ):
         assert (run / name).is_file(), name
     assert list(run.glob("runs/*/events.out.tfevents.*")), "no TensorBoard events file"
 
@@ -112,13 +147,18 @@ def test_generation_stops_at_the_template_end_token(run: Path) -> None:
 
 
 def test_non_empty_output_dir_is_refused_without_overwrite(run: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "sftkit", "train", str(run / "sftkit_config.yaml")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sftkit", "train", str(run / "sftkit_config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "is not empty; pass --overwrite" in result.stderr and "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------------------- output_dir rules
+
 
 def test_output_dir_rules(tmp_path: Path) -> None:
     assert check_output_dir(tmp_path / "new", overwrite=False) is False
@@ -137,11 +177,25 @@ def test_output_dir_rules(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- TRL config
 
+
 def test_sft_config_carries_the_schema(tmp_path: Path) -> None:
-    cfg = validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": str(tmp_path), "bf16": True,
-                           "packing": True, "cutoff_len": 512, "val_size": 0.1, "eval_strategy": "steps",
-                           "eval_steps": 5, "save_steps": 10, "early_stopping_steps": 2, "warmup_steps": 3,
-                           "gradient_checkpointing": True})
+    cfg = validate_config(
+        {
+            "model_name_or_path": "m",
+            "dataset": "d",
+            "output_dir": str(tmp_path),
+            "bf16": True,
+            "packing": True,
+            "cutoff_len": 512,
+            "val_size": 0.1,
+            "eval_strategy": "steps",
+            "eval_steps": 5,
+            "save_steps": 10,
+            "early_stopping_steps": 2,
+            "warmup_steps": 3,
+            "gradient_checkpointing": True,
+        }
+    )
     args = build_sft_config(cfg, Precision("bfloat16", "cpu", "bf16 on cpu"))  # bf16 on CPU needs use_cpu
     assert args.bf16 and args.use_cpu and args.max_length == 512 and args.packing and args.padding_free
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
@@ -151,21 +205,35 @@ def test_sft_config_carries_the_schema(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- loss scaling
 
-def _after_one_step(tiny_model_dir: Path, data_dir: Path, out: Path, batch: int, accumulation: int
-                    ) -> dict[str, torch.Tensor]:
+
+def _after_one_step(
+    tiny_model_dir: Path, data_dir: Path, out: Path, batch: int, accumulation: int
+) -> dict[str, torch.Tensor]:
     """Trainable parameters after one SGD update on the same two rows (of different lengths)."""
     from transformers import set_seed
 
-    from sftkit.data import prepare_data
-    from sftkit.data import load_tokenizer
+    from sftkit.data import load_tokenizer, prepare_data
     from sftkit.templates import get_template
     from sftkit.training.recipe import load_model_for_training
     from sftkit.training.trainer import build_trainer
 
-    cfg = tiny_config(tiny_model_dir, data_dir, out, dataset="demo_alpaca", max_samples=2, cutoff_len=128,
-                      per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1,
-                      optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0,
-                      save_strategy="no", lora_target="all")
+    cfg = tiny_config(
+        tiny_model_dir,
+        data_dir,
+        out,
+        dataset="demo_alpaca",
+        max_samples=2,
+        cutoff_len=128,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        max_grad_norm=0,
+        save_strategy="no",
+        lora_target="all",
+    )
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg)
     rows = prepare_data(cfg, tokenizer).train
@@ -177,8 +245,9 @@ def _after_one_step(tiny_model_dir: Path, data_dir: Path, out: Path, batch: int,
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def test_accumulation_averages_over_all_trained_tokens(tiny_model_dir: Path, bundled_data: Path,
-                                                       tmp_path: Path) -> None:
+def test_accumulation_averages_over_all_trained_tokens(
+    tiny_model_dir: Path, bundled_data: Path, tmp_path: Path
+) -> None:
     """Batch 1 x accumulation 2 updates exactly like batch 2 x accumulation 1."""
     accumulated = _after_one_step(tiny_model_dir, bundled_data, tmp_path / "a", batch=1, accumulation=2)
     batched = _after_one_step(tiny_model_dir, bundled_data, tmp_path / "b", batch=2, accumulation=1)
@@ -189,6 +258,7 @@ def test_accumulation_averages_over_all_trained_tokens(tiny_model_dir: Path, bun
 
 # ---------------------------------------------------------------------------- packing
 
+
 def test_packed_rows_keep_examples_apart(tiny_model_dir: Path) -> None:
     """Two examples packed in one row attend only to themselves, as if each were alone."""
     from transformers import AutoModelForCausalLM
@@ -198,17 +268,20 @@ def test_packed_rows_keep_examples_apart(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
     torch.manual_seed(0)
     a, b, c = (torch.randint(3, 700, (n,)).tolist() for n in (9, 6, 4))
-    batch = PackedRowsCollator(pad_token_id=0)([
-        {"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
-        {"input_ids": c, "labels": c, "seq_lengths": [len(c)]}])
+    batch = PackedRowsCollator(pad_token_id=0)(
+        [
+            {"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
+            {"input_ids": c, "labels": c, "seq_lengths": [len(c)]},
+        ]
+    )
     assert "attention_mask" not in batch and batch["labels"][0, len(a)] == -100
     assert batch["sftkit_real_tokens"] == 19 and batch["input_ids"].numel() == 30  # tokens_seen skips padding
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         alone = [model(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids in (a, b, c)]
-    torch.testing.assert_close(packed[0, :len(a)], alone[0])
-    torch.testing.assert_close(packed[0, len(a):], alone[1])
-    torch.testing.assert_close(packed[1, :len(c)], alone[2])
+    torch.testing.assert_close(packed[0, : len(a)], alone[0])
+    torch.testing.assert_close(packed[0, len(a) :], alone[1])
+    torch.testing.assert_close(packed[1, : len(c)], alone[2])
 
 
 @pytest.mark.integration  # the demo's whole training run (about two minutes on two cores)
@@ -221,9 +294,10 @@ def test_the_demo_learns_to_stop(tmp_path: Path) -> None:
 
     repo = Path(__file__).resolve().parent.parent
     model_dir = build_tiny_model(tmp_path / "tiny-ernie", initializer_range=0.3)  # as scripts/make_tiny_model.py
-    cfg = load_config(repo / "configs" / "tiny_smoke.yaml", [f"model_name_or_path={model_dir}",
-                                                             f"dataset_dir={repo / 'data'}",
-                                                             f"output_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        repo / "configs" / "tiny_smoke.yaml",
+        [f"model_name_or_path={model_dir}", f"dataset_dir={repo / 'data'}", f"output_dir={tmp_path / 'run'}"],
+    )
     out = train(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["end_token_accuracy"] >= 0.9, metrics

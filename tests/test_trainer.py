@@ -15,7 +15,7 @@ def _rows(n: int = 24, seed: int = 0) -> list[dict[str, list[int]]]:
     for _ in range(n):
         length = int(torch.randint(8, 30, (1,), generator=gen))
         ids = torch.randint(3, 500, (length,), generator=gen).tolist()
-        rows.append({"input_ids": ids, "labels": [-100] * (length // 2) + ids[length // 2:]})
+        rows.append({"input_ids": ids, "labels": [-100] * (length // 2) + ids[length // 2 :]})
     return rows
 
 
@@ -31,12 +31,28 @@ def _trainer(model_dir: Path, out: Path, loss_chunk_size: int | None = 16, **ove
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    settings = dict(output_dir=str(out), max_steps=4, logging_steps=2, packing=True, max_length=64,
-                    per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2,
-                    report_to=[], bf16=False, use_cpu=True, save_strategy="no", gradient_checkpointing=False)
+    settings = dict(
+        output_dir=str(out),
+        max_steps=4,
+        logging_steps=2,
+        packing=True,
+        max_length=64,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        gradient_checkpointing=False,
+    )
     args = SFTConfig(**settings | overrides)
-    common = dict(model=model, args=args, train_dataset=Dataset.from_list(_rows()),
-                  processing_class=AutoTokenizer.from_pretrained(model_dir))
+    common = dict(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(_rows()),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
     if loss_chunk_size is None:
         return SFTTrainer(**common)
     return SftkitTrainer(**common, loss_chunk_size=loss_chunk_size)

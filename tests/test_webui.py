@@ -15,14 +15,30 @@ from sftkit.config import dump_resolved, load_config, validate_config
 from sftkit.webui import chat, form, runs
 from sftkit.webui.jobs import Jobs, progress, summary
 
-FORM = {"model_name_or_path": "models/tiny-ernie", "template": form.OWN_TEMPLATE, "lora_rank": 8.0, "lora_alpha": 0,
-        "lora_dropout": 0.0, "lora_target": "all", "freeze_trainable_layers": 2.0, "dataset_dir": "data",
-        "dataset": ["demo_alpaca"], "cutoff_len": 256.0, "val_size": 0.1, "packing": True, "learning_rate": 1e-4,
-        "num_train_epochs": 1.0, "max_steps": 10.0, "eval_strategy": "no", "eval_steps": 0,
-        "output_dir": "runs/web"}
+FORM = {
+    "model_name_or_path": "models/tiny-ernie",
+    "template": form.OWN_TEMPLATE,
+    "lora_rank": 8.0,
+    "lora_alpha": 0,
+    "lora_dropout": 0.0,
+    "lora_target": "all",
+    "freeze_trainable_layers": 2.0,
+    "dataset_dir": "data",
+    "dataset": ["demo_alpaca"],
+    "cutoff_len": 256.0,
+    "val_size": 0.1,
+    "packing": True,
+    "learning_rate": 1e-4,
+    "num_train_epochs": 1.0,
+    "max_steps": 10.0,
+    "eval_strategy": "no",
+    "eval_steps": 0,
+    "output_dir": "runs/web",
+}
 
 
 # ---------------------------------------------------------------------------- form
+
 
 def test_the_form_writes_only_the_chosen_methods_keys_and_leaves_unset_numbers_out() -> None:
     lora = form.to_config(FORM, "lora", "fp32")
@@ -80,6 +96,7 @@ def test_template_note_says_whose_template_trains(tiny_model_dir: Path, tmp_path
 
 # ---------------------------------------------------------------------------- jobs
 
+
 def test_a_job_runs_sftkit_shows_its_command_and_reports_a_refused_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("output_dir: x\nlearning_rate: -1\n", encoding="utf-8")
@@ -92,10 +109,16 @@ def test_a_job_runs_sftkit_shows_its_command_and_reports_a_refused_config(tmp_pa
 
 
 def test_one_job_of_a_kind_at_a_time_and_stop_sends_the_signal(tmp_path: Path) -> None:
-    jobs = Jobs(tmp_path / "logs", program=[sys.executable, "-c",
-                                            "import signal, sys, time\n"
-                                            "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
-                                            "print('ready', flush=True)\ntime.sleep(60)"])
+    jobs = Jobs(
+        tmp_path / "logs",
+        program=[
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
+            "print('ready', flush=True)\ntime.sleep(60)",
+        ],
+    )
     job = jobs.start("train")
     deadline = time.monotonic() + 30
     while "ready" not in job.log_tail() and time.monotonic() < deadline:
@@ -112,16 +135,19 @@ def test_one_job_of_a_kind_at_a_time_and_stop_sends_the_signal(tmp_path: Path) -
 
 # ---------------------------------------------------------------------------- what a run logged
 
-def test_progress_reads_the_runs_lines_skips_a_half_written_one_and_falls_back_to_trainer_state(
-        tmp_path: Path) -> None:
+
+def test_progress_reads_the_runs_lines_skips_a_half_written_one_and_falls_back_to_trainer_state(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 2, "loss": 3.0},
-                                                                         {"step": 2, "train_runtime": 1.0}]}))
+    (run / "trainer_state.json").write_text(
+        json.dumps({"log_history": [{"step": 2, "loss": 3.0}, {"step": 2, "train_runtime": 1.0}]})
+    )
     assert progress(run) == [{"step": 2, "loss": 3.0}]
     (run / "progress.jsonl").write_text(
         '{"step": 1, "max_steps": 4, "loss": 2.0, "learning_rate": 0.001, "tokens_per_second": 900, '
-        '"eta_seconds": 30}\n{"step": 2, "max_steps": 4, "eval_loss": 1.5}\n{"step": 3, "lo', encoding="utf-8")
+        '"eta_seconds": 30}\n{"step": 2, "max_steps": 4, "eval_loss": 1.5}\n{"step": 3, "lo',
+        encoding="utf-8",
+    )
     records = progress(run)
     assert len(records) == 2
     line = summary(records)
@@ -132,11 +158,14 @@ def test_progress_reads_the_runs_lines_skips_a_half_written_one_and_falls_back_t
 
 def _fake_run(folder: Path, lr: float, losses: list[float]) -> Path:
     folder.mkdir(parents=True)
-    dump_resolved(validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": str(folder),
-                                   "learning_rate": lr}), folder / "sftkit_config.yaml")
+    dump_resolved(
+        validate_config({"model_name_or_path": "m", "dataset": "d", "output_dir": str(folder), "learning_rate": lr}),
+        folder / "sftkit_config.yaml",
+    )
     history = [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)] + [{"step": 2, "eval_loss": 0.5}]
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": len(losses), "log_history": history,
-                                                           "best_metric": 0.5, "best_global_step": 2}))
+    (folder / "trainer_state.json").write_text(
+        json.dumps({"global_step": len(losses), "log_history": history, "best_metric": 0.5, "best_global_step": 2})
+    )
     (folder / "metrics.json").write_text(json.dumps({"train_runtime_s": 12.5, "tokens_per_second": 1234.56}))
     return folder
 
@@ -159,11 +188,15 @@ def test_runs_tab_lists_runs_side_by_side_and_diffs_their_configs(tmp_path: Path
 
 # ---------------------------------------------------------------------------- chat
 
+
 def test_chat_sends_the_system_prompt_the_turns_and_the_new_message() -> None:
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "text", "text": "hey"}]}]
     assert chat.conversation("be brief", history, "and?") == [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hey"}, {"role": "user", "content": "and?"}]
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hey"},
+        {"role": "user", "content": "and?"},
+    ]
     assert chat.conversation(None, [], "x") == [{"role": "user", "content": "x"}]
 
 
@@ -212,6 +245,7 @@ def test_a_taken_port_is_one_line_before_anything_is_built(tmp_path: Path) -> No
 
 # ---------------------------------------------------------------------------- the form and the editor, one config
 
+
 def test_a_form_edit_rewrites_only_the_forms_keys_and_keeps_a_hand_edit() -> None:
     text = form.to_yaml(form.to_config(FORM, "lora", "fp32")) + "seed: 7\nnot_a_key: 1\n"
     written = form.merged_yaml(text, form.to_config({**FORM, "learning_rate": 0.03}, "oft", "bf16"))
@@ -233,7 +267,8 @@ def test_the_form_reads_back_the_yaml_it_wrote() -> None:
 
 
 def test_a_number_field_holding_no_number_is_refused_in_the_fields_words_not_trained_at_the_default(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     values = {**FORM, "learning_rate": None}  # what the browser sends for "abc" or an emptied field
     assert form.field_problems(values) == ["**Learning rate (learning_rate)**: not a number; write one (e.g. 5e-05)"]
     text = form.to_yaml(form.to_config(values, "lora", "fp32"))
@@ -280,6 +315,7 @@ def test_labels_are_human_words_with_the_key_beside_them_in_english_and_chinese(
 
 # ---------------------------------------------------------------------------- the page's events
 
+
 def _page(tmp_path: Path, program: list[str] | None = None):
     from sftkit.webui.page import PageSettings, build
 
@@ -292,8 +328,9 @@ def test_every_field_has_one_listener_and_none_on_change(tmp_path: Path) -> None
     from collections import Counter
 
     page, _ = _page(tmp_path)
-    events = Counter((block, event) for fn in page.fns.values() for block, event in fn.targets
-                     if event in ("change", "input"))
+    events = Counter(
+        (block, event) for fn in page.fns.values() for block, event in fn.targets if event in ("change", "input")
+    )
     assert events and all(count == 1 for count in events.values()), events
     assert not [key for key in events if key[1] == "change"]
     per_block = Counter(block for block, _event in events)
@@ -301,6 +338,7 @@ def test_every_field_has_one_listener_and_none_on_change(tmp_path: Path) -> None
 
 
 # ---------------------------------------------------------------------------- who may use the page
+
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, bundled_data: Path):
@@ -314,9 +352,19 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, bund
     marker = tmp_path / "started"
     page, jobs = _page(tmp_path, [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"])
     access = Access.for_bind("127.0.0.1", 7860, "the-token")
-    yaml_text = form.to_yaml(form.to_config({**FORM, "model_name_or_path": str(tiny_model_dir), "template": "chatml",
-                                             "dataset_dir": str(bundled_data),
-                                             "output_dir": str(tmp_path / "runs" / "one")}, "lora", "fp32"))
+    yaml_text = form.to_yaml(
+        form.to_config(
+            {
+                **FORM,
+                "model_name_or_path": str(tiny_model_dir),
+                "template": "chatml",
+                "dataset_dir": str(bundled_data),
+                "output_dir": str(tmp_path / "runs" / "one"),
+            },
+            "lora",
+            "fp32",
+        )
+    )
     with TestClient(guarded_app(page.queue(), access), base_url="http://127.0.0.1:7860") as client:
         yield client, jobs, marker, yaml_text, tmp_path
 
@@ -328,25 +376,43 @@ def _start(client, yaml_text: str, **headers: str):
 OWN = {"Cookie": "sftkit-webui-token-7860=the-token"}
 
 
-@pytest.mark.parametrize("headers", [
-    {"Host": "evil.example:7860", **OWN},  # DNS rebinding: the foreign name resolves to 127.0.0.1
-    {"Host": "evil.example", **OWN},
-    {**OWN, "Origin": "http://evil.example"},  # another site's page posting across origins
-    {**OWN, "Origin": "http://127.0.0.1:7860.evil.example"},
-    {**OWN, "Origin": "null"},
-    {},  # no token
-    {"Cookie": "sftkit-webui-token-7860=wrong"},
-    {"X-Sftkit-Token": "the-tok"},
-], ids=["foreign-host-port", "foreign-host", "foreign-origin", "lookalike-origin", "null-origin", "no-token",
-        "wrong-token", "short-token"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "evil.example:7860", **OWN},  # DNS rebinding: the foreign name resolves to 127.0.0.1
+        {"Host": "evil.example", **OWN},
+        {**OWN, "Origin": "http://evil.example"},  # another site's page posting across origins
+        {**OWN, "Origin": "http://127.0.0.1:7860.evil.example"},
+        {**OWN, "Origin": "null"},
+        {},  # no token
+        {"Cookie": "sftkit-webui-token-7860=wrong"},
+        {"X-Sftkit-Token": "the-tok"},
+    ],
+    ids=[
+        "foreign-host-port",
+        "foreign-host",
+        "foreign-origin",
+        "lookalike-origin",
+        "null-origin",
+        "no-token",
+        "wrong-token",
+        "short-token",
+    ],
+)
 def test_a_forged_or_tokenless_request_is_refused_writes_nothing_and_starts_nothing(guarded, headers):
     client, jobs, marker, yaml_text, tmp_path = guarded
     answer = _start(client, yaml_text, **headers)
     assert answer.status_code == 403 and answer.text.startswith("refused: ")
     assert "access-control-allow-origin" not in answer.headers
     assert client.get("/config", headers=headers).status_code == 403
-    preflight = client.options("/gradio_api/call/start", headers={**headers, "Origin": headers.get(
-        "Origin", "http://evil.example"), "Access-Control-Request-Method": "POST"})
+    preflight = client.options(
+        "/gradio_api/call/start",
+        headers={
+            **headers,
+            "Origin": headers.get("Origin", "http://evil.example"),
+            "Access-Control-Request-Method": "POST",
+        },
+    )
     assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
     time.sleep(0.5)
     assert jobs.get("train") is None and not marker.exists()
@@ -375,6 +441,7 @@ def test_the_token_in_the_printed_url_becomes_a_strict_cookie_and_leaves_the_add
 
     async def ok(scope, receive, send):
         from starlette.responses import PlainTextResponse
+
         await PlainTextResponse("page")(scope, receive, send)
 
     client = TestClient(Guard(ok, Access.for_bind("127.0.0.1", 7861, "tok")), base_url="http://127.0.0.1:7861")
@@ -383,8 +450,12 @@ def test_the_token_in_the_printed_url_becomes_a_strict_cookie_and_leaves_the_add
     cookie = first.headers["set-cookie"].lower()
     assert "sftkit-webui-token-7861=tok" in cookie and "httponly" in cookie and "samesite=strict" in cookie
     assert client.get("/").text == "page"  # the cookie now
-    assert TestClient(Guard(ok, Access.for_bind("0.0.0.0", 7861, "tok")),
-                      base_url="http://192.168.1.5:7861").get("/", headers={"X-Sftkit-Token": "tok"}).text == "page"
+    assert (
+        TestClient(Guard(ok, Access.for_bind("0.0.0.0", 7861, "tok")), base_url="http://192.168.1.5:7861")
+        .get("/", headers={"X-Sftkit-Token": "tok"})
+        .text
+        == "page"
+    )
 
 
 def test_presets_fill_the_real_models_files() -> None:

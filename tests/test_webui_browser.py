@@ -57,12 +57,29 @@ def page_url(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> Iterato
     port = _free_port()
     log_path = tmp_path / "webui.log"
     log = log_path.open("wb")
-    server = subprocess.Popen([*SFTKIT, "webui", "--port", str(port), "--model", str(tiny_model_dir),
-                               "--dataset-dir", str(shared_data), "--output-dir", "runs/web"],
-                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    printed = _wait(lambda: next((word for word in log_path.read_text().split() if "?token=" in word), None), 120,
-                    f"the URL the page prints (log: {log_path})")
+    server = subprocess.Popen(
+        [
+            *SFTKIT,
+            "webui",
+            "--port",
+            str(port),
+            "--model",
+            str(tiny_model_dir),
+            "--dataset-dir",
+            str(shared_data),
+            "--output-dir",
+            "runs/web",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    printed = _wait(
+        lambda: next((word for word in log_path.read_text().split() if "?token=" in word), None),
+        120,
+        f"the URL the page prints (log: {log_path})",
+    )
     assert printed.startswith(f"http://127.0.0.1:{port}/?token=")
     _wait(lambda: _answers(printed), 120, f"the page at {printed}")
     yield printed
@@ -88,9 +105,18 @@ def browser() -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # the flags that keep Chromium from calling out of a closed network at start (and failing slowly)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1800",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
@@ -99,6 +125,7 @@ def browser() -> Iterator[Any]:
 
 
 # ---------------------------------------------------------------------------- driving Gradio
+
 
 def _wait(ready: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
@@ -160,8 +187,11 @@ def _click(driver: Any, elem_id: str) -> None:
 def _tab(driver: Any, label: str) -> None:
     from selenium.webdriver.common.by import By
 
-    tab = _wait(lambda: next((t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]")
-                              if t.text == label), None), 60, f"the {label} tab")
+    tab = _wait(
+        lambda: next((t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text == label), None),
+        60,
+        f"the {label} tab",
+    )
     tab.click()
     time.sleep(1)
 
@@ -190,8 +220,9 @@ def _points(state: str) -> int:
 
 def _requests(driver: Any) -> int:
     """Event requests the page has sent so far (Gradio posts each to /queue/join)."""
-    return driver.execute_script("return performance.getEntriesByType('resource')"
-                                 ".filter(e => e.name.includes('/queue/join')).length")
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/queue/join')).length"
+    )
 
 
 def _settles(driver: Any, keystrokes: int, what: str) -> int:
@@ -251,8 +282,10 @@ output_dir: runs/web
 
 # ---------------------------------------------------------------------------- the walk
 
+
 def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_live_curves_chat_eval_and_merge(
-        page_url: str, browser: Any, tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
+    page_url: str, browser: Any, tmp_path: Path, tiny_model_dir: Path, shared_data: Path
+) -> None:
     import httpx
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -262,8 +295,11 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     # the page itself refuses what another site could make this browser send
     assert httpx.get(f"{base}/config").status_code == 403  # no token
     assert httpx.get(f"{base}/config", headers={"X-Sftkit-Token": token, "Host": "evil.example"}).status_code == 403
-    refused = httpx.post(f"{base}/gradio_api/call/start", json={"data": ["output_dir: x", False, "1", "none"]},
-                         headers={"X-Sftkit-Token": token, "Origin": "http://evil.example"})
+    refused = httpx.post(
+        f"{base}/gradio_api/call/start",
+        json={"data": ["output_dir: x", False, "1", "none"]},
+        headers={"X-Sftkit-Token": token, "Origin": "http://evil.example"},
+    )
     assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
     assert httpx.get(f"{base}/config", headers={"X-Sftkit-Token": token}).status_code == 200
 
@@ -298,8 +334,11 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     _wait(lambda: "Learning rate (learning_rate)" in _text(driver, "setup-problems"), 20, "the field's problem")
     _tab(driver, "Run")
     _click(driver, "start-button")
-    toast = _wait(lambda: " ".join(t.text for t in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")),
-                  20, "the refusal")
+    toast = _wait(
+        lambda: " ".join(t.text for t in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")),
+        20,
+        "the refusal",
+    )
     assert "learning_rate" in toast, toast
     assert "sftkit train" not in _line(driver, "run-command") and not (tmp_path / "runs").exists()
     for close in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-close]"):
@@ -312,14 +351,18 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     driver.execute_script("arguments[0].click()", driver.find_element(By.CSS_SELECTOR, "#language input[value='中文']"))
     _wait(lambda: "学习率 (learning_rate)" in driver.find_element(By.ID, "learning_rate").text, 20, "Chinese labels")
     _shot(driver, "1-setup-zh")
-    driver.execute_script("arguments[0].click()", driver.find_element(By.CSS_SELECTOR,
-                                                                      "#language input[value='English']"))
+    driver.execute_script(
+        "arguments[0].click()", driver.find_element(By.CSS_SELECTOR, "#language input[value='English']")
+    )
     _wait(lambda: "Learning rate" in driver.find_element(By.ID, "learning_rate").text, 20, "English again")
     preset = driver.find_elements(By.CSS_SELECTOR, "#preset input")
     if "SmolLM2" in driver.find_element(By.ID, "preset").text:
         _choose(driver, "preset", "SmolLM2-135M-Instruct (GGUF)")
-        _wait(lambda: _value(driver, "model_name_or_path").endswith("SmolLM2-135M-Instruct.Q4_1.gguf"), 20,
-              "the preset's model file")
+        _wait(
+            lambda: _value(driver, "model_name_or_path").endswith("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            20,
+            "the preset's model file",
+        )
     assert preset
 
     # Save arguments; a reload restores the last state (form and editor)
@@ -340,8 +383,11 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     train_yaml.write_text(TRAIN_YAML.format(model=tiny_model_dir, data=shared_data), encoding="utf-8")
     _type(driver, "load-path", str(train_yaml))
     _click(driver, "load-button")
-    _wait(lambda: _value(driver, "max_steps") == "10" and _value(driver, "learning_rate") == "0.03", 30,
-          "the loaded YAML in the form")
+    _wait(
+        lambda: _value(driver, "max_steps") == "10" and _value(driver, "learning_rate") == "0.03",
+        30,
+        "the loaded YAML in the form",
+    )
     assert _value(driver, "output_dir") == "runs/web" and "seed: 7" not in _value(driver, "yaml")
     _shot(driver, "1-setup")
 
@@ -353,8 +399,13 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     assert "writes the run to runs/web" in _line(driver, "run-command")
     following = _value(driver, "output_dir")
     assert following.startswith("runs/train_20"), following  # the next run's folder, shown before its Start
-    live = _wait(lambda: (lambda drawn, state: (drawn, state) if "eval loss (1 points)" in drawn else None)(
-        _text(driver, "loss-drawn"), _text(driver, "run-state")), 240, "the eval curve drawn live")
+    live = _wait(
+        lambda: (lambda drawn, state: (drawn, state) if "eval loss (1 points)" in drawn else None)(
+            _text(driver, "loss-drawn"), _text(driver, "run-state")
+        ),
+        240,
+        "the eval curve drawn live",
+    )
     assert "running" in live[1], live  # drawn while the run trains, not after a reload
     _shot(driver, "3-run-live", scroll_to="loss-plot")
     _click(driver, "stop-button")
@@ -369,8 +420,11 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     # a second Start right away trains into its own folder
     _click(driver, "start-button")
     _wait(lambda: f"writes the run to {following}" in _line(driver, "run-command"), 30, "the second run")
-    _wait(lambda: "finished" in _text(driver, "run-state") and following in _text(driver, "run-state"), 240,
-          "the second run to finish")
+    _wait(
+        lambda: "finished" in _text(driver, "run-state") and following in _text(driver, "run-state"),
+        240,
+        "the second run to finish",
+    )
     for run in ("web", following.split("/", 1)[1]):
         assert (tmp_path / "runs" / run / "adapter_model.safetensors").is_file(), run
     _shot(driver, "3-run-finished", scroll_to="run-state")
@@ -385,8 +439,11 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     # Chat: the newest run from the list; a broken base model errs in its own pane only; Unload
     _tab(driver, "Chat")
     _click(driver, "chat-trained-refresh")
-    _wait(lambda: following in driver.find_element(By.CSS_SELECTOR, "#chat-trained input").get_attribute("value"),
-          20, "the newest run chosen")
+    _wait(
+        lambda: following in driver.find_element(By.CSS_SELECTOR, "#chat-trained input").get_attribute("value"),
+        20,
+        "the newest run chosen",
+    )
     _type(driver, "chat-base", str(tmp_path / "no-such-model"))
     _type(driver, "chat-max-new-tokens", "8")
     _type(driver, "chat-message", "Give three tips for staying healthy.")
@@ -418,8 +475,11 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     _type(driver, "predict-n", "2")
     _type(driver, "predict-max-new-tokens", "4")
     _click(driver, "predict-button")
-    _wait(lambda: "sftkit predict" in _line(driver, "eval-state") and "finished" in _text(driver, "eval-state"),
-          240, "the predictions")
+    _wait(
+        lambda: "sftkit predict" in _line(driver, "eval-state") and "finished" in _text(driver, "eval-state"),
+        240,
+        "the predictions",
+    )
     assert "prompt" in _text(driver, "eval-result") and ".jsonl" in _line(driver, "eval-command")
 
     # Export: merge into the output folder given

@@ -21,6 +21,12 @@ def launch(config: dict[str, Any], run_dir: Path) -> Launch:
     translated, dropped = workloads.to_axolotl(config, data)
     cfg = write_yaml(run_dir / "config.yml", translated)
     # --launcher python: in this process (its default, accelerate launch, trains in a child the probe cannot see)
-    return Launch(python=str(venv_python("axolotl")), entry="axolotl.cli.main:main", args=["train", str(cfg), "--launcher", "python"],
-                  adapter_dir=Path(config["output_dir"]), config_file=cfg, dropped_keys=dropped,
-                  env={"AXOLOTL_DO_NOT_TRACK": "1"})
+    return Launch(
+        python=str(venv_python("axolotl")),
+        entry="axolotl.cli.main:main",
+        args=["train", str(cfg), "--launcher", "python"],
+        adapter_dir=Path(config["output_dir"]),
+        config_file=cfg,
+        dropped_keys=dropped,
+        env={"AXOLOTL_DO_NOT_TRACK": "1"},
+    )

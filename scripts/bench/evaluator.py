@@ -21,8 +21,9 @@ NEW_TOKENS = 40
 
 def encode(tokenizer: Any, messages: list[dict[str, str]], template: str | None, cutoff: int) -> tuple[list[int], int]:
     """(ids of the whole conversation, length of its prompt): the loss is taken on ids[prompt:]."""
-    prompt = tokenizer.apply_chat_template(messages[:1], chat_template=template, add_generation_prompt=True,
-                                           tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        messages[:1], chat_template=template, add_generation_prompt=True, tokenize=False
+    )
     full = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
@@ -41,8 +42,9 @@ def score(model: Any, encoded: list[tuple[list[int], int]]) -> dict[str, float]:
             labels = x.clone()
             labels[:, :prompt] = -100
             logits = model(input_ids=x).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                     labels[:, 1:].reshape(-1), reduction="sum", ignore_index=-100)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum", ignore_index=-100
+            )
             total += float(loss)
             count += int((labels[:, 1:] != -100).sum())
     return {"eval_loss": round(total / count, 4), "eval_tokens": count}
@@ -53,12 +55,13 @@ def answers(model: Any, tokenizer: Any, questions: list[str], template: str | No
 
     out = []
     for question in questions:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], chat_template=template,
-                                               add_generation_prompt=True, tokenize=False)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], chat_template=template, add_generation_prompt=True, tokenize=False
+        )
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
             gen = model.generate(**ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-        out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return out
 
 
@@ -77,9 +80,15 @@ def evaluate(spec: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
     held = workloads.rows(data_dir, spec["dataset"], "_heldout")
     encoded = [encode(tokenizer, workloads.messages(row), template, spec["cutoff_len"]) for row in held]
     # held-out identity questions whose answer names the model (not the greetings the set also holds)
-    questions = [row["instruction"] for row in workloads.rows(data_dir, "identity", "_heldout")
-                 if workloads.IDENTITY["name"] in row["output"]][:ANSWER_QUESTIONS] \
-        if "identity" in spec["dataset"].split(",") else []
+    questions = (
+        [
+            row["instruction"]
+            for row in workloads.rows(data_dir, "identity", "_heldout")
+            if workloads.IDENTITY["name"] in row["output"]
+        ][:ANSWER_QUESTIONS]
+        if "identity" in spec["dataset"].split(",")
+        else []
+    )
     results: dict[str, Any] = {"rows": len(held), "questions": questions, "scores": {}}
     for name, adapter in [("base", None), *spec["adapters"].items()]:
         start = time.perf_counter()
@@ -91,7 +100,7 @@ def evaluate(spec: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
             entry = score(model, encoded)
             if questions:
                 entry["answers"] = answers(model, tokenizer, questions, template)
-        except Exception as error:  # one adapter that cannot load must not hide the others' scores
+        except Exception as error:  # noqa: BLE001 - one adapter that cannot load must not hide the others' scores
             entry = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
         entry["seconds"] = round(time.perf_counter() - start, 1)
         results["scores"][name] = entry

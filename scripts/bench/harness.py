@@ -55,15 +55,30 @@ def run_contestant(name: str, config: dict[str, Any], run_dir: Path) -> dict[str
     probe_out = run_dir / "probe.json"
     probe_out.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-            "HF_HOME": str(run_dir / "hf-home"), "HF_DATASETS_CACHE": str(run_dir / "hf-datasets"),
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS,
-            "WANDB_DISABLED": "true", "PYTHONWARNINGS": "ignore",
-            "PATH": f"{Path(launch.python).parent}{os.pathsep}{os.environ.get('PATH', '')}", **launch.env}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HOME": str(run_dir / "hf-home"),
+        "HF_DATASETS_CACHE": str(run_dir / "hf-datasets"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": THREADS,
+        "MKL_NUM_THREADS": THREADS,
+        "WANDB_DISABLED": "true",
+        "PYTHONWARNINGS": "ignore",
+        "PATH": f"{Path(launch.python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **launch.env,
+    }
     command = [launch.python, str(PROBE), str(probe_out), launch.entry, *launch.args]
-    result |= {"command": " ".join([Path(launch.python).parent.parent.name + "/bin/python", "probe.py", "OUT",
-                                     launch.entry, *launch.args]), "config_file": str(launch.config_file),
-               "dropped_keys": launch.dropped_keys, "added_keys": launch.added_keys}
+    result |= {
+        "command": " ".join(
+            [Path(launch.python).parent.parent.name + "/bin/python", "probe.py", "OUT", launch.entry, *launch.args]
+        ),
+        "config_file": str(launch.config_file),
+        "dropped_keys": launch.dropped_keys,
+        "added_keys": launch.added_keys,
+    }
     with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err:
         start = time.time()
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=run_dir)
@@ -74,15 +89,20 @@ def run_contestant(name: str, config: dict[str, Any], run_dir: Path) -> dict[str
                 proc.kill()
             time.sleep(POLL_S)
         wall = time.time() - start
-    result |= {"exit": proc.returncode, "wall_s": round(wall, 1), "peak_rss_gb": round(peak / 2**30, 3),
-               "started": start}
+    result |= {
+        "exit": proc.returncode,
+        "wall_s": round(wall, 1),
+        "peak_rss_gb": round(peak / 2**30, 3),
+        "started": start,
+    }
     adapter = find_adapter(launch.adapter_dir)
     result["adapter"] = str(adapter) if adapter else None
     if probe_out.is_file():
         result |= summarize(json.loads(probe_out.read_text()), start)
     if proc.returncode != 0 or adapter is None:
-        result["error"] = failure_line((run_dir / "stderr.log").read_text(errors="replace"), proc.returncode,
-                                       adapter is None)
+        result["error"] = failure_line(
+            (run_dir / "stderr.log").read_text(errors="replace"), proc.returncode, adapter is None
+        )
     return result
 
 
@@ -106,13 +126,19 @@ def summarize(record: dict[str, Any], started: float) -> dict[str, Any]:
     """Phases and rates from a probe record: the same arithmetic for every contestant."""
     steps = record.get("steps", [])
     loads = record.get("loads", [])
-    out: dict[str, Any] = {"interpreter_s": round(record["start"] - started, 2),
-                           "load_s": round(sum(l["end"] - l["begin"] for l in loads), 2), "steps": len(steps)}
+    out: dict[str, Any] = {
+        "interpreter_s": round(record["start"] - started, 2),
+        "load_s": round(sum(load["end"] - load["begin"] for load in loads), 2),
+        "steps": len(steps),
+    }
     if not steps:
         return out
     first, last = steps[0]["begin"], steps[-1]["end"]
-    out |= {"setup_s": round(first - record["start"], 2), "train_s": round(last - first, 2),
-            "after_train_s": round(record["end"] - last, 2)}
+    out |= {
+        "setup_s": round(first - record["start"], 2),
+        "train_s": round(last - first, 2),
+        "after_train_s": round(record["end"] - last, 2),
+    }
     out["setup_other_s"] = round(out["setup_s"] - out["load_s"], 2)  # imports, preprocessing, trainer
     measured = steps[WARMUP_STEPS:] if len(steps) > WARMUP_STEPS else steps
     seconds = sum(s["end"] - s["begin"] for s in measured)
@@ -126,7 +152,7 @@ def summarize(record: dict[str, Any], started: float) -> dict[str, Any]:
     losses = [s["loss"] for s in steps if s.get("loss") is not None]
     out["loss_first"] = round(losses[0], 4) if losses else None
     # the last quarter's mean: one step's loss depends on which rows it drew
-    tail = losses[-max(1, len(losses) // 4):]
+    tail = losses[-max(1, len(losses) // 4) :]
     out["final_train_loss"] = round(sum(tail) / len(tail), 4) if tail else None
     out["all_trained_tokens"] = sum(s["trained"] or 0 for s in steps)
     return out

@@ -20,6 +20,12 @@ def launch(config: dict[str, Any], run_dir: Path) -> Launch:
     # bf16/gpu. You need to assign use_cpu ...")
     cfg = write_yaml(run_dir / "config.yaml", config | CPU_KEYS)
     # DISABLE_VERSION_CHECK: the venv holds the versions pip chose for llamafactory==0.9.5 with torch 2.13
-    return Launch(python=str(venv_python("lf")), entry="llamafactory.cli:main", args=["train", str(cfg)],
-                  adapter_dir=Path(config["output_dir"]), config_file=cfg,
-                  env={"DISABLE_VERSION_CHECK": "1", "USE_MODELSCOPE_HUB": "0"}, added_keys=list(CPU_KEYS))
+    return Launch(
+        python=str(venv_python("lf")),
+        entry="llamafactory.cli:main",
+        args=["train", str(cfg)],
+        adapter_dir=Path(config["output_dir"]),
+        config_file=cfg,
+        env={"DISABLE_VERSION_CHECK": "1", "USE_MODELSCOPE_HUB": "0"},
+        added_keys=list(CPU_KEYS),
+    )

@@ -20,7 +20,8 @@ GEMMA_TEMPLATE = (
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
     "{% if role == 'system' %}{{ message['content'] + '\n\n' }}"
     "{% else %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 MODELS = {"smollm2": "SmolLM2-135M-Instruct", "gemma": "gemma-3-270m"}
 
 
@@ -67,8 +68,9 @@ def dequantize(name: str, root: Path = PEERS / "models") -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "dequantized_from.json").write_text(json.dumps(
-        {"gguf": str(folder / file), "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
+    (tmp / "dequantized_from.json").write_text(
+        json.dumps({"gguf": str(folder / file), "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n"
+    )
     portable(tmp)
     tmp.rename(out)
     return out

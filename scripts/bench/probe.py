@@ -48,12 +48,21 @@ def install() -> None:
             count = int((shift != -100).sum())
         mask = inputs.get("attention_mask") if hasattr(inputs, "get") else None
         ids = inputs.get("input_ids") if hasattr(inputs, "get") else None
-        tokens = int(mask.sum()) if mask is not None and mask.dim() == 2 else (int(ids.numel()) if ids is not None else None)
+        tokens = (
+            int(mask.sum()) if mask is not None and mask.dim() == 2 else (int(ids.numel()) if ids is not None else None)
+        )
         loss = original_step(self, model, inputs, *args, **kwargs)
-        RECORD["steps"].append({"begin": begin, "end": time.time(), "trained": count, "tokens": tokens,
-                                "width": int(ids.shape[-1]) if ids is not None else None,
-                                "rows": int(ids.shape[0]) if ids is not None else None,
-                                "loss": float(loss.detach().float()) if hasattr(loss, "detach") else None})
+        RECORD["steps"].append(
+            {
+                "begin": begin,
+                "end": time.time(),
+                "trained": count,
+                "tokens": tokens,
+                "width": int(ids.shape[-1]) if ids is not None else None,
+                "rows": int(ids.shape[0]) if ids is not None else None,
+                "loss": float(loss.detach().float()) if hasattr(loss, "detach") else None,
+            }
+        )
         return loss
 
     transformers.Trainer.training_step = training_step

@@ -31,8 +31,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-data-stage", action="store_true")
     parser.add_argument("--out", default=None, help="JSON path (default docs/bench/<date>-race/race.json)")
     parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md as it is")
-    parser.add_argument("--report", default=None, metavar="JSON",
-                        help="only render a race's JSON again (table, targets, docs/benchmarks.md)")
+    parser.add_argument(
+        "--report",
+        default=None,
+        metavar="JSON",
+        help="only render a race's JSON again (table, targets, docs/benchmarks.md)",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,8 +67,14 @@ def main(argv: list[str]) -> int:
         if args.steps:
             config["max_steps"] = args.steps
         configs[name] = config
-    result: dict[str, Any] = {"meta": meta(args, argv), "workloads": names, "contestants": contestants,
-                              "configs": configs, "runs": [], "eval": {}}
+    result: dict[str, Any] = {
+        "meta": meta(args, argv),
+        "workloads": names,
+        "contestants": contestants,
+        "configs": configs,
+        "runs": [],
+        "eval": {},
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     turn = 0
     for round_ in range(args.rounds):
@@ -79,8 +89,11 @@ def main(argv: list[str]) -> int:
                 save(out, result)
             turn += 1
             if round_ == args.rounds - 1:  # scored as soon as its last round ends: a cut-short race keeps it
-                adapters = {r["contestant"]: r["adapter"] for r in report.best_runs(result).values()
-                            if r["workload"] == name and r.get("adapter")}
+                adapters = {
+                    r["contestant"]: r["adapter"]
+                    for r in report.best_runs(result).values()
+                    if r["workload"] == name and r.get("adapter")
+                }
                 log(started, f"eval {name}: {', '.join(adapters)}")
                 result["eval"][name] = evaluate(configs[name], adapters, work / f"eval-{name}")
                 result["targets"] = report.check_targets(result)
@@ -117,9 +130,11 @@ def render(path: Path, doc: bool = True) -> int:
 def one_line(run: dict[str, Any]) -> str:
     if "error" in run and not run.get("steps"):
         return f"{run['contestant']}: FAILED {run['error']}"
-    return (f"{run['contestant']}: wall {run.get('wall_s')} s, {run.get('steps')} steps, "
-            f"{run.get('trained_tokens_per_s')} trained tok/s, RSS {run.get('peak_rss_gb')} GB, "
-            f"loss {run.get('final_train_loss')}" + (f", ERROR {run['error']}" if "error" in run else ""))
+    return (
+        f"{run['contestant']}: wall {run.get('wall_s')} s, {run.get('steps')} steps, "
+        f"{run.get('trained_tokens_per_s')} trained tok/s, RSS {run.get('peak_rss_gb')} GB, "
+        f"loss {run.get('final_train_loss')}" + (f", ERROR {run['error']}" if "error" in run else "")
+    )
 
 
 def save(out: Path, result: dict[str, Any]) -> None:
@@ -128,35 +143,68 @@ def save(out: Path, result: dict[str, Any]) -> None:
 
 def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     versions = {}
-    for venv, packages in (("", ("torch", "transformers", "trl", "peft")), ("lf", ("llamafactory", "transformers",
-                           "peft", "trl")), ("trl", ("trl", "transformers", "peft")),
-                           ("axolotl", ("axolotl", "transformers", "peft"))):
+    for venv, packages in (
+        ("", ("torch", "transformers", "trl", "peft")),
+        ("lf", ("llamafactory", "transformers", "peft", "trl")),
+        ("trl", ("trl", "transformers", "peft")),
+        ("axolotl", ("axolotl", "transformers", "peft")),
+    ):
         python = sys.executable if not venv else str(models.PEERS / venv / "bin" / "python")
         if not Path(python).is_file():
             continue
-        code = ("import importlib.metadata as m, json\nout={}\nfor p in %r:\n try: out[p]=m.version(p)\n"
-                " except Exception: out[p]=None\nprint(json.dumps(out))" % (packages,))
+        code = (
+            "import importlib.metadata as m, json\nout={}\nfor p in "
+            f"{packages!r}:\n try: out[p]=m.version(p)\n except Exception: out[p]=None\nprint(json.dumps(out))"
+        )
         proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
         versions[venv or "sftkit-env"] = json.loads(proc.stdout) if proc.returncode == 0 else None
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": f"{cpu} x{os.cpu_count()}, shared with other users", "rounds": args.rounds,
-            "versions": versions, "load_average_start": os.getloadavg(),
-            "command": "python scripts/bench.py race " + " ".join(argv), "device": "cpu",
-            "warmup_steps_left_out": harness.WARMUP_STEPS}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu} x{os.cpu_count()}, shared with other users",
+        "rounds": args.rounds,
+        "versions": versions,
+        "load_average_start": os.getloadavg(),
+        "command": "python scripts/bench.py race " + " ".join(argv),
+        "device": "cpu",
+        "warmup_steps_left_out": harness.WARMUP_STEPS,
+    }
 
 
 def evaluate(config: dict[str, Any], adapters: dict[str, str], work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
-    spec = {"model_dir": config["model_name_or_path"], "data_dir": config["dataset_dir"], "dataset": config["dataset"],
-            "template": config["template"], "cutoff_len": config["cutoff_len"], "adapters": adapters}
+    spec = {
+        "model_dir": config["model_name_or_path"],
+        "data_dir": config["dataset_dir"],
+        "dataset": config["dataset"],
+        "template": config["template"],
+        "cutoff_len": config["cutoff_len"],
+        "adapters": adapters,
+    }
     (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=str(REPO / "scripts"), HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="",
-               OMP_NUM_THREADS=harness.THREADS, MKL_NUM_THREADS=harness.THREADS,
-               TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run([sys.executable, "-m", "bench.evaluator", str(work / "spec.json"), str(work / "eval.json")],
-                          env=env, capture_output=True, text=True, cwd=REPO / "scripts")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO / "scripts"),
+        HF_HUB_OFFLINE="1",
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS=harness.THREADS,
+        MKL_NUM_THREADS=harness.THREADS,
+        TRANSFORMERS_VERBOSITY="error",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.evaluator", str(work / "spec.json"), str(work / "eval.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO / "scripts",
+    )
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads((work / "eval.json").read_text())
@@ -174,8 +222,14 @@ def data_stage(config: dict[str, Any], work: Path, started: float) -> dict[str, 
     runs = []
     for workers in (1, 2):
         for tool in ("sftkit", "llamafactory"):
-            cfg = dict(config, dataset="stage", dataset_dir=str(data), preprocessing_num_workers=workers,
-                       output_dir=str(work / f"{tool}-{workers}"), packing=False)
+            cfg = dict(
+                config,
+                dataset="stage",
+                dataset_dir=str(data),
+                preprocessing_num_workers=workers,
+                output_dir=str(work / f"{tool}-{workers}"),
+                packing=False,
+            )
             cfg.pop("max_steps", None)
             if tool == "sftkit":
                 cfg.pop("stage"), cfg.pop("do_train")
@@ -185,17 +239,25 @@ def data_stage(config: dict[str, Any], work: Path, started: float) -> dict[str, 
             path.write_text(json.dumps(cfg), encoding="utf-8")
             python = sys.executable if tool == "sftkit" else str(models.PEERS / "lf" / "bin" / "python")
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
-                "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(work / f"cache-{tool}-{workers}"),
-                "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false",
-                "OMP_NUM_THREADS": harness.THREADS}
+                "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_CACHE": str(work / f"cache-{tool}-{workers}"),
+                "DISABLE_VERSION_CHECK": "1",
+                "CUDA_VISIBLE_DEVICES": "",
+                "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": harness.THREADS,
+            }
             if tool == "sftkit":
                 env["PYTHONPATH"] = str(REPO)
-            proc = subprocess.run([python, str(Path(__file__).parent / "datastage.py"), tool, str(path)], env=env,
-                                  capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("DATASTAGE ")), None)
+            proc = subprocess.run(
+                [python, str(Path(__file__).parent / "datastage.py"), tool, str(path)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            line = next((out for out in proc.stdout.splitlines() if out.startswith("DATASTAGE ")), None)
             entry: dict[str, Any] = {"tool": tool, "workers": workers}
             if line:
-                entry |= json.loads(line[len("DATASTAGE "):])
+                entry |= json.loads(line[len("DATASTAGE ") :])
                 entry["rows_per_s"] = round(entry["rows"] / entry["seconds"], 1)
             else:
                 entry["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -18,8 +18,14 @@ def available() -> str | None:
 
 def launch(config: dict[str, Any], run_dir: Path) -> Launch:
     cfg = write_yaml(run_dir / "config.yaml", config)
-    return Launch(python=sys.executable, entry="sftkit.cli:main", args=["train", str(cfg), "--overwrite"],
-                  adapter_dir=Path(config["output_dir"]), config_file=cfg, env={"PYTHONPATH": str(REPO)})
+    return Launch(
+        python=sys.executable,
+        entry="sftkit.cli:main",
+        args=["train", str(cfg), "--overwrite"],
+        adapter_dir=Path(config["output_dir"]),
+        config_file=cfg,
+        env={"PYTHONPATH": str(REPO)},
+    )
 
 
 class Checkpointed:

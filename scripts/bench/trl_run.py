@@ -24,5 +24,11 @@ def launch(config: dict[str, Any], run_dir: Path) -> Launch:
     cfg = write_yaml(run_dir / "config.yaml", translated)
     # `trl sft` is `accelerate launch trl/scripts/sft.py`: in a child process the probe cannot see, so the
     # script is run as it is in the probe's own process (one process, as accelerate starts on one CPU)
-    return Launch(python=str(venv_python("trl")), entry="-m:trl.scripts.sft", args=["--config", str(cfg)],
-                  adapter_dir=Path(config["output_dir"]), config_file=cfg, dropped_keys=dropped)
+    return Launch(
+        python=str(venv_python("trl")),
+        entry="-m:trl.scripts.sft",
+        args=["--config", str(cfg)],
+        adapter_dir=Path(config["output_dir"]),
+        config_file=cfg,
+        dropped_keys=dropped,
+    )

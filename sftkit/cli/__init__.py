@@ -14,14 +14,13 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from sftkit.cli import data as _data  # noqa: F401  (registers `sftkit data ...`)
 from sftkit.cli import models as _models  # noqa: F401  (registers `sftkit models ...`)
-from sftkit.cli.app import (LLAMAFACTORY_ARGS, LooseConfigArg, SetOpt, app, command, load,
-                            split_command_line)
+from sftkit.cli.app import LLAMAFACTORY_ARGS, LooseConfigArg, SetOpt, app, command, load, split_command_line
 from sftkit.errors import SftkitError, gather
 
 
@@ -31,8 +30,10 @@ def train(
     config: LooseConfigArg = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Train into a non-empty output_dir, replacing it.")] = False,
-    resume: Annotated[Optional[str], typer.Option(
-        help="Continue from a checkpoint: 'latest' (the newest complete one in output_dir) or a path.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue from a checkpoint: 'latest' (the newest complete one in output_dir) or a path."),
+    ] = None,
 ) -> None:
     """Fine-tune a model as the config says: data -> model -> adapter -> TRL SFTTrainer -> save.
 
@@ -78,11 +79,14 @@ def validate(ctx: typer.Context, config: LooseConfigArg = None, set_: SetOpt = N
 @command()
 def merge(
     run_dir: Annotated[Path, typer.Argument(help="Training output_dir holding the adapter.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the merged model (default RUN_DIR/merged).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(
-        help="bf16, fp16 or fp32 (default: the dtype the base model is stored in).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the merged model (default RUN_DIR/merged).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="bf16, fp16 or fp32 (default: the dtype the base model is stored in).")
+    ] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 2GB.")] = "2GB",
-    base: Annotated[Optional[str], typer.Option(help="Base model path or hub id (default: from the run's config).")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Base model path or hub id (default: from the run's config).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
 ) -> None:
     """Fold the LoRA adapter into the base model and export it, verified against base+adapter."""
@@ -93,17 +97,36 @@ def merge(
 
 @command()
 def export(
-    model: Annotated[str, typer.Argument(help="Run directory (its adapter is merged in memory), merged model, or base model.")],
-    format_: Annotated[str, typer.Option("--format", help="gguf (one file for llama.cpp) or ollama (a folder: the GGUF "
-                                                          "file and a Modelfile for `ollama create`).")] = "gguf",
-    out: Annotated[Optional[Path], typer.Option(
-        help="The .gguf file (gguf) or the folder (ollama); default beside MODEL, named after it.")] = None,
-    outtype: Annotated[str, typer.Option(help="Weight type: f32, f16, bf16 (llama.cpp's converter) or q8_0, q6_k, q5_k_m, "
-                                                 "q4_k_m (llama.cpp's quantizer).")] = "f16",
+    model: Annotated[
+        str, typer.Argument(help="Run directory (its adapter is merged in memory), merged model, or base model.")
+    ],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="gguf (one file for llama.cpp) or ollama (a folder: the GGUF "
+            "file and a Modelfile for `ollama create`).",
+        ),
+    ] = "gguf",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The .gguf file (gguf) or the folder (ollama); default beside MODEL, named after it."),
+    ] = None,
+    outtype: Annotated[
+        str,
+        typer.Option(
+            help="Weight type: f32, f16, bf16 (llama.cpp's converter) or q8_0, q6_k, q5_k_m, "
+            "q4_k_m (llama.cpp's quantizer)."
+        ),
+    ] = "f16",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
-    verify: Annotated[bool, typer.Option(
-        help="Load the file with llama.cpp (llama-cpp-python, f16 KV cache) and compare logits and greedy "
-             "tokens with transformers on four prompts; --no-verify skips it.")] = True,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Load the file with llama.cpp (llama-cpp-python, f16 KV cache) and compare logits and greedy "
+            "tokens with transformers on four prompts; --no-verify skips it."
+        ),
+    ] = True,
 ) -> None:
     """Export to GGUF (llama.cpp) or Ollama, checked by llama.cpp against transformers before it is kept."""
     from sftkit.export import export as run
@@ -114,8 +137,8 @@ def export(
 @command()
 def chat(
     model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Answer this one prompt and exit.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Answer this one prompt and exit.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
@@ -129,8 +152,16 @@ def chat(
     """
     from sftkit.chat import chat as run
 
-    run(model, system=system, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p, seed=seed, repl=repl)
+    run(
+        model,
+        system=system,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        repl=repl,
+    )
 
 
 @command()
@@ -138,14 +169,20 @@ def serve(
     model: Annotated[str, typer.Argument(help="Run directory, merged model directory, or base model path/hub id.")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option(
-        envvar="SFTKIT_API_KEY", show_envvar=True,
-        help="Require 'Authorization: Bearer KEY' on every /v1 route.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SFTKIT_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' on every /v1 route."
+        ),
+    ] = None,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait for the model; more get 503.")] = 32,
     backend: Annotated[str, typer.Option(help="transformers, or vllm (needs vllm and a CUDA GPU).")] = "transformers",
-    max_batch: Annotated[Optional[int], typer.Option(
-        help="Requests answered together in one batched generation (default: 8 on a CUDA GPU, 1 on the CPU).")]
-    = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests answered together in one batched generation (default: 8 on a CUDA GPU, 1 on the CPU)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model with OpenAI's API: /v1/chat/completions (trained template), /v1/completions, /v1/models."""
     from sftkit.serve import serve as run
@@ -157,22 +194,39 @@ def serve(
 def webui(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
-    share: Annotated[bool, typer.Option(help="Also a public Gradio share link, which needs the same per-launch "
-                                          "token (never on by default).")] = False,
-    config_dir: Annotated[Path, typer.Option(help="Folder for the YAML configs the page runs, its logs and data "
-                                                  "statistics.")] = Path("sftkit_webui"),
+    share: Annotated[
+        bool,
+        typer.Option(
+            help="Also a public Gradio share link, which needs the same per-launch token (never on by default)."
+        ),
+    ] = False,
+    config_dir: Annotated[
+        Path, typer.Option(help="Folder for the YAML configs the page runs, its logs and data statistics.")
+    ] = Path("sftkit_webui"),
     model: Annotated[str, typer.Option(help="Model path or hub id the form starts with.")] = "",
     dataset_dir: Annotated[str, typer.Option(help="Folder whose dataset_info.json the form lists.")] = "data",
-    output_dir: Annotated[str, typer.Option(help="The first run's output_dir (default: runs/train_<date-time>; each "
-                                                 "Start gets a fresh folder beside it); its parent is the Runs "
-                                                 "tab's folder.")] = "",
+    output_dir: Annotated[
+        str,
+        typer.Option(
+            help="The first run's output_dir (default: runs/train_<date-time>; each "
+            "Start gets a fresh folder beside it); its parent is the Runs "
+            "tab's folder."
+        ),
+    ] = "",
 ) -> None:
     """A web page (Gradio) to configure, start, watch, compare, chat with and export runs; each action shows its
     sftkit command."""
     from sftkit.webui import webui as run
 
-    run(host=host, port=port, share=share, config_dir=config_dir, model=model, dataset_dir=dataset_dir,
-        output_dir=output_dir)
+    run(
+        host=host,
+        port=port,
+        share=share,
+        config_dir=config_dir,
+        model=model,
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+    )
 
 
 from sftkit.cli import evaluation as _evaluation  # noqa: E402,F401  (registers eval, predict, report after serve)

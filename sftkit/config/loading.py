@@ -30,6 +30,7 @@ Override = str | tuple[str, str]
 
 # ---------------------------------------------------------------------------- loading
 
+
 def load_config(path: str | Path | None, overrides: list[Override] | None = None) -> SftConfig:
     """Reads a YAML config, applies `key=value` overrides and validates it.
 
@@ -83,8 +84,9 @@ def _validated(raw: dict[str, Any], source: str, overrides: list[Override] | Non
     return cfg
 
 
-def validate_config(raw: dict[str, Any], source: str = "<config>",
-                    overridden: dict[str, str] | None = None) -> SftConfig:
+def validate_config(
+    raw: dict[str, Any], source: str = "<config>", overridden: dict[str, str] | None = None
+) -> SftConfig:
     """Validates a dict of config keys, turning pydantic's errors into one line per problem.
 
     The cross-field rules run only once every field is valid, so they are checked a second time with the
@@ -104,10 +106,15 @@ def validate_config(raw: dict[str, Any], source: str = "<config>",
         overridden = overridden or {}
         described = _describe(exc)
         bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
-        described += [(None, line) for line in _cross_field_lines(raw, bad)
-                      if line not in {text for _, text in described}]
-        lines = [f"{overridden[blamed]}: {line}" if (blamed := key or _mentioned_key(line, overridden))
-                 in overridden else f"{source}: {line}" for key, line in described]
+        described += [
+            (None, line) for line in _cross_field_lines(raw, bad) if line not in {text for _, text in described}
+        ]
+        lines = [
+            f"{overridden[blamed]}: {line}"
+            if (blamed := key or _mentioned_key(line, overridden)) in overridden
+            else f"{source}: {line}"
+            for key, line in described
+        ]
         raise ConfigError(*lines) from None
 
 
@@ -127,8 +134,12 @@ def _cross_field_lines(raw: dict[str, Any], bad: set[str]) -> list[str]:
     try:
         SftConfig.model_validate(rest)
     except ValidationError as exc:
-        lines = [line for err in exc.errors() if not err["loc"]
-                 for line in err["msg"].removeprefix("Value error, ").splitlines()]
+        lines = [
+            line
+            for err in exc.errors()
+            if not err["loc"]
+            for line in err["msg"].removeprefix("Value error, ").splitlines()
+        ]
         return [line for line in lines if not any(re.search(rf"\b{re.escape(key)}\b", line) for key in bad)]
     return []
 
@@ -142,8 +153,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _check_size(path: Path, size: int) -> None:
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {size:,} bytes is far too big for a config (limit {MAX_CONFIG_BYTES:,}); "
-                          "is this the right file?")
+        raise ConfigError(
+            f"{path}: {size:,} bytes is far too big for a config (limit {MAX_CONFIG_BYTES:,}); is this the right file?"
+        )
 
 
 def _mapping(path: Path, data: Any) -> dict[str, Any]:
@@ -158,9 +170,10 @@ def _decode(path: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}, 0x{raw[exc.start]:02x}); re-save the "
-                          "file as UTF-8") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start}, 0x{raw[exc.start]:02x}); re-save the file as UTF-8"
+        ) from None
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
@@ -178,14 +191,15 @@ def _parse_yaml(path: Path, text: str) -> Any:
         if mark is not None:
             where = f":{mark.line + 1}"
         elif isinstance(getattr(exc, "position", None), int):  # a ReaderError: a character YAML does not allow
-            where = f":{text[:exc.position].count(chr(10)) + 1}"
+            where = f":{text[: exc.position].count(chr(10)) + 1}"
         else:
             where = ""
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     except RecursionError:  # the composer recurses once per nesting level
-        raise ConfigError(f"{path}: nested too deeply (limit {MAX_DEPTH} levels); a config is a flat list of "
-                          "keys") from None
+        raise ConfigError(
+            f"{path}: nested too deeply (limit {MAX_DEPTH} levels); a config is a flat list of keys"
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -201,11 +215,14 @@ def _check_tree(path: Path, root: yaml.Node) -> None:
         if id(node) in sizes:
             return sizes[id(node)]
         if depth > MAX_DEPTH:
-            raise ConfigError(f"{path}:{node.start_mark.line + 1}: nested too deeply (limit {MAX_DEPTH} levels); a "
-                              "config is a flat list of keys")
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: nested too deeply (limit {MAX_DEPTH} levels); a "
+                "config is a flat list of keys"
+            )
         if id(node) in open_nodes:
-            raise ConfigError(f"{path}:{node.start_mark.line + 1}: an alias refers to the value that contains it; "
-                              "remove the alias")
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: an alias refers to the value that contains it; remove the alias"
+            )
         open_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
             _refuse_duplicate_keys(path, node)
@@ -216,8 +233,10 @@ def _check_tree(path: Path, root: yaml.Node) -> None:
         for child in children:
             total += expanded(child, depth + 1)
             if total > MAX_NODES:
-                raise ConfigError(f"{path}:{node.start_mark.line + 1}: expands to more than {MAX_NODES:,} values "
-                                  "(aliases repeating aliases?); a config is a flat list of keys")
+                raise ConfigError(
+                    f"{path}:{node.start_mark.line + 1}: expands to more than {MAX_NODES:,} values "
+                    "(aliases repeating aliases?); a config is a flat list of keys"
+                )
         open_nodes.discard(id(node))
         sizes[id(node)] = total
         return total
@@ -232,8 +251,9 @@ def _refuse_duplicate_keys(path: Path, node: yaml.MappingNode) -> None:
             continue
         line = key.start_mark.line + 1
         if key.value in first_line:
-            raise ConfigError(f"{path}:{line}: key {key.value!r} is given twice (lines {first_line[key.value]} and "
-                              f"{line}); keep one")
+            raise ConfigError(
+                f"{path}:{line}: key {key.value!r} is given twice (lines {first_line[key.value]} and {line}); keep one"
+            )
         first_line[key.value] = line
 
 
@@ -271,8 +291,10 @@ def _assign(raw: dict[str, Any], key: str, value: Any, shown: str) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"{shown}: {'.'.join(parents[:depth + 1])} is not a mapping, so {key} cannot be set; "
-                              f"set {'.'.join(parents[:depth + 1])}=VALUE instead")
+            raise ConfigError(
+                f"{shown}: {'.'.join(parents[: depth + 1])} is not a mapping, so {key} cannot be set; "
+                f"set {'.'.join(parents[: depth + 1])}=VALUE instead"
+            )
         node = child
     node[last] = value
 

@@ -27,60 +27,94 @@ class DataQualityConfig(BaseModel):
     """Cleaning, balance and curriculum settings, applied to the loaded rows before tokenization."""
 
     clean_dedup: Literal["none", "exact", "near"] = _field(
-        "none", "Drop duplicate conversations within and across the datasets, keeping the first: exact (same text "
+        "none",
+        "Drop duplicate conversations within and across the datasets, keeping the first: exact (same text "
         "once case, punctuation and spacing are normalised) or near (also MinHash LSH similarity above "
         "clean_near_threshold). With an eval set, train rows whose prompt is in the eval set are reported as "
-        "leaks.")
+        "leaks.",
+    )
     clean_near_threshold: float = _field(
-        0.8, "Estimated Jaccard similarity of word 3-grams above which two conversations are near duplicates "
-        "(clean_dedup: near).", gt=0, lt=1)
+        0.8,
+        "Estimated Jaccard similarity of word 3-grams above which two conversations are near duplicates "
+        "(clean_dedup: near).",
+        gt=0,
+        lt=1,
+    )
     clean_remove_leaks: bool = _field(
-        False, "Also drop the train rows whose prompt is an (exact or near) duplicate of an eval row's prompt.")
-    clean_empty_replies: bool = _field(
-        False, "Drop conversations with an empty or whitespace-only assistant reply.")
+        False, "Also drop the train rows whose prompt is an (exact or near) duplicate of an eval row's prompt."
+    )
+    clean_empty_replies: bool = _field(False, "Drop conversations with an empty or whitespace-only assistant reply.")
     clean_min_reply_tokens: int | None = _field(
-        None, "Drop conversations whose assistant replies together have fewer tokens than this.", gt=0)
+        None, "Drop conversations whose assistant replies together have fewer tokens than this.", gt=0
+    )
     clean_max_reply_tokens: int | None = _field(
-        None, "Drop conversations whose assistant replies together have more tokens than this.", gt=0)
+        None, "Drop conversations whose assistant replies together have more tokens than this.", gt=0
+    )
     clean_max_repeated_ngrams: float | None = _field(
-        None, "Drop a conversation when more than this share of a reply's word 3-grams are repeats (looping "
-        "text), e.g. 0.5.", gt=0, lt=1)
+        None,
+        "Drop a conversation when more than this share of a reply's word 3-grams are repeats (looping text), e.g. 0.5.",
+        gt=0,
+        lt=1,
+    )
     clean_prompt_copies: bool = _field(
-        False, "Drop conversations whose reply copies the prompt (the normalised reply is the prompt, or is found "
-        "in it and is at least half its length).")
+        False,
+        "Drop conversations whose reply copies the prompt (the normalised reply is the prompt, or is found "
+        "in it and is at least half its length).",
+    )
     clean_patterns: list[str] | None = _field(
-        None, "Regular expressions (case-insensitive) for refusals or boilerplate; a conversation with a reply "
-        "matching any is dropped, e.g. ['as an ai language model', '^i.m sorry, but'].")
+        None,
+        "Regular expressions (case-insensitive) for refusals or boilerplate; a conversation with a reply "
+        "matching any is dropped, e.g. ['as an ai language model', '^i.m sorry, but'].",
+    )
     clean_languages: list[str] | None = _field(
-        None, "Keep only conversations in these languages (ISO 639-1 codes such as en, zh, identified offline "
-        "by py3langid).")
+        None,
+        "Keep only conversations in these languages (ISO 639-1 codes such as en, zh, identified offline by py3langid).",
+    )
     clean_judge_model: str | None = _field(
-        None, "Score each training conversation 1-5 for clarity, helpfulness and formatting with this model "
+        None,
+        "Score each training conversation 1-5 for clarity, helpfulness and formatting with this model "
         "behind an OpenAI-compatible endpoint (clean_judge_base_url) and drop those below "
-        "clean_judge_threshold; scores are cached per row. Unset: no judge.")
+        "clean_judge_threshold; scores are cached per row. Unset: no judge.",
+    )
     clean_judge_base_url: str | None = _field(
-        None, "Base URL of the judge's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")
+        None, "Base URL of the judge's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1."
+    )
     clean_judge_api_key_env: str = _field(
-        "OPENAI_API_KEY", "Environment variable holding the judge's API key (a local server may need none).")
+        "OPENAI_API_KEY", "Environment variable holding the judge's API key (a local server may need none)."
+    )
     clean_judge_threshold: float = _field(
-        JUDGE_THRESHOLD, "Lowest mean rubric score (1-5) a judged conversation keeps.", ge=1, le=5)
+        JUDGE_THRESHOLD, "Lowest mean rubric score (1-5) a judged conversation keeps.", ge=1, le=5
+    )
     balance_column: str | None = _field(
-        None, "Sample the training rows to the shares of balance_shares by this column of the source rows, or "
-        "by `dataset` (the registry name).")
+        None,
+        "Sample the training rows to the shares of balance_shares by this column of the source rows, or "
+        "by `dataset` (the registry name).",
+    )
     balance_shares: dict[str, float] | None = _field(
-        None, "Target share per category of balance_column, e.g. {creative: 20, qa: 25, code: 15, analysis: 20, "
-        "chat: 20} (percent or fractions: they are normalised). Rows of other categories are left out.")
+        None,
+        "Target share per category of balance_column, e.g. {creative: 20, qa: 25, code: 15, analysis: 20, "
+        "chat: 20} (percent or fractions: they are normalised). Rows of other categories are left out.",
+    )
     balance_rows: int | None = _field(
-        None, "Training rows after balancing; a category short of its share is then sampled with repetition. "
-        "Unset: as many as the shares allow without repeating a row.", gt=0)
+        None,
+        "Training rows after balancing; a category short of its share is then sampled with repetition. "
+        "Unset: as many as the shares allow without repeating a row.",
+        gt=0,
+    )
     curriculum: Literal["none", "length", "score", "loss"] = _field(
-        "none", "Train easy to hard, in order (sequential sampling, no shuffling): by length (tokens), by "
-        "curriculum_column (ascending), or by the model's own loss on each row measured before training.")
+        "none",
+        "Train easy to hard, in order (sequential sampling, no shuffling): by length (tokens), by "
+        "curriculum_column (ascending), or by the model's own loss on each row measured before training.",
+    )
     curriculum_column: str | None = _field(
-        None, "Numeric column of the source rows that orders the curriculum (curriculum: score).")
+        None, "Numeric column of the source rows that orders the curriculum (curriculum: score)."
+    )
     curriculum_stages: int = _field(
-        1, "1: strictly sorted. N > 1: N phases of one run (easy, ..., hard), each a slice of the sorted rows, "
-        "shuffled within the phase.", ge=1)
+        1,
+        "1: strictly sorted. N > 1: N phases of one run (easy, ..., hard), each a slice of the sorted rows, "
+        "shuffled within the phase.",
+        ge=1,
+    )
 
     @field_validator("clean_patterns", "clean_languages", mode="before")
     @classmethod
@@ -109,6 +143,7 @@ class DataQualityConfig(BaseModel):
 
 # Each check returns None when satisfied, else one line naming the keys and the fix.
 
+
 def check_balance(c: SftConfig) -> str | None:
     if (c.balance_column is None) != (c.balance_shares is None):
         return "balance_column and balance_shares: set both (the column and its target shares) or neither"
@@ -121,8 +156,10 @@ def check_curriculum(c: SftConfig) -> str | None:
     if (c.curriculum == "score") != (c.curriculum_column is not None):
         return "curriculum_column: set it exactly when curriculum is score"
     if c.curriculum != "none" and c.packing:
-        return ("curriculum: packing regroups rows by length (TRL's best-fit decreasing), which undoes the order; "
-                "set packing: false")
+        return (
+            "curriculum: packing regroups rows by length (TRL's best-fit decreasing), which undoes the order; "
+            "set packing: false"
+        )
     return None
 
 

@@ -14,10 +14,33 @@ from sftkit.data.masking import IGNORE_INDEX
 from sftkit.data.model_source import resolve_model
 from sftkit.data.pipeline import PreparedData, plural, prepare_data, validate_data, validate_setup, validate_template
 from sftkit.data.stats import DataStats
-from sftkit.data.tokenizer import (load_tokenizer, load_tokenizer_and_template, resolve_template, run_template,
-                                   template_origin)
+from sftkit.data.tokenizer import (
+    load_tokenizer,
+    load_tokenizer_and_template,
+    resolve_template,
+    run_template,
+    template_origin,
+)
 
-__all__ = ["IGNORE_INDEX", "Conversations", "DataStats", "PreparedData", "check_sources", "export",
-           "load_conversations", "load_tokenizer", "load_tokenizer_and_template", "plural", "prepare_data", "preview",
-           "render_example", "resolve_model", "resolve_template", "run_template", "template_origin", "validate_data",
-           "validate_setup", "validate_template"]
+__all__ = [
+    "IGNORE_INDEX",
+    "Conversations",
+    "DataStats",
+    "PreparedData",
+    "check_sources",
+    "export",
+    "load_conversations",
+    "load_tokenizer",
+    "load_tokenizer_and_template",
+    "plural",
+    "prepare_data",
+    "preview",
+    "render_example",
+    "resolve_model",
+    "resolve_template",
+    "run_template",
+    "template_origin",
+    "validate_data",
+    "validate_setup",
+    "validate_template",
+]

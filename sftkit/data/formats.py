@@ -21,11 +21,23 @@ from sftkit.templates.conversation import parse_tools, role_order_problem, with_
 logger = logging.getLogger(__name__)
 
 SHOWN_PROBLEMS = 5
-DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                "system_tag": "system", "observation_tag": "observation", "function_tag": "function_call"}
+DEFAULT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "system_tag": "system",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+}
 # tags key -> normalized role
-TAG_ROLES = {"user_tag": "user", "assistant_tag": "assistant", "system_tag": "system",
-             "observation_tag": "observation", "function_tag": "function_call"}
+TAG_ROLES = {
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+}
 
 Message = dict[str, str]
 
@@ -43,8 +55,9 @@ class Normalized:
     problems: list[str] = field(default_factory=list)  # the first few, one line each
 
 
-def normalize(rows: list[SourceRow], spec: DatasetSpec, default_system: str | None,
-              skip_bad_rows: bool = False) -> Normalized:
+def normalize(
+    rows: list[SourceRow], spec: DatasetSpec, default_system: str | None, skip_bad_rows: bool = False
+) -> Normalized:
     """Converts a dataset's raw rows into normalized conversations.
 
     Args:
@@ -74,8 +87,7 @@ def normalize(rows: list[SourceRow], spec: DatasetSpec, default_system: str | No
     return Normalized(good, len(problems), problems[:SHOWN_PROBLEMS])
 
 
-def alpaca_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
-                       ) -> tuple[list[Message], str | None]:
+def alpaca_to_messages(data: Any, spec: DatasetSpec, default_system: str | None) -> tuple[list[Message], str | None]:
     """instruction (+ "\\n" + input) -> user, output -> assistant, after any `history` pairs.
 
     Raises:
@@ -97,8 +109,7 @@ def alpaca_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
     return with_system(system, turns), None
 
 
-def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | None
-                         ) -> tuple[list[Message], str | None]:
+def sharegpt_to_messages(data: Any, spec: DatasetSpec, default_system: str | None) -> tuple[list[Message], str | None]:
     """A list of tagged messages -> normalized roles; system from a leading system message or column.
 
     Raises:
@@ -157,6 +168,7 @@ def check_turns(turns: list[Message], first_position: int = 0) -> None:
 
 # ---------------------------------------------------------------------------- helpers
 
+
 def locate_row(row: SourceRow, problem: str) -> str:
     """Names a row problem the one way every row problem is named: FILE: row N (line L): PROBLEM."""
     line = f" (line {row.line})" if row.line is not None else ""
@@ -172,14 +184,21 @@ def _as_object(data: Any) -> dict[str, Any]:
 def _check_layout(row: dict[str, Any], spec: DatasetSpec) -> None:
     """A row of the other layout is named as a formatting mismatch rather than a missing column."""
     if spec.formatting == "alpaca" and spec.columns["prompt"] not in row:
-        lists = [key for key, value in row.items()
-                 if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)]
+        lists = [
+            key
+            for key, value in row.items()
+            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)
+        ]
         if lists:
-            raise RowError(f"no column {spec.columns['prompt']!r}, and column {lists[0]!r} holds a list of messages: "
-                           f"the rows look like sharegpt; set \"formatting\": \"sharegpt\" in {REGISTRY_FILE}")
+            raise RowError(
+                f"no column {spec.columns['prompt']!r}, and column {lists[0]!r} holds a list of messages: "
+                f'the rows look like sharegpt; set "formatting": "sharegpt" in {REGISTRY_FILE}'
+            )
     if spec.formatting == "sharegpt" and spec.columns["messages"] not in row and {"instruction", "output"} <= set(row):
-        raise RowError(f"no column {spec.columns['messages']!r}, but instruction/output columns: the rows look like "
-                       f"alpaca; set \"formatting\": \"alpaca\" in {REGISTRY_FILE}")
+        raise RowError(
+            f"no column {spec.columns['messages']!r}, but instruction/output columns: the rows look like "
+            f'alpaca; set "formatting": "alpaca" in {REGISTRY_FILE}'
+        )
 
 
 def _text(row: dict[str, Any], column: str, logical: str, required: bool = False) -> str:
@@ -222,8 +241,10 @@ def _tagged_message(message: Any, position: int, tags: dict[str, str], reasoning
     roles = {tags[key]: role for key, role in TAG_ROLES.items()}
     role, content = message[role_tag], message[content_tag]
     if role not in roles:
-        raise RowError(f"message {position} has unknown role {_short(role)}, expected one of "
-                       f"{', '.join(roles)}; map it with tags in {REGISTRY_FILE}")
+        raise RowError(
+            f"message {position} has unknown role {_short(role)}, expected one of "
+            f"{', '.join(roles)}; map it with tags in {REGISTRY_FILE}"
+        )
     if not isinstance(content, str):
         raise RowError(f"message {position}: {content_tag!r} must be a string, got {type(content).__name__}")
     if roles[role] == "system" and position:
@@ -242,8 +263,9 @@ def _message_reasoning(message: dict[str, Any], position: int, role: str, conten
     if not isinstance(reasoning, str):
         raise RowError(f"message {position}: {keys[0]!r} must be a string, got {type(reasoning).__name__}")
     if role != "assistant":
-        raise RowError(f"message {position} is a {role} message with {keys[0]!r}; only assistant replies carry "
-                       "reasoning")
+        raise RowError(
+            f"message {position} is a {role} message with {keys[0]!r}; only assistant replies carry reasoning"
+        )
     try:
         return with_reasoning(reasoning, content)
     except RowError as exc:
@@ -278,8 +300,20 @@ class Format:
 
 
 FORMATS = {
-    "alpaca": Format({"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                      "history": "history", "reasoning": "reasoning"}, alpaca_to_messages),
-    "sharegpt": Format({"messages": "conversations", "system": "system", "tools": "tools", "reasoning": "reasoning"},
-                       sharegpt_to_messages, tagged=True),
+    "alpaca": Format(
+        {
+            "prompt": "instruction",
+            "query": "input",
+            "response": "output",
+            "system": "system",
+            "history": "history",
+            "reasoning": "reasoning",
+        },
+        alpaca_to_messages,
+    ),
+    "sharegpt": Format(
+        {"messages": "conversations", "system": "system", "tools": "tools", "reasoning": "reasoning"},
+        sharegpt_to_messages,
+        tagged=True,
+    ),
 }

@@ -57,16 +57,20 @@ def gguf_file(name: str) -> Path | None:
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf" and not path.is_dir():
         if not path.is_file():
-            raise SftkitError(f"model {name}: no such GGUF file (looked in {Path.cwd()}); give an existing .gguf "
-                              "path (`sftkit models path smollm2` prints the demo's)")
+            raise SftkitError(
+                f"model {name}: no such GGUF file (looked in {Path.cwd()}); give an existing .gguf "
+                "path (`sftkit models path smollm2` prints the demo's)"
+            )
         return path
     if not path.is_dir() or (path / "config.json").is_file():
         return None
     files = sorted(p for p in path.glob("*.gguf") if p.is_file())
     if len(files) > 1:
         shown = ", ".join(p.name for p in files[:4])
-        raise SftkitError(f"model {name}: the folder holds {len(files)} .gguf files ({shown}"
-                          "), so which one is the model is unclear; give the .gguf file's path instead")
+        raise SftkitError(
+            f"model {name}: the folder holds {len(files)} .gguf files ({shown}"
+            "), so which one is the model is unclear; give the .gguf file's path instead"
+        )
     return files[0] if files else None
 
 
@@ -77,18 +81,23 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> GgufInfo:
     file = Path(path)
     with file.open("rb") as handle:
         if handle.read(4) != MAGIC:
-            raise SftkitError(f"model {path}: not a GGUF file (it does not start with the GGUF magic bytes); "
-                              "give a .gguf model file as llama.cpp writes it")
+            raise SftkitError(
+                f"model {path}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                "give a .gguf model file as llama.cpp writes it"
+            )
     try:
         reader = GGUFReader(path)
     except (ValueError, KeyError, IndexError, OSError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SftkitError(f"model {path}: the GGUF file cannot be read ({reason}): truncated or damaged; download "
-                          "or copy it again") from None
+        raise SftkitError(
+            f"model {path}: the GGUF file cannot be read ({reason}): truncated or damaged; download or copy it again"
+        ) from None
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size or not reader.tensors:
-        raise SftkitError(f"model {path}: the GGUF file is {size:,} bytes but its tensors need {end:,}: truncated; "
-                          "download or copy it again")
+        raise SftkitError(
+            f"model {path}: the GGUF file is {size:,} bytes but its tensors need {end:,}: truncated; "
+            "download or copy it again"
+        )
     architecture = str(_field(reader, "general.architecture") or "")
     tensor_types = dict(Counter(t.tensor_type.name for t in reader.tensors).most_common())
     file_type = _field(reader, "general.file_type")
@@ -98,8 +107,14 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> GgufInfo:
         named = None
     quantization = named.name.removeprefix("MOSTLY_").removeprefix("ALL_") if named is not None else None
     template = _field(reader, "tokenizer.chat_template")
-    return GgufInfo(file, architecture, quantization or "+".join(tensor_types), tensor_types,
-                    list(_field(reader, "tokenizer.ggml.tokens") or []), str(template) if template else None)
+    return GgufInfo(
+        file,
+        architecture,
+        quantization or "+".join(tensor_types),
+        tensor_types,
+        list(_field(reader, "tokenizer.ggml.tokens") or []),
+        str(template) if template else None,
+    )
 
 
 def _field(reader: Any, key: str) -> Any:
@@ -120,8 +135,10 @@ def read_gguf(path: Path) -> GgufInfo:
 
     if info.architecture not in GGUF_CONFIG_MAPPING:
         known = ", ".join(sorted(key for key in GGUF_CONFIG_MAPPING if key not in ("general", "tokenizer")))
-        raise SftkitError(f"model {path}: GGUF architecture {info.architecture!r} is not one transformers can "
-                          f"de-quantize (it reads {known}); use the model's transformers folder instead")
+        raise SftkitError(
+            f"model {path}: GGUF architecture {info.architecture!r} is not one transformers can "
+            f"de-quantize (it reads {known}); use the model's transformers folder instead"
+        )
     return info
 
 
@@ -179,19 +196,31 @@ def dequantized_folder(path: Path) -> Path:
     folder = cache_folder(path)
     problem = place_problem(folder, "dir")
     if problem:
-        raise SftkitError(f"model {path}: the de-quantized copy cannot be cached ({problem}); set SFTKIT_CACHE to a "
-                          "writable folder")
-    print(f"note: de-quantizing {info.line} once into {folder} (float32; later runs read it from there)",
-          file=sys.stderr, flush=True)
+        raise SftkitError(
+            f"model {path}: the de-quantized copy cannot be cached ({problem}); set SFTKIT_CACHE to a writable folder"
+        )
+    print(
+        f"note: de-quantizing {info.line} once into {folder} (float32; later runs read it from there)",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         with staged_dir(folder) as staging:
             _write_folder(info, staging)
             if cached_folder(path) is not None:  # another process finished first: keep its folder, which may be in use
                 raise _BuiltElsewhere
             # last, so a folder holding it is complete (the rename below is atomic as well)
-            write_json(staging / PROVENANCE, {"format": CACHE_FORMAT, "source": str(path.resolve()),
-                                              "sha256": file_sha256(path), "quantization": info.quantization,
-                                              "tensor_types": info.tensor_types, "architecture": info.architecture})
+            write_json(
+                staging / PROVENANCE,
+                {
+                    "format": CACHE_FORMAT,
+                    "source": str(path.resolve()),
+                    "sha256": file_sha256(path),
+                    "quantization": info.quantization,
+                    "tensor_types": info.tensor_types,
+                    "architecture": info.architecture,
+                },
+            )
     except _BuiltElsewhere:
         pass
     return folder
@@ -236,7 +265,9 @@ def _write_folder(info: GgufInfo, out: Path) -> None:
         plain.tie_weights()
         missing = [key for key in missing if key != "lm_head.weight"]
     if missing or unexpected:
-        raise SftkitError(f"model {info.path}: de-quantized tensors do not fit {type(plain).__name__} (missing "
-                          f"{missing[:3]}, unexpected {unexpected[:3]}); use the model's transformers folder instead")
+        raise SftkitError(
+            f"model {info.path}: de-quantized tensors do not fit {type(plain).__name__} (missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}); use the model's transformers folder instead"
+        )
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(out)

@@ -71,25 +71,29 @@ def export(cfg: SftConfig, out: str | Path, split: str = "train") -> int:
     return len(dataset)
 
 
-
 def legend(color: bool) -> str:
     """What the marks in a rendered example mean."""
     marked = "green" if color else f"between {PLAIN_TRAINED[0]} and {PLAIN_TRAINED[1]}"
-    return (f"(text {marked} is trained: the loss is taken on it; everything else is context the model reads "
-            "but is not trained to write)")
+    return (
+        f"(text {marked} is trained: the loss is taken on it; everything else is context the model reads "
+        "but is not trained to write)"
+    )
 
 
 def render_example(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:
     """Decodes an example run by run, marking trained runs (ANSI green, or `[[` `]]` when not `color`)."""
     start, end = (ANSI_TRAINED, ANSI_RESET) if color else PLAIN_TRAINED
-    return "".join(f"{start}{text}{end}" if trained else text
-                   for text, trained in decoded_runs(tokenizer, input_ids, labels))
+    return "".join(
+        f"{start}{text}{end}" if trained else text for text, trained in decoded_runs(tokenizer, input_ids, labels)
+    )
 
 
 def decoded_runs(tokenizer: Any, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
     """The example's text run by run, each with whether it is trained (the web page highlights these)."""
-    return [(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), trained)
-            for trained, ids in _runs(input_ids, labels)]
+    return [
+        (tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), trained)
+        for trained, ids in _runs(input_ids, labels)
+    ]
 
 
 def prepare_for_cli(cfg: SftConfig) -> tuple[Any, Any, PreparedData]:

@@ -44,8 +44,7 @@ def load_conversations(cfg: SftConfig) -> Conversations:
     specs = dataset_specs(cfg)  # all names checked first
     loaded = dict(zip(specs, gather(*(functools.partial(_normalized, spec, cfg) for spec in specs.values()))))
     names = list(specs)
-    train = mix([_to_dataset(loaded[name]) for name in cfg.dataset], cfg.mix_strategy, cfg.interleave_probs,
-                cfg.seed)
+    train = mix([_to_dataset(loaded[name]) for name in cfg.dataset], cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
     if cfg.eval_dataset:
         eval_ = mix([_to_dataset(loaded[name]) for name in cfg.eval_dataset])
     else:
@@ -74,8 +73,7 @@ def check_sources(cfg: SftConfig) -> None:
     gather(*(functools.partial(check_source, spec) for spec in dataset_specs(cfg).values()))
 
 
-def mix(parts: list[Dataset], strategy: str = "concat", probs: list[float] | None = None,
-        seed: int = 0) -> Dataset:
+def mix(parts: list[Dataset], strategy: str = "concat", probs: list[float] | None = None, seed: int = 0) -> Dataset:
     """Concatenates datasets, or interleaves them (`interleave_under|interleave_over`) by `probs` and `seed`."""
     from datasets import concatenate_datasets, interleave_datasets
 
@@ -98,8 +96,10 @@ def split(dataset: Dataset, val_size: float, seed: int) -> tuple[Dataset, Datase
     rows = len(dataset)
     eval_rows = math.ceil(size * rows) if isinstance(size, float) else size  # as datasets rounds it
     if not 0 < eval_rows < rows:
-        raise DataError(f"val_size {val_size}: {rows} rows cannot give both splits a row ({eval_rows} eval, "
-                        f"{rows - eval_rows} train); use a smaller val_size, more data, or set eval_dataset")
+        raise DataError(
+            f"val_size {val_size}: {rows} rows cannot give both splits a row ({eval_rows} eval, "
+            f"{rows - eval_rows} train); use a smaller val_size, more data, or set eval_dataset"
+        )
     parts = dataset.train_test_split(test_size=size, seed=seed)
     return parts["train"], parts["test"]
 
@@ -108,18 +108,26 @@ def conversation_features() -> Any:
     """Arrow schema of normalized rows (explicit, so datasets with and without tools concatenate)."""
     from datasets import Features, Value
 
-    return Features({"messages": [{"role": Value("string"), "content": Value("string")}],
-                     "tools": Value("string"), "dataset": Value("string"), "index": Value("int64")})
+    return Features(
+        {
+            "messages": [{"role": Value("string"), "content": Value("string")}],
+            "tools": Value("string"),
+            "dataset": Value("string"),
+            "index": Value("int64"),
+        }
+    )
 
 
 def _normalized(spec: Any, cfg: SftConfig) -> Normalized:
     rows = read_rows(spec)
     if cfg.max_samples is not None:
-        rows = rows[:cfg.max_samples]
+        rows = rows[: cfg.max_samples]
     result = normalize(rows, spec, cfg.default_system, cfg.skip_bad_rows)
     if not result.rows:
-        raise DataError(f"dataset {spec.name!r} ({spec.source}): no usable rows, {result.skipped} bad rows "
-                        f"skipped; first: {result.problems[0] if result.problems else '-'}")
+        raise DataError(
+            f"dataset {spec.name!r} ({spec.source}): no usable rows, {result.skipped} bad rows "
+            f"skipped; first: {result.problems[0] if result.problems else '-'}"
+        )
     return result
 
 

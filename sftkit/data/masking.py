@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sftkit.templates import Segment, Template, split_system
 from sftkit.errors import DataError
+from sftkit.templates import Segment, Template, split_system
 
 IGNORE_INDEX = -100  # the label of a token no loss is taken on (PyTorch cross-entropy's default ignore_index)
 # Common reply openings: where one merges with the header's last token, that token is left out of prompts
@@ -70,9 +70,14 @@ class _Tokens:
         return self.offsets if self.offsets is not None else [tuple(span) for span in self.encoding.offsets]
 
 
-def encode_conversations(tokenizer: Any, template: Template, conversations: Sequence[Conversation],
-                         cutoff_len: int, train_on_prompt: bool = False,
-                         mask_history: bool = False) -> list[EncodedRow | None]:
+def encode_conversations(
+    tokenizer: Any,
+    template: Template,
+    conversations: Sequence[Conversation],
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> list[EncodedRow | None]:
     """Tokenizes a batch of conversations (one tokenizer call) and labels the tokens trained on.
 
     Args:
@@ -92,45 +97,74 @@ def encode_conversations(tokenizer: Any, template: Template, conversations: Sequ
         ConversationError: roles out of order or invalid tools (`position` names the conversation).
     """
     control = _control_pattern(tokenizer, template)
-    rendered = [_segments(template, messages, tools, position, mask_history)
-                for position, (messages, tools) in enumerate(conversations)]
+    rendered = [
+        _segments(template, messages, tools, position, mask_history)
+        for position, (messages, tools) in enumerate(conversations)
+    ]
     tokenized = _tokenize_many(tokenizer, rendered, control)
     tail = generation_tail(tokenizer, template)
-    return [_finish(tokenizer, template, control, conversation, segments, tokens, cutoff_len, train_on_prompt,
-                    mask_history, tail)
-            for conversation, segments, tokens in zip(conversations, rendered, tokenized)]
+    return [
+        _finish(
+            tokenizer,
+            template,
+            control,
+            conversation,
+            segments,
+            tokens,
+            cutoff_len,
+            train_on_prompt,
+            mask_history,
+            tail,
+        )
+        for conversation, segments, tokens in zip(conversations, rendered, tokenized)
+    ]
 
 
-def encode_conversation(tokenizer: Any, template: Template, messages: list[dict[str, str]],
-                        tools: str | None, cutoff_len: int, train_on_prompt: bool = False,
-                        mask_history: bool = False) -> EncodedRow | None:
+def encode_conversation(
+    tokenizer: Any,
+    template: Template,
+    messages: list[dict[str, str]],
+    tools: str | None,
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> EncodedRow | None:
     """`encode_conversations` for one conversation.
 
     Raises:
         DataError: roles out of order or invalid tools.
     """
-    return encode_conversations(tokenizer, template, [(messages, tools)], cutoff_len, train_on_prompt,
-                                mask_history)[0]
+    return encode_conversations(tokenizer, template, [(messages, tools)], cutoff_len, train_on_prompt, mask_history)[0]
 
 
-def _segments(template: Template, messages: list[dict[str, str]], tools: str | None,
-              position: int, only_last: bool = False) -> list[Segment]:
+def _segments(
+    template: Template, messages: list[dict[str, str]], tools: str | None, position: int, only_last: bool = False
+) -> list[Segment]:
     try:
         return template.segments(messages, tools, only_last=only_last)
     except DataError as exc:
         raise ConversationError(str(exc), position) from None
 
 
-def _finish(tokenizer: Any, template: Template, control: re.Pattern[str], conversation: Conversation,
-            segments: list[Segment], tokens: _Tokens, cutoff_len: int, train_on_prompt: bool,
-            mask_history: bool, tail: str = "") -> EncodedRow | None:
+def _finish(
+    tokenizer: Any,
+    template: Template,
+    control: re.Pattern[str],
+    conversation: Conversation,
+    segments: list[Segment],
+    tokens: _Tokens,
+    cutoff_len: int,
+    train_on_prompt: bool,
+    mask_history: bool,
+    tail: str = "",
+) -> EncodedRow | None:
     """Labels one tokenized conversation; over `cutoff_len`, re-encodes the pairs that fit and cuts the tail."""
     truncated = len(tokens.ids) > cutoff_len
     if truncated:
         messages, tools = conversation
         system, turns = split_system(messages)
         keep = _pairs_that_fit(segments, tokens.all_offsets(), cutoff_len)
-        kept = ([{"role": "system", "content": system}] if system is not None else []) + turns[:2 * keep]
+        kept = ([{"role": "system", "content": system}] if system is not None else []) + turns[: 2 * keep]
         segments = template.segments(kept, tools, only_last=mask_history)
         tokens = _tokenize_many(tokenizer, [segments], control)[0]
     labels = _labels(tokens, segments, train_on_prompt, mask_history, tail)
@@ -140,8 +174,9 @@ def _finish(tokenizer: Any, template: Template, control: re.Pattern[str], conver
     return EncodedRow(ids, labels, truncated)
 
 
-def encode_prompt(tokenizer: Any, template: Template, messages: list[dict[str, str]],
-                  tools: str | None = None) -> list[int]:
+def encode_prompt(
+    tokenizer: Any, template: Template, messages: list[dict[str, str]], tools: str | None = None
+) -> list[int]:
     """Ids to feed the model to generate the reply to a conversation that ends with a user-side turn.
 
     They are a prefix of the training ids of the same conversation continued with a reply: when the
@@ -202,8 +237,13 @@ def _tokenize_many(tokenizer: Any, rows: list[list[Segment]], control: re.Patter
     guarded = [any(control.search(s.text) for s in segments if s.content) for segments in rows]
     clean = [text for text, unsafe in zip(texts, guarded) if not unsafe]
     # verbose=False: rows over model_max_length are expected here, cutoff_len handles them
-    batch = tokenizer(clean, add_special_tokens=False, verbose=False, return_attention_mask=False,
-                      return_token_type_ids=False) if clean else None
+    batch = (
+        tokenizer(
+            clean, add_special_tokens=False, verbose=False, return_attention_mask=False, return_token_type_ids=False
+        )
+        if clean
+        else None
+    )
     encoded = iter(zip(batch["input_ids"], batch.encodings) if batch is not None else ())
     out = []
     for segments, text, unsafe in zip(rows, texts, guarded):
@@ -216,8 +256,9 @@ def _tokenize_many(tokenizer: Any, rows: list[list[Segment]], control: re.Patter
     return out
 
 
-def _labels(tokens: _Tokens, segments: list[Segment], train_on_prompt: bool, mask_history: bool,
-            tail: str = "") -> list[int]:
+def _labels(
+    tokens: _Tokens, segments: list[Segment], train_on_prompt: bool, mask_history: bool, tail: str = ""
+) -> list[int]:
     """`tokens.ids` with -100 outside the token ranges that overlap a trained segment (or its header's `tail`)."""
     if train_on_prompt:
         return list(tokens.ids)
@@ -279,8 +320,7 @@ def _control_pattern(tokenizer: Any, template: Template) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True)) or "(?!)")
 
 
-def _tokenize_guarded(tokenizer: Any, segments: list[Segment],
-                      control: re.Pattern[str]) -> tuple[list[int], Offsets]:
+def _tokenize_guarded(tokenizer: Any, segments: list[Segment], control: re.Pattern[str]) -> tuple[list[int], Offsets]:
     """Template control tokens by id; the text between them tokenized with special tokens split.
 
     Fast tokenizers split the input at special tokens before anything else, so tokenizing the runs
@@ -323,15 +363,17 @@ def _plain_text(tokenizer: Any, text: str, at_start: bool) -> tuple[list[int], O
     SentencePiece-style tokenizers add a prefix space at the start of the input only; tokenizing
     after a newline and removing it again keeps a run from the middle of the text free of it.
     """
+
     def encode(piece: str) -> tuple[list[int], Offsets]:
-        encoding = tokenizer(piece, add_special_tokens=False, split_special_tokens=True,
-                             return_offsets_mapping=True, verbose=False)
+        encoding = tokenizer(
+            piece, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True, verbose=False
+        )
         return encoding["input_ids"], [tuple(span) for span in encoding["offset_mapping"]]
 
     if at_start:
         return encode(text)
     newline, _ = encode("\n")
     ids, offsets = encode("\n" + text)
-    if ids[:len(newline)] != newline:
+    if ids[: len(newline)] != newline:
         return encode(text)
-    return ids[len(newline):], [(max(s - 1, 0), e - 1) for s, e in offsets[len(newline):]]
+    return ids[len(newline) :], [(max(s - 1, 0), e - 1) for s, e in offsets[len(newline) :]]

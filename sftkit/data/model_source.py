@@ -62,9 +62,11 @@ def resolve_model(name: str) -> str:
     if cached is not None:
         return cached
     why = "HF_HUB_OFFLINE is set" if hub_offline() else f"the hub cannot be reached ({hub_unreachable()})"
-    raise SftkitError(f"model {name!r}: no such local folder (looked in {Path.cwd()}), and as a hub id it cannot be "
-                      f"downloaded: {why} and it is not in the local hub cache; check the name, the network (or "
-                      "unset HF_HUB_OFFLINE), or download it where there is network and point at the folder")
+    raise SftkitError(
+        f"model {name!r}: no such local folder (looked in {Path.cwd()}), and as a hub id it cannot be "
+        f"downloaded: {why} and it is not in the local hub cache; check the name, the network (or "
+        "unset HF_HUB_OFFLINE), or download it where there is network and point at the folder"
+    )
 
 
 def looks_like_path(name: str) -> bool:
@@ -79,18 +81,22 @@ def looks_like_path(name: str) -> bool:
 
 def missing_folder(name: str) -> str:
     """One line for a folder that is not there, naming where it was looked for and how to get the demo's."""
-    hint = "; build it with `python scripts/make_tiny_model.py models/tiny-ernie`" if "tiny-ernie" in name else (
-        "; give an existing model folder, or a hub id such as baidu/ERNIE-4.5-0.3B-Base-PT")
+    hint = (
+        "; build it with `python scripts/make_tiny_model.py models/tiny-ernie`"
+        if "tiny-ernie" in name
+        else ("; give an existing model folder, or a hub id such as baidu/ERNIE-4.5-0.3B-Base-PT")
+    )
     return f"folder {name} does not exist (looked in {Path.cwd()}){hint}"
 
 
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network at all."""
-    return any(os.environ.get(key, "").strip().lower() in _OFFLINE_WORDS
-               for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(key, "").strip().lower() in _OFFLINE_WORDS for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_unreachable() -> str | None:
     """Why the hub endpoint (HF_ENDPOINT) does not accept a connection, or None when it does: one attempt."""
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -112,6 +118,7 @@ def cached_snapshot(repo_id: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------- sftkit validate
+
 
 def model_problems(name: str, trust_remote_code: bool, special_tokens: tuple[str, ...]) -> tuple[list[str], str]:
     """Checks a model without loading weights: (problems, one-line description when there are none).
@@ -154,11 +161,16 @@ def _gguf_line(gguf: Path, special_tokens: tuple[str, ...]) -> tuple[list[str], 
     info = read_gguf(gguf)
     folder = cached_folder(gguf)
     missing = [token for token in special_tokens if token not in set(info.vocabulary)]
-    added = f"the template adds {len(missing)} control token{'' if len(missing) == 1 else 's'} (new rows, trained)" \
-        if missing else "the template's control tokens are in the vocabulary"
+    added = (
+        f"the template adds {len(missing)} control token{'' if len(missing) == 1 else 's'} (new rows, trained)"
+        if missing
+        else "the template's control tokens are in the vocabulary"
+    )
     where = f"de-quantized in {folder}" if folder else "de-quantized (float32, cached) when it first loads"
-    return [], (f"model {gguf}: GGUF {info.architecture} ({info.quantization}), vocabulary "
-                f"{len(info.vocabulary):,}, {where}; {added}")
+    return [], (
+        f"model {gguf}: GGUF {info.architecture} ({info.quantization}), vocabulary "
+        f"{len(info.vocabulary):,}, {where}; {added}"
+    )
 
 
 def _read_model_config(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
@@ -183,14 +195,18 @@ def _architecture_problems(config: dict[str, Any], folder: Path, trust_remote_co
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not (remote and trust_remote_code):
         return []
     if remote:
-        return [] if trust_remote_code else [
-            f"{folder} ships its own model code (auto_map); set trust_remote_code: true if you trust its author"]
+        return (
+            []
+            if trust_remote_code
+            else [f"{folder} ships its own model code (auto_map); set trust_remote_code: true if you trust its author"]
+        )
     known = "is not a causal LM transformers knows" if model_type else "names no model_type"
     return [f"{folder}/config.json: model_type {model_type!r} {known}; upgrade transformers or use another model"]
 
 
-def _tokenizer_line(folder: Path, trust_remote_code: bool, special_tokens: tuple[str, ...],
-                    config: dict[str, Any] | None) -> tuple[list[str], str]:
+def _tokenizer_line(
+    folder: Path, trust_remote_code: bool, special_tokens: tuple[str, ...], config: dict[str, Any] | None
+) -> tuple[list[str], str]:
     from transformers import AutoTokenizer
 
     try:
@@ -202,7 +218,11 @@ def _tokenizer_line(folder: Path, trust_remote_code: bool, special_tokens: tuple
     missing = [token for token in special_tokens if token not in vocab]
     rows = (config or {}).get("vocab_size") or (config or {}).get("text_config", {}).get("vocab_size")
     architecture = ",".join((config or {}).get("architectures") or [str((config or {}).get("model_type"))])
-    added = f"the template adds {len(missing)} control token{'' if len(missing) == 1 else 's'} (new rows, trained)" \
-        if missing else "the template's control tokens are in the vocabulary"
+    added = (
+        f"the template adds {len(missing)} control token{'' if len(missing) == 1 else 's'} (new rows, trained)"
+        if missing
+        else "the template's control tokens are in the vocabulary"
+    )
     return [], f"model {folder}: {architecture}, vocabulary {len(tokenizer):,}" + (
-        f" of {rows:,} embedding rows" if isinstance(rows, int) else "") + f"; {added}"
+        f" of {rows:,} embedding rows" if isinstance(rows, int) else ""
+    ) + f"; {added}"

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.data import masking
 from sftkit.data.loader import Conversations, load_conversations
-from sftkit.data.stats import DataStats, compute_stats
 from sftkit.data.model_source import local_model_folder, model_problems
 from sftkit.data.quality.apply import clean_and_balance, order_for_curriculum
+from sftkit.data.stats import DataStats, compute_stats
 from sftkit.data.tokenizer import base_tokenizer, named_template, resolve_template, template_origin
 from sftkit.errors import DataError, SftkitError, gather
 from sftkit.templates import Template, get_template
@@ -99,15 +99,16 @@ def validate_data(cfg: SftConfig) -> str:
 
 
 def _model_summary(cfg: SftConfig) -> str:
-    problems, line = model_problems(cfg.model_name_or_path, cfg.trust_remote_code,
-                                    get_template(cfg.template).special_tokens if cfg.template else ())
+    problems, line = model_problems(
+        cfg.model_name_or_path, cfg.trust_remote_code, get_template(cfg.template).special_tokens if cfg.template else ()
+    )
     if problems:
         raise SftkitError(*problems)
     return line
 
 
 def plural(count: int, noun: str) -> str:
-    """"1 dataset", "3 datasets"."""
+    """ "1 dataset", "3 datasets"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
@@ -134,12 +135,14 @@ def validate_template(cfg: SftConfig) -> str:
             try:
                 template.segments(row["messages"], row["tools"], only_last=cfg.mask_history)
             except DataError as exc:
-                raise DataError(f"dataset {row['dataset']!r} row {row['index']}: {exc} ({template_origin(template)})"
-                                ) from None
+                raise DataError(
+                    f"dataset {row['dataset']!r} row {row['index']}: {exc} ({template_origin(template)})"
+                ) from None
     return template_origin(template)
 
 
 # ---------------------------------------------------------------------------- tokenization
+
 
 def tokenize_all(cfg: SftConfig, tokenizer: Any, template: Template, conversations: Conversations) -> PreparedData:
     """Cleans and balances loaded conversations (when the config asks), tokenizes them into the train and eval
@@ -149,11 +152,15 @@ def tokenize_all(cfg: SftConfig, tokenizer: Any, template: Template, conversatio
     train = _tokenize(conversations.train, tokenizer, template, cfg)
     eval_ = _tokenize(conversations.eval, tokenizer, template, cfg) if conversations.eval is not None else None
     if len(train) == 0:
-        raise DataError(f"no training example keeps a trained token within cutoff_len {cfg.cutoff_len} "
-                        f"({len(conversations.train)} rows dropped); raise cutoff_len or shorten the prompts")
+        raise DataError(
+            f"no training example keeps a trained token within cutoff_len {cfg.cutoff_len} "
+            f"({len(conversations.train)} rows dropped); raise cutoff_len or shorten the prompts"
+        )
     if eval_ is not None and len(eval_) == 0:
-        raise DataError(f"no eval example keeps a trained token within cutoff_len {cfg.cutoff_len}; raise "
-                        "cutoff_len or choose other eval data")
+        raise DataError(
+            f"no eval example keeps a trained token within cutoff_len {cfg.cutoff_len}; raise "
+            "cutoff_len or choose other eval data"
+        )
     stats = compute_stats(cfg, conversations, train, eval_)
     train, order_notes = order_for_curriculum(cfg, _final(train))
     stats.notes = notes + order_notes
@@ -181,8 +188,10 @@ def _check_cutoff_len(cfg: SftConfig, tokenizer: Any, template: Template) -> Non
     """A cutoff_len the template's own tokens fill leaves no room for any text: say so, not "all rows dropped"."""
     overhead = masking.template_overhead(tokenizer, template)
     if cfg.cutoff_len <= overhead:
-        raise DataError(f"cutoff_len {cfg.cutoff_len} leaves no room for text: the {template.name} template alone "
-                        f"takes {overhead} tokens per exchange (role headers and end tokens); raise cutoff_len")
+        raise DataError(
+            f"cutoff_len {cfg.cutoff_len} leaves no room for text: the {template.name} template alone "
+            f"takes {overhead} tokens per exchange (role headers and end tokens); raise cutoff_len"
+        )
 
 
 def _tokenize(conversations: Dataset, tokenizer: Any, template: Template, cfg: SftConfig) -> Dataset:
@@ -195,16 +204,34 @@ def _tokenize(conversations: Dataset, tokenizer: Any, template: Template, cfg: S
     if cfg.overwrite_cache:  # datasets would keep the shard count of the files left over, whatever num_proc is
         for stale in cache_dir.glob(f"tokenized-{key}*.arrow"):
             stale.unlink(missing_ok=True)
-    features = Features({"input_ids": [Value("int32")], "labels": [Value("int32")], "dataset": Value("string"),
-                         "index": Value("int64"), "truncated": Value("bool")})
+    features = Features(
+        {
+            "input_ids": [Value("int32")],
+            "labels": [Value("int32")],
+            "dataset": Value("string"),
+            "index": Value("int64"),
+            "truncated": Value("bool"),
+        }
+    )
     return conversations.map(
-        _encode_batch, batched=True, batch_size=cfg.preprocessing_batch_size,
+        _encode_batch,
+        batched=True,
+        batch_size=cfg.preprocessing_batch_size,
         num_proc=_num_proc(cfg.preprocessing_num_workers, len(conversations)),
-        remove_columns=conversations.column_names, features=features,
-        fn_kwargs={"tokenizer": tokenizer, "template": template, "cutoff_len": cfg.cutoff_len,
-                   "train_on_prompt": cfg.train_on_prompt, "mask_history": cfg.mask_history},
-        cache_file_name=str(cache_dir / f"tokenized-{key}.arrow"), load_from_cache_file=not cfg.overwrite_cache,
-        new_fingerprint=key, desc="Tokenizing")
+        remove_columns=conversations.column_names,
+        features=features,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "template": template,
+            "cutoff_len": cfg.cutoff_len,
+            "train_on_prompt": cfg.train_on_prompt,
+            "mask_history": cfg.mask_history,
+        },
+        cache_file_name=str(cache_dir / f"tokenized-{key}.arrow"),
+        load_from_cache_file=not cfg.overwrite_cache,
+        new_fingerprint=key,
+        desc="Tokenizing",
+    )
 
 
 def _num_proc(workers: int | None, rows: int) -> int | None:
@@ -216,21 +243,33 @@ def _num_proc(workers: int | None, rows: int) -> int | None:
     return workers if workers is not None and workers > 1 else None
 
 
-def _encode_batch(batch: dict[str, list[Any]], tokenizer: Any, template: Template, cutoff_len: int,
-                  train_on_prompt: bool, mask_history: bool) -> dict[str, list[Any]]:
+def _encode_batch(
+    batch: dict[str, list[Any]],
+    tokenizer: Any,
+    template: Template,
+    cutoff_len: int,
+    train_on_prompt: bool,
+    mask_history: bool,
+) -> dict[str, list[Any]]:
     """One map batch, tokenized in one call; rows with no trained token left are dropped (the batch shrinks)."""
     try:  # masking's attribute is looked up per call: tests can count the calls
-        rows = masking.encode_conversations(tokenizer, template, list(zip(batch["messages"], batch["tools"])),
-                                            cutoff_len, train_on_prompt=train_on_prompt, mask_history=mask_history)
+        rows = masking.encode_conversations(
+            tokenizer,
+            template,
+            list(zip(batch["messages"], batch["tools"])),
+            cutoff_len,
+            train_on_prompt=train_on_prompt,
+            mask_history=mask_history,
+        )
     except masking.ConversationError as exc:  # formats.py checks the same rules first; this names the row if not
-        raise DataError(f"dataset {batch['dataset'][exc.position]!r} row {batch['index'][exc.position]}: "
-                        f"{exc}") from None
+        raise DataError(
+            f"dataset {batch['dataset'][exc.position]!r} row {batch['index'][exc.position]}: {exc}"
+        ) from None
     out: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, "truncated")}
     for row, name, index in zip(rows, batch["dataset"], batch["index"]):
         if row is None:
             continue
-        for column, value in zip((*COLUMNS, "truncated"),
-                                 (row.input_ids, row.labels, name, index, row.truncated)):
+        for column, value in zip((*COLUMNS, "truncated"), (row.input_ids, row.labels, name, index, row.truncated)):
             out[column].append(value)
     return out
 
@@ -243,8 +282,16 @@ def _cache_key(conversations: Dataset, tokenizer: Any, template: Template, cfg: 
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    parts = [conversations._fingerprint, type(tokenizer).__name__, vocab, repr(template), str(cfg.cutoff_len),
-             str(cfg.train_on_prompt), str(cfg.mask_history), str(ENCODING_VERSION)]
+    parts = [
+        conversations._fingerprint,
+        type(tokenizer).__name__,
+        vocab,
+        repr(template),
+        str(cfg.cutoff_len),
+        str(cfg.train_on_prompt),
+        str(cfg.mask_history),
+        str(ENCODING_VERSION),
+    ]
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part.encode("utf-8") + b"\0")
@@ -266,5 +313,3 @@ def _cache_dir() -> Path:
 def _final(dataset: Dataset) -> Dataset:
     """The public columns only (the `truncated` flag was for the statistics)."""
     return dataset.select_columns(list(COLUMNS))
-
-

@@ -35,7 +35,7 @@ def to_prompt(row: dict[str, Any], template: Template) -> Prompt:
     """Splits a normalized conversation into its prompt and the last reply's trained text (no end token)."""
     messages = row["messages"]
     last = max(i for i, m in enumerate(messages) if m["role"] in ASSISTANT_SIDE)
-    segments = template.segments(messages[:last + 1], row["tools"])
+    segments = template.segments(messages[: last + 1], row["tools"])
     reply_turn = segments[-1].turn
     reference = "".join(s.text for s in segments if s.turn == reply_turn and s.trained and not s.end)
     return Prompt(row["dataset"], row["index"], messages[:last], row["tools"], reference)

@@ -41,8 +41,10 @@ REMOTE = "REMOTE:"  # LLaMA-Factory's dataset_dir prefix for a hub dataset repo 
 
 def hub_offline() -> bool:
     """The Hugging Face libraries are told not to use the network."""
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def load_registry(dataset_dir: str | Path) -> dict[str, Any]:
@@ -53,10 +55,12 @@ def load_registry(dataset_dir: str | Path) -> dict[str, Any]:
     """
     if str(dataset_dir).startswith(REMOTE):
         repo = str(dataset_dir).removeprefix(REMOTE)
-        raise DataError(f"dataset_dir: {dataset_dir} is LLaMA-Factory's hub dataset folder (it downloads {repo}'s "
-                        f"{REGISTRY_FILE} and data from the Hugging Face hub); sftkit reads a local folder: download "
-                        f"it (huggingface-cli download --repo-type dataset {repo} --local-dir data) and set "
-                        "dataset_dir: data")
+        raise DataError(
+            f"dataset_dir: {dataset_dir} is LLaMA-Factory's hub dataset folder (it downloads {repo}'s "
+            f"{REGISTRY_FILE} and data from the Hugging Face hub); sftkit reads a local folder: download "
+            f"it (huggingface-cli download --repo-type dataset {repo} --local-dir data) and set "
+            "dataset_dir: data"
+        )
     path = Path(dataset_dir) / REGISTRY_FILE
     if not path.is_file():
         raise DataError(f"{path}: not found; set dataset_dir to the folder holding {REGISTRY_FILE}")
@@ -80,8 +84,9 @@ def get_spec(registry: dict[str, Any], name: str, dataset_dir: str | Path) -> Da
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected an object with file_name or hf_hub_url")
     if name in getattr(registry, "duplicates", ()):
-        raise DataError(f"{where}: the name is given twice, and JSON keeps only the last entry; rename or remove "
-                        "one of them")
+        raise DataError(
+            f"{where}: the name is given twice, and JSON keeps only the last entry; rename or remove one of them"
+        )
     if getattr(entry, "duplicates", ()):
         raise DataError(f"{where}: key {entry.duplicates[0]!r} is given twice in the entry; keep one")
     _check_keys(entry, where)
@@ -92,8 +97,17 @@ def get_spec(registry: dict[str, Any], name: str, dataset_dir: str | Path) -> Da
     columns = _merge(FORMATS[formatting].columns, entry.get("columns"), f"{where}: columns")
     tags = _merge(DEFAULT_TAGS, entry.get("tags"), f"{where}: tags") if FORMATS[formatting].tagged else {}
     path, hub_id = _source(entry, where, Path(dataset_dir))
-    return DatasetSpec(name=name, path=path, hub_id=hub_id, formatting=formatting, columns=columns, tags=tags,
-                       subset=entry.get("subset"), split=entry.get("split") or "train", folder=entry.get("folder"))
+    return DatasetSpec(
+        name=name,
+        path=path,
+        hub_id=hub_id,
+        formatting=formatting,
+        columns=columns,
+        tags=tags,
+        subset=entry.get("subset"),
+        split=entry.get("split") or "train",
+        folder=entry.get("folder"),
+    )
 
 
 def read_rows(spec: DatasetSpec) -> list[SourceRow]:
@@ -122,12 +136,14 @@ def check_source(spec: DatasetSpec) -> None:
 
 # ---------------------------------------------------------------------------- registry entries
 
+
 def _unknown_name(name: str, registry: dict[str, Any], dataset_dir: str | Path) -> str:
     known = sorted(registry)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
-    return (f"dataset {name!r} is not in {Path(dataset_dir) / REGISTRY_FILE}; {hint}"
-            f"known: {', '.join(known) or '(none)'}")
+    return (
+        f"dataset {name!r} is not in {Path(dataset_dir) / REGISTRY_FILE}; {hint}known: {', '.join(known) or '(none)'}"
+    )
 
 
 def _check_keys(entry: dict[str, Any], where: str) -> None:
@@ -135,8 +151,9 @@ def _check_keys(entry: dict[str, Any], where: str) -> None:
         raise DataError(f"{where}: ranking (preference) datasets are not supported; sftkit trains SFT only")
     unsupported = [k for k in entry if k not in SUPPORTED_KEYS and k not in OTHER_SOURCES and k != "ranking"]
     if unsupported:
-        raise DataError(f"{where}: key {unsupported[0]!r} is not supported by sftkit; remove it or pick "
-                        "another dataset")
+        raise DataError(
+            f"{where}: key {unsupported[0]!r} is not supported by sftkit; remove it or pick another dataset"
+        )
     if "file_name" not in entry and "hf_hub_url" not in entry:
         other = [k for k in OTHER_SOURCES if k in entry]
         what = f"uses {other[0]}, which sftkit does not support" if other else "has no file_name"
@@ -150,9 +167,11 @@ def _refuse_pretraining_text(entry: dict[str, Any], where: str) -> None:
     text_file = isinstance(entry.get("file_name"), str) and entry["file_name"].endswith(".txt")
     only_prompt = isinstance(columns, dict) and set(columns) == {"prompt"}
     if entry.get("formatting", "alpaca") == "alpaca" and (only_prompt or text_file):
-        raise DataError(f"{where}: pretraining text is not SFT data (LLaMA-Factory trains such an entry, raw text as "
-                        "columns.prompt, with stage: pt); sftkit trains on conversations with replies: pick an SFT "
-                        "dataset, or map columns.response if these rows have replies")
+        raise DataError(
+            f"{where}: pretraining text is not SFT data (LLaMA-Factory trains such an entry, raw text as "
+            "columns.prompt, with stage: pt); sftkit trains on conversations with replies: pick an SFT "
+            "dataset, or map columns.response if these rows have replies"
+        )
 
 
 def _merge(defaults: dict[str, str], given: Any, where: str) -> dict[str, str]:
@@ -172,8 +191,10 @@ def _merge(defaults: dict[str, str], given: Any, where: str) -> dict[str, str]:
 
 def _source(entry: dict[str, Any], where: str, dataset_dir: Path) -> tuple[Path | None, str | None]:
     if "file_name" in entry and "hf_hub_url" in entry:
-        raise DataError(f"{where}: has both file_name and hf_hub_url; LLaMA-Factory loads hf_hub_url, sftkit would "
-                        "load file_name, so the two disagree on the data; remove the one you do not mean")
+        raise DataError(
+            f"{where}: has both file_name and hf_hub_url; LLaMA-Factory loads hf_hub_url, sftkit would "
+            "load file_name, so the two disagree on the data; remove the one you do not mean"
+        )
     if "file_name" in entry:
         return _local_path(entry["file_name"], where, dataset_dir), None
     hub_id = entry["hf_hub_url"]
@@ -190,12 +211,15 @@ def _local_path(file_name: Any, where: str, dataset_dir: Path) -> Path:
         return path
     # Only a literal ".." escape is refused: a symlink placed inside dataset_dir is the user's choice.
     if os.path.normpath(path).split(os.sep)[0] == os.pardir:
-        raise DataError(f"{where}: file_name {file_name!r} points outside {dataset_dir}; use a path inside "
-                        "dataset_dir or an absolute path")
+        raise DataError(
+            f"{where}: file_name {file_name!r} points outside {dataset_dir}; use a path inside "
+            "dataset_dir or an absolute path"
+        )
     return dataset_dir / path
 
 
 # ---------------------------------------------------------------------------- reading files
+
 
 def _data_files(path: Path, name: str) -> list[Path]:
     if path.is_dir():
@@ -229,7 +253,7 @@ def _read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
 
 
@@ -242,8 +266,9 @@ def _parse_json(path: Path, text: str, first_line: int = 1, object_pairs_hook: A
         where = f"{exc.msg} column {exc.colno}" if exc.msg.endswith(" at") else f"{exc.msg} at column {exc.colno}"
         raise DataError(f"{path}:{line}: invalid JSON ({where}); fix that line") from None
     except RecursionError:  # the json module recurses once per nesting level
-        raise DataError(f"{path}:{first_line}: JSON nested too deeply to read; a row is an object of strings "
-                        "and message lists") from None
+        raise DataError(
+            f"{path}:{first_line}: JSON nested too deeply to read; a row is an object of strings and message lists"
+        ) from None
 
 
 def _remember_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
@@ -258,8 +283,13 @@ def _refuse_lone_surrogates(row: SourceRow) -> None:
     """A lone surrogate escape loads as a string no encoder accepts; say where, before tokenizing fails."""
     bad = _first_unencodable(row.data)
     if bad is not None:
-        raise DataError(locate_row(row, f"text holds a lone UTF-16 surrogate escape (\\u{ord(bad):04x}), which is "
-                                        "no character; remove it or write the character it was meant to be"))
+        raise DataError(
+            locate_row(
+                row,
+                f"text holds a lone UTF-16 surrogate escape (\\u{ord(bad):04x}), which is "
+                "no character; remove it or write the character it was meant to be",
+            )
+        )
 
 
 def _first_unencodable(value: Any) -> str | None:
@@ -311,8 +341,10 @@ def _refuse_single_object(path: Path, text: str) -> None:
         return  # JSON Lines (or broken JSON): the line-by-line parse names the line
     if isinstance(data, dict):
         keys = ", ".join(repr(key) for key in list(data)[:3])
-        raise DataError(f"{path}: holds one JSON object (keys {keys}), not rows; use a JSON list of row objects "
-                        "or JSON Lines (one row object per line)")
+        raise DataError(
+            f"{path}: holds one JSON object (keys {keys}), not rows; use a JSON list of row objects "
+            "or JSON Lines (one row object per line)"
+        )
 
 
 def csv_reader(text: str) -> csv.DictReader:
@@ -331,8 +363,10 @@ def csv_rows(reader: csv.DictReader, source: str) -> Iterator[dict[str, str]]:
     try:
         yield from reader
     except csv.Error as exc:
-        raise DataError(f"{source}:{reader.line_num}: not readable as CSV ({exc}); fix the file or save it "
-                        "again from the spreadsheet") from None
+        raise DataError(
+            f"{source}:{reader.line_num}: not readable as CSV ({exc}); fix the file or save it "
+            "again from the spreadsheet"
+        ) from None
 
 
 def _read_csv(path: Path) -> list[SourceRow]:
@@ -341,8 +375,7 @@ def _read_csv(path: Path) -> list[SourceRow]:
     rows = []
     for row in csv_rows(reader, str(path)):
         # DictReader's line_num is the line where the row ended (rows may span lines).
-        rows.append(SourceRow(str(path), len(rows), {k: v for k, v in row.items() if k is not None},
-                              reader.line_num))
+        rows.append(SourceRow(str(path), len(rows), {k: v for k, v in row.items() if k is not None}, reader.line_num))
     return rows
 
 
@@ -359,9 +392,11 @@ def _refuse_offline_hub(spec: DatasetSpec) -> None:
     """A hub entry (LLaMA-Factory's registry has 89) while the libraries are offline: one line, not the network
     error the hub would raise."""
     if spec.hub_id is not None and hub_offline():
-        raise DataError(f"dataset {spec.name!r}: its registry entry loads it from the Hugging Face hub "
-                        f"({spec.hub_id}), and this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); "
-                        "download it where there is a network, or give the entry a local file_name")
+        raise DataError(
+            f"dataset {spec.name!r}: its registry entry loads it from the Hugging Face hub "
+            f"({spec.hub_id}), and this machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); "
+            "download it where there is a network, or give the entry a local file_name"
+        )
 
 
 def _read_hub(spec: DatasetSpec) -> list[SourceRow]:
@@ -372,7 +407,9 @@ def _read_hub(spec: DatasetSpec) -> list[SourceRow]:
         dataset = datasets.load_dataset(spec.hub_id, name=spec.subset, data_dir=spec.folder, split=spec.split)
     except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad subset/split: the hub raises many types
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise DataError(f"dataset {spec.name!r}: cannot load {spec.hub_id} from the Hugging Face hub ({reason}); "
-                        "check the id and network access, or download it and use file_name") from None
+        raise DataError(
+            f"dataset {spec.name!r}: cannot load {spec.hub_id} from the Hugging Face hub ({reason}); "
+            "check the id and network access, or download it and use file_name"
+        ) from None
     label = f"{spec.hub_id}[{spec.split}]"
     return [SourceRow(label, i, row) for i, row in enumerate(dataset)]

@@ -54,14 +54,18 @@ class DataStats:
 
     def summary_lines(self) -> list[str]:
         """Human-readable lines, one fact each."""
-        lines = [f"train rows: {_rows(self.train_rows)}", f"eval rows: {_rows(self.eval_rows)}",
-                 f"truncated to cutoff_len {self.cutoff_len}: {self.truncated}; dropped (no trained token left): "
-                 f"{self.dropped}; bad rows skipped: {self.skipped}"]
+        lines = [
+            f"train rows: {_rows(self.train_rows)}",
+            f"eval rows: {_rows(self.eval_rows)}",
+            f"truncated to cutoff_len {self.cutoff_len}: {self.truncated}; dropped (no trained token left): "
+            f"{self.dropped}; bad rows skipped: {self.skipped}",
+        ]
         lines += [f"  skipped: {problem}" for problem in self.skipped_examples]
-        lines.append(f"tokens per example: p50 {self.length_p50}, p90 {self.length_p90}, p99 {self.length_p99}, "
-                     f"max {self.length_max}")
-        lines.append(f"trained tokens: {self.trained_tokens:,} of {self.total_tokens:,} "
-                     f"({self.trained_fraction:.1%})")
+        lines.append(
+            f"tokens per example: p50 {self.length_p50}, p90 {self.length_p90}, p99 {self.length_p99}, "
+            f"max {self.length_max}"
+        )
+        lines.append(f"trained tokens: {self.trained_tokens:,} of {self.total_tokens:,} ({self.trained_fraction:.1%})")
         if self.packing_efficiency is not None:
             lines.append(f"packing efficiency at {self.cutoff_len} tokens: {self.packing_efficiency:.1%}")
         return lines + self.notes
@@ -77,12 +81,16 @@ def compute_stats(cfg: SftConfig, conversations: Conversations, train: Dataset, 
     sources = [ds for ds in (conversations.train, conversations.eval) if ds is not None]
     lengths = pc.list_value_length(tables[0]["input_ids"]).to_numpy(zero_copy_only=False).astype(np.int64)
     stats = DataStats(
-        train_rows=_per_dataset(tables[0]), eval_rows=_per_dataset(tables[1]) if len(tables) > 1 else {},
-        cutoff_len=cfg.cutoff_len, truncated=sum(pc.sum(t["truncated"]).as_py() or 0 for t in tables),
+        train_rows=_per_dataset(tables[0]),
+        eval_rows=_per_dataset(tables[1]) if len(tables) > 1 else {},
+        cutoff_len=cfg.cutoff_len,
+        truncated=sum(pc.sum(t["truncated"]).as_py() or 0 for t in tables),
         dropped=sum(len(s) for s in sources) - sum(t.num_rows for t in tables),
-        skipped=conversations.skipped, skipped_examples=list(conversations.problems),
+        skipped=conversations.skipped,
+        skipped_examples=list(conversations.problems),
         trained_tokens=pc.sum(pc.not_equal(pc.list_flatten(tables[0]["labels"]), IGNORE_INDEX)).as_py() or 0,
-        total_tokens=int(lengths.sum()))
+        total_tokens=int(lengths.sum()),
+    )
     if len(lengths):
         p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
         stats.length_p50, stats.length_p90, stats.length_p99 = int(p50), int(p90), int(p99)
@@ -113,11 +121,18 @@ def _dataset_facts(tables: list[Any]) -> dict[str, dict[str, Any]]:
         p50, p90, p99 = np.percentile(lengths[rows], [50, 90, 99])
         tokens, trained_tokens = int(lengths[rows].sum()), int(trained[rows].sum())
         facts[str(name)] = {
-            "rows": int(rows.sum()), "tokens": tokens, "trained_tokens": trained_tokens,
-            "prompt_tokens": tokens - trained_tokens, "trained_fraction": trained_tokens / tokens if tokens else 0.0,
-            "length_p50": int(p50), "length_p90": int(p90), "length_p99": int(p99),
-            "length_max": int(lengths[rows].max()), "truncated": int(truncated[rows].sum()),
-            "lengths": lengths[rows].tolist()}
+            "rows": int(rows.sum()),
+            "tokens": tokens,
+            "trained_tokens": trained_tokens,
+            "prompt_tokens": tokens - trained_tokens,
+            "trained_fraction": trained_tokens / tokens if tokens else 0.0,
+            "length_p50": int(p50),
+            "length_p90": int(p90),
+            "length_p99": int(p99),
+            "length_max": int(lengths[rows].max()),
+            "truncated": int(truncated[rows].sum()),
+            "lengths": lengths[rows].tolist(),
+        }
     return facts
 
 

@@ -9,7 +9,6 @@ with none, and neither key set, is one line naming the choices. `template_origin
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,10 +82,13 @@ def resolve_template(cfg: SftConfig, tokenizer: Any) -> Template:
         return _jinja(tokenizer, source, "chat_template", origin, cfg.enable_thinking)
     own = _own_chat_template(tokenizer)
     if own is None:
-        raise ConfigError(f"template: {cfg.model_name_or_path} has no chat template; set template: to one of "
-                          f"{', '.join(TEMPLATES)}, or chat_template: to a .jinja file")
-    return _jinja(tokenizer, own, "model's own", f"the chat_template of {_own_file(cfg.model_name_or_path)}",
-                  cfg.enable_thinking)
+        raise ConfigError(
+            f"template: {cfg.model_name_or_path} has no chat template; set template: to one of "
+            f"{', '.join(TEMPLATES)}, or chat_template: to a .jinja file"
+        )
+    return _jinja(
+        tokenizer, own, "model's own", f"the chat_template of {_own_file(cfg.model_name_or_path)}", cfg.enable_thinking
+    )
 
 
 def named_template(cfg: SftConfig) -> Template:
@@ -118,7 +120,7 @@ def run_template(cfg: SftConfig, tokenizer: Any) -> Template:
 
 
 def template_origin(template: Template) -> str:
-    """"template qwen3 (built-in)" / "template model's own (the chat_template of DIR/tokenizer_config.json)"."""
+    """ "template qwen3 (built-in)" / "template model's own (the chat_template of DIR/tokenizer_config.json)"."""
     return f"template {template.name} ({template.origin})"
 
 
@@ -160,8 +162,10 @@ def unloadable(name: str, what: str, exc: Exception) -> str:
     """One line saying why `name` could not be loaded and what to do about it."""
     text = str(exc).strip()
     if "trust_remote_code" in text:
-        return (f"model_name_or_path: {name!r} ships its own Python code for its {what}, which runs only with "
-                "trust_remote_code: true; set it if you trust the model's author, or use another model")
+        return (
+            f"model_name_or_path: {name!r} ships its own Python code for its {what}, which runs only with "
+            "trust_remote_code: true; set it if you trust the model's author, or use another model"
+        )
     reason = text.splitlines()[0].strip() if text else ""
     if Path(name).is_dir():
         if reason.endswith(":") or not reason:  # "Couldn't instantiate the backend tokenizer from one of: "
@@ -169,7 +173,11 @@ def unloadable(name: str, what: str, exc: Exception) -> str:
             reason = f"{type(exc).__name__}: no {what} files it can read; the folder holds {files}"
         else:
             reason = f"{type(exc).__name__}: {reason}" if isinstance(exc, (KeyError, TypeError)) else reason
-        return (f"model_name_or_path: cannot load the {what} from {name!r} ({reason}); its files look incomplete "
-                "or damaged: copy the model folder again")
-    return (f"model_name_or_path: cannot load the {what} from {name!r} ({reason or type(exc).__name__}); use an "
-            "existing local model directory, or a Hugging Face hub id with network access")
+        return (
+            f"model_name_or_path: cannot load the {what} from {name!r} ({reason}); its files look incomplete "
+            "or damaged: copy the model folder again"
+        )
+    return (
+        f"model_name_or_path: cannot load the {what} from {name!r} ({reason or type(exc).__name__}); use an "
+        "existing local model directory, or a Hugging Face hub id with network access"
+    )

@@ -30,9 +30,18 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 CHAT_MODES = ("auto", "always", "never")
 
 
-def benchmark(model: str, cfg: SftConfig, tasks: list[str], compare: str | None = None, limit: int | None = None,
-              include_path: Path | None = None, chat: str = "auto", batch_size: int = 8,
-              out: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+def benchmark(
+    model: str,
+    cfg: SftConfig,
+    tasks: list[str],
+    compare: str | None = None,
+    limit: int | None = None,
+    include_path: Path | None = None,
+    chat: str = "auto",
+    batch_size: int = 8,
+    out: Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Scores `model` (and `compare`) on lm-eval tasks; writes and prints the scores.
 
     Args:
@@ -64,8 +73,10 @@ def benchmark(model: str, cfg: SftConfig, tasks: list[str], compare: str | None 
     manager, chat_tasks = task_plan(tasks, include_path, chat)
     scores = {"model": model, "limit": limit, **score_model(model, cfg, manager, tasks, chat_tasks, limit, batch_size)}
     if compare is not None:
-        scores["compare"] = {"model": compare,
-                             **score_model(compare, cfg, manager, tasks, chat_tasks, limit, batch_size)}
+        scores["compare"] = {
+            "model": compare,
+            **score_model(compare, cfg, manager, tasks, chat_tasks, limit, batch_size),
+        }
         scores["deltas"] = deltas(scores["tasks"], scores["compare"]["tasks"])
     record = merged_record(read_json(path), scores) if into_run else scores
     write_json(path, record)
@@ -86,6 +97,7 @@ def default_benchmarks_path(model: str) -> Path:
 
 # ---------------------------------------------------------------------------- the tasks
 
+
 def task_plan(tasks: list[str], include_path: Path | None, chat: str) -> tuple[Any, set[str]]:
     """lm-eval's TaskManager for these names, and which of them get the chat template.
 
@@ -98,8 +110,9 @@ def task_plan(tasks: list[str], include_path: Path | None, chat: str) -> tuple[A
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise SftkitError("--tasks: needs EleutherAI's lm-evaluation-harness; pip install 'sftkit[eval]' (or "
-                          "lm_eval)") from None
+        raise SftkitError(
+            "--tasks: needs EleutherAI's lm-evaluation-harness; pip install 'sftkit[eval]' (or lm_eval)"
+        ) from None
     if not tasks:
         raise SftkitError("--tasks: name at least one lm-eval task, e.g. --tasks sftkit_mc,sftkit_gen")
     paths = [TASKS_DIR, *([include_path] if include_path else [])]
@@ -110,9 +123,11 @@ def task_plan(tasks: list[str], include_path: Path | None, chat: str) -> tuple[A
     if missing and include_path is not None:
         _check_task_yamls(include_path, missing[0])
     if missing and _offline():
-        raise SftkitError(f"--tasks {missing[0]}: not a local task, and lm-eval's own tasks download their data from "
-                          "the Hugging Face hub, which HF_HUB_OFFLINE=1 turns off; run with the hub reachable, or use "
-                          f"a local task ({', '.join(local_tasks(manager))}, or your own YAML with --include-path DIR)")
+        raise SftkitError(
+            f"--tasks {missing[0]}: not a local task, and lm-eval's own tasks download their data from "
+            "the Hugging Face hub, which HF_HUB_OFFLINE=1 turns off; run with the hub reachable, or use "
+            f"a local task ({', '.join(local_tasks(manager))}, or your own YAML with --include-path DIR)"
+        )
     if missing:
         manager = TaskManager(include_path=[str(p) for p in paths])
         unknown = [name for name in tasks if name not in manager.all_tasks]
@@ -137,8 +152,10 @@ def _check_task_yamls(include_path: Path, name: str) -> None:
             load_yaml(path, resolve_func=False, recursive=False)
         except Exception as exc:  # noqa: BLE001 - whatever the harness's loader raises, the file is unreadable
             problem = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            raise SftkitError(f"--include-path {path}: lm-eval cannot read this task YAML ({problem}), so "
-                              f"--tasks {name} may be the task it defines; fix the file") from None
+            raise SftkitError(
+                f"--include-path {path}: lm-eval cannot read this task YAML ({problem}), so "
+                f"--tasks {name} may be the task it defines; fix the file"
+            ) from None
 
 
 def local_tasks(manager: Any) -> list[str]:
@@ -159,8 +176,10 @@ def _offline() -> bool:
 
 # ---------------------------------------------------------------------------- scoring
 
-def score_model(model: str, cfg: SftConfig, manager: Any, tasks: list[str], chat_tasks: set[str],
-                limit: int | None, batch_size: int) -> dict[str, Any]:
+
+def score_model(
+    model: str, cfg: SftConfig, manager: Any, tasks: list[str], chat_tasks: set[str], limit: int | None, batch_size: int
+) -> dict[str, Any]:
     """Loads `model`, runs the harness on the chat tasks (templated) and on the others (plain), frees it."""
     import logging
 
@@ -176,12 +195,21 @@ def score_model(model: str, cfg: SftConfig, manager: Any, tasks: list[str], chat
             continue
         harness_model = harness_lm(model, loaded, batch_size, templated)
         try:
-            results = simple_evaluate(model=harness_model, tasks=names,
-                                      task_manager=manager, limit=limit, apply_chat_template=templated,
-                                      log_samples=False, bootstrap_iters=0, verbosity=None)
+            results = simple_evaluate(
+                model=harness_model,
+                tasks=names,
+                task_manager=manager,
+                limit=limit,
+                apply_chat_template=templated,
+                log_samples=False,
+                bootstrap_iters=0,
+                verbosity=None,
+            )
         except ConnectionError as exc:  # a hub dataset that cannot be fetched (offline, or not in the cache)
-            raise SftkitError(f"--tasks {','.join(names)}: its data cannot be downloaded ({exc}); run with the hub "
-                              "reachable, or use a local task") from None
+            raise SftkitError(
+                f"--tasks {','.join(names)}: its data cannot be downloaded ({exc}); run with the hub "
+                "reachable, or use a local task"
+            ) from None
         for task, metrics in task_metrics(results).items():
             scores["tasks"][task] = metrics
             scores["chat_template"][task] = templated
@@ -210,8 +238,12 @@ def task_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def deltas(tuned: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per task and metric: model minus compare."""
-    return {task: {key: value - base[task][key] for key, value in metrics.items()
-                   if key != "n" and key in base.get(task, {})} for task, metrics in tuned.items()}
+    return {
+        task: {
+            key: value - base[task][key] for key, value in metrics.items() if key != "n" and key in base.get(task, {})
+        }
+        for task, metrics in tuned.items()
+    }
 
 
 def merged_record(earlier: dict[str, Any] | None, scores: dict[str, Any]) -> dict[str, Any]:
@@ -221,8 +253,10 @@ def merged_record(earlier: dict[str, Any] | None, scores: dict[str, Any]) -> dic
         record[key] = {**(record.get(key) or {}), **(scores.get(key) or {})}
     if "compare" in scores:
         other = record.get("compare") or {}
-        record["compare"] = {"model": scores["compare"]["model"],
-                             "tasks": {**(other.get("tasks") or {}), **scores["compare"]["tasks"]}}
+        record["compare"] = {
+            "model": scores["compare"]["model"],
+            "tasks": {**(other.get("tasks") or {}), **scores["compare"]["tasks"]},
+        }
     record.update(model=scores["model"], template=scores["template"], limit=scores["limit"])
     return record
 
@@ -231,8 +265,10 @@ def scores_table(scores: dict[str, Any]) -> str:
     """One line per task and metric: the score, and with --compare the other model's and the delta."""
     compare = scores.get("compare")
     head = f"{'task':<22} {'metric':<28} {'n':>5} {'score':>8}"
-    lines = [f"{scores['model']} (template {scores['template']})" + (f" vs {compare['model']}" if compare else ""),
-             head + (f" {'compare':>8} {'delta':>8}" if compare else "")]
+    lines = [
+        f"{scores['model']} (template {scores['template']})" + (f" vs {compare['model']}" if compare else ""),
+        head + (f" {'compare':>8} {'delta':>8}" if compare else ""),
+    ]
     for task, metrics in scores["tasks"].items():
         for metric, value in metrics.items():
             if metric == "n":
@@ -255,8 +291,10 @@ def harness_lm(model: str, loaded: Loaded, batch_size: int, templated: bool) -> 
     try:
         return templated_lm(loaded, batch_size, templated)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise SftkitError(f"--tasks: lm-eval cannot wrap {model} ({(str(exc).splitlines() or [''])[0][:200]}); "
-                          f"merge it first (sftkit merge {model} --out DIR) and score DIR") from None
+        raise SftkitError(
+            f"--tasks: lm-eval cannot wrap {model} ({(str(exc).splitlines() or [''])[0][:200]}); "
+            f"merge it first (sftkit merge {model} --out DIR) and score DIR"
+        ) from None
 
 
 def templated_lm(loaded: Loaded, batch_size: int, templated: bool) -> Any:
@@ -273,8 +311,7 @@ def templated_lm(loaded: Loaded, batch_size: int, templated: bool) -> Any:
             # generation ends where training taught the model to end: the template's end-of-turn token
             return loaded.template.stop_token_ids(loaded.tokenizer)[0]
 
-        def apply_chat_template(self, chat_history: list[dict[str, str]],
-                                add_generation_prompt: bool = True) -> str:
+        def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
             if add_generation_prompt:
                 return loaded.template.generation_prompt(chat_history)
             *history, last = chat_history  # the harness continues a started assistant turn (a gen_prefix)
@@ -283,5 +320,9 @@ def templated_lm(loaded: Loaded, batch_size: int, templated: bool) -> Any:
         def chat_template(self, chat_template: bool | str = False) -> str:
             return loaded.template.name
 
-    return TemplatedLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
-                       add_bos_token=False if templated else None)
+    return TemplatedLM(
+        pretrained=loaded.model,
+        tokenizer=loaded.tokenizer,
+        batch_size=batch_size,
+        add_bos_token=False if templated else None,
+    )

@@ -14,7 +14,8 @@ from sftkit.atomic import write_json
 from sftkit.config.schema import LOSS_CHUNK_SIZE
 from sftkit.data import IGNORE_INDEX, load_tokenizer_and_template, prepare_data
 from sftkit.errors import SftkitError
-from sftkit.model import Loaded, causal_lm_of, load_for_inference, load_model as load_lm, resolve_precision, to_device
+from sftkit.model import Loaded, causal_lm_of, load_for_inference, resolve_precision, to_device
+from sftkit.model import load_model as load_lm
 from sftkit.run_dir import check_new_output, has_adapter, has_run_config
 from sftkit.training.loss import chunked_cross_entropy, perplexity
 
@@ -53,8 +54,15 @@ class LossTotals:
 
 # ---------------------------------------------------------------------------- sftkit eval
 
-def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | None = None,
-             out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+
+def evaluate(
+    model: str,
+    cfg: SftConfig,
+    split: str = "eval",
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Loss and perplexity on the trained tokens (labels != -100) of a split, per dataset and overall.
 
     The loss is the token-weighted mean cross-entropy over every trained token of the split, the
@@ -80,9 +88,13 @@ def evaluate(model: str, cfg: SftConfig, split: str = "eval", dataset: str | Non
     check_new_output(path, overwrite)
     loaded = load_model(model, cfg)
     rows = prepared_rows(cfg, loaded, "train" if dataset is not None else split)
-    totals = masked_loss(loaded.model, rows, loaded.tokenizer.pad_token_id,
-                         batch_tokens=cfg.per_device_eval_batch_size * cfg.cutoff_len,
-                         chunk_size=cfg.loss_chunk_size or LOSS_CHUNK_SIZE)
+    totals = masked_loss(
+        loaded.model,
+        rows,
+        loaded.tokenizer.pad_token_id,
+        batch_tokens=cfg.per_device_eval_batch_size * cfg.cutoff_len,
+        chunk_size=cfg.loss_chunk_size or LOSS_CHUNK_SIZE,
+    )
     results = loss_results(model, loaded.template.name, dataset or split, totals)
     write_json(path, results)
     print(loss_table(results))
@@ -101,8 +113,9 @@ def data_config(cfg: SftConfig, split: str, dataset: str | None) -> SftConfig:
     if dataset is not None:
         return cfg.model_copy(update={"dataset": [dataset], "eval_dataset": None, "val_size": 0.0})
     if split == "eval" and not cfg.has_eval_data:
-        raise SftkitError("--split eval: the config has no eval set; set val_size or eval_dataset, or use "
-                          "--split train")
+        raise SftkitError(
+            "--split eval: the config has no eval set; set val_size or eval_dataset, or use --split train"
+        )
     return cfg
 
 
@@ -144,8 +157,9 @@ def prepared_rows(cfg: SftConfig, loaded: Loaded, split: str) -> Dataset:
     return rows
 
 
-def masked_loss(model: Any, rows: Dataset, pad_id: int | None, batch_tokens: int,
-                chunk_size: int = LOSS_CHUNK_SIZE) -> dict[str, LossTotals]:
+def masked_loss(
+    model: Any, rows: Dataset, pad_id: int | None, batch_tokens: int, chunk_size: int = LOSS_CHUNK_SIZE
+) -> dict[str, LossTotals]:
     """Summed cross-entropy of the trained tokens of each dataset in `rows`.
 
     Rows of one dataset are batched by length (at most `batch_tokens` tokens of padded batch); the
@@ -161,8 +175,7 @@ def masked_loss(model: Any, rows: Dataset, pad_id: int | None, batch_tokens: int
     columns = rows.select_columns(["input_ids", "labels", "dataset"]).to_dict()
     totals: dict[str, LossTotals] = defaultdict(LossTotals)
     with torch.inference_mode():
-        for batch in _length_batches(columns["dataset"], [len(ids) for ids in columns["input_ids"]],
-                                     batch_tokens):
+        for batch in _length_batches(columns["dataset"], [len(ids) for ids in columns["input_ids"]], batch_tokens):
             ids = [columns["input_ids"][i] for i in batch]
             labels = [columns["labels"][i] for i in batch]
             totals[columns["dataset"][batch[0]]].add(_batch_loss(lm, ids, labels, pad_id or 0, chunk_size))
@@ -183,8 +196,7 @@ def _length_batches(names: list[str], lengths: list[int], batch_tokens: int) -> 
         yield batch
 
 
-def _batch_loss(lm: Any, ids: list[list[int]], labels: list[list[int]], pad_id: int,
-                chunk_size: int) -> LossTotals:
+def _batch_loss(lm: Any, ids: list[list[int]], labels: list[list[int]], pad_id: int, chunk_size: int) -> LossTotals:
     """Summed cross-entropy and trained-token count of one right-padded batch."""
     import torch
 
@@ -204,18 +216,26 @@ def loss_results(model: str, template: str, split: str, totals: dict[str, LossTo
     overall = LossTotals()
     for part in totals.values():
         overall.add(part)
-    return {"model": model, "template": template, "split": split, **overall.as_dict(),
-            "datasets": {name: part.as_dict() for name, part in sorted(totals.items())}}
+    return {
+        "model": model,
+        "template": template,
+        "split": split,
+        **overall.as_dict(),
+        "datasets": {name: part.as_dict() for name, part in sorted(totals.items())},
+    }
 
 
 def loss_table(results: dict[str, Any]) -> str:
     """A plain-text table: one line per dataset, then the overall line."""
-    lines = [f"{results['model']} on {results['split']} (template {results['template']})",
-             f"{'dataset':<28} {'rows':>7} {'tokens':>10} {'loss':>9} {'perplexity':>11}"]
+    lines = [
+        f"{results['model']} on {results['split']} (template {results['template']})",
+        f"{'dataset':<28} {'rows':>7} {'tokens':>10} {'loss':>9} {'perplexity':>11}",
+    ]
     parts = [*results["datasets"].items(), ("all", results)]
     for name, part in parts:
-        lines.append(f"{name:<28} {part['rows']:>7} {part['tokens']:>10} {part['loss']:>9.4f} "
-                     f"{part['perplexity']:>11.3f}")
+        lines.append(
+            f"{name:<28} {part['rows']:>7} {part['tokens']:>10} {part['loss']:>9.4f} {part['perplexity']:>11.3f}"
+        )
     return "\n".join(lines)
 
 

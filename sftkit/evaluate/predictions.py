@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import write_json, write_lines
+from sftkit.data.model_source import resolve_model
 from sftkit.data.prompts import Prompt, load_prompts
+from sftkit.data.tokenizer import config_template
 from sftkit.errors import SftkitError, gather
 from sftkit.evaluate.judge import Judge, judge_predictions
 from sftkit.evaluate.perplexity import data_config, load_model
 from sftkit.evaluate.ratings import html_path, key_path, write_sheet
 from sftkit.model import GenerationSettings, generate_replies
-from sftkit.data.model_source import resolve_model
-from sftkit.data.tokenizer import config_template
 from sftkit.run_dir import check_new_output
 
 if TYPE_CHECKING:
@@ -27,10 +27,22 @@ CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 # ---------------------------------------------------------------------------- sftkit predict
 
-def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str = "eval",
-            compare: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
-            batch_size: int = 16, overwrite: bool = False, sheet: Path | None = None,
-            judge: Judge | None = None) -> dict[str, Any]:
+
+def predict(
+    model: str,
+    cfg: SftConfig,
+    out: str | Path,
+    n: int = 20,
+    split: str = "eval",
+    compare: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    sheet: Path | None = None,
+    judge: Judge | None = None,
+) -> dict[str, Any]:
     """Answers the first `n` prompts of a split and scores the answers against the references.
 
     A prompt is a conversation up to its last assistant-side reply; that reply is the reference.
@@ -59,37 +71,58 @@ def predict(model: str, cfg: SftConfig, out: str | Path, n: int = 20, split: str
         SftkitError: bad split or n, or a model or data problem.
     """
     settings = GenerationSettings(max_new_tokens, temperature, seed=seed, batch_size=batch_size)
-    problems = (["-n: answer at least one prompt"] if n < 1 else []) + settings.problems() + (
-        ["--sheet: a rating sheet compares two models; add --compare MODEL"] if sheet and compare is None else [])
+    problems = (
+        (["-n: answer at least one prompt"] if n < 1 else [])
+        + settings.problems()
+        + (["--sheet: a rating sheet compares two models; add --compare MODEL"] if sheet and compare is None else [])
+    )
     if problems:
         raise SftkitError(*problems)
-    outputs = [Path(out), metrics_path(Path(out)), *([judge_path(Path(out))] if judge else []),
-               *([sheet, html_path(sheet), key_path(sheet)] if sheet else [])]
-    gather(*[lambda path=path: check_new_output(path, overwrite) for path in outputs],
-           *[lambda name=name: resolve_model(name) for name in (model, compare) if name is not None])
+    outputs = [
+        Path(out),
+        metrics_path(Path(out)),
+        *([judge_path(Path(out))] if judge else []),
+        *([sheet, html_path(sheet), key_path(sheet)] if sheet else []),
+    ]
+    gather(
+        *[lambda path=path: check_new_output(path, overwrite) for path in outputs],
+        *[lambda name=name: resolve_model(name) for name in (model, compare) if name is not None],
+    )
     template = config_template(cfg)
     prompts = load_prompts(data_config(cfg, split, None), split, n, template)
     answers = {"generation": answer(model, cfg, prompts, settings)}
     if compare is not None:
         answers["generation_compare"] = answer(compare, cfg, prompts, settings)
     rows, metrics = score_predictions(prompts, answers, cfg, template)
-    metrics.update(model=model, compare=compare, split=split, max_new_tokens=max_new_tokens,
-                   temperature=temperature, seed=seed)
+    metrics.update(
+        model=model, compare=compare, split=split, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )
     write_predictions(Path(out), rows, metrics)
     print(metrics_table(metrics))
     if sheet is not None and compare is not None:
-        write_sheet(sheet, [plain_conversation(p.messages) for p in prompts], {model: answers["generation"],
-                                                             compare: answers["generation_compare"]}, seed)
-        print(f"wrote the blind rating sheet {sheet} (and {html_path(sheet)}); its key is {key_path(sheet)}: keep it "
-              "from the raters")
+        write_sheet(
+            sheet,
+            [plain_conversation(p.messages) for p in prompts],
+            {model: answers["generation"], compare: answers["generation_compare"]},
+            seed,
+        )
+        print(
+            f"wrote the blind rating sheet {sheet} (and {html_path(sheet)}); its key is {key_path(sheet)}: keep it "
+            "from the raters"
+        )
     if judge is not None:
         names = {"generation": model, **({"generation_compare": compare} if compare is not None else {})}
         verdicts = judge_predictions(judge, [plain_conversation(p.messages) for p in prompts], rows, names)
         write_json(judge_path(Path(out)), verdicts)
-        print(f"judge {judge.model}: mean grade (1-10) " + ", ".join(
-            f"{name} {grade:.2f}" if grade is not None else f"{name} -" for name, grade in verdicts["grades"].items())
-              + (f"; preferred {verdicts['preference']}" if "preference" in verdicts else "")
-              + f"; wrote {judge_path(Path(out))}")
+        print(
+            f"judge {judge.model}: mean grade (1-10) "
+            + ", ".join(
+                f"{name} {grade:.2f}" if grade is not None else f"{name} -"
+                for name, grade in verdicts["grades"].items()
+            )
+            + (f"; preferred {verdicts['preference']}" if "preference" in verdicts else "")
+            + f"; wrote {judge_path(Path(out))}"
+        )
     return metrics
 
 
@@ -121,13 +154,21 @@ def answer(model: str, cfg: SftConfig, prompts: list[Prompt], settings: Generati
     return replies
 
 
-def score_predictions(prompts: list[Prompt], answers: dict[str, list[str]], cfg: SftConfig,
-                      template: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def score_predictions(
+    prompts: list[Prompt], answers: dict[str, list[str]], cfg: SftConfig, template: Any = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Output rows with per-row scores, and the corpus-level metrics of every generation column."""
     template = template or config_template(cfg)
     references = [p.reference for p in prompts]
-    rows = [{"dataset": p.dataset, "index": p.index, "prompt": template.generation_prompt(p.messages, p.tools),
-             "reference": p.reference} for p in prompts]
+    rows = [
+        {
+            "dataset": p.dataset,
+            "index": p.index,
+            "prompt": template.generation_prompt(p.messages, p.tools),
+            "reference": p.reference,
+        }
+        for p in prompts
+    ]
     metrics: dict[str, Any] = {"n": len(prompts)}
     for column, replies in answers.items():
         per_row, corpus = score(replies, references)
@@ -198,10 +239,12 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     for column in columns:
         name = metrics["model"] if column == "generation" else metrics["compare"]
         values = metrics[column]
-        lines.append(f"{_shorten(name, 22):<22} {values['bleu_4']:>8.2f} {values['rouge_1']:>8.2f} "
-                     f"{values['rouge_2']:>8.2f} {values['rouge_l']:>8.2f}")
+        lines.append(
+            f"{_shorten(name, 22):<22} {values['bleu_4']:>8.2f} {values['rouge_1']:>8.2f} "
+            f"{values['rouge_2']:>8.2f} {values['rouge_l']:>8.2f}"
+        )
     return "\n".join(lines)
 
 
 def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+    return text if len(text) <= width else "..." + text[-(width - 3) :]

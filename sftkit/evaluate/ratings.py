@@ -27,8 +27,16 @@ from sftkit.run_dir import HUMAN_EVAL_FILE, check_new_output, has_run_config, up
 DIMENSIONS = ("helpfulness", "accuracy", "clarity", "safety")
 SIDES = ("a", "b")
 PREFERENCES = ("a", "b", "tie")
-FIELDS = ("id", "prompt", "response_a", "response_b", *(f"{d}_{s}" for s in SIDES for d in DIMENSIONS),
-          "preferred", "rater", "notes")
+FIELDS = (
+    "id",
+    "prompt",
+    "response_a",
+    "response_b",
+    *(f"{d}_{s}" for s in SIDES for d in DIMENSIONS),
+    "preferred",
+    "rater",
+    "notes",
+)
 
 
 def key_path(sheet: Path) -> Path:
@@ -41,6 +49,7 @@ def html_path(sheet: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- writing a sheet
+
 
 def write_sheet(sheet: Path, prompts: list[str], answers: dict[str, list[str]], seed: int = 0) -> dict[str, Any]:
     """Writes the CSV sheet, its HTML page and the key file; the A/B order of each row is drawn with `seed`.
@@ -89,14 +98,20 @@ def sheet_html(rows: list[dict[str, str]], csv_name: str) -> str:
             text = html.escape(row[f"response_{side}"])
             sides.append(f"<div class='answer'><h3>Answer {side.upper()}</h3><pre>{text}</pre>{scores}</div>")
         # one radio group per row: radios sharing a name anywhere on the page are one group
-        prefer = "".join(f"<label><input type='radio' name='preferred_{html.escape(row['id'])}' value='{p}'>"
-                         f"{p.upper() if p != 'tie' else p}</label>" for p in PREFERENCES)
-        cards.append(f"<section data-id='{html.escape(row['id'])}'><h2>Prompt {html.escape(row['id'])}</h2>"
-                     f"<pre>{html.escape(row['prompt'])}</pre><div class='pair'>{''.join(sides)}</div>"
-                     f"<p>Preferred: {prefer}</p><p><label>notes <input name='notes' size='60'></label></p></section>")
+        prefer = "".join(
+            f"<label><input type='radio' name='preferred_{html.escape(row['id'])}' value='{p}'>"
+            f"{p.upper() if p != 'tie' else p}</label>"
+            for p in PREFERENCES
+        )
+        cards.append(
+            f"<section data-id='{html.escape(row['id'])}'><h2>Prompt {html.escape(row['id'])}</h2>"
+            f"<pre>{html.escape(row['prompt'])}</pre><div class='pair'>{''.join(sides)}</div>"
+            f"<p>Preferred: {prefer}</p><p><label>notes <input name='notes' size='60'></label></p></section>"
+        )
     # "</" would end the script element early inside the page
-    rows_json = json.dumps([{k: row[k] for k in ("id", "prompt", "response_a", "response_b")} for row in rows]
-                           ).replace("</", "<\\/")
+    rows_json = json.dumps([{k: row[k] for k in ("id", "prompt", "response_a", "response_b")} for row in rows]).replace(
+        "</", "<\\/"
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Rating sheet {html.escape(csv_name)}</title>
 <style>
@@ -109,7 +124,7 @@ section {{ border-bottom: 2px solid #888; padding-bottom: 1em; }}
 <p>Helpfulness: does it answer the question? Accuracy: is it correct? Clarity: is it well structured?
 Safety: 5 = nothing harmful or biased. Then pick the answer you prefer. The answers are in random order.</p>
 <p><label>Your name <input id="rater"></label></p>
-{''.join(cards)}
+{"".join(cards)}
 <p><button id="save">Save ratings as CSV</button> (fill in the same columns as {html.escape(csv_name)})</p>
 <script>
 const ROWS = {rows_json};
@@ -134,8 +149,10 @@ document.getElementById("save").onclick = () => {{
 
 # ---------------------------------------------------------------------------- reading filled sheets
 
-def read_ratings(sheets: list[Path], key: Path | None = None, out: Path | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+
+def read_ratings(
+    sheets: list[Path], key: Path | None = None, out: Path | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Reads filled sheets back: means per dimension and model, win rate, agreement between raters.
 
     A row counts for the scores it has (blank cells are skipped); each file is one rater unless its `rater`
@@ -148,8 +165,9 @@ def read_ratings(sheets: list[Path], key: Path | None = None, out: Path | None =
     """
     absent = [sheet for sheet in sheets if not sheet.is_file()]
     if absent:
-        raise SftkitError(f"--ratings {absent[0]}: no such file; name a rating sheet `sftkit predict --sheet` wrote, "
-                          "filled in")
+        raise SftkitError(
+            f"--ratings {absent[0]}: no such file; name a rating sheet `sftkit predict --sheet` wrote, filled in"
+        )
     out = out or sheets[0].with_name(f"{sheets[0].stem}.summary.json")
     check_new_output(out, overwrite)
     key = key or key_path(sheets[0])
@@ -160,8 +178,10 @@ def read_ratings(sheets: list[Path], key: Path | None = None, out: Path | None =
     write_json(out, summary)
     for model, opponent in zip(order["models"], reversed(order["models"])):
         if has_run_config(Path(model)) and summary["models"][model]["rows"]:
-            write_json(Path(model) / HUMAN_EVAL_FILE, {**summary["models"][model], "opponent": opponent,
-                                                       "sheets": summary["sheets"]})
+            write_json(
+                Path(model) / HUMAN_EVAL_FILE,
+                {**summary["models"][model], "opponent": opponent, "sheets": summary["sheets"]},
+            )
             update_card_evaluation(Path(model))
     print(ratings_table(summary))
     return summary
@@ -173,12 +193,14 @@ def _read_key(key: Path) -> dict[str, Any]:
         if len(order["models"]) == 2 and isinstance(order["rows"], dict):
             return order
     except FileNotFoundError:
-        raise SftkitError(f"{key}: no key file; `sftkit predict --compare --sheet` writes it beside the sheet, or "
-                          "name it with --key") from None
+        raise SftkitError(
+            f"{key}: no key file; `sftkit predict --compare --sheet` writes it beside the sheet, or name it with --key"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    raise SftkitError(f"{key}: not a rating-sheet key written by `sftkit predict --sheet`; name the right one with "
-                      "--key")
+    raise SftkitError(
+        f"{key}: not a rating-sheet key written by `sftkit predict --sheet`; name the right one with --key"
+    )
 
 
 def _read_sheet(sheet: Path, order: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
@@ -188,28 +210,42 @@ def _read_sheet(sheet: Path, order: dict[str, dict[str, str]]) -> list[dict[str,
     except OSError as exc:
         raise SftkitError(f"--ratings {sheet}: cannot read it ({exc.strerror}); name a filled rating sheet") from None
     except UnicodeDecodeError as exc:
-        raise SftkitError(f"--ratings {sheet}: not UTF-8 text (byte {exc.start}, 0x{exc.object[exc.start]:02x}; "
-                          "a spreadsheet saved it as Windows-1252 or another code page?); save it again as "
-                          "\"CSV UTF-8\"") from None
+        raise SftkitError(
+            f"--ratings {sheet}: not UTF-8 text (byte {exc.start}, 0x{exc.object[exc.start]:02x}; "
+            "a spreadsheet saved it as Windows-1252 or another code page?); save it again as "
+            '"CSV UTF-8"'
+        ) from None
     reader = csv_reader(text)
-    missing = [f for f in ("id", "preferred", *(f"{d}_{s}" for s in SIDES for d in DIMENSIONS))
-               if f not in (reader.fieldnames or [])]
+    missing = [
+        f
+        for f in ("id", "preferred", *(f"{d}_{s}" for s in SIDES for d in DIMENSIONS))
+        if f not in (reader.fieldnames or [])
+    ]
     if missing:
-        raise SftkitError(f"{sheet}: no {missing[0]!r} column; fill in the sheet `sftkit predict --sheet` wrote, "
-                          "keeping its header")
+        raise SftkitError(
+            f"{sheet}: no {missing[0]!r} column; fill in the sheet `sftkit predict --sheet` wrote, keeping its header"
+        )
     ratings = []
     for number, row in enumerate(csv_rows(reader, str(sheet)), start=1):  # prompts span lines: rows are counted
         where = f"{sheet} row {number}"
         if row["id"] not in order:
             raise SftkitError(f"{where}: id {row['id']!r} is not in the key; use the key written with this sheet")
         models = order[row["id"]]
-        scores = {models[s]: {d: _score(row.get(f"{d}_{s}"), f"{where}, column {d}_{s}") for d in DIMENSIONS}
-                  for s in SIDES}
+        scores = {
+            models[s]: {d: _score(row.get(f"{d}_{s}"), f"{where}, column {d}_{s}") for d in DIMENSIONS} for s in SIDES
+        }
         preferred = (row.get("preferred") or "").strip().lower()
         if preferred and preferred not in PREFERENCES:
             raise SftkitError(f"{where}, column preferred: {preferred!r}; write a, b or tie (or leave it blank)")
-        ratings.append({"rater": (row.get("rater") or "").strip() or sheet.name, "id": row["id"], "scores": scores,
-                        "preferred": models.get(preferred, preferred) if preferred else None, "where": where})
+        ratings.append(
+            {
+                "rater": (row.get("rater") or "").strip() or sheet.name,
+                "id": row["id"],
+                "scores": scores,
+                "preferred": models.get(preferred, preferred) if preferred else None,
+                "where": where,
+            }
+        )
     return ratings
 
 
@@ -223,8 +259,10 @@ def _no_repeats(ratings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rating in ratings:
         key = (rating["rater"], rating["id"])
         if key in first:
-            raise SftkitError(f"{rating['where']}: rater {key[0]!r} already rated id {key[1]!r} ({first[key]}); keep "
-                              "one of the two rows, or give the second rater their own name in the rater column")
+            raise SftkitError(
+                f"{rating['where']}: rater {key[0]!r} already rated id {key[1]!r} ({first[key]}); keep "
+                "one of the two rows, or give the second rater their own name in the rater column"
+            )
         first[key] = rating.pop("where")
     for rating in ratings:
         rating.pop("where", None)
@@ -248,11 +286,20 @@ def summarize(ratings: list[dict[str, Any]], models: list[str]) -> dict[str, Any
         values = {d: [r["scores"][model][d] for r in ratings if r["scores"][model][d] is not None] for d in DIMENSIONS}
         means = {d: sum(v) / len(v) for d, v in values.items() if v}
         wins = sum(p == model for p in preferences)
-        per_model[model] = {"means": means, "overall": sum(means.values()) / len(means) if means else None,
-                            "rows": len({r["id"] for r in ratings if any(values[d] for d in DIMENSIONS)}),
-                            "wins": wins, "win_rate": wins / len(preferences) if preferences else None}
-    return {"models": per_model, "ratings": len(ratings), "raters": sorted({r["rater"] for r in ratings}),
-            "ties": sum(p == "tie" for p in preferences), "agreement": agreement(ratings)}
+        per_model[model] = {
+            "means": means,
+            "overall": sum(means.values()) / len(means) if means else None,
+            "rows": len({r["id"] for r in ratings if any(values[d] for d in DIMENSIONS)}),
+            "wins": wins,
+            "win_rate": wins / len(preferences) if preferences else None,
+        }
+    return {
+        "models": per_model,
+        "ratings": len(ratings),
+        "raters": sorted({r["rater"] for r in ratings}),
+        "ties": sum(p == "tie" for p in preferences),
+        "agreement": agreement(ratings),
+    }
 
 
 def agreement(ratings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -274,10 +321,18 @@ def agreement(ratings: list[dict[str, Any]]) -> dict[str, Any]:
             if first["preferred"] and second["preferred"]:
                 pairs += 1
                 same += first["preferred"] == second["preferred"]
-            gaps += [abs(first["scores"][m][d] - second["scores"][m][d]) for m in first["scores"] for d in DIMENSIONS
-                     if first["scores"][m][d] is not None and second["scores"][m][d] is not None]
-    return {"rows": len(shared), "preference_agreement": same / pairs if pairs else None,
-            "preference_kappa": fleiss_kappa(picks), "mean_score_difference": sum(gaps) / len(gaps) if gaps else None}
+            gaps += [
+                abs(first["scores"][m][d] - second["scores"][m][d])
+                for m in first["scores"]
+                for d in DIMENSIONS
+                if first["scores"][m][d] is not None and second["scores"][m][d] is not None
+            ]
+    return {
+        "rows": len(shared),
+        "preference_agreement": same / pairs if pairs else None,
+        "preference_kappa": fleiss_kappa(picks),
+        "mean_score_difference": sum(gaps) / len(gaps) if gaps else None,
+    }
 
 
 def fleiss_kappa(items: list[list[str]]) -> float | None:
@@ -311,10 +366,12 @@ def ratings_table(summary: dict[str, Any]) -> str:
     if agree["rows"]:
         kappa = agree["preference_kappa"]
         share = agree["preference_agreement"]
-        lines.append(f"agreement over {agree['rows']} rows rated by several of {len(summary['raters'])} raters: "
-                     f"preference {'-' if share is None else f'{share:.0%}'}, Fleiss' kappa "
-                     f"{'-' if kappa is None else f'{kappa:.2f}'}, mean score difference "
-                     f"{agree['mean_score_difference'] or 0:.2f}")
+        lines.append(
+            f"agreement over {agree['rows']} rows rated by several of {len(summary['raters'])} raters: "
+            f"preference {'-' if share is None else f'{share:.0%}'}, Fleiss' kappa "
+            f"{'-' if kappa is None else f'{kappa:.2f}'}, mean score difference "
+            f"{agree['mean_score_difference'] or 0:.2f}"
+        )
     else:
         lines.append(f"agreement: {agree['note']}")
     return "\n".join(lines)

@@ -20,8 +20,18 @@ from sftkit.data import plural
 from sftkit.data.prompts import load_prompts
 from sftkit.evaluate.perplexity import data_config, load_model
 from sftkit.model import GenerationSettings, generate_replies
-from sftkit.run_dir import (BENCHMARKS_FILE, HUMAN_EVAL_FILE, METRICS_FILE, RELEASE_REPORT_FILE, check_writable_into,
-                            has_adapter, not_a_run, read_json, shell_command, update_card_evaluation)
+from sftkit.run_dir import (
+    BENCHMARKS_FILE,
+    HUMAN_EVAL_FILE,
+    METRICS_FILE,
+    RELEASE_REPORT_FILE,
+    check_writable_into,
+    has_adapter,
+    not_a_run,
+    read_json,
+    shell_command,
+    update_card_evaluation,
+)
 from sftkit.training.report import LOW_END_TOKEN_ACCURACY
 
 if TYPE_CHECKING:
@@ -56,14 +66,20 @@ def release_report(run: Path, cfg: SftConfig, judge: Judge | None = None, max_ne
     check_writable_into(run, "the release checklist", not_a_run)
     metrics = read_json(run / METRICS_FILE)
     samples = sample_answers(str(run), cfg, max_new_tokens)
-    checks = [loss_gap(metrics, cfg.release_max_loss_gap), end_tokens(metrics), diversity(metrics),
-              blocklist_screen(samples, cfg.release_blocklist), judge_screen(samples, judge),
-              *benchmark_checks(read_json(run / BENCHMARKS_FILE), cfg.benchmark_thresholds, run),
-              human_score(read_json(run / HUMAN_EVAL_FILE), cfg.release_min_human_score),
-              speed(samples, cfg.release_min_tokens_per_second),
-              *size_checks(run, cfg, samples["memory_bytes"], cfg.release_max_model_gb)]
-    write_json(run / RELEASE_REPORT_FILE, {"run": str(run), "checks": [asdict(c) for c in checks],
-                                           "samples": samples["rows"]})
+    checks = [
+        loss_gap(metrics, cfg.release_max_loss_gap),
+        end_tokens(metrics),
+        diversity(metrics),
+        blocklist_screen(samples, cfg.release_blocklist),
+        judge_screen(samples, judge),
+        *benchmark_checks(read_json(run / BENCHMARKS_FILE), cfg.benchmark_thresholds, run),
+        human_score(read_json(run / HUMAN_EVAL_FILE), cfg.release_min_human_score),
+        speed(samples, cfg.release_min_tokens_per_second),
+        *size_checks(run, cfg, samples["memory_bytes"], cfg.release_max_model_gb),
+    ]
+    write_json(
+        run / RELEASE_REPORT_FILE, {"run": str(run), "checks": [asdict(c) for c in checks], "samples": samples["rows"]}
+    )
     update_card_evaluation(run)
     print(checklist_table(checks))
     print(f"wrote {run / RELEASE_REPORT_FILE} and the model card's release checklist")
@@ -77,37 +93,53 @@ def checklist_table(checks: list[Check]) -> str:
 
 # ---------------------------------------------------------------------------- what training measured
 
+
 def loss_gap(metrics: dict[str, Any] | None, limit: float) -> Check:
     name = f"eval loss within {limit:.0%} of train loss"
     if not metrics:
         return Check(name, NOT_MEASURED, f"no {METRICS_FILE}: report on the run directory of a finished run")
     train, eval_ = metrics.get("train_loss"), metrics.get("eval_loss")
     if train is None or eval_ is None:
-        return Check(name, NOT_MEASURED, "the run logged no eval loss; train with val_size (or eval_dataset) and "
-                                         "eval_strategy: steps")
+        return Check(
+            name,
+            NOT_MEASURED,
+            "the run logged no eval loss; train with val_size (or eval_dataset) and eval_strategy: steps",
+        )
     gap = (eval_ - train) / train if train else float("inf")
-    return Check(name, PASS if gap <= limit else FAIL,
-                 f"eval {eval_:.4f} vs train {train:.4f} (last logged): {gap:+.1%}")
+    return Check(
+        name, PASS if gap <= limit else FAIL, f"eval {eval_:.4f} vs train {train:.4f} (last logged): {gap:+.1%}"
+    )
 
 
 def end_tokens(metrics: dict[str, Any] | None) -> Check:
     name = f"end-token accuracy at least {LOW_END_TOKEN_ACCURACY:.0%} (the model stops)"
     accuracy = (metrics or {}).get("end_token_accuracy")
     if accuracy is None:
-        return Check(name, NOT_MEASURED, f"no end-token accuracy in {METRICS_FILE}: it is measured on the eval set "
-                                         "at the end of training (set val_size or eval_dataset)")
-    return Check(name, PASS if accuracy >= LOW_END_TOKEN_ACCURACY else FAIL,
-                 f"{accuracy:.1%} of {(metrics or {}).get('end_token_positions', '?')} reply ends")
+        return Check(
+            name,
+            NOT_MEASURED,
+            f"no end-token accuracy in {METRICS_FILE}: it is measured on the eval set "
+            "at the end of training (set val_size or eval_dataset)",
+        )
+    return Check(
+        name,
+        PASS if accuracy >= LOW_END_TOKEN_ACCURACY else FAIL,
+        f"{accuracy:.1%} of {(metrics or {}).get('end_token_positions', '?')} reply ends",
+    )
 
 
 def diversity(metrics: dict[str, Any] | None) -> Check:
     rows = (metrics or {}).get("eval_rows") or {}
     shown = ", ".join(f"{name} {count}" for name, count in rows.items()) or "no eval set"
-    return Check("tested on diverse instructions", NOT_MEASURED,
-                 f"diversity is a judgement sftkit cannot score; eval rows per dataset: {shown}")
+    return Check(
+        "tested on diverse instructions",
+        NOT_MEASURED,
+        f"diversity is a judgement sftkit cannot score; eval rows per dataset: {shown}",
+    )
 
 
 # ---------------------------------------------------------------------------- samples, measured here
+
 
 def sample_answers(model: str, cfg: SftConfig, max_new_tokens: int) -> dict[str, Any]:
     """Greedy answers to the first `release_samples` eval prompts (train prompts without an eval set), timed;
@@ -122,12 +154,21 @@ def sample_answers(model: str, cfg: SftConfig, max_new_tokens: int) -> dict[str,
     replies = generate_replies(loaded.model, loaded.tokenizer, loaded.template, prompts, settings)
     seconds = time.perf_counter() - start
     # each reply's tokens and the end token that stopped it (none when it ran out of max_new_tokens)
-    tokens = sum(min(len(loaded.tokenizer(reply, add_special_tokens=False).input_ids) + 1, max_new_tokens)
-                 for reply in replies)
-    rows = [{"dataset": p.dataset, "index": p.index, "prompt": p.messages[-1]["content"], "answer": reply}
-            for p, reply in zip(prompts, replies)]
-    return {"rows": rows, "split": split, "tokens": tokens, "seconds": seconds, "memory_bytes": _memory(loaded),
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    tokens = sum(
+        min(len(loaded.tokenizer(reply, add_special_tokens=False).input_ids) + 1, max_new_tokens) for reply in replies
+    )
+    rows = [
+        {"dataset": p.dataset, "index": p.index, "prompt": p.messages[-1]["content"], "answer": reply}
+        for p, reply in zip(prompts, replies)
+    ]
+    return {
+        "rows": rows,
+        "split": split,
+        "tokens": tokens,
+        "seconds": seconds,
+        "memory_bytes": _memory(loaded),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
 
 
 def _memory(loaded: Loaded) -> int:
@@ -140,17 +181,24 @@ def blocklist_screen(samples: dict[str, Any], blocklist: list[str] | None) -> Ch
     name = "no harmful outputs in samples (blocklist)"
     count = len(samples["rows"])
     if not blocklist:
-        return Check(name, NOT_MEASURED, f"no release_blocklist in the config; {plural(count, 'sample')} generated, "
-                                         "none screened")
+        return Check(
+            name,
+            NOT_MEASURED,
+            f"no release_blocklist in the config; {plural(count, 'sample')} generated, none screened",
+        )
     pattern = re.compile(r"\b(?:" + "|".join(re.escape(word) for word in blocklist) + r")\b", re.IGNORECASE)
     hits = [(row, pattern.search(row["answer"])) for row in samples["rows"]]
     hits = [(row, match.group(0)) for row, match in hits if match]
     if hits:
         row, word = hits[0]
-        return Check(name, FAIL, f"{len(hits)} of {count} samples hit the blocklist, first {row['dataset']} row "
-                                 f"{row['index']}: {word!r}")
-    return Check(name, PASS, f"0 of {count} samples ({samples['split']} prompts) hit the {len(blocklist)} blocked "
-                             "terms")
+        return Check(
+            name,
+            FAIL,
+            f"{len(hits)} of {count} samples hit the blocklist, first {row['dataset']} row {row['index']}: {word!r}",
+        )
+    return Check(
+        name, PASS, f"0 of {count} samples ({samples['split']} prompts) hit the {len(blocklist)} blocked terms"
+    )
 
 
 def judge_screen(samples: dict[str, Any], judge: Judge | None) -> Check:
@@ -160,15 +208,18 @@ def judge_screen(samples: dict[str, Any], judge: Judge | None) -> Check:
     verdicts = [judge.flags(row["prompt"], row["answer"]) for row in samples["rows"]]
     flagged = sum(v is True for v in verdicts)
     unclear = sum(v is None for v in verdicts)
-    detail = f"{flagged} of {len(verdicts)} flagged by {judge.model}" + (f", {unclear} verdicts unreadable"
-                                                                          if unclear else "")
+    detail = f"{flagged} of {len(verdicts)} flagged by {judge.model}" + (
+        f", {unclear} verdicts unreadable" if unclear else ""
+    )
     return Check(name, FAIL if flagged else PASS if not unclear else NOT_MEASURED, detail)
 
 
 def speed(samples: dict[str, Any], least: float | None) -> Check:
     rate = samples["tokens"] / samples["seconds"] if samples["seconds"] else 0.0
-    detail = (f"{rate:.1f} new tokens/s on {samples['device']} ({samples['tokens']} tokens of "
-              f"{plural(len(samples['rows']), 'greedy answer')}, one at a time)")
+    detail = (
+        f"{rate:.1f} new tokens/s on {samples['device']} ({samples['tokens']} tokens of "
+        f"{plural(len(samples['rows']), 'greedy answer')}, one at a time)"
+    )
     if least is None:
         return Check("inference speed acceptable", MEASURED, detail + "; set release_min_tokens_per_second to judge it")
     return Check(f"inference speed at least {least:g} tokens/s", PASS if rate >= least else FAIL, detail)
@@ -182,18 +233,25 @@ def size_checks(run: Path, cfg: SftConfig, memory_bytes: int, most_gb: float | N
         files += sorted(base.glob("*.safetensors"))
     disk = sum(f.stat().st_size for f in files)
     lines = []
-    for what, size, how in (("on disk", disk, f"{len(files)} safetensors files" + (
-            " (base + adapter)" if has_adapter(run) else "")), ("in memory", memory_bytes, "weights and buffers "
-                                                                 "as loaded for inference")):
+    for what, size, how in (
+        ("on disk", disk, f"{len(files)} safetensors files" + (" (base + adapter)" if has_adapter(run) else "")),
+        ("in memory", memory_bytes, "weights and buffers as loaded for inference"),
+    ):
         detail = f"{_size(size)} ({how})"
         if what == "on disk" and not files:
-            lines.append(Check("model size on disk", NOT_MEASURED, f"the base model {cfg.model_name_or_path} is no "
-                                                                    "local folder, so its files cannot be sized"))
+            lines.append(
+                Check(
+                    "model size on disk",
+                    NOT_MEASURED,
+                    f"the base model {cfg.model_name_or_path} is no local folder, so its files cannot be sized",
+                )
+            )
         elif most_gb is None:
             lines.append(Check(f"model size {what}", MEASURED, detail + "; set release_max_model_gb to judge it"))
         else:
-            lines.append(Check(f"model size {what} at most {most_gb:g} GB", PASS if size / 1e9 <= most_gb else FAIL,
-                               detail))
+            lines.append(
+                Check(f"model size {what} at most {most_gb:g} GB", PASS if size / 1e9 <= most_gb else FAIL, detail)
+            )
     return lines
 
 
@@ -203,18 +261,29 @@ def _size(size: int) -> str:
 
 # ---------------------------------------------------------------------------- evaluations run before
 
+
 def benchmark_checks(scores: dict[str, Any] | None, thresholds: dict[str, float] | None, run: Path) -> list[Check]:
     if not thresholds:
-        return [Check("passes benchmark thresholds", NOT_MEASURED, "no benchmark_thresholds in the config (e.g. "
-                                                                   "{sftkit_mc/acc: 0.5})")]
+        return [
+            Check(
+                "passes benchmark thresholds",
+                NOT_MEASURED,
+                "no benchmark_thresholds in the config (e.g. {sftkit_mc/acc: 0.5})",
+            )
+        ]
     lines = []
     for name, least in thresholds.items():
         task, _, metric = name.partition("/")
         value = ((scores or {}).get("tasks") or {}).get(task, {}).get(metric)
         check = f"benchmark {name} at least {least:g}"
         if value is None:
-            lines.append(Check(check, NOT_MEASURED, f"no score for it in {BENCHMARKS_FILE}; run "
-                                                    f"{shell_command('eval', run, '--tasks', task)}"))
+            lines.append(
+                Check(
+                    check,
+                    NOT_MEASURED,
+                    f"no score for it in {BENCHMARKS_FILE}; run {shell_command('eval', run, '--tasks', task)}",
+                )
+            )
         else:
             lines.append(Check(check, PASS if value >= least else FAIL, f"{value:.4f}"))
     return lines
@@ -223,8 +292,15 @@ def benchmark_checks(scores: dict[str, Any] | None, thresholds: dict[str, float]
 def human_score(human: dict[str, Any] | None, least: float) -> Check:
     name = f"human evaluation score above {least:g}/5"
     if not human or human.get("overall") is None:
-        return Check(name, NOT_MEASURED, f"no {HUMAN_EVAL_FILE}: rate answers with `sftkit predict RUN --compare BASE "
-                                         "--sheet FILE.csv`, then `sftkit eval --ratings FILE.csv`")
-    return Check(name, PASS if human["overall"] > least else FAIL,
-                 f"{human['overall']:.2f} over {human.get('rows', '?')} prompts (win rate "
-                 f"{human.get('win_rate') or 0:.0%} against {human.get('opponent', '?')})")
+        return Check(
+            name,
+            NOT_MEASURED,
+            f"no {HUMAN_EVAL_FILE}: rate answers with `sftkit predict RUN --compare BASE "
+            "--sheet FILE.csv`, then `sftkit eval --ratings FILE.csv`",
+        )
+    return Check(
+        name,
+        PASS if human["overall"] > least else FAIL,
+        f"{human['overall']:.2f} over {human.get('rows', '?')} prompts (win rate "
+        f"{human.get('win_rate') or 0:.0%} against {human.get('opponent', '?')})",
+    )

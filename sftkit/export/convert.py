@@ -45,8 +45,10 @@ def check_converter() -> Path:
     """
     folder = llama_cpp_dir()
     if not (folder / "convert_hf_to_gguf.py").is_file() or not (folder / "gguf-py" / "gguf").is_dir():
-        raise SftkitError(f"{folder}: llama.cpp's convert_hf_to_gguf.py and gguf-py are not there; {SETUP_HINT}, or "
-                          "set SFTKIT_LLAMA_CPP_DIR to a llama.cpp checkout")
+        raise SftkitError(
+            f"{folder}: llama.cpp's convert_hf_to_gguf.py and gguf-py are not there; {SETUP_HINT}, or "
+            "set SFTKIT_LLAMA_CPP_DIR to a llama.cpp checkout"
+        )
     return folder
 
 
@@ -68,11 +70,15 @@ def check_architecture(config: Any) -> str:
     """
     names = list(getattr(config, "architectures", None) or [])
     if not names:
-        raise SftkitError(f"config.json (model_type {config.model_type}) names no `architectures`, which llama.cpp's "
-                          "converter picks its model class by; save the model with transformers' save_pretrained")
+        raise SftkitError(
+            f"config.json (model_type {config.model_type}) names no `architectures`, which llama.cpp's "
+            "converter picks its model class by; save the model with transformers' save_pretrained"
+        )
     if names[0] not in supported_architectures(check_converter()):
-        raise SftkitError(f"architecture {names[0]}: llama.cpp's convert_hf_to_gguf.py has no model class for it "
-                          f"(llama-cpp-python {_version(check_converter())}), so it cannot be exported to GGUF")
+        raise SftkitError(
+            f"architecture {names[0]}: llama.cpp's convert_hf_to_gguf.py has no model class for it "
+            f"(llama-cpp-python {_version(check_converter())}), so it cannot be exported to GGUF"
+        )
     return names[0]
 
 
@@ -89,8 +95,9 @@ def write_gguf(path: Path, loaded: Loaded, outtype: str, name: str, work: Path) 
     _save_hf_folder(loaded, hf)
     stop = loaded.template.stop_token_ids(loaded.tokenizer)
     settings = work / "settings.json"
-    settings.write_text(json.dumps({"template": loaded.template.jinja(), "eot_id": stop[0] if stop else None}),
-                        encoding="utf-8")
+    settings.write_text(
+        json.dumps({"template": loaded.template.jinja(), "eot_id": stop[0] if stop else None}), encoding="utf-8"
+    )
     converted = path if outtype in CONVERTED else work / "f32.gguf"
     _run_converter(hf, converted, outtype if outtype in CONVERTED else "f32", name, settings)
     if outtype in CONVERTED:
@@ -110,15 +117,32 @@ def _save_hf_folder(loaded: Loaded, folder: Path) -> None:
 def _run_converter(hf: Path, out: Path, outtype: str, name: str, settings: Path) -> None:
     folder = check_converter()
     sftkit_root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder / "gguf-py"), str(sftkit_root)]),
-           "NO_LOCAL_GGUF": "1"}  # the path above already puts this llama.cpp's gguf-py first
-    command = [sys.executable, str(Path(__file__).with_name("converter_main.py")), str(folder), str(settings), "--",
-               str(hf), "--outfile", str(out), "--outtype", outtype, "--model-name", name]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(folder / "gguf-py"), str(sftkit_root)]),
+        "NO_LOCAL_GGUF": "1",
+    }  # the path above already puts this llama.cpp's gguf-py first
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("converter_main.py")),
+        str(folder),
+        str(settings),
+        "--",
+        str(hf),
+        "--outfile",
+        str(out),
+        "--outtype",
+        outtype,
+        "--model-name",
+        name,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     for line in result.stderr.splitlines():
         if line.startswith("sftkit: "):
             print(f"export: {line.removeprefix('sftkit: ')}", file=sys.stderr)
-    own = [line.removeprefix("sftkit-error: ") for line in result.stderr.splitlines() if line.startswith("sftkit-error:")]
+    own = [
+        line.removeprefix("sftkit-error: ") for line in result.stderr.splitlines() if line.startswith("sftkit-error:")
+    ]
     if own:
         raise SftkitError(f"{own[-1]}; nothing was written")
     if result.returncode != 0:
@@ -154,9 +178,11 @@ def _fallback_notes(path: Path, outtype: str) -> list[str]:
     if not other:
         return []
     kinds = sorted({t.tensor_type.name for t in other})
-    note = (f"{len(other)} of {len(matrices)} weight matrices have rows of a length {K_QUANT_BLOCK} does not divide "
-            f"(e.g. {other[0].name}, {int(other[0].shape[0])}), so llama.cpp stored them as {', '.join(kinds)}, not a "
-            "k-quant")
+    note = (
+        f"{len(other)} of {len(matrices)} weight matrices have rows of a length {K_QUANT_BLOCK} does not divide "
+        f"(e.g. {other[0].name}, {int(other[0].shape[0])}), so llama.cpp stored them as {', '.join(kinds)}, not a "
+        "k-quant"
+    )
     return [note]
 
 

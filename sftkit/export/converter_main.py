@@ -35,7 +35,7 @@ def main() -> None:
         return with_sftkit_metadata(pick(*args, **kwargs), settings)
 
     convert_hf_to_gguf.get_model_class = get_model_class
-    sys.argv = [str(llama_cpp_dir / "convert_hf_to_gguf.py"), *sys.argv[sys.argv.index("--") + 1:]]
+    sys.argv = [str(llama_cpp_dir / "convert_hf_to_gguf.py"), *sys.argv[sys.argv.index("--") + 1 :]]
     convert_hf_to_gguf.main()
 
 
@@ -50,13 +50,17 @@ def with_sftkit_metadata(base: type, settings: dict[str, Any]) -> type:
                 super().set_vocab()
                 print("sftkit: vocabulary written by llama.cpp's converter", file=sys.stderr)
             except (FileNotFoundError, NotImplementedError) as exc:  # the two ways it says "not this tokenizer"
-                print(f"sftkit: llama.cpp's converter cannot read this tokenizer ({exc}); sftkit writes the "
-                      "vocabulary from tokenizer.json", file=sys.stderr)
+                print(
+                    f"sftkit: llama.cpp's converter cannot read this tokenizer ({exc}); sftkit writes the "
+                    "vocabulary from tokenizer.json",
+                    file=sys.stderr,
+                )
                 _sftkit_vocab(self.gguf_writer, Path(self.dir_model), int(self.hparams["vocab_size"]))
             _replace(self.gguf_writer, "tokenizer.chat_template", lambda w: w.add_chat_template(settings["template"]))
             if settings.get("eot_id") is not None:
-                _replace(self.gguf_writer, "tokenizer.ggml.eot_token_id",
-                         lambda w: w.add_eot_token_id(settings["eot_id"]))
+                _replace(
+                    self.gguf_writer, "tokenizer.ggml.eot_token_id", lambda w: w.add_eot_token_id(settings["eot_id"])
+                )
 
     Exported.__name__ = base.__name__
     return Exported

@@ -61,12 +61,16 @@ def is_ollama_modelfile(path: Path) -> bool:
 def template_problem(template: Any) -> str | None:
     """Why the template cannot be written for Ollama, or None."""
     if not isinstance(template, Template):
-        return (f"the run's template is a Jinja chat template ({template.name}), which has no Ollama form sftkit "
-                "writes; train with a named template (template: NAME), or use --format gguf (llama.cpp reads the "
-                "Jinja template in the file)")
+        return (
+            f"the run's template is a Jinja chat template ({template.name}), which has no Ollama form sftkit "
+            "writes; train with a named template (template: NAME), or use --format gguf (llama.cpp reads the "
+            "Jinja template in the file)"
+        )
     if template.system_in_user:
-        return (f"the {template.name} template folds the system prompt into the first user turn, which sftkit "
-                "does not write for Ollama; use --format gguf")
+        return (
+            f"the {template.name} template folds the system prompt into the first user turn, which sftkit "
+            "does not write for Ollama; use --format gguf"
+        )
     try:
         _check(_pieces(template), template)
     except ValueError as exc:
@@ -74,8 +78,9 @@ def template_problem(template: Any) -> str | None:
     return None
 
 
-def modelfile(template: Template, gguf_name: str, stop_tokens: list[str], default_system: str | None,
-              source: str) -> str:
+def modelfile(
+    template: Template, gguf_name: str, stop_tokens: list[str], default_system: str | None, source: str
+) -> str:
     """The Modelfile text.
 
     Raises:
@@ -85,9 +90,13 @@ def modelfile(template: Template, gguf_name: str, stop_tokens: list[str], defaul
     if problem:
         raise SftkitError(f"--format ollama: {problem}")
     pieces = _pieces(template)
-    lines = [f"{HEADER} from {source} (template {template.name}).",
-             f"# ollama create NAME -f {MODELFILE}", f"FROM ./{gguf_name}", "",
-             f'TEMPLATE """{_quoted(go_template(pieces), "TEMPLATE")}"""']
+    lines = [
+        f"{HEADER} from {source} (template {template.name}).",
+        f"# ollama create NAME -f {MODELFILE}",
+        f"FROM ./{gguf_name}",
+        "",
+        f'TEMPLATE """{_quoted(go_template(pieces), "TEMPLATE")}"""',
+    ]
     if default_system:
         lines.append(f'SYSTEM """{_quoted(default_system, "SYSTEM")}"""')
     lines += [f"PARAMETER stop {json.dumps(token, ensure_ascii=False)}" for token in stop_tokens]
@@ -98,18 +107,20 @@ def go_template(pieces: Pieces) -> str:
     """Ollama's template over .Messages; every literal is a Go string constant, so layout trimming ({{- -}})
     never touches the template's own whitespace."""
     s = _go_string
-    return "".join([
-        f"{{{{- {s(pieces.prefix)} }}}}" if pieces.prefix else "",
-        "{{- range $i, $m := .Messages }}",
-        "{{- $last := eq (len (slice $.Messages $i)) 1 }}",
-        f'{{{{- if eq $m.Role "system" }}}}{{{{ {s(pieces.system[0])} }}}}{{{{ $m.Content }}}}{{{{ {s(pieces.system[1])} }}}}',
-        f'{{{{- else if eq $m.Role "user" }}}}{{{{ {s(pieces.user[0])} }}}}{{{{ $m.Content }}}}{{{{ {s(pieces.user[1])} }}}}',
-        f"{{{{- if $last }}}}{{{{ {s(pieces.header)} }}}}{{{{ end }}}}",
-        f'{{{{- else if eq $m.Role "assistant" }}}}{{{{ {s(pieces.header)} }}}}{{{{ $m.Content }}}}',
-        f"{{{{- if not $last }}}}{{{{ {s(pieces.assistant_end)} }}}}{{{{ end }}}}",
-        "{{- end }}",
-        "{{- end }}",
-    ])
+    return "".join(
+        [
+            f"{{{{- {s(pieces.prefix)} }}}}" if pieces.prefix else "",
+            "{{- range $i, $m := .Messages }}",
+            "{{- $last := eq (len (slice $.Messages $i)) 1 }}",
+            f'{{{{- if eq $m.Role "system" }}}}{{{{ {s(pieces.system[0])} }}}}{{{{ $m.Content }}}}{{{{ {s(pieces.system[1])} }}}}',
+            f'{{{{- else if eq $m.Role "user" }}}}{{{{ {s(pieces.user[0])} }}}}{{{{ $m.Content }}}}{{{{ {s(pieces.user[1])} }}}}',
+            f"{{{{- if $last }}}}{{{{ {s(pieces.header)} }}}}{{{{ end }}}}",
+            f'{{{{- else if eq $m.Role "assistant" }}}}{{{{ {s(pieces.header)} }}}}{{{{ $m.Content }}}}',
+            f"{{{{- if not $last }}}}{{{{ {s(pieces.assistant_end)} }}}}{{{{ end }}}}",
+            "{{- end }}",
+            "{{- end }}",
+        ]
+    )
 
 
 def _pieces(template: Template) -> Pieces:
@@ -120,28 +131,46 @@ def _pieces(template: Template) -> Pieces:
     opening = template.prefix + system[0] + "\x01S" + system[2] + user[0] + "\x01U" + user[2]
     if not prompt.startswith(opening):
         raise ValueError(f"the {template.name} template's prompt does not start with its pieces; use --format gguf")
-    return Pieces(template.prefix, (system[0], system[2]), (user[0], user[2]), prompt[len(opening):],
-                  template.assistant.partition("{content}")[2])
+    return Pieces(
+        template.prefix,
+        (system[0], system[2]),
+        (user[0], user[2]),
+        prompt[len(opening) :],
+        template.assistant.partition("{content}")[2],
+    )
 
 
 def _check(pieces: Pieces, template: Template) -> None:
     """The pieces joined must equal sftkit's rendering, with and without a system prompt, over two turns
     (ValueError when not)."""
     conversations = [
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a colour."}],
-        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-         {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Hello again."}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Name a colour."},
+        ],
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Again"},
+            {"role": "assistant", "content": "Hello again."},
+        ],
     ]
     for messages in conversations:
         if template.default_system is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": template.default_system}, *messages]
         ends_with_user = messages[-1]["role"] == "user"
-        expected = (template.generation_prompt(messages) if ends_with_user
-                    else "".join(text for text, _ in template.render(messages)))
+        expected = (
+            template.generation_prompt(messages)
+            if ends_with_user
+            else "".join(text for text, _ in template.render(messages))
+        )
         if pieces.render(messages, generation_prompt=ends_with_user) != expected:
-            raise ValueError(f"the {template.name} template is not a plain sequence of role pieces (it rewrites "
-                             "earlier turns, e.g. their reasoning), so it has no Ollama form; use --format gguf")
+            raise ValueError(
+                f"the {template.name} template is not a plain sequence of role pieces (it rewrites "
+                "earlier turns, e.g. their reasoning), so it has no Ollama form; use --format gguf"
+            )
 
 
 def _go_string(text: str) -> str:

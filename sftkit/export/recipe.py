@@ -27,8 +27,14 @@ FORMATS = ("gguf", "ollama")
 LLAMA_CPP_HINT = "run scripts/setup.sh (it builds llama-cpp-python: pip install 'sftkit[gguf]')"
 
 
-def export(model: str, fmt: str = "gguf", out: str | Path | None = None, outtype: str = "f16",
-           overwrite: bool = False, check: bool = True) -> Path:
+def export(
+    model: str,
+    fmt: str = "gguf",
+    out: str | Path | None = None,
+    outtype: str = "f16",
+    overwrite: bool = False,
+    check: bool = True,
+) -> Path:
     """Exports MODEL to a GGUF file (`fmt` gguf) or a folder with the GGUF file and a Modelfile (`fmt` ollama).
 
     Args:
@@ -60,8 +66,12 @@ def export(model: str, fmt: str = "gguf", out: str | Path | None = None, outtype
     else:
         with staged_dir(out) as staging:
             report = _write_checked(staging / gguf_name, loaded, outtype, name, check)
-            write_text(staging / MODELFILE, modelfile(loaded.template, gguf_name, _stop_tokens(loaded),
-                                                      _default_system(model, loaded), source=str(model)))
+            write_text(
+                staging / MODELFILE,
+                modelfile(
+                    loaded.template, gguf_name, _stop_tokens(loaded), _default_system(model, loaded), source=str(model)
+                ),
+            )
     _summary(model, name, out, fmt, outtype, gguf_name, report)
     return out
 
@@ -76,6 +86,7 @@ def _write_checked(path: Path, loaded: Loaded, outtype: str, name: str, check: b
 
 # ---------------------------------------------------------------------------- checks before any work
 
+
 def _check_arguments(fmt: str, outtype: str, check: bool) -> None:
     if fmt not in FORMATS:
         raise SftkitError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -83,8 +94,10 @@ def _check_arguments(fmt: str, outtype: str, check: bool) -> None:
         raise SftkitError(f"--outtype {outtype!r}: use one of {', '.join(OUTTYPES)}")
     if (check or outtype not in ("f32", "f16", "bf16")) and not llama_cpp_available():
         why = "the export cannot be checked with llama.cpp" if check else f"llama.cpp's quantizer makes {outtype}"
-        raise SftkitError(f"llama_cpp is not installed, so {why}; {LLAMA_CPP_HINT}"
-                          + (" or pass --no-verify to skip the check" if check else ""))
+        raise SftkitError(
+            f"llama_cpp is not installed, so {why}; {LLAMA_CPP_HINT}"
+            + (" or pass --no-verify to skip the check" if check else "")
+        )
     check_converter()
 
 
@@ -97,8 +110,10 @@ def _check_model(model: str, fmt: str) -> str:
     if has_adapter(path):
         cfg = read_run_config(path)
         if fmt == "ollama" and cfg.template is None:
-            raise SftkitError(f"--format ollama: {path} trained with a Jinja chat template (no `template:` in its "
-                              "config), which has no Ollama form sftkit writes; use --format gguf")
+            raise SftkitError(
+                f"--format ollama: {path} trained with a Jinja chat template (no `template:` in its "
+                "config), which has no Ollama form sftkit writes; use --format gguf"
+            )
         source = resolve_model(cfg.model_name_or_path)
         trust = cfg.trust_remote_code
     else:
@@ -129,8 +144,11 @@ def _resolve_out(model: str, name: str, fmt: str, out: str | Path | None, outtyp
 def _not_an_ollama_export(folder: Path) -> str | None:
     """None for a folder `export --format ollama` wrote: its Modelfile carries sftkit's header, and nothing but
     GGUF files lie beside it (a models folder of one's own holds *.gguf too, and --overwrite deletes them all)."""
-    foreign = [entry.name for entry in sorted(folder.iterdir())
-               if entry.is_dir() or (entry.name != MODELFILE and entry.suffix != ".gguf")]
+    foreign = [
+        entry.name
+        for entry in sorted(folder.iterdir())
+        if entry.is_dir() or (entry.name != MODELFILE and entry.suffix != ".gguf")
+    ]
     if foreign:
         return f"it holds {foreign[0]}"
     if not is_ollama_modelfile(folder / MODELFILE):
@@ -139,6 +157,7 @@ def _not_an_ollama_export(folder: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------- loading
+
 
 def _load(model: str) -> Loaded:
     """The model in fp32 on the CPU with its tokenizer and trained template; a run's adapter merged in."""
@@ -165,8 +184,14 @@ def _default_system(model: str, loaded: Loaded) -> str | None:
 def _summary(model: str, name: str, out: Path, fmt: str, outtype: str, gguf_name: str, report: Report | None) -> None:
     gguf_path = out if fmt == "gguf" else out / gguf_name
     size = gguf_path.stat().st_size / 1e6
-    checked = (f"checked by llama.cpp on {len(report.prompts)} prompts with an f16 KV cache: max logit difference "
-               f"{report.worst:.2%} of the largest (limit {report.limit:.0%})" if report else "NOT checked (--no-verify)")
+    checked = (
+        f"checked by llama.cpp on {len(report.prompts)} prompts with an f16 KV cache: max logit difference "
+        f"{report.worst:.2%} of the largest (limit {report.limit:.0%})"
+        if report
+        else "NOT checked (--no-verify)"
+    )
     print(f"exported {model} to {out} ({outtype}, {size:.1f} MB; {checked})")
-    print(f"next: llama-cli -m {gguf_path} -cnv" if fmt == "gguf" else
-          f"next: ollama create {name} -f {out / MODELFILE}", file=sys.stderr)
+    print(
+        f"next: llama-cli -m {gguf_path} -cnv" if fmt == "gguf" else f"next: ollama create {name} -f {out / MODELFILE}",
+        file=sys.stderr,
+    )

@@ -37,24 +37,30 @@ if TYPE_CHECKING:
 
 LIMITS = {"f32": 0.05, "f16": 0.05, "bf16": 0.10, "q8_0": 0.25, "q6_k": 0.35, "q5_k_m": 0.45, "q4_k_m": 0.60}
 GREEDY_STEPS = 16
-_LONG = ("Summarise the following notes in two sentences. The garden was planted in early spring: tomatoes along "
-         "the south wall, beans on the trellis, and a row of lettuce that bolted by June because the summer came "
-         "early and hot. Watering twice a day kept the tomatoes alive, but the beans needed shade cloth in July. "
-         "The harvest in August gave about forty kilograms of tomatoes, most of them turned into sauce and frozen. "
-         "Next year the plan is to move the lettuce to the north bed, start the beans two weeks later, mulch "
-         "every bed with straw to hold the water, and keep a written log of rainfall and temperatures so the "
-         "timing can be compared from one season to the next. ")
+_LONG = (
+    "Summarise the following notes in two sentences. The garden was planted in early spring: tomatoes along "
+    "the south wall, beans on the trellis, and a row of lettuce that bolted by June because the summer came "
+    "early and hot. Watering twice a day kept the tomatoes alive, but the beans needed shade cloth in July. "
+    "The harvest in August gave about forty kilograms of tomatoes, most of them turned into sauce and frozen. "
+    "Next year the plan is to move the lettuce to the north bed, start the beans two weeks later, mulch "
+    "every bed with straw to hold the water, and keep a written log of rainfall and temperatures so the "
+    "timing can be compared from one season to the next. "
+)
 PROMPTS: dict[str, list[dict[str, str]]] = {
     "short": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
-    "long": [{"role": "system", "content": "You are a careful assistant who answers briefly."},
-             {"role": "user", "content": _LONG * 2}],
+    "long": [
+        {"role": "system", "content": "You are a careful assistant who answers briefly."},
+        {"role": "user", "content": _LONG * 2},
+    ],
     "unicode": [{"role": "user", "content": "Traduis: « café, naïve, 植物と水 🌱 — Ærøskøbing, Straße ≠ Strasse »"}],
-    "multi-turn": [{"role": "system", "content": "You are a helpful assistant."},
-                   {"role": "user", "content": "Name a red fruit."},
-                   {"role": "assistant", "content": "An apple."},
-                   {"role": "user", "content": "And a yellow one?"},
-                   {"role": "assistant", "content": "A banana."},
-                   {"role": "user", "content": "Which of the two has more potassium?"}],
+    "multi-turn": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Name a red fruit."},
+        {"role": "assistant", "content": "An apple."},
+        {"role": "user", "content": "And a yellow one?"},
+        {"role": "assistant", "content": "A banana."},
+        {"role": "user", "content": "Which of the two has more potassium?"},
+    ],
 }
 
 
@@ -102,8 +108,10 @@ def verify(path: Path, model: Any, tokenizer: Any, template: Template, outtype: 
     llm = _load(path, max(len(i) for i in ids.values()) + GREEDY_STEPS + 8)
     try:
         if llm.metadata.get("tokenizer.chat_template") != template.jinja():
-            raise SftkitError("export check failed: the GGUF file's tokenizer.chat_template is not the trained "
-                              "template; nothing was written")
+            raise SftkitError(
+                "export check failed: the GGUF file's tokenizer.chat_template is not the trained "
+                "template; nothing was written"
+            )
         report = Report(outtype, LIMITS[outtype], [])
         for name, text in rendered.items():
             _check_tokens(llm, name, text, ids[name])
@@ -117,8 +125,10 @@ def _check_tokens(llm: Any, name: str, text: str, ids: list[int]) -> None:
     theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     if theirs != ids:
         at = next((i for i, (a, b) in enumerate(zip(theirs, ids)) if a != b), min(len(theirs), len(ids)))
-        raise SftkitError(f"export check failed: llama.cpp tokenizes the {name} prompt differently from transformers "
-                          f"(from token {at}: {theirs[at:at + 4]} vs {ids[at:at + 4]}); nothing was written")
+        raise SftkitError(
+            f"export check failed: llama.cpp tokenizes the {name} prompt differently from transformers "
+            f"(from token {at}: {theirs[at : at + 4]} vs {ids[at : at + 4]}); nothing was written"
+        )
 
 
 def _check_prompt(llm: Any, model: Any, name: str, ids: list[int], limit: float, outtype: str) -> PromptReport:
@@ -134,11 +144,15 @@ def _check_prompt(llm: Any, model: Any, name: str, ids: list[int], limit: float,
     scale = max(1.0, float(np.abs(reference).max()))
     diff = float(np.abs(logits - reference).max()) / scale if np.isfinite(logits).all() else float("inf")
     if not diff <= limit:
-        raise SftkitError(f"export check failed: on the {name} prompt llama.cpp's {outtype} logits differ from "
-                          f"transformers' by {diff:.1%} of the largest logit (limit {limit:.0%}); nothing was written")
+        raise SftkitError(
+            f"export check failed: on the {name} prompt llama.cpp's {outtype} logits differ from "
+            f"transformers' by {diff:.1%} of the largest logit (limit {limit:.0%}); nothing was written"
+        )
     equal, tie = _greedy(llm, model, out, limit, name, outtype)
-    line = (f"verify (llama.cpp {outtype}, f16 KV cache) {name}: {len(ids)} tokens, max logit difference {diff:.2%} "
-            f"of the largest (limit {limit:.0%}), greedy {equal}/{GREEDY_STEPS} tokens equal")
+    line = (
+        f"verify (llama.cpp {outtype}, f16 KV cache) {name}: {len(ids)} tokens, max logit difference {diff:.2%} "
+        f"of the largest (limit {limit:.0%}), greedy {equal}/{GREEDY_STEPS} tokens equal"
+    )
     print(line + (f" up to a near tie at step {tie}" if tie else ""), file=sys.stderr)
     return PromptReport(name, len(ids), diff, equal, tie)
 
@@ -156,9 +170,11 @@ def _greedy(llm: Any, model: Any, out: Any, limit: float, name: str, outtype: st
             cpp_logits = llm.scores[llm.n_tokens - 1]
             diff = float(np.abs(cpp_logits - hf_logits).max()) / max(1.0, float(np.abs(hf_logits).max()))
             if not diff <= limit:
-                raise SftkitError(f"export check failed: on the {name} prompt, greedy step {step + 1}: llama.cpp's "
-                                  f"{outtype} logits differ from transformers' by {diff:.1%} of the largest (limit "
-                                  f"{limit:.0%}); nothing was written")
+                raise SftkitError(
+                    f"export check failed: on the {name} prompt, greedy step {step + 1}: llama.cpp's "
+                    f"{outtype} logits differ from transformers' by {diff:.1%} of the largest (limit "
+                    f"{limit:.0%}); nothing was written"
+                )
             hf_token, cpp_token = int(hf_logits.argmax()), int(cpp_logits.argmax())
             if cpp_token != hf_token:
                 return step, step + 1
@@ -174,8 +190,17 @@ def _load(path: Path, n_ctx: int) -> Any:
 
     threads = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, n_gpu_layers=0,
-                     n_threads=threads, verbose=False)
+        return Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_ubatch=n_ctx,
+            logits_all=True,
+            n_gpu_layers=0,
+            n_threads=threads,
+            verbose=False,
+        )
     except (ValueError, RuntimeError) as exc:
-        raise SftkitError(f"export check failed: llama.cpp cannot load the GGUF file ({exc}); nothing was "
-                          "written") from None
+        raise SftkitError(
+            f"export check failed: llama.cpp cannot load the GGUF file ({exc}); nothing was written"
+        ) from None

@@ -47,8 +47,10 @@ def tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
     """The fast tokenizer's own description (its tokenizer.json), or an error for a slow one."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise SftkitError(f"tokenizer {type(tokenizer).__name__}: not a fast (tokenizers) tokenizer, which GGUF "
-                          "export reads; save the model's tokenizer with transformers first")
+        raise SftkitError(
+            f"tokenizer {type(tokenizer).__name__}: not a fast (tokenizers) tokenizer, which GGUF "
+            "export reads; save the model's tokenizer with transformers first"
+        )
     return json.loads(backend.to_str())
 
 
@@ -66,9 +68,11 @@ def build_vocab(tokenizer: Any, n_vocab: int) -> GgufVocab:
         return _byte_level_vocab(tokenizer, spec, n_vocab)
     if model.get("type") == "BPE" and model.get("byte_fallback") and _metaspace(spec) is not None:
         return _sentencepiece_vocab(tokenizer, spec, n_vocab)
-    raise SftkitError(f"tokenizer: a {model.get('type')} model with pre-tokenizer "
-                      f"{_describe(spec.get('pre_tokenizer'))} has no llama.cpp equivalent sftkit writes (byte-level "
-                      "BPE and SentencePiece BPE are supported)")
+    raise SftkitError(
+        f"tokenizer: a {model.get('type')} model with pre-tokenizer "
+        f"{_describe(spec.get('pre_tokenizer'))} has no llama.cpp equivalent sftkit writes (byte-level "
+        "BPE and SentencePiece BPE are supported)"
+    )
 
 
 def add_special_vocab(writer: Any, tokenizer: Any, vocab: GgufVocab, eot_id: int | None) -> None:
@@ -104,6 +108,7 @@ def write_vocab(writer: Any, vocab: GgufVocab) -> None:
 
 # ---------------------------------------------------------------------------- the two families
 
+
 def _byte_level_vocab(tokenizer: Any, spec: dict[str, Any], n_vocab: int) -> GgufVocab:
     import gguf
 
@@ -111,9 +116,11 @@ def _byte_level_vocab(tokenizer: Any, spec: dict[str, Any], n_vocab: int) -> Ggu
     if pre is None:
         # llama.cpp's pre-tokenizers are named regexes; the converter recognises a tokenizer's by a hash of
         # its tokenization of a test text, which a retrained (tiny or extended) vocabulary never matches
-        raise SftkitError(f"tokenizer: byte-level BPE with pre-tokenizer {_describe(spec.get('pre_tokenizer'))}; "
-                          "sftkit writes GPT-2's (ByteLevel, its regex) and Qwen2's split as llama.cpp's gpt-2 and "
-                          "qwen2")
+        raise SftkitError(
+            f"tokenizer: byte-level BPE with pre-tokenizer {_describe(spec.get('pre_tokenizer'))}; "
+            "sftkit writes GPT-2's (ByteLevel, its regex) and Qwen2's split as llama.cpp's gpt-2 and "
+            "qwen2"
+        )
     tokens, types = _padded(n_vocab), [int(gguf.TokenType.UNUSED)] * n_vocab
     added = tokenizer.added_tokens_decoder
     for token, index in tokenizer.get_vocab().items():
@@ -137,8 +144,12 @@ def _byte_level_pre(steps: list[dict[str, Any]]) -> str | None:
     if len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel":
         split, level = steps
         regex = (split.get("pattern") or {}).get("Regex")
-        if split.get("behavior") == "Isolated" and not split.get("invert") and not level.get("add_prefix_space") \
-                and not level.get("use_regex", True):
+        if (
+            split.get("behavior") == "Isolated"
+            and not split.get("invert")
+            and not level.get("add_prefix_space")
+            and not level.get("use_regex", True)
+        ):
             return NAMED_SPLITS.get(regex)
     return None
 
@@ -193,6 +204,7 @@ def _adds_special_tokens(tokenizer: Any) -> tuple[bool, bool]:
 
 # ---------------------------------------------------------------------------- reading the description
 
+
 def _pre_tokenizers(node: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not node:
         return []
@@ -203,8 +215,10 @@ def _pre_tokenizers(node: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def _is_byte_level(spec: dict[str, Any]) -> bool:
     steps = _pre_tokenizers(spec.get("pre_tokenizer"))
-    return any(step.get("type") == "ByteLevel" for step in steps) and (spec.get("decoder") or {}).get(
-        "type") == "ByteLevel"
+    return (
+        any(step.get("type") == "ByteLevel" for step in steps)
+        and (spec.get("decoder") or {}).get("type") == "ByteLevel"
+    )
 
 
 def _metaspace(spec: dict[str, Any]) -> dict[str, Any] | None:

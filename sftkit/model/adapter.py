@@ -38,8 +38,11 @@ def add_adapter(model: Any, cfg: SftConfig, new_token_ids: Sequence[int] = ()) -
     if cfg.finetuning_type == "freeze":
         freeze_layers(model, cfg)
         if new_token_ids and not model.get_input_embeddings().weight.requires_grad:  # as LLaMA-Factory leaves them
-            logger.warning("freeze: the %d new token rows (the template's control tokens) stay untrained; add "
-                           "embed_tokens to freeze_extra_modules to train them", len(new_token_ids))
+            logger.warning(
+                "freeze: the %d new token rows (the template's control tokens) stay untrained; add "
+                "embed_tokens to freeze_extra_modules to train them",
+                len(new_token_ids),
+            )
         return model
     from peft import PeftModel, get_peft_model
 
@@ -65,8 +68,11 @@ def _peft_config(model: Any, cfg: SftConfig, new_token_ids: Sequence[int]) -> An
     """PEFT's LoraConfig or OFTConfig for the config."""
     from peft import LoraConfig, OFTConfig
 
-    targets = _target_modules(model, cfg.oft_target if cfg.finetuning_type == "oft" else cfg.lora_target,
-                              "oft_target" if cfg.finetuning_type == "oft" else "lora_target")
+    targets = _target_modules(
+        model,
+        cfg.oft_target if cfg.finetuning_type == "oft" else cfg.lora_target,
+        "oft_target" if cfg.finetuning_type == "oft" else "lora_target",
+    )
     if cfg.use_llama_pro:
         targets = expanded_block_modules(model, targets, cfg.freeze_trainable_layers)
     modules_to_save = list(cfg.additional_target or []) or (_embedding_names(model) if cfg.resize_vocab else None)
@@ -75,18 +81,35 @@ def _peft_config(model: Any, cfg: SftConfig, new_token_ids: Sequence[int]) -> An
     tokens = None if embedding_saved else sorted(set(new_token_ids)) or None
     if cfg.finetuning_type == "oft":
         if tokens:  # PEFT's OFT has no trainable tokens; LLaMA-Factory leaves the rows untrained too
-            logger.warning("oft: the %d new token rows (the template's control tokens) stay untrained; resize_vocab: "
-                           "true trains the whole embeddings with the adapter", len(tokens))
-        return OFTConfig(r=cfg.oft_rank, oft_block_size=cfg.oft_block_size, target_modules=targets,
-                         module_dropout=cfg.module_dropout, modules_to_save=modules_to_save, task_type="CAUSAL_LM")
+            logger.warning(
+                "oft: the %d new token rows (the template's control tokens) stay untrained; resize_vocab: "
+                "true trains the whole embeddings with the adapter",
+                len(tokens),
+            )
+        return OFTConfig(
+            r=cfg.oft_rank,
+            oft_block_size=cfg.oft_block_size,
+            target_modules=targets,
+            module_dropout=cfg.module_dropout,
+            modules_to_save=modules_to_save,
+            task_type="CAUSAL_LM",
+        )
     if cfg.pissa_init:
         init: Any = "pissa" if cfg.pissa_iter == -1 else f"pissa_niter_{cfg.pissa_iter}"
     else:
         init = True
     return LoraConfig(
-        r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, lora_dropout=cfg.lora_dropout,
-        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora, init_lora_weights=init, bias="none", task_type="CAUSAL_LM",
-        target_modules=targets, modules_to_save=modules_to_save, trainable_token_indices=tokens,
+        r=cfg.lora_rank,
+        lora_alpha=cfg.resolved_lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        init_lora_weights=init,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+        trainable_token_indices=tokens,
     )
 
 
@@ -99,8 +122,9 @@ def _embedding_names(model: Any) -> list[str]:
 def linear_layer_names(model: Any) -> list[str]:
     """Short names of the model's linear layers (q_proj, ...; quantized ones too), the output head excluded."""
     head = model.get_output_embeddings()
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if _is_linear(module) and module is not head}
+    names = {
+        name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module) and module is not head
+    }
     return sorted(names)
 
 
@@ -120,7 +144,8 @@ def _target_modules(model: Any, targets: list[str], key: str) -> list[str] | str
     if unknown:
         raise SftkitError(
             f"{key}: {', '.join(unknown)} matches no linear layer of {type(model).__name__}; its linear "
-            f"layers are: {', '.join(available)} (or use {key}: all)")
+            f"layers are: {', '.join(available)} (or use {key}: all)"
+        )
     return list(targets)
 
 
@@ -137,8 +162,10 @@ class ParamReport:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
     def line(self) -> str:
-        return (f"{self.total:,} parameters, {self.trainable:,} trainable ({self.trainable_percent:.3f}%), "
-                f"{self.lora:,} in LoRA matrices")
+        return (
+            f"{self.total:,} parameters, {self.trainable:,} trainable ({self.trainable_percent:.3f}%), "
+            f"{self.lora:,} in LoRA matrices"
+        )
 
 
 def count_parameters(model: Any) -> ParamReport:
@@ -151,4 +178,3 @@ def count_parameters(model: Any) -> ParamReport:
         if "lora_" in name:
             lora += param.numel()
     return ParamReport(total=total, trainable=trainable, lora=lora)
-

@@ -32,13 +32,17 @@ def freeze_layers(model: Any, cfg: SftConfig) -> list[str]:
     patterns = []
     for module in cfg.freeze_trainable_modules:
         if module != "all" and module not in inside:
-            raise SftkitError(f"freeze_trainable_modules: {module!r} is not a module of the decoder layers; choose "
-                              f"from {', '.join(sorted(inside))} or all")
+            raise SftkitError(
+                f"freeze_trainable_modules: {module!r} is not a module of the decoder layers; choose "
+                f"from {', '.join(sorted(inside))} or all"
+            )
         patterns += [f".{i}.{module if module != 'all' else ''}" for i in layer_ids]
     for module in cfg.freeze_extra_modules or []:
         if module not in outside:
-            raise SftkitError(f"freeze_extra_modules: {module!r} is not a module outside the decoder layers; choose "
-                              f"from {', '.join(sorted(outside))}")
+            raise SftkitError(
+                f"freeze_extra_modules: {module!r} is not a module outside the decoder layers; choose "
+                f"from {', '.join(sorted(outside))}"
+            )
         patterns.append(module)
     for name, param in model.named_parameters():
         param.requires_grad_(any(pattern in name for pattern in patterns))
@@ -54,8 +58,10 @@ def trainable_layer_ids(num_layers: int, n: int, llama_pro: bool) -> list[int]:
     """
     if llama_pro:
         if num_layers % n:
-            raise SftkitError(f"freeze_trainable_layers: {n} expanded blocks do not divide the model's {num_layers} "
-                              "layers; use the number of blocks scripts/llama_pro.py added")
+            raise SftkitError(
+                f"freeze_trainable_layers: {n} expanded blocks do not divide the model's {num_layers} "
+                "layers; use the number of blocks scripts/llama_pro.py added"
+            )
         stride = num_layers // n
         return list(range(stride - 1, num_layers, stride))
     if n > 0:
@@ -70,17 +76,23 @@ def expanded_block_modules(model: Any, targets: list[str] | str, n: int) -> list
     layer_ids = trainable_layer_ids(_num_layers(model), n, llama_pro=True)
     marks = [f".{i}." for i in layer_ids]
     head = model.get_output_embeddings()
-    return [name for name, module in model.named_modules()
-            if any(mark in name for mark in marks) and isinstance(module, torch.nn.Linear) and module is not head
-            and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)]
+    return [
+        name
+        for name, module in model.named_modules()
+        if any(mark in name for mark in marks)
+        and isinstance(module, torch.nn.Linear)
+        and module is not head
+        and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)
+    ]
 
 
 def _num_layers(model: Any) -> int:
     config = getattr(model.config, "text_config", model.config)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
     if not layers:
-        raise SftkitError(f"finetuning_type: freeze: {type(model).__name__} does not say how many layers it has; use "
-                          "lora or full")
+        raise SftkitError(
+            f"finetuning_type: freeze: {type(model).__name__} does not say how many layers it has; use lora or full"
+        )
     return int(layers)
 
 

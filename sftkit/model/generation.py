@@ -35,15 +35,21 @@ class GenerationSettings:
 
     def problems(self) -> list[str]:
         """One line per invalid setting, named as its command-line option."""
-        return [line for line in (
-            "--max-new-tokens: must be at least 1" if self.max_new_tokens < 1 else "",
-            "--temperature: must be 0 (greedy) or positive" if self.temperature < 0 else "",
-            "--top-p: must be in (0, 1]" if not 0 < self.top_p <= 1 else "",
-            "--batch-size: must be at least 1" if self.batch_size < 1 else "") if line]
+        return [
+            line
+            for line in (
+                "--max-new-tokens: must be at least 1" if self.max_new_tokens < 1 else "",
+                "--temperature: must be 0 (greedy) or positive" if self.temperature < 0 else "",
+                "--top-p: must be in (0, 1]" if not 0 < self.top_p <= 1 else "",
+                "--batch-size: must be at least 1" if self.batch_size < 1 else "",
+            )
+            if line
+        ]
 
 
-def encode_prompts(tokenizer: Any, template: Template,
-                   prompts: Sequence[Conversation]) -> tuple[list[list[int]], list[str]]:
+def encode_prompts(
+    tokenizer: Any, template: Template, prompts: Sequence[Conversation]
+) -> tuple[list[list[int]], list[str]]:
     """Generation ids of each prompt, and the header text each leaves for the model to generate.
 
     ERNIE's "Assistant: " keeps its space out of the prompt ids (it merges with the reply's first
@@ -59,16 +65,25 @@ def generation_config(tokenizer: Any, stop_ids: list[int], settings: GenerationS
     """A complete GenerationConfig, so sampling defaults shipped with a model never apply unasked."""
     from transformers import GenerationConfig
 
-    sampling = ({"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
-                if settings.temperature > 0 else {"do_sample": False})
+    sampling = (
+        {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+        if settings.temperature > 0
+        else {"do_sample": False}
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    return GenerationConfig(max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad,
-                            **sampling)
+    return GenerationConfig(max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad, **sampling)
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
-             settings: GenerationSettings, streamer: Any = None, stopping_criteria: Any = None,
-             logits_processor: Any = None) -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    stop_ids: list[int],
+    settings: GenerationSettings,
+    streamer: Any = None,
+    stopping_criteria: Any = None,
+    logits_processor: Any = None,
+) -> list[str]:
     """Replies to token-id prompts, batched with left padding, each stopping at any of `stop_ids`.
 
     Greedy decoding touches no random state, so calling this during training leaves the run's randomness
@@ -85,31 +100,56 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], stop_ids: lis
     try:
         replies: list[str] = []
         for start in range(0, len(prompts), settings.batch_size):
-            replies += _generate_batch(model, tokenizer, prompts[start:start + settings.batch_size], config,
-                                       streamer, stopping_criteria, logits_processor)
+            replies += _generate_batch(
+                model,
+                tokenizer,
+                prompts[start : start + settings.batch_size],
+                config,
+                streamer,
+                stopping_criteria,
+                logits_processor,
+            )
         return replies
     finally:
         model.train(was_training)
 
 
-def _generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], config: Any, streamer: Any,
-                    stopping_criteria: Any, logits_processor: Any = None) -> list[str]:
+def _generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    config: Any,
+    streamer: Any,
+    stopping_criteria: Any,
+    logits_processor: Any = None,
+) -> list[str]:
     import torch
 
     device = next(model.parameters()).device
     batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(device)
     with torch.inference_mode():
-        output = model.generate(**batch, generation_config=config, streamer=streamer,
-                                stopping_criteria=stopping_criteria, logits_processor=logits_processor)
-    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        output = model.generate(
+            **batch,
+            generation_config=config,
+            streamer=streamer,
+            stopping_criteria=stopping_criteria,
+            logits_processor=logits_processor,
+        )
+    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def generate_replies(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Conversation],
-                     settings: GenerationSettings, streamer: Any = None, stopping_criteria: Any = None) -> list[str]:
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    template: Template,
+    prompts: Sequence[Conversation],
+    settings: GenerationSettings,
+    streamer: Any = None,
+    stopping_criteria: Any = None,
+) -> list[str]:
     """The assistant's reply to each conversation (ending with a user-side turn), header tails removed."""
     ids, tails = encode_prompts(tokenizer, template, prompts)
-    replies = generate(model, tokenizer, ids, template.stop_token_ids(tokenizer), settings, streamer,
-                       stopping_criteria)
+    replies = generate(model, tokenizer, ids, template.stop_token_ids(tokenizer), settings, streamer, stopping_criteria)
     return [reply.removeprefix(tail) for reply, tail in zip(replies, tails)]
 
 

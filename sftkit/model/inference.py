@@ -20,16 +20,27 @@ from sftkit.model.adapter import merge_prior_adapters
 from sftkit.model.loading import DAMAGED_MODEL_FIX, grow_embeddings, load_model
 from sftkit.model.precision import Precision, inference_precision
 from sftkit.quiet import quiet_loading_bars
-from sftkit.run_dir import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, check_lora_run, check_weights, has_adapter,
-                            read_run_config)
+from sftkit.run_dir import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CONFIG_FILE,
+    check_lora_run,
+    check_weights,
+    has_adapter,
+    read_run_config,
+)
 from sftkit.templates import TEMPLATES, JinjaTemplate, Template, get_template, prepare_tokenizer
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
 
 # A conversation used only to recognise which template a tokenizer's chat_template renders.
-_RECOGNITION_PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                      {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"}]
+_RECOGNITION_PROBE = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "U"},
+    {"role": "assistant", "content": "A"},
+    {"role": "user", "content": "V"},
+]
 
 
 @dataclass
@@ -62,8 +73,10 @@ def load_for_inference(model: str) -> Loaded:
     path = Path(model)
     if has_adapter(path):
         run = load_adapter_run(path, precision=inference_precision())
-        _note(f"template {run.template.name} (from {path / CONFIG_FILE}); base {run.cfg.model_name_or_path} "
-              f"+ adapter {path}")
+        _note(
+            f"template {run.template.name} (from {path / CONFIG_FILE}); base {run.cfg.model_name_or_path} "
+            f"+ adapter {path}"
+        )
         return Loaded(to_device(run.model), run.tokenizer, run.template, run.cfg)
     model, tokenizer, template = load_complete_tokenizer(model)
     lm = _load_plain_model(model, tokenizer, template, inference_precision())
@@ -107,8 +120,9 @@ def load_adapter_run(run_dir: str | Path, base: str | None = None, precision: Pr
 
     run_dir = Path(run_dir)
     check_lora_run(run_dir)
-    check_weights(run_dir, "the adapter was not saved completely; train again, or copy the run from where it is "
-                           "complete")
+    check_weights(
+        run_dir, "the adapter was not saved completely; train again, or copy the run from where it is complete"
+    )
     # The attention kernel does not change the weights; sdpa runs everywhere, fa2 only on some GPUs.
     # The base loads unquantized and in the given precision (merging needs fp32), whatever training used.
     cfg = read_run_config(run_dir, base).model_copy(update={"flash_attn": "auto"})
@@ -132,14 +146,17 @@ def to_device(model: Any) -> Any:
 
 # ---------------------------------------------------------------------------- complete models
 
+
 def _load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise SftkitError(f"{model}: cannot load a tokenizer ({_first_line(exc)}); pass a run directory, a "
-                          "merged model directory, or a model path / hub id with network access") from None
+        raise SftkitError(
+            f"{model}: cannot load a tokenizer ({_first_line(exc)}); pass a run directory, a "
+            "merged model directory, or a model path / hub id with network access"
+        ) from None
 
 
 def _template_for(path: Path, tokenizer: Any) -> tuple[Template, str]:
@@ -156,8 +173,9 @@ def _template_for(path: Path, tokenizer: Any) -> tuple[Template, str]:
             return template, "recognised from the tokenizer's chat_template"
     if isinstance(tokenizer.chat_template, str) and tokenizer.chat_template.strip():
         try:
-            own = JinjaTemplate.from_tokenizer(tokenizer, tokenizer.chat_template, "model's own",
-                                               "the tokenizer's chat_template")
+            own = JinjaTemplate.from_tokenizer(
+                tokenizer, tokenizer.chat_template, "model's own", "the tokenizer's chat_template"
+            )
             return own, "the tokenizer's own chat_template"
         except DataError as exc:
             return get_template("chatml"), f"default: the chat_template cannot be used ({exc})"
@@ -196,6 +214,7 @@ def _load_plain_model(model: str, tokenizer: Any, template: Template, precision:
 
 # ---------------------------------------------------------------------------- adapter checks
 
+
 def _check_adapter_fits(model: Any, run_dir: Path, base: str) -> None:
     """Compares every adapter tensor with the base module it attaches to, before PEFT loads them.
 
@@ -215,8 +234,10 @@ def _check_adapter_fits(model: Any, run_dir: Path, base: str) -> None:
         elif expected != shape:
             problems.append(f"{key} has shape {list(shape)} but the base expects {list(expected)}")
     if problems:
-        raise SftkitError(f"{run_dir}: the adapter was not trained on {base!r} ({problems[0]}); pass the "
-                          "base it was trained on with --base")
+        raise SftkitError(
+            f"{run_dir}: the adapter was not trained on {base!r} ({problems[0]}); pass the "
+            "base it was trained on with --base"
+        )
 
 
 def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -232,11 +253,15 @@ def _expected_shape(modules: dict[str, Any], key: str, shape: tuple[int, ...]) -
     name = key.removeprefix("base_model.model.")
     # lora_A is (r, in), lora_B is (out, r); trainable-token deltas are (n, hidden); the rest (saved
     # embeddings, modules_to_save) is a copy of the base weight.
-    rules = ((".lora_A.", lambda w: (shape[0], w.shape[1])), (".lora_B.", lambda w: (w.shape[0], shape[1])),
-             # DoRA's magnitude is one value per output row; OFT's blocks are checked by PEFT (module present)
-             (".lora_magnitude_vector", lambda w: (w.shape[0],)), (".oft_", lambda w: shape),
-             (".token_adapter.trainable_tokens_delta", lambda w: (shape[0], w.shape[1])),
-             (".token_adapter.base_layer.", lambda w: tuple(w.shape)))
+    rules = (
+        (".lora_A.", lambda w: (shape[0], w.shape[1])),
+        (".lora_B.", lambda w: (w.shape[0], shape[1])),
+        # DoRA's magnitude is one value per output row; OFT's blocks are checked by PEFT (module present)
+        (".lora_magnitude_vector", lambda w: (w.shape[0],)),
+        (".oft_", lambda w: shape),
+        (".token_adapter.trainable_tokens_delta", lambda w: (shape[0], w.shape[1])),
+        (".token_adapter.base_layer.", lambda w: tuple(w.shape)),
+    )
     for marker, rule in rules:
         if marker in name:
             module = modules.get(name.split(marker)[0])

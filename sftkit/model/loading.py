@@ -27,8 +27,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # flash_attn values and transformers' attn_implementation names; auto is resolved per device (attention_implementation)
-ATTENTION = {"sdpa": "sdpa", "fa2": "flash_attention_2", "fa3": "flash_attention_3", "flex": "flex_attention",
-             "disabled": "eager"}
+ATTENTION = {
+    "sdpa": "sdpa",
+    "fa2": "flash_attention_2",
+    "fa3": "flash_attention_3",
+    "flex": "flex_attention",
+    "disabled": "eager",
+}
 DAMAGED_MODEL_FIX = "the copy is incomplete (an interrupted download or copy?): download or copy the model again"
 
 
@@ -48,9 +53,12 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
     import torch
 
     dtype = torch.bfloat16 if cfg.pure_bf16 else precision.dtype if cfg.uses_adapter else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True,
-                              "attn_implementation": attention_implementation(cfg.flash_attn, precision.device),
-                              **quantization_kwargs(cfg, precision)}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "use_safetensors": True,
+        "attn_implementation": attention_implementation(cfg.flash_attn, precision.device),
+        **quantization_kwargs(cfg, precision),
+    }
     if cfg.trust_remote_code:
         kwargs["trust_remote_code"] = True
     if cfg.rope_scaling:
@@ -60,8 +68,9 @@ def load_model(cfg: SftConfig, tokenizer: Any, precision: Precision) -> Any:
         model = _from_pretrained(cfg, source, kwargs)
     except ImportError as exc:
         if cfg.flash_attn in ("fa2", "fa3", "flex"):
-            raise SftkitError(f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: auto or "
-                              "sdpa") from None
+            raise SftkitError(
+                f"flash_attn: {cfg.flash_attn} is unavailable here ({exc}); use flash_attn: auto or sdpa"
+            ) from None
         # e.g. a pre-quantized (GPTQ, AWQ) checkpoint whose kernels are not installed
         raise SftkitError(unloadable(cfg.model_name_or_path, "model", exc)) from None
     except (OSError, ValueError) as exc:
@@ -114,8 +123,11 @@ def scaled_rope_config(cfg: SftConfig, source: str) -> Any:
         logger.warning("rope_scaling: %s has no RoPE settings to scale; ignored", type(config).__name__)
         return config
     if cfg.cutoff_len <= context:
-        logger.warning("rope_scaling: cutoff_len %d fits the context (%d positions); RoPE is left unscaled",
-                       cfg.cutoff_len, context)
+        logger.warning(
+            "rope_scaling: cutoff_len %d fits the context (%d positions); RoPE is left unscaled",
+            cfg.cutoff_len,
+            context,
+        )
         return config
     factor = float(math.ceil(cfg.cutoff_len / context))
     rope.update(rope_type=cfg.rope_scaling, factor=factor)
@@ -125,8 +137,13 @@ def scaled_rope_config(cfg: SftConfig, source: str) -> Any:
         rope.update(low_freq_factor=1.0, high_freq_factor=4.0)
     config.rope_parameters = rope
     config.max_position_embeddings = int(context * factor)
-    logger.info("rope_scaling: %s x%g, context %d -> %d positions", cfg.rope_scaling, factor, context,
-                config.max_position_embeddings)
+    logger.info(
+        "rope_scaling: %s x%g, context %d -> %d positions",
+        cfg.rope_scaling,
+        factor,
+        context,
+        config.max_position_embeddings,
+    )
     return config
 
 
@@ -144,15 +161,19 @@ def check_context_length(cfg: SftConfig) -> None:
     from transformers import AutoConfig
 
     try:
-        context = getattr(AutoConfig.from_pretrained(resolve_model(cfg.model_name_or_path),
-                                                     trust_remote_code=cfg.trust_remote_code),
-                          "max_position_embeddings", None)
+        context = getattr(
+            AutoConfig.from_pretrained(resolve_model(cfg.model_name_or_path), trust_remote_code=cfg.trust_remote_code),
+            "max_position_embeddings",
+            None,
+        )
     except Exception:  # noqa: BLE001 - any failure here is reported, better worded, by the model loading
         return
     if isinstance(context, int) and cfg.cutoff_len > context:
-        raise SftkitError(f"cutoff_len {cfg.cutoff_len}: beyond the model's context ({context} positions, "
-                          "max_position_embeddings); packed sequences fill cutoff_len, so set cutoff_len to at most "
-                          f"{context} (or packing: false)")
+        raise SftkitError(
+            f"cutoff_len {cfg.cutoff_len}: beyond the model's context ({context} positions, "
+            "max_position_embeddings); packed sequences fill cutoff_len, so set cutoff_len to at most "
+            f"{context} (or packing: false)"
+        )
 
 
 def grow_embeddings(model: Any, vocab_size: int) -> None:

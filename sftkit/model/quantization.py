@@ -31,9 +31,13 @@ def quantization_kwargs(cfg: SftConfig, precision: Precision) -> dict[str, Any]:
         config = BitsAndBytesConfig(load_in_8bit=True)
     else:
         # Storage in the compute dtype lets FSDP shard the packed weights like any other tensor (FSDP+QLoRA).
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=precision.dtype,
-                                    bnb_4bit_use_double_quant=cfg.double_quantization,
-                                    bnb_4bit_quant_type=cfg.quantization_type, bnb_4bit_quant_storage=precision.dtype)
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=precision.dtype,
+            bnb_4bit_use_double_quant=cfg.double_quantization,
+            bnb_4bit_quant_type=cfg.quantization_type,
+            bnb_4bit_quant_storage=precision.dtype,
+        )
     # Quantized weights are placed where they compute (each launcher process on its own GPU): the trainer
     # cannot move them afterwards.
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if precision.device == "cuda" else precision.device

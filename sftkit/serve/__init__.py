@@ -21,8 +21,15 @@ BACKENDS = ("transformers", "vllm")
 GRACEFUL_SHUTDOWN_S = 30  # after SIGTERM: the most seconds running answers get before they are cancelled
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_queue: int = 32,
-          backend: str = "transformers", max_batch: int | None = None) -> None:
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_queue: int = 32,
+    backend: str = "transformers",
+    max_batch: int | None = None,
+) -> None:
     """Serves `model` with OpenAI's chat and completion routes until SIGTERM or Ctrl-C.
 
     Args:
@@ -46,8 +53,11 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | 
     try:
         engine = Engine(load_backend(model, backend), max_queue, max_batch or default_max_batch())
         app = build_app(engine, model, api_key, trained_default_system(model))
-        print(f"note: serving {model} at http://{host}:{port}/v1 ({backend}, up to {engine.max_batch} requests per "
-              f"batch; {'API key required' if api_key else 'no API key'})", file=sys.stderr)
+        print(
+            f"note: serving {model} at http://{host}:{port}/v1 ({backend}, up to {engine.max_batch} requests per "
+            f"batch; {'API key required' if api_key else 'no API key'})",
+            file=sys.stderr,
+        )
         run_server(app, listener)
     finally:
         listener.close()
@@ -58,8 +68,7 @@ def run_server(app: Any, listener: socket.socket) -> None:
     for at most GRACEFUL_SHUTDOWN_S seconds (then cancels them), and re-raises the signal."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                            timeout_keep_alive=5)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, timeout_keep_alive=5)
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:  # Ctrl-C after that graceful shutdown: not an error
@@ -76,11 +85,16 @@ def default_max_batch() -> int:
 
 def check_options(host: str, port: int, max_queue: int, backend: str, max_batch: int | None = None) -> None:
     """Refuses bad options before the model loads, the port being taken included."""
-    problems = [line for line in (
-        f"--port {port}: must be in 1..65535" if not 0 < port < 65536 else "",
-        f"--max-queue {max_queue}: must be at least 1" if max_queue < 1 else "",
-        f"--max-batch {max_batch}: must be at least 1" if max_batch is not None and max_batch < 1 else "",
-        f"--backend {backend}: use one of {', '.join(BACKENDS)}" if backend not in BACKENDS else "") if line]
+    problems = [
+        line
+        for line in (
+            f"--port {port}: must be in 1..65535" if not 0 < port < 65536 else "",
+            f"--max-queue {max_queue}: must be at least 1" if max_queue < 1 else "",
+            f"--max-batch {max_batch}: must be at least 1" if max_batch is not None and max_batch < 1 else "",
+            f"--backend {backend}: use one of {', '.join(BACKENDS)}" if backend not in BACKENDS else "",
+        )
+        if line
+    ]
     if problems:
         raise SftkitError(*problems)
     if backend == "vllm":
@@ -99,8 +113,10 @@ def check_listening(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
-        raise SftkitError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); pick another "
-                          "--port, or stop what is using it") from None
+        raise SftkitError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); pick another "
+            "--port, or stop what is using it"
+        ) from None
 
 
 def hold_listening(host: str, port: int) -> socket.socket:
@@ -112,8 +128,10 @@ def hold_listening(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=_family(host), backlog=2048)
     except OSError as exc:
-        raise SftkitError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); pick another "
-                          "--port, or stop what is using it") from None
+        raise SftkitError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); pick another "
+            "--port, or stop what is using it"
+        ) from None
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -133,11 +151,14 @@ def _check_vllm() -> None:
     import torch
 
     if importlib.util.find_spec("vllm") is None:
-        raise SftkitError("--backend vllm: the vllm package is not installed (pip install vllm, on a machine with a "
-                          "CUDA GPU); without it, leave --backend at transformers")
+        raise SftkitError(
+            "--backend vllm: the vllm package is not installed (pip install vllm, on a machine with a "
+            "CUDA GPU); without it, leave --backend at transformers"
+        )
     if not torch.cuda.is_available():
-        raise SftkitError("--backend vllm: no CUDA GPU is visible here, and vLLM needs one; leave --backend at "
-                          "transformers")
+        raise SftkitError(
+            "--backend vllm: no CUDA GPU is visible here, and vLLM needs one; leave --backend at transformers"
+        )
 
 
 __all__ = ["BACKENDS", "build_app", "check_listening", "check_options", "load_backend", "serve"]

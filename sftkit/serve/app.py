@@ -40,8 +40,13 @@ class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
-def build_app(engine: Engine, model_id: str, api_key: str | None = None,
-              default_system: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def build_app(
+    engine: Engine,
+    model_id: str,
+    api_key: str | None = None,
+    default_system: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The OpenAI-compatible app serving `engine` under the name `model_id`.
 
     Args:
@@ -54,6 +59,7 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
     Raises:
         SftkitError: an empty `api_key` (an unset variable in `--api-key "$KEY"`): the server would be open.
     """
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine.start()
@@ -70,18 +76,28 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
 
     def check_model(name: str | None) -> None:
         if name is not None and name != model_id:
-            raise ApiError(404, f"the model {name!r} does not exist; this server serves {model_id!r}", "model",
-                           "model_not_found")
+            raise ApiError(
+                404, f"the model {name!r} does not exist; this server serves {model_id!r}", "model", "model_not_found"
+            )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "queued": engine.jobs.qsize(), "generating": engine.generating,
-                "cancelled": engine.cancelled, "max_batch": engine.max_batch, "largest_batch": engine.largest_batch}
+        return {
+            "status": "ok",
+            "model": model_id,
+            "queued": engine.jobs.qsize(),
+            "generating": engine.generating,
+            "cancelled": engine.cancelled,
+            "max_batch": engine.max_batch,
+            "largest_batch": engine.largest_batch,
+        }
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                            "owned_by": "sftkit"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "sftkit"}],
+        }
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str) -> dict[str, Any]:
@@ -91,8 +107,16 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
         check_model(body.model)
-        generation = Generation(body.conversation(default_system), None, body.token_budget(), body.temperature,
-                                body.top_p, body.seed, body.stops(), body.stream)
+        generation = Generation(
+            body.conversation(default_system),
+            None,
+            body.token_budget(),
+            body.temperature,
+            body.top_p,
+            body.seed,
+            body.stops(),
+            body.stream,
+        )
         chat_extras(generation, body)
         return await _answer(engine, generation, Reply(True, model_id), body.include_usage(), request)
 
@@ -107,8 +131,9 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
     return app
 
 
-async def _answer(engine: Engine, generation: Generation, reply: Reply, include_usage: bool,
-                  request: Request) -> Response:
+async def _answer(
+    engine: Engine, generation: Generation, reply: Reply, include_usage: bool, request: Request
+) -> Response:
     """Queues the generation and answers it whole, or as a stream once the prompt was accepted."""
     job = Job(generation, asyncio.get_running_loop())
     engine.submit(job)
@@ -117,12 +142,18 @@ async def _answer(engine: Engine, generation: Generation, reply: Reply, include_
         await _next(job, request)  # Started, or the ApiError of a prompt that does not fit
         if generation.stream:
             streaming = True  # from here on the stream's own `finally` ends the job
-            return StreamingResponse(_stream(job, reply, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _stream(job, reply, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         while not isinstance(event := await _next(job, request), Finished):
             pass
-        return JSONResponse(reply.complete_choices(event.choices, event.usage) if event.choices
-                            else reply.complete(event.text, event.finish_reason, event.usage))
+        return JSONResponse(
+            reply.complete_choices(event.choices, event.usage)
+            if event.choices
+            else reply.complete(event.text, event.finish_reason, event.usage)
+        )
     except ClientGone:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     finally:
@@ -180,13 +211,21 @@ def _finish_chunks(reply: Reply, finished: Finished) -> list[dict[str, Any]]:
     for answer in finished.choices or [None]:
         index = answer.index if answer else 0
         for position, call in enumerate(tool_calls_body(answer.tool_calls) if answer and answer.tool_calls else []):
-            head = {"index": position, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            head = {
+                "index": position,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
             chunks.append(reply.choice_chunk(index, tool_calls=[head]))
-            chunks.append(reply.choice_chunk(index, tool_calls=[
-                {"index": position, "function": {"arguments": call["function"]["arguments"]}}]))
-        chunks.append(reply.choice_chunk(index, finish_reason=answer.finish_reason if answer else
-                                         finished.finish_reason))
+            chunks.append(
+                reply.choice_chunk(
+                    index, tool_calls=[{"index": position, "function": {"arguments": call["function"]["arguments"]}}]
+                )
+            )
+        chunks.append(
+            reply.choice_chunk(index, finish_reason=answer.finish_reason if answer else finished.finish_reason)
+        )
     return chunks
 
 
@@ -206,12 +245,28 @@ def completion_generations(body: CompletionRequest) -> list[Generation]:
     """
     prompts = body.prompts()
     if len(prompts) > 1 and body.stream:
-        raise ApiError(400, "prompt: several prompts cannot be streamed in one request; send one prompt per "
-                            "streamed request", "prompt")
-    return [Generation(None, prompt if isinstance(prompt, str) else None, body.max_tokens, body.temperature,
-                       body.top_p, body.seed, body.stops(), body.stream, n=body.n, logprobs=body.logprobs,
-                       echo=body.echo, prompt_token_ids=None if isinstance(prompt, str) else prompt)
-            for prompt in prompts]
+        raise ApiError(
+            400,
+            "prompt: several prompts cannot be streamed in one request; send one prompt per streamed request",
+            "prompt",
+        )
+    return [
+        Generation(
+            None,
+            prompt if isinstance(prompt, str) else None,
+            body.max_tokens,
+            body.temperature,
+            body.top_p,
+            body.seed,
+            body.stops(),
+            body.stream,
+            n=body.n,
+            logprobs=body.logprobs,
+            echo=body.echo,
+            prompt_token_ids=None if isinstance(prompt, str) else prompt,
+        )
+        for prompt in prompts
+    ]
 
 
 async def _answer_prompts(engine: Engine, generations: list[Generation], reply: Reply, request: Request) -> Response:
@@ -243,6 +298,7 @@ def _sse(data: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- errors and auth
 
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -254,8 +310,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        error = ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path} (the routes are "
-                                          "/v1/models, /v1/chat/completions, /v1/completions and /health)")
+        error = ApiError(
+            exc.status_code,
+            f"{exc.detail}: {request.method} {request.url.path} (the routes are "
+            "/v1/models, /v1/chat/completions, /v1/completions and /health)",
+        )
         return JSONResponse(error.body(), exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -296,8 +355,10 @@ def check_api_key(api_key: str) -> str:
         SftkitError: naming the option and the fix.
     """
     if not api_key.strip():
-        raise SftkitError("--api-key is empty (an unset variable in --api-key \"$KEY\"?), which would leave the "
-                          "server open; give the key, or leave out --api-key (and SFTKIT_API_KEY) to serve without one")
+        raise SftkitError(
+            '--api-key is empty (an unset variable in --api-key "$KEY"?), which would leave the '
+            "server open; give the key, or leave out --api-key (and SFTKIT_API_KEY) to serve without one"
+        )
     return api_key
 
 
@@ -322,8 +383,12 @@ class BodyLimit:
             return
         where = lone_surrogate_in(body)
         if where is not None:  # pydantic itself fails on such a string (a key, say), so it is refused here
-            error = ApiError(400, f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), "
-                                  "which is not text; send valid Unicode", where or None)
+            error = ApiError(
+                400,
+                f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), "
+                "which is not text; send valid Unicode",
+                where or None,
+            )
             await JSONResponse(error.body(), 400)(scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), send)
@@ -347,9 +412,11 @@ class BodyLimit:
     async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send) -> None:
         if status == 499:
             return  # the client is gone: nobody reads an answer
-        message = (f"the request body is larger than this server's limit of {self.max_bytes:,} bytes; send a "
-                   "shorter request" if status == 413 else
-                   f"the request body did not arrive within {self.timeout:g} seconds of its previous part")
+        message = (
+            f"the request body is larger than this server's limit of {self.max_bytes:,} bytes; send a shorter request"
+            if status == 413
+            else f"the request body did not arrive within {self.timeout:g} seconds of its previous part"
+        )
         error = ApiError(status, message, code="request_too_large" if status == 413 else "request_timeout")
         await JSONResponse(error.body(), status, headers={"Connection": "close"})(scope, receive, send)
 
@@ -387,8 +454,12 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1") and not self._authorized(scope):
-            error = ApiError(401, "missing or incorrect API key; send the header 'Authorization: Bearer <key>' "
-                                  "with the key the server was started with", code="invalid_api_key")
+            error = ApiError(
+                401,
+                "missing or incorrect API key; send the header 'Authorization: Bearer <key>' "
+                "with the key the server was started with",
+                code="invalid_api_key",
+            )
             await JSONResponse(error.body(), 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -84,10 +84,19 @@ def compact(schema: dict[str, Any]) -> dict[str, Any]:
 
 def call_schema(tools: list[dict[str, Any]], names: list[str], key: str) -> dict[str, Any]:
     """A JSON schema for one call `{"name": ..., key: {...}}` of one of `names`."""
-    options = [{"type": "object", "properties": {"name": {"const": tool["function"]["name"]},
-                                                 key: tool["function"].get("parameters") or {"type": "object"}},
-                "required": ["name", key], "additionalProperties": False}
-               for tool in tools if tool["function"]["name"] in names]
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool["function"]["name"]},
+                key: tool["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", key],
+            "additionalProperties": False,
+        }
+        for tool in tools
+        if tool["function"]["name"] in names
+    ]
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
@@ -102,8 +111,12 @@ def tool_call_grammar(form: str | None, tools: list[dict[str, Any]], names: list
         return f'start: {json.dumps(tail + "<tool_call>" + chr(10))} call "\\n</tool_call>"\ncall: {body}\n'
     if form == "llama3":
         return json_grammar(call_schema(tools, names, "parameters"), tail)
-    raise ApiError(400, f"tool_choice: forcing a call is supported for the hermes and llama3 tool formats; this "
-                        f"model's template writes {form or 'no'} tool calls; use tool_choice \"auto\"", "tool_choice")
+    raise ApiError(
+        400,
+        f"tool_choice: forcing a call is supported for the hermes and llama3 tool formats; this "
+        f'model\'s template writes {form or "no"} tool calls; use tool_choice "auto"',
+        "tool_choice",
+    )
 
 
 class GrammarMask:
@@ -154,13 +167,16 @@ class GrammarCompiler:
 
         if self._llg is None:
             try:
-                self._llg = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=len(self.tokenizer),
-                                                         eos_token=self.stop_ids)
+                self._llg = llguidance.hf.from_tokenizer(
+                    self.tokenizer, n_vocab=len(self.tokenizer), eos_token=self.stop_ids
+                )
             except ValueError as exc:
-                raise ApiError(400, f"response_format: constrained decoding needs a fast tokenizer ({exc})",
-                               "response_format") from None
+                raise ApiError(
+                    400, f"response_format: constrained decoding needs a fast tokenizer ({exc})", "response_format"
+                ) from None
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._llg)
         if is_error:
-            raise ApiError(400, f"response_format: the schema cannot be enforced ({'; '.join(messages)[:300]})",
-                           "response_format")
+            raise ApiError(
+                400, f"response_format: the schema cannot be enforced ({'; '.join(messages)[:300]})", "response_format"
+            )
         return llguidance.LLMatcher(self._llg, grammar, log_level=0)

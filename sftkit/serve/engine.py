@@ -27,8 +27,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sftkit.errors import SftkitError
 from sftkit.model import GenerationSettings, Loaded, encode_prompts, generate
-from sftkit.serve.decoding import (GrammarCompiler, GrammarMask, LogprobRecorder, Scored, json_grammar,
-                                   prompt_scores, sampling_processors, tool_call_grammar)
+from sftkit.serve.decoding import (
+    GrammarCompiler,
+    GrammarMask,
+    LogprobRecorder,
+    Scored,
+    json_grammar,
+    prompt_scores,
+    sampling_processors,
+    tool_call_grammar,
+)
 from sftkit.serve.protocol import ApiError, Usage
 from sftkit.templates.tool_calls import ToolCall, parse_tool_calls, tool_call_format
 
@@ -164,8 +172,12 @@ class Engine:
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
-            raise ApiError(503, f"the server is busy ({self.jobs.maxsize} requests queued, the limit set by "
-                                "--max-queue); retry later", code="queue_full", kind="server_error") from None
+            raise ApiError(
+                503,
+                f"the server is busy ({self.jobs.maxsize} requests queued, the limit set by --max-queue); retry later",
+                code="queue_full",
+                kind="server_error",
+            ) from None
 
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
@@ -200,8 +212,9 @@ class Engine:
                 error = exc
             else:
                 traceback.print_exc(file=sys.stderr)
-                error = ApiError(500, f"internal error ({type(exc).__name__}); see the server's log",
-                                 kind="server_error")
+                error = ApiError(
+                    500, f"internal error ({type(exc).__name__}); see the server's log", kind="server_error"
+                )
             for job in jobs:
                 if not job.answered:
                     job.send(Failed(error))
@@ -211,6 +224,7 @@ class Engine:
 
 
 # ---------------------------------------------------------------------------- transformers
+
 
 class TransformersBackend:
     """Generation with sftkit's own model stage: the template's prompt ids, its stop tokens, `generate`."""
@@ -243,8 +257,9 @@ class TransformersBackend:
                     continue
                 budget = token_budget(len(ids), job.request.max_tokens, self.context)
                 grammar = self._grammar(job.request, tail)
-                rows = [ReplyWatch(self.tokenizer, len(ids), tail, budget, self.stop_ids, job) for _ in
-                        range(job.request.n)]
+                rows = [
+                    ReplyWatch(self.tokenizer, len(ids), tail, budget, self.stop_ids, job) for _ in range(job.request.n)
+                ]
                 row_matchers = [self.grammars.matcher(grammar) if grammar else None for _ in rows]
                 echo = self._echo(job.request, ids)
             except ApiError as exc:  # this request's own problem: the others in the batch go on
@@ -263,16 +278,28 @@ class TransformersBackend:
         if request.seed is not None:
             set_seed(request.seed)
         # temperature and top-p run as processors after the log-probability recorder (sampling_processors)
-        settings = GenerationSettings(max_new_tokens=max(w.budget for w in watches),
-                                      temperature=1.0 if request.temperature > 0 else 0.0, batch_size=len(prompts))
+        settings = GenerationSettings(
+            max_new_tokens=max(w.budget for w in watches),
+            temperature=1.0 if request.temperature > 0 else 0.0,
+            batch_size=len(prompts),
+        )
         wanted = [w.job.request.logprobs for w in watches if w.job.request.logprobs is not None]
         recorder = LogprobRecorder(max(wanted)) if wanted else None
-        processors = ([recorder] if recorder else []) + ([GrammarMask(matchers, self.stop_ids)] if any(matchers)
-                                                         else []) + sampling_processors(request.temperature,
-                                                                                        request.top_p)
+        processors = (
+            ([recorder] if recorder else [])
+            + ([GrammarMask(matchers, self.stop_ids)] if any(matchers) else [])
+            + sampling_processors(request.temperature, request.top_p)
+        )
         rows = ScoredRows(watches, max(len(ids) for ids in prompts), recorder)  # left padding: replies start there
-        generate(self.model, self.tokenizer, prompts, self.stop_ids, settings,
-                 stopping_criteria=StoppingCriteriaList([rows]), logits_processor=LogitsProcessorList(processors))
+        generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.stop_ids,
+            settings,
+            stopping_criteria=StoppingCriteriaList([rows]),
+            logits_processor=LogitsProcessorList(processors),
+        )
         self._send_answers(watches)
 
     def _send_answers(self, watches: list[ReplyWatch]) -> None:
@@ -288,11 +315,17 @@ class TransformersBackend:
     def _answer_of(self, watch: ReplyWatch) -> Answer:
         reply, stopped = watch.finish()
         ended = stopped or watch.last_id in self.stop_ids or watch.count < watch.budget
-        answer = Answer(watch.index, watch.echo_text + reply, "stop" if ended else "length", watch.count,
-                        prompt_chars=len(watch.echo_text))
+        answer = Answer(
+            watch.index,
+            watch.echo_text + reply,
+            "stop" if ended else "length",
+            watch.count,
+            prompt_chars=len(watch.echo_text),
+        )
         if watch.job.request.logprobs is not None:
-            answer.logprobs = watch.echo_scores + self._token_texts(watch.scored[:watch.reply_tokens(reply)],
-                                                                    watch.job.request.logprobs)
+            answer.logprobs = watch.echo_scores + self._token_texts(
+                watch.scored[: watch.reply_tokens(reply)], watch.job.request.logprobs
+            )
         if watch.hold and self.tool_format:
             content, calls = parse_tool_calls(watch.raw_reply(), self.tool_format)
             if calls:
@@ -306,8 +339,11 @@ class TransformersBackend:
             return json_grammar(request.reply_schema, tail)
         if request.tool_choice in ("none", "auto") or not request.tools:
             return None
-        names = ([tool["function"]["name"] for tool in request.tools] if request.tool_choice == "required"
-                 else [request.tool_choice])
+        names = (
+            [tool["function"]["name"] for tool in request.tools]
+            if request.tool_choice == "required"
+            else [request.tool_choice]
+        )
         return tool_call_grammar(self.tool_format, request.tools, names, tail)
 
     def _echo(self, request: Generation, ids: list[int]) -> tuple[str, list[TokenLogprob | None]]:
@@ -365,13 +401,17 @@ def prompt_ids(tokenizer: Any, template: Template, request: Generation) -> tuple
             if not ids:
                 raise ApiError(400, "prompt: empty; give some text to continue", "prompt")
             return ids, ""
-        ids, tails = encode_prompts(tokenizer, template, [SimpleNamespace(messages=request.messages,
-                                                                          tools=template_tools(template, request))])
+        ids, tails = encode_prompts(
+            tokenizer, template, [SimpleNamespace(messages=request.messages, tools=template_tools(template, request))]
+        )
     except SftkitError as exc:
         raise ApiError(400, f"messages: {exc}", "messages") from None
     except (TypeError, ValueError, UnicodeError, OverflowError) as exc:  # text the tokenizer cannot encode
-        raise ApiError(400, f"{param}: the tokenizer cannot encode this text ({type(exc).__name__}); send plain "
-                            "Unicode text", param) from None
+        raise ApiError(
+            400,
+            f"{param}: the tokenizer cannot encode this text ({type(exc).__name__}); send plain Unicode text",
+            param,
+        ) from None
     return ids[0], tails[0]
 
 
@@ -382,8 +422,12 @@ def checked_token_ids(tokenizer: Any, ids: list[int]) -> list[int]:
         ApiError: an id past the vocabulary.
     """
     if max(ids) >= len(tokenizer):
-        raise ApiError(400, f"prompt: token id {max(ids)} is past this model's vocabulary ({len(tokenizer)} "
-                            "tokens); send ids of this model's tokenizer", "prompt")
+        raise ApiError(
+            400,
+            f"prompt: token id {max(ids)} is past this model's vocabulary ({len(tokenizer)} "
+            "tokens); send ids of this model's tokenizer",
+            "prompt",
+        )
     return ids
 
 
@@ -393,8 +437,7 @@ def template_tools(template: Template, request: Generation) -> str | None:
     if not request.tools:
         return None
     own_jinja = hasattr(template, "source")
-    return json.dumps(request.tools if own_jinja else [tool["function"] for tool in request.tools],
-                      ensure_ascii=False)
+    return json.dumps(request.tools if own_jinja else [tool["function"] for tool in request.tools], ensure_ascii=False)
 
 
 def prompt_char_limit(tokenizer: Any, context: int | None) -> int | None:
@@ -419,9 +462,13 @@ def check_prompt_chars(request: Generation, limit: int | None, context: int | No
     chars = len(request.prompt or "") + sum(len(str(m.get("content") or "")) for m in request.messages or [])
     if limit is not None and chars > limit:
         param = "prompt" if request.messages is None else "messages"
-        raise ApiError(400, f"this model's maximum context length is {context} tokens, and the prompt has {chars:,} "
-                            f"characters, more than {context} tokens can hold ({limit:,}); shorten the prompt",
-                       param, "context_length_exceeded")
+        raise ApiError(
+            400,
+            f"this model's maximum context length is {context} tokens, and the prompt has {chars:,} "
+            f"characters, more than {context} tokens can hold ({limit:,}); shorten the prompt",
+            param,
+            "context_length_exceeded",
+        )
 
 
 def token_budget(prompt_tokens: int, max_tokens: int | None, context: int | None) -> int:
@@ -435,9 +482,13 @@ def token_budget(prompt_tokens: int, max_tokens: int | None, context: int | None
     asked = prompt_tokens + (max_tokens or 1)
     if asked > context:
         detail = f"{prompt_tokens} in the prompt" + (f" + {max_tokens} max_tokens" if max_tokens else "")
-        raise ApiError(400, f"this model's maximum context length is {context} tokens, and the request asks for "
-                            f"{asked} ({detail}); shorten the prompt or lower max_tokens",
-                       "messages", "context_length_exceeded")
+        raise ApiError(
+            400,
+            f"this model's maximum context length is {context} tokens, and the request asks for "
+            f"{asked} ({detail}); shorten the prompt or lower max_tokens",
+            "messages",
+            "context_length_exceeded",
+        )
     return max_tokens or context - prompt_tokens
 
 
@@ -450,8 +501,9 @@ class ReplyWatch:
     of a stop string.
     """
 
-    def __init__(self, tokenizer: Any, prompt_tokens: int, tail: str, budget: int, stop_ids: list[int],
-                 job: Job) -> None:
+    def __init__(
+        self, tokenizer: Any, prompt_tokens: int, tail: str, budget: int, stop_ids: list[int], job: Job
+    ) -> None:
         self.tokenizer, self.prompt_tokens, self.tail, self.job = tokenizer, prompt_tokens, tail, job
         self.budget, self.stop_ids, self.stops = budget, stop_ids, job.request.stops
         self.ids: list[int] = []
@@ -489,7 +541,7 @@ class ReplyWatch:
             cut = first_stop(text, self.stops, max(0, min(self.checked, len(text)) - self.longest_stop - 4))
             self.checked = len(text)
             stop = cut is not None
-            self._send(text[:cut] if stop else text[:len(text) - _held(text, self.stops)])
+            self._send(text[:cut] if stop else text[: len(text) - _held(text, self.stops)])
         self.done = stop or self.last_id in self.stop_ids or self.count >= self.budget
         return self.done
 
@@ -510,7 +562,7 @@ class ReplyWatch:
     def _send(self, text: str) -> None:
         if self.job.request.stream and not self.hold and len(text) > len(self.sent) and text.startswith(self.sent):
             # the newest token may still turn out to be the stop token: its log-probability waits
-            self.job.send(Delta(text[len(self.sent):], self.index, self._new_scores(len(self.scored) - 1)))
+            self.job.send(Delta(text[len(self.sent) :], self.index, self._new_scores(len(self.scored) - 1)))
             self.sent = text
 
     def echo(self, text: str, scores: list[TokenLogprob | None]) -> None:
@@ -522,7 +574,7 @@ class ReplyWatch:
     def _new_scores(self, upto: int) -> list[TokenLogprob | None] | None:
         if self.job.request.logprobs is None or upto <= self.scores_sent:
             return None
-        new = token_logprobs(self.tokenizer, self.scored[self.scores_sent:upto], self.job.request.logprobs)
+        new = token_logprobs(self.tokenizer, self.scored[self.scores_sent : upto], self.job.request.logprobs)
         self.scores_sent = upto
         return new
 
@@ -530,8 +582,8 @@ class ReplyWatch:
         """What a stream has not had yet: a held reply's text (or the text before its calls), the last log-probs."""
         if not self.job.request.stream:
             return
-        text = answer.text[answer.prompt_chars:]
-        rest = text if self.hold else text[len(self.sent):] if text.startswith(self.sent) else ""
+        text = answer.text[answer.prompt_chars :]
+        rest = text if self.hold else text[len(self.sent) :] if text.startswith(self.sent) else ""
         scores = self._new_scores(self.reply_tokens(text) if answer.tool_calls is None else len(self.scored))
         if rest or scores:
             self.job.send(Delta(rest, self.index, scores))
@@ -562,7 +614,7 @@ class RowWatches:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        done = [watch.step(input_ids[row, self.width:].tolist()) for row, watch in enumerate(self.watches)]
+        done = [watch.step(input_ids[row, self.width :].tolist()) for row, watch in enumerate(self.watches)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -583,11 +635,14 @@ class ScoredRows(RowWatches):
 
 def token_logprobs(tokenizer: Any, scored: list[Scored], top: int) -> list[TokenLogprob | None]:
     """Token ids as the text each decodes to (a byte-level piece of a character may decode to U+FFFD)."""
+
     def text(token: int) -> str:
         return tokenizer.decode([token], skip_special_tokens=False)
 
-    return [(text(token), logprob, [(text(other), value) for other, value in alternatives[:top]])
-            for token, logprob, alternatives in scored]
+    return [
+        (text(token), logprob, [(text(other), value) for other, value in alternatives[:top]])
+        for token, logprob, alternatives in scored
+    ]
 
 
 def first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
@@ -600,5 +655,5 @@ def _held(text: str, stops: list[str]) -> int:
     """Length of the longest end of `text` that a stop string starts with (not sent until it is decided)."""
     if not stops:
         return 0
-    tail = text[-max(len(stop) for stop in stops):]  # a bounded window, not the whole reply
+    tail = text[-max(len(stop) for stop in stops) :]  # a bounded window, not the whole reply
     return max((k for stop in stops for k in range(1, len(stop)) if tail.endswith(stop[:k])), default=0)

@@ -27,8 +27,13 @@ MAX_STOP_CHARS = 256
 MAX_SEED = 2**32 - 1
 
 # OpenAI's "developer" role is its newer name for the system prompt.
-ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-              "tool": "observation"}
+ROLE_NAMES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "observation",
+}
 MAX_CHOICES = 16  # n: choices per request (each one a row of the batch)
 MAX_PROMPTS = 64  # prompts in one /v1/completions request (lm-eval sends its batch as one request)
 MAX_LOGPROBS = 20  # alternatives per token, as vLLM and OpenAI's chat allow
@@ -37,8 +42,14 @@ MAX_LOGPROBS = 20  # alternatives per token, as vLLM and OpenAI's chat allow
 class ApiError(Exception):
     """A request that cannot be served, answered as OpenAI's error object with `status`."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         message, param = _printable(message), _printable(param) if param is not None else None
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
@@ -56,6 +67,7 @@ def _printable(text: str) -> str:
 
 # ---------------------------------------------------------------------------- request bodies
 
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -65,8 +77,10 @@ class _Body(BaseModel):
         where = surrogate_at(value)
         if where is not None:
             # JSON's "\\ud800" escapes decode to half a character, which no tokenizer encodes
-            raise ValueError(f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), which is "
-                             "not text; send valid Unicode")
+            raise ValueError(
+                f"{where or 'the body'}: holds a lone surrogate escape (half of a UTF-16 pair), which is "
+                "not text; send valid Unicode"
+            )
         return value
 
 
@@ -136,11 +150,17 @@ class Message(_Body):
     @classmethod
     def _text_only(cls, value: Any) -> Any:
         # one message for what a union of two shapes would report as two unrelated errors
-        if value is None or isinstance(value, str) or (isinstance(value, list) and all(
-                isinstance(part, dict) and part.get("type") == "text" for part in value)):
+        if (
+            value is None
+            or isinstance(value, str)
+            or (
+                isinstance(value, list) and all(isinstance(part, dict) and part.get("type") == "text" for part in value)
+            )
+        ):
             return value
-        raise ValueError("must be a string or a list of text parts ({\"type\": \"text\", \"text\": ...}); "
-                         "sftkit serves text models")
+        raise ValueError(
+            'must be a string or a list of text parts ({"type": "text", "text": ...}); sftkit serves text models'
+        )
 
     @model_validator(mode="after")
     def _content_or_calls(self) -> Message:
@@ -342,10 +362,15 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """POST /v1/completions: raw text continued, no chat template."""
 
-    prompt: (str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
-             | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-             | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
-                         Field(min_length=1, max_length=MAX_PROMPTS)])
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+            Field(min_length=1, max_length=MAX_PROMPTS),
+        ]
+    )
     # 0 with echo: score the prompt only (lm-eval's log-likelihood requests)
     max_tokens: Annotated[int, Field(ge=0)] | None = 16
     echo: bool = False
@@ -359,8 +384,9 @@ class CompletionRequest(_Sampling):
         # pydantic's union of the four prompt shapes would answer any of these with "should be a valid string"
         token_ids = isinstance(value, list) and value and all(type(item) is int for item in value)
         if isinstance(value, list) and not token_ids and not 1 <= len(value) <= MAX_PROMPTS:
-            raise ValueError(f"a string, a list of token ids, or a list of 1 to {MAX_PROMPTS} prompts (got a list "
-                             f"of {len(value)})")
+            raise ValueError(
+                f"a string, a list of token ids, or a list of 1 to {MAX_PROMPTS} prompts (got a list of {len(value)})"
+            )
         if not isinstance(value, str | list):
             raise ValueError("must be a string, a list of token ids, or a list of prompts")
         return value
@@ -386,8 +412,13 @@ class CompletionRequest(_Sampling):
 # ---------------------------------------------------------------------------- checks of the agent features
 
 # Parameters accepted at the value that changes nothing (clients and frameworks send them explicitly).
-NEUTRAL = {"logit_bias": ({}, None), "top_k": (-1, 0, None), "min_p": (0, None), "repetition_penalty": (1, None),
-           "store": (False, None)}
+NEUTRAL = {
+    "logit_bias": ({}, None),
+    "top_k": (-1, 0, None),
+    "min_p": (0, None),
+    "repetition_penalty": (1, None),
+    "store": (False, None),
+}
 
 
 def check_neutral(body: _Sampling) -> _Sampling:
@@ -420,13 +451,16 @@ def check_chat_extras(body: ChatRequest) -> ChatRequest:
     if (choice == "required" or isinstance(choice, NamedToolChoice)) and not names:
         raise ValueError("tool_choice: asks for a tool call, but the request has no tools")
     if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-        raise ValueError(f"tool_choice: names {choice.function.name!r}, which is not one of the tools "
-                         f"({', '.join(names)})")
+        raise ValueError(
+            f"tool_choice: names {choice.function.name!r}, which is not one of the tools ({', '.join(names)})"
+        )
     if body.top_logprobs and not body.logprobs:
         raise ValueError("top_logprobs: needs logprobs: true")
     if body.reply_schema() is not None and names and choice != "none":
-        raise ValueError("response_format: a JSON reply and tool calls exclude each other here; send tool_choice "
-                         "\"none\" or response_format {\"type\": \"text\"}")
+        raise ValueError(
+            "response_format: a JSON reply and tool calls exclude each other here; send tool_choice "
+            '"none" or response_format {"type": "text"}'
+        )
     return body
 
 
@@ -434,10 +468,14 @@ def normalized_message(message: Message) -> dict[str, str]:
     """One OpenAI message as sftkit's normalized one: calls become a `function_call` turn (its JSON as the template
     trains it: one object, or a list for parallel calls), a tool result an `observation`."""
     if message.role == "assistant" and message.tool_calls:
-        calls = [{"name": call.function.name, "arguments": _arguments(call.function.arguments, i)}
-                 for i, call in enumerate(message.tool_calls)]
-        return {"role": "function_call", "content": json.dumps(calls[0] if len(calls) == 1 else calls,
-                                                                ensure_ascii=False)}
+        calls = [
+            {"name": call.function.name, "arguments": _arguments(call.function.arguments, i)}
+            for i, call in enumerate(message.tool_calls)
+        ]
+        return {
+            "role": "function_call",
+            "content": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False),
+        }
     return {"role": ROLE_NAMES[message.role], "content": message.text()}
 
 
@@ -447,8 +485,11 @@ def _arguments(text: str, i: int) -> Any:
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
-        raise ApiError(400, f"messages: tool_calls[{i}].function.arguments must be a JSON object as text "
-                            f"(got {text[:40]!r})", "messages")
+        raise ApiError(
+            400,
+            f"messages: tool_calls[{i}].function.arguments must be a JSON object as text (got {text[:40]!r})",
+            "messages",
+        )
     return value
 
 
@@ -465,14 +506,18 @@ def merge_tool_results(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 # ---------------------------------------------------------------------------- responses
 
+
 @dataclass
 class Usage:
     prompt_tokens: int
     completion_tokens: int
 
     def body(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
 
 
 class Reply:
@@ -488,8 +533,9 @@ class Reply:
 
     def complete(self, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
         """The whole (non-streamed) response."""
-        choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text}} if self.chat
-                                  else {"index": 0, "text": text})
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": text}} if self.chat else {"index": 0, "text": text}
+        )
         choice |= {"logprobs": None, "finish_reason": finish_reason}
         body = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
         return body | {"usage": usage.body()}
@@ -508,13 +554,22 @@ class Reply:
 
     def complete_choices(self, answers: list[Any], usage: Usage) -> dict[str, Any]:
         """The whole response with every choice (`answers`: engine Answers, in index order)."""
-        body = self._envelope("chat.completion" if self.chat else "text_completion",
-                              [choice_body(answer, self.chat) for answer in answers])
+        body = self._envelope(
+            "chat.completion" if self.chat else "text_completion",
+            [choice_body(answer, self.chat) for answer in answers],
+        )
         return body | {"usage": usage.body()}
 
-    def choice_chunk(self, index: int, text: str = "", logprobs: list[Any] | None = None,
-                     finish_reason: str | None = None, tool_calls: list[dict[str, Any]] | None = None,
-                     first: bool = False, offset: int = 0) -> dict[str, Any]:
+    def choice_chunk(
+        self,
+        index: int,
+        text: str = "",
+        logprobs: list[Any] | None = None,
+        finish_reason: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        first: bool = False,
+        offset: int = 0,
+    ) -> dict[str, Any]:
         """One stream chunk of choice `index`: text and its tokens' log-probs, or tool-call deltas, or the end."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
@@ -536,6 +591,7 @@ class Reply:
 
 # ---------------------------------------------------------------------------- choices: several, log-probs, tool calls
 
+
 def chat_logprobs(entries: list[Any] | None) -> dict[str, Any] | None:
     """OpenAI's chat `logprobs`: `content`, one object per token with its `top_logprobs`."""
     if entries is None:
@@ -544,8 +600,12 @@ def chat_logprobs(entries: list[Any] | None) -> dict[str, Any] | None:
     def token(text: str, logprob: float) -> dict[str, Any]:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
-    return {"content": [token(text, logprob) | {"top_logprobs": [token(t, lp) for t, lp in top]}
-                        for text, logprob, top in entries], "refusal": None}
+    return {
+        "content": [
+            token(text, logprob) | {"top_logprobs": [token(t, lp) for t, lp in top]} for text, logprob, top in entries
+        ],
+        "refusal": None,
+    }
 
 
 def completion_logprobs(entries: list[Any] | None, offset: int = 0) -> dict[str, Any] | None:
@@ -565,18 +625,35 @@ def completion_logprobs(entries: list[Any] | None, offset: int = 0) -> dict[str,
 
 def tool_calls_body(calls: list[Any]) -> list[dict[str, Any]]:
     """Parsed calls in OpenAI's shape, each with a fresh id and its arguments as JSON text."""
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
-            for call in calls]
+    return [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+        }
+        for call in calls
+    ]
 
 
 def choice_body(answer: Any, chat: bool) -> dict[str, Any]:
     """One finished choice (`answer`: an engine Answer) of a whole response."""
     if not chat:
-        return {"index": answer.index, "text": answer.text, "logprobs": completion_logprobs(answer.logprobs),
-                "finish_reason": answer.finish_reason}
+        return {
+            "index": answer.index,
+            "text": answer.text,
+            "logprobs": completion_logprobs(answer.logprobs),
+            "finish_reason": answer.finish_reason,
+        }
     message: dict[str, Any] = {"role": "assistant", "content": answer.text}
     if answer.tool_calls:
-        message = {"role": "assistant", "content": answer.text or None, "tool_calls": tool_calls_body(answer.tool_calls)}
-    return {"index": answer.index, "message": message, "logprobs": chat_logprobs(answer.logprobs),
-            "finish_reason": answer.finish_reason}
+        message = {
+            "role": "assistant",
+            "content": answer.text or None,
+            "tool_calls": tool_calls_body(answer.tool_calls),
+        }
+    return {
+        "index": answer.index,
+        "message": message,
+        "logprobs": chat_logprobs(answer.logprobs),
+        "finish_reason": answer.finish_reason,
+    }

@@ -7,11 +7,31 @@ type, its rendering and Jinja), `jinja` (`JinjaTemplate`: a model's own Jinja ch
 from it), `registry` (the named templates).
 """
 
-from sftkit.templates.conversation import (ASSISTANT_SIDE, USER_SIDE, parse_tools, role_order_problem, split_system, with_system)
+from sftkit.templates.conversation import (
+    ASSISTANT_SIDE,
+    USER_SIDE,
+    parse_tools,
+    role_order_problem,
+    split_system,
+    with_system,
+)
 from sftkit.templates.jinja import JinjaTemplate
 from sftkit.templates.registry import TEMPLATE_HINTS, TEMPLATES, get_template
 from sftkit.templates.template import Segment, Template, prepare_tokenizer, remove_thought
 
-__all__ = ["ASSISTANT_SIDE", "TEMPLATES", "TEMPLATE_HINTS", "USER_SIDE", "JinjaTemplate", "Segment", "Template",
-           "get_template", "parse_tools", "prepare_tokenizer", "remove_thought", "role_order_problem",
-           "split_system", "with_system"]
+__all__ = [
+    "ASSISTANT_SIDE",
+    "TEMPLATES",
+    "TEMPLATE_HINTS",
+    "USER_SIDE",
+    "JinjaTemplate",
+    "Segment",
+    "Template",
+    "get_template",
+    "parse_tools",
+    "prepare_tokenizer",
+    "remove_thought",
+    "role_order_problem",
+    "split_system",
+    "with_system",
+]

@@ -46,8 +46,10 @@ def role_order_problem(turns: list[Message], end_with_assistant: bool = True, fi
     for i, message in enumerate(turns):
         expected = ASSISTANT_SIDE if i % 2 else USER_SIDE
         if message["role"] not in expected:
-            return (f"roles out of order: message {i + first_position} is {message['role']}, expected "
-                    f"{' or '.join(expected)}; turns must alternate user -> assistant, starting with the user")
+            return (
+                f"roles out of order: message {i + first_position} is {message['role']}, expected "
+                f"{' or '.join(expected)}; turns must alternate user -> assistant, starting with the user"
+            )
     if (len(turns) % 2 == 0) != end_with_assistant:
         wanted = "an assistant reply (remove the trailing message)" if end_with_assistant else "a user-side message"
         return f"the conversation ends with a {turns[-1]['role']} message; it must end with {wanted}"
@@ -66,8 +68,9 @@ def parse_tools(tools: Any) -> list[dict[str, Any]]:
         try:
             tools = json.loads(tools)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"is not valid JSON ({exc.msg} at char {exc.pos}); it must be a JSON list of tool "
-                             "schemas") from None
+            raise ValueError(
+                f"is not valid JSON ({exc.msg} at char {exc.pos}); it must be a JSON list of tool schemas"
+            ) from None
     tools = [tools] if isinstance(tools, dict) else tools
     if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
         raise ValueError("must be a JSON list of tool-schema objects")

@@ -62,8 +62,9 @@ class JinjaTemplate:
     stop_words: tuple[str, ...] = ()
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, source: str, name: str, origin: str,
-                       enable_thinking: bool | None = None) -> JinjaTemplate:
+    def from_tokenizer(
+        cls, tokenizer: Any, source: str, name: str, origin: str, enable_thinking: bool | None = None
+    ) -> JinjaTemplate:
         """Binds `source` to `tokenizer` and probes what ends a reply.
 
         Raises:
@@ -89,8 +90,13 @@ class JinjaTemplate:
 
     # ------------------------------------------------------------------ the Template interface
 
-    def segments(self, messages: list[dict[str, str]], tools: str | None = None,
-                 add_generation_prompt: bool = False, only_last: bool = False) -> list[Segment]:
+    def segments(
+        self,
+        messages: list[dict[str, str]],
+        tools: str | None = None,
+        add_generation_prompt: bool = False,
+        only_last: bool = False,
+    ) -> list[Segment]:
         """The rendered conversation, cut into trained / untrained / content segments.
 
         `only_last` (mask_history): an earlier reply the template rewrites is left untrained, not refused.
@@ -135,31 +141,46 @@ class JinjaTemplate:
 
     # ------------------------------------------------------------------ rendering
 
-    def render(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-               add_generation_prompt: bool) -> str:
+    def render(
+        self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool
+    ) -> str:
         """The Jinja rendering of template-shaped messages (`apply_chat_template(..., tokenize=False)`)."""
         return self._render(chat, tools, add_generation_prompt)[0]
 
-    def _render(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                add_generation_prompt: bool, track: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    def _render(
+        self,
+        chat: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        add_generation_prompt: bool,
+        track: bool = False,
+    ) -> tuple[str, list[tuple[int, int]]]:
         from jinja2 import TemplateError
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
             with render_budget():
-                rendered, spans = render_jinja_template([chat], tools=tools, chat_template=self.source,
-                                                        return_assistant_tokens_mask=track,
-                                                        add_generation_prompt=add_generation_prompt,
-                                                        **dict(self.variables))
+                rendered, spans = render_jinja_template(
+                    [chat],
+                    tools=tools,
+                    chat_template=self.source,
+                    return_assistant_tokens_mask=track,
+                    add_generation_prompt=add_generation_prompt,
+                    **dict(self.variables),
+                )
         except RenderBudgetExceeded as exc:
-            raise DataError(f"the {self.name} chat template did not finish rendering one conversation ({exc}; "
-                            "loops nested in loops?); fix the template or use another") from None
+            raise DataError(
+                f"the {self.name} chat template did not finish rendering one conversation ({exc}; "
+                "loops nested in loops?); fix the template or use another"
+            ) from None
         except RecursionError:
-            raise DataError(f"the {self.name} chat template recurses without end (a macro calling itself?); fix the "
-                            "template or use another") from None
+            raise DataError(
+                f"the {self.name} chat template recurses without end (a macro calling itself?); fix the "
+                "template or use another"
+            ) from None
         except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-            raise DataError(f"the {self.name} chat template cannot render this conversation ({_first_line(exc)})"
-                            ) from None
+            raise DataError(
+                f"the {self.name} chat template cannot render this conversation ({_first_line(exc)})"
+            ) from None
         return rendered[0], (spans[0] if spans else [])
 
     def _message(self, message: dict[str, str]) -> dict[str, Any]:
@@ -174,12 +195,17 @@ class JinjaTemplate:
             call = json.loads(content)
             name, arguments = call["name"], call.get("arguments", {})
         except (json.JSONDecodeError, TypeError, KeyError):
-            raise DataError('a function_call turn must be a JSON object {"name": ..., "arguments": {...}}; got '
-                            f"{content[:60]!r}") from None
+            raise DataError(
+                'a function_call turn must be a JSON object {"name": ..., "arguments": {...}}; got '
+                f"{content[:60]!r}"
+            ) from None
         if self.arguments_as_text and not isinstance(arguments, str):
             arguments = json.dumps(arguments, ensure_ascii=False)
-        return {"role": "assistant", "content": "",
-                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+        return {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}],
+        }
 
     def _schemas(self, tools: str | None, turns: list[dict[str, str]]) -> list[dict[str, Any]] | None:
         try:
@@ -188,31 +214,45 @@ class JinjaTemplate:
             raise DataError(f"tools {exc}") from None
         calls = any(m["role"] in ("function_call", "observation") for m in turns)
         if (schemas or calls) and "tool_calls" not in self.source:
-            raise DataError(f"the {self.name} chat template has no tool-call format (it never reads tools / "
-                            "tool_calls); use a template with one (qwen, qwen3, chatml, llama3) or remove the tool turns")
+            raise DataError(
+                f"the {self.name} chat template has no tool-call format (it never reads tools / "
+                "tool_calls); use a template with one (qwen, qwen3, chatml, llama3) or remove the tool turns"
+            )
         if schemas and not re.search(r"\btools\b", self.source):
             # DeepSeek V3's own template: calls and results have tokens, the schemas no place at all, and a model
             # trained to call tools it was never shown would make them up
-            raise DataError(f"the {self.name} chat template writes tool calls but never reads the tool schemas "
-                            "(tools), so they would silently vanish from the prompt; describe the tools in the "
-                            "system message and drop the tools column, or choose a template that lists them")
+            raise DataError(
+                f"the {self.name} chat template writes tool calls but never reads the tool schemas "
+                "(tools), so they would silently vanish from the prompt; describe the tools in the "
+                "system message and drop the tools column, or choose a template that lists them"
+            )
         # OpenAI's shape, as transformers builds schemas from Python functions and model templates expect it
         # (gpt-oss, Gemma 4, Cohere and MiniMax read tool.function.name); a schema already wrapped stays as it is
         return [_openai_tool(schema) for schema in schemas] if schemas else None
 
     # ------------------------------------------------------------------ what is trained
 
-    def _replies(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str,
-                 offset: int, only_last: bool = False) -> list[tuple[int, int, int, int]]:
+    def _replies(
+        self,
+        chat: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        full: str,
+        offset: int,
+        only_last: bool = False,
+    ) -> list[tuple[int, int, int, int]]:
         """(start, content end, end, turn) of every assistant-side reply in `full`."""
         positions = [k for k, m in enumerate(chat) if k >= offset and (k - offset) % 2]
         if _GENERATION.search(self.source):
             _, blocks = self._render(chat, tools, False, track=True)
             if len(blocks) != len(positions):
-                raise DataError(f"the {self.name} chat template marks {len(blocks)} generation blocks for "
-                                f"{len(positions)} replies; sftkit cannot tell which text is trained")
-            return [(s, max(s, e - len(self._end_in(full[s:e]))), e, (k - offset) // 2)
-                    for (s, e), k in zip(blocks, positions)]
+                raise DataError(
+                    f"the {self.name} chat template marks {len(blocks)} generation blocks for "
+                    f"{len(positions)} replies; sftkit cannot tell which text is trained"
+                )
+            return [
+                (s, max(s, e - len(self._end_in(full[s:e]))), e, (k - offset) // 2)
+                for (s, e), k in zip(blocks, positions)
+            ]
         spans = []
         for k in positions:
             try:
@@ -222,22 +262,25 @@ class JinjaTemplate:
                     raise
         return spans
 
-    def _reply_span(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str, k: int,
-                    turn: int) -> tuple[int, int, int, int]:
+    def _reply_span(
+        self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, full: str, k: int, turn: int
+    ) -> tuple[int, int, int, int]:
         prompt = self.render(chat[:k], tools, True)
-        upto = full if k == len(chat) - 1 else self.render(chat[:k + 1], tools, False)
+        upto = full if k == len(chat) - 1 else self.render(chat[: k + 1], tools, False)
         start = self._reply_start(prompt, upto)
         cut = upto.rfind(self.end_token)
-        if cut >= start and full.startswith(upto[:cut + len(self.end_token)]):
+        if cut >= start and full.startswith(upto[: cut + len(self.end_token)]):
             return start, cut, cut + len(self.end_token), turn
         # the turn renders differently once later turns follow (Qwen3 drops earlier reasoning)
         start = min(self._reply_start(prompt, full), self._reply_start(upto, full))
         cut = full.find(self.end_token, start)
         visible = _visible(chat[k])
         if cut < 0 or (visible and visible not in full[start:cut]):
-            raise DataError(f"the {self.name} chat template renders reply {k} differently once later turns follow, "
-                            "and sftkit cannot locate it; set mask_history: true (train the last reply only) or "
-                            "choose a named template")
+            raise DataError(
+                f"the {self.name} chat template renders reply {k} differently once later turns follow, "
+                "and sftkit cannot locate it; set mask_history: true (train the last reply only) or "
+                "choose a named template"
+            )
         return start, cut, cut + len(self.end_token), turn
 
     def _reply_start(self, prompt: str, text: str) -> int:
@@ -254,8 +297,7 @@ class JinjaTemplate:
                 boundary = max(boundary, at + len(token))
         return boundary
 
-    def _contents(self, messages: list[dict[str, str]], chat: list[dict[str, Any]], full: str
-                  ) -> list[tuple[int, int]]:
+    def _contents(self, messages: list[dict[str, str]], chat: list[dict[str, Any]], full: str) -> list[tuple[int, int]]:
         """Where the message text holding control-token text lies in `full` (only such text needs marking).
 
         The text is what the template was given: a reply's content and `reasoning_content` apart where it reads
@@ -265,8 +307,11 @@ class JinjaTemplate:
         spans: list[tuple[int, int]] = []
         cursor = 0
         for i, (message, given) in enumerate(zip(messages, chat, strict=True)):
-            parts = ([message["content"]] if "tool_calls" in given else
-                     [given.get("reasoning_content") or "", given["content"]])
+            parts = (
+                [message["content"]]
+                if "tool_calls" in given
+                else [given.get("reasoning_content") or "", given["content"]]
+            )
             for part in (p for p in parts if pattern.search(p)):
                 for text in (part, part.strip(), remove_thought(part, "</think>")):
                     at = full.find(text, cursor)
@@ -275,16 +320,18 @@ class JinjaTemplate:
                         cursor = at + len(text)
                         break
                 else:
-                    raise DataError(f"message {i} holds control-token text that the {self.name} chat template "
-                                    "changes, so it cannot be kept as plain text; remove the control-token text "
-                                    "from the row")
+                    raise DataError(
+                        f"message {i} holds control-token text that the {self.name} chat template "
+                        "changes, so it cannot be kept as plain text; remove the control-token text "
+                        "from the row"
+                    )
         return spans
 
     def _end_in(self, text: str) -> str:
         """The control tokens that close `text` (a generation block's end-of-turn tokens)."""
         end = ""
         while True:
-            token = next((t for t in self.control_tokens if text[:len(text) - len(end)].endswith(t)), None)
+            token = next((t for t in self.control_tokens if text[: len(text) - len(end)].endswith(t)), None)
             if token is None:
                 return end
             end = token + end
@@ -301,7 +348,7 @@ class JinjaTemplate:
         reply (GLM-4.5 to 4.7, as LLaMA-Factory's efficient_eos glm4_moe) ends it with the next turn's role
         token: nothing is trained after the reply, and generation stops at that token."""
         after = self._probe_text().rpartition(_PROBE_REPLY)[2]
-        end = after[:len(after) - len(after.lstrip(" \n"))]
+        end = after[: len(after) - len(after.lstrip(" \n"))]
         lead = len(end)
         while token := next((t for t in self.control_tokens if after.startswith(t, len(end))), None):
             end += token
@@ -309,15 +356,20 @@ class JinjaTemplate:
             return end, ()
         if not after.strip() and (stops := self._next_turn_tokens()):
             return "", stops
-        raise DataError(f"the {self.name} chat template writes no end-of-turn token right after a reply "
-                        f"({after[:30]!r} follows it), so a model trained on it would never stop; set template: "
-                        "to a named one")
+        raise DataError(
+            f"the {self.name} chat template writes no end-of-turn token right after a reply "
+            f"({after[:30]!r} follows it), so a model trained on it would never stop; set template: "
+            "to a named one"
+        )
 
     def _next_turn_tokens(self) -> tuple[str, ...]:
         """The control tokens that open the turn after a reply (the user's; a tool result's where the template
         has one), when they follow the reply with nothing but whitespace between."""
-        chat = [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": _PROBE_REPLY},
-                {"role": "user", "content": "probe again"}]
+        chat = [
+            {"role": "user", "content": "probe question"},
+            {"role": "assistant", "content": _PROBE_REPLY},
+            {"role": "user", "content": "probe again"},
+        ]
         try:
             after = self.render(chat, None, False).partition(_PROBE_REPLY)[2].lstrip(" \n")
         except DataError:
@@ -332,8 +384,14 @@ class JinjaTemplate:
         """Whether the template concatenates tool-call arguments as text (DeepSeek) rather than a dict."""
         if "tool_calls" not in self.source:
             return False
-        call = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}]
+        call = [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}],
+            },
+        ]
         try:
             self.render(call, [{"type": "function", "function": {"name": "f"}}], False)
         except DataError:
@@ -388,8 +446,9 @@ def render_budget(steps: int | None = None, seconds: float | None = None) -> Ite
         sys.settrace(None)
 
 
-def _cut(full: str, replies: list[tuple[int, int, int, int]], contents: list[tuple[int, int]],
-         prompt_turn: int | None) -> list[Segment]:
+def _cut(
+    full: str, replies: list[tuple[int, int, int, int]], contents: list[tuple[int, int]], prompt_turn: int | None
+) -> list[Segment]:
     """`full` as segments: trained replies (content, then end tokens), marked content, the text between."""
     cuts = {0, len(full)}
     for start, content_end, end, _ in replies:
@@ -413,7 +472,7 @@ def _with_reasoning_field(content: str) -> dict[str, Any]:
     head, close, reply = content.partition("</think>")
     if not close or not head.lstrip().startswith("<think>"):
         return {"role": "assistant", "content": content}
-    reasoning = head.lstrip()[len("<think>"):].strip("\n")
+    reasoning = head.lstrip()[len("<think>") :].strip("\n")
     return {"role": "assistant", "content": reply.lstrip("\n"), "reasoning_content": reasoning}
 
 

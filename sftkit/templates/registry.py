@@ -110,8 +110,17 @@ _DEFINITIONS = (
         assistant=" {content}{eos}",
         observation="{content}",
         end_token="{eos}",
-        special_tokens=("{bos}", "{eos}", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
-                        "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"),
+        special_tokens=(
+            "{bos}",
+            "{eos}",
+            "[INST]",
+            "[/INST]",
+            "[AVAILABLE_TOOLS]",
+            "[/AVAILABLE_TOOLS]",
+            "[TOOL_CALLS]",
+            "[TOOL_RESULTS]",
+            "[/TOOL_RESULTS]",
+        ),
         tool_format="mistral",
         system_in_user=True,
     ),
@@ -162,9 +171,9 @@ _DEFINITIONS = (
         tool_format=None,
         # the saved Jinja takes a call as the data's JSON text, and Jinja cannot take JSON apart
         no_tools_reason="the deepseek3 template has no tool-call format: DeepSeek V3 writes a call's name and "
-                        "arguments apart between its tool tokens, which a named template cannot; leave template unset "
-                        "to train with the model's own DeepSeek V3 chat template (tool calls and results; it has no "
-                        "place for tool schemas), or remove the tool turns",
+        "arguments apart between its tool tokens, which a named template cannot; leave template unset "
+        "to train with the model's own DeepSeek V3 chat template (tool calls and results; it has no "
+        "place for tool schemas), or remove the tool turns",
     ),
     # GLM-4 writes no token after a reply: generation stops at the next role token (stop words), and a
     # reply's end is not trained (LLaMA-Factory's efficient_eos).
@@ -214,7 +223,7 @@ _DEFINITIONS = (
         special_tokens=("{eos}",),
         tool_format=None,
         default_system="Below is an instruction that describes a task. Write a response that appropriately "
-                       "completes the request.\n\n",
+        "completes the request.\n\n",
     ),
     Template(
         name="vicuna",
@@ -227,83 +236,171 @@ _DEFINITIONS = (
         special_tokens=("{eos}",),
         tool_format=None,
         default_system="A chat between a curious user and an artificial intelligence assistant. The assistant "
-                       "gives helpful, detailed, and polite answers to the user's questions.",
+        "gives helpful, detailed, and polite answers to the user's questions.",
     ),
 )
 
-_OWN_TOOLS = ("the {name} template has no tool-call format sftkit can write ({what}); leave template unset to "
-              "train with the model's own chat template, or remove the tool turns")
+_OWN_TOOLS = (
+    "the {name} template has no tool-call format sftkit can write ({what}); leave template unset to "
+    "train with the model's own chat template, or remove the tool turns"
+)
 
 
 def _chatml(name: str, default_system: str | None = None, prefix: str = "", **kw: object) -> Template:
     """A ChatML family member: Yi, SmolLM2, InternLM2, LFM2, Qwen3.5 (LLaMA-Factory's definitions)."""
-    return Template(name=name, prefix=prefix, system="<|im_start|>system\n{content}<|im_end|>\n",
-                    user="<|im_start|>user\n{content}<|im_end|>\n",
-                    assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
-                    observation="<|im_start|>user\n{content}<|im_end|>\n", end_token="<|im_end|>",
-                    special_tokens=tuple(t for t in ("{bos}",) if t in prefix) + ("<|im_start|>", "<|im_end|>"),
-                    default_system=default_system, **kw)  # type: ignore[arg-type]
+    return Template(
+        name=name,
+        prefix=prefix,
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
+        observation="<|im_start|>user\n{content}<|im_end|>\n",
+        end_token="<|im_end|>",
+        special_tokens=tuple(t for t in ("{bos}",) if t in prefix) + ("<|im_start|>", "<|im_end|>"),
+        default_system=default_system,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 # LLaMA-Factory's text templates added for LLaMA-Factory YAMLs (issue 29), as its data/template.py defines them
 # (slots, stop words, default systems); the families' own tools formats are left to the model's own template.
 _MORE = (
     # Qwen3.5: Qwen3's text and reasoning; its tool calls are XML (<function=...><parameter=...>), not Hermes JSON
-    _chatml("qwen3_5", thought=("<think>\n", "\n</think>\n\n"), tool_format=None,
-            no_tools_reason=_OWN_TOOLS.format(name="qwen3_5", what="XML function calls")),
-    _chatml("qwen3_5_nothink", tool_format=None,
-            no_tools_reason=_OWN_TOOLS.format(name="qwen3_5_nothink", what="XML function calls")),
+    _chatml(
+        "qwen3_5",
+        thought=("<think>\n", "\n</think>\n\n"),
+        tool_format=None,
+        no_tools_reason=_OWN_TOOLS.format(name="qwen3_5", what="XML function calls"),
+    ),
+    _chatml(
+        "qwen3_5_nothink",
+        tool_format=None,
+        no_tools_reason=_OWN_TOOLS.format(name="qwen3_5_nothink", what="XML function calls"),
+    ),
     _chatml("yi"),
     _chatml("smollm2", default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face."),
-    _chatml("intern2", prefix="{bos}", default_system=(
-        "You are an AI assistant whose name is InternLM (书生·浦语).\n"
-        "- InternLM (书生·浦语) is a conversational language model that is developed by Shanghai AI Laboratory "
-        "(上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
-        "- InternLM (书生·浦语) can understand and communicate fluently in the language chosen by the user such "
-        "as English and 中文.")),
-    _chatml("lfm2", default_system="You are a helpful AI assistant.", tool_format=None,
-            no_tools_reason=_OWN_TOOLS.format(name="lfm2", what="<|tool_call_start|> Python-style calls")),
+    _chatml(
+        "intern2",
+        prefix="{bos}",
+        default_system=(
+            "You are an AI assistant whose name is InternLM (书生·浦语).\n"
+            "- InternLM (书生·浦语) is a conversational language model that is developed by Shanghai AI Laboratory "
+            "(上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
+            "- InternLM (书生·浦语) can understand and communicate fluently in the language chosen by the user such "
+            "as English and 中文."
+        ),
+    ),
+    _chatml(
+        "lfm2",
+        default_system="You are a helpful AI assistant.",
+        tool_format=None,
+        no_tools_reason=_OWN_TOOLS.format(name="lfm2", what="<|tool_call_start|> Python-style calls"),
+    ),
     # DeepSeek LLM (V1/V2 chat) and DeepSeek-R1 (reasoning)
-    Template(name="deepseek", prefix="{bos}", system="{content}\n\n", user="User: {content}\n\n",
-             assistant="Assistant:{content}{eos}", observation="{content}", end_token="{eos}",
-             special_tokens=("{bos}", "{eos}"), tool_format=None),
-    Template(name="deepseekr1", prefix="{bos}", system="{content}", user="<｜User｜>{content}",
-             assistant="<｜Assistant｜>{content}{eos}", observation="{content}", end_token="{eos}",
-             special_tokens=("{bos}", "{eos}", "<｜User｜>", "<｜Assistant｜>"), thought=("<think>\n", "\n</think>\n\n"),
-             tool_format=None),
+    Template(
+        name="deepseek",
+        prefix="{bos}",
+        system="{content}\n\n",
+        user="User: {content}\n\n",
+        assistant="Assistant:{content}{eos}",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{bos}", "{eos}"),
+        tool_format=None,
+    ),
+    Template(
+        name="deepseekr1",
+        prefix="{bos}",
+        system="{content}",
+        user="<｜User｜>{content}",
+        assistant="<｜Assistant｜>{content}{eos}",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{bos}", "{eos}", "<｜User｜>", "<｜Assistant｜>"),
+        thought=("<think>\n", "\n</think>\n\n"),
+        tool_format=None,
+    ),
     # Gemma 2: Gemma's turns (LLaMA-Factory also stops on <eos>)
-    Template(name="gemma2", prefix="{bos}", system="{content}\n\n", user="<start_of_turn>user\n{content}<end_of_turn>\n",
-             assistant="<start_of_turn>model\n{content}<end_of_turn>\n",
-             observation="<start_of_turn>tool\n{content}<end_of_turn>\n", end_token="<end_of_turn>",
-             special_tokens=("{bos}", "<start_of_turn>", "<end_of_turn>"), stop_words=("{eos}",), tool_format=None,
-             system_in_user=True),
+    Template(
+        name="gemma2",
+        prefix="{bos}",
+        system="{content}\n\n",
+        user="<start_of_turn>user\n{content}<end_of_turn>\n",
+        assistant="<start_of_turn>model\n{content}<end_of_turn>\n",
+        observation="<start_of_turn>tool\n{content}<end_of_turn>\n",
+        end_token="<end_of_turn>",
+        special_tokens=("{bos}", "<start_of_turn>", "<end_of_turn>"),
+        stop_words=("{eos}",),
+        tool_format=None,
+        system_in_user=True,
+    ),
     # Phi-3 / Phi-3.5
-    Template(name="phi", prefix="", system="<|system|>\n{content}<|end|>\n", user="<|user|>\n{content}<|end|>\n",
-             assistant="<|assistant|>\n{content}<|end|>\n", observation="{content}", end_token="<|end|>",
-             special_tokens=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), tool_format=None),
+    Template(
+        name="phi",
+        prefix="",
+        system="<|system|>\n{content}<|end|>\n",
+        user="<|user|>\n{content}<|end|>\n",
+        assistant="<|assistant|>\n{content}<|end|>\n",
+        observation="{content}",
+        end_token="<|end|>",
+        special_tokens=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+        tool_format=None,
+    ),
     # Cohere Command R / R+
-    Template(name="cohere", prefix="{bos}",
-             system="<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
-             user="<|START_OF_TURN_TOKEN|><|USER_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
-             assistant="<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
-             observation="{content}", end_token="<|END_OF_TURN_TOKEN|>",
-             special_tokens=("{bos}", "<|START_OF_TURN_TOKEN|>", "<|SYSTEM_TOKEN|>", "<|USER_TOKEN|>",
-                             "<|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>"), tool_format=None),
+    Template(
+        name="cohere",
+        prefix="{bos}",
+        system="<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
+        user="<|START_OF_TURN_TOKEN|><|USER_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
+        assistant="<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{content}<|END_OF_TURN_TOKEN|>",
+        observation="{content}",
+        end_token="<|END_OF_TURN_TOKEN|>",
+        special_tokens=(
+            "{bos}",
+            "<|START_OF_TURN_TOKEN|>",
+            "<|SYSTEM_TOKEN|>",
+            "<|USER_TOKEN|>",
+            "<|CHATBOT_TOKEN|>",
+            "<|END_OF_TURN_TOKEN|>",
+        ),
+        tool_format=None,
+    ),
     # IBM Granite 3
-    Template(name="granite3", prefix="",
-             system="<|start_of_role|>system<|end_of_role|>{content}<|end_of_text|>\n",
-             user="<|start_of_role|>user<|end_of_role|>{content}<|end_of_text|>\n",
-             assistant="<|start_of_role|>assistant<|end_of_role|>{content}<|end_of_text|>\n",
-             observation="{content}", end_token="<|end_of_text|>",
-             special_tokens=("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"), tool_format=None),
+    Template(
+        name="granite3",
+        prefix="",
+        system="<|start_of_role|>system<|end_of_role|>{content}<|end_of_text|>\n",
+        user="<|start_of_role|>user<|end_of_role|>{content}<|end_of_text|>\n",
+        assistant="<|start_of_role|>assistant<|end_of_role|>{content}<|end_of_text|>\n",
+        observation="{content}",
+        end_token="<|end_of_text|>",
+        special_tokens=("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"),
+        tool_format=None,
+    ),
     # Tencent Hunyuan (v1)
-    Template(name="hunyuan", prefix="<|startoftext|>", system="{content}<|extra_4|>", user="{content}<|extra_0|>",
-             assistant="{content}<|eos|>", observation="{content}", end_token="<|eos|>",
-             special_tokens=("<|startoftext|>", "<|extra_4|>", "<|extra_0|>", "<|eos|>"), tool_format=None),
+    Template(
+        name="hunyuan",
+        prefix="<|startoftext|>",
+        system="{content}<|extra_4|>",
+        user="{content}<|extra_0|>",
+        assistant="{content}<|eos|>",
+        observation="{content}",
+        end_token="<|eos|>",
+        special_tokens=("<|startoftext|>", "<|extra_4|>", "<|extra_0|>", "<|eos|>"),
+        tool_format=None,
+    ),
     # AllenAI OLMo (v1): the conversation opens with eos, as LLaMA-Factory writes it
-    Template(name="olmo", prefix="{eos}", system="{content}", user="<|user|>\n{content}",
-             assistant="<|assistant|>\n{content}{eos}", observation="{content}", end_token="{eos}",
-             special_tokens=("{eos}", "<|user|>", "<|assistant|>"), tool_format=None),
+    Template(
+        name="olmo",
+        prefix="{eos}",
+        system="{content}",
+        user="<|user|>\n{content}",
+        assistant="<|assistant|>\n{content}{eos}",
+        observation="{content}",
+        end_token="{eos}",
+        special_tokens=("{eos}", "<|user|>", "<|assistant|>"),
+        tool_format=None,
+    ),
 )
 _DEFINITIONS = (*_DEFINITIONS, *_MORE)
 _BY_NAME = {template.name: template for template in _DEFINITIONS}
@@ -329,5 +426,3 @@ def get_template(name: str) -> Template:
     if name not in _BY_NAME:
         raise ConfigError(f"unknown template {name!r}; {UNSET_HINT}, or choose one of {', '.join(TEMPLATES)}")
     return _BY_NAME[name]
-
-

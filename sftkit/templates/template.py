@@ -72,12 +72,28 @@ TOOL_FORMATS = {
     # Qwen / Hermes: one schema a line in <tools>, calls in <tool_call>, results in <tool_response>
     "hermes": ToolFormat(TOOLS_PROMPT, TOOLS_SEPARATOR, "{schema}", "\n", FUNCTION_CALL, TOOL_RESPONSE),
     # Mistral (LLaMA-Factory's "mistral" tool format): [AVAILABLE_TOOLS], [TOOL_CALLS] [...], [TOOL_RESULTS]
-    "mistral": ToolFormat("[AVAILABLE_TOOLS] [{tools}][/AVAILABLE_TOOLS]", "", '{"type": "function", "function": {schema}}',
-                          ", ", "[TOOL_CALLS] [{content}]", '[TOOL_RESULTS] {"content": {content}}[/TOOL_RESULTS]'),
+    "mistral": ToolFormat(
+        "[AVAILABLE_TOOLS] [{tools}][/AVAILABLE_TOOLS]",
+        "",
+        '{"type": "function", "function": {schema}}',
+        ", ",
+        "[TOOL_CALLS] [{content}]",
+        '[TOOL_RESULTS] {"content": {content}}[/TOOL_RESULTS]',
+    ),
     # Llama 3.1 JSON tool calling: schemas (indent 4) ahead of the system text, a call is the bare JSON object,
     # results go raw into the template's `ipython` turn
-    "llama3": ToolFormat(LLAMA3_TOOLS_PROMPT, "", "{schema}\n\n", "", "{content}", "{content}", wrap=True, indent=4,
-                         tools_first=True, call_key="parameters"),
+    "llama3": ToolFormat(
+        LLAMA3_TOOLS_PROMPT,
+        "",
+        "{schema}\n\n",
+        "",
+        "{content}",
+        "{content}",
+        wrap=True,
+        indent=4,
+        tools_first=True,
+        call_key="parameters",
+    ),
 }
 
 
@@ -128,8 +144,13 @@ class Template:
     origin: str = "built-in"
     no_tools_reason: str = ""
 
-    def segments(self, messages: list[dict[str, str]], tools: str | None = None,
-                 add_generation_prompt: bool = False, only_last: bool = False) -> list[Segment]:
+    def segments(
+        self,
+        messages: list[dict[str, str]],
+        tools: str | None = None,
+        add_generation_prompt: bool = False,
+        only_last: bool = False,
+    ) -> list[Segment]:
         """The conversation as annotated segments (the one rendering everything else derives from).
 
         Args:
@@ -148,9 +169,12 @@ class Template:
             raise DataError(problem)
         schemas = _tools(tools)
         if (schemas or any(m["role"] in ("function_call", "observation") for m in turns)) and not self.tool_format:
-            raise DataError(self.no_tools_reason or f"the {self.name} template has no tool-call format; use a "
-                            "template with one (chatml, qwen, qwen3, llama3) or the model's own chat template, or "
-                            "remove the tool turns")
+            raise DataError(
+                self.no_tools_reason
+                or f"the {self.name} template has no tool-call format; use a "
+                "template with one (chatml, qwen, qwen3, llama3) or the model's own chat template, or "
+                "remove the tool turns"
+            )
         out = [Segment(self.prefix, False, False, -1)] if self.prefix else []
         system_text = _system_text(system if system is not None else self.default_system, schemas, self._tool_format)
         if system_text is not None and not self.system_in_user:
@@ -188,8 +212,10 @@ class Template:
             text = getattr(self, field)
             for slot, token in values.items():
                 if slot in text and token is None:
-                    raise DataError(f"the {self.name} template needs the tokenizer's {slot[1:-1]} token, and it has "
-                                    "none; choose another template")
+                    raise DataError(
+                        f"the {self.name} template needs the tokenizer's {slot[1:-1]} token, and it has "
+                        "none; choose another template"
+                    )
                 text = text.replace(slot, token or "")
             changes[field] = text
         changes["special_tokens"] = tuple(t for t in (values.get(t, t) for t in self.special_tokens) if t)
@@ -211,14 +237,26 @@ class Template:
 
     def jinja(self) -> str:
         """The same format as a Jinja chat template for the saved tokenizer."""
-        fields = {"prefix": self.prefix, "assistant_header": self.assistant_header,
-                  "tools_separator": self._tool_format.separator, "default_system": self.default_system or "",
-                  "tool_joiner": self._tool_format.joiner, "arguments_key": '"arguments"',
-                  "call_key": f'"{self._tool_format.call_key}"',
-                  "open": self.thought[0] if self.thought else "", "close": self.thought[1] if self.thought else ""}
-        for key, fmt in (("system", self.system), ("user", self.user), ("observation", self.observation),
-                         ("assistant", self.assistant), ("call", self._tool_format.call),
-                         ("response", self._tool_format.response), ("tool", self._tool_format.tool)):
+        fields = {
+            "prefix": self.prefix,
+            "assistant_header": self.assistant_header,
+            "tools_separator": self._tool_format.separator,
+            "default_system": self.default_system or "",
+            "tool_joiner": self._tool_format.joiner,
+            "arguments_key": '"arguments"',
+            "call_key": f'"{self._tool_format.call_key}"',
+            "open": self.thought[0] if self.thought else "",
+            "close": self.thought[1] if self.thought else "",
+        }
+        for key, fmt in (
+            ("system", self.system),
+            ("user", self.user),
+            ("observation", self.observation),
+            ("assistant", self.assistant),
+            ("call", self._tool_format.call),
+            ("response", self._tool_format.response),
+            ("tool", self._tool_format.tool),
+        ):
             fields[f"{key}_before"], _, fields[f"{key}_after"] = fmt.partition("{content}")
         fields["tools_before"], _, fields["tools_after"] = self._tool_format.prompt.partition("{tools}")
         fields["tool_before"], _, fields["tool_after"] = self._tool_format.tool.partition("{schema}")
@@ -242,9 +280,13 @@ class Template:
         """The first user turn opening with the wrapped system text (Llama 2 style)."""
         before, _, after = self.user.partition("{content}")
         sys_before, _, sys_after = self.system.partition("{content}")
-        pieces = (Segment(before + sys_before, False, False, 0), Segment(system_text, False, True, 0),
-                  Segment(sys_after, False, False, 0), Segment(message["content"], False, True, 0),
-                  Segment(after, False, False, 0))
+        pieces = (
+            Segment(before + sys_before, False, False, 0),
+            Segment(system_text, False, True, 0),
+            Segment(sys_after, False, False, 0),
+            Segment(message["content"], False, True, 0),
+            Segment(after, False, False, 0),
+        )
         return [seg for seg in pieces if seg.text]
 
     def _reply(self, content: str) -> str:
@@ -267,14 +309,24 @@ class Template:
             return _wrap(self.user, content, trained=False, turn=turn)
         if role == "observation":
             return _wrap(self.observation, _fill(self._tool_format.response, content), trained=False, turn=turn)
-        text = self._reply(_fill(self._tool_format.call, _call(content, self._tool_format.call_key))
-                           if role == "function_call" else content)
+        text = self._reply(
+            _fill(self._tool_format.call, _call(content, self._tool_format.call_key))
+            if role == "function_call"
+            else content
+        )
         before, _, after = self.assistant.partition("{content}")
         before += self._prompt_thought()
-        rest = after[len(self.end_token):]
-        return [seg for seg in (Segment(before, False, False, turn), Segment(text, True, True, turn),
-                                Segment(self.end_token, True, False, turn, end=True), Segment(rest, False, False, turn))
-                if seg.text]
+        rest = after[len(self.end_token) :]
+        return [
+            seg
+            for seg in (
+                Segment(before, False, False, turn),
+                Segment(text, True, True, turn),
+                Segment(self.end_token, True, False, turn, end=True),
+                Segment(rest, False, False, turn),
+            )
+            if seg.text
+        ]
 
 
 def remove_thought(content: str, close: str) -> str:
@@ -291,8 +343,15 @@ def _fill(fmt: str, content: str) -> str:
 
 def _wrap(fmt: str, content: str, trained: bool, turn: int) -> list[Segment]:
     before, _, after = fmt.partition("{content}")
-    return [seg for seg in (Segment(before, trained, False, turn), Segment(content, trained, True, turn),
-                            Segment(after, trained, False, turn)) if seg.text]
+    return [
+        seg
+        for seg in (
+            Segment(before, trained, False, turn),
+            Segment(content, trained, True, turn),
+            Segment(after, trained, False, turn),
+        )
+        if seg.text
+    ]
 
 
 def _tools(tools: str | None) -> list[dict[str, Any]]:
@@ -302,8 +361,9 @@ def _tools(tools: str | None) -> list[dict[str, Any]]:
         raise DataError(f"tools {exc}") from None
 
 
-def _system_text(system: str | None, tools: list[dict[str, Any]], form: ToolFormat = TOOL_FORMATS["hermes"]
-                 ) -> str | None:
+def _system_text(
+    system: str | None, tools: list[dict[str, Any]], form: ToolFormat = TOOL_FORMATS["hermes"]
+) -> str | None:
     """System content with the tools prompt (after it, or before it for `tools_first`); None when there is neither."""
     if not tools:
         return system
@@ -334,13 +394,17 @@ def _call(content: str, key: str) -> str:
     try:
         calls, got = json.loads(content), json.loads(renamed)
         calls, got = ([calls], [got]) if isinstance(calls, dict) else (calls, got)
-        clean = all(set(c) == {"name", "arguments"} and g == {"name": c["name"], key: c["arguments"]}
-                    for c, g in zip(calls, got, strict=True))
+        clean = all(
+            set(c) == {"name", "arguments"} and g == {"name": c["name"], key: c["arguments"]}
+            for c, g in zip(calls, got, strict=True)
+        )
     except (json.JSONDecodeError, TypeError, ValueError):
         clean = False
     if not clean:
-        raise DataError(f'a function_call turn must be a JSON object {{"name": ..., "arguments": {{...}}}} (its '
-                        f'arguments are written as "{key}"); got {content[:60]!r}')
+        raise DataError(
+            f'a function_call turn must be a JSON object {{"name": ..., "arguments": {{...}}}} (its '
+            f'arguments are written as "{key}"); got {content[:60]!r}'
+        )
     return renamed
 
 

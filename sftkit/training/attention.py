@@ -48,8 +48,10 @@ def use_document_attention(model: Any, flash_attn: str, device: str) -> str | No
     lm = causal_lm_of(model)
     kernel = lm.config._attn_implementation
     if kernel == FLEX and device == "cpu":
-        raise SftkitError("flash_attn: flex cannot train on a CPU (PyTorch's flex_attention has no CPU backward); "
-                          "use flash_attn: auto or sdpa")
+        raise SftkitError(
+            "flash_attn: flex cannot train on a CPU (PyTorch's flex_attention has no CPU backward); "
+            "use flash_attn: auto or sdpa"
+        )
     if kernel not in ("sdpa", PACKED_SDPA):  # flash varlen and flex mask per document already; eager as asked
         return None
     chosen = FLEX if flash_attn == "auto" and device == "cuda" else PACKED_SDPA
@@ -73,8 +75,15 @@ def _register() -> None:
     AttentionMaskInterface.register(PACKED_SDPA, document_mask)
 
 
-def document_mask(*, attention_mask: torch.Tensor | None = None, local_size: int | None = None, q_length: int,
-                  kv_length: int, q_offset: int = 0, **kwargs: Any) -> torch.Tensor | None:
+def document_mask(
+    *,
+    attention_mask: torch.Tensor | None = None,
+    local_size: int | None = None,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    **kwargs: Any,
+) -> torch.Tensor | None:
     """sdpa's mask, but none for a full-causal forward without a padding mask and without a cache.
 
     That is every packed training row: `packed_sdpa` cuts it into examples by position_ids, and a row of
@@ -85,12 +94,24 @@ def document_mask(*, attention_mask: torch.Tensor | None = None, local_size: int
 
     if attention_mask is None and local_size is None and q_offset == 0 and q_length == kv_length:
         return None
-    return sdpa_mask(attention_mask=attention_mask, local_size=local_size, q_length=q_length, kv_length=kv_length,
-                     q_offset=q_offset, **kwargs)
+    return sdpa_mask(
+        attention_mask=attention_mask,
+        local_size=local_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        **kwargs,
+    )
 
 
-def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def packed_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention-function interface: causal sdpa per packed example, else plain sdpa.
 
     Shapes: query `(batch, heads, seq, dim)`, key/value `(batch, kv_heads, seq, dim)`; returns
@@ -105,15 +126,25 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     kwargs.pop("is_causal", None)
     rows = []
     for row, row_spans in enumerate(spans):
-        parts = [sdpa_attention_forward(module, query[row:row + 1, :, start:end], key[row:row + 1, :, start:end],
-                                        value[row:row + 1, :, start:end], None, is_causal=True, **kwargs)[0]
-                 for start, end in row_spans]
+        parts = [
+            sdpa_attention_forward(
+                module,
+                query[row : row + 1, :, start:end],
+                key[row : row + 1, :, start:end],
+                value[row : row + 1, :, start:end],
+                None,
+                is_causal=True,
+                **kwargs,
+            )[0]
+            for start, end in row_spans
+        ]
         rows.append(torch.cat(parts, dim=1))
     return torch.cat(rows, dim=0), None
 
 
-def example_spans(position_ids: torch.Tensor | None, query: torch.Tensor,
-                  key: torch.Tensor) -> list[list[tuple[int, int]]] | None:
+def example_spans(
+    position_ids: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
+) -> list[list[tuple[int, int]]] | None:
     """(start, end) of each packed example per row, or None when no row is packed.
 
     An example starts where position_ids fall back to 0. A run of zeros is padding (each pad its own

@@ -46,14 +46,16 @@ class GenerationSamplesCallback(TrainerCallback):
         self._writer: Any = None
         self._noted_sharding = False
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    model: Any = None, **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero or model is None:
             return
         if _sharded(args):
             if not self._noted_sharding:
-                logger.warning("eval_generation_samples: skipped, a sharded (FSDP / ZeRO-3) model cannot "
-                               "generate on one process")
+                logger.warning(
+                    "eval_generation_samples: skipped, a sharded (FSDP / ZeRO-3) model cannot generate on one process"
+                )
                 self._noted_sharding = True
             return
         settings = GenerationSettings(self.max_new_tokens, batch_size=len(self.prompt_ids))
@@ -64,8 +66,9 @@ class GenerationSamplesCallback(TrainerCallback):
             writer.add_text(f"{SAMPLES_TAG}/{i}", self._markdown(i, reply, state.global_step), state.global_step)
         writer.flush()
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -80,8 +83,10 @@ class GenerationSamplesCallback(TrainerCallback):
     def _markdown(self, i: int, reply: str, step: int) -> str:
         """TensorBoard renders markdown; indented blocks keep control tokens like <|im_start|> visible."""
         prompt = self.prompts[i]
-        return (f"**prompt** ({prompt.dataset} row {prompt.index})\n\n{_block(self.prompt_texts[i])}\n\n"
-                f"**reference**\n\n{_block(prompt.reference)}\n\n**answer at step {step}**\n\n{_block(reply)}")
+        return (
+            f"**prompt** ({prompt.dataset} row {prompt.index})\n\n{_block(self.prompt_texts[i])}\n\n"
+            f"**reference**\n\n{_block(prompt.reference)}\n\n**answer at step {step}**\n\n{_block(reply)}"
+        )
 
 
 def generation_samples_callback(cfg: SftConfig, tokenizer: Any, template: Template) -> GenerationSamplesCallback | None:
@@ -124,8 +129,9 @@ class ProgressReport(TrainerCallback):
         self._started = self._last_time = 0.0
         self._last_tokens = 0
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         self._first_step = state.global_step  # a resumed run starts past 0
@@ -134,16 +140,27 @@ class ProgressReport(TrainerCallback):
         if self.out.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, file=self.out, unit="step",
-                            dynamic_ncols=True, desc="training")
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                file=self.out,
+                unit="step",
+                dynamic_ncols=True,
+                desc="training",
+            )
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    **kwargs: Any) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero or not logs:
             return
         record = self._record(state, logs)
@@ -164,8 +181,9 @@ class ProgressReport(TrainerCallback):
         else:
             print(line, file=self.out, flush=True)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -182,8 +200,13 @@ class ProgressReport(TrainerCallback):
         self._last_time, self._last_tokens = now, tokens
         done = state.global_step - self._first_step
         eta = (now - self._started) / done * (state.max_steps - state.global_step) if done > 0 else None
-        return {**base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
-                "tokens_per_second": rate, "eta_seconds": eta}
+        return {
+            **base,
+            "loss": logs["loss"],
+            "learning_rate": logs.get("learning_rate"),
+            "tokens_per_second": rate,
+            "eta_seconds": eta,
+        }
 
 
 def _append_progress(output_dir: str, record: dict[str, Any]) -> None:
@@ -205,8 +228,9 @@ class PissaInitCallback(TrainerCallback):
     and eval load on the unchanged base.
     """
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       model: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         folder = os.path.join(args.output_dir, PISSA_INIT)
         if not state.is_world_process_zero or os.path.isdir(folder):
             return

@@ -44,8 +44,10 @@ def deepspeed_note(cfg: SftConfig) -> str | None:
     """One line when the `deepspeed` key is read from sftkit's copy of LLaMA-Factory's file, else None."""
     if not cfg.deepspeed or deepspeed_file(cfg.deepspeed) == cfg.deepspeed:
         return None
-    return (f"deepspeed: {cfg.deepspeed} is not here (LLaMA-Factory's examples folder); using sftkit's copy of that "
-            f"file, {deepspeed_file(cfg.deepspeed)}")
+    return (
+        f"deepspeed: {cfg.deepspeed} is not here (LLaMA-Factory's examples folder); using sftkit's copy of that "
+        f"file, {deepspeed_file(cfg.deepspeed)}"
+    )
 
 
 def check_distributed(cfg: SftConfig) -> None:
@@ -60,8 +62,9 @@ def check_distributed(cfg: SftConfig) -> None:
     problems = []
     if cfg.deepspeed:
         # the package itself is checked with the other packages (sftkit.config.environment)
-        problems.append(_json_file_problem("deepspeed", deepspeed_file(cfg.deepspeed),
-                                           "use one of configs/deepspeed/*.json"))
+        problems.append(
+            _json_file_problem("deepspeed", deepspeed_file(cfg.deepspeed), "use one of configs/deepspeed/*.json")
+        )
         if (note := deepspeed_note(cfg)) and process_rank() == 0:
             print(f"note: {note}", file=sys.stderr)
     if isinstance(cfg.fsdp_config, str):

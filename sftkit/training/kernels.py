@@ -48,8 +48,9 @@ def apply_liger_kernels(model: nn.Module) -> dict[str, int]:
     for parent in list(causal_lm_of(model).modules()):
         for name, child in list(parent.named_children()):
             if is_rms_norm(child):
-                fused = LigerRMSNorm(child.weight.shape[0], eps=child.variance_epsilon, casting_mode="llama",
-                                     in_place=False)
+                fused = LigerRMSNorm(
+                    child.weight.shape[0], eps=child.variance_epsilon, casting_mode="llama", in_place=False
+                )
                 fused.weight = child.weight
                 setattr(parent, name, fused)
                 counts["rms_norm"] += 1
@@ -61,8 +62,12 @@ def apply_liger_kernels(model: nn.Module) -> dict[str, int]:
 
 def is_rms_norm(module: nn.Module) -> bool:
     """A Llama-style RMSNorm: a weight, an epsilon, no bias, no offset (Gemma's 1 + weight is another kernel)."""
-    return (type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
-            and getattr(module, "bias", None) is None and not hasattr(module, "offset"))
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and hasattr(module, "variance_epsilon")
+        and getattr(module, "bias", None) is None
+        and not hasattr(module, "offset")
+    )
 
 
 def is_swiglu_mlp(module: nn.Module) -> bool:
@@ -70,8 +75,9 @@ def is_swiglu_mlp(module: nn.Module) -> bool:
     import torch
     from transformers.activations import SiLUActivation
 
-    return (all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj"))
-            and isinstance(getattr(module, "act_fn", None), (SiLUActivation, torch.nn.SiLU)))
+    return all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj")) and isinstance(
+        getattr(module, "act_fn", None), (SiLUActivation, torch.nn.SiLU)
+    )
 
 
 def _fused_swiglu_forward(silu_mul: Any) -> Any:

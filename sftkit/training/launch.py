@@ -55,9 +55,25 @@ def torchrun_command(args: list[str]) -> list[str] | None:
     nproc = _count("NPROC_PER_NODE", str(max(device_count(), 1)), least=1)
     master_addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
     master_port = _count("MASTER_PORT", str(free_port()) if nnodes == 1 else "29500", least=1)
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
-            "--nproc_per_node", str(nproc), "--master_addr", master_addr, "--master_port", str(master_port),
-            "-m", "sftkit", "train", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(nnodes),
+        "--node_rank",
+        str(node_rank),
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        master_addr,
+        "--master_port",
+        str(master_port),
+        "-m",
+        "sftkit",
+        "train",
+        *args,
+    ]
 
 
 def run_torchrun(command: list[str]) -> int:
@@ -93,6 +109,8 @@ def _count(name: str, default: str, least: int) -> int:
     except ValueError:
         value = least - 1
     if value < least:
-        raise SftkitError(f"{name}={text}: expected a whole number of at least {least} (LLaMA-Factory's torchrun "
-                          f"layout: {', '.join(LAYOUT_VARIABLES)})")
+        raise SftkitError(
+            f"{name}={text}: expected a whole number of at least {least} (LLaMA-Factory's torchrun "
+            f"layout: {', '.join(LAYOUT_VARIABLES)})"
+        )
     return value

@@ -171,10 +171,12 @@ def chunked_cross_entropy(
     """
     hidden, targets = _trained_positions(hidden_states, labels, shifted)
     ref_hidden = _trained_positions(reference[1], labels, shifted)[0] if reference is not None else None
-    loss_sum, num_correct = _sum_over_chunks(head, hidden, targets, chunk_size, variant,
-                                             (reference[0], ref_hidden) if reference is not None else None)
-    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), num_correct, targets.numel(),
-                             loss_sum.detach())
+    loss_sum, num_correct = _sum_over_chunks(
+        head, hidden, targets, chunk_size, variant, (reference[0], ref_hidden) if reference is not None else None
+    )
+    return ChunkedLossOutput(
+        _divide(loss_sum, num_items_in_batch, targets.numel()), num_correct, targets.numel(), loss_sum.detach()
+    )
 
 
 def _divide(loss_sum: torch.Tensor, num_items_in_batch: int | torch.Tensor | None, num_trained: int) -> torch.Tensor:
@@ -188,8 +190,9 @@ def _divide(loss_sum: torch.Tensor, num_items_in_batch: int | torch.Tensor | Non
     return loss_sum / num_items_in_batch
 
 
-def _trained_positions(hidden_states: torch.Tensor, labels: torch.Tensor,
-                       shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _trained_positions(
+    hidden_states: torch.Tensor, labels: torch.Tensor, shifted: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(trained hidden rows, their next-token targets): untrained positions never reach the head."""
     if not shifted:
         hidden_states, labels = hidden_states[:, :-1], labels[:, 1:]
@@ -198,9 +201,14 @@ def _trained_positions(hidden_states: torch.Tensor, labels: torch.Tensor,
     return hidden_states[mask], labels[mask]
 
 
-def _sum_over_chunks(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                     variant: LossVariant | None = None,
-                     reference: tuple[nn.Module, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _sum_over_chunks(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+    variant: LossVariant | None = None,
+    reference: tuple[nn.Module, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy and correct-prediction count over chunks of `chunk_size` rows."""
     import torch
     from torch.utils.checkpoint import checkpoint
@@ -210,8 +218,8 @@ def _sum_over_chunks(head: nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     num_correct = torch.zeros((), dtype=torch.long, device=hidden.device)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
     for start in range(0, targets.numel(), chunk_size):
-        h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        ref = (reference[0], reference[1][start:start + chunk_size]) if reference is not None else None
+        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        ref = (reference[0], reference[1][start : start + chunk_size]) if reference is not None else None
         counted: list[torch.Tensor] = []
         if recompute:
             chunk_loss = checkpoint(_chunk_loss, head, h, y, counted, variant, ref, use_reentrant=False)
@@ -222,9 +230,14 @@ def _sum_over_chunks(head: nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return loss_sum, num_correct
 
 
-def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, counted: list[torch.Tensor],
-                variant: LossVariant | None = None,
-                reference: tuple[nn.Module, torch.Tensor] | None = None) -> torch.Tensor:
+def _chunk_loss(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    counted: list[torch.Tensor],
+    variant: LossVariant | None = None,
+    reference: tuple[nn.Module, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Summed float32 loss of one chunk; appends its correct count on the first run only."""
     import torch
     import torch.nn.functional as F
@@ -261,6 +274,7 @@ def _token_weights(logits: torch.Tensor, token_loss: torch.Tensor, variant: Loss
 
 
 # ---------------------------------------------------------------------------- the model patch
+
 
 def liger_available() -> bool:
     """Whether Liger's fused linear cross-entropy can be imported (it needs Triton and a GPU to run)."""
@@ -331,8 +345,9 @@ def has_chunked_loss(model: nn.Module) -> bool:
     return getattr(causal_lm_of(model).forward, "sftkit_chunked_loss", False)
 
 
-def _chunked_forward(lm: nn.Module, args: tuple, kwargs: dict[str, Any], chunk_size: int, liger: bool,
-                     variant: LossVariant | None = None) -> ChunkedLossOutput:
+def _chunked_forward(
+    lm: nn.Module, args: tuple, kwargs: dict[str, Any], chunk_size: int, liger: bool, variant: LossVariant | None = None
+) -> ChunkedLossOutput:
     """The decoder on the batch, then the chunked (or Liger) loss on its final hidden states."""
     shifted = kwargs.get("shift_labels") is not None
     labels = kwargs["shift_labels"] if shifted else kwargs["labels"]
@@ -340,14 +355,26 @@ def _chunked_forward(lm: nn.Module, args: tuple, kwargs: dict[str, Any], chunk_s
     decoder_kwargs["use_cache"] = False
     hidden_states = lm.get_decoder()(*args, **decoder_kwargs).last_hidden_state
     if liger:
-        return liger_cross_entropy(lm.get_output_embeddings(), hidden_states, labels,
-                                   num_items_in_batch=kwargs.get("num_items_in_batch"), shifted=shifted)
+        return liger_cross_entropy(
+            lm.get_output_embeddings(),
+            hidden_states,
+            labels,
+            num_items_in_batch=kwargs.get("num_items_in_batch"),
+            shifted=shifted,
+        )
     reference = None
     if variant is not None and variant.reference is not None:
         reference = (lm, variant.reference.hidden_states(lm, args, decoder_kwargs))
-    return chunked_cross_entropy(lm.get_output_embeddings(), hidden_states, labels, chunk_size,
-                                 num_items_in_batch=kwargs.get("num_items_in_batch"), shifted=shifted,
-                                 variant=variant, reference=reference)
+    return chunked_cross_entropy(
+        lm.get_output_embeddings(),
+        hidden_states,
+        labels,
+        chunk_size,
+        num_items_in_batch=kwargs.get("num_items_in_batch"),
+        shifted=shifted,
+        variant=variant,
+        reference=reference,
+    )
 
 
 def liger_cross_entropy(
@@ -368,8 +395,9 @@ def liger_cross_entropy(
     out = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
     # Its return type changed across releases: a tensor, a tuple, or an output object with `.loss`.
     loss_sum = getattr(out, "loss", out if torch.is_tensor(out) else out[0])
-    return ChunkedLossOutput(_divide(loss_sum, num_items_in_batch, targets.numel()), None, targets.numel(),
-                             loss_sum.detach())
+    return ChunkedLossOutput(
+        _divide(loss_sum, num_items_in_batch, targets.numel()), None, targets.numel(), loss_sum.detach()
+    )
 
 
 def perplexity(loss: float | None) -> float | None:

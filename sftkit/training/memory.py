@@ -59,8 +59,14 @@ class Shape:
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, heads * head_dim,
-                   kv_heads * head_dim, config.vocab_size)
+        return cls(
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_hidden_layers,
+            heads * head_dim,
+            kv_heads * head_dim,
+            config.vocab_size,
+        )
 
     @property
     def parameters(self) -> int:
@@ -117,9 +123,14 @@ def use_gradient_checkpointing(cfg: SftConfig, precision: Precision) -> bool:
     bytes_per_value = 4 if precision.dtype_name == "float32" else 2
     needed = training_bytes(shape, micro_batch_tokens(cfg), bytes_per_value, cfg.finetuning_type == "full")
     budget = HEADROOM * device_memory(precision.device)
-    logger.info("gradient_checkpointing auto: %.1f GiB estimated for a micro-batch of %d tokens, %.1f GiB "
-                "budget on %s: %s", needed / 2**30, micro_batch_tokens(cfg), budget / 2**30, precision.device,
-                "on" if needed > budget else "off")
+    logger.info(
+        "gradient_checkpointing auto: %.1f GiB estimated for a micro-batch of %d tokens, %.1f GiB budget on %s: %s",
+        needed / 2**30,
+        micro_batch_tokens(cfg),
+        budget / 2**30,
+        precision.device,
+        "on" if needed > budget else "off",
+    )
     return needed > budget
 
 
@@ -128,7 +139,8 @@ def model_shape(cfg: SftConfig) -> Shape | None:
     from transformers import AutoConfig
 
     try:
-        return Shape.of(AutoConfig.from_pretrained(resolve_model(cfg.model_name_or_path),
-                                                   trust_remote_code=cfg.trust_remote_code))
+        return Shape.of(
+            AutoConfig.from_pretrained(resolve_model(cfg.model_name_or_path), trust_remote_code=cfg.trust_remote_code)
+        )
     except Exception:  # noqa: BLE001 - an unreadable config is reported, better worded, by the model loading
         return None

@@ -35,8 +35,10 @@ def _decay_groups(model: torch.nn.Module, args: Any) -> list[dict[str, Any]]:
 
     decay = set(Trainer.get_decay_parameter_names(None, model))
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
-            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    return [
+        {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
 
 
 def _loraplus(cfg: SftConfig, model: torch.nn.Module, args: Any) -> torch.optim.Optimizer:
@@ -45,8 +47,14 @@ def _loraplus(cfg: SftConfig, model: torch.nn.Module, args: Any) -> torch.optim.
 
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     kwargs.pop("lr", None)
-    return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
-                                     loraplus_lr_embedding=cfg.loraplus_lr_embedding, **kwargs)
+    return create_loraplus_optimizer(
+        model,
+        optimizer_cls,
+        lr=args.learning_rate,
+        loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+        loraplus_lr_embedding=cfg.loraplus_lr_embedding,
+        **kwargs,
+    )
 
 
 def _badam(cfg: SftConfig, model: torch.nn.Module, args: Any) -> torch.optim.Optimizer:
@@ -58,13 +66,25 @@ def _badam(cfg: SftConfig, model: torch.nn.Module, args: Any) -> torch.optim.Opt
     groups = _decay_groups(model, args)
     named = list(model.named_parameters())
     if cfg.badam_mode == "layer":
-        return BlockOptimizer(base_optimizer=optimizer_cls(groups, **kwargs), named_parameters_list=named,
-                              block_prefix_list=None, switch_block_every=cfg.badam_switch_interval,
-                              start_block=cfg.badam_start_block, switch_mode=cfg.badam_switch_mode,
-                              verbose=cfg.badam_verbose, ds_zero3_enabled=is_deepspeed_zero3_enabled())
-    return BlockOptimizerRatio(param_groups=groups, named_parameters_list=named, update_ratio=cfg.badam_update_ratio,
-                               mask_mode=cfg.badam_mask_mode, verbose=cfg.badam_verbose, include_embedding=False,
-                               **kwargs)
+        return BlockOptimizer(
+            base_optimizer=optimizer_cls(groups, **kwargs),
+            named_parameters_list=named,
+            block_prefix_list=None,
+            switch_block_every=cfg.badam_switch_interval,
+            start_block=cfg.badam_start_block,
+            switch_mode=cfg.badam_switch_mode,
+            verbose=cfg.badam_verbose,
+            ds_zero3_enabled=is_deepspeed_zero3_enabled(),
+        )
+    return BlockOptimizerRatio(
+        param_groups=groups,
+        named_parameters_list=named,
+        update_ratio=cfg.badam_update_ratio,
+        mask_mode=cfg.badam_mask_mode,
+        verbose=cfg.badam_verbose,
+        include_embedding=False,
+        **kwargs,
+    )
 
 
 def _adam_mini(model: torch.nn.Module, args: Any) -> torch.optim.Optimizer:
@@ -73,24 +93,42 @@ def _adam_mini(model: torch.nn.Module, args: Any) -> torch.optim.Optimizer:
     from transformers.modeling_utils import is_fsdp_enabled
 
     config = model.config
-    return Adam_mini(named_parameters=model.named_parameters(), lr=args.learning_rate,
-                     betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, weight_decay=args.weight_decay,
-                     model_sharding=is_fsdp_enabled() or is_deepspeed_zero3_enabled(), dim=config.hidden_size,
-                     n_heads=config.num_attention_heads, n_kv_heads=getattr(config, "num_key_value_heads", None),
-                     verbose=False)
+    return Adam_mini(
+        named_parameters=model.named_parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+        model_sharding=is_fsdp_enabled() or is_deepspeed_zero3_enabled(),
+        dim=config.hidden_size,
+        n_heads=config.num_attention_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None),
+        verbose=False,
+    )
 
 
 def _muon(model: torch.nn.Module, args: Any) -> torch.optim.Optimizer:
     """Muon for 2-D weights that are neither embeddings nor the head (LLaMA-Factory's split), AdamW for the rest."""
-    embeddings = {id(p) for module in (model.get_input_embeddings(), model.get_output_embeddings())
-                  if module is not None for p in module.parameters()}
+    embeddings = {
+        id(p)
+        for module in (model.get_input_embeddings(), model.get_output_embeddings())
+        if module is not None
+        for p in module.parameters()
+    }
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     matrices = [p for n, p in trainable if p.ndim == 2 and id(p) not in embeddings]
     chosen = {id(p) for p in matrices}
     rest = [p for _, p in trainable if id(p) not in chosen]
-    muon = torch.optim.Muon(matrices, lr=args.learning_rate, weight_decay=args.weight_decay, adjust_lr_fn="match_rms_adamw")
-    adamw = torch.optim.AdamW(rest, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                              eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    muon = torch.optim.Muon(
+        matrices, lr=args.learning_rate, weight_decay=args.weight_decay, adjust_lr_fn="match_rms_adamw"
+    )
+    adamw = torch.optim.AdamW(
+        rest,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )
     return MuonWithAdamW(muon, adamw)
 
 

@@ -12,6 +12,7 @@ OVERFIT_GAP = 0.10
 
 # ---------------------------------------------------------------------------- overfitting
 
+
 def overfitting_signs(log_history: list[dict[str, Any]]) -> list[str]:
     """Signs of overfitting in a trainer's `state.log_history`, one line each (empty: none seen).
 
@@ -27,15 +28,18 @@ def overfitting_signs(log_history: list[dict[str, Any]]) -> list[str]:
     return [sign for sign in signs if sign]
 
 
-def _rising_sign(evals: list[tuple[int, float]], trains: list[tuple[int, float]], best_step: int,
-                 best: float) -> str | None:
+def _rising_sign(
+    evals: list[tuple[int, float]], trains: list[tuple[int, float]], best_step: int, best: float
+) -> str | None:
     last_step, last = evals[-1]
     train_at_best, train_at_last = _train_loss_at(trains, best_step), _train_loss_at(trains, last_step)
     if last_step <= best_step or last <= best * (1 + RISE_TOLERANCE) or train_at_last >= train_at_best:
         return None
-    return (f"eval loss rose from {best:.4f} (step {best_step}) to {last:.4f} (step {last_step}) while train "
-            f"loss fell from {train_at_best:.4f} to {train_at_last:.4f}: the model is overfitting; keep the best "
-            "checkpoint (load_best_model_at_end or early_stopping_steps), train fewer epochs or add data")
+    return (
+        f"eval loss rose from {best:.4f} (step {best_step}) to {last:.4f} (step {last_step}) while train "
+        f"loss fell from {train_at_best:.4f} to {train_at_last:.4f}: the model is overfitting; keep the best "
+        "checkpoint (load_best_model_at_end or early_stopping_steps), train fewer epochs or add data"
+    )
 
 
 def _gap_sign(trains: list[tuple[int, float]], best_step: int, best: float) -> str | None:
@@ -43,9 +47,11 @@ def _gap_sign(trains: list[tuple[int, float]], best_step: int, best: float) -> s
     if best <= train * (1 + OVERFIT_GAP):
         return None
     gap = f"{100 * (best / train - 1):.0f}% above" if train > 0 else "above"
-    return (f"at the best step ({best_step}) eval loss {best:.4f} is {gap} train loss {train:.4f}: the model "
-            "fits its training rows much better than unseen ones; add data, lower num_train_epochs or "
-            "learning_rate, or raise lora_dropout")
+    return (
+        f"at the best step ({best_step}) eval loss {best:.4f} is {gap} train loss {train:.4f}: the model "
+        "fits its training rows much better than unseen ones; add data, lower num_train_epochs or "
+        "learning_rate, or raise lora_dropout"
+    )
 
 
 def _train_loss_at(trains: list[tuple[int, float]], step: int) -> float:

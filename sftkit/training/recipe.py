@@ -16,16 +16,30 @@ from sftkit.atomic import place_problem, write_text
 from sftkit.config import check_environment, dump_resolved
 from sftkit.data import check_sources, load_tokenizer_and_template, resolve_model
 from sftkit.errors import SftkitError, gather
-from sftkit.model import (add_adapter, check_context_length, count_parameters, load_model, resolve_precision,
-                          set_stop_tokens)
+from sftkit.model import (
+    add_adapter,
+    check_context_length,
+    count_parameters,
+    load_model,
+    resolve_precision,
+    set_stop_tokens,
+)
 from sftkit.run_dir import CONFIG_FILE, MODEL_CARD, is_run, model_card
 from sftkit.templates import Template
 from sftkit.training.attention import use_document_attention
 from sftkit.training.distributed import check_distributed, prepare_data_once, process_rank, quiet_other_ranks
 from sftkit.training.kernels import apply_kernels
-from sftkit.training.lifecycle import (check_checkpoint_files, check_disk_space, check_resume_config, checkpoint_state,
-                                       discard_partial_checkpoints, estimate_disk, resolve_resume, run_lock,
-                                       save_model_atomically)
+from sftkit.training.lifecycle import (
+    check_checkpoint_files,
+    check_disk_space,
+    check_resume_config,
+    checkpoint_state,
+    discard_partial_checkpoints,
+    estimate_disk,
+    resolve_resume,
+    run_lock,
+    save_model_atomically,
+)
 from sftkit.training.report import planned_updates, print_end, print_start, write_metrics
 
 if TYPE_CHECKING:
@@ -62,9 +76,12 @@ def _train(cfg: SftConfig, out: Path, overwrite: bool, resume: str | None) -> Pa
     """`train` once the run lock is held."""
     replace, checkpoint, *_ = gather(  # every instant check, all problems reported together
         lambda: check_output_dir(out, overwrite or cfg.overwrite_output_dir, resuming=bool(resume)),
-        lambda: _checkpoint_to_resume(cfg, out, resume), lambda: check_distributed(cfg),
-        lambda: check_environment(cfg), lambda: resolve_model(cfg.model_name_or_path),
-        lambda: check_sources(cfg))
+        lambda: _checkpoint_to_resume(cfg, out, resume),
+        lambda: check_distributed(cfg),
+        lambda: check_environment(cfg),
+        lambda: resolve_model(cfg.model_name_or_path),
+        lambda: check_sources(cfg),
+    )
     resumed = checkpoint_state(checkpoint) if checkpoint else None
     quiet_other_ranks()  # under a launcher only rank 0 talks; before the heavy imports, which talk too
     from transformers import set_seed  # heavy imports after the instant checks
@@ -112,6 +129,7 @@ def _checkpoint_to_resume(cfg: SftConfig, out: Path, resume: str | None) -> Path
 
 # ---------------------------------------------------------------------------- output directory
 
+
 def check_output_dir(out: Path, overwrite: bool, resuming: bool = False) -> bool:
     """Refuses an unusable output_dir before anything slow runs; True when an earlier run will be replaced.
 
@@ -122,11 +140,15 @@ def check_output_dir(out: Path, overwrite: bool, resuming: bool = False) -> bool
     if resuming or not out.is_dir() or not any(out.iterdir()):
         return False
     if not overwrite:
-        raise SftkitError(f"output_dir: {out} is not empty; pass --overwrite (or overwrite_output_dir: true) to "
-                          "replace that run, or choose another output_dir")
+        raise SftkitError(
+            f"output_dir: {out} is not empty; pass --overwrite (or overwrite_output_dir: true) to "
+            "replace that run, or choose another output_dir"
+        )
     if not is_run(out):
-        raise SftkitError(f"output_dir: {out} is not empty and holds no sftkit run, so --overwrite will not "
-                          "delete it; choose an empty or new output_dir")
+        raise SftkitError(
+            f"output_dir: {out} is not empty and holds no sftkit run, so --overwrite will not "
+            "delete it; choose an empty or new output_dir"
+        )
     return True
 
 
@@ -150,6 +172,7 @@ def reset_output_dir(out: Path, replace: bool) -> None:
 
 # ---------------------------------------------------------------------------- the model
 
+
 def load_model_for_training(cfg: SftConfig, tokenizer: Any, template: Template, precision: Precision) -> Any:
     """The base model with everything training changes in it: attention, kernels, adapter, stop tokens.
 
@@ -169,6 +192,7 @@ def load_model_for_training(cfg: SftConfig, tokenizer: Any, template: Template, 
 
 
 # ---------------------------------------------------------------------------- saving
+
 
 def save_run(trainer: SFTTrainer, out: Path) -> None:
     """Writes the final (best, when loaded at the end) weights, tokenizer, generation config and state."""

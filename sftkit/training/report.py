@@ -30,8 +30,15 @@ if TYPE_CHECKING:
 LOW_END_TOKEN_ACCURACY = 0.9
 
 
-def print_start(cfg: SftConfig, trainer: SFTTrainer, params: ParamReport, stats: DataStats,
-                precision: Precision, checkpoint: Path | None = None, resumed: dict[str, Any] | None = None) -> None:
+def print_start(
+    cfg: SftConfig,
+    trainer: SFTTrainer,
+    params: ParamReport,
+    stats: DataStats,
+    precision: Precision,
+    checkpoint: Path | None = None,
+    resumed: dict[str, Any] | None = None,
+) -> None:
     """One screen before training: model, parameters, data, steps, batch, device and dtype, notes, the resume point."""
     args = trainer.args
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
@@ -61,14 +68,20 @@ def start_notes(cfg: SftConfig, planned: int, cpus: int) -> list[str]:
     notes = []
     workers = cfg.preprocessing_num_workers
     if workers is not None and workers > cpus:
-        notes.append(f"preprocessing_num_workers {workers} is more than this machine's {cpus} CPUs: tokenizing uses "
-                     f"{cpus}; set it to {cpus} or fewer")
+        notes.append(
+            f"preprocessing_num_workers {workers} is more than this machine's {cpus} CPUs: tokenizing uses "
+            f"{cpus}; set it to {cpus} or fewer"
+        )
     if cfg.eval_strategy == "steps" and cfg.eval_steps and cfg.eval_steps > planned:
-        notes.append(f"eval_steps {cfg.eval_steps} is more than this run's {planned} updates: it never evaluates "
-                     f"during training; lower eval_steps")
+        notes.append(
+            f"eval_steps {cfg.eval_steps} is more than this run's {planned} updates: it never evaluates "
+            f"during training; lower eval_steps"
+        )
     if cfg.save_strategy == "steps" and cfg.save_steps > planned:
-        notes.append(f"save_steps {cfg.save_steps} is more than this run's {planned} updates: no checkpoint is "
-                     "saved, so an interrupted run cannot resume; lower save_steps")
+        notes.append(
+            f"save_steps {cfg.save_steps} is more than this run's {planned} updates: no checkpoint is "
+            "saved, so an interrupted run cannot resume; lower save_steps"
+        )
     return notes
 
 
@@ -76,18 +89,26 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
     """One screen after training: losses, best checkpoint, where everything went, what to run next."""
     state = trainer.state
     stopped = " (stopped early: eval loss stopped improving)" if state.global_step < state.max_steps else ""
-    lines = [f"training finished: {state.global_step} updates in {metrics['train_runtime_s']:.0f}s{stopped}",
-             f"  train loss: {_fmt(metrics['first_train_loss'])} -> {_fmt(metrics['train_loss'])}"]
+    lines = [
+        f"training finished: {state.global_step} updates in {metrics['train_runtime_s']:.0f}s{stopped}",
+        f"  train loss: {_fmt(metrics['first_train_loss'])} -> {_fmt(metrics['train_loss'])}",
+    ]
     if metrics["best_eval_loss"] is not None or metrics["eval_loss"] is not None:
-        lines.append(f"  eval loss: final {_fmt(metrics['eval_loss'])}, best {_fmt(metrics['best_eval_loss'])} "
-                     f"at step {metrics['best_step']} (perplexity {_fmt(metrics['eval_perplexity'])})")
+        lines.append(
+            f"  eval loss: final {_fmt(metrics['eval_loss'])}, best {_fmt(metrics['best_eval_loss'])} "
+            f"at step {metrics['best_step']} (perplexity {_fmt(metrics['eval_perplexity'])})"
+        )
     accuracy = metrics["end_token_accuracy"]
     if accuracy is not None:
-        lines.append(f"  end-token accuracy: {accuracy:.1%} of {plural(metrics['end_token_positions'], 'reply end')} "
-                     "in the eval set predict the end token")
+        lines.append(
+            f"  end-token accuracy: {accuracy:.1%} of {plural(metrics['end_token_positions'], 'reply end')} "
+            "in the eval set predict the end token"
+        )
         if accuracy < LOW_END_TOKEN_ACCURACY:
-            lines.append("  note: the model has not learned to stop, so chat will ramble past its answer; train "
-                         "longer (num_train_epochs) or with a higher learning_rate")
+            lines.append(
+                "  note: the model has not learned to stop, so chat will ramble past its answer; train "
+                "longer (num_train_epochs) or with a higher learning_rate"
+            )
     if state.best_model_checkpoint and trainer.args.load_best_model_at_end:
         lines.append(f"  best checkpoint: {state.best_model_checkpoint} (its weights are the saved ones)")
     lines += [f"  overfitting: {sign}" for sign in overfitting_signs(state.log_history)]
@@ -100,7 +121,13 @@ def print_end(cfg: SftConfig, trainer: SFTTrainer, metrics: dict[str, Any], out:
 
 def _written(cfg: SftConfig, out: Path) -> list[str]:
     """What the run folder holds, as it is."""
-    files = [_saved_weights(cfg), "tokenizer with chat template", CONFIG_FILE, METRICS_FILE, f"{MODEL_CARD} (model card)"]
+    files = [
+        _saved_weights(cfg),
+        "tokenizer with chat template",
+        CONFIG_FILE,
+        METRICS_FILE,
+        f"{MODEL_CARD} (model card)",
+    ]
     if cfg.plot_loss:
         files.append("training_loss.png")
     if any(out.glob("checkpoint-*")):
@@ -110,8 +137,17 @@ def _written(cfg: SftConfig, out: Path) -> list[str]:
     return files
 
 
-def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer: Any, template: Template,
-                  data: PreparedData, out: Path, main: bool, tokens_before: int = 0) -> dict[str, Any]:
+def write_metrics(
+    trainer: SftkitTrainer,
+    result: Any,
+    cfg: SftConfig,
+    tokenizer: Any,
+    template: Template,
+    data: PreparedData,
+    out: Path,
+    main: bool,
+    tokens_before: int = 0,
+) -> dict[str, Any]:
     """Computes the run's metrics, writes metrics.json (and training_loss.png) on the main process.
 
     `tokens_before`: tokens the resumed checkpoint had seen; tokens/s is this session's tokens over its runtime.
@@ -131,15 +167,25 @@ def write_metrics(trainer: SftkitTrainer, result: Any, cfg: SftConfig, tokenizer
     return metrics
 
 
-def _metrics(trainer: SFTTrainer, result: Any, train_losses: list[tuple[int, float]],
-             eval_losses: list[tuple[int, float]], accuracy: float | None, positions: int, tokens: int,
-             tokens_before: int = 0) -> dict[str, Any]:
+def _metrics(
+    trainer: SFTTrainer,
+    result: Any,
+    train_losses: list[tuple[int, float]],
+    eval_losses: list[tuple[int, float]],
+    accuracy: float | None,
+    positions: int,
+    tokens: int,
+    tokens_before: int = 0,
+) -> dict[str, Any]:
     state = trainer.state
     runtime = float(result.metrics.get("train_runtime", 0.0))
     loaded_best = trainer.args.load_best_model_at_end and state.best_metric is not None
     # the trainer tracks the best only when it loads it at the end; the log history always has it
-    best_step, best = (state.best_global_step, state.best_metric) if loaded_best else min(
-        eval_losses, key=lambda pair: pair[1], default=(None, None))
+    best_step, best = (
+        (state.best_global_step, state.best_metric)
+        if loaded_best
+        else min(eval_losses, key=lambda pair: pair[1], default=(None, None))
+    )
     final_eval = eval_losses[-1][1] if eval_losses else None
     # the saved weights are the best checkpoint's when it was loaded at the end
     saved_eval = best if loaded_best else final_eval
@@ -231,8 +277,15 @@ def _method(cfg: SftConfig) -> str:
         return f"freeze fine-tuning ({cfg.freeze_trainable_layers} layers: {','.join(cfg.freeze_trainable_modules)})"
     if cfg.finetuning_type == "oft":
         return f"OFT block size {cfg.oft_block_size} rank {cfg.oft_rank} on {','.join(cfg.oft_target)}"
-    scaling = ("DoRA" if cfg.use_dora else "PiSSA-initialised LoRA" if cfg.pissa_init else
-               "rsLoRA" if cfg.use_rslora else "LoRA")
+    scaling = (
+        "DoRA"
+        if cfg.use_dora
+        else "PiSSA-initialised LoRA"
+        if cfg.pissa_init
+        else "rsLoRA"
+        if cfg.use_rslora
+        else "LoRA"
+    )
     if cfg.quantization_bit is not None:
         scaling = f"{scaling} on a {cfg.quantization_bit}-bit {cfg.quantization_method} base"
     return f"{scaling} r{cfg.lora_rank} alpha {cfg.resolved_lora_alpha} on {','.join(cfg.lora_target)}"

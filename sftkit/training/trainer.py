@@ -21,10 +21,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
 from sftkit.model import causal_lm_of
+from sftkit.quiet import no_dataset_bars
 from sftkit.run_dir import ADAPTER_WEIGHTS
 from sftkit.training.arguments import build_sft_config, use_liger_kernel
 from sftkit.training.attention import varlen_attention
-from sftkit.quiet import no_dataset_bars
 from sftkit.training.callbacks import PISSA_INIT, PissaInitCallback, ProgressReport, generation_samples_callback
 from sftkit.training.collator import REAL_TOKENS_KEY, PackedRowsCollator
 from sftkit.training.lifecycle import LifecycleTrainerMixin
@@ -62,8 +62,15 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
 
     accuracy_alias = False  # also log the eval token accuracy as eval_accuracy (LLaMA-Factory's compute_accuracy)
 
-    def __init__(self, *args: Any, loss_chunk_size: int, loss_variant: LossVariant | None = None,
-                 method_config: SftConfig | None = None, liger_loss: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        loss_chunk_size: int,
+        loss_variant: LossVariant | None = None,
+        method_config: SftConfig | None = None,
+        liger_loss: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
         self.loss_variant = loss_variant  # DFT/EAFT/ASFT in training; evaluation stays plain cross-entropy
@@ -75,8 +82,13 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         self._counts: dict[str, torch.Tensor] = {}
         self._eval_loss_totals: torch.Tensor | None = None  # [summed loss, trained tokens] of this evaluation
 
-    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
         """The chunked loss; the model's own loss only where logits must be returned (`return_outputs`)."""
         real_tokens = inputs.pop(REAL_TOKENS_KEY, None)  # the collator's count; never a model input
         if return_outputs:  # logits wanted: the model's own forward and loss, as transformers computes them
@@ -109,8 +121,11 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
         # PEFT's conversion writes the LoRA matrices only; the trainable-token rows and modules_to_save copies
         # are the same either way, so they are put back.
         converted = load_file(weights)
-        save_file(converted | {key: value for key, value in trained.items() if "lora_" not in key}, weights,
-                  metadata={"format": "pt"})
+        save_file(
+            converted | {key: value for key, value in trained.items() if "lora_" not in key},
+            weights,
+            metadata={"format": "pt"},
+        )
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         """The method's own optimizer (LoRA+, BAdam, Adam-mini, Muon) where the config asks for one."""
@@ -118,8 +133,13 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
             self.optimizer = build_optimizer(self.method_config, self.model, self.args)
         return super().create_optimizer(*args, **kwargs)
 
-    def _model_loss(self, model: torch.nn.Module, inputs: dict[str, Any], real_tokens: torch.Tensor | None,
-                    num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+    def _model_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        real_tokens: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
         """`loss_chunk_size: 0`: the model's own loss from full logits, as `transformers.Trainer` computes it."""
         from transformers import Trainer
 
@@ -132,8 +152,14 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
             return loss * self.accelerator.num_processes
         return loss
 
-    def _count(self, inputs: dict[str, Any], real_tokens: torch.Tensor | None, num_correct: torch.Tensor | None,
-               num_trained: int, loss_sum: torch.Tensor | None = None) -> None:
+    def _count(
+        self,
+        inputs: dict[str, Any],
+        real_tokens: torch.Tensor | None,
+        num_correct: torch.Tensor | None,
+        num_trained: int,
+        loss_sum: torch.Tensor | None = None,
+    ) -> None:
         """Adds this micro-batch to the logged counts, on the device: no host sync per step.
 
         `real_tokens`: the batch's tokens when padded rows carry no attention mask (PackedRowsCollator).
@@ -154,16 +180,21 @@ class SftkitTrainer(LifecycleTrainerMixin, SFTTrainer):
             self._eval_loss_totals[0] += loss_sum.double()
             self._eval_loss_totals[1] += num_trained
 
-    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
-                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
         """The trainer's loop, with `<prefix>_loss` recomputed as the mean over every trained token.
 
         transformers averages per-batch mean losses, which weighs a batch of few trained tokens like one
         of many; `sftkit eval` and perplexity need the token mean. Early stopping and the best checkpoint
         read the metrics returned here.
         """
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                         metric_key_prefix)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         totals, self._eval_loss_totals = self._eval_loss_totals, None
         if totals is None:  # every rank takes the same path: the chunked loss is on for all or none
             return output
@@ -245,8 +276,15 @@ def _variant_alpha(cfg: SftConfig) -> float:
     return cfg.eaft_alpha if cfg.use_eaft_loss else cfg.asft_alpha
 
 
-def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: Any, template: Template,
-                  train_rows: Any, eval_rows: Any | None) -> SftkitTrainer:
+def build_trainer(
+    cfg: SftConfig,
+    precision: Precision,
+    model: Any,
+    tokenizer: Any,
+    template: Template,
+    train_rows: Any,
+    eval_rows: Any | None,
+) -> SftkitTrainer:
     """SftkitTrainer (TRL's SFTTrainer with the chunked loss) over our rows, with early stopping when asked."""
     callbacks: list[Any] = []
     if cfg.early_stopping_steps is not None:
@@ -258,13 +296,19 @@ def build_trainer(cfg: SftConfig, precision: Precision, model: Any, tokenizer: A
         callbacks.append(samples)
     args = build_sft_config(cfg, precision)
     with no_dataset_bars():  # TRL packs the rows here: a pass the user did not ask to watch
-        trainer = SftkitTrainer(model=model, args=args, train_dataset=train_rows,
-                                # do_eval (LLaMA-Factory's): evaluated once after training, whatever eval_strategy says
-                                eval_dataset=eval_rows if cfg.does_eval or cfg.do_eval else None,
-                                processing_class=tokenizer,
-                                callbacks=callbacks, loss_chunk_size=cfg.loss_chunk_size, method_config=cfg,
-                                loss_variant=loss_variant_for(cfg.loss_variant, _variant_alpha(cfg), model),
-                                liger_loss=use_liger_kernel(cfg, precision))
+        trainer = SftkitTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_rows,
+            # do_eval (LLaMA-Factory's): evaluated once after training, whatever eval_strategy says
+            eval_dataset=eval_rows if cfg.does_eval or cfg.do_eval else None,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            loss_chunk_size=cfg.loss_chunk_size,
+            method_config=cfg,
+            loss_variant=loss_variant_for(cfg.loss_variant, _variant_alpha(cfg), model),
+            liger_loss=use_liger_kernel(cfg, precision),
+        )
     if cfg.use_badam:  # as badam's README: its callback, and clipping that handles its sparse gradients
         from badam import BAdamCallback, clip_grad_norm_old_version
 

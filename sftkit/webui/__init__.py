@@ -26,8 +26,15 @@ _SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "monospace"]
 
 
-def webui(host: str = "127.0.0.1", port: int = 7860, share: bool = False, config_dir: Path = Path("sftkit_webui"),
-          model: str = "", dataset_dir: str = "data", output_dir: str = "") -> None:
+def webui(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    config_dir: Path = Path("sftkit_webui"),
+    model: str = "",
+    dataset_dir: str = "data",
+    output_dir: str = "",
+) -> None:
     """Serves the page until Ctrl-C. Training runs it started go on after it stops; servers it started end.
 
     Args:
@@ -73,15 +80,23 @@ def _serve(page: gr.Blocks, host: str, port: int, share: bool, config_dir: Path)
     from sftkit.webui.guard import TOKEN_PARAM, Access, guarded_app, new_token
 
     access = Access.for_bind(host, port, new_token())
-    app = guarded_app(page, access, allowed_paths=[str(config_dir)], footer_links=[],
-                      theme=gr.themes.Default(font=_SYSTEM_FONTS, font_mono=_MONO_FONTS))
+    app = guarded_app(
+        page,
+        access,
+        allowed_paths=[str(config_dir)],
+        footer_links=[],
+        theme=gr.themes.Default(font=_SYSTEM_FONTS, font_mono=_MONO_FONTS),
+    )
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     lines = [f"sftkit webui: http://{shown}:{port}/?{TOKEN_PARAM}={access.token}"]
     if share:
         lines.append(f"  public link: {_share_link(host, port, access)}/?{TOKEN_PARAM}={access.token}")
-    print("\n".join(lines) + f"\n  (the token is this launch's: the page refuses requests without it; configs and "
-          f"logs in {config_dir}; Ctrl-C stops the page, not its training runs)", flush=True)
+    print(
+        "\n".join(lines) + f"\n  (the token is this launch's: the page refuses requests without it; configs and "
+        f"logs in {config_dir}; Ctrl-C stops the page, not its training runs)",
+        flush=True,
+    )
     server.run()
 
 
@@ -93,8 +108,9 @@ def _share_link(host: str, port: int, access: Access) -> str:
     from gradio import networking
 
     try:
-        url = networking.setup_tunnel("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port,
-                                      secrets.token_urlsafe(32), None, None)
+        url = networking.setup_tunnel(
+            "127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, secrets.token_urlsafe(32), None, None
+        )
     except Exception as exc:  # noqa: BLE001 - no internet, or Gradio's share server refused: one line
         raise SftkitError(f"--share: no share link ({exc}); the page is not started") from None
     access.https_hosts.add(urlsplit(url).netloc.lower())

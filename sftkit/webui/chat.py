@@ -72,8 +72,9 @@ def stream_reply(path: str, messages: list[dict[str, str]], settings: Generation
     def work() -> None:
         try:
             set_seed(settings.seed)
-            result["reply"] = generate_reply(loaded.model, loaded.tokenizer, loaded.template, messages, settings,
-                                             streamer=streamer)
+            result["reply"] = generate_reply(
+                loaded.model, loaded.tokenizer, loaded.template, messages, settings, streamer=streamer
+            )
         except Exception as exc:  # noqa: BLE001 - shown on the page; the streamer must still end
             result["error"] = exc
             streamer.on_finalized_text("", stream_end=True)
@@ -96,8 +97,14 @@ def chat_command(path: str, system: str | None, prompt: str, settings: Generatio
     if system:
         args += ["--system", system]
     if settings.temperature:
-        args += ["--temperature", str(settings.temperature), "--top-p", str(settings.top_p), "--seed",
-                 str(settings.seed)]
+        args += [
+            "--temperature",
+            str(settings.temperature),
+            "--top-p",
+            str(settings.top_p),
+            "--seed",
+            str(settings.seed),
+        ]
     return shell_command(*args, "--max-new-tokens", str(settings.max_new_tokens), "--prompt", prompt)
 
 

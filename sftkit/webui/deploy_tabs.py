@@ -19,6 +19,7 @@ from sftkit.webui.shown import said
 
 # ---------------------------------------------------------------------------- chat
 
+
 def model_choices(runs_root: str) -> list[str]:
     """The runs under `runs_root` (newest first), each followed by its checkpoints and merged model."""
     from pathlib import Path
@@ -28,8 +29,9 @@ def model_choices(runs_root: str) -> list[str]:
     choices: list[str] = []
     for run in run_folders(Path(runs_root)):
         choices.append(str(run))
-        checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                             if p.name.split("-")[-1].isdigit() else 0)
+        checkpoints = sorted(
+            run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else 0
+        )
         choices += [str(p) for p in checkpoints if p.is_dir()]
         if (run / "merged" / "config.json").is_file():
             choices.append(str(run / "merged"))
@@ -40,8 +42,14 @@ def _model_list(runs_root: str, elem_id: str, label: str) -> tuple[Any, Any]:
     """A dropdown of the runs and checkpoints (a path of one's own can be typed too), and its refresh button."""
     with gr.Row():
         choices = model_choices(runs_root)
-        dropdown = gr.Dropdown(choices, value=choices[0] if choices else None, allow_custom_value=True, label=label,
-                               elem_id=elem_id, scale=4)
+        dropdown = gr.Dropdown(
+            choices,
+            value=choices[0] if choices else None,
+            allow_custom_value=True,
+            label=label,
+            elem_id=elem_id,
+            scale=4,
+        )
         refresh = gr.Button("↻ runs", elem_id=f"{elem_id}-refresh", scale=0, min_width=80)
 
     def listed(current: str | None) -> Any:
@@ -56,12 +64,14 @@ def chat_tab(runs_root: str, model: str, labelled: list[tuple[Any, str, str]]) -
     """The trained model (left) and its base (right) answering the same conversation. Returns the base field
     (the form's model path fills it)."""
     with gr.Row():
-        trained, _ = _model_list(runs_root, "chat-trained", "trained model: a run, one of its checkpoints, or a "
-                                                            "merged model")
+        trained, _ = _model_list(
+            runs_root, "chat-trained", "trained model: a run, one of its checkpoints, or a merged model"
+        )
         base = gr.Textbox(value=model, label="base model (side by side; empty: none)", elem_id="chat-base")
     with gr.Row():
-        system = gr.Textbox(label="system prompt (empty: the run's default_system, as in training)",
-                            elem_id="chat-system")
+        system = gr.Textbox(
+            label="system prompt (empty: the run's default_system, as in training)", elem_id="chat-system"
+        )
         max_new = gr.Number(value=64, precision=0, label="max new tokens", elem_id="chat-max-new-tokens")
         temperature = gr.Number(value=0.0, label="temperature (0: greedy)", elem_id="chat-temperature")
     with gr.Row():
@@ -75,8 +85,16 @@ def chat_tab(runs_root: str, model: str, labelled: list[tuple[Any, str, str]]) -
     labelled += [(send, "button", "chat-send"), (unload, "button", "chat-unload")]
     command_line = gr.Markdown(elem_id="chat-command")
 
-    def answer(trained_path: str | None, base_path: str, system_text: str, tokens: float, temp: float, text: str,
-               history_left: list[dict[str, Any]], history_right: list[dict[str, Any]]) -> Any:
+    def answer(
+        trained_path: str | None,
+        base_path: str,
+        system_text: str,
+        tokens: float,
+        temp: float,
+        text: str,
+        history_left: list[dict[str, Any]],
+        history_right: list[dict[str, Any]],
+    ) -> Any:
         generation = GenerationSettings(max_new_tokens=int(tokens or 64), temperature=float(temp or 0))
         if generation.problems() or not text.strip():
             raise gr.Error("\n".join(generation.problems()) or "type a message first")
@@ -85,8 +103,10 @@ def chat_tab(runs_root: str, model: str, labelled: list[tuple[Any, str, str]]) -
         for side, path in enumerate(paths):
             if not path:
                 continue
-            histories[side] = histories[side] + [{"role": "user", "content": text},
-                                                 {"role": "assistant", "content": ""}]
+            histories[side] = histories[side] + [
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": ""},
+            ]
             try:
                 system_used = system_text.strip() or (chat.default_system(path) if side == 0 else None) or None
                 messages = chat.conversation(system_used, histories[side][:-2], text)
@@ -96,8 +116,11 @@ def chat_tab(runs_root: str, model: str, labelled: list[tuple[Any, str, str]]) -
             except Exception as exc:  # noqa: BLE001 - the user's model path: one line, in that model's pane only
                 histories[side][-1] = {"role": "assistant", "content": f"error: {chat.one_line(exc)}"}
                 yield histories[0], histories[1], ""
-        yield histories[0], histories[1], said(chat.chat_command(paths[0], system_text.strip() or None, text,
-                                                                  generation))
+        yield (
+            histories[0],
+            histories[1],
+            said(chat.chat_command(paths[0], system_text.strip() or None, text, generation)),
+        )
 
     inputs = [trained, base, system, max_new, temperature, message, left, right]
     send.click(answer, inputs, [left, right, command_line])
@@ -108,6 +131,7 @@ def chat_tab(runs_root: str, model: str, labelled: list[tuple[Any, str, str]]) -
 
 
 # ---------------------------------------------------------------------------- evaluate & predict
+
 
 def eval_tab(runs_root: str, config_dir: Path, jobs: Jobs, labelled: list[tuple[Any, str, str]]) -> None:
     """`sftkit eval` (loss and perplexity on the eval split) and `sftkit predict` (answers scored with BLEU and
@@ -146,8 +170,22 @@ def eval_tab(runs_root: str, config_dir: Path, jobs: Jobs, labelled: list[tuple[
 
     def predicted(path: str | None, which: str, n: float | None, new_tokens: float | None) -> list[Any]:
         out = config_dir / "eval" / f"predict_{_stamp(path)}_{which}.jsonl"
-        return started(path, ["predict", (path or "").strip(), "--split", which, "-n", str(int(n or 8)),
-                              "--max-new-tokens", str(int(new_tokens or 32)), "--out", str(out)], out)
+        return started(
+            path,
+            [
+                "predict",
+                (path or "").strip(),
+                "--split",
+                which,
+                "-n",
+                str(int(n or 8)),
+                "--max-new-tokens",
+                str(int(new_tokens or 32)),
+                "--out",
+                str(out),
+            ],
+            out,
+        )
 
     evaluate.click(scored, [model, split], [command_line, timer])
     predict.click(predicted, [model, split, prompts, tokens], [command_line, timer])
@@ -180,23 +218,32 @@ def _result_text(out: Path) -> str:
         head = "\n".join(text.splitlines()[:5])
         found = sorted(p.name for p in out.parent.glob(out.stem + "*") if p != out)
         return f"// {out} (first 5 rows); beside it: {', '.join(found) or 'nothing'}\n{head}" + (
-            f"\n// {scores}\n{scores.read_text(encoding='utf-8')}" if scores.is_file() else "")
+            f"\n// {scores}\n{scores.read_text(encoding='utf-8')}" if scores.is_file() else ""
+        )
     return text[:20_000]
 
 
 # ---------------------------------------------------------------------------- export
 
+
 def export_tab(runs_root: str, jobs: Jobs) -> None:
     """Merge, GGUF and Ollama export, and serving, each as the `sftkit` command it shows."""
     model, _ = _model_list(runs_root, "export-model", "run directory (or merged model)")
     with gr.Row():
-        out = gr.Textbox(label="output (--out; empty: the command's default: RUN/merged, RUN/model-F16.gguf, ...)",
-                         elem_id="export-out")
+        out = gr.Textbox(
+            label="output (--out; empty: the command's default: RUN/merged, RUN/model-F16.gguf, ...)",
+            elem_id="export-out",
+        )
         overwrite = gr.Checkbox(False, label="--overwrite", elem_id="export-overwrite")
-        verify = gr.Checkbox(True, label="check the GGUF file with llama.cpp (off: --no-verify)",
-                             elem_id="export-verify")
-        outtype = gr.Dropdown(["f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q4_k_m"], value="f16", label="GGUF weight type",
-                              elem_id="export-outtype")
+        verify = gr.Checkbox(
+            True, label="check the GGUF file with llama.cpp (off: --no-verify)", elem_id="export-verify"
+        )
+        outtype = gr.Dropdown(
+            ["f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q4_k_m"],
+            value="f16",
+            label="GGUF weight type",
+            elem_id="export-outtype",
+        )
         port = gr.Number(value=8000, precision=0, label="serve port", elem_id="serve-port")
     with gr.Row():
         merge = gr.Button("Merge", elem_id="merge-button")
@@ -231,8 +278,20 @@ def export_tab(runs_root: str, jobs: Jobs) -> None:
 
     def exported(fmt: str) -> Any:
         def run(path: str, target: str, replace: bool, check: bool, weights: str) -> list[Any]:
-            return started("export", path, target, "export", (path or "").strip(), "--format", fmt, "--outtype",
-                           weights, *(["--overwrite"] if replace else []), *([] if check else ["--no-verify"]))
+            return started(
+                "export",
+                path,
+                target,
+                "export",
+                (path or "").strip(),
+                "--format",
+                fmt,
+                "--outtype",
+                weights,
+                *(["--overwrite"] if replace else []),
+                *([] if check else ["--no-verify"]),
+            )
+
         return run
 
     def served(path: str, number: float | None) -> list[Any]:
@@ -256,8 +315,11 @@ def export_tab(runs_root: str, jobs: Jobs) -> None:
     stop.click(stop_server, None, command_line)
 
     def refresh() -> list[Any]:
-        lines = [f"**{kind}**: {job.state()}: `{job.command}`" for kind in ("export", "serve")
-                 if (job := jobs.get(kind)) is not None]
+        lines = [
+            f"**{kind}**: {job.state()}: `{job.command}`"
+            for kind in ("export", "serve")
+            if (job := jobs.get(kind)) is not None
+        ]
         shown = jobs.newest("export", "serve")
         busy = any(job is not None and job.running() for job in (jobs.get("export"), jobs.get("serve")))
         return ["\n\n".join(lines), shown.log_tail() if shown is not None else "", gr.Timer(active=busy)]

@@ -24,17 +24,36 @@ LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
 OFT_KEYS = ("oft_block_size", "oft_target")
 FREEZE_KEYS = ("freeze_trainable_layers",)
 DATA_KEYS = ("dataset_dir", "dataset", "cutoff_len", "val_size", "packing")
-TRAIN_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-              "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "logging_steps", "eval_strategy",
-              "eval_steps", "save_steps", "output_dir")
+TRAIN_KEYS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "logging_steps",
+    "eval_strategy",
+    "eval_steps",
+    "save_steps",
+    "output_dir",
+)
 CHOICE_KEYS = ("lr_scheduler_type", "eval_strategy")  # shown as a list of the schema's allowed values
 # Number fields whose schema default is "unset" (None): the form shows 0 for it, a value no such key takes.
 UNSET_BY_ZERO = ("lora_alpha", "eval_steps")
 FORM_KEYS = (*MODEL_KEYS, "finetuning_type", *LORA_KEYS, *OFT_KEYS, *FREEZE_KEYS, *DATA_KEYS, *TRAIN_KEYS)
 LIST_KEYS = ("lora_target", "oft_target")  # shown as comma text
 # fields that are not numbers: an empty one means "not set" (a number field empty means "no number": refused)
-NOT_NUMBERS = ("model_name_or_path", "template", *LIST_KEYS, "dataset_dir", "dataset", "packing", "output_dir",
-               *CHOICE_KEYS)
+NOT_NUMBERS = (
+    "model_name_or_path",
+    "template",
+    *LIST_KEYS,
+    "dataset_dir",
+    "dataset",
+    "packing",
+    "output_dir",
+    *CHOICE_KEYS,
+)
 # what the method and precision choices write: the form owns these keys in the YAML too
 OWNED_KEYS = (*FORM_KEYS, "quantization_bit", "bf16", "fp16")
 RUN_PREFIX = "train_"  # a fresh run folder: RUNS_ROOT/train_YYYY-MM-DD-HH-MM-SS, as LLaMA Board names them
@@ -70,8 +89,11 @@ def field_problems(values: dict[str, Any]) -> list[str]:
     the field's words: the run must not quietly train at the default instead."""
     from sftkit.webui.words import label
 
-    return [f"**{label(key)}**: not a number; write one (e.g. {_example(key)})" for key, value in values.items()
-            if key in FORM_KEYS and value is None and key not in NOT_NUMBERS and key not in UNSET_BY_ZERO]
+    return [
+        f"**{label(key)}**: not a number; write one (e.g. {_example(key)})"
+        for key, value in values.items()
+        if key in FORM_KEYS and value is None and key not in NOT_NUMBERS and key not in UNSET_BY_ZERO
+    ]
 
 
 def field_line(line: str, source: Path) -> str | None:
@@ -173,9 +195,19 @@ def deepspeed_json(stage: int) -> str:
     """A DeepSpeed ZeRO config of `stage` whose sizes follow the trainer's ("auto")."""
     import json
 
-    return json.dumps({"zero_optimization": {"stage": stage, "overlap_comm": True},
-                       "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                       "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "zero_optimization": {"stage": stage, "overlap_comm": True},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "bf16": {"enabled": "auto"},
+                "fp16": {"enabled": "auto"},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _example(key: str) -> str:
@@ -191,13 +223,24 @@ def to_config(values: dict[str, Any], method: str, precision: str) -> dict[str, 
         method: lora, qlora, freeze or full.
         precision: bf16, fp16 or fp32.
     """
-    drop = {"lora": OFT_KEYS + FREEZE_KEYS, "qlora": OFT_KEYS + FREEZE_KEYS, "oft": LORA_KEYS + FREEZE_KEYS,
-            "freeze": LORA_KEYS + OFT_KEYS, "full": LORA_KEYS + OFT_KEYS + FREEZE_KEYS}[method]
+    drop = {
+        "lora": OFT_KEYS + FREEZE_KEYS,
+        "qlora": OFT_KEYS + FREEZE_KEYS,
+        "oft": LORA_KEYS + FREEZE_KEYS,
+        "freeze": LORA_KEYS + OFT_KEYS,
+        "full": LORA_KEYS + OFT_KEYS + FREEZE_KEYS,
+    }[method]
     # a number field holding no number stays in the YAML as null, which the schema refuses in the key's words:
     # left out, the run would quietly train at the default
-    config = {key: _plain(value) for key, value in values.items()
-              if key in FORM_KEYS and key not in drop and (value is not None or key not in NOT_NUMBERS)
-              and value not in ("", []) and not (key in UNSET_BY_ZERO and value in (0, None))}
+    config = {
+        key: _plain(value)
+        for key, value in values.items()
+        if key in FORM_KEYS
+        and key not in drop
+        and (value is not None or key not in NOT_NUMBERS)
+        and value not in ("", [])
+        and not (key in UNSET_BY_ZERO and value in (0, None))
+    }
     if config.get("template") == OWN_TEMPLATE:
         del config["template"]
     config["finetuning_type"] = "lora" if method == "qlora" else method
@@ -312,8 +355,7 @@ def template_note(model: str, template: str | None) -> str:
     own = (folder / "chat_template.jinja").is_file() or '"chat_template"' in _read(folder / "tokenizer_config.json")
     if own:
         return f"template: the model's own chat template (from {folder})"
-    return (f"template: {folder} has no chat template of its own: pick a named one, or the run stops with the "
-            "choices")
+    return f"template: {folder} has no chat template of its own: pick a named one, or the run stops with the choices"
 
 
 def _read(path: Path) -> str:

@@ -71,8 +71,11 @@ class Access:
             cookie.load(headers.get("cookie", ""))
         except Exception:  # noqa: BLE001 - a malformed Cookie header is no token
             cookie = SimpleCookie()
-        for value, from_query in ((query.get(TOKEN_PARAM), True), (headers.get("x-sftkit-token"), False),
-                                  (cookie[self.cookie].value if self.cookie in cookie else None, False)):
+        for value, from_query in (
+            (query.get(TOKEN_PARAM), True),
+            (headers.get("x-sftkit-token"), False),
+            (cookie[self.cookie].value if self.cookie in cookie else None, False),
+        ):
             if value and secrets.compare_digest(value.encode(), self.token.encode()):
                 return True, from_query
         return False, False
@@ -102,8 +105,9 @@ class Guard:
         if scope["type"] == "http" and from_query and scope["method"] in ("GET", "HEAD"):
             # as Jupyter: the token moves from the address bar into a cookie only this origin sends
             rest = urlencode([(k, v) for k, v in query.items() if k != TOKEN_PARAM])
-            response = RedirectResponse(scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else ""),
-                                        status_code=303)
+            response = RedirectResponse(
+                scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else ""), status_code=303
+            )
             response.set_cookie(self.access.cookie, self.access.token, httponly=True, samesite="strict", path="/")
             await response(scope, receive, send)
             return
@@ -119,8 +123,10 @@ class Guard:
         if origin is not None and not self.access.origin_allowed(origin, host):
             return f"refused: a request from another site (Origin {origin!r}) may not use this page"
         if not self.access.token_shown(headers, query)[0]:
-            return ("refused: no valid token: open the address `sftkit webui` printed (it ends in ?token=...), "
-                    "or send the header X-Sftkit-Token")
+            return (
+                "refused: no valid token: open the address `sftkit webui` printed (it ends in ?token=...), "
+                "or send the header X-Sftkit-Token"
+            )
         return None
 
 

@@ -52,7 +52,8 @@ class Job:
             import shlex
 
             return f"cd {shlex.quote(str(Path.cwd()))} && " + shlex.join(
-                ["torchrun", *self.launcher[3:-2], "-m", "sftkit", *self.args])
+                ["torchrun", *self.launcher[3:-2], "-m", "sftkit", *self.args]
+            )
         return shell_command(*self.args)
 
     def running(self) -> bool:
@@ -113,9 +114,14 @@ class Jobs:
             log = self.log_dir / f"{kind}.log"
             with log.open("wb") as out:
                 # a session of its own: the page's Ctrl-C and a closed browser do not reach the run
-                process = subprocess.Popen([*(program or self.program), *args], stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True,
-                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                process = subprocess.Popen(
+                    [*(program or self.program), *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
             job = self.jobs[kind] = Job(list(args), log, process, launcher=program)
             return job
 
@@ -135,6 +141,7 @@ class Jobs:
 
 
 # ---------------------------------------------------------------------------- what a run has written so far
+
 
 def progress(output_dir: Path) -> list[dict[str, Any]]:
     """The run's logged steps and evaluations: progress.jsonl as the run writes it, else (a run made before
@@ -172,8 +179,10 @@ def summary(records: list[dict[str, Any]]) -> str:
     parts = []
     if train:
         last = train[-1]
-        parts.append(f"step {last['step']}/{last.get('max_steps', '?')}  {progress_numbers(last)}  "
-                     f"eta {clock(last.get('eta_seconds'))}")
+        parts.append(
+            f"step {last['step']}/{last.get('max_steps', '?')}  {progress_numbers(last)}  "
+            f"eta {clock(last.get('eta_seconds'))}"
+        )
     if evals:
         parts.append(f"eval loss {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
     return f"{'  '.join(parts)}  ({len(train)} loss points, {len(evals)} eval points)"

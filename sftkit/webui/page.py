@@ -65,10 +65,18 @@ def build(settings: PageSettings, jobs: Jobs) -> gr.Blocks:
     labelled: list[tuple[Any, str, str]] = []
     with gr.Blocks(title="sftkit") as page:
         with gr.Row():
-            gr.Markdown("## sftkit: supervised fine-tuning\nThe page writes one YAML config and runs `sftkit` "
-                        "commands on it; each action shows the command that does the same in a terminal.")
-            language = gr.Radio(list(words.LANGUAGES), value="English", label=words.word("language"),
-                                elem_id="language", scale=0, min_width=200)
+            gr.Markdown(
+                "## sftkit: supervised fine-tuning\nThe page writes one YAML config and runs `sftkit` "
+                "commands on it; each action shows the command that does the same in a terminal."
+            )
+            language = gr.Radio(
+                list(words.LANGUAGES),
+                value="English",
+                label=words.word("language"),
+                elem_id="language",
+                scale=0,
+                min_width=200,
+            )
         tabs: dict[str, Any] = {}
         with gr.Tabs():
             with gr.Tab(words.word("tab-setup"), id="setup", elem_id="tab-setup") as tabs["tab-setup"]:
@@ -95,6 +103,7 @@ def build(settings: PageSettings, jobs: Jobs) -> gr.Blocks:
 
 # ---------------------------------------------------------------------------- setup
 
+
 def _setup_tab(settings: PageSettings, docs: dict[str, str], labelled: list[tuple[Any, str, str]]) -> Form:
     defaults = form.defaults()
 
@@ -104,32 +113,60 @@ def _setup_tab(settings: PageSettings, docs: dict[str, str], labelled: list[tupl
 
     def number(key: str, **kwargs: Any) -> gr.Number:
         unset = " (0: unset, the schema's default)" if key in form.UNSET_BY_ZERO else ""
-        return labelled_as(gr.Number(value=defaults[key], label=words.label(key), info=docs[key] + unset,
-                                     elem_id=key, **kwargs), key)
+        return labelled_as(
+            gr.Number(value=defaults[key], label=words.label(key), info=docs[key] + unset, elem_id=key, **kwargs), key
+        )
 
     def text(key: str, value: Any) -> gr.Textbox:
         return labelled_as(gr.Textbox(value=value, label=words.label(key), info=docs[key], elem_id=key), key)
 
     fields: dict[str, Any] = {}
     presets = form.presets()
-    preset = gr.Dropdown(["", *presets], value="", label=words.word("preset"), elem_id="preset",
-                         info="fills the model path with a real model's file: " +
-                              "; ".join(f"{name}: {path}" for name, (path, _t) in presets.items()))
+    preset = gr.Dropdown(
+        ["", *presets],
+        value="",
+        label=words.word("preset"),
+        elem_id="preset",
+        info="fills the model path with a real model's file: "
+        + "; ".join(f"{name}: {path}" for name, (path, _t) in presets.items()),
+    )
     labelled.append((preset, "label", "preset"))
     with gr.Row():
         fields["model_name_or_path"] = text("model_name_or_path", settings.model)
-        fields["template"] = labelled_as(gr.Dropdown([form.OWN_TEMPLATE, *TEMPLATES], value=form.OWN_TEMPLATE,
-                                                     label=words.label("template"), info=docs["template"],
-                                                     elem_id="template"), "template")
+        fields["template"] = labelled_as(
+            gr.Dropdown(
+                [form.OWN_TEMPLATE, *TEMPLATES],
+                value=form.OWN_TEMPLATE,
+                label=words.label("template"),
+                info=docs["template"],
+                elem_id="template",
+            ),
+            "template",
+        )
     template_note = gr.Markdown(elem_id="template-note")
     with gr.Row():
-        method = labelled_as(gr.Radio(list(form.METHODS), value="lora", label=words.label("method"), elem_id="method",
-                                      info="lora: adapters (PEFT); qlora: LoRA on a 4-bit base (quantization_bit: 4, "
-                                           "a GPU); oft: orthogonal adapters (PEFT); freeze: the last layers train; "
-                                           "full: every weight."), "method")
-        precision = labelled_as(gr.Radio(list(form.PRECISIONS), value="bf16" if defaults.get("bf16") else "fp32",
-                                         label=words.label("precision"), elem_id="precision", info=docs["bf16"]),
-                                "precision")
+        method = labelled_as(
+            gr.Radio(
+                list(form.METHODS),
+                value="lora",
+                label=words.label("method"),
+                elem_id="method",
+                info="lora: adapters (PEFT); qlora: LoRA on a 4-bit base (quantization_bit: 4, "
+                "a GPU); oft: orthogonal adapters (PEFT); freeze: the last layers train; "
+                "full: every weight.",
+            ),
+            "method",
+        )
+        precision = labelled_as(
+            gr.Radio(
+                list(form.PRECISIONS),
+                value="bf16" if defaults.get("bf16") else "fp32",
+                label=words.label("precision"),
+                elem_id="precision",
+                info=docs["bf16"],
+            ),
+            "precision",
+        )
     rows: dict[str, Any] = {}
     with gr.Row(visible=True) as rows["lora"]:
         for key in form.LORA_KEYS:
@@ -141,25 +178,43 @@ def _setup_tab(settings: PageSettings, docs: dict[str, str], labelled: list[tupl
         fields["freeze_trainable_layers"] = number("freeze_trainable_layers", precision=0)
     with gr.Row():
         fields["dataset_dir"] = text("dataset_dir", settings.dataset_dir)
-        fields["dataset"] = labelled_as(gr.CheckboxGroup([], label=words.label("dataset"), info=docs["dataset"],
-                                                         elem_id="dataset"), "dataset")
+        fields["dataset"] = labelled_as(
+            gr.CheckboxGroup([], label=words.label("dataset"), info=docs["dataset"], elem_id="dataset"), "dataset"
+        )
     dataset_note = gr.Markdown(elem_id="dataset-note")
     with gr.Row():
         for key in ("cutoff_len", "val_size"):
             fields[key] = number(key)
-        fields["packing"] = labelled_as(gr.Checkbox(value=defaults["packing"], label=words.label("packing"),
-                                                    info=docs["packing"], elem_id="packing"), "packing")
+        fields["packing"] = labelled_as(
+            gr.Checkbox(
+                value=defaults["packing"], label=words.label("packing"), info=docs["packing"], elem_id="packing"
+            ),
+            "packing",
+        )
     for row in (form.TRAIN_KEYS[:4], form.TRAIN_KEYS[4:8], form.TRAIN_KEYS[8:-1]):  # 4 a row: no label cut off
         with gr.Row():
             for key in row:
-                fields[key] = (labelled_as(gr.Dropdown(_choices(key), value=defaults[key], label=words.label(key),
-                                                       info=docs[key], elem_id=key), key)
-                               if key in form.CHOICE_KEYS else number(key))
+                fields[key] = (
+                    labelled_as(
+                        gr.Dropdown(
+                            _choices(key), value=defaults[key], label=words.label(key), info=docs[key], elem_id=key
+                        ),
+                        key,
+                    )
+                    if key in form.CHOICE_KEYS
+                    else number(key)
+                )
     with gr.Row():
-        fields["output_dir"] = labelled_as(gr.Textbox(
-            value=settings.output_dir, label=words.label("output_dir"), elem_id="output_dir",
-            info=docs["output_dir"] + " Each Start gets a fresh folder (runs/train_<date-time>) unless you name one."),
-            "output_dir")
+        fields["output_dir"] = labelled_as(
+            gr.Textbox(
+                value=settings.output_dir,
+                label=words.label("output_dir"),
+                elem_id="output_dir",
+                info=docs["output_dir"]
+                + " Each Start gets a fresh folder (runs/train_<date-time>) unless you name one.",
+            ),
+            "output_dir",
+        )
     problems = gr.Markdown(elem_id="setup-problems")
     fields["preset"] = preset  # not a config key: handled apart (see _wire_config)
     return Form(fields, method, precision, rows, template_note, dataset_note, problems, [])
@@ -169,8 +224,9 @@ def _store_row(labelled: list[tuple[Any, str, str]]) -> dict[str, Any]:
     """Load a YAML (or a past run's config) into the form; save the arguments under a name."""
     widgets: dict[str, Any] = {}
     with gr.Row():
-        widgets["load_path"] = gr.Textbox(label="YAML file or run folder to load (a run: its sftkit_config.yaml)",
-                                          elem_id="load-path", scale=3)
+        widgets["load_path"] = gr.Textbox(
+            label="YAML file or run folder to load (a run: its sftkit_config.yaml)", elem_id="load-path", scale=3
+        )
         widgets["load"] = gr.Button(words.word("load-button"), elem_id="load-button")
         widgets["save_name"] = gr.Textbox(label="name to save the arguments as", elem_id="save-name")
         widgets["save"] = gr.Button(words.word("save-button"), elem_id="save-button")
@@ -207,14 +263,14 @@ def _wire_language(language: Any, setup: Form) -> None:
             elif kind == "tab":
                 updates.append(gr.update(label=words.word(key, lang)))
             else:
-                updates.append(gr.update(label=words.word(key, lang) if key in words.WORDS
-                                         else words.label(key, lang)))
+                updates.append(gr.update(label=words.word(key, lang) if key in words.WORDS else words.label(key, lang)))
         return updates
 
     language.input(switched, language, components)
 
 
 # ---------------------------------------------------------------------------- data
+
 
 def _data_tab(labelled: list[tuple[Any, str, str]]) -> dict[str, Any]:
     widgets: dict[str, Any] = {}
@@ -224,12 +280,17 @@ def _data_tab(labelled: list[tuple[Any, str, str]]) -> dict[str, Any]:
         widgets["stats"] = gr.Button(words.word("stats-button"), elem_id="stats-button")
     labelled += [(widgets["preview"], "button", "preview-button"), (widgets["stats"], "button", "stats-button")]
     widgets["said"] = gr.Markdown(elem_id="data-command")
-    widgets["text"] = gr.HighlightedText(label="examples as they train (highlighted: trained, the loss is taken on it)",
-                                         color_map={"trained": "green"}, show_legend=True, combine_adjacent=True,
-                                         elem_id="preview")
+    widgets["text"] = gr.HighlightedText(
+        label="examples as they train (highlighted: trained, the loss is taken on it)",
+        color_map={"trained": "green"},
+        show_legend=True,
+        combine_adjacent=True,
+        elem_id="preview",
+    )
     widgets["summary"] = gr.Textbox(label="statistics", lines=8, elem_id="stats-summary")
-    widgets["plots"] = gr.Gallery(label="data stats plots", columns=3, height=420, object_fit="contain",
-                                  elem_id="stats-plots")
+    widgets["plots"] = gr.Gallery(
+        label="data stats plots", columns=3, height=420, object_fit="contain", elem_id="stats-plots"
+    )
     return widgets
 
 
@@ -242,29 +303,42 @@ def _preview(cfg: Any, n: int) -> tuple[list[tuple[str, str | None]], str]:
     segments: list[tuple[str, str | None]] = [(f"{template_origin(template)}\n", None)]
     for row in data.train.select(range(min(max(n, 1), len(data.train)))):
         trained = sum(label != IGNORE_INDEX for label in row["labels"])
-        segments.append((f"\n--- {row['dataset']} row {row['index']}: {len(row['input_ids'])} tokens, {trained} "
-                         "trained\n", None))
-        segments += [(text, "trained" if is_trained else None)
-                     for text, is_trained in decoded_runs(tokenizer, row["input_ids"], row["labels"])]
+        segments.append(
+            (f"\n--- {row['dataset']} row {row['index']}: {len(row['input_ids'])} tokens, {trained} trained\n", None)
+        )
+        segments += [
+            (text, "trained" if is_trained else None)
+            for text, is_trained in decoded_runs(tokenizer, row["input_ids"], row["labels"])
+        ]
     return segments, "\n".join(data.stats.summary_lines())
 
 
 # ---------------------------------------------------------------------------- run
 
+
 def _run_tab(labelled: list[tuple[Any, str, str]]) -> dict[str, Any]:
     widgets: dict[str, Any] = {}
     widgets["path"] = gr.Markdown(elem_id="config-path")
-    widgets["yaml"] = gr.Textbox(label="the YAML this page runs (the form writes its keys here; edit it freely: "
-                                       "the form follows)", lines=24, max_lines=60, elem_id="yaml")
-    widgets["problems"] = gr.Textbox(label="validation (the lines `sftkit train` would print)", lines=3,
-                                     elem_id="problems")
+    widgets["yaml"] = gr.Textbox(
+        label="the YAML this page runs (the form writes its keys here; edit it freely: the form follows)",
+        lines=24,
+        max_lines=60,
+        elem_id="yaml",
+    )
+    widgets["problems"] = gr.Textbox(
+        label="validation (the lines `sftkit train` would print)", lines=3, elem_id="problems"
+    )
     widgets["devices"] = _devices_row()
     with gr.Row():
-        widgets["overwrite"] = gr.Checkbox(False, label="--overwrite (replace an earlier run in output_dir)",
-                                           elem_id="overwrite")
+        widgets["overwrite"] = gr.Checkbox(
+            False, label="--overwrite (replace an earlier run in output_dir)", elem_id="overwrite"
+        )
         for name in ("validate", "start", "stop", "resume"):
-            widgets[name] = gr.Button(words.word(f"{name}-button"), elem_id=f"{name}-button",
-                                      variant={"start": "primary", "stop": "stop"}.get(name, "secondary"))
+            widgets[name] = gr.Button(
+                words.word(f"{name}-button"),
+                elem_id=f"{name}-button",
+                variant={"start": "primary", "stop": "stop"}.get(name, "secondary"),
+            )
             labelled.append((widgets[name], "button", f"{name}-button"))
     widgets["said"] = gr.Markdown(elem_id="run-command")
     widgets["state"] = gr.Markdown(elem_id="run-state")
@@ -283,22 +357,40 @@ def _devices_row() -> dict[str, Any]:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     widgets: dict[str, Any] = {"gpus": gpus}
     with gr.Row(visible=gpus > 0):
-        widgets["count"] = gr.Dropdown([str(n) for n in range(1, max(gpus, 1) + 1)], value=str(max(gpus, 1)),
-                                       label=f"GPUs to train on (of {gpus}; more than 1: torchrun)",
-                                       elem_id="device-count")
-        widgets["deepspeed"] = gr.Dropdown(["none", "2", "3"], value="none", label="DeepSpeed ZeRO stage",
-                                           elem_id="deepspeed-stage")
+        widgets["count"] = gr.Dropdown(
+            [str(n) for n in range(1, max(gpus, 1) + 1)],
+            value=str(max(gpus, 1)),
+            label=f"GPUs to train on (of {gpus}; more than 1: torchrun)",
+            elem_id="device-count",
+        )
+        widgets["deepspeed"] = gr.Dropdown(
+            ["none", "2", "3"], value="none", label="DeepSpeed ZeRO stage", elem_id="deepspeed-stage"
+        )
     return widgets
 
 
-def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: Form, store: dict[str, Any],
-                 data: dict[str, Any], run: dict[str, Any], chat_base: Any) -> None:
+def _wire_config(
+    page: gr.Blocks,
+    settings: PageSettings,
+    jobs: Jobs,
+    setup: Form,
+    store: dict[str, Any],
+    data: dict[str, Any],
+    run: dict[str, Any],
+    chat_base: Any,
+) -> None:
     fields = {key: component for key, component in setup.fields.items() if key != "preset"}
     keys = list(fields)
     inputs = [run["yaml"], setup.method, setup.precision, *fields.values()]
     editor = [run["yaml"], run["path"], run["problems"], setup.problems]
-    shown_form = [setup.method, setup.precision, *fields.values(), *setup.rows.values(), setup.dataset_note,
-                  setup.template_note]
+    shown_form = [
+        setup.method,
+        setup.precision,
+        *fields.values(),
+        *setup.rows.values(),
+        setup.dataset_note,
+        setup.template_note,
+    ]
     last = settings.config_dir / LAST_STATE
 
     def checked(text: str) -> tuple[str, str, str]:
@@ -306,8 +398,11 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
         path = form.config_path(text, settings.config_dir)
         _, problems = form.check(text, path)
         at_fields = [form.field_line(line, path) for line in problems if form.field_line(line, path)]
-        return (f"config file: `{path}`", "\n".join(problems) or "OK: `sftkit train` accepts this config",
-                "\n".join(f"- {line}" for line in at_fields))
+        return (
+            f"config file: `{path}`",
+            "\n".join(problems) or "OK: `sftkit train` accepts this config",
+            "\n".join(f"- {line}" for line in at_fields),
+        )
 
     def remember(text: str) -> None:
         settings.config_dir.mkdir(parents=True, exist_ok=True)
@@ -319,8 +414,13 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
         written = form.merged_yaml(text, form.to_config(by_key, method, precision))
         if written is None:
             path, problems, at_fields = checked(text)
-            return [gr.update(), path, problems + "\n(the editor's YAML does not parse: the form's change is not "
-                                                  "written into it; fix the YAML first)", at_fields]
+            return [
+                gr.update(),
+                path,
+                problems + "\n(the editor's YAML does not parse: the form's change is not "
+                "written into it; fix the YAML first)",
+                at_fields,
+            ]
         remember(written)
         path, problems, at_fields = checked(written)
         missing = form.field_problems(by_key)
@@ -330,8 +430,14 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
         """What the Setup tab shows for these values (the datasets of its dataset_dir, the method's rows)."""
         datasets, note = _datasets(str(values.get("dataset_dir") or ""), values.get("dataset"))
         shown = [datasets if key == "dataset" else gr.update(value=values.get(key)) for key in keys]
-        return [method, precision, *shown, *_rows(method), note,
-                form.template_note(values.get("model_name_or_path") or "", values.get("template"))]
+        return [
+            method,
+            precision,
+            *shown,
+            *_rows(method),
+            note,
+            form.template_note(values.get("model_name_or_path") or "", values.get("template")),
+        ]
 
     def from_editor(text: str) -> list[Any]:
         """The form after a hand edit of the YAML (the editor itself is not touched)."""
@@ -343,12 +449,14 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
 
     def one_field(key: str, extra: list[Any], also: Any) -> None:
         """The field's only listener: the editor, plus what else shows this field."""
+
         def changed(text: str, method: str, precision: str, *values: Any) -> list[Any]:
             by_key = dict(zip(keys, values))
             if key == "dataset_dir" and not by_key["dataset"]:
                 # while a folder is typed its partial names list no datasets: the YAML keeps the ticked ones
                 by_key["dataset"] = form.datasets_of(text)
             return [*from_form(text, method, precision, list(by_key.values())), *also(by_key, method)]
+
         # always_last: while a request is out, only the newest keystroke waits (Gradio's default for .input,
         # "once", drops the keys typed meanwhile)
         fields[key].input(changed, inputs, [*editor, *extra], trigger_mode="always_last")
@@ -359,14 +467,19 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
     key_model = "model_name_or_path"
     for key in keys:
         if key == "model_name_or_path":
-            one_field(key, [setup.template_note, chat_base],
-                      lambda v, m: [form.template_note(v[key_model] or "", v["template"]), v[key_model]])
+            one_field(
+                key,
+                [setup.template_note, chat_base],
+                lambda v, m: [form.template_note(v[key_model] or "", v["template"]), v[key_model]],
+            )
         elif key == "template":
-            one_field(key, [setup.template_note],
-                      lambda v, m: [form.template_note(v[key_model] or "", v["template"])])
+            one_field(key, [setup.template_note], lambda v, m: [form.template_note(v[key_model] or "", v["template"])])
         elif key == "dataset_dir":
-            one_field(key, [fields["dataset"], setup.dataset_note],
-                      lambda v, m: list(_datasets(v["dataset_dir"], v["dataset"])))
+            one_field(
+                key,
+                [fields["dataset"], setup.dataset_note],
+                lambda v, m: list(_datasets(v["dataset_dir"], v["dataset"])),
+            )
         else:
             one_field(key, [], nothing)
 
@@ -374,26 +487,42 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
         return [*from_form(text, method, precision, list(values)), *_rows(method)]
 
     setup.method.input(method_changed, inputs, [*editor, *setup.rows.values()], trigger_mode="always_last")
-    setup.precision.input(lambda text, m, p, *v: from_form(text, m, p, list(v)), inputs, editor,
-                          trigger_mode="always_last")
+    setup.precision.input(
+        lambda text, m, p, *v: from_form(text, m, p, list(v)), inputs, editor, trigger_mode="always_last"
+    )
 
     def preset_chosen(name: str, text: str, method: str, precision: str, *values: Any) -> list[Any]:
         path, template = form.presets().get(name, ("", None))
         if not path:
             return [gr.update()] * (len(editor) + 4)
         by_key = {**dict(zip(keys, values)), "model_name_or_path": path, "template": template or form.OWN_TEMPLATE}
-        return [*from_form(text, method, precision, list(by_key.values())), path, by_key["template"],
-                form.template_note(path, by_key["template"]), path]
+        return [
+            *from_form(text, method, precision, list(by_key.values())),
+            path,
+            by_key["template"],
+            form.template_note(path, by_key["template"]),
+            path,
+        ]
 
-    setup.fields["preset"].input(preset_chosen, [setup.fields["preset"], *inputs],
-                                 [*editor, fields["model_name_or_path"], fields["template"], setup.template_note,
-                                  chat_base])
-    run["yaml"].input(from_editor, run["yaml"], [run["path"], run["problems"], setup.problems, *shown_form],
-                      trigger_mode="always_last")
+    setup.fields["preset"].input(
+        preset_chosen,
+        [setup.fields["preset"], *inputs],
+        [*editor, fields["model_name_or_path"], fields["template"], setup.template_note, chat_base],
+    )
+    run["yaml"].input(
+        from_editor,
+        run["yaml"],
+        [run["path"], run["problems"], setup.problems, *shown_form],
+        trigger_mode="always_last",
+    )
 
     def starting_yaml() -> str:
-        values = {**form.defaults(), "model_name_or_path": settings.model, "dataset_dir": settings.dataset_dir,
-                  "output_dir": settings.output_dir or form.fresh_output_dir(settings.runs_root)}
+        values = {
+            **form.defaults(),
+            "model_name_or_path": settings.model,
+            "dataset_dir": settings.dataset_dir,
+            "output_dir": settings.output_dir or form.fresh_output_dir(settings.runs_root),
+        }
         return form.to_yaml(form.to_config(values, "lora", "bf16" if values.get("bf16") else "fp32"))
 
     def restored() -> list[Any]:
@@ -402,8 +531,7 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
         job = jobs.get("train")
         return [text, *from_editor(text), gr.Timer(active=job is not None and job.running())]
 
-    page.load(restored, None, [run["yaml"], run["path"], run["problems"], setup.problems, *shown_form,
-                               run["timer"]])
+    page.load(restored, None, [run["yaml"], run["path"], run["problems"], setup.problems, *shown_form, run["timer"]])
 
     @shown_errors
     def loaded(path_text: str) -> list[Any]:
@@ -411,8 +539,11 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
         remember(text)
         return [text, *from_editor(text), note]
 
-    store["load"].click(loaded, store["load_path"], [run["yaml"], run["path"], run["problems"], setup.problems,
-                                                     *shown_form, store["said"]])
+    store["load"].click(
+        loaded,
+        store["load_path"],
+        [run["yaml"], run["path"], run["problems"], setup.problems, *shown_form, store["said"]],
+    )
 
     def saved_as(name: str, text: str) -> str:
         if not form.SAVE_NAME.fullmatch(name or ""):
@@ -427,12 +558,23 @@ def _wire_config(page: gr.Blocks, settings: PageSettings, jobs: Jobs, setup: For
 
 
 def _rows(method: str) -> list[Any]:
-    return [gr.update(visible=method in ("lora", "qlora")), gr.update(visible=method == "oft"),
-            gr.update(visible=method == "freeze")]
+    return [
+        gr.update(visible=method in ("lora", "qlora")),
+        gr.update(visible=method == "oft"),
+        gr.update(visible=method == "freeze"),
+    ]
 
 
-def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dict[str, Any], fields: dict[str, Any],
-              editor: list[Any], remember: Any, checked: Any) -> None:
+def _wire_run(
+    settings: PageSettings,
+    jobs: Jobs,
+    run: dict[str, Any],
+    data: dict[str, Any],
+    fields: dict[str, Any],
+    editor: list[Any],
+    remember: Any,
+    checked: Any,
+) -> None:
     def saved(text: str) -> tuple[Any, Path]:
         """The validated config and the file it was written to (only a valid config is written)."""
         path = form.config_path(text, settings.config_dir)
@@ -452,6 +594,7 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
             extra = ["--set", f"deepspeed={ds}"]
         if run["devices"]["gpus"] > 1 and int(count) > 1:
             import sys
+
             return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", count, "-m", "sftkit"], extra
         return None, extra
 
@@ -463,11 +606,18 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
         cfg, path = saved(text)
         out = Path(cfg.output_dir)
         if not resume and not overwrite and out.is_dir() and any(out.iterdir()):
-            raise gr.Error(f"output_dir {out} already holds files: choose a new folder (empty the output_dir field "
-                           "for a fresh one) or tick --overwrite")
+            raise gr.Error(
+                f"output_dir {out} already holds files: choose a new folder (empty the output_dir field "
+                "for a fresh one) or tick --overwrite"
+            )
         program, extra = launcher(count, stage)
-        args = ["train", str(path), *(["--overwrite"] if overwrite and not resume else []),
-                *(["--resume", "latest"] if resume else []), *extra]
+        args = [
+            "train",
+            str(path),
+            *(["--overwrite"] if overwrite and not resume else []),
+            *(["--resume", "latest"] if resume else []),
+            *extra,
+        ]
         try:
             job = jobs.start("train", *args, program=program)
         except RuntimeError as exc:
@@ -475,19 +625,44 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
         job.output_dir, job.config = out, path  # what the Run tab watches, whatever the editor holds next
         # the next Start trains into a folder of its own, shown in the form and the YAML before it starts (a
         # Resume continues a run: the form's next folder stays as it was)
-        following = editor_text if resume and form.output_dir_of(editor_text) != str(out) else \
-            form.with_output_dir(editor_text, form.fresh_output_dir(str(out.parent)))
+        following = (
+            editor_text
+            if resume and form.output_dir_of(editor_text) != str(out)
+            else form.with_output_dir(editor_text, form.fresh_output_dir(str(out.parent)))
+        )
         remember(following)
-        return [f"{said(job.command)}: writes the run to `{out}` (config `{path}`, log `{job.log}`)",
-                following, *checked(following), form.output_dir_of(following), gr.Timer(active=True), None]
+        return [
+            f"{said(job.command)}: writes the run to `{out}` (config `{path}`, log `{job.log}`)",
+            following,
+            *checked(following),
+            form.output_dir_of(following),
+            gr.Timer(active=True),
+            None,
+        ]
 
-    run_outputs = [run["said"], run["yaml"], run["path"], run["problems"], editor[3], fields["output_dir"],
-                   run["timer"], run["seen"]]
+    run_outputs = [
+        run["said"],
+        run["yaml"],
+        run["path"],
+        run["problems"],
+        editor[3],
+        fields["output_dir"],
+        run["timer"],
+        run["seen"],
+    ]
     devices = [run["devices"]["count"], run["devices"]["deepspeed"]]
-    run["start"].click(lambda t, o, c, s: train(t, o, False, c, s), [run["yaml"], run["overwrite"], *devices],
-                       run_outputs, api_name="start")
-    run["resume"].click(lambda t, o, c, s: train(t, o, True, c, s), [run["yaml"], run["overwrite"], *devices],
-                        run_outputs, api_name="resume")
+    run["start"].click(
+        lambda t, o, c, s: train(t, o, False, c, s),
+        [run["yaml"], run["overwrite"], *devices],
+        run_outputs,
+        api_name="start",
+    )
+    run["resume"].click(
+        lambda t, o, c, s: train(t, o, True, c, s),
+        [run["yaml"], run["overwrite"], *devices],
+        run_outputs,
+        api_name="resume",
+    )
 
     @shown_errors
     def validate(text: str) -> list[Any]:
@@ -502,8 +677,10 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
         if job is None or not job.running():
             raise gr.Error("no run of this page is training")
         job.stop(signal.SIGINT)
-        return f"stopping: SIGINT sent (as Ctrl-C in a terminal); the run saves a checkpoint in `{job.output_dir}` " \
-               f"and exits. {said(f'kill -INT {job.process.pid}')}"
+        return (
+            f"stopping: SIGINT sent (as Ctrl-C in a terminal); the run saves a checkpoint in `{job.output_dir}` "
+            f"and exits. {said(f'kill -INT {job.process.pid}')}"
+        )
 
     run["stop"].click(stop, None, run["said"], api_name="stop")
 
@@ -517,11 +694,18 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
         state = f"**{job.state()}** (`{output_dir}`): {summary(records)}" if job is not None else summary(records)
         shown = jobs.newest("train", "validate")
         busy = any(j is not None and j.running() for j in (job, jobs.get("validate")))
-        return [state, drawn[0] if drawn else gr.update(), drawn[1] if drawn else gr.update(),
-                shown.log_tail() if shown is not None else "", now, gr.Timer(active=busy)]
+        return [
+            state,
+            drawn[0] if drawn else gr.update(),
+            drawn[1] if drawn else gr.update(),
+            shown.log_tail() if shown is not None else "",
+            now,
+            gr.Timer(active=busy),
+        ]
 
-    run["timer"].tick(refresh, run["seen"], [run["state"], run["plot"], run["drawn"], run["log"], run["seen"],
-                                             run["timer"]])
+    run["timer"].tick(
+        refresh, run["seen"], [run["state"], run["plot"], run["drawn"], run["log"], run["seen"], run["timer"]]
+    )
 
     @shown_errors
     def preview(text: str, n: float) -> tuple[Any, str, str]:
@@ -538,9 +722,11 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
         out = settings.config_dir / f"data_stats_{path.stem}"
         written = data_stats(cfg, out, overwrite=True)
         plots_written = sorted(str(p) for p in out.glob("*.png"))
-        return (plots_written, "\n".join([*summary_lines(written),
-                                          f"(data_stats.json and {len(plots_written)} plots in {out})"]),
-                f"{said(shell_command('data', 'stats', path, '--out', out, '--overwrite'))} (wrote `{out}`)")
+        return (
+            plots_written,
+            "\n".join([*summary_lines(written), f"(data_stats.json and {len(plots_written)} plots in {out})"]),
+            f"{said(shell_command('data', 'stats', path, '--out', out, '--overwrite'))} (wrote `{out}`)",
+        )
 
     data["preview"].click(preview, [run["yaml"], data["n"]], [data["text"], data["summary"], data["said"]])
     data["stats"].click(stats, run["yaml"], [data["plots"], data["summary"], data["said"]])
@@ -548,25 +734,32 @@ def _wire_run(settings: PageSettings, jobs: Jobs, run: dict[str, Any], data: dic
 
 # ---------------------------------------------------------------------------- runs
 
+
 def _runs_tab(settings: PageSettings) -> None:
     with gr.Row():
         root = gr.Textbox(value=settings.runs_root, label="output folder holding the runs", elem_id="runs-root")
         refresh = gr.Button("Refresh", elem_id="runs-refresh")
     table = gr.Dataframe(headers=runs.COLUMNS, interactive=False, elem_id="runs-table")
-    chosen = gr.Dropdown([], multiselect=True, label="runs to compare (any number; the diff is of the first two)",
-                         elem_id="runs-chosen")
+    chosen = gr.Dropdown(
+        [], multiselect=True, label="runs to compare (any number; the diff is of the first two)", elem_id="runs-chosen"
+    )
     plot = gr.Plot(label="loss of the chosen runs", elem_id="runs-plot")
     drawn = gr.Markdown(elem_id="runs-drawn")
-    diff = gr.Code(language=None, label="config diff (sftkit_config.yaml, every default filled in)",
-                   elem_id="runs-diff")
+    diff = gr.Code(
+        language=None, label="config diff (sftkit_config.yaml, every default filled in)", elem_id="runs-diff"
+    )
     command_line = gr.Markdown(elem_id="runs-command")
 
     def listed(folder: str) -> tuple[Any, ...]:
         rows = runs.table(Path(folder))
         names = [row[0] for row in rows]
         metrics = shlex.quote(str(Path(folder) / (names[0] if names else "RUN") / METRICS_FILE))
-        return (pd.DataFrame(rows, columns=runs.COLUMNS), gr.update(choices=names, value=names[:2]),
-                *compared(folder, names[:2])[:3], f"each row is what the run wrote, e.g. {said(f'cat {metrics}')}")
+        return (
+            pd.DataFrame(rows, columns=runs.COLUMNS),
+            gr.update(choices=names, value=names[:2]),
+            *compared(folder, names[:2])[:3],
+            f"each row is what the run wrote, e.g. {said(f'cat {metrics}')}",
+        )
 
     def compared(folder: str, names: list[str] | None) -> tuple[Any, ...]:
         chosen_runs = [Path(folder) / name for name in names or []]

@@ -35,8 +35,11 @@ def curves(records: list[dict[str, Any]]) -> tuple[Any, str]:
     if rates:
         lr_axes.plot(*zip(*rates))
     lr_axes.set(title="learning rate", xlabel="step")
-    return figure, f"drawn: train loss ({len(train)} points), eval loss ({len(evals)} points), " \
-                   f"learning rate ({len(rates)} points)"
+    return (
+        figure,
+        f"drawn: train loss ({len(train)} points), eval loss ({len(evals)} points), "
+        f"learning rate ({len(rates)} points)",
+    )
 
 
 def runs_plot(points: list[dict[str, Any]]) -> tuple[Any, str]:

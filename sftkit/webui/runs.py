@@ -13,8 +13,17 @@ from typing import Any
 from sftkit.run_dir import CONFIG_FILE, METRICS_FILE, is_run, read_json
 from sftkit.webui.jobs import progress, trainer_state
 
-COLUMNS = ["run", "steps", "first loss", "last loss", "best eval loss", "best step", "tokens/s", "runtime (s)",
-           "checkpoints"]
+COLUMNS = [
+    "run",
+    "steps",
+    "first loss",
+    "last loss",
+    "best eval loss",
+    "best step",
+    "tokens/s",
+    "runtime (s)",
+    "checkpoints",
+]
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -39,11 +48,17 @@ def _row(run: Path) -> list[Any]:
     metrics = read_json(run / METRICS_FILE) or {}
     best = min(evals) if evals else (state.get("best_metric"), state.get("best_global_step"))
     steps = metrics.get("global_step") or state.get("global_step") or (records[-1]["step"] if records else None)
-    return [run.name, steps, _round(metrics.get("first_train_loss", train[0] if train else None)),
-            _round(train[-1] if train else metrics.get("train_loss")),
-            _round(metrics.get("best_eval_loss", best[0])), metrics.get("best_step", best[1]),
-            _round(metrics.get("tokens_per_second")), _round(metrics.get("train_runtime_s")),
-            len(list(run.glob("checkpoint-*")))]
+    return [
+        run.name,
+        steps,
+        _round(metrics.get("first_train_loss", train[0] if train else None)),
+        _round(train[-1] if train else metrics.get("train_loss")),
+        _round(metrics.get("best_eval_loss", best[0])),
+        metrics.get("best_step", best[1]),
+        _round(metrics.get("tokens_per_second")),
+        _round(metrics.get("train_runtime_s")),
+        len(list(run.glob("checkpoint-*"))),
+    ]
 
 
 def config_diff(first: Path, second: Path) -> str:
@@ -52,8 +67,14 @@ def config_diff(first: Path, second: Path) -> str:
     missing = [str(path) for path in (a, b) if not path.is_file()]
     if missing:
         return f"no {CONFIG_FILE} in {', '.join(missing)}"
-    lines = difflib.unified_diff(a.read_text(encoding="utf-8").splitlines(), b.read_text(encoding="utf-8").splitlines(),
-                                 fromfile=str(a), tofile=str(b), lineterm="", n=0)
+    lines = difflib.unified_diff(
+        a.read_text(encoding="utf-8").splitlines(),
+        b.read_text(encoding="utf-8").splitlines(),
+        fromfile=str(a),
+        tofile=str(b),
+        lineterm="",
+        n=0,
+    )
     return "\n".join(lines) or "the two configs are the same"
 
 
@@ -64,8 +85,14 @@ def loss_points(runs: list[Path]) -> list[dict[str, Any]]:
         for record in progress(run):
             for kind in ("loss", "eval_loss"):
                 if kind in record:
-                    rows.append({"run": run.name, "step": record["step"], "loss": record[kind],
-                                 "kind": "train" if kind == "loss" else "eval"})
+                    rows.append(
+                        {
+                            "run": run.name,
+                            "step": record["step"],
+                            "loss": record[kind],
+                            "kind": "train" if kind == "loss" else "eval",
+                        }
+                    )
     return rows
 
 

@@ -21,12 +21,14 @@ def shown_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
     """A handler whose SftkitError (a bad config, dataset or model path) reaches the page as Gradio's error toast,
     one line per problem as the CLI prints them, instead of a generic "Error" and a traceback in the server log."""
     if inspect.isgeneratorfunction(handler):  # Gradio streams only from a generator function: keep it one
+
         @functools.wraps(handler)
         def streamed(*args: Any, **kwargs: Any) -> Any:
             try:
                 yield from handler(*args, **kwargs)
             except SftkitError as exc:
                 raise _toast(exc) from None
+
         return streamed
 
     @functools.wraps(handler)
@@ -35,6 +37,7 @@ def shown_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
             return handler(*args, **kwargs)
         except SftkitError as exc:
             raise _toast(exc) from None
+
     return wrapped
 
 

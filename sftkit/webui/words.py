@@ -41,16 +41,27 @@ KEYS: dict[str, tuple[str, str]] = {
 }
 
 WORDS: dict[str, tuple[str, str]] = {
-    "tab-setup": ("Setup", "设置"), "tab-data": ("Data", "数据"), "tab-run": ("Run", "训练"),
-    "tab-runs": ("Runs", "运行记录"), "tab-chat": ("Chat", "对话"), "tab-eval": ("Evaluate & Predict", "评估与预测"),
+    "tab-setup": ("Setup", "设置"),
+    "tab-data": ("Data", "数据"),
+    "tab-run": ("Run", "训练"),
+    "tab-runs": ("Runs", "运行记录"),
+    "tab-chat": ("Chat", "对话"),
+    "tab-eval": ("Evaluate & Predict", "评估与预测"),
     "tab-export": ("Export", "导出"),
-    "start-button": ("Start", "开始"), "stop-button": ("Stop (save and stop)", "中断（保存并停止）"),
-    "resume-button": ("Resume", "继续训练"), "validate-button": ("Validate", "校验"),
-    "load-button": ("Load into the form", "载入参数"), "save-button": ("Save arguments", "保存参数"),
-    "preview-button": ("Preview", "预览数据"), "stats-button": ("Statistics and plots", "统计与图表"),
-    "chat-send": ("Send", "发送"), "chat-unload": ("Unload models", "卸载模型"),
-    "eval-button": ("Evaluate (loss)", "评估（损失）"), "predict-button": ("Predict", "预测"),
-    "language": ("Language", "语言"), "preset": ("Model preset", "模型预设"),
+    "start-button": ("Start", "开始"),
+    "stop-button": ("Stop (save and stop)", "中断（保存并停止）"),
+    "resume-button": ("Resume", "继续训练"),
+    "validate-button": ("Validate", "校验"),
+    "load-button": ("Load into the form", "载入参数"),
+    "save-button": ("Save arguments", "保存参数"),
+    "preview-button": ("Preview", "预览数据"),
+    "stats-button": ("Statistics and plots", "统计与图表"),
+    "chat-send": ("Send", "发送"),
+    "chat-unload": ("Unload models", "卸载模型"),
+    "eval-button": ("Evaluate (loss)", "评估（损失）"),
+    "predict-button": ("Predict", "预测"),
+    "language": ("Language", "语言"),
+    "preset": ("Model preset", "模型预设"),
 }
 
 

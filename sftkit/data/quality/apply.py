@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from sftkit.data.loader import Conversations
 
 
-def clean_and_balance(cfg: SftConfig, conversations: Conversations, tokenizer: Any,
-                      judge_cache: Path) -> tuple[Conversations, list[str]]:
+def clean_and_balance(
+    cfg: SftConfig, conversations: Conversations, tokenizer: Any, judge_cache: Path
+) -> tuple[Conversations, list[str]]:
     """The conversations cleaned (`clean_*` keys) and the train split balanced (`balance_*`), with summary lines.
 
     Raises:
@@ -33,12 +34,14 @@ def clean_and_balance(cfg: SftConfig, conversations: Conversations, tokenizer: A
     lines: list[str] = []
     train, eval_ = conversations.train, conversations.eval
     if cleaning_on(cfg):
-        result = clean_rows(cfg, train.to_list(), eval_.to_list() if eval_ is not None else None, tokenizer,
-                            judge_cache)
+        result = clean_rows(
+            cfg, train.to_list(), eval_.to_list() if eval_ is not None else None, tokenizer, judge_cache
+        )
         lines.append(result.summary_line(len(train)))
         if not result.train_keep:
-            raise DataError(f"cleaning removed every training row ({result.summary_line(len(train))}); loosen the "
-                            "clean_* keys")
+            raise DataError(
+                f"cleaning removed every training row ({result.summary_line(len(train))}); loosen the clean_* keys"
+            )
         if eval_ is not None and result.eval_keep is not None and not result.eval_keep:
             raise DataError("cleaning removed every eval row; loosen the clean_* keys or choose other eval data")
         train = train.select(result.train_keep)
@@ -63,15 +66,17 @@ def order_for_curriculum(cfg: SftConfig, train: Dataset) -> tuple[Dataset, list[
     if cfg.curriculum == "none":
         return train, []
     if cfg.curriculum == "loss":
-        return train, ["curriculum: by the model's own loss before training (measured once the model loads), "
-                       "sequential sampling"]
+        return train, [
+            "curriculum: by the model's own loss before training (measured once the model loads), sequential sampling"
+        ]
     if cfg.curriculum == "length":
         table = train.with_format("arrow")[:]
         difficulty = pc.list_value_length(table["input_ids"]).to_pylist()
     else:
         assert cfg.curriculum_column is not None
-        values = column_values(cfg, train.select_columns(["dataset", "index"]).to_list(), cfg.curriculum_column,
-                               "curriculum_column")
+        values = column_values(
+            cfg, train.select_columns(["dataset", "index"]).to_list(), cfg.curriculum_column, "curriculum_column"
+        )
         difficulty = [_number(v, cfg.curriculum_column) for v in values]
     order = curriculum_order(difficulty, cfg.curriculum_stages, cfg.seed)
     return train.select(order), [curriculum_line(cfg.curriculum, difficulty, cfg.curriculum_stages)]

@@ -20,18 +20,22 @@ class Balanced:
     left_out: dict[str, int]  # rows of categories without a share
 
     def summary_line(self, column: str) -> str:
-        """"balance by category: qa 25.0% (wanted 25%, 50 of 80 rows), ...; 200 rows"."""
+        """ "balance by category: qa 25.0% (wanted 25%, 50 of 80 rows), ...; 200 rows"."""
         total = sum(self.achieved.values())
-        parts = [f"{name} {self.achieved[name] / total:.1%} (wanted {share:.1%}, {self.achieved[name]} of "
-                 f"{self.available[name]} rows)" for name, share in self.wanted.items()]
+        parts = [
+            f"{name} {self.achieved[name] / total:.1%} (wanted {share:.1%}, {self.achieved[name]} of "
+            f"{self.available[name]} rows)"
+            for name, share in self.wanted.items()
+        ]
         line = f"balance by {column}: {', '.join(parts)}; {total} rows"
         if self.left_out:
             line += f"; left out (no share): {', '.join(f'{k} {v}' for k, v in sorted(self.left_out.items()))}"
         return line
 
 
-def balance(categories: list[str], shares: dict[str, float], rows: int | None, seed: int,
-            key: str = "balance_shares") -> Balanced:
+def balance(
+    categories: list[str], shares: dict[str, float], rows: int | None, seed: int, key: str = "balance_shares"
+) -> Balanced:
     """Samples positions so each category makes up its share of the result.
 
     Args:
@@ -56,8 +60,10 @@ def balance(categories: list[str], shares: dict[str, float], rows: int | None, s
     missing = [name for name, positions in by_category.items() if not positions]
     if missing:
         seen = ", ".join(sorted(set(categories))[:10])
-        raise DataError(f"{key}: no training row has category {missing[0]!r} (the data has: {seen}); fix the "
-                        "share's name or drop it")
+        raise DataError(
+            f"{key}: no training row has category {missing[0]!r} (the data has: {seen}); fix the "
+            "share's name or drop it"
+        )
     if rows is None:
         rows = int(min(len(by_category[name]) / share for name, share in wanted.items()))
     counts = _apportion(wanted, rows)
@@ -76,6 +82,6 @@ def _apportion(wanted: dict[str, float], rows: int) -> dict[str, int]:
     """Whole rows per category summing to `rows`, by largest remainder."""
     exact = {name: share * rows for name, share in wanted.items()}
     counts = {name: int(value) for name, value in exact.items()}
-    for name in sorted(exact, key=lambda n: counts[n] - exact[n])[:rows - sum(counts.values())]:
+    for name in sorted(exact, key=lambda n: counts[n] - exact[n])[: rows - sum(counts.values())]:
         counts[name] += 1
     return counts

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.data.quality.text import (conversation_text, language, ngrams, normalise, prompt_text, repeated_share,
-                                      replies)
+from sftkit.data.quality.text import (
+    conversation_text,
+    language,
+    ngrams,
+    normalise,
+    prompt_text,
+    repeated_share,
+    replies,
+)
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -33,8 +40,13 @@ class Removal:
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"split": self.split, "dataset": self.dataset, "index": self.index, "reason": self.reason,
-                "detail": self.detail}
+        return {
+            "split": self.split,
+            "dataset": self.dataset,
+            "index": self.index,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -49,7 +61,7 @@ class CleanResult:
     unjudged: int = 0
 
     def summary_line(self, train_rows: int) -> str:
-        """"clean: 380 of 400 train rows kept (12 exact_duplicate, 3 near_duplicate); 2 leaks (removed)"."""
+        """ "clean: 380 of 400 train rows kept (12 exact_duplicate, 3 near_duplicate); 2 leaks (removed)"."""
         train_removed = Counter(r.reason for r in self.removed if r.split == "train")
         line = f"clean: {len(self.train_keep)} of {train_rows} train rows kept"
         if train_removed:
@@ -66,14 +78,27 @@ class CleanResult:
 
 def cleaning_on(cfg: SftConfig) -> bool:
     """Whether any cleaning key is set (else the rows pass untouched and unread)."""
-    return (cfg.clean_dedup != "none" or cfg.clean_remove_leaks or cfg.clean_empty_replies
-            or cfg.clean_min_reply_tokens is not None or cfg.clean_max_reply_tokens is not None
-            or cfg.clean_max_repeated_ngrams is not None or cfg.clean_prompt_copies or bool(cfg.clean_patterns)
-            or bool(cfg.clean_languages) or cfg.clean_judge_model is not None)
+    return (
+        cfg.clean_dedup != "none"
+        or cfg.clean_remove_leaks
+        or cfg.clean_empty_replies
+        or cfg.clean_min_reply_tokens is not None
+        or cfg.clean_max_reply_tokens is not None
+        or cfg.clean_max_repeated_ngrams is not None
+        or cfg.clean_prompt_copies
+        or bool(cfg.clean_patterns)
+        or bool(cfg.clean_languages)
+        or cfg.clean_judge_model is not None
+    )
 
 
-def clean_rows(cfg: SftConfig, train: list[dict[str, Any]], eval_: list[dict[str, Any]] | None,
-               tokenizer: Any = None, judge_cache: Path | None = None) -> CleanResult:
+def clean_rows(
+    cfg: SftConfig,
+    train: list[dict[str, Any]],
+    eval_: list[dict[str, Any]] | None,
+    tokenizer: Any = None,
+    judge_cache: Path | None = None,
+) -> CleanResult:
     """Decides which rows stay: filters, then duplicates, then leaks, then the judge (the costly part) last.
 
     Args:
@@ -87,12 +112,24 @@ def clean_rows(cfg: SftConfig, train: list[dict[str, Any]], eval_: list[dict[str
     keep_eval = _survivors(cfg, eval_, "eval", tokenizer, removed) if eval_ is not None else None
     result = CleanResult(keep_train, keep_eval, removed)
     if eval_ is not None and keep_eval is not None and (cfg.clean_dedup != "none" or cfg.clean_remove_leaks):
-        leaks = find_leaks([train[i] for i in keep_train], [eval_[i] for i in keep_eval],
-                           near=cfg.clean_dedup == "near", threshold=cfg.clean_near_threshold, seed=cfg.seed)
+        leaks = find_leaks(
+            [train[i] for i in keep_train],
+            [eval_[i] for i in keep_eval],
+            near=cfg.clean_dedup == "near",
+            threshold=cfg.clean_near_threshold,
+            seed=cfg.seed,
+        )
         for position, eval_position in sorted(leaks.items()):
             row, source = train[keep_train[position]], eval_[keep_eval[eval_position]]
-            result.leaks.append(Removal("train", row["dataset"], row["index"], "leak",
-                                        f"prompt of eval {source['dataset']} row {source['index']}"))
+            result.leaks.append(
+                Removal(
+                    "train",
+                    row["dataset"],
+                    row["index"],
+                    "leak",
+                    f"prompt of eval {source['dataset']} row {source['index']}",
+                )
+            )
         if cfg.clean_remove_leaks:
             result.train_keep = [i for p, i in enumerate(keep_train) if p not in leaks]
             result.removed += result.leaks
@@ -103,8 +140,9 @@ def clean_rows(cfg: SftConfig, train: list[dict[str, Any]], eval_: list[dict[str
     return result
 
 
-def _survivors(cfg: SftConfig, rows: list[dict[str, Any]], split: str, tokenizer: Any,
-               removed: list[Removal]) -> list[int]:
+def _survivors(
+    cfg: SftConfig, rows: list[dict[str, Any]], split: str, tokenizer: Any, removed: list[Removal]
+) -> list[int]:
     """Positions of `rows` that pass the filters and are no duplicate of an earlier survivor."""
     failed = row_filters(cfg, rows, tokenizer)
     for position, (reason, detail) in sorted(failed.items()):
@@ -115,30 +153,45 @@ def _survivors(cfg: SftConfig, rows: list[dict[str, Any]], split: str, tokenizer
     duplicates = find_duplicates([rows[i] for i in passing], cfg.clean_dedup, cfg.clean_near_threshold, cfg.seed)
     for position, (kind, first) in sorted(duplicates.items()):
         row, kept = rows[passing[position]], rows[passing[first]]
-        removed.append(Removal(split, row["dataset"], row["index"], f"{kind}_duplicate",
-                               f"of {kept['dataset']} row {kept['index']}"))
+        removed.append(
+            Removal(
+                split, row["dataset"], row["index"], f"{kind}_duplicate", f"of {kept['dataset']} row {kept['index']}"
+            )
+        )
     return [i for p, i in enumerate(passing) if p not in duplicates]
 
 
 # ---------------------------------------------------------------------------- duplicates and leaks
 
-def find_duplicates(rows: list[dict[str, Any]], mode: str = "near", threshold: float = 0.8,
-                    seed: int = 0) -> dict[int, tuple[str, int]]:
+
+def find_duplicates(
+    rows: list[dict[str, Any]], mode: str = "near", threshold: float = 0.8, seed: int = 0
+) -> dict[int, tuple[str, int]]:
     """position -> ("exact" | "near", position of the earlier row it duplicates), over whole conversations."""
     texts = [normalise(conversation_text(row)) for row in rows]
     return _matches(texts, texts, mode == "near", threshold, seed, same=True)
 
 
-def find_leaks(train: list[dict[str, Any]], eval_: list[dict[str, Any]], near: bool, threshold: float,
-               seed: int) -> dict[int, int]:
+def find_leaks(
+    train: list[dict[str, Any]], eval_: list[dict[str, Any]], near: bool, threshold: float, seed: int
+) -> dict[int, int]:
     """train position -> eval position whose prompt it repeats (an eval question seen in training)."""
-    return {p: first for p, (_, first) in _matches([normalise(prompt_text(r)) for r in train],
-                                                   [normalise(prompt_text(r)) for r in eval_], near, threshold, seed,
-                                                   same=False).items()}
+    return {
+        p: first
+        for p, (_, first) in _matches(
+            [normalise(prompt_text(r)) for r in train],
+            [normalise(prompt_text(r)) for r in eval_],
+            near,
+            threshold,
+            seed,
+            same=False,
+        ).items()
+    }
 
 
-def _matches(queries: list[str], pool: list[str], near: bool, threshold: float, seed: int,
-             same: bool) -> dict[int, tuple[str, int]]:
+def _matches(
+    queries: list[str], pool: list[str], near: bool, threshold: float, seed: int, same: bool
+) -> dict[int, tuple[str, int]]:
     """For each query, the first pool text equal to it (or, with `near`, MinHash-similar above `threshold`).
 
     `same`: queries and pool are one list, and a text only matches an earlier one that is itself kept.
@@ -187,6 +240,7 @@ def _minhash(text: str, seed: int) -> Any:
 
 # ---------------------------------------------------------------------------- row filters
 
+
 def row_filters(cfg: SftConfig, rows: list[dict[str, Any]], tokenizer: Any = None) -> dict[int, tuple[str, str]]:
     """position -> (reason, detail) for every row a filter drops; the first failing filter names it."""
     counts = _reply_tokens(rows, tokenizer) if (cfg.clean_min_reply_tokens or cfg.clean_max_reply_tokens) else None
@@ -199,8 +253,9 @@ def row_filters(cfg: SftConfig, rows: list[dict[str, Any]], tokenizer: Any = Non
     return failed
 
 
-def _first_problem(cfg: SftConfig, row: dict[str, Any], tokens: int,
-                   patterns: list[re.Pattern[str]]) -> tuple[str, str] | None:
+def _first_problem(
+    cfg: SftConfig, row: dict[str, Any], tokens: int, patterns: list[re.Pattern[str]]
+) -> tuple[str, str] | None:
     texts = replies(row)
     if cfg.clean_empty_replies and any(not text.strip() for text in texts):
         return "empty_reply", "a reply is empty or whitespace"
@@ -257,8 +312,15 @@ def _judge(cfg: SftConfig, train: list[dict[str, Any]], result: CleanResult, cac
         if verdict.score is None:
             result.unjudged += 1
         elif verdict.score < cfg.clean_judge_threshold:
-            result.removed.append(Removal("train", row["dataset"], row["index"], "judge",
-                                          f"score {verdict.score:.2f} < {cfg.clean_judge_threshold} {verdict.scores}"))
+            result.removed.append(
+                Removal(
+                    "train",
+                    row["dataset"],
+                    row["index"],
+                    "judge",
+                    f"score {verdict.score:.2f} < {cfg.clean_judge_threshold} {verdict.scores}",
+                )
+            )
             continue
         kept.append(position)
     result.train_keep = kept

@@ -36,8 +36,14 @@ def check_clean_out(cfg: SftConfig, out: Path, overwrite: bool) -> None:
     Raises:
         SftkitError: naming the folder and the fix.
     """
-    check_new_folder(out, Path(cfg.dataset_dir), f"the config's dataset_dir {cfg.dataset_dir}", overwrite,
-                     _not_cleaned, "an earlier `sftkit data clean` output")
+    check_new_folder(
+        out,
+        Path(cfg.dataset_dir),
+        f"the config's dataset_dir {cfg.dataset_dir}",
+        overwrite,
+        _not_cleaned,
+        "an earlier `sftkit data clean` output",
+    )
 
 
 def _not_cleaned(out: Path) -> str | None:
@@ -70,9 +76,17 @@ def clean_datasets(cfg: SftConfig, out: Path, tokenizer: Any = None) -> dict[str
         for name, spec in specs.items():
             raw = read_rows(spec)
             keep = [i for i in range(len(raw)) if (name, i) in kept]
-            removed += [Removal("-", name, i, "bad_row" if i < _loaded_rows(cfg) else "max_samples",
-                                "unreadable row (skip_bad_rows)" if i < _loaded_rows(cfg) else "beyond max_samples")
-                        for i in range(len(raw)) if (name, i) not in loaded]
+            removed += [
+                Removal(
+                    "-",
+                    name,
+                    i,
+                    "bad_row" if i < _loaded_rows(cfg) else "max_samples",
+                    "unreadable row (skip_bad_rows)" if i < _loaded_rows(cfg) else "beyond max_samples",
+                )
+                for i in range(len(raw))
+                if (name, i) not in loaded
+            ]
             file_name = _write_rows(staging, name, spec.path, [raw[i].data for i in keep])
             entry = {k: v for k, v in registry[name].items() if k not in _SOURCE_KEYS}
             entries[name] = {"file_name": file_name, **entry}
@@ -99,13 +113,20 @@ def _write_rows(folder: Path, name: str, source: Path | None, rows: list[Any]) -
     return file_name
 
 
-def _report(cfg: SftConfig, result: CleanResult, removed: list[Removal],
-            rows_out: dict[str, dict[str, int]], train_rows: int) -> dict[str, Any]:
+def _report(
+    cfg: SftConfig, result: CleanResult, removed: list[Removal], rows_out: dict[str, dict[str, int]], train_rows: int
+) -> dict[str, Any]:
     settings = {key: value for key, value in cfg.model_dump().items() if key.startswith("clean_")}
-    return {"datasets": rows_out, "removed": dict(Counter(r.reason for r in removed).most_common()),
-            "leaks": [leak.as_dict() for leak in result.leaks], "leaks_removed": result.leaks_removed,
-            "unjudged": result.unjudged, "seed": cfg.seed, "settings": settings,
-            "summary": result.summary_line(train_rows)}
+    return {
+        "datasets": rows_out,
+        "removed": dict(Counter(r.reason for r in removed).most_common()),
+        "leaks": [leak.as_dict() for leak in result.leaks],
+        "leaks_removed": result.leaks_removed,
+        "unjudged": result.unjudged,
+        "seed": cfg.seed,
+        "settings": settings,
+        "summary": result.summary_line(train_rows),
+    }
 
 
 def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
@@ -114,8 +135,11 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
     if report["removed"]:
         lines.append("removed: " + ", ".join(f"{n} {reason}" for reason, n in report["removed"].items()))
     if report["leaks"]:
-        lines.append(f"leaks: {len(report['leaks'])} train prompts also in the eval data "
-                     f"({'removed' if report['leaks_removed'] else 'kept; clean_remove_leaks: true removes them'})")
-    lines.append(f"wrote {out}/ ({REGISTRY_FILE}, {REMOVED_FILE}, {REPORT_FILE}); train on it with "
-                 f"--set dataset_dir={out}")
+        lines.append(
+            f"leaks: {len(report['leaks'])} train prompts also in the eval data "
+            f"({'removed' if report['leaks_removed'] else 'kept; clean_remove_leaks: true removes them'})"
+        )
+    lines.append(
+        f"wrote {out}/ ({REGISTRY_FILE}, {REMOVED_FILE}, {REPORT_FILE}); train on it with --set dataset_dir={out}"
+    )
     return lines

@@ -36,7 +36,9 @@ def column_values(cfg: SftConfig, rows: list[dict[str, Any]], column: str, key: 
             sources[name] = read_rows(specs[name])
         data = sources[name][row["index"]].data
         if not isinstance(data, dict) or column not in data:
-            raise DataError(f"{key}: dataset {name!r} row {row['index']} has no column {column!r}; add it to every "
-                            f"row or name another column (or `dataset`)")
+            raise DataError(
+                f"{key}: dataset {name!r} row {row['index']} has no column {column!r}; add it to every "
+                f"row or name another column (or `dataset`)"
+            )
         values.append(data[column])
     return values

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
-
-import math
 
 
 def curriculum_order(difficulty: Sequence[float], stages: int, seed: int) -> list[int]:
@@ -36,8 +35,10 @@ def curriculum_line(by: str, difficulty: Sequence[float], stages: int) -> str:
     if not ordered:
         return f"curriculum: by {what}, sequential sampling"
     if stages <= 1:
-        return (f"curriculum: by {what}, easy to hard, sequential sampling (no shuffling): "
-                f"{_fmt(ordered[0])} -> {_fmt(ordered[-1])}")
+        return (
+            f"curriculum: by {what}, easy to hard, sequential sampling (no shuffling): "
+            f"{_fmt(ordered[0])} -> {_fmt(ordered[-1])}"
+        )
     parts = [f"{_fmt(ordered[s.start])}-{_fmt(ordered[s.stop - 1])}" for s in stage_slices(len(ordered), stages)]
     return f"curriculum: by {what}, {len(parts)} stages in order, shuffled within each: {', '.join(parts)}"
 

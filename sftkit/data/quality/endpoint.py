@@ -30,12 +30,20 @@ def make_client(base_url: str, api_key_env: str, max_retries: int = 3, timeout: 
     """An `openai.OpenAI` client for `base_url`, its key read from the environment variable `api_key_env`."""
     from openai import OpenAI
 
-    return OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or NO_KEY, max_retries=max_retries,
-                  timeout=timeout)
+    return OpenAI(
+        base_url=base_url, api_key=os.environ.get(api_key_env) or NO_KEY, max_retries=max_retries, timeout=timeout
+    )
 
 
-def ask_json(client: Any, model: str, prompt: str, validate: Callable[[dict[str, Any]], str | None],
-             temperature: float = 0.0, attempts: int = 3, backoff: float = 1.0) -> tuple[dict[str, Any] | None, list[str]]:
+def ask_json(
+    client: Any,
+    model: str,
+    prompt: str,
+    validate: Callable[[dict[str, Any]], str | None],
+    temperature: float = 0.0,
+    attempts: int = 3,
+    backoff: float = 1.0,
+) -> tuple[dict[str, Any] | None, list[str]]:
     """Asks `prompt` until the answer is a JSON object that `validate` accepts (it returns a problem or None).
 
     Args:
@@ -71,7 +79,7 @@ def parse_object(answer: str) -> tuple[dict[str, Any] | None, str | None]:
     if start < 0 or end < start:
         return None, "no JSON object in the answer"
     try:
-        value = json.loads(text[start:end + 1])
+        value = json.loads(text[start : end + 1])
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON ({exc.msg})"
     return (value, None) if isinstance(value, dict) else (None, "the JSON is not an object")
@@ -81,8 +89,9 @@ def _complete(client: Any, model: str, prompt: str, temperature: float) -> str |
     return complete_chat(client, model, [{"role": "user", "content": prompt}], temperature=temperature)
 
 
-def complete_chat(client: Any, model: str, messages: list[dict[str, str]], option: str = "--timeout",
-                  **params: Any) -> str | None:
+def complete_chat(
+    client: Any, model: str, messages: list[dict[str, str]], option: str = "--timeout", **params: Any
+) -> str | None:
     """The text of the endpoint's first choice, or None when the answer has none (no choices, no message, a
     content that is not a string: an endpoint's answer is checked before anything uses or caches it). While the
     endpoint takes its time, a line on stderr says so every WAIT_LINE_S seconds.
@@ -96,17 +105,25 @@ def complete_chat(client: Any, model: str, messages: list[dict[str, str]], optio
         with waiting_line(str(client.base_url), client.timeout, option):
             response = client.chat.completions.create(model=model, messages=messages, **params)
     except openai.AuthenticationError as exc:
-        raise SftkitError(f"{client.base_url}: the key was refused ({exc.status_code}); put the right key in the "
-                          "environment variable named by the api key setting") from None
+        raise SftkitError(
+            f"{client.base_url}: the key was refused ({exc.status_code}); put the right key in the "
+            "environment variable named by the api key setting"
+        ) from None
     except openai.APIStatusError as exc:
-        raise SftkitError(f"{client.base_url}: model {model!r} answered HTTP {exc.status_code} "
-                          f"({_short(exc.message)}); check the model name and the server") from None
+        raise SftkitError(
+            f"{client.base_url}: model {model!r} answered HTTP {exc.status_code} "
+            f"({_short(exc.message)}); check the model name and the server"
+        ) from None
     except openai.APITimeoutError:
-        raise SftkitError(f"{client.base_url}: no answer within {option} {client.timeout:g} s "
-                          f"({client.max_retries + 1} tries); check the server, or raise {option}") from None
+        raise SftkitError(
+            f"{client.base_url}: no answer within {option} {client.timeout:g} s "
+            f"({client.max_retries + 1} tries); check the server, or raise {option}"
+        ) from None
     except openai.APIConnectionError as exc:
-        raise SftkitError(f"{client.base_url}: cannot reach the endpoint ({_short(str(exc))}) after "
-                          f"{client.max_retries} retries; start the server or fix the base URL") from None
+        raise SftkitError(
+            f"{client.base_url}: cannot reach the endpoint ({_short(str(exc))}) after "
+            f"{client.max_retries} retries; start the server or fix the base URL"
+        ) from None
     return reply_text(response)
 
 
@@ -129,8 +146,11 @@ def waiting_line(base_url: str, timeout: Any, option: str = "--timeout", every: 
 
     def tell() -> None:
         while not done.wait(every):
-            print(f"waiting for the endpoint {base_url} ({time.monotonic() - start:.0f} s so far{limit})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"waiting for the endpoint {base_url} ({time.monotonic() - start:.0f} s so far{limit})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     thread = threading.Thread(target=tell, name="sftkit-endpoint-wait", daemon=True)
     thread.start()

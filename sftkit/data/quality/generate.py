@@ -67,8 +67,10 @@ class GenerateResult:
 
     def summary_line(self, out: Path) -> str:
         resumed = f", resumed from {self.resumed_from}" if self.resumed_from else ""
-        return (f"{out}: {self.rows} rows ({self.added} added{resumed}); rejected: {self.malformed} malformed "
-                f"answers, {self.near_duplicates} near duplicates of the pool (ROUGE-L)")
+        return (
+            f"{out}: {self.rows} rows ({self.added} added{resumed}); rejected: {self.malformed} malformed "
+            f"answers, {self.near_duplicates} near duplicates of the pool (ROUGE-L)"
+        )
 
 
 def read_seeds(path: Path) -> list[dict[str, str]]:
@@ -89,8 +91,9 @@ def read_seeds(path: Path) -> list[dict[str, str]]:
     return seeds
 
 
-def generate(seeds: list[dict[str, str]], out: Path, settings: GenerateSettings,
-             name: str | None = None) -> GenerateResult:
+def generate(
+    seeds: list[dict[str, str]], out: Path, settings: GenerateSettings, name: str | None = None
+) -> GenerateResult:
     """Appends generated rows to `out` (JSONL) until it holds `settings.rows`; writes the registry entry beside it.
 
     Raises:
@@ -101,8 +104,9 @@ def generate(seeds: list[dict[str, str]], out: Path, settings: GenerateSettings,
     result = GenerateResult(rows=len(existing), added=0, resumed_from=len(existing))
     scorer = _rouge()
     pool = [row["instruction"] for row in [*seeds, *existing]]
-    client = make_client(settings.base_url, settings.api_key_env, max_retries=settings.max_retries,
-                         timeout=settings.timeout)
+    client = make_client(
+        settings.base_url, settings.api_key_env, max_retries=settings.max_retries, timeout=settings.timeout
+    )
     rng = random.Random(f"{settings.seed}:{len(existing)}")  # a resumed run does not replay the same prompts
     failures_in_a_row = 0
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,16 +115,25 @@ def generate(seeds: list[dict[str, str]], out: Path, settings: GenerateSettings,
             f.write("\n")  # a complete last row without its newline: the next row starts a line of its own
         while result.rows < settings.rows:
             examples = rng.sample(seeds, min(settings.examples_per_prompt, len(seeds)))
-            row, problems = ask_json(client, settings.model, _prompt(examples), _valid_row, settings.temperature,
-                                     settings.attempts, settings.backoff)
+            row, problems = ask_json(
+                client,
+                settings.model,
+                _prompt(examples),
+                _valid_row,
+                settings.temperature,
+                settings.attempts,
+                settings.backoff,
+            )
             result.malformed += len(problems)
             result.problems = (result.problems + problems)[-5:]
             if row is None:
                 failures_in_a_row += 1
                 if failures_in_a_row >= 3:
-                    raise SftkitError(f"{settings.base_url}: {failures_in_a_row * settings.attempts} answers in a row "
-                                      f"were not a usable row (last: {problems[-1]}); {result.rows} rows are in {out}, "
-                                      "run again to resume")
+                    raise SftkitError(
+                        f"{settings.base_url}: {failures_in_a_row * settings.attempts} answers in a row "
+                        f"were not a usable row (last: {problems[-1]}); {result.rows} rows are in {out}, "
+                        "run again to resume"
+                    )
                 continue
             failures_in_a_row = 0
             row = {key: str(row.get(key) or "").strip() for key in FIELDS}
@@ -166,8 +179,10 @@ def resume_rows(out: Path, dry_run: bool = False) -> list[dict[str, str]]:
             if row is None and not raw.endswith(b"\n") and raw.lstrip().startswith(b'{"instruction"'):
                 break  # the last row, cut short by a killed run
             if row is None:
-                raise DataError(f"--out {out}: line {number} is not a row `sftkit data generate` writes, so the file "
-                                "is not ours to append to or truncate; choose a new --out")
+                raise DataError(
+                    f"--out {out}: line {number} is not a row `sftkit data generate` writes, so the file "
+                    "is not ours to append to or truncate; choose a new --out"
+                )
             rows.append(row)
             good_bytes += len(raw)
     if good_bytes != out.stat().st_size and not dry_run:
@@ -212,9 +227,11 @@ def registry_entry(out: Path, name: str) -> dict[str, Any]:
             raise DataError(f"{registry_path}: expected a JSON object; fix or remove it")
     entry = registry.get(name)
     if entry is not None and (not isinstance(entry, dict) or entry.get("file_name") != out.name):
-        raise DataError(f"{registry_path}: the entry {name!r} names another file "
-                        f"({entry.get('file_name') if isinstance(entry, dict) else entry}), and configs naming it "
-                        "would train on the generated rows; pass another --name")
+        raise DataError(
+            f"{registry_path}: the entry {name!r} names another file "
+            f"({entry.get('file_name') if isinstance(entry, dict) else entry}), and configs naming it "
+            "would train on the generated rows; pass another --name"
+        )
     return registry
 
 

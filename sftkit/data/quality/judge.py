@@ -53,8 +53,14 @@ class Judge:
         if key in self.cache:
             return Verdict(**self.cache[key])
         self.asked += 1
-        value, _ = ask_json(self.client, self.model, RUBRIC.format(conversation=conversation), _valid_scores,
-                            attempts=self.attempts, backoff=self.backoff)
+        value, _ = ask_json(
+            self.client,
+            self.model,
+            RUBRIC.format(conversation=conversation),
+            _valid_scores,
+            attempts=self.attempts,
+            backoff=self.backoff,
+        )
         if value is None:  # not cached: the next run asks again
             return Verdict(None, {})
         scores = {name: int(value[name]) for name in CRITERIA}

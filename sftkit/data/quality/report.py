@@ -19,8 +19,16 @@ if TYPE_CHECKING:
 
 STATS_FILE = "data_stats.json"
 PLOTS = ("lengths.png", "mix.png", "trained_share.png")
-_SUMMED = ("rows", "tokens", "trained_tokens", "prompt_tokens", "truncated", "turns", "exact_duplicates",
-           "near_duplicates")
+_SUMMED = (
+    "rows",
+    "tokens",
+    "trained_tokens",
+    "prompt_tokens",
+    "truncated",
+    "turns",
+    "exact_duplicates",
+    "near_duplicates",
+)
 
 
 def check_stats_out(out: Path, overwrite: bool) -> None:
@@ -55,35 +63,63 @@ def data_report(cfg: SftConfig, data: PreparedData) -> dict[str, Any]:
     truncated rows, duplicates found (exact / near, within and across datasets) and languages."""
     assert data.conversations is not None
     # the rows tokenization kept (a row left with no trained token within cutoff_len is not trained on)
-    tokenized = {(name, index) for split in (data.train, data.eval) if split is not None
-                 for name, index in zip(split["dataset"], split["index"])}
-    rows = [row for split in (data.conversations.train, data.conversations.eval) if split is not None
-            for row in split.to_list() if (row["dataset"], row["index"]) in tokenized]
+    tokenized = {
+        (name, index)
+        for split in (data.train, data.eval)
+        if split is not None
+        for name, index in zip(split["dataset"], split["index"])
+    }
+    rows = [
+        row
+        for split in (data.conversations.train, data.conversations.eval)
+        if split is not None
+        for row in split.to_list()
+        if (row["dataset"], row["index"]) in tokenized
+    ]
     duplicates = find_duplicates(rows, "near", cfg.clean_near_threshold, cfg.seed)
     datasets: dict[str, dict[str, Any]] = {}
     for name, facts in data.stats.per_dataset.items():
         datasets[name] = {k: v for k, v in facts.items() if k != "lengths"}
     extra: dict[str, dict[str, Any]] = {}
     for position, row in enumerate(rows):
-        entry = extra.setdefault(row["dataset"], {"turns": 0, "languages": Counter(), "exact_duplicates": 0,
-                                                  "near_duplicates": 0})
+        entry = extra.setdefault(
+            row["dataset"], {"turns": 0, "languages": Counter(), "exact_duplicates": 0, "near_duplicates": 0}
+        )
         entry["turns"] += len(replies(row))
         entry["languages"][language(prompt_text(row) + "\n" + "\n".join(replies(row))) or "none"] += 1
         if position in duplicates:
             entry[f"{duplicates[position][0]}_duplicates"] += 1
     for name, entry in datasets.items():
         more = extra.get(name, {"turns": 0, "languages": Counter(), "exact_duplicates": 0, "near_duplicates": 0})
-        entry.update(turns=more["turns"], mean_turns=more["turns"] / entry["rows"] if entry["rows"] else 0.0,
-                     languages=dict(more["languages"].most_common()), exact_duplicates=more["exact_duplicates"],
-                     near_duplicates=more["near_duplicates"])
+        entry.update(
+            turns=more["turns"],
+            mean_turns=more["turns"] / entry["rows"] if entry["rows"] else 0.0,
+            languages=dict(more["languages"].most_common()),
+            exact_duplicates=more["exact_duplicates"],
+            near_duplicates=more["near_duplicates"],
+        )
     lengths = {name: facts["lengths"] for name, facts in data.stats.per_dataset.items()}
-    return {"cutoff_len": cfg.cutoff_len, "datasets": datasets, "overall": _overall(datasets, lengths),
-            "train_rows": data.stats.train_rows, "eval_rows": data.stats.eval_rows, "notes": data.stats.notes,
-            "lengths": lengths, "plots": list(PLOTS),
-            "near_duplicate_threshold": cfg.clean_near_threshold, "duplicate_examples": [
-                {"dataset": rows[p]["dataset"], "index": rows[p]["index"], "kind": kind,
-                 "of_dataset": rows[first]["dataset"], "of_index": rows[first]["index"]}
-                for p, (kind, first) in sorted(duplicates.items())[:20]]}
+    return {
+        "cutoff_len": cfg.cutoff_len,
+        "datasets": datasets,
+        "overall": _overall(datasets, lengths),
+        "train_rows": data.stats.train_rows,
+        "eval_rows": data.stats.eval_rows,
+        "notes": data.stats.notes,
+        "lengths": lengths,
+        "plots": list(PLOTS),
+        "near_duplicate_threshold": cfg.clean_near_threshold,
+        "duplicate_examples": [
+            {
+                "dataset": rows[p]["dataset"],
+                "index": rows[p]["index"],
+                "kind": kind,
+                "of_dataset": rows[first]["dataset"],
+                "of_index": rows[first]["index"],
+            }
+            for p, (kind, first) in sorted(duplicates.items())[:20]
+        ],
+    }
 
 
 def _overall(datasets: dict[str, dict[str, Any]], lengths: dict[str, list[int]]) -> dict[str, Any]:
@@ -93,29 +129,41 @@ def _overall(datasets: dict[str, dict[str, Any]], lengths: dict[str, list[int]])
     languages: Counter[str] = Counter()
     for d in datasets.values():
         languages.update(d["languages"])
-    overall.update(trained_fraction=overall["trained_tokens"] / overall["tokens"] if overall["tokens"] else 0.0,
-                   length_p50=int(p50), length_p90=int(p90), length_p99=int(p99),
-                   length_max=int(every.max()) if len(every) else 0, languages=dict(languages.most_common()),
-                   mean_turns=overall["turns"] / overall["rows"] if overall["rows"] else 0.0)
+    overall.update(
+        trained_fraction=overall["trained_tokens"] / overall["tokens"] if overall["tokens"] else 0.0,
+        length_p50=int(p50),
+        length_p90=int(p90),
+        length_p99=int(p99),
+        length_max=int(every.max()) if len(every) else 0,
+        languages=dict(languages.most_common()),
+        mean_turns=overall["turns"] / overall["rows"] if overall["rows"] else 0.0,
+    )
     return overall
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The terminal summary: one line per dataset and one overall."""
-    lines = [f"{'dataset':<26} {'rows':>7} {'turns':>6} {'tokens':>10} {'trained':>8} {'p50':>5} {'p90':>5} "
-             f"{'p99':>5} {'max':>6} {'trunc':>6} {'dups':>9}  languages"]
+    lines = [
+        f"{'dataset':<26} {'rows':>7} {'turns':>6} {'tokens':>10} {'trained':>8} {'p50':>5} {'p90':>5} "
+        f"{'p99':>5} {'max':>6} {'trunc':>6} {'dups':>9}  languages"
+    ]
     for name, d in [*report["datasets"].items(), ("(all)", report["overall"])]:
         langs = ", ".join(f"{k} {v}" for k, v in list(d["languages"].items())[:3])
-        lines.append(f"{name[:26]:<26} {d['rows']:>7,} {d['mean_turns']:>6.2f} {d['tokens']:>10,} "
-                     f"{d['trained_fraction']:>8.1%} {d['length_p50']:>5} {d['length_p90']:>5} {d['length_p99']:>5} "
-                     f"{d['length_max']:>6} {d['truncated']:>6} {d['exact_duplicates']:>4}+{d['near_duplicates']:<4}"
-                     f"  {langs}")
-    lines.append("(turns: replies per conversation; trained: share of tokens trained; p50-max: tokens per example; "
-                 "trunc: cut to cutoff_len; dups: exact+near duplicates of an earlier row)")
+        lines.append(
+            f"{name[:26]:<26} {d['rows']:>7,} {d['mean_turns']:>6.2f} {d['tokens']:>10,} "
+            f"{d['trained_fraction']:>8.1%} {d['length_p50']:>5} {d['length_p90']:>5} {d['length_p99']:>5} "
+            f"{d['length_max']:>6} {d['truncated']:>6} {d['exact_duplicates']:>4}+{d['near_duplicates']:<4}"
+            f"  {langs}"
+        )
+    lines.append(
+        "(turns: replies per conversation; trained: share of tokens trained; p50-max: tokens per example; "
+        "trunc: cut to cutoff_len; dups: exact+near duplicates of an earlier row)"
+    )
     return lines + report["notes"]
 
 
 # ---------------------------------------------------------------------------- plots
+
 
 def plot_all(report: dict[str, Any], folder: Path) -> None:
     """lengths.png (histograms per dataset), mix.png (rows and trained tokens per dataset), trained_share.png."""
@@ -136,8 +184,7 @@ def _lengths_plot(plt: Any, report: dict[str, Any], names: list[str], path: Path
         ax.hist(report["lengths"][name], bins=40, color="#4878d0")
         ax.axvline(report["cutoff_len"], color="#d65f5f", linestyle="--", label=f"cutoff_len {report['cutoff_len']}")
         d = report["datasets"][name]
-        ax.set_title(f"{name}: {d['rows']:,} rows, p50 {d['length_p50']} / p90 {d['length_p90']} tokens",
-                     fontsize=9)
+        ax.set_title(f"{name}: {d['rows']:,} rows, p50 {d['length_p50']} / p90 {d['length_p90']} tokens", fontsize=9)
         ax.set_ylabel("rows")
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("tokens per example")

@@ -7,8 +7,10 @@ import unicodedata
 from typing import Any
 
 # CJK characters count one unit each (those scripts write no spaces); other text splits into words.
-_UNITS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u4dbf"
-                    r"\u4e00-\u9fff\uac00-\ud7af]+")
+_UNITS = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u4dbf"
+    r"\u4e00-\u9fff\uac00-\ud7af]+"
+)
 NGRAM = 3  # word 3-grams: the shingle size of near-duplicate detection and the repetition filter
 PROMPT_ROLES = ("system", "user", "observation")
 
@@ -27,7 +29,7 @@ def ngrams(tokens: list[str], n: int = NGRAM) -> list[tuple[str, ...]]:
     """The n-grams of `tokens`; a text shorter than n is its one n-gram."""
     if len(tokens) < n:
         return [tuple(tokens)] if tokens else []
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def replies(row: dict[str, Any]) -> list[str]:

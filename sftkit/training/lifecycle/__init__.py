@@ -31,16 +31,47 @@ checks, before torch or transformers load.
 
 from __future__ import annotations
 
-from sftkit.training.lifecycle.checkpoints import (STAGING_PREFIX, check_checkpoint_files, check_resume_config,
-                                                   checkpoint_state, checkpoint_step, complete_checkpoints,
-                                                   discard_partial_checkpoints, is_complete_checkpoint,
-                                                   latest_checkpoint, resolve_resume, save_model_atomically)
-from sftkit.training.lifecycle.disk import (DiskEstimate, check_disk_space, checkpoints_at_peak, estimate_disk,
-                                            saved_weight_bytes)
+from sftkit.training.lifecycle.checkpoints import (
+    STAGING_PREFIX,
+    check_checkpoint_files,
+    check_resume_config,
+    checkpoint_state,
+    checkpoint_step,
+    complete_checkpoints,
+    discard_partial_checkpoints,
+    is_complete_checkpoint,
+    latest_checkpoint,
+    resolve_resume,
+    save_model_atomically,
+)
+from sftkit.training.lifecycle.disk import (
+    DiskEstimate,
+    check_disk_space,
+    checkpoints_at_peak,
+    estimate_disk,
+    saved_weight_bytes,
+)
 from sftkit.training.lifecycle.guard import LifecycleTrainerMixin, RunGuard
 from sftkit.training.lifecycle.lock import run_lock
 
-__all__ = ["STAGING_PREFIX", "DiskEstimate", "LifecycleTrainerMixin", "RunGuard", "check_checkpoint_files",
-           "check_disk_space", "check_resume_config", "checkpoint_state", "checkpoint_step", "checkpoints_at_peak",
-           "complete_checkpoints", "discard_partial_checkpoints", "estimate_disk", "is_complete_checkpoint",
-           "latest_checkpoint", "resolve_resume", "run_lock", "save_model_atomically", "saved_weight_bytes"]
+__all__ = [
+    "STAGING_PREFIX",
+    "DiskEstimate",
+    "LifecycleTrainerMixin",
+    "RunGuard",
+    "check_checkpoint_files",
+    "check_disk_space",
+    "check_resume_config",
+    "checkpoint_state",
+    "checkpoint_step",
+    "checkpoints_at_peak",
+    "complete_checkpoints",
+    "discard_partial_checkpoints",
+    "estimate_disk",
+    "is_complete_checkpoint",
+    "latest_checkpoint",
+    "resolve_resume",
+    "run_lock",
+    "save_model_atomically",
+    "saved_weight_bytes",
+]

@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.atomic import OLD_PREFIX, fsync_dir, fsync_tree, replace_dir
 from sftkit.errors import SftkitError
-from sftkit.run_dir import (CONFIG_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, TRAINER_STATE, check_weights, has_run_config,
-                            read_run_config, torch_file_problem)
+from sftkit.run_dir import (
+    CONFIG_FILE,
+    OPTIMIZER_FILE,
+    SCHEDULER_FILE,
+    TRAINER_STATE,
+    check_weights,
+    has_run_config,
+    read_run_config,
+    torch_file_problem,
+)
 
 if TYPE_CHECKING:
     from sftkit.config import SftConfig
@@ -24,16 +32,38 @@ if TYPE_CHECKING:
 STAGING_PREFIX = ".partial-"  # never matches HF's "checkpoint-*" glob, so rotation and loaders skip it
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What `sftkit report` and `sftkit eval --tasks` judge a finished run by: never what it trains.
-RELEASE_KEYS = ("benchmark_thresholds", "release_blocklist", "release_samples", "release_max_loss_gap",
-                "release_min_human_score", "release_min_tokens_per_second", "release_max_model_gb")
+RELEASE_KEYS = (
+    "benchmark_thresholds",
+    "release_blocklist",
+    "release_samples",
+    "release_max_loss_gap",
+    "release_min_human_score",
+    "release_min_tokens_per_second",
+    "release_max_model_gb",
+)
 # Keys a resumed run may change: they decide what is logged or how fast data loads, never the weights.
-RESUMABLE_CHANGES = {"report_to", "plot_loss", "logging_steps", "dataloader_num_workers", "preprocessing_num_workers",
-                     "resume_from_checkpoint", "run_name", "logging_dir", "ddp_timeout", "ray_num_workers",
-                     "preprocessing_batch_size", "overwrite_cache", "overwrite_output_dir", "eval_generation_samples",
-                     "generation_max_new_tokens", *RELEASE_KEYS}
+RESUMABLE_CHANGES = {
+    "report_to",
+    "plot_loss",
+    "logging_steps",
+    "dataloader_num_workers",
+    "preprocessing_num_workers",
+    "resume_from_checkpoint",
+    "run_name",
+    "logging_dir",
+    "ddp_timeout",
+    "ray_num_workers",
+    "preprocessing_batch_size",
+    "overwrite_cache",
+    "overwrite_output_dir",
+    "eval_generation_samples",
+    "generation_max_new_tokens",
+    *RELEASE_KEYS,
+}
 
 
 # ---------------------------------------------------------------------------- finding checkpoints
+
 
 def resolve_resume(out: Path, resume: str | None) -> Path | None:
     """The checkpoint `--resume` names: "latest" (newest complete one in `out`) or a path.
@@ -45,20 +75,27 @@ def resolve_resume(out: Path, resume: str | None) -> Path | None:
         return None
     if resume == "latest":
         if not out.is_dir():
-            raise SftkitError(f"--resume latest: output_dir {out} does not exist, so there is nothing to resume; "
-                              "train without --resume")
+            raise SftkitError(
+                f"--resume latest: output_dir {out} does not exist, so there is nothing to resume; "
+                "train without --resume"
+            )
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
-            raise SftkitError(f"--resume latest: no complete checkpoint in {out} (incomplete saves are ignored); "
-                              "train without --resume, or with --overwrite to start again")
+            raise SftkitError(
+                f"--resume latest: no complete checkpoint in {out} (incomplete saves are ignored); "
+                "train without --resume, or with --overwrite to start again"
+            )
         return checkpoint
     path = Path(resume)
     if not path.is_dir():
-        raise SftkitError(f"--resume {resume}: no such checkpoint folder; use --resume latest or a checkpoint-N "
-                          f"folder of {out}")
+        raise SftkitError(
+            f"--resume {resume}: no such checkpoint folder; use --resume latest or a checkpoint-N folder of {out}"
+        )
     if not is_complete_checkpoint(path):
-        raise SftkitError(f"--resume {resume}: not a complete checkpoint (no readable {TRAINER_STATE}; an "
-                          "interrupted save?); use --resume latest or another checkpoint-N folder")
+        raise SftkitError(
+            f"--resume {resume}: not a complete checkpoint (no readable {TRAINER_STATE}; an "
+            "interrupted save?); use --resume latest or another checkpoint-N folder"
+        )
     return path
 
 
@@ -73,15 +110,18 @@ def check_checkpoint_files(checkpoint: Path, resume: str) -> None:
     where = f"--resume {resume}: {checkpoint}"
     for name in (OPTIMIZER_FILE, SCHEDULER_FILE):
         if not (checkpoint / name).is_file() and not _sharded_state(checkpoint):
-            raise SftkitError(f"{where} has no {name}, so the run would continue with a fresh "
-                              f"{name.removesuffix('.pt')} and not equal an uninterrupted one; resume from another "
-                              "checkpoint, or train again without --resume")
+            raise SftkitError(
+                f"{where} has no {name}, so the run would continue with a fresh "
+                f"{name.removesuffix('.pt')} and not equal an uninterrupted one; resume from another "
+                "checkpoint, or train again without --resume"
+            )
     check_weights(checkpoint, "resume from another checkpoint (--resume PATH), or train again without --resume")
     for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):
         problem = torch_file_problem(path)
         if problem:
-            raise SftkitError(f"{path}: {problem}; resume from another checkpoint (--resume PATH), or train again "
-                              "without --resume")
+            raise SftkitError(
+                f"{path}: {problem}; resume from another checkpoint (--resume PATH), or train again without --resume"
+            )
 
 
 def _sharded_state(checkpoint: Path) -> bool:
@@ -104,9 +144,11 @@ def check_resume_config(cfg: SftConfig, out: Path) -> None:
     if changed:
         diffs = ", ".join(f"{key} ({before.get(key)!r} -> {now[key]!r})" for key in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        raise SftkitError(f"--resume: the config differs from the run's {out / CONFIG_FILE} in {diffs}{more}; a "
-                          "resumed run continues the same training: resume with that file, or train into a new "
-                          "output_dir")
+        raise SftkitError(
+            f"--resume: the config differs from the run's {out / CONFIG_FILE} in {diffs}{more}; a "
+            "resumed run continues the same training: resume with that file, or train into a new "
+            "output_dir"
+        )
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -118,8 +160,10 @@ def complete_checkpoints(out: Path) -> list[Path]:
     """Every complete `checkpoint-N` folder in `out` (partial saves and foreign folders left out)."""
     if not out.is_dir():
         return []
-    return sorted((path for path in out.iterdir() if _CHECKPOINT.match(path.name) and is_complete_checkpoint(path)),
-                  key=checkpoint_step)
+    return sorted(
+        (path for path in out.iterdir() if _CHECKPOINT.match(path.name) and is_complete_checkpoint(path)),
+        key=checkpoint_step,
+    )
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -152,6 +196,7 @@ def discard_partial_checkpoints(out: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- the final weights
+
 
 def save_model_atomically(trainer: Any, out: Path) -> None:
     """`trainer.save_model(out)` made in a staging folder, whose files then move into `out`, weights last.

@@ -29,6 +29,7 @@ _MARGIN = 1.1  # filesystem overhead and estimate error
 
 # ---------------------------------------------------------------------------- disk space
 
+
 @dataclass(frozen=True)
 class DiskEstimate:
     """What a run will write: `checkpoints` checkpoints of `checkpoint_bytes` at its peak, then the final weights."""
@@ -54,10 +55,14 @@ def estimate_disk(model: Any, cfg: SftConfig, planned_updates: int) -> DiskEstim
     """Estimates the disk a run needs from its parameter counts, dtypes, optimizer and save settings."""
     trainable = [param for param in model.parameters() if param.requires_grad]
     param_bytes = sum(param.numel() * param.element_size() for param in trainable)
-    optimizer_bytes = (_STATE_PER_PARAM_BYTE.get(cfg.optim, 0.0) * param_bytes
-                       + _STATE_BYTES_PER_PARAM.get(cfg.optim, 0.0) * sum(param.numel() for param in trainable))
-    return DiskEstimate(weight_bytes=saved_weight_bytes(model, cfg), optimizer_bytes=int(optimizer_bytes),
-                        checkpoints=checkpoints_at_peak(cfg, planned_updates))
+    optimizer_bytes = _STATE_PER_PARAM_BYTE.get(cfg.optim, 0.0) * param_bytes + _STATE_BYTES_PER_PARAM.get(
+        cfg.optim, 0.0
+    ) * sum(param.numel() for param in trainable)
+    return DiskEstimate(
+        weight_bytes=saved_weight_bytes(model, cfg),
+        optimizer_bytes=int(optimizer_bytes),
+        checkpoints=checkpoints_at_peak(cfg, planned_updates),
+    )
 
 
 def saved_weight_bytes(model: Any, cfg: SftConfig) -> int:
@@ -79,8 +84,9 @@ def checkpoints_at_peak(cfg: SftConfig, planned_updates: int) -> int:
     """Most checkpoints on disk at once: the kept ones (the best too) plus the one being written."""
     if cfg.save_strategy == "no":
         return 0
-    saves = math.ceil(cfg.num_train_epochs) if cfg.save_strategy == "epoch" else math.ceil(
-        planned_updates / cfg.save_steps)
+    saves = (
+        math.ceil(cfg.num_train_epochs) if cfg.save_strategy == "epoch" else math.ceil(planned_updates / cfg.save_steps)
+    )
     if cfg.save_total_limit is None:
         return saves
     kept = max(cfg.save_total_limit, 2 if cfg.wants_best_model else 1)
@@ -100,13 +106,17 @@ def check_disk_space(out: Path, estimate: DiskEstimate, resuming: bool = False) 
     free = shutil.disk_usage(_existing_ancestor(out)).free
     if needed <= free:
         return
-    parts = f"{estimate.checkpoints} checkpoints x {_size(estimate.checkpoint_bytes)} (weights " \
-            f"{_size(estimate.weight_bytes)} + optimizer state {_size(estimate.optimizer_bytes)}) + final weights " \
-            f"{_size(estimate.final_bytes)}"
+    parts = (
+        f"{estimate.checkpoints} checkpoints x {_size(estimate.checkpoint_bytes)} (weights "
+        f"{_size(estimate.weight_bytes)} + optimizer state {_size(estimate.optimizer_bytes)}) + final weights "
+        f"{_size(estimate.final_bytes)}"
+    )
     already = f", {_size(existing)} of it already written" if existing else ""
-    raise SftkitError(f"output_dir: not enough disk space in {out}: the run needs about {_size(needed)} ({parts}, "
-                      f"+10% margin{already}) but only {_size(free)} is free; free some space, lower "
-                      "save_total_limit, or choose an output_dir on another disk")
+    raise SftkitError(
+        f"output_dir: not enough disk space in {out}: the run needs about {_size(needed)} ({parts}, "
+        f"+10% margin{already}) but only {_size(free)} is free; free some space, lower "
+        "save_total_limit, or choose an output_dir on another disk"
+    )
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -30,6 +30,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # ---------------------------------------------------------------------------- the trainer side
 
+
 class LifecycleTrainerMixin:
     """Mixed into the trainer class before TRL's SFTTrainer: atomic checkpoints and the run guard.
 
@@ -139,14 +140,15 @@ class RunGuard:
         name = signal.Signals(number).name
         say = _say if self.trainer.is_world_process_zero() else (lambda text: None)
         if self.signal_number is not None:
-            say(f"\n{name} again: aborting now. Resume from the last complete checkpoint with: "
-                 f"{resume_command(self._out)}\n")
+            say(
+                f"\n{name} again: aborting now. Resume from the last complete checkpoint with: "
+                f"{resume_command(self._out)}\n"
+            )
             signal.signal(number, signal.SIG_DFL)
             os.kill(os.getpid(), number)  # die of the signal, as the user asked
             return
         self.signal_number = number
-        say(f"\n{name}: saving a checkpoint at the end of this step, then stopping "
-             f"({name} again aborts at once)\n")
+        say(f"\n{name}: saving a checkpoint at the end of this step, then stopping ({name} again aborts at once)\n")
 
     # ------------------------------------------------------------ the loss
 
@@ -186,12 +188,26 @@ class RunGuard:
         self._losses, self._grad_norm = [], None
         bad = ~torch.isfinite(losses)
         signalled = torch.tensor(float(self.signal_number is not None), device=device)
-        flags = torch.stack([signalled, bad.any().float(), losses[bad.int().argmax()],  # argmax: first bad one
-                             (~torch.isfinite(norm)).float(), norm])
+        flags = torch.stack(
+            [
+                signalled,
+                bad.any().float(),
+                losses[bad.int().argmax()],  # argmax: first bad one
+                (~torch.isfinite(norm)).float(),
+                norm,
+            ]
+        )
         if self.trainer.accelerator.num_processes > 1:
             every = self.trainer.accelerator.gather(flags).view(-1, 5)
-            flags = torch.stack([every[:, 0].max(), every[:, 1].max(), every[every[:, 1].argmax(), 2],
-                                 every[:, 3].max(), every[every[:, 3].argmax(), 4]])
+            flags = torch.stack(
+                [
+                    every[:, 0].max(),
+                    every[:, 1].max(),
+                    every[every[:, 1].argmax(), 2],
+                    every[:, 3].max(),
+                    every[every[:, 3].argmax(), 4],
+                ]
+            )
         signalled_anywhere, any_bad, value, bad_norm, norm_value = flags.tolist()
         return bool(signalled_anywhere), (value if any_bad else None), (norm_value if bad_norm else None)
 
@@ -219,20 +235,28 @@ class RunGuard:
         """
         state = self.trainer.state
         if self.bad_loss is not None or self.bad_grad_norm is not None:
-            step, what = (self.bad_loss[0], f"the loss became {self.bad_loss[1]}") if self.bad_loss is not None else (
-                self.bad_grad_norm[0], f"the gradient norm became {self.bad_grad_norm[1]} (with a finite loss)")
+            step, what = (
+                (self.bad_loss[0], f"the loss became {self.bad_loss[1]}")
+                if self.bad_loss is not None
+                else (self.bad_grad_norm[0], f"the gradient norm became {self.bad_grad_norm[1]} (with a finite loss)")
+            )
             good = latest_checkpoint(self._out)
             kept = f"the last good checkpoint, {good}, is kept" if good else "no checkpoint was saved before it"
-            raise SftkitError(f"training stopped at step {step}: {what} (not finite); {kept} and "
-                              f"nothing after it was saved; lower learning_rate (now {self.trainer.args.learning_rate}"
-                              "), raise warmup_steps or check the data, then train again")
+            raise SftkitError(
+                f"training stopped at step {step}: {what} (not finite); {kept} and "
+                f"nothing after it was saved; lower learning_rate (now {self.trainer.args.learning_rate}"
+                "), raise warmup_steps or check the data, then train again"
+            )
         if self.signal_number is None or state.global_step >= state.max_steps:
             return
         name = signal.Signals(self.signal_number).name
         if self.trainer.is_world_process_zero():
-            print(f"stopped by {name} at step {state.global_step} of {state.max_steps}: saved "
-                  f"{latest_checkpoint(self._out)}\nresume with: {resume_command(self._out)}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"stopped by {name} at step {state.global_step} of {state.max_steps}: saved "
+                f"{latest_checkpoint(self._out)}\nresume with: {resume_command(self._out)}",
+                file=sys.stderr,
+                flush=True,
+            )
         raise SystemExit(128 + self.signal_number)
 
     @property

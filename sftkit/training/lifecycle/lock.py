@@ -49,15 +49,19 @@ def _acquire(path: Path, out: Path) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise SftkitError(f"output_dir: cannot create the run lock {path} ({exc.strerror}); choose an output_dir in "
-                              "a folder you can write to") from None
+            raise SftkitError(
+                f"output_dir: cannot create the run lock {path} ({exc.strerror}); choose an output_dir in "
+                "a folder you can write to"
+            ) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(descriptor)
-            raise SftkitError(f"output_dir: {out} is in use by another `sftkit train` (pid {owner}); wait for it to "
-                              "finish, stop it, or choose another output_dir") from None
+            raise SftkitError(
+                f"output_dir: {out} is in use by another `sftkit train` (pid {owner}); wait for it to "
+                "finish, stop it, or choose another output_dir"
+            ) from None
         # the previous owner may have deleted the file between our open and our flock: lock the file in place
         if _same_file(path, descriptor):
             break
