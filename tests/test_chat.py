@@ -88,8 +88,12 @@ def test_chat_feeds_the_training_ids_up_to_the_assistant_header(tiny_model_dir: 
     assert tokenizer.convert_tokens_to_ids(template.end_token) in capture.prompt  # one control token, not text
 
 
-def test_ctrl_c_stops_the_answer_and_restores_the_handler(base_session) -> None:
+def test_ctrl_c_stops_the_answer_and_restores_the_handler(base_session, request) -> None:
     from sftkit.chat import GenerationSettings, StopOnInterrupt, generate_reply
+
+    # Python's own handler, as in a terminal (a shell's background job starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     session = base_session
     settings = GenerationSettings(max_new_tokens=30)

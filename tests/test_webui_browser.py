@@ -269,7 +269,7 @@ val_size: 16
 finetuning_type: lora
 lora_rank: 8
 learning_rate: 0.03
-max_steps: 10
+max_steps: 40
 per_device_train_batch_size: 16
 logging_steps: 1
 eval_strategy: steps
@@ -384,7 +384,7 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     _type(driver, "load-path", str(train_yaml))
     _click(driver, "load-button")
     _wait(
-        lambda: _value(driver, "max_steps") == "10" and _value(driver, "learning_rate") == "0.03",
+        lambda: _value(driver, "max_steps") == "40" and _value(driver, "learning_rate") == "0.03",
         30,
         "the loaded YAML in the form",
     )
@@ -410,11 +410,11 @@ def test_a_guarded_page_two_views_of_one_config_runs_in_folders_of_their_own_liv
     _shot(driver, "3-run-live", scroll_to="loss-plot")
     _click(driver, "stop-button")
     _wait(lambda: "stopped" in _text(driver, "run-state"), 120, "the run stopped")
-    assert 0 < _steps(_text(driver, "run-state")) < 10 and list((tmp_path / "runs" / "web").glob("checkpoint-*"))
+    assert 0 < _steps(_text(driver, "run-state")) < 40 and list((tmp_path / "runs" / "web").glob("checkpoint-*"))
     _click(driver, "resume-button")
     _wait(lambda: "--resume latest" in _line(driver, "run-command"), 30, "the resume command")
     _wait(lambda: "finished" in _text(driver, "run-state"), 240, "the first run to finish")
-    assert _steps(_text(driver, "run-state")) == 10
+    assert _steps(_text(driver, "run-state")) == 40
     assert len(_value(driver, "log").splitlines()) <= 12  # the newest lines, not the oldest
 
     # a second Start right away trains into its own folder

@@ -341,8 +341,14 @@ def add_chunked_loss(model: nn.Module) -> None:
 
 
 def has_chunked_loss(model: nn.Module) -> bool:
-    """Whether the model's forward is this module's patch (and nothing wraps it)."""
-    return getattr(causal_lm_of(model).forward, "sftkit_chunked_loss", False)
+    """Whether the model's forward is this module's patch, or accelerate's mixed-precision wrapper around it.
+
+    Full and freeze fine-tuning keep fp32 weights under autocast: `Accelerator.prepare` then wraps the instance's
+    forward (keeping the one it wrapped as `_original_forward`), and the wrapper calls the patch.
+    """
+    lm = causal_lm_of(model)
+    forwards = (lm.forward, lm.__dict__.get("_original_forward"))
+    return any(getattr(forward, "sftkit_chunked_loss", False) for forward in forwards if forward is not None)
 
 
 def _chunked_forward(
